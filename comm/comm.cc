@@ -1,0 +1,53 @@
+#include "comm/comm.h"
+
+#include "base/status.h"
+
+namespace shardlm {
+
+absl::Status BroadcastProto(Comm& comm, google::protobuf::MessageLite* message, int root) {
+  std::string bytes;
+  if (comm.rank() == root && !message->SerializeToString(&bytes)) {
+    return absl::InternalError(absl::StrCat("rank ", comm.rank(), ": cannot serialize ",
+                                            message->GetTypeName()));
+  }
+  RETURN_IF_ERROR(comm.Broadcast(&bytes, root));
+  if (comm.rank() != root && !message->ParseFromString(bytes)) {
+    return absl::DataLossError(absl::StrCat("rank ", comm.rank(), ": received a malformed ",
+                                            message->GetTypeName(), " from rank ", root));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status AgreeOnStatus(Comm& comm, const absl::Status& local) {
+  // Max over (size - rank) picks the lowest failing rank.
+  std::vector<int64_t> flag = {local.ok() ? 0 : comm.size() - comm.rank()};
+  RETURN_IF_ERROR(comm.AllReduceMax(flag));
+  if (flag[0] == 0) return absl::OkStatus();
+  const int failing = comm.size() - static_cast<int>(flag[0]);
+  std::string message;
+  int64_t code = 0;
+  if (comm.rank() == failing) {
+    message = absl::StrCat(local.message());
+    code = static_cast<int64_t>(local.code());
+  }
+  RETURN_IF_ERROR(comm.Broadcast(&message, failing));
+  std::vector<int64_t> code_vec = {code};
+  RETURN_IF_ERROR(comm.AllReduceMax(code_vec));
+  const std::string prefix = comm.size() > 1 ? absl::StrCat("rank ", failing, ": ") : "";
+  return absl::Status(static_cast<absl::StatusCode>(code_vec[0]), prefix + message);
+}
+
+absl::Status LocalComm::Broadcast(std::string*, int root) {
+  if (root != 0) return absl::InvalidArgumentError(absl::StrCat("broadcast root ", root, " of 1"));
+  return absl::OkStatus();
+}
+
+absl::Status LocalComm::Gatherv(std::span<const float> send, int root, std::vector<float>* recv,
+                                std::vector<int>* counts) {
+  if (root != 0) return absl::InvalidArgumentError(absl::StrCat("gather root ", root, " of 1"));
+  recv->assign(send.begin(), send.end());
+  counts->assign(1, static_cast<int>(send.size()));
+  return absl::OkStatus();
+}
+
+}  // namespace shardlm

@@ -1,0 +1,117 @@
+#include "comm/mpi_comm.h"
+
+#include <climits>
+
+#include "base/status.h"
+
+namespace shardlm {
+
+MpiSession::MpiSession(int* argc, char*** argv) {
+  int initialized = 0;
+  MPI_Initialized(&initialized);
+  if (!initialized) MPI_Init(argc, argv);
+}
+
+MpiSession::~MpiSession() {
+  int finalized = 0;
+  MPI_Finalized(&finalized);
+  if (!finalized) MPI_Finalize();
+}
+
+void MpiSession::Abort(int code) {
+  MPI_Abort(MPI_COMM_WORLD, code);
+  std::_Exit(code);
+}
+
+std::unique_ptr<MpiComm> MpiComm::World() {
+  MPI_Comm dup;
+  MPI_Comm_dup(MPI_COMM_WORLD, &dup);
+  MPI_Comm_set_errhandler(dup, MPI_ERRORS_RETURN);
+  return std::unique_ptr<MpiComm>(new MpiComm(dup));
+}
+
+MpiComm::MpiComm(MPI_Comm comm) : comm_(comm) {
+  MPI_Comm_rank(comm_, &rank_);
+  MPI_Comm_size(comm_, &size_);
+}
+
+MpiComm::~MpiComm() {
+  int finalized = 0;
+  MPI_Finalized(&finalized);
+  if (!finalized) MPI_Comm_free(&comm_);
+}
+
+absl::Status MpiComm::Check(int code, const char* what) const {
+  if (code == MPI_SUCCESS) return absl::OkStatus();
+  char text[MPI_MAX_ERROR_STRING];
+  int len = 0;
+  MPI_Error_string(code, text, &len);
+  return absl::UnavailableError(
+      absl::StrCat("rank ", rank_, " of ", size_, ": ", what, " failed: ", std::string(text, len)));
+}
+
+absl::Status MpiComm::AllReduceSum(std::span<float> data) {
+  if (size_ == 1 || data.empty()) return absl::OkStatus();
+  // MPI counts are int; activations stay far below 2^31 elements.
+  CHECK_LE(data.size(), static_cast<size_t>(INT_MAX));
+  return Check(MPI_Allreduce(MPI_IN_PLACE, data.data(), static_cast<int>(data.size()), MPI_FLOAT,
+                             MPI_SUM, comm_),
+               "MPI_Allreduce(sum)");
+}
+
+absl::Status MpiComm::AllReduceMax(std::span<int64_t> data) {
+  if (size_ == 1 || data.empty()) return absl::OkStatus();
+  return Check(MPI_Allreduce(MPI_IN_PLACE, data.data(), static_cast<int>(data.size()),
+                             MPI_INT64_T, MPI_MAX, comm_),
+               "MPI_Allreduce(max)");
+}
+
+absl::Status MpiComm::Broadcast(std::string* bytes, int root) {
+  if (root < 0 || root >= size_) {
+    return absl::InvalidArgumentError(absl::StrCat("broadcast root ", root, " of ", size_));
+  }
+  if (size_ == 1) return absl::OkStatus();
+  // Framing: an int64 length, then the bytes.
+  int64_t length = static_cast<int64_t>(bytes->size());
+  RETURN_IF_ERROR(Check(MPI_Bcast(&length, 1, MPI_INT64_T, root, comm_), "MPI_Bcast(length)"));
+  if (length < 0 || length > INT_MAX) {
+    return absl::InvalidArgumentError(absl::StrCat("broadcast of ", length, " bytes"));
+  }
+  if (rank_ != root) bytes->resize(static_cast<size_t>(length));
+  if (length == 0) return absl::OkStatus();
+  return Check(MPI_Bcast(bytes->data(), static_cast<int>(length), MPI_BYTE, root, comm_),
+               "MPI_Bcast(bytes)");
+}
+
+absl::Status MpiComm::Gatherv(std::span<const float> send, int root, std::vector<float>* recv,
+                              std::vector<int>* counts) {
+  if (root < 0 || root >= size_) {
+    return absl::InvalidArgumentError(absl::StrCat("gather root ", root, " of ", size_));
+  }
+  CHECK_LE(send.size(), static_cast<size_t>(INT_MAX));
+  int count = static_cast<int>(send.size());
+  std::vector<int> all_counts(rank_ == root ? size_ : 0);
+  RETURN_IF_ERROR(Check(
+      MPI_Gather(&count, 1, MPI_INT, all_counts.data(), 1, MPI_INT, root, comm_), "MPI_Gather"));
+  std::vector<int> displs;
+  if (rank_ == root) {
+    displs.resize(size_);
+    int64_t total = 0;
+    for (int r = 0; r < size_; ++r) {
+      displs[r] = static_cast<int>(total);
+      total += all_counts[r];
+    }
+    if (total > INT_MAX) return absl::InvalidArgumentError("gatherv total exceeds INT_MAX");
+    recv->resize(static_cast<size_t>(total));
+  }
+  RETURN_IF_ERROR(Check(MPI_Gatherv(send.data(), count, MPI_FLOAT,
+                                    rank_ == root ? recv->data() : nullptr, all_counts.data(),
+                                    displs.data(), MPI_FLOAT, root, comm_),
+                        "MPI_Gatherv"));
+  if (rank_ == root) *counts = std::move(all_counts);
+  return absl::OkStatus();
+}
+
+absl::Status MpiComm::Barrier() { return Check(MPI_Barrier(comm_), "MPI_Barrier"); }
+
+}  // namespace shardlm

@@ -1,0 +1,101 @@
+#include "shard/shard.h"
+
+#include "absl/strings/str_join.h"
+#include "base/status.h"
+
+namespace shardlm {
+
+const char* AttentionTypeName(AttentionType type) {
+  switch (type) {
+    case AttentionType::kMha: return "mha";
+    case AttentionType::kMqa: return "mqa";
+    case AttentionType::kGqa: return "gqa";
+    case AttentionType::kGta: return "gta";
+    case AttentionType::kMla: return "mla";
+    case AttentionType::kGla: return "gla";
+  }
+  return "?";
+}
+
+int64_t ModelDims::CacheRowFloats(int64_t kv_local) const {
+  if (IsGqaLike(type)) return 2 * head_dim * kv_local;      // K and V
+  if (type == AttentionType::kGta) return head_dim * kv_local + rope_dim;  // tied + RoPE key
+  return latent_dim * kv_local + rope_dim;                  // latents + RoPE key
+}
+
+Range BalancedRange(int64_t n, int parts, int index) {
+  CHECK_GT(parts, 0);
+  CHECK(index >= 0 && index < parts);
+  const int64_t base = n / parts, extra = n % parts;
+  const int64_t begin = index * base + std::min<int64_t>(index, extra);
+  return {begin, begin + base + (index < extra ? 1 : 0)};
+}
+
+namespace {
+
+const char* KvName(const ModelDims& dims) {
+  return IsLatent(dims.type) ? "latent heads h_c" : "KV heads h_kv";
+}
+
+// The reason `size` ranks cannot work, or empty.
+std::string WhyNot(const ModelDims& dims, int size) {
+  const int64_t t = size;
+  if (size < 1) return absl::StrCat("rank count ", size, " must be at least 1");
+  if (dims.num_heads % t != 0) {
+    return absl::StrCat("query heads h_q=", dims.num_heads, " are not divisible by ", t,
+                        " ranks");
+  }
+  const int64_t kv = dims.num_kv_heads;
+  if (kv % t != 0 && t % kv != 0) {
+    return absl::StrCat(KvName(dims), "=", kv, " and ", t,
+                        " ranks: the rank count must divide it or be a multiple of it");
+  }
+  if (dims.intermediate < t) {
+    return absl::StrCat("intermediate_size=", dims.intermediate, " is smaller than ", t, " ranks");
+  }
+  if (dims.vocab < t) {
+    return absl::StrCat("vocab_size=", dims.vocab, " is smaller than ", t, " ranks");
+  }
+  return "";
+}
+
+}  // namespace
+
+std::vector<int> WorkingRankCounts(const ModelDims& dims, int limit) {
+  std::vector<int> out;
+  for (int t = 1; t <= limit; ++t) {
+    if (WhyNot(dims, t).empty()) out.push_back(t);
+  }
+  return out;
+}
+
+absl::Status ValidateTensorParallel(const ModelDims& dims, int size) {
+  const std::string why = WhyNot(dims, size);
+  if (why.empty()) return absl::OkStatus();
+  const std::vector<int> ok = WorkingRankCounts(dims, static_cast<int>(dims.num_heads));
+  return absl::InvalidArgumentError(
+      absl::StrCat("cannot split this ", AttentionTypeName(dims.type), " model over ", size,
+                   " ranks: ", why, "; rank counts that work: ", absl::StrJoin(ok, ", ")));
+}
+
+absl::StatusOr<ShardPlan> PlanShard(const ModelDims& dims, int rank, int size) {
+  RETURN_IF_ERROR(ValidateTensorParallel(dims, size));
+  if (rank < 0 || rank >= size) {
+    return absl::InvalidArgumentError(absl::StrCat("rank ", rank, " outside 0..", size - 1));
+  }
+  ShardPlan plan;
+  plan.rank = rank;
+  plan.size = size;
+  plan.q_heads = BalancedRange(dims.num_heads, size, rank);
+  // Query head i reads KV/latent head i / g; the owned KV heads are exactly those
+  // read by the owned query heads (contiguous groups).
+  const int64_t group = dims.num_heads / dims.num_kv_heads;
+  plan.kv_heads = {plan.q_heads.begin / group, (plan.q_heads.end - 1) / group + 1};
+  plan.kv_replication = size > dims.num_kv_heads ? static_cast<int>(size / dims.num_kv_heads) : 1;
+  plan.mlp_cols = BalancedRange(dims.intermediate, size, rank);
+  plan.vocab_rows = BalancedRange(dims.vocab, size, rank);
+  plan.cache_row_floats = dims.CacheRowFloats(plan.kv_heads.size());
+  return plan;
+}
+
+}  // namespace shardlm

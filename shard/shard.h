@@ -1,0 +1,57 @@
+// Which heads, KV groups, latent heads, MLP columns and vocab rows a rank owns
+// (DESIGN §3). Pure functions, tested without MPI.
+#ifndef SHARDLM_SHARD_SHARD_H_
+#define SHARDLM_SHARD_SHARD_H_
+
+#include <cstdint>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "shard/dims.h"
+
+namespace shardlm {
+
+// Half-open [begin, end).
+struct Range {
+  int64_t begin = 0;
+  int64_t end = 0;
+  int64_t size() const { return end - begin; }
+  bool operator==(const Range&) const = default;
+};
+
+// Part `index` of `n` items split into `parts` contiguous ranges whose sizes
+// differ by at most one (the first n % parts ranges get one more).
+Range BalancedRange(int64_t n, int parts, int index);
+
+// How a tensor is laid out across ranks (DESIGN §3; ggml-style split states).
+enum class SplitState {
+  kReplicated,   // every rank holds all of it
+  kRowSharded,   // column-parallel linear: each rank holds a range of output rows
+  kColSharded,   // row-parallel linear: each rank holds a range of input columns
+  kPartialSum,   // activation: every rank holds a partial sum, all-reduce to finish
+};
+
+struct ShardPlan {
+  int rank = 0;
+  int size = 1;
+  Range q_heads;           // query heads this rank computes
+  Range kv_heads;          // KV heads (MHA..GTA) or latent heads (MLA/GLA) it stores
+  int kv_replication = 1;  // ranks that hold each of this rank's KV/latent heads
+  Range mlp_cols;          // intermediate columns of gate/up, rows of down's input
+  Range vocab_rows;        // LM head rows, i.e. the logit slice this rank computes
+  int64_t cache_row_floats = 0;  // cache floats per token per layer on this rank
+};
+
+// OK if the model can be split over `size` ranks; otherwise an InvalidArgument
+// that names the numbers and lists the rank counts that would work.
+absl::Status ValidateTensorParallel(const ModelDims& dims, int size);
+
+// Rank counts in [1, limit] that ValidateTensorParallel accepts.
+std::vector<int> WorkingRankCounts(const ModelDims& dims, int limit);
+
+// The plan of `rank` of `size`; fails exactly when ValidateTensorParallel does.
+absl::StatusOr<ShardPlan> PlanShard(const ModelDims& dims, int rank, int size);
+
+}  // namespace shardlm
+
+#endif  // SHARDLM_SHARD_SHARD_H_
