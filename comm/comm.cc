@@ -1,8 +1,12 @@
 #include "comm/comm.h"
 
+#include "absl/strings/cord.h"
 #include "base/status.h"
 
 namespace shardlm {
+namespace {
+constexpr char kAgreedPayload[] = "shardlm/agreed";
+}  // namespace
 
 absl::Status BroadcastProto(Comm& comm, google::protobuf::MessageLite* message, int root) {
   std::string bytes;
@@ -34,7 +38,13 @@ absl::Status AgreeOnStatus(Comm& comm, const absl::Status& local) {
   std::vector<int64_t> code_vec = {code};
   RETURN_IF_ERROR(comm.AllReduceMax(code_vec));
   const std::string prefix = comm.size() > 1 ? absl::StrCat("rank ", failing, ": ") : "";
-  return absl::Status(static_cast<absl::StatusCode>(code_vec[0]), prefix + message);
+  absl::Status agreed(static_cast<absl::StatusCode>(code_vec[0]), prefix + message);
+  agreed.SetPayload(kAgreedPayload, absl::Cord("1"));
+  return agreed;
+}
+
+bool IsAgreed(const absl::Status& status) {
+  return status.GetPayload(kAgreedPayload).has_value();
 }
 
 absl::Status LocalComm::Broadcast(std::string*, int root) {

@@ -42,6 +42,11 @@ absl::Status BroadcastProto(Comm& comm, google::protobuf::MessageLite* message, 
 // or OK when every rank succeeded. Must be called by all ranks.
 absl::Status AgreeOnStatus(Comm& comm, const absl::Status& local);
 
+// True for a status returned by AgreeOnStatus: every rank holds the same one, so
+// one rank reports it and all exit. Any other error is known to one rank only and
+// must abort the job.
+bool IsAgreed(const absl::Status& status);
+
 // One process, no MPI: collectives are identities. For tests and tools.
 class LocalComm final : public Comm {
  public:

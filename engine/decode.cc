@@ -1,0 +1,387 @@
+#include "engine/decode.h"
+
+#include <unistd.h>
+
+#include <chrono>
+#include <cmath>
+#include <fstream>
+#include <map>
+#include <set>
+
+#include "base/status.h"
+#include "engine/config.h"
+#include "engine/jsonl.h"
+#include "engine/requests.h"
+#include "engine/scheduler.h"
+#include "engine/tokenizer.h"
+
+namespace shardlm {
+namespace {
+
+struct DecodeRequest {
+  JsonValue id;
+  std::vector<int32_t> prompt;
+  int64_t max_new_tokens = 0;
+  SamplingParams sampling;
+  std::set<int32_t> stop_ids;  // EOS ids and the request's stop_token_ids
+};
+
+absl::StatusOr<DecodeRequest> ParseDecodeRequest(const JsonObject& object, const ModelDims& dims,
+                                                 const DecodeOptions& defaults) {
+  RETURN_IF_ERROR(CheckKnownFields(object, {"id", "prompt", "text", "tokens", "max_new_tokens",
+                                            "temperature", "top_k", "top_p", "seed",
+                                            "stop_token_ids"}));
+  DecodeRequest r;
+  const JsonValue* id = FindField(object, "id");
+  if (id == nullptr) return absl::InvalidArgumentError("missing \"id\"");
+  ASSIGN_OR_RETURN(r.id, GetId(*id));
+  ASSIGN_OR_RETURN(r.prompt, RequestTokens(object, dims));
+  const int64_t prompt_len = static_cast<int64_t>(r.prompt.size());
+  if (prompt_len >= dims.max_positions) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("prompt of ", prompt_len, " tokens leaves no room to generate within ",
+                     "max_position_embeddings=", dims.max_positions));
+  }
+  r.max_new_tokens = defaults.max_new_tokens;
+  r.sampling = defaults.sampling;
+  if (const JsonValue* v = FindField(object, "max_new_tokens")) {
+    ASSIGN_OR_RETURN(r.max_new_tokens, GetInt(*v, "max_new_tokens"));
+    if (r.max_new_tokens < 1 || r.max_new_tokens > dims.max_positions) {
+      return absl::InvalidArgumentError(absl::StrCat("\"max_new_tokens\" must be in [1, ",
+                                                     dims.max_positions, "], got ",
+                                                     r.max_new_tokens));
+    }
+  }
+  if (const JsonValue* v = FindField(object, "temperature")) {
+    ASSIGN_OR_RETURN(r.sampling.temperature, GetNumber(*v, "temperature"));
+    if (!(r.sampling.temperature >= 0) || r.sampling.temperature > 1e4) {
+      return absl::InvalidArgumentError("\"temperature\" must be in [0, 10000]");
+    }
+  }
+  if (const JsonValue* v = FindField(object, "top_k")) {
+    ASSIGN_OR_RETURN(r.sampling.top_k, GetInt(*v, "top_k"));
+    if (r.sampling.top_k < 0) return absl::InvalidArgumentError("\"top_k\" must be >= 0");
+  }
+  if (const JsonValue* v = FindField(object, "top_p")) {
+    ASSIGN_OR_RETURN(r.sampling.top_p, GetNumber(*v, "top_p"));
+    if (!(r.sampling.top_p > 0 && r.sampling.top_p <= 1)) {
+      return absl::InvalidArgumentError("\"top_p\" must be in (0, 1]");
+    }
+  }
+  if (const JsonValue* v = FindField(object, "seed")) {
+    ASSIGN_OR_RETURN(int64_t seed, GetInt(*v, "seed"));
+    if (seed < 0) return absl::InvalidArgumentError("\"seed\" must be >= 0");
+    r.sampling.seed = static_cast<uint64_t>(seed);
+  }
+  for (int64_t eos : dims.eos_token_ids) r.stop_ids.insert(static_cast<int32_t>(eos));
+  if (const JsonValue* v = FindField(object, "stop_token_ids")) {
+    ASSIGN_OR_RETURN(std::vector<int64_t> stops, GetIntList(*v, "stop_token_ids"));
+    for (int64_t t : stops) {
+      if (t < 0 || t >= dims.vocab) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("stop token id ", t, " is outside the vocabulary [0, ", dims.vocab, ")"));
+      }
+      r.stop_ids.insert(static_cast<int32_t>(t));
+    }
+  }
+  return r;
+}
+
+// Replaces bytes that are not valid UTF-8 with U+FFFD (JSON strings must be UTF-8).
+std::string ToValidUtf8(const std::string& s) {
+  std::string out;
+  for (size_t i = 0; i < s.size();) {
+    const unsigned char c = s[i];
+    size_t len = c < 0x80 ? 1 : (c >> 5) == 0x6 ? 2 : (c >> 4) == 0xe ? 3 : (c >> 3) == 0x1e ? 4 : 0;
+    bool ok = len > 0 && i + len <= s.size();
+    for (size_t k = 1; ok && k < len; ++k) ok = (static_cast<unsigned char>(s[i + k]) >> 6) == 0x2;
+    if (ok && len == 2 && c < 0xc2) ok = false;  // overlong
+    if (ok) {
+      out.append(s, i, len);
+      i += len;
+    } else {
+      out += "\xef\xbf\xbd";
+      ++i;
+    }
+  }
+  return out;
+}
+
+// Rank 0's view of the job: requests, scheduler, results file.
+class Coordinator {
+ public:
+  Coordinator(const DecodeOptions& options, const ModelDims& dims, int64_t num_pages,
+              JsonlWriter* writer)
+      : options_(options), dims_(dims), writer_(writer),
+        scheduler_({num_pages, options.page_size, options.max_batch, options.max_batch_tokens}),
+        num_pages_(num_pages) {}
+
+  // Reads and validates every request; invalid ones get an error line now.
+  absl::Status ReadRequests(std::istream& input) {
+    std::string line;
+    int64_t line_number = 0;
+    std::set<std::string> seen;
+    while (std::getline(input, line)) {
+      ++line_number;
+      if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+      absl::StatusOr<JsonObject> object = ParseJsonObject(line);
+      absl::StatusOr<DecodeRequest> request =
+          object.ok() ? ParseDecodeRequest(*object, dims_, options_) : object.status();
+      if (request.ok() && !seen.insert(IdKey(request->id)).second) {
+        request = absl::InvalidArgumentError("duplicate id");
+      }
+      if (!request.ok()) {
+        JsonObject error = ErrorLine(object.ok() ? FindField(*object, "id") : nullptr,
+                                     absl::StrCat("line ", line_number, ": ",
+                                                  request.status().message()));
+        (*error.mutable_fields())["finish_reason"] = StringValue("error");
+        RETURN_IF_ERROR(writer_->Write(error));
+        ++errors_;
+        continue;
+      }
+      auto seq = std::make_unique<Sequence>();
+      seq->request_index = static_cast<int64_t>(requests_.size());
+      seq->tokens = request->prompt;
+      seq->prompt_len = static_cast<int64_t>(request->prompt.size());
+      seq->sampler = std::make_unique<Sampler>(request->sampling);
+      requests_.push_back(std::move(*request));
+      scheduler_.Enqueue(std::move(seq));
+    }
+    if (input.bad()) return absl::DataLossError(absl::StrCat("cannot read ", options_.input));
+    return absl::OkStatus();
+  }
+
+  std::vector<ScheduledSeq> Plan(StepPlan* plan) {
+    if (scheduler_.Idle()) {
+      plan->Clear();
+      plan->set_shutdown(true);
+      return {};
+    }
+    auto slices = scheduler_.Schedule(plan);
+    CHECK(!slices.empty());  // one sequence alone always fits (checked at start-up)
+    return slices;
+  }
+
+  // After the forward pass: sample, finish sequences, write their results.
+  absl::Status AfterStep(const std::vector<ScheduledSeq>& slices, const std::vector<float>& logits) {
+    scheduler_.Computed(slices);
+    int64_t row = 0;
+    for (const ScheduledSeq& s : slices) {
+      if (!s.want_logits) continue;
+      Sequence* seq = s.seq;
+      const DecodeRequest& request = requests_[seq->request_index];
+      const Sample sample = seq->sampler->Next(logits.data() + row * dims_.vocab, dims_.vocab);
+      ++row;
+      seq->tokens.push_back(sample.token);
+      seq->logprobs.push_back(sample.logprob);
+      ++generated_tokens_;
+      const char* finish = nullptr;
+      if (request.stop_ids.count(sample.token)) {
+        finish = "stop";
+      } else if (seq->generated() >= request.max_new_tokens ||
+                 static_cast<int64_t>(seq->tokens.size()) >= dims_.max_positions) {
+        finish = "length";
+      }
+      if (finish != nullptr) RETURN_IF_ERROR(WriteResult(scheduler_.Finish(seq), finish));
+    }
+    return absl::OkStatus();
+  }
+
+  void Progress(bool final) {
+    const double seconds =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
+    std::fprintf(stderr, "%sdecode: %lld/%lld requests done, %lld tokens, %.1f tokens/s%s",
+                 final ? "" : "\r", static_cast<long long>(done_ + errors_),
+                 static_cast<long long>(requests_.size() + errors_),
+                 static_cast<long long>(generated_tokens_), generated_tokens_ / std::max(seconds, 1e-9),
+                 final ? "" : "   ");
+  }
+
+  void Summary() {
+    const double seconds =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
+    std::fprintf(stderr,
+                 "shardlm decode: %lld requests (%lld errors), %lld tokens generated in %.2f s "
+                 "(%.1f tokens/s), %lld preemptions, free pages %lld/%lld\n",
+                 static_cast<long long>(done_ + errors_), static_cast<long long>(errors_),
+                 static_cast<long long>(generated_tokens_), seconds,
+                 generated_tokens_ / std::max(seconds, 1e-9),
+                 static_cast<long long>(scheduler_.total_preemptions()),
+                 static_cast<long long>(scheduler_.free_pages()), static_cast<long long>(num_pages_));
+  }
+
+  int64_t free_pages() const { return scheduler_.free_pages(); }
+
+ private:
+  absl::Status WriteResult(std::unique_ptr<Sequence> seq, const char* finish) {
+    const DecodeRequest& request = requests_[seq->request_index];
+    const std::vector<int32_t> generated(seq->tokens.begin() + seq->prompt_len, seq->tokens.end());
+    JsonObject out;
+    auto& f = *out.mutable_fields();
+    f["id"] = request.id;
+    f["prompt_tokens"] = NumberValue(static_cast<double>(seq->prompt_len));
+    f["tokens"] = IntList(generated);
+    if (dims_.byte_tokenizer) f["text"] = StringValue(ToValidUtf8(ByteDecode(generated)));
+    f["logprobs"] = NumberList(seq->logprobs);
+    f["finish_reason"] = StringValue(finish);
+    ++done_;
+    return writer_->Write(out);
+  }
+
+  const DecodeOptions& options_;
+  const ModelDims& dims_;
+  JsonlWriter* writer_;
+  Scheduler scheduler_;
+  int64_t num_pages_;
+  std::vector<DecodeRequest> requests_;
+  int64_t done_ = 0, errors_ = 0, generated_tokens_ = 0;
+  std::chrono::steady_clock::time_point start_ = std::chrono::steady_clock::now();
+};
+
+// Every rank's side of a step: block tables, the ragged batch, the forward pass.
+class StepRunner {
+ public:
+  StepRunner(Model& model, PagedKvCache& cache, Comm& comm)
+      : model_(model), cache_(cache), comm_(comm) {}
+
+  absl::Status Run(const StepPlan& plan, std::vector<float>* logits) {
+    for (int64_t id : plan.released()) block_tables_.erase(id);
+    ForwardBatch batch;
+    for (const SeqStep& s : plan.seqs()) {
+      std::vector<int32_t>& table = block_tables_[s.seq_id()];
+      table.insert(table.end(), s.new_pages().begin(), s.new_pages().end());
+    }
+    for (const SeqStep& s : plan.seqs()) {
+      // Block tables do not move during the step: spans into them stay valid.
+      const std::vector<int32_t>& table = block_tables_[s.seq_id()];
+      for (int i = 0; i < s.tokens_size(); ++i) {
+        batch.token_ids.push_back(s.tokens(i));
+        batch.tokens.push_back({table, s.start_pos() + i});
+      }
+      if (s.want_logits()) batch.logit_rows.push_back(static_cast<int32_t>(batch.tokens.size() - 1));
+    }
+    return model_.Forward(batch, cache_, comm_, logits);
+  }
+
+  size_t live_sequences() const { return block_tables_.size(); }
+
+ private:
+  Model& model_;
+  PagedKvCache& cache_;
+  Comm& comm_;
+  std::map<int64_t, std::vector<int32_t>> block_tables_;
+};
+
+std::string BuildId() { return absl::StrCat("shardlm protocol ", kProtocolVersion, " ", __DATE__, " ", __TIME__); }
+
+}  // namespace
+
+int64_t PagesForBudget(const ModelDims& dims, const ShardPlan& plan, double kv_cache_mb,
+                       int64_t page_size) {
+  const double page_bytes = static_cast<double>(dims.layers) * page_size *
+                            static_cast<double>(plan.cache_row_floats) * sizeof(float);
+  return static_cast<int64_t>(std::floor(kv_cache_mb * 1024.0 * 1024.0 / page_bytes));
+}
+
+absl::Status RunDecode(const DecodeOptions& options, Model& model, Comm& comm) {
+  const ModelDims& dims = model.dims();
+  // Hello: every rank checks the coordinator's protocol, config and page size.
+  Hello mine;
+  mine.set_protocol_version(kProtocolVersion);
+  mine.set_config_fingerprint(DimsFingerprint(dims));
+  mine.set_num_pages(PagesForBudget(dims, model.plan(), options.kv_cache_mb, options.page_size));
+  mine.set_page_size(options.page_size);
+  mine.set_build(BuildId());
+  Hello coordinator = mine;
+  RETURN_IF_ERROR(BroadcastProto(comm, &coordinator, 0));
+  absl::Status hello_status;
+  if (coordinator.protocol_version() != mine.protocol_version() ||
+      coordinator.build() != mine.build()) {
+    hello_status = absl::FailedPreconditionError(absl::StrCat(
+        "binary mismatch: this rank runs \"", mine.build(), "\", rank 0 runs \"",
+        coordinator.build(), "\"; run the same shardlm build on every host"));
+  } else if (coordinator.config_fingerprint() != mine.config_fingerprint()) {
+    hello_status = absl::FailedPreconditionError(
+        "checkpoint mismatch: this rank's config.json differs from rank 0's; use the same "
+        "checkpoint on every host");
+  } else if (coordinator.page_size() != mine.page_size()) {
+    hello_status = absl::FailedPreconditionError("--page-size differs from rank 0's");
+  }
+  RETURN_IF_ERROR(AgreeOnStatus(comm, hello_status));
+  // The coordinator allocates from the smallest pool of any rank.
+  std::vector<int64_t> neg_pages = {-mine.num_pages()};
+  RETURN_IF_ERROR(comm.AllReduceMax(neg_pages));
+  const int64_t num_pages = -neg_pages[0];
+
+  // One request of the model's maximum length must fit.
+  const int64_t max_len_pages = (dims.max_positions + options.page_size - 1) / options.page_size;
+  if (num_pages < max_len_pages) {
+    const double mb_needed = options.kv_cache_mb * static_cast<double>(max_len_pages) /
+                             std::max<int64_t>(mine.num_pages(), 1);
+    return AgreeOnStatus(comm, absl::ResourceExhaustedError(absl::StrFormat(
+        "--kv-cache-mb %.1f holds %d pages of %d tokens (%d tokens) per rank, but one request "
+        "of the model's maximum length (%d tokens) needs %d pages; use --kv-cache-mb %.1f or "
+        "more", options.kv_cache_mb, num_pages, options.page_size, num_pages * options.page_size,
+        dims.max_positions, max_len_pages, std::ceil(mb_needed * 10) / 10)));
+  }
+  PagedKvCache cache(dims.layers, num_pages, options.page_size, model.plan().cache_row_floats);
+
+  // Rank 0 opens the files and reads the requests.
+  std::unique_ptr<JsonlWriter> writer;
+  std::unique_ptr<Coordinator> coordinator_state;
+  absl::Status open_status;
+  if (comm.rank() == 0) {
+    std::ifstream input(options.input);
+    if (!input) {
+      open_status = absl::NotFoundError(absl::StrCat("cannot open input ", options.input));
+    } else {
+      auto w = JsonlWriter::Open(options.output);
+      if (!w.ok()) {
+        open_status = w.status();
+      } else {
+        writer = std::move(*w);
+        coordinator_state = std::make_unique<Coordinator>(options, dims, num_pages, writer.get());
+        open_status = coordinator_state->ReadRequests(input);
+      }
+    }
+  }
+  RETURN_IF_ERROR(AgreeOnStatus(comm, open_status));
+
+  const bool progress = comm.rank() == 0 && (options.progress || isatty(STDERR_FILENO));
+  StepRunner runner(model, cache, comm);
+  StepPlan plan;
+  std::vector<float> logits;
+  absl::Status local_error;  // rank 0's own failure: broadcast a shutdown, then report
+  auto last_progress = std::chrono::steady_clock::now();
+  while (true) {
+    std::vector<ScheduledSeq> slices;
+    if (comm.rank() == 0) {
+      if (local_error.ok()) {
+        slices = coordinator_state->Plan(&plan);
+      } else {
+        plan.Clear();
+        plan.set_shutdown(true);
+      }
+    }
+    RETURN_IF_ERROR(BroadcastProto(comm, &plan, 0));
+    if (plan.shutdown()) break;
+    RETURN_IF_ERROR(runner.Run(plan, &logits));
+    if (comm.rank() != 0) continue;
+    local_error = coordinator_state->AfterStep(slices, logits);
+    if (progress && std::chrono::steady_clock::now() - last_progress > std::chrono::milliseconds(500)) {
+      coordinator_state->Progress(false);
+      last_progress = std::chrono::steady_clock::now();
+    }
+  }
+  if (comm.rank() == 0) {
+    if (progress) std::fprintf(stderr, "\n");
+    coordinator_state->Summary();
+    if (local_error.ok() && coordinator_state->free_pages() != num_pages) {
+      local_error = absl::InternalError(absl::StrCat("page leak: ", coordinator_state->free_pages(),
+                                                     " of ", num_pages, " pages free after the job"));
+    }
+  }
+  return AgreeOnStatus(comm, local_error);
+}
+
+}  // namespace shardlm

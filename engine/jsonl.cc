@@ -1,0 +1,137 @@
+#include "engine/jsonl.h"
+
+#include <cerrno>
+#include <cmath>
+#include <cstring>
+
+#include "base/status.h"
+#include "google/protobuf/util/json_util.h"
+
+namespace shardlm {
+
+absl::StatusOr<JsonObject> ParseJsonObject(const std::string& line) {
+  JsonObject object;
+  auto status = google::protobuf::util::JsonStringToMessage(line, &object);
+  if (!status.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("not a JSON object: ", status.message().ToString()));
+  }
+  return object;
+}
+
+std::string ToJsonLine(const JsonObject& object) {
+  std::string out;
+  (void)google::protobuf::util::MessageToJsonString(object, &out);
+  return out;
+}
+
+absl::Status CheckKnownFields(const JsonObject& object, const std::vector<std::string>& allowed) {
+  for (const auto& [key, value] : object.fields()) {
+    if (std::find(allowed.begin(), allowed.end(), key) == allowed.end()) {
+      return absl::InvalidArgumentError(absl::StrCat("unknown field \"", key, "\""));
+    }
+  }
+  return absl::OkStatus();
+}
+
+const JsonValue* FindField(const JsonObject& object, const std::string& key) {
+  auto it = object.fields().find(key);
+  return it == object.fields().end() ? nullptr : &it->second;
+}
+
+absl::StatusOr<int64_t> GetInt(const JsonValue& value, const std::string& key) {
+  if (value.kind_case() != JsonValue::kNumberValue) {
+    return absl::InvalidArgumentError(absl::StrCat("\"", key, "\" must be an integer"));
+  }
+  const double v = value.number_value();
+  if (v != std::floor(v) || std::fabs(v) > 9.007199254740992e15) {
+    return absl::InvalidArgumentError(absl::StrCat("\"", key, "\" must be an integer, got ", v));
+  }
+  return static_cast<int64_t>(v);
+}
+
+absl::StatusOr<double> GetNumber(const JsonValue& value, const std::string& key) {
+  if (value.kind_case() != JsonValue::kNumberValue) {
+    return absl::InvalidArgumentError(absl::StrCat("\"", key, "\" must be a number"));
+  }
+  return value.number_value();
+}
+
+absl::StatusOr<std::string> GetString(const JsonValue& value, const std::string& key) {
+  if (value.kind_case() != JsonValue::kStringValue) {
+    return absl::InvalidArgumentError(absl::StrCat("\"", key, "\" must be a string"));
+  }
+  return value.string_value();
+}
+
+absl::StatusOr<std::vector<int64_t>> GetIntList(const JsonValue& value, const std::string& key) {
+  if (value.kind_case() != JsonValue::kListValue) {
+    return absl::InvalidArgumentError(absl::StrCat("\"", key, "\" must be a list of integers"));
+  }
+  std::vector<int64_t> out;
+  out.reserve(value.list_value().values_size());
+  for (const JsonValue& v : value.list_value().values()) {
+    auto i = GetInt(v, key);
+    if (!i.ok()) {
+      return absl::InvalidArgumentError(absl::StrCat("\"", key, "\" must be a list of integers"));
+    }
+    out.push_back(*i);
+  }
+  return out;
+}
+
+absl::StatusOr<JsonValue> GetId(const JsonValue& value) {
+  if (value.kind_case() == JsonValue::kStringValue) return value;
+  if (value.kind_case() == JsonValue::kNumberValue) {
+    ASSIGN_OR_RETURN(int64_t id, GetInt(value, "id"));
+    return NumberValue(static_cast<double>(id));
+  }
+  return absl::InvalidArgumentError("\"id\" must be a string or an integer");
+}
+
+JsonValue NumberValue(double v) {
+  JsonValue out;
+  out.set_number_value(v);
+  return out;
+}
+
+JsonValue StringValue(const std::string& v) {
+  JsonValue out;
+  out.set_string_value(v);
+  return out;
+}
+
+JsonValue NumberList(const std::vector<double>& values) {
+  JsonValue out;
+  auto* list = out.mutable_list_value();
+  for (double v : values) list->add_values()->set_number_value(v);
+  return out;
+}
+
+JsonValue IntList(const std::vector<int32_t>& values) {
+  JsonValue out;
+  auto* list = out.mutable_list_value();
+  for (int32_t v : values) list->add_values()->set_number_value(v);
+  return out;
+}
+
+absl::StatusOr<std::unique_ptr<JsonlWriter>> JsonlWriter::Open(const std::string& path) {
+  std::FILE* file = std::fopen(path.c_str(), "w");
+  if (file == nullptr) {
+    return absl::PermissionDeniedError(
+        absl::StrCat("cannot open output ", path, ": ", std::strerror(errno)));
+  }
+  return std::unique_ptr<JsonlWriter>(new JsonlWriter(file, path));
+}
+
+JsonlWriter::~JsonlWriter() { std::fclose(file_); }
+
+absl::Status JsonlWriter::Write(const JsonObject& object) {
+  const std::string line = ToJsonLine(object) + "\n";
+  if (std::fwrite(line.data(), 1, line.size(), file_) != line.size() || std::fflush(file_) != 0) {
+    return absl::DataLossError(absl::StrCat("cannot write to ", path_, ": ", std::strerror(errno)));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace shardlm

@@ -1,0 +1,56 @@
+// JSON Lines helpers for requests and results: one JSON object per line,
+// parsed with protobuf's JSON parser into a Struct, typed field access with
+// errors that name the field.
+#ifndef SHARDLM_ENGINE_JSONL_H_
+#define SHARDLM_ENGINE_JSONL_H_
+
+#include <cstdint>
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "google/protobuf/struct.pb.h"
+
+namespace shardlm {
+
+using JsonObject = google::protobuf::Struct;
+using JsonValue = google::protobuf::Value;
+
+absl::StatusOr<JsonObject> ParseJsonObject(const std::string& line);
+// Compact one-line JSON of an object (no trailing newline).
+std::string ToJsonLine(const JsonObject& object);
+
+// Fails if the object has a key outside `allowed` (names the key).
+absl::Status CheckKnownFields(const JsonObject& object, const std::vector<std::string>& allowed);
+const JsonValue* FindField(const JsonObject& object, const std::string& key);
+// Integral number in int64 range (doubles beyond 2^53 are rejected).
+absl::StatusOr<int64_t> GetInt(const JsonValue& value, const std::string& key);
+absl::StatusOr<double> GetNumber(const JsonValue& value, const std::string& key);
+absl::StatusOr<std::string> GetString(const JsonValue& value, const std::string& key);
+absl::StatusOr<std::vector<int64_t>> GetIntList(const JsonValue& value, const std::string& key);
+// A request id: a string or an integer; returned as the canonical JSON value.
+absl::StatusOr<JsonValue> GetId(const JsonValue& value);
+
+JsonValue NumberValue(double v);
+JsonValue StringValue(const std::string& v);
+JsonValue NumberList(const std::vector<double>& values);
+JsonValue IntList(const std::vector<int32_t>& values);
+
+// Appends lines to a results file; each line is written with one write and
+// flushed, so an interrupted job leaves only complete lines.
+class JsonlWriter {
+ public:
+  static absl::StatusOr<std::unique_ptr<JsonlWriter>> Open(const std::string& path);
+  ~JsonlWriter();
+  absl::Status Write(const JsonObject& object);
+
+ private:
+  JsonlWriter(std::FILE* file, std::string path) : file_(file), path_(std::move(path)) {}
+  std::FILE* file_;
+  std::string path_;
+};
+
+}  // namespace shardlm
+
+#endif  // SHARDLM_ENGINE_JSONL_H_

@@ -1,0 +1,91 @@
+#include "engine/model.h"
+
+#include <algorithm>
+
+#include "base/status.h"
+#include "engine/config.h"
+
+namespace shardlm {
+
+absl::StatusOr<std::unique_ptr<Model>> Model::Load(const std::string& model_dir, int rank,
+                                                   int size) {
+  ASSIGN_OR_RETURN(ModelConfig config, ReadModelConfig(model_dir));
+  ASSIGN_OR_RETURN(ModelDims dims, ResolveDims(config, model_dir + "/config.json"));
+  ASSIGN_OR_RETURN(ShardPlan plan, PlanShard(dims, rank, size));
+  ASSIGN_OR_RETURN(auto dir, SafetensorsDir::Open(model_dir));
+  ASSIGN_OR_RETURN(ModelWeights weights, LoadWeights(*dir, dims, plan));
+  return std::unique_ptr<Model>(new Model(std::move(dims), plan, std::move(weights)));
+}
+
+Model::Model(ModelDims dims, ShardPlan plan, ModelWeights weights)
+    : dims_(std::move(dims)), plan_(plan), weights_(std::move(weights)),
+      attention_(AttentionBlock::Create(dims_, plan_)) {}
+
+absl::Status Model::Forward(const ForwardBatch& batch, PagedKvCache& cache, Comm& comm,
+                            std::vector<float>* logits) {
+  const int64_t n = static_cast<int64_t>(batch.token_ids.size()), d = dims_.hidden;
+  CHECK_EQ(static_cast<int64_t>(batch.tokens.size()), n);
+  float* x = Scratch(x_, n * d);              // [n, d] residual stream
+  float* xn = Scratch(xn_, n * d);            // [n, d] normalized input of a block
+  float* partial = Scratch(partial_, n * d);  // [n, d] this rank's partial sum
+  const int64_t mlp = plan_.mlp_cols.size();
+  float* gate = Scratch(gate_, n * mlp);      // [n, mlp_l]
+  float* up = Scratch(up_, n * mlp);          // [n, mlp_l]
+
+  for (int64_t t = 0; t < n; ++t) {
+    const int32_t id = batch.token_ids[t];
+    CHECK(id >= 0 && id < dims_.vocab);
+    std::copy_n(weights_.embed.data() + id * d, d, x + t * d);
+  }
+  for (int64_t l = 0; l < dims_.layers; ++l) {
+    const LayerWeights& w = weights_.layers[l];
+    // h = x + Attn(RMSNorm(x)): each rank's heads give a partial o_proj sum.
+    RmsNorm(x, n, d, d, w.attn_norm.data(), dims_.rms_eps, xn);
+    attention_->Forward(w.attn, xn, batch.tokens, cache.Layer(l), partial);
+    RETURN_IF_ERROR(comm.AllReduceSum({partial, static_cast<size_t>(n * d)}));
+    for (int64_t i = 0; i < n * d; ++i) x[i] += partial[i];
+    // x' = h + down(silu(gate(h̃)) ⊙ up(h̃)): each rank's columns give a partial sum.
+    RmsNorm(x, n, d, d, w.mlp_norm.data(), dims_.rms_eps, xn);
+    MatMul(xn, n, w.gate, gate);
+    MatMul(xn, n, w.up, up);
+    SiluMul(gate, up, n * mlp);
+    MatMul(gate, n, w.down, partial);
+    RETURN_IF_ERROR(comm.AllReduceSum({partial, static_cast<size_t>(n * d)}));
+    for (int64_t i = 0; i < n * d; ++i) x[i] += partial[i];
+  }
+  // Final norm of the rows that need logits only.
+  const int64_t m = static_cast<int64_t>(batch.logit_rows.size());
+  float* head_in = Scratch(head_in_, m * d);  // [m, d]
+  for (int64_t i = 0; i < m; ++i) {
+    const int32_t row = batch.logit_rows[i];
+    CHECK(row >= 0 && row < n);
+    RmsNorm(x + row * d, 1, d, d, weights_.final_norm.data(), dims_.rms_eps, head_in + i * d);
+  }
+  return GatherLogits(head_in, m, comm, logits);
+}
+
+absl::Status Model::GatherLogits(const float* hidden, int64_t m, Comm& comm,
+                                 std::vector<float>* logits) {
+  const int64_t vocab_local = plan_.vocab_rows.size();
+  float* local = Scratch(local_logits_, m * vocab_local);  // [m, vocab_l]
+  MatMul(hidden, m, weights_.lm_head, local);
+  std::vector<int> counts;
+  RETURN_IF_ERROR(
+      comm.Gatherv({local, static_cast<size_t>(m * vocab_local)}, 0, &gathered_, &counts));
+  logits->clear();
+  if (comm.rank() != 0) return absl::OkStatus();
+  // gathered_ holds rank r's [m, vocab_r] block after those of ranks < r.
+  logits->resize(static_cast<size_t>(m * dims_.vocab));
+  const float* block = gathered_.data();
+  for (int r = 0; r < comm.size(); ++r) {
+    const Range rows = BalancedRange(dims_.vocab, comm.size(), r);
+    CHECK_EQ(counts[r], m * rows.size());
+    for (int64_t i = 0; i < m; ++i) {
+      std::copy_n(block + i * rows.size(), rows.size(), logits->data() + i * dims_.vocab + rows.begin);
+    }
+    block += m * rows.size();
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace shardlm

@@ -1,0 +1,59 @@
+// The forward pass of one rank (DESIGN §2, §3): embedding, the layer loop with
+// two all-reduces per layer, final norm and the vocab-parallel LM head whose
+// logits rank 0 gathers.
+#ifndef SHARDLM_ENGINE_MODEL_H_
+#define SHARDLM_ENGINE_MODEL_H_
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "attention/kv_cache.h"
+#include "comm/comm.h"
+#include "engine/attention_block.h"
+#include "engine/weights.h"
+#include "shard/shard.h"
+
+namespace shardlm {
+
+// A ragged batch: tokens of one or more sequences, each at its position.
+struct ForwardBatch {
+  std::vector<int32_t> token_ids;   // [n]
+  std::vector<QueryToken> tokens;   // [n]; block tables must outlive Forward
+  std::vector<int32_t> logit_rows;  // batch rows whose logits rank 0 receives, in order
+};
+
+class Model {
+ public:
+  // Reads config.json, validates the split over `size` ranks and loads the
+  // shard of `rank`. Errors are local to this rank; callers agree on them.
+  static absl::StatusOr<std::unique_ptr<Model>> Load(const std::string& model_dir, int rank,
+                                                     int size);
+
+  // Runs every layer over the batch, writing each token's cache rows. On rank 0
+  // `logits` becomes [logit_rows, vocab]; on other ranks it is left empty.
+  // Must be called by all ranks with the same batch.
+  absl::Status Forward(const ForwardBatch& batch, PagedKvCache& cache, Comm& comm,
+                       std::vector<float>* logits);
+
+  const ModelDims& dims() const { return dims_; }
+  const ShardPlan& plan() const { return plan_; }
+  const ModelWeights& weights() const { return weights_; }
+
+ private:
+  Model(ModelDims dims, ShardPlan plan, ModelWeights weights);
+
+  // Vocab-parallel LM head: [m, d] normalized rows → rank 0's [m, vocab].
+  absl::Status GatherLogits(const float* hidden, int64_t m, Comm& comm, std::vector<float>* logits);
+
+  ModelDims dims_;
+  ShardPlan plan_;
+  ModelWeights weights_;
+  std::unique_ptr<AttentionBlock> attention_;
+  // Activations, grown on demand and reused across steps.
+  std::vector<float> x_, xn_, partial_, gate_, up_, head_in_, local_logits_, gathered_;
+};
+
+}  // namespace shardlm
+
+#endif  // SHARDLM_ENGINE_MODEL_H_

@@ -1,0 +1,84 @@
+#include "engine/ops.h"
+
+#include <cblas.h>
+
+#include <cmath>
+
+#include "base/status.h"
+
+namespace shardlm {
+
+void MatMul(const float* x, int64_t n, int64_t x_stride, const Linear& w, float* y,
+            int64_t y_stride) {
+  CHECK_EQ(static_cast<int64_t>(w.w.size()), w.out * w.in);
+  if (n == 0 || w.out == 0) return;
+  if (!w.b.empty()) {
+    for (int64_t i = 0; i < n; ++i) std::copy(w.b.begin(), w.b.end(), y + i * y_stride);
+  }
+  if (w.in == 0) {
+    if (w.b.empty()) {
+      for (int64_t i = 0; i < n; ++i) std::fill(y + i * y_stride, y + i * y_stride + w.out, 0.0f);
+    }
+    return;
+  }
+  // Row-major C[n, out] = A[n, in] · B[out, in]ᵀ (+ C when there is a bias).
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(n),
+              static_cast<int>(w.out), static_cast<int>(w.in), 1.0f, x, static_cast<int>(x_stride),
+              w.w.data(), static_cast<int>(w.in), w.b.empty() ? 0.0f : 1.0f, y,
+              static_cast<int>(y_stride));
+}
+
+void MatMulNaive(const float* x, int64_t n, int64_t x_stride, const Linear& w, float* y,
+                 int64_t y_stride) {
+  for (int64_t i = 0; i < n; ++i) {
+    for (int64_t o = 0; o < w.out; ++o) {
+      double acc = w.b.empty() ? 0.0 : w.b[o];
+      for (int64_t k = 0; k < w.in; ++k) {
+        acc += static_cast<double>(x[i * x_stride + k]) * w.w[o * w.in + k];
+      }
+      y[i * y_stride + o] = static_cast<float>(acc);
+    }
+  }
+}
+
+void RmsNorm(const float* x, int64_t n, int64_t dim, int64_t stride, const float* gamma,
+             double eps, float* y) {
+  for (int64_t i = 0; i < n; ++i) {
+    const float* xi = x + i * stride;
+    float* yi = y + i * stride;
+    float sum_sq = 0.0f;
+    for (int64_t k = 0; k < dim; ++k) sum_sq += xi[k] * xi[k];
+    const float inv = static_cast<float>(1.0 / std::sqrt(sum_sq / dim + eps));
+    for (int64_t k = 0; k < dim; ++k) yi[k] = gamma[k] * (xi[k] * inv);
+  }
+}
+
+void RmsNormNaive(const float* x, int64_t n, int64_t dim, int64_t stride, const float* gamma,
+                  double eps, float* y) {
+  for (int64_t i = 0; i < n; ++i) {
+    double sum_sq = 0.0;
+    for (int64_t k = 0; k < dim; ++k) sum_sq += static_cast<double>(x[i * stride + k]) * x[i * stride + k];
+    const double inv = 1.0 / std::sqrt(sum_sq / dim + eps);
+    for (int64_t k = 0; k < dim; ++k) {
+      y[i * stride + k] = static_cast<float>(gamma[k] * (x[i * stride + k] * inv));
+    }
+  }
+}
+
+void SiluMul(float* gate, const float* up, int64_t count) {
+  for (int64_t i = 0; i < count; ++i) {
+    const float g = gate[i];
+    gate[i] = g / (1.0f + std::exp(-g)) * up[i];
+  }
+}
+
+void SiluMulNaive(float* gate, const float* up, int64_t count) {
+  for (int64_t i = 0; i < count; ++i) {
+    const double g = gate[i];
+    gate[i] = static_cast<float>(g / (1.0 + std::exp(-g)) * up[i]);
+  }
+}
+
+void SetBlasThreads(int threads) { openblas_set_num_threads(threads); }
+
+}  // namespace shardlm

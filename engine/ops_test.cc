@@ -1,0 +1,105 @@
+#include "engine/ops.h"
+
+#include <cmath>
+#include <limits>
+
+#include "base/rng.h"
+#include "gtest/gtest.h"
+
+namespace shardlm {
+namespace {
+
+constexpr float kEps = std::numeric_limits<float>::epsilon();
+constexpr float kGuard = -12345.0f;  // sentinel around outputs: catches out-of-range writes
+
+Linear RandomLinear(Rng& rng, int64_t out, int64_t in, bool bias) {
+  Linear w;
+  w.out = out;
+  w.in = in;
+  w.w = rng.UniformVector(static_cast<size_t>(out * in), -1.0f, 1.0f);
+  if (bias) w.b = rng.UniformVector(static_cast<size_t>(out), -1.0f, 1.0f);
+  return w;
+}
+
+TEST(OpsTest, MatMulMatchesNaiveOnOddShapes) {
+  for (uint64_t seed : {1, 2, 3}) {
+    for (int64_t n : {1, 2, 5, 16}) {
+      for (int64_t in : {1, 7, 64, 131}) {
+        for (int64_t out : {1, 3, 33, 128}) {
+          for (bool bias : {false, true}) {
+            Rng rng(seed * 1000 + n * 100 + in + out);
+            const Linear w = RandomLinear(rng, out, in, bias);
+            const int64_t x_stride = in + 3, y_stride = out + 2;  // strided rows
+            std::vector<float> x = rng.UniformVector(static_cast<size_t>(n * x_stride), -1, 1);
+            std::vector<float> fast(static_cast<size_t>(n * y_stride + 1), kGuard);
+            std::vector<float> ref(fast.size(), kGuard);
+            MatMul(x.data(), n, x_stride, w, fast.data(), y_stride);
+            MatMulNaive(x.data(), n, x_stride, w, ref.data(), y_stride);
+            // |x|,|w| <= 1: the f32 sum of in products has error <= in·eps·Σ|x·w| <= in²·eps;
+            // use the standard sqrt(in)-scaled bound with margin 4 on the max |term| sum.
+            const float tol = 4.0f * kEps * in * std::sqrt(static_cast<float>(in)) + 4 * kEps;
+            float spread = 0.0f;
+            for (int64_t i = 0; i < n; ++i) {
+              for (int64_t o = 0; o < y_stride; ++o) {
+                const size_t k = static_cast<size_t>(i * y_stride + o);
+                if (o >= out) {
+                  ASSERT_EQ(fast[k], kGuard) << "write outside the output row";
+                  continue;
+                }
+                ASSERT_NEAR(fast[k], ref[k], tol) << n << "x" << in << "->" << out;
+                spread = std::max(spread, std::fabs(ref[k] - ref[0]));
+              }
+            }
+            ASSERT_EQ(fast.back(), kGuard);
+            if (n * out > 1) {
+              EXPECT_GT(spread, 0.0f) << "inputs do not vary";
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+TEST(OpsTest, RmsNormAndSiluMatchNaive) {
+  for (uint64_t seed : {4, 5}) {
+    for (int64_t dim : {1, 2, 7, 64, 257}) {
+      Rng rng(seed + dim);
+      const int64_t n = 3, stride = dim + 1;
+      std::vector<float> x = rng.UniformVector(static_cast<size_t>(n * stride), -3, 3);
+      std::vector<float> gamma = rng.UniformVector(static_cast<size_t>(dim), 0.5f, 1.5f);
+      std::vector<float> fast(x.size(), kGuard), ref(x.size(), kGuard);
+      RmsNorm(x.data(), n, dim, stride, gamma.data(), 1e-5, fast.data());
+      RmsNormNaive(x.data(), n, dim, stride, gamma.data(), 1e-5, ref.data());
+      for (int64_t i = 0; i < n; ++i) {
+        for (int64_t k = 0; k < stride; ++k) {
+          const size_t j = static_cast<size_t>(i * stride + k);
+          if (k == dim) {
+            EXPECT_EQ(fast[j], kGuard);
+            continue;
+          }
+          // Relative error of a sum of dim squares plus a sqrt and two products.
+          EXPECT_NEAR(fast[j], ref[j], (dim + 4) * kEps * std::fabs(ref[j]) + kEps) << dim;
+        }
+      }
+      // In place gives the same as out of place.
+      std::vector<float> in_place = x;
+      RmsNorm(in_place.data(), n, dim, stride, gamma.data(), 1e-5, in_place.data());
+      for (int64_t i = 0; i < n; ++i) {
+        for (int64_t k = 0; k < dim; ++k) {
+          EXPECT_EQ(in_place[i * stride + k], fast[i * stride + k]);
+        }
+      }
+
+      std::vector<float> g = rng.UniformVector(static_cast<size_t>(dim), -8, 8);
+      std::vector<float> u = rng.UniformVector(static_cast<size_t>(dim), -2, 2);
+      std::vector<float> g_ref = g;
+      SiluMul(g.data(), u.data(), dim);
+      SiluMulNaive(g_ref.data(), u.data(), dim);
+      for (int64_t k = 0; k < dim; ++k) EXPECT_NEAR(g[k], g_ref[k], 8 * kEps * (1 + std::fabs(g_ref[k])));
+    }
+  }
+}
+
+}  // namespace
+}  // namespace shardlm

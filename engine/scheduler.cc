@@ -1,0 +1,119 @@
+#include "engine/scheduler.h"
+
+#include <algorithm>
+
+#include "base/status.h"
+
+namespace shardlm {
+
+Scheduler::Scheduler(const SchedulerOptions& options) : options_(options) {
+  CHECK_GT(options.page_size, 0);
+  CHECK_GT(options.max_batch, 0);
+  CHECK_GT(options.max_batch_tokens, 0);
+  // Stack of free ids, lowest id on top, so allocation order is deterministic.
+  for (int64_t p = options.num_pages - 1; p >= 0; --p) free_.push_back(static_cast<int32_t>(p));
+}
+
+void Scheduler::Enqueue(std::unique_ptr<Sequence> seq) { waiting_.push_back(std::move(seq)); }
+
+void Scheduler::Release(Sequence* seq) {
+  for (int32_t page : seq->pages) free_.push_back(page);
+  seq->pages.clear();
+  if (seq->seq_id >= 0) released_.push_back(seq->seq_id);
+  seq->seq_id = -1;
+}
+
+void Scheduler::Preempt(size_t running_index) {
+  std::unique_ptr<Sequence> victim = std::move(running_[running_index]);
+  running_.erase(running_.begin() + static_cast<std::ptrdiff_t>(running_index));
+  Release(victim.get());
+  victim->num_computed = 0;  // recompute prompt and generated tokens on readmission
+  ++victim->preemptions;
+  ++total_preemptions_;
+  waiting_.push_front(std::move(victim));
+}
+
+bool Scheduler::Allocate(Sequence* seq, int64_t tokens, SeqStep* step) {
+  const int64_t need = PagesFor(tokens) - static_cast<int64_t>(seq->pages.size());
+  if (need > free_pages()) return false;
+  for (int64_t i = 0; i < need; ++i) {
+    seq->pages.push_back(free_.back());
+    step->add_new_pages(free_.back());
+    free_.pop_back();
+  }
+  return true;
+}
+
+std::vector<ScheduledSeq> Scheduler::Schedule(StepPlan* plan) {
+  plan->Clear();
+  plan->set_step(next_step_++);
+  std::vector<ScheduledSeq> slices;
+  int64_t budget = options_.max_batch_tokens;
+  auto add_slice = [&](Sequence* seq, int64_t count, SeqStep* step) {
+    const int64_t start = seq->num_computed;
+    const bool last = start + count == static_cast<int64_t>(seq->tokens.size());
+    step->set_seq_id(seq->seq_id);
+    step->set_start_pos(start);
+    for (int64_t i = 0; i < count; ++i) step->add_tokens(seq->tokens[start + i]);
+    step->set_want_logits(last);
+    slices.push_back({seq, start, count, last});
+    budget -= count;
+  };
+
+  // 1. Running sequences, oldest first; preempt the newest when pages run out.
+  for (size_t i = 0; i < running_.size() && budget > 0;) {
+    Sequence* seq = running_[i].get();
+    const int64_t count =
+        std::min<int64_t>(static_cast<int64_t>(seq->tokens.size()) - seq->num_computed, budget);
+    SeqStep step;
+    bool preempted_self = false;
+    while (!Allocate(seq, seq->num_computed + count, &step)) {
+      const size_t newest = running_.size() - 1;
+      if (newest == i) {
+        preempted_self = true;
+        break;
+      }
+      Preempt(newest);
+    }
+    if (preempted_self) {
+      Preempt(i);
+      continue;  // running_[i] is now the next sequence
+    }
+    SeqStep* added = plan->add_seqs();
+    *added = std::move(step);
+    add_slice(seq, count, added);
+    ++i;
+  }
+  // 2. Admissions, first come first served, while the whole sequence fits.
+  while (!waiting_.empty() && budget > 0 &&
+         static_cast<int64_t>(running_.size()) < options_.max_batch) {
+    Sequence* seq = waiting_.front().get();
+    if (PagesFor(static_cast<int64_t>(seq->tokens.size())) > free_pages()) break;
+    const int64_t count = std::min<int64_t>(static_cast<int64_t>(seq->tokens.size()), budget);
+    seq->seq_id = next_seq_id_++;
+    SeqStep* step = plan->add_seqs();
+    CHECK(Allocate(seq, count, step));
+    add_slice(seq, count, step);
+    running_.push_back(std::move(waiting_.front()));
+    waiting_.pop_front();
+  }
+  for (int64_t id : released_) plan->add_released(id);
+  released_.clear();
+  return slices;
+}
+
+void Scheduler::Computed(const std::vector<ScheduledSeq>& slices) {
+  for (const ScheduledSeq& s : slices) s.seq->num_computed = s.start_pos + s.count;
+}
+
+std::unique_ptr<Sequence> Scheduler::Finish(Sequence* seq) {
+  auto it = std::find_if(running_.begin(), running_.end(),
+                         [seq](const auto& p) { return p.get() == seq; });
+  CHECK(it != running_.end());
+  std::unique_ptr<Sequence> done = std::move(*it);
+  running_.erase(it);
+  Release(done.get());
+  return done;
+}
+
+}  // namespace shardlm

@@ -1,0 +1,247 @@
+// `shardlm`: the one executable. Every subcommand runs under `mpirun -np N` or
+// as a single process. Errors end every rank with one message and exit code 1.
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_join.h"
+#include "base/status.h"
+#include "comm/mpi_comm.h"
+#include "engine/config.h"
+#include "engine/decode.h"
+#include "engine/make_model.h"
+#include "engine/model.h"
+#include "engine/score.h"
+#include "launch/flags.h"
+#include "shard/shard.h"
+
+namespace shardlm {
+namespace {
+
+constexpr char kUsage[] =
+    "usage: [mpirun -np N] shardlm COMMAND [flags]\n"
+    "commands:\n"
+    "  decode       generate continuations of prompts (JSONL in, JSONL out)\n"
+    "  score        per-token logprobs of sequences (JSONL in, JSONL out)\n"
+    "  make-model   write a deterministic random checkpoint\n"
+    "  inspect      print a model's parameters, shard plan and cache bytes per rank\n"
+    "  help         this message; `shardlm COMMAND --help` for a command's flags\n";
+
+struct Command {
+  const char* name;
+  const char* summary;
+  std::vector<FlagSpec> flags;
+  absl::Status (*run)(const Flags&, Comm&);
+};
+
+absl::Status SetThreads(const Flags& flags) {
+  ASSIGN_OR_RETURN(int64_t threads, flags.Int("threads", 1, 1, 1024));
+  SetBlasThreads(static_cast<int>(threads));
+  return absl::OkStatus();
+}
+
+absl::Status RunScoreCommand(const Flags& flags, Comm& comm) {
+  // Flag errors are the same on every rank: no agreement needed, but harmless.
+  ASSIGN_OR_RETURN(std::string model_dir, flags.Required("model"));
+  ScoreOptions options;
+  ASSIGN_OR_RETURN(options.input, flags.Required("input"));
+  ASSIGN_OR_RETURN(options.output, flags.Required("output"));
+  ASSIGN_OR_RETURN(options.max_batch_tokens, flags.Int("max-batch-tokens", 512, 1, 1 << 20));
+  ASSIGN_OR_RETURN(options.page_size, flags.Int("page-size", 16, 1, 1 << 20));
+  options.progress = flags.Bool("progress");
+  RETURN_IF_ERROR(SetThreads(flags));
+  auto model = Model::Load(model_dir, comm.rank(), comm.size());
+  RETURN_IF_ERROR(AgreeOnStatus(comm, model.status()));
+  return RunScore(options, **model, comm);
+}
+
+absl::Status RunDecodeCommand(const Flags& flags, Comm& comm) {
+  ASSIGN_OR_RETURN(std::string model_dir, flags.Required("model"));
+  DecodeOptions options;
+  ASSIGN_OR_RETURN(options.input, flags.Required("prompts"));
+  ASSIGN_OR_RETURN(options.output, flags.Required("output"));
+  ASSIGN_OR_RETURN(options.page_size, flags.Int("page-size", 16, 1, 1 << 20));
+  ASSIGN_OR_RETURN(options.kv_cache_mb, flags.Double("kv-cache-mb", 256, 1e-6, 1e9));
+  ASSIGN_OR_RETURN(options.max_batch, flags.Int("max-batch", 32, 1, 1 << 16));
+  ASSIGN_OR_RETURN(options.max_batch_tokens, flags.Int("max-batch-tokens", 512, 1, 1 << 20));
+  ASSIGN_OR_RETURN(options.max_new_tokens, flags.Int("max-new-tokens", 64, 1, 1 << 30));
+  ASSIGN_OR_RETURN(options.sampling.temperature, flags.Double("temperature", 0, 0, 1e4));
+  ASSIGN_OR_RETURN(options.sampling.top_k, flags.Int("top-k", 0, 0, INT64_MAX));
+  ASSIGN_OR_RETURN(options.sampling.top_p, flags.Double("top-p", 1, 1e-9, 1));
+  ASSIGN_OR_RETURN(int64_t seed, flags.Int("seed", 0, 0, INT64_MAX));
+  options.sampling.seed = static_cast<uint64_t>(seed);
+  options.progress = flags.Bool("progress");
+  RETURN_IF_ERROR(SetThreads(flags));
+  auto model = Model::Load(model_dir, comm.rank(), comm.size());
+  RETURN_IF_ERROR(AgreeOnStatus(comm, model.status()));
+  return RunDecode(options, **model, comm);
+}
+
+absl::Status RunMakeModel(const Flags& flags, Comm& comm) {
+  MakeModelOptions options;
+  ASSIGN_OR_RETURN(std::string out, flags.Required("out"));
+  options.attention = flags.String("attention", "gqa");
+  options.preset = flags.String("preset", "tiny");
+  ASSIGN_OR_RETURN(int64_t seed, flags.Int("seed", 0, 0, INT64_MAX));
+  options.seed = static_cast<uint64_t>(seed);
+  ASSIGN_OR_RETURN(options.dtype, ParseDType(flags.String("dtype", "F32")));
+  ASSIGN_OR_RETURN(options.layers, flags.Int("layers", 0, 0, 1 << 16));
+  ASSIGN_OR_RETURN(options.sliding_window, flags.Int("sliding-window", 0, 0, INT64_MAX));
+  options.rope_interleave = flags.Bool("rope-interleave");
+  options.tie_word_embeddings = flags.Bool("tie-embeddings");
+  options.no_biases = flags.Bool("no-biases");
+  // One writer; the others wait for it so a following command sees the files.
+  absl::Status status = comm.rank() == 0 ? MakeModel(options, out) : absl::OkStatus();
+  RETURN_IF_ERROR(AgreeOnStatus(comm, status));
+  if (comm.rank() == 0) std::printf("wrote %s\n", out.c_str());
+  return absl::OkStatus();
+}
+
+absl::Status Inspect(const std::string& model_dir, int tp) {
+  ASSIGN_OR_RETURN(ModelConfig config, ReadModelConfig(model_dir));
+  ASSIGN_OR_RETURN(ModelDims dims, ResolveDims(config, model_dir + "/config.json"));
+  ASSIGN_OR_RETURN(auto dir, SafetensorsDir::Open(model_dir));
+  int64_t params = 0;
+  for (const TensorSpec& spec : CheckpointTensors(dims)) {
+    const std::string name = spec.is_linear ? spec.name + ".weight" : spec.name;
+    ASSIGN_OR_RETURN(std::vector<int64_t> shape, dir->Shape(name));
+    int64_t count = 1;
+    for (int64_t s : shape) count *= s;
+    params += count;
+    if (spec.is_linear && dir->Has(spec.name + ".bias")) params += spec.shape[0];
+  }
+  std::printf("model        %s\n", model_dir.c_str());
+  std::printf("attention    %s   layers %lld   hidden %lld   heads %lld   %s %lld\n",
+              AttentionTypeName(dims.type), static_cast<long long>(dims.layers),
+              static_cast<long long>(dims.hidden), static_cast<long long>(dims.num_heads),
+              IsLatent(dims.type) ? "latent heads" : "kv heads",
+              static_cast<long long>(dims.num_kv_heads));
+  std::printf("parameters   %lld (%.1f M; main tensors, biases included)\n",
+              static_cast<long long>(params), params / 1e6);
+  RETURN_IF_ERROR(ValidateTensorParallel(dims, tp));
+  std::printf("tensor parallel %d ranks\n", tp);
+  std::printf("%-5s %-10s %-10s %-5s %-12s %-12s %-16s %-14s\n", "rank", "q heads",
+              IsLatent(dims.type) ? "latents" : "kv heads", "repl", "mlp cols", "vocab rows",
+              "cache B/tok/layer", "cache B/token");
+  for (int r = 0; r < tp; ++r) {
+    ASSIGN_OR_RETURN(ShardPlan plan, PlanShard(dims, r, tp));
+    // The size a real pool of one one-token page gets: the same code as decode.
+    const PagedKvCache probe(dims.layers, 1, 1, plan.cache_row_floats);
+    const std::string q = absl::StrCat(plan.q_heads.begin, "-", plan.q_heads.end - 1);
+    const std::string kv = absl::StrCat(plan.kv_heads.begin, "-", plan.kv_heads.end - 1);
+    const std::string mlp = absl::StrCat(plan.mlp_cols.begin, "-", plan.mlp_cols.end - 1);
+    const std::string vocab = absl::StrCat(plan.vocab_rows.begin, "-", plan.vocab_rows.end - 1);
+    std::printf("%-5d %-10s %-10s %-5d %-12s %-12s %-16lld %-14lld\n", r, q.c_str(), kv.c_str(),
+                plan.kv_replication, mlp.c_str(), vocab.c_str(),
+                static_cast<long long>(probe.bytes() / dims.layers),
+                static_cast<long long>(probe.bytes()));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status RunInspect(const Flags& flags, Comm& comm) {
+  ASSIGN_OR_RETURN(std::string model_dir, flags.Required("model"));
+  ASSIGN_OR_RETURN(int64_t tp, flags.Int("tp", comm.size(), 1, 4096));
+  absl::Status status =
+      comm.rank() == 0 ? Inspect(model_dir, static_cast<int>(tp)) : absl::OkStatus();
+  return AgreeOnStatus(comm, status);
+}
+
+const std::vector<Command>& Commands() {
+  static const std::vector<Command> commands = {
+      {"score", "per-token logprobs of sequences",
+       {{"model", true, "checkpoint directory (config.json + *.safetensors)"},
+        {"input", true, "JSONL requests {\"id\", \"tokens\" | \"text\"}"},
+        {"output", true, "JSONL results {\"id\", \"logprobs\", \"sum_logprob\", \"perplexity\"}"},
+        {"max-batch-tokens", true, "tokens per forward chunk (default 512)"},
+        {"page-size", true, "KV cache page size in tokens (default 16)"},
+        {"threads", true, "BLAS threads per rank (default 1)"},
+        {"progress", false, "print progress to stderr"},
+        {"help", false, "this message"}},
+       RunScoreCommand},
+      {"decode", "generate continuations of prompts (continuous batching, paged KV cache)",
+       {{"model", true, "checkpoint directory (config.json + *.safetensors)"},
+        {"prompts", true, "JSONL requests {\"id\", \"prompt\" | \"tokens\", \"max_new_tokens\"?, …}"},
+        {"output", true, "JSONL results, one line per request as it finishes"},
+        {"page-size", true, "KV cache page size in tokens (default 16)"},
+        {"kv-cache-mb", true, "KV cache per rank in MiB (default 256)"},
+        {"max-batch", true, "sequences per step (default 32)"},
+        {"max-batch-tokens", true, "tokens per step, prefill chunks included (default 512)"},
+        {"max-new-tokens", true, "default for requests without max_new_tokens (default 64)"},
+        {"temperature", true, "default sampling temperature (default 0: greedy)"},
+        {"top-k", true, "default top-k (default 0: off)"},
+        {"top-p", true, "default top-p (default 1: off)"},
+        {"seed", true, "default per-request seed (default 0)"},
+        {"threads", true, "BLAS threads per rank (default 1)"},
+        {"progress", false, "print progress to stderr"},
+        {"help", false, "this message"}},
+       RunDecodeCommand},
+      {"make-model", "write a deterministic random checkpoint",
+       {{"attention", true, "mha | mqa | gqa | gta | mla | gla (default gqa)"},
+        {"preset", true, "tiny | small | paper-m | paper-xl (default tiny)"},
+        {"seed", true, "random seed (default 0)"},
+        {"dtype", true, "F32 | BF16 | F16 (default F32)"},
+        {"out", true, "output directory"},
+        {"layers", true, "override the preset's layer count"},
+        {"sliding-window", true, "sliding window W (default none)"},
+        {"rope-interleave", false, "pair RoPE channels (2k, 2k+1)"},
+        {"tie-embeddings", false, "tie the LM head to the embedding"},
+        {"no-biases", false, "omit the preset's optional biases"},
+        {"help", false, "this message"}},
+       RunMakeModel},
+      {"inspect", "parameters, shard plan and cache bytes per rank",
+       {{"model", true, "checkpoint directory"},
+        {"tp", true, "tensor-parallel ranks to plan for (default: this job's size)"},
+        {"help", false, "this message"}},
+       RunInspect},
+  };
+  return commands;
+}
+
+int Main(int argc, char** argv) {
+  MpiSession mpi(&argc, &argv);
+  auto comm = MpiComm::World();
+  const bool rank0 = comm->rank() == 0;
+  std::vector<std::string> args(argv + 1, argv + argc);
+  if (args.empty() || args[0] == "help" || args[0] == "--help" || args[0] == "-h") {
+    if (rank0) std::fputs(kUsage, args.empty() ? stderr : stdout);
+    return args.empty() ? 2 : 0;
+  }
+  const Command* command = nullptr;
+  for (const Command& c : Commands()) {
+    if (args[0] == c.name) command = &c;
+  }
+  if (command == nullptr) {
+    if (rank0) std::fprintf(stderr, "shardlm: unknown command \"%s\"\n%s", args[0].c_str(), kUsage);
+    return 2;
+  }
+  auto flags = Flags::Parse({args.begin() + 1, args.end()}, command->flags);
+  if (!flags.ok() || flags->Bool("help")) {
+    if (rank0) {
+      if (!flags.ok()) std::fprintf(stderr, "shardlm %s: %s\n", command->name,
+                                    std::string(flags.status().message()).c_str());
+      std::fprintf(flags.ok() ? stdout : stderr, "usage: shardlm %s [flags]\n%s\n%s",
+                   command->name, command->summary, FlagsHelp(command->flags).c_str());
+    }
+    return flags.ok() ? 0 : 2;
+  }
+  const absl::Status status = command->run(*flags, *comm);
+  if (status.ok()) return 0;
+  if (IsAgreed(status)) {
+    // Every rank holds this status: one message, every rank exits 1.
+    if (rank0) std::fprintf(stderr, "shardlm %s: error: %s\n", command->name,
+                            std::string(status.message()).c_str());
+    return 1;
+  }
+  // Known to this rank only (e.g. a failed collective): stop the whole job now.
+  std::fprintf(stderr, "shardlm %s: error on rank %d: %s\n", command->name, comm->rank(),
+               std::string(status.message()).c_str());
+  std::fflush(stderr);
+  if (comm->size() > 1) MpiSession::Abort(1);
+  return 1;
+}
+
+}  // namespace
+}  // namespace shardlm
+
+int main(int argc, char** argv) { return shardlm::Main(argc, argv); }
