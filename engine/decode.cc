@@ -131,10 +131,10 @@ class Coordinator {
         request = absl::InvalidArgumentError("duplicate id");
       }
       if (!request.ok()) {
-        JsonObject error = ErrorLine(object.ok() ? FindField(*object, "id") : nullptr,
-                                     absl::StrCat("line ", line_number, ": ",
-                                                  request.status().message()));
-        (*error.mutable_fields())["finish_reason"] = StringValue("error");
+        JsonLine error = ErrorLine(object.ok() ? FindField(*object, "id") : nullptr,
+                                   absl::StrCat("line ", line_number, ": ",
+                                                request.status().message()));
+        error.Set("finish_reason", StringValue("error"));
         RETURN_IF_ERROR(writer_->Write(error));
         ++errors_;
         continue;
@@ -216,14 +216,12 @@ class Coordinator {
   absl::Status WriteResult(std::unique_ptr<Sequence> seq, const char* finish) {
     const DecodeRequest& request = requests_[seq->request_index];
     const std::vector<int32_t> generated(seq->tokens.begin() + seq->prompt_len, seq->tokens.end());
-    JsonObject out;
-    auto& f = *out.mutable_fields();
-    f["id"] = request.id;
-    f["prompt_tokens"] = NumberValue(static_cast<double>(seq->prompt_len));
-    f["tokens"] = IntList(generated);
-    if (dims_.byte_tokenizer) f["text"] = StringValue(ToValidUtf8(ByteDecode(generated)));
-    f["logprobs"] = NumberList(seq->logprobs);
-    f["finish_reason"] = StringValue(finish);
+    JsonLine out;
+    out.Set("id", request.id)
+        .Set("prompt_tokens", NumberValue(static_cast<double>(seq->prompt_len)))
+        .Set("tokens", IntList(generated));
+    if (dims_.byte_tokenizer) out.Set("text", StringValue(ToValidUtf8(ByteDecode(generated))));
+    out.Set("logprobs", NumberList(seq->logprobs)).Set("finish_reason", StringValue(finish));
     ++done_;
     return writer_->Write(out);
   }

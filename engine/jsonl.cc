@@ -19,12 +19,6 @@ absl::StatusOr<JsonObject> ParseJsonObject(const std::string& line) {
   return object;
 }
 
-std::string ToJsonLine(const JsonObject& object) {
-  std::string out;
-  (void)google::protobuf::util::MessageToJsonString(object, &out);
-  return out;
-}
-
 absl::Status CheckKnownFields(const JsonObject& object, const std::vector<std::string>& allowed) {
   for (const auto& [key, value] : object.fields()) {
     if (std::find(allowed.begin(), allowed.end(), key) == allowed.end()) {
@@ -89,6 +83,28 @@ absl::StatusOr<JsonValue> GetId(const JsonValue& value) {
   return absl::InvalidArgumentError("\"id\" must be a string or an integer");
 }
 
+JsonLine& JsonLine::Set(const std::string& key, JsonValue value) {
+  for (auto& [k, v] : fields_) {
+    if (k == key) {
+      v = std::move(value);
+      return *this;
+    }
+  }
+  fields_.emplace_back(key, std::move(value));
+  return *this;
+}
+
+std::string JsonLine::ToString() const {
+  std::string out = "{";
+  for (size_t i = 0; i < fields_.size(); ++i) {
+    std::string key, value;
+    (void)google::protobuf::util::MessageToJsonString(StringValue(fields_[i].first), &key);
+    (void)google::protobuf::util::MessageToJsonString(fields_[i].second, &value);
+    absl::StrAppend(&out, i ? "," : "", key, ":", value);
+  }
+  return out + "}";
+}
+
 JsonValue NumberValue(double v) {
   JsonValue out;
   out.set_number_value(v);
@@ -126,8 +142,8 @@ absl::StatusOr<std::unique_ptr<JsonlWriter>> JsonlWriter::Open(const std::string
 
 JsonlWriter::~JsonlWriter() { std::fclose(file_); }
 
-absl::Status JsonlWriter::Write(const JsonObject& object) {
-  const std::string line = ToJsonLine(object) + "\n";
+absl::Status JsonlWriter::Write(const JsonLine& json) {
+  const std::string line = json.ToString() + "\n";
   if (std::fwrite(line.data(), 1, line.size(), file_) != line.size() || std::fflush(file_) != 0) {
     return absl::DataLossError(absl::StrCat("cannot write to ", path_, ": ", std::strerror(errno)));
   }

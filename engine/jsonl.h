@@ -18,8 +18,6 @@ using JsonObject = google::protobuf::Struct;
 using JsonValue = google::protobuf::Value;
 
 absl::StatusOr<JsonObject> ParseJsonObject(const std::string& line);
-// Compact one-line JSON of an object (no trailing newline).
-std::string ToJsonLine(const JsonObject& object);
 
 // Fails if the object has a key outside `allowed` (names the key).
 absl::Status CheckKnownFields(const JsonObject& object, const std::vector<std::string>& allowed);
@@ -32,6 +30,16 @@ absl::StatusOr<std::vector<int64_t>> GetIntList(const JsonValue& value, const st
 // A request id: a string or an integer; returned as the canonical JSON value.
 absl::StatusOr<JsonValue> GetId(const JsonValue& value);
 
+// One output line: keys stay in the order they were set (readable results).
+class JsonLine {
+ public:
+  JsonLine& Set(const std::string& key, JsonValue value);
+  std::string ToString() const;  // one line of compact JSON, no newline
+
+ private:
+  std::vector<std::pair<std::string, JsonValue>> fields_;
+};
+
 JsonValue NumberValue(double v);
 JsonValue StringValue(const std::string& v);
 JsonValue NumberList(const std::vector<double>& values);
@@ -43,7 +51,7 @@ class JsonlWriter {
  public:
   static absl::StatusOr<std::unique_ptr<JsonlWriter>> Open(const std::string& path);
   ~JsonlWriter();
-  absl::Status Write(const JsonObject& object);
+  absl::Status Write(const JsonLine& line);
 
  private:
   JsonlWriter(std::FILE* file, std::string path) : file_(file), path_(std::move(path)) {}

@@ -44,10 +44,10 @@ std::string IdKey(const JsonValue& id) {
                                                    : absl::StrCat("n:", id.number_value());
 }
 
-JsonObject ErrorLine(const JsonValue* id, const std::string& message) {
-  JsonObject out;
-  if (id != nullptr) (*out.mutable_fields())["id"] = *id;
-  (*out.mutable_fields())["error"] = StringValue(message);
+JsonLine ErrorLine(const JsonValue* id, const std::string& message) {
+  JsonLine out;
+  if (id != nullptr) out.Set("id", *id);
+  out.Set("error", StringValue(message));
   return out;
 }
 

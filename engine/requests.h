@@ -20,8 +20,8 @@ absl::StatusOr<std::vector<int32_t>> RequestTokens(const JsonObject& request,
 // Distinct keys for string ids and integer ids ("7" and 7 are different ids).
 std::string IdKey(const JsonValue& id);
 
-// {"id", "error": message} plus any extra fields (e.g. "finish_reason").
-JsonObject ErrorLine(const JsonValue* id, const std::string& message);
+// {"id", "error": message}; the id is omitted when the line had none.
+JsonLine ErrorLine(const JsonValue* id, const std::string& message);
 
 }  // namespace shardlm
 

@@ -151,13 +151,13 @@ absl::Status RunScore(const ScoreOptions& options, Model& model, Comm& comm) {
     if (comm.rank() != 0) continue;
     double sum = 0.0;
     for (double lp : logprobs) sum += lp;
-    JsonObject out;
-    auto& fields = *out.mutable_fields();
-    fields["id"] = id;
-    fields["logprobs"] = NumberList(logprobs);
-    fields["sum_logprob"] = NumberValue(sum);
-    fields["perplexity"] =
-        NumberValue(logprobs.empty() ? 1.0 : std::exp(-sum / static_cast<double>(logprobs.size())));
+    JsonLine out;
+    out.Set("id", id)
+        .Set("logprobs", NumberList(logprobs))
+        .Set("sum_logprob", NumberValue(sum))
+        .Set("perplexity", NumberValue(logprobs.empty()
+                                           ? 1.0
+                                           : std::exp(-sum / static_cast<double>(logprobs.size()))));
     local_error = writer->Write(out);
     ++done;
     scored_tokens += static_cast<int64_t>(tokens.size());
