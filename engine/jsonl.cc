@@ -1,5 +1,8 @@
 #include "engine/jsonl.h"
 
+#include <fcntl.h>
+#include <unistd.h>
+
 #include <cerrno>
 #include <cmath>
 #include <cstring>
@@ -132,20 +135,27 @@ JsonValue IntList(const std::vector<int32_t>& values) {
 }
 
 absl::StatusOr<std::unique_ptr<JsonlWriter>> JsonlWriter::Open(const std::string& path) {
-  std::FILE* file = std::fopen(path.c_str(), "w");
-  if (file == nullptr) {
+  const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) {
     return absl::PermissionDeniedError(
         absl::StrCat("cannot open output ", path, ": ", std::strerror(errno)));
   }
-  return std::unique_ptr<JsonlWriter>(new JsonlWriter(file, path));
+  return std::unique_ptr<JsonlWriter>(new JsonlWriter(fd, path));
 }
 
-JsonlWriter::~JsonlWriter() { std::fclose(file_); }
+JsonlWriter::~JsonlWriter() { ::close(fd_); }
 
 absl::Status JsonlWriter::Write(const JsonLine& json) {
   const std::string line = json.ToString() + "\n";
-  if (std::fwrite(line.data(), 1, line.size(), file_) != line.size() || std::fflush(file_) != 0) {
-    return absl::DataLossError(absl::StrCat("cannot write to ", path_, ": ", std::strerror(errno)));
+  size_t done = 0;
+  while (done < line.size()) {
+    const ssize_t n = ::write(fd_, line.data() + done, line.size() - done);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      return absl::DataLossError(
+          absl::StrCat("cannot write to ", path_, ": ", std::strerror(errno)));
+    }
+    done += static_cast<size_t>(n);
   }
   return absl::OkStatus();
 }

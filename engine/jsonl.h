@@ -5,7 +5,6 @@
 #define SHARDLM_ENGINE_JSONL_H_
 
 #include <cstdint>
-#include <cstdio>
 #include <string>
 #include <vector>
 
@@ -45,8 +44,9 @@ JsonValue StringValue(const std::string& v);
 JsonValue NumberList(const std::vector<double>& values);
 JsonValue IntList(const std::vector<int32_t>& values);
 
-// Appends lines to a results file; each line is written with one write and
-// flushed, so an interrupted job leaves only complete lines.
+// Writes a results file line by line; each line goes out in one write(2) call
+// straight to the file (no user-space buffer), so a job that is killed leaves
+// only complete lines.
 class JsonlWriter {
  public:
   static absl::StatusOr<std::unique_ptr<JsonlWriter>> Open(const std::string& path);
@@ -54,8 +54,8 @@ class JsonlWriter {
   absl::Status Write(const JsonLine& line);
 
  private:
-  JsonlWriter(std::FILE* file, std::string path) : file_(file), path_(std::move(path)) {}
-  std::FILE* file_;
+  JsonlWriter(int fd, std::string path) : fd_(fd), path_(std::move(path)) {}
+  int fd_;
   std::string path_;
 };
 

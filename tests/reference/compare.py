@@ -75,7 +75,9 @@ def main(argv=None):
 
     for k in sorted(set(A) & set(B)):
         a, b = A[k], B[k]
-        ea, eb = a.get("finish_reason") == "error", b.get("finish_reason") == "error"
+        # An error line is marked by "finish_reason": "error" (decode) or an "error" key (score).
+        ea = a.get("finish_reason") == "error" or "error" in a
+        eb = b.get("finish_reason") == "error" or "error" in b
         if ea or eb:
             if ea and eb:
                 n_errors += 1

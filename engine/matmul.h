@@ -1,0 +1,63 @@
+// Batch-invariant skinny matmul for decode: y[n, out] = x[n, in] · Wᵀ (+ b) with small n.
+//
+// Contract (what callers may rely on):
+//  * Batch invariance. For a given path, y[i][o] is a pure function of (x row i, W row o,
+//    bias[o], in): bit-identical whatever n is, wherever row i sits in the batch, whatever the
+//    strides or buffer alignment. A request's logits therefore do not change with the batch it
+//    is scheduled into. (cblas_sgemm does not promise this: its blocking depends on n.)
+//  * Accumulation order, per (i, o), fixed by `in` alone: L = MatMulPathLanes(path) partial sums;
+//    partial sum j accumulates x[i][k]·w[o][k] for k ≡ j (mod L) in increasing k, starting from
+//    +0 (AVX-512/AVX2: one fused multiply-add per term; portable: a rounded product, then an
+//    add). The L partial sums are then added in a fixed pairwise tree (lane j + lane j + L/2,
+//    halving until one is left), and finally bias[o] is added. Different paths give different
+//    bits (L and fusing differ); one process uses one path for every call.
+//  * Memory traffic: each weight is read from DRAM once per call, for all n rows, so a call
+//    with n = 16 costs about what n = 1 costs while the weights stream at DRAM bandwidth.
+//  * y must not overlap x, w or bias. x rows are `x_stride` floats apart (≥ in when n > 1), y
+//    rows `y_stride` floats apart (≥ out when n > 1); elements between rows are neither read
+//    nor written. Single-threaded; safe to call concurrently on disjoint outputs.
+#ifndef SHARDLM_ENGINE_MATMUL_H_
+#define SHARDLM_ENGINE_MATMUL_H_
+
+#include <cstdint>
+#include <vector>
+
+namespace shardlm {
+
+// Instruction-set variants of the kernel; runtime dispatch picks the best one the CPU has.
+// The SIMD paths are compiled with function-level target attributes, so they exist (and are
+// picked by CPUID) even when the project is built without -march=native.
+enum class MatMulPath {
+  kPortable,  // plain C++, 16 partial sums
+  kAvx2Fma,   // 256-bit FMA, 8 partial sums
+  kAvx512,    // 512-bit FMA with masked K tails, 16 partial sums
+};
+
+const char* MatMulPathName(MatMulPath path);
+// Name of the path SkinnyMatMul uses in this process (chosen once, on first use).
+const char* MatMulPathName();
+MatMulPath SelectedMatMulPath();
+bool MatMulPathAvailable(MatMulPath path);
+// Every path this CPU can run, portable first.
+std::vector<MatMulPath> AvailableMatMulPaths();
+// Number of interleaved partial sums per output (L in the contract above).
+int MatMulPathLanes(MatMulPath path);
+
+// y[i][o] = Σ_k x[i][k]·w[o][k] (+ bias[o]) for i < n, o < out, k < in.
+// x: [n, in] with row stride x_stride; w: [out, in] row-major, contiguous; bias: [out] or
+// nullptr; y: [n, out] with row stride y_stride. Uses SelectedMatMulPath().
+void SkinnyMatMul(const float* x, int64_t n, int64_t x_stride, const float* w, int64_t out,
+                  int64_t in, const float* bias, float* y, int64_t y_stride);
+
+// Same, on an explicitly chosen path (tests compare every path; CHECKs that it is available).
+void SkinnyMatMulWithPath(MatMulPath path, const float* x, int64_t n, int64_t x_stride,
+                          const float* w, int64_t out, int64_t in, const float* bias, float* y,
+                          int64_t y_stride);
+
+// Reference: plain loops, double accumulation starting from the bias, rounded once to float.
+void SkinnyMatMulNaive(const float* x, int64_t n, int64_t x_stride, const float* w, int64_t out,
+                       int64_t in, const float* bias, float* y, int64_t y_stride);
+
+}  // namespace shardlm
+
+#endif  // SHARDLM_ENGINE_MATMUL_H_

@@ -1,0 +1,301 @@
+#include "engine/matmul.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <numeric>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "base/rng.h"
+#include "gtest/gtest.h"
+
+namespace shardlm {
+namespace {
+
+constexpr float kGuard = -12345.0f;  // sentinel around outputs: catches out-of-range writes
+constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
+constexpr int64_t kPad = 16;  // guard floats before and after every buffer
+
+// A buffer of `size` floats framed by kPad `fill` values on each side; data() skips the front
+// guard. Inputs are framed with NaN (a kernel reading outside its rows poisons its result),
+// outputs with kGuard (a kernel writing outside its rows changes a guard).
+struct Framed {
+  Framed(int64_t size, float fill) : buf(static_cast<size_t>(size + 2 * kPad), fill) {}
+  float* data() { return buf.data() + kPad; }
+  const float* data() const { return buf.data() + kPad; }
+  bool GuardsIntact(float fill) const {
+    auto same = [fill](float v) { return std::isnan(fill) ? std::isnan(v) : v == fill; };
+    return std::all_of(buf.begin(), buf.begin() + kPad, same) &&
+           std::all_of(buf.end() - kPad, buf.end(), same);
+  }
+  std::vector<float> buf;
+};
+
+// x: [n, in] with row stride x_stride, the (x_stride - in) padding floats of each row NaN.
+Framed StridedRows(Rng& rng, int64_t n, int64_t in, int64_t x_stride, float lo, float hi,
+                   bool integers = false) {
+  Framed x(n * x_stride, kNaN);
+  for (int64_t i = 0; i < n; ++i) {
+    for (int64_t k = 0; k < in; ++k) {
+      const float v = rng.Uniform(lo, hi);
+      x.data()[i * x_stride + k] = integers ? std::floor(v) : v;
+    }
+  }
+  return x;
+}
+
+struct PathName {
+  std::string operator()(const testing::TestParamInfo<MatMulPath>& info) const {
+    switch (info.param) {
+      case MatMulPath::kPortable:
+        return "Portable";
+      case MatMulPath::kAvx2Fma:
+        return "Avx2Fma";
+      case MatMulPath::kAvx512:
+        return "Avx512";
+    }
+    return "Unknown";
+  }
+};
+
+class SkinnyMatMulTest : public testing::TestWithParam<MatMulPath> {
+ protected:
+  void SetUp() override {
+    if (!MatMulPathAvailable(GetParam())) {
+      GTEST_SKIP() << MatMulPathName(GetParam()) << " not supported by this CPU";
+    }
+  }
+  void Run(const float* x, int64_t n, int64_t x_stride, const float* w, int64_t out, int64_t in,
+           const float* bias, float* y, int64_t y_stride) const {
+    SkinnyMatMulWithPath(GetParam(), x, n, x_stride, w, out, in, bias, y, y_stride);
+  }
+};
+
+INSTANTIATE_TEST_SUITE_P(AllPaths, SkinnyMatMulTest,
+                         testing::Values(MatMulPath::kPortable, MatMulPath::kAvx2Fma,
+                                         MatMulPath::kAvx512),
+                         PathName());
+
+// Error bound for one output, from Higham's dot-product analysis with u = eps/2 and
+// γ_m = m·u / (1 − m·u):
+//  * fast path: each of the L partial sums adds ⌈in/L⌉ terms (one rounding per FMA, or two with
+//    a separately rounded product), the lane tree adds log2(L) roundings, the bias add one more:
+//    m = ⌈in/L⌉ + log2(L) + 2 roundings on any path, so |fast − exact| ≤ γ_m · S with
+//    S = |b| + Σ_k |x_k·w_k|;
+//  * reference: double accumulation, error ≤ (in + 1)·2⁻⁵³·S, then one rounding to float,
+//    ≤ u·(|exact| + that) ≤ u·S·(1 + tiny).
+// Hence |fast − ref| ≤ (γ_m + u + (in + 2)·2⁻⁵³) · S. S is computed from the actual inputs, so
+// the bound scales with `in` and the input magnitudes as it should.
+double Tolerance(int64_t in, int lanes, double abs_sum) {
+  const double u = std::numeric_limits<float>::epsilon() / 2.0;
+  const double m = static_cast<double>((in + lanes - 1) / lanes) + std::log2(lanes) + 2.0;
+  const double gamma = m * u / (1.0 - m * u);
+  return (gamma + u + (in + 2) * std::ldexp(1.0, -53)) * abs_sum;
+}
+
+TEST(SkinnyMatMulPaths, SelectedPathIsAvailableAndNamed) {
+  const std::vector<MatMulPath> paths = AvailableMatMulPaths();
+  ASSERT_FALSE(paths.empty());
+  EXPECT_EQ(paths.front(), MatMulPath::kPortable);
+  EXPECT_TRUE(MatMulPathAvailable(SelectedMatMulPath()));
+  EXPECT_STREQ(MatMulPathName(), MatMulPathName(SelectedMatMulPath()));
+  // Dispatch picks the widest available path.
+  EXPECT_EQ(SelectedMatMulPath(), paths.back());
+  std::string names;
+  for (MatMulPath p : paths) names += std::string(" ") + MatMulPathName(p);
+  std::printf("available paths:%s; selected: %s\n", names.c_str(), MatMulPathName());
+}
+
+// Every shape against the double-precision reference, strided x and y, bias and no bias.
+TEST_P(SkinnyMatMulTest, MatchesNaiveOnOddShapes) {
+  const int lanes = MatMulPathLanes(GetParam());
+  for (uint64_t seed : {1, 2}) {
+    for (int64_t n : {1, 2, 3, 5, 8, 13, 17, 64}) {
+      for (int64_t in : {1, 3, 8, 15, 16, 17, 63, 64, 257, 1000}) {
+        for (int64_t out : {1, 2, 5, 8, 31, 64, 100}) {
+          for (bool has_bias : {false, true}) {
+            Rng rng(seed * 1000003 + static_cast<uint64_t>(n * 10007 + in * 101 + out));
+            const int64_t x_stride = in + 3, y_stride = out + 2;  // strided rows
+            const Framed x = StridedRows(rng, n, in, x_stride, -2.0f, 2.0f);
+            Framed w(out * in, kNaN), bias(out, kNaN);
+            for (int64_t j = 0; j < out * in; ++j) w.data()[j] = rng.Uniform(-1.0f, 1.0f);
+            for (int64_t o = 0; o < out; ++o) bias.data()[o] = rng.Uniform(-1.0f, 1.0f);
+            const float* b = has_bias ? bias.data() : nullptr;
+
+            Framed fast(n * y_stride, kGuard), ref(n * y_stride, kGuard);
+            Run(x.data(), n, x_stride, w.data(), out, in, b, fast.data(), y_stride);
+            SkinnyMatMulNaive(x.data(), n, x_stride, w.data(), out, in, b, ref.data(), y_stride);
+
+            SCOPED_TRACE(testing::Message() << "seed " << seed << " n " << n << " in " << in
+                                            << " out " << out << " bias " << has_bias);
+            ASSERT_TRUE(fast.GuardsIntact(kGuard)) << "write before or after y";
+            float lo = std::numeric_limits<float>::infinity(), hi = -lo;
+            for (int64_t i = 0; i < n; ++i) {
+              for (int64_t o = 0; o < y_stride; ++o) {
+                const float got = fast.data()[i * y_stride + o];
+                if (o >= out) {
+                  ASSERT_EQ(got, kGuard) << "write between y rows at " << i << "," << o;
+                  continue;
+                }
+                double abs_sum = has_bias ? std::fabs(b[o]) : 0.0;
+                for (int64_t k = 0; k < in; ++k) {
+                  abs_sum += std::fabs(static_cast<double>(x.data()[i * x_stride + k]) *
+                                       w.data()[o * in + k]);
+                }
+                const float want = ref.data()[i * y_stride + o];
+                ASSERT_TRUE(std::isfinite(got)) << "read outside x or w at " << i << "," << o;
+                ASSERT_NEAR(got, want, Tolerance(in, lanes, abs_sum)) << "at " << i << "," << o;
+                lo = std::min(lo, want);
+                hi = std::max(hi, want);
+              }
+            }
+            if (n * out > 1) {
+              EXPECT_LT(lo, hi) << "inputs do not vary";
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+// Small-integer inputs make every partial sum exact in f32 (|y| ≤ 1000·4·4 + 4 < 2²⁴), so any
+// order of summation gives the exact result: a dropped or doubled term of any size shows up
+// as an exact mismatch, not a tolerance question.
+TEST_P(SkinnyMatMulTest, ExactOnSmallIntegers) {
+  for (int64_t n : {1, 3, 8, 17}) {
+    for (int64_t in : {1, 15, 16, 17, 257, 1000}) {
+      for (int64_t out : {1, 5, 31, 64}) {
+        Rng rng(static_cast<uint64_t>(n * 7919 + in * 31 + out));
+        const Framed x = StridedRows(rng, n, in, in + 1, -4.0f, 5.0f, /*integers=*/true);
+        Framed w(out * in, kNaN), bias(out, kNaN);
+        for (int64_t j = 0; j < out * in; ++j) w.data()[j] = std::floor(rng.Uniform(-4.0f, 5.0f));
+        for (int64_t o = 0; o < out; ++o) bias.data()[o] = std::floor(rng.Uniform(-4.0f, 5.0f));
+        std::vector<float> fast(static_cast<size_t>(n * out)), ref(fast.size());
+        Run(x.data(), n, in + 1, w.data(), out, in, bias.data(), fast.data(), out);
+        SkinnyMatMulNaive(x.data(), n, in + 1, w.data(), out, in, bias.data(), ref.data(), out);
+        ASSERT_EQ(fast, ref) << "n " << n << " in " << in << " out " << out;
+        if (ref.size() > 1) {
+          EXPECT_GT(std::set<float>(ref.begin(), ref.end()).size(), 1u) << "inputs do not vary";
+        }
+      }
+    }
+  }
+}
+
+// The core contract: y[i][o] is bit-identical whatever batch row i is computed in.
+TEST_P(SkinnyMatMulTest, BatchInvariant) {
+  constexpr int64_t kRows = 17;
+  struct Shape {
+    int64_t in, out;
+  };
+  for (const Shape s : {Shape{1, 3}, Shape{15, 5}, Shape{64, 8}, Shape{257, 37}, Shape{1000, 100},
+                        Shape{1029, 19}}) {
+    for (bool has_bias : {false, true}) {
+      const int64_t in = s.in, out = s.out;
+      SCOPED_TRACE(testing::Message() << "in " << in << " out " << out << " bias " << has_bias);
+      Rng rng(static_cast<uint64_t>(in * 1000 + out * 2 + has_bias));
+      const std::vector<float> w = rng.UniformVector(static_cast<size_t>(out * in), -1.0f, 1.0f);
+      const std::vector<float> bias_v = rng.UniformVector(static_cast<size_t>(out), -1.0f, 1.0f);
+      const float* b = has_bias ? bias_v.data() : nullptr;
+      // Rows of realistic magnitude and sign, so sums cancel and low bits matter.
+      std::vector<float> x(static_cast<size_t>(kRows * in));
+      for (float& v : x) v = rng.Normal();
+
+      std::vector<float> all(static_cast<size_t>(kRows * out));
+      Run(x.data(), kRows, in, w.data(), out, in, b, all.data(), out);
+      std::set<float> distinct(all.begin(), all.end());
+      ASSERT_GT(distinct.size(), all.size() / 2) << "inputs do not vary";
+      auto row = [&](int64_t i) { return all.data() + i * out; };
+
+      // Each row alone, from a buffer shifted by one float (different alignment).
+      for (int64_t i = 0; i < kRows; ++i) {
+        std::vector<float> xi(static_cast<size_t>(in + 1)), yi(static_cast<size_t>(out));
+        std::copy_n(x.data() + i * in, in, xi.data() + 1);
+        Run(xi.data() + 1, 1, in, w.data(), out, in, b, yi.data(), out);
+        ASSERT_EQ(std::memcmp(yi.data(), row(i), out * sizeof(float)), 0) << "row " << i << " alone";
+      }
+
+      // Shuffled sub-batches of 1..9 requested rows, placed at random positions among 0..4
+      // filler rows, with random strides.
+      for (int round = 0; round < 6; ++round) {
+        std::vector<int64_t> order(kRows);
+        std::iota(order.begin(), order.end(), 0);
+        for (int64_t j = kRows - 1; j > 0; --j) {
+          std::swap(order[j], order[rng.NextU64() % static_cast<uint64_t>(j + 1)]);
+        }
+        for (size_t next = 0; next < order.size();) {
+          const int64_t take =
+              std::min<int64_t>(1 + rng.NextU64() % 9, static_cast<int64_t>(order.size() - next));
+          const int64_t fillers = rng.NextU64() % 5, n = take + fillers;
+          const int64_t x_stride = in + rng.NextU64() % 7, y_stride = out + rng.NextU64() % 5;
+          // slot[j] = index into x of the row at batch position j, or -1 for a filler.
+          std::vector<int64_t> slot(static_cast<size_t>(n), -1);
+          std::copy_n(order.begin() + next, take, slot.begin());
+          for (int64_t j = n - 1; j > 0; --j) {
+            std::swap(slot[j], slot[rng.NextU64() % static_cast<uint64_t>(j + 1)]);
+          }
+          std::vector<float> xb(static_cast<size_t>(n * x_stride));
+          for (int64_t j = 0; j < n; ++j) {
+            for (int64_t k = 0; k < in; ++k) {
+              xb[j * x_stride + k] = slot[j] >= 0 ? x[slot[j] * in + k] : rng.Normal();
+            }
+          }
+          std::vector<float> yb(static_cast<size_t>(n * y_stride));
+          Run(xb.data(), n, x_stride, w.data(), out, in, b, yb.data(), y_stride);
+          for (int64_t j = 0; j < n; ++j) {
+            if (slot[j] < 0) continue;
+            ASSERT_EQ(std::memcmp(yb.data() + j * y_stride, row(slot[j]), out * sizeof(float)), 0)
+                << "row " << slot[j] << " at position " << j << " of a batch of " << n;
+          }
+          next += static_cast<size_t>(take);
+        }
+      }
+    }
+  }
+}
+
+// A NaN in one x row poisons that row's outputs only, and the other rows keep their bits.
+TEST_P(SkinnyMatMulTest, NaNStaysInItsRow) {
+  const int64_t n = 6, in = 100, out = 9, bad = 4;
+  Rng rng(77);
+  const std::vector<float> w = rng.UniformVector(static_cast<size_t>(out * in), -1.0f, 1.0f);
+  std::vector<float> x = rng.UniformVector(static_cast<size_t>(n * in), -1.0f, 1.0f);
+  std::vector<float> clean(static_cast<size_t>(n * out)), poisoned(clean.size());
+  Run(x.data(), n, in, w.data(), out, in, nullptr, clean.data(), out);
+  x[bad * in + 37] = kNaN;
+  Run(x.data(), n, in, w.data(), out, in, nullptr, poisoned.data(), out);
+  for (int64_t i = 0; i < n; ++i) {
+    for (int64_t o = 0; o < out; ++o) {
+      const float v = poisoned[i * out + o];
+      if (i == bad) {
+        EXPECT_TRUE(std::isnan(v)) << o;
+      } else {
+        EXPECT_EQ(std::memcmp(&v, &clean[i * out + o], sizeof(float)), 0) << i << "," << o;
+      }
+    }
+  }
+}
+
+// Degenerate sizes: n = 0 and out = 0 write nothing; in = 0 gives the bias (or zeros).
+TEST_P(SkinnyMatMulTest, EmptyDimensions) {
+  const float x[4] = {1, 2, 3, 4}, w[4] = {1, 1, 1, 1}, bias[2] = {0.5f, -2.0f};
+  float y[4] = {kGuard, kGuard, kGuard, kGuard};
+  Run(x, 0, 2, w, 2, 2, bias, y, 2);
+  Run(x, 2, 2, w, 0, 2, bias, y, 2);
+  for (float v : y) EXPECT_EQ(v, kGuard);
+  Run(x, 2, 2, w, 2, 0, bias, y, 2);
+  EXPECT_EQ(y[0], 0.5f);
+  EXPECT_EQ(y[1], -2.0f);
+  EXPECT_EQ(y[2], 0.5f);
+  EXPECT_EQ(y[3], -2.0f);
+  Run(x, 2, 2, w, 2, 0, nullptr, y, 2);
+  for (float v : y) EXPECT_EQ(v, 0.0f);
+}
+
+}  // namespace
+}  // namespace shardlm

@@ -1,0 +1,185 @@
+#!/usr/bin/env python3
+"""End-to-end checks of the `shardlm` command line: start-up errors end every
+rank with one clear message and a non-zero exit (never a hang: every launch has
+a timeout), and `inspect` reports the per-rank cache bytes the engine allocates.
+
+usage: cli_test.py SHARDLM WORKDIR
+"""
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import unittest
+
+SHARDLM = None
+WORK = None
+PROMPTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "score_prompts.jsonl")
+ENV = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
+
+
+def run(args, np=None, timeout=120):
+    cmd = [SHARDLM] + args
+    if np is not None:
+        cmd = ["mpirun", "--oversubscribe", "--bind-to", "none", "-q", "-np", str(np)] + cmd
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=ENV)
+
+
+def make_model(name, *args):
+    out = os.path.join(WORK, name)
+    if not os.path.exists(out):
+        r = run(["make-model", "--out", out] + list(args))
+        assert r.returncode == 0, r.stderr
+    return out
+
+
+def copy_model(src, name):
+    dst = os.path.join(WORK, name)
+    shutil.rmtree(dst, ignore_errors=True)
+    shutil.copytree(src, dst)
+    return dst
+
+
+class StartupErrors(unittest.TestCase):
+    def assertOneError(self, result, *needles):
+        self.assertNotEqual(result.returncode, 0, result.stderr)
+        errors = [l for l in result.stderr.splitlines() if "error" in l]
+        self.assertEqual(len(errors), 1, result.stderr)
+        for needle in needles:
+            self.assertIn(needle, errors[0])
+
+    def test_rank_count_that_cannot_split(self):
+        model = make_model("gla", "--attention", "gla")
+        r = run(["score", "--model", model, "--input", PROMPTS, "--output",
+                 os.path.join(WORK, "x.jsonl")], np=3)
+        self.assertOneError(r, "h_q=4", "3 ranks", "rank counts that work: 1, 2, 4")
+
+    def test_missing_model(self):
+        r = run(["score", "--model", os.path.join(WORK, "nope"), "--input", PROMPTS,
+                 "--output", os.path.join(WORK, "x.jsonl")], np=2)
+        self.assertOneError(r, "cannot open", "nope/config.json")
+
+    def test_malformed_config(self):
+        model = copy_model(make_model("gqa", "--attention", "gqa"), "bad-config")
+        with open(os.path.join(model, "config.json"), "w") as f:
+            f.write('{"hidden_size": 64,')
+        r = run(["score", "--model", model, "--input", PROMPTS, "--output",
+                 os.path.join(WORK, "x.jsonl")], np=2)
+        self.assertOneError(r, "config.json", "not a valid JSON")
+
+    def test_truncated_weights(self):
+        model = copy_model(make_model("gqa", "--attention", "gqa"), "truncated")
+        path = os.path.join(model, "model.safetensors")
+        size = os.path.getsize(path)
+        with open(path, "r+b") as f:
+            f.truncate(size // 2)
+        r = run(["score", "--model", model, "--input", PROMPTS, "--output",
+                 os.path.join(WORK, "x.jsonl")], np=2)
+        self.assertOneError(r, "model.safetensors")
+
+    def test_shape_contradicts_config(self):
+        model = copy_model(make_model("gqa", "--attention", "gqa"), "contradict")
+        cfg_path = os.path.join(model, "config.json")
+        with open(cfg_path) as f:
+            cfg = json.load(f)
+        cfg["num_key_value_heads"] = 4  # the tensors were written for 2
+        with open(cfg_path, "w") as f:
+            json.dump(cfg, f)
+        r = run(["score", "--model", model, "--input", PROMPTS, "--output",
+                 os.path.join(WORK, "x.jsonl")], np=2)
+        self.assertOneError(r, "k_proj", "shape")
+
+    def test_unwritable_output(self):
+        model = make_model("gqa", "--attention", "gqa")
+        r = run(["score", "--model", model, "--input", PROMPTS, "--output",
+                 "/proc/nonexistent/out.jsonl"], np=2)
+        self.assertOneError(r, "cannot open output")
+
+    def test_cache_too_small_for_one_request(self):
+        model = make_model("gqa", "--attention", "gqa")
+        r = run(["decode", "--model", model, "--prompts", PROMPTS, "--output",
+                 os.path.join(WORK, "x.jsonl"), "--kv-cache-mb", "0.01"], np=2)
+        self.assertOneError(r, "maximum length (512 tokens)", "use --kv-cache-mb")
+
+    def test_unknown_flag(self):
+        r = run(["score", "--modle", "x"])
+        self.assertNotEqual(r.returncode, 0)
+        self.assertIn("unknown flag --modle", r.stderr)
+
+
+class Interrupted(unittest.TestCase):
+    def test_sigterm_keeps_complete_lines(self):
+        model = make_model("gqa", "--attention", "gqa")
+        prompts = os.path.join(WORK, "many.jsonl")
+        with open(prompts, "w") as f:
+            for i in range(400):
+                f.write(json.dumps({"id": i, "tokens": [256, i % 256], "max_new_tokens": 300}) + "\n")
+        out = os.path.join(WORK, "interrupted.jsonl")
+        cmd = ["mpirun", "--oversubscribe", "--bind-to", "none", "-q", "-np", "2", SHARDLM,
+               "decode", "--model", model, "--prompts", prompts, "--output", out,
+               "--max-batch", "4"]
+        p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=ENV)
+        deadline = time.time() + 60
+        while time.time() < deadline and p.poll() is None:
+            if os.path.exists(out):
+                with open(out) as f:
+                    if f.read().count("\n") >= 3:
+                        break
+            time.sleep(0.05)
+        self.assertIsNone(p.poll(), "the job ended before it could be interrupted")
+        p.send_signal(signal.SIGTERM)
+        p.communicate(timeout=30)
+        self.assertNotEqual(p.returncode, 0)
+        with open(out) as f:
+            text = f.read()
+        self.assertTrue(text.endswith("\n"), "last line is incomplete")
+        lines = text.splitlines()
+        self.assertGreaterEqual(len(lines), 3)
+        for line in lines:
+            result = json.loads(line)
+            self.assertEqual(result["finish_reason"], "length")
+            self.assertEqual(len(result["tokens"]), 300)
+
+
+class Inspect(unittest.TestCase):
+    def cache_bytes(self, model, tp):
+        r = run(["inspect", "--model", model, "--tp", str(tp)])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        rows = [l.split() for l in r.stdout.splitlines() if re.match(r"^\d+\s", l)]
+        self.assertEqual(len(rows), tp, r.stdout)
+        return [int(row[-1]) for row in rows]
+
+    def test_gla_halves_mla_duplicates(self):
+        gla = make_model("gla", "--attention", "gla")
+        mla = make_model("mla", "--attention", "mla")
+        gla1, gla2 = self.cache_bytes(gla, 1), self.cache_bytes(gla, 2)
+        mla1, mla2 = self.cache_bytes(mla, 1), self.cache_bytes(mla, 2)
+        # GLA-2 per-rank latents halve; the shared RoPE key (d_r) stays on both ranks.
+        with open(os.path.join(gla, "config.json")) as f:
+            c = json.load(f)
+        layers, dc, dr = c["num_hidden_layers"], c["kv_lora_rank"], c["qk_rope_head_dim"]
+        self.assertEqual(gla1[0], layers * (2 * dc + dr) * 4)
+        self.assertEqual(gla2, [layers * (dc + dr) * 4] * 2)
+        self.assertEqual(mla2, mla1 * 2)  # duplicated: every rank holds the full latent
+
+    def test_paper_preset_table(self):
+        # The paper-m shapes: GLA-2 per-rank latent halves at TP 2, MLA does not.
+        out = {}
+        for fam in ("gla", "mla", "gta", "gqa"):
+            # inspect needs tensors; a 1-layer paper-m checkpoint keeps this fast.
+            model = make_model(f"paper-{fam}", "--attention", fam, "--preset", "paper-m",
+                               "--layers", "1")
+            out[fam] = (self.cache_bytes(model, 1)[0], self.cache_bytes(model, 2)[0])
+        self.assertEqual(out["gla"], ((256 + 32) * 4, (128 + 32) * 4))
+        self.assertEqual(out["mla"], ((256 + 32) * 4, (256 + 32) * 4))
+        self.assertEqual(out["gta"], ((4 * 64 + 32) * 4, (2 * 64 + 32) * 4))
+        self.assertEqual(out["gqa"], (2 * 4 * 64 * 4, 2 * 2 * 64 * 4))
+
+
+if __name__ == "__main__":
+    SHARDLM, WORK = sys.argv[1], sys.argv[2]
+    os.makedirs(WORK, exist_ok=True)
+    unittest.main(argv=sys.argv[:1], verbosity=2)

@@ -1,0 +1,197 @@
+#!/usr/bin/env python3
+"""`shardlm decode` invariants for one model (DESIGN §4–§7, issue: decode jobs).
+
+Greedy results of a request must be bit-identical whether it runs alone, in a
+batch of 32 mixed-length requests, with page size 1, 16 or 64, with chunked
+prefill, and under a KV budget so small that sequences are preempted and
+recomputed. At 2 and 4 ranks the tokens must be the same and the logprobs
+within the derived tolerance; greedy decode must agree with `score` on the
+generated sequences and with the PyTorch reference's greedy generation.
+
+usage: decode_test.py SHARDLM MODEL_DIR WORKDIR
+"""
+import json
+import os
+import random
+import re
+import subprocess
+import sys
+import unittest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "reference"))
+from tolerance import tolerance  # noqa: E402
+
+SHARDLM = MODEL = WORK = None
+ENV = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
+
+
+def config():
+    with open(os.path.join(MODEL, "config.json")) as f:
+        return json.load(f)
+
+
+def make_prompts(path, count=32, seed=5):
+    """count mixed-length greedy requests: token lists, text, varied max_new_tokens."""
+    r = random.Random(seed)
+    vocab = min(config()["vocab_size"], 256)
+    lines = []
+    for i in range(count):
+        if i % 5 == 4:
+            req = {"id": f"r{i}", "prompt": "".join(r.choice("abcdefgh ") for _ in range(r.randint(1, 40)))}
+        else:
+            req = {"id": f"r{i}", "tokens": [r.randrange(vocab) for _ in range(r.choice([1, 2, 5, 16, 17, 33, 70]))]}
+        req["max_new_tokens"] = r.randint(1, 24)
+        lines.append(req)
+    with open(path, "w") as f:
+        for req in lines:
+            f.write(json.dumps(req) + "\n")
+    return lines
+
+
+def decode(name, prompts, np=1, *flags):
+    out = os.path.join(WORK, name + ".jsonl")
+    cmd = ["mpirun", "--oversubscribe", "--bind-to", "none", "-q", "-np", str(np), SHARDLM,
+           "decode", "--model", MODEL, "--prompts", prompts, "--output", out] + list(flags)
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=ENV)
+    if r.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed:\n{r.stderr}")
+    summary = [l for l in r.stderr.splitlines() if l.startswith("shardlm decode:")]
+    assert len(summary) == 1, r.stderr
+    with open(out) as f:
+        results = {json.loads(l)["id"]: json.loads(l) for l in f}
+    return results, summary[0]
+
+
+def page_budget_mb(pages, page_size):
+    """--kv-cache-mb holding `pages` pages at 1 rank (cache row width from the config)."""
+    c = config()
+    t = c.get("attention_type", "gqa")
+    if t in ("mla", "gla"):
+        row = c.get("num_latent_heads", 1) * c["kv_lora_rank"] + c["qk_rope_head_dim"]
+    elif t == "gta":
+        row = c["num_key_value_heads"] * c["head_dim"] + c.get("qk_rope_head_dim", c["head_dim"] // 2)
+    else:
+        hd = c.get("head_dim", c["hidden_size"] // c["num_attention_heads"])
+        row = 2 * c.get("num_key_value_heads", c["num_attention_heads"]) * hd
+    return (pages + 0.5) * page_size * row * 4 * c["num_hidden_layers"] / 2 ** 20
+
+
+class DecodeInvariants(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.prompts = os.path.join(WORK, "prompts.jsonl")
+        cls.requests = make_prompts(cls.prompts)
+        cls.base, cls.base_summary = decode("base", cls.prompts)
+        cls.atol, cls.rtol = tolerance(config())
+
+    def assertIdentical(self, results, ids=None):
+        for rid in ids or self.base:
+            self.assertEqual(results[rid]["tokens"], self.base[rid]["tokens"], rid)
+            self.assertEqual(results[rid]["logprobs"], self.base[rid]["logprobs"], rid)
+            self.assertEqual(results[rid]["finish_reason"], self.base[rid]["finish_reason"], rid)
+
+    def assertClose(self, results):
+        for rid, want in self.base.items():
+            got = results[rid]
+            self.assertEqual(got["tokens"], want["tokens"], rid)
+            for a, b in zip(got["logprobs"], want["logprobs"]):
+                self.assertLessEqual(abs(a - b), self.atol + self.rtol * abs(b), rid)
+
+    def test_all_requests_finish_and_pages_return(self):
+        self.assertEqual(len(self.base), len(self.requests))
+        for req in self.requests:
+            res = self.base[req["id"]]
+            self.assertIn(res["finish_reason"], ("stop", "length"))
+            self.assertEqual(len(res["tokens"]), len(res["logprobs"]))
+            self.assertLessEqual(len(res["tokens"]), req["max_new_tokens"])
+            if res["finish_reason"] == "length":
+                self.assertEqual(len(res["tokens"]), req["max_new_tokens"])
+        m = re.search(r"free pages (\d+)/(\d+)", self.base_summary)
+        self.assertEqual(m.group(1), m.group(2), self.base_summary)
+
+    def test_alone_equals_batched(self):
+        for req in self.requests[:6]:
+            path = os.path.join(WORK, f"alone-{req['id']}.jsonl.in")
+            with open(path, "w") as f:
+                f.write(json.dumps(req) + "\n")
+            alone, _ = decode(f"alone-{req['id']}", path)
+            self.assertIdentical(alone, [req["id"]])
+
+    def test_page_sizes_and_chunked_prefill(self):
+        for flags in (["--page-size", "1"], ["--page-size", "64"],
+                      ["--max-batch", "3", "--max-batch-tokens", "8"]):
+            results, _ = decode("pages" + "".join(flags), self.prompts, 1, *flags)
+            self.assertIdentical(results)
+
+    def test_preemption_recomputes_identically(self):
+        c = config()
+        max_len_pages = -(-c["max_position_embeddings"] // 16)
+        mb = page_budget_mb(max_len_pages + 2, 16)
+        results, summary = decode("preempt", self.prompts, 1, "--kv-cache-mb", f"{mb:.6f}")
+        preemptions = int(re.search(r"(\d+) preemptions", summary).group(1))
+        self.assertGreater(preemptions, 0, summary)
+        m = re.search(r"free pages (\d+)/(\d+)", summary)
+        self.assertEqual(m.group(1), m.group(2), summary)
+        self.assertIdentical(results)
+
+    def test_tensor_parallel_matches_one_rank(self):
+        heads = config()["num_attention_heads"]
+        for np in (2, 4):
+            if heads % np:
+                continue
+            results, _ = decode(f"np{np}", self.prompts, np)
+            self.assertClose(results)
+            # Batching invariance also holds at np ranks (bitwise against itself).
+            small, _ = decode(f"np{np}-small", self.prompts, np, "--page-size", "3",
+                              "--max-batch", "5")
+            for rid in results:
+                self.assertEqual(small[rid]["tokens"], results[rid]["tokens"])
+                self.assertEqual(small[rid]["logprobs"], results[rid]["logprobs"])
+
+    def test_decode_agrees_with_score(self):
+        # score(prompt + generated) gives log p(generated_t | prefix) by the prefill path.
+        score_in = os.path.join(WORK, "score-in.jsonl")
+        prompt_tokens = {}
+        with open(score_in, "w") as f:
+            for req in self.requests:
+                res = self.base[req["id"]]
+                if "tokens" in req:
+                    prompt = req["tokens"]
+                else:
+                    prompt = [config()["bos_token_id"]] + list(req["prompt"].encode())
+                self.assertEqual(len(prompt), res["prompt_tokens"])
+                prompt_tokens[req["id"]] = len(prompt)
+                f.write(json.dumps({"id": req["id"], "tokens": prompt + res["tokens"]}) + "\n")
+        out = os.path.join(WORK, "score-out.jsonl")
+        r = subprocess.run([SHARDLM, "score", "--model", MODEL, "--input", score_in, "--output", out],
+                           capture_output=True, text=True, timeout=300, env=ENV)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        with open(out) as f:
+            scored = {json.loads(l)["id"]: json.loads(l) for l in f}
+        for rid, res in self.base.items():
+            tail = scored[rid]["logprobs"][prompt_tokens[rid] - 1:]
+            self.assertEqual(len(tail), len(res["logprobs"]), rid)
+            for a, b in zip(res["logprobs"], tail):
+                self.assertLessEqual(abs(a - b), self.atol + self.rtol * abs(b), rid)
+
+    def test_matches_pytorch_greedy(self):
+        out = os.path.join(WORK, "torch-gen.jsonl")
+        r = subprocess.run(["/usr/bin/python3", os.path.join(HERE, "reference", "torch_ref.py"),
+                            "generate", "--model", MODEL, "--input", self.prompts, "--output", out],
+                           capture_output=True, text=True, timeout=600)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        with open(out) as f:
+            ref = {json.loads(l)["id"]: json.loads(l) for l in f}
+        for rid, want in ref.items():
+            got = self.base[rid]
+            self.assertEqual(got["tokens"], want["tokens"], rid)
+            self.assertEqual(got["finish_reason"], want["finish_reason"], rid)
+            for a, b in zip(got["logprobs"], want["logprobs"]):
+                self.assertLessEqual(abs(a - b), self.atol + self.rtol * abs(b), rid)
+
+
+if __name__ == "__main__":
+    SHARDLM, MODEL, WORK = sys.argv[1:4]
+    os.makedirs(WORK, exist_ok=True)
+    unittest.main(argv=sys.argv[:1], verbosity=2)
