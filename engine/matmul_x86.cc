@@ -15,7 +15,10 @@
 #define SHARDLM_TARGET_AVX2 __attribute__((target("avx2,fma")))
 
 namespace shardlm::matmul_internal {
+int64_t g_pf = 0;
+int g_shape = 0;
 namespace {
+constexpr bool kPin = true;
 
 // 16 lanes per zmm. K tail: zero-masked loads (which never touch memory past the row end), so
 // the tail lanes see fma(0, 0, acc) = acc and the active lanes the same FMA as a full step.
@@ -36,7 +39,11 @@ struct Avx512 {
     for (; k + kLanes <= k_end; k += kLanes) {
       __m512 wv[kC];
 #pragma GCC unroll 8
-      for (int c = 0; c < kC; ++c) wv[c] = _mm512_loadu_ps(w + c * w_stride + k);
+      for (int c = 0; c < kC; ++c) {
+        wv[c] = _mm512_loadu_ps(w + c * w_stride + k);
+        if (kPin) asm("" : "+v"(wv[c]));
+        if (g_pf > 0) _mm_prefetch(reinterpret_cast<const char*>(w + c * w_stride + k + g_pf), _MM_HINT_T0);
+      }
 #pragma GCC unroll 8
       for (int r = 0; r < kR; ++r) {
         const __m512 xv = _mm512_loadu_ps(x + r * x_stride + k);
@@ -116,7 +123,17 @@ struct Avx2Fma {
 
 void SkinnyAvx512(const float* x, int64_t n, int64_t x_stride, const float* w, int64_t out,
                   int64_t in, const float* bias, float* y, int64_t y_stride) {
-  Drive<Avx512, 4, 4>(x, n, x_stride, w, out, in, bias, y, y_stride);
+  switch (g_shape) {
+    case 0: Drive<Avx512, 4, 4>(x, n, x_stride, w, out, in, bias, y, y_stride); break;
+    case 1: Drive<Avx512, 1, 8>(x, n, x_stride, w, out, in, bias, y, y_stride); break;
+    case 2: Drive<Avx512, 4, 6>(x, n, x_stride, w, out, in, bias, y, y_stride); break;
+    case 3: Drive<Avx512, 8, 3>(x, n, x_stride, w, out, in, bias, y, y_stride); break;
+    case 4: Drive<Avx512, 2, 8>(x, n, x_stride, w, out, in, bias, y, y_stride); break;
+    case 5: Drive<Avx512, 1, 4>(x, n, x_stride, w, out, in, bias, y, y_stride); break;
+    case 6: Drive<Avx512, 2, 4>(x, n, x_stride, w, out, in, bias, y, y_stride); break;
+    case 7: Drive<Avx512, 4, 5>(x, n, x_stride, w, out, in, bias, y, y_stride); break;
+    case 8: Drive<Avx512, 1, 16>(x, n, x_stride, w, out, in, bias, y, y_stride); break;
+  }
 }
 
 void SkinnyAvx2Fma(const float* x, int64_t n, int64_t x_stride, const float* w, int64_t out,
