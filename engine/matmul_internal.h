@@ -32,8 +32,8 @@ namespace shardlm::matmul_internal {
 
 // K block in floats: a multiple of every lane count, so only the last block has a tail.
 // 512 floats = 2 KiB per row; with C ≤ 8 weight rows the W chunk is ≤ 16 KiB of a 32-48 KiB L1.
-inline constexpr int64_t kKBlock = 512;
-static_assert(kKBlock % 16 == 0);
+extern int64_t g_kb;
+#define kKBlock g_kb
 // Rows whose accumulators live in the on-stack spill buffer at once. Beyond this the W tile
 // (C × in floats, ≤ 256 KiB for in = 8192) is re-read from L2 per super-block.
 inline constexpr int kSuperRows = 32;
@@ -75,7 +75,7 @@ template <class Kernel, int kR, int kC>
 void Drive(const float* x, int64_t n, int64_t x_stride, const float* w, int64_t out, int64_t in,
            const float* bias, float* y, int64_t y_stride) {
   constexpr int L = Kernel::kLanes;
-  static_assert(kSuperRows % kR == 0 && kKBlock % L == 0);
+  static_assert(kSuperRows % kR == 0);
   // [kSuperRows][kC][L] vector accumulators, spilled between K blocks.
   alignas(64) float acc[kSuperRows * kC * L];
   for (int64_t o0 = 0; o0 < out; o0 += kC) {

@@ -16,9 +16,11 @@
 
 namespace shardlm::matmul_internal {
 int64_t g_pf = 0;
+int64_t g_kb = 512;
 int g_shape = 0;
 namespace {
 constexpr bool kPin = true;
+constexpr bool kPinX = true;
 
 // 16 lanes per zmm. K tail: zero-masked loads (which never touch memory past the row end), so
 // the tail lanes see fma(0, 0, acc) = acc and the active lanes the same FMA as a full step.
@@ -46,7 +48,8 @@ struct Avx512 {
       }
 #pragma GCC unroll 8
       for (int r = 0; r < kR; ++r) {
-        const __m512 xv = _mm512_loadu_ps(x + r * x_stride + k);
+        __m512 xv = _mm512_loadu_ps(x + r * x_stride + k);
+        if (kPinX) asm("" : "+v"(xv));
 #pragma GCC unroll 8
         for (int c = 0; c < kC; ++c) a[r][c] = _mm512_fmadd_ps(xv, wv[c], a[r][c]);
       }

@@ -1,6 +1,7 @@
 #include "engine/model.h"
 
 #include <algorithm>
+#include <chrono>
 
 #include "base/status.h"
 #include "engine/config.h"
@@ -42,7 +43,7 @@ absl::Status Model::Forward(const ForwardBatch& batch, PagedKvCache& cache, Comm
     // h = x + Attn(RMSNorm(x)): each rank's heads give a partial o_proj sum.
     RmsNorm(x, n, d, d, w.attn_norm.data(), dims_.rms_eps, xn);
     attention_->Forward(w.attn, xn, batch.tokens, cache.Layer(l), partial);
-    RETURN_IF_ERROR(comm.AllReduceSum({partial, static_cast<size_t>(n * d)}));
+    RETURN_IF_ERROR(AllReduce(partial, n * d, comm));
     for (int64_t i = 0; i < n * d; ++i) x[i] += partial[i];
     // x' = h + down(silu(gate(h̃)) ⊙ up(h̃)): each rank's columns give a partial sum.
     RmsNorm(x, n, d, d, w.mlp_norm.data(), dims_.rms_eps, xn);
@@ -50,7 +51,7 @@ absl::Status Model::Forward(const ForwardBatch& batch, PagedKvCache& cache, Comm
     MatMul(xn, n, w.up, up);
     SiluMul(gate, up, n * mlp);
     MatMul(gate, n, w.down, partial);
-    RETURN_IF_ERROR(comm.AllReduceSum({partial, static_cast<size_t>(n * d)}));
+    RETURN_IF_ERROR(AllReduce(partial, n * d, comm));
     for (int64_t i = 0; i < n * d; ++i) x[i] += partial[i];
   }
   // Final norm of the rows that need logits only.
@@ -61,7 +62,20 @@ absl::Status Model::Forward(const ForwardBatch& batch, PagedKvCache& cache, Comm
     CHECK(row >= 0 && row < n);
     RmsNorm(x + row * d, 1, d, d, weights_.final_norm.data(), dims_.rms_eps, head_in + i * d);
   }
-  return GatherLogits(head_in, m, comm, logits);
+  ++stats_.forwards;
+  const auto gather_start = std::chrono::steady_clock::now();
+  absl::Status status = GatherLogits(head_in, m, comm, logits);
+  stats_.gather_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - gather_start).count();
+  return status;
+}
+
+absl::Status Model::AllReduce(float* partial, int64_t count, Comm& comm) {
+  const auto start = std::chrono::steady_clock::now();
+  absl::Status status = comm.AllReduceSum({partial, static_cast<size_t>(count)});
+  stats_.allreduce_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  ++stats_.allreduce_calls;
+  stats_.allreduce_bytes += count * static_cast<int64_t>(sizeof(float));
+  return status;
 }
 
 absl::Status Model::GatherLogits(const float* hidden, int64_t m, Comm& comm,

@@ -23,6 +23,16 @@ struct ForwardBatch {
   std::vector<int32_t> logit_rows;  // batch rows whose logits rank 0 receives, in order
 };
 
+// Where a forward pass spent its time; accumulated until Reset.
+struct ForwardStats {
+  int64_t forwards = 0;
+  int64_t allreduce_calls = 0;
+  int64_t allreduce_bytes = 0;
+  double allreduce_seconds = 0.0;  // wall time inside AllReduceSum (includes waiting for peers)
+  double gather_seconds = 0.0;     // wall time inside the logits gather
+  void Reset() { *this = ForwardStats(); }
+};
+
 class Model {
  public:
   // Reads config.json, validates the split over `size` ranks and loads the
@@ -39,17 +49,21 @@ class Model {
   const ModelDims& dims() const { return dims_; }
   const ShardPlan& plan() const { return plan_; }
   const ModelWeights& weights() const { return weights_; }
+  ForwardStats& stats() { return stats_; }
 
  private:
   Model(ModelDims dims, ShardPlan plan, ModelWeights weights);
 
   // Vocab-parallel LM head: [m, d] normalized rows → rank 0's [m, vocab].
   absl::Status GatherLogits(const float* hidden, int64_t m, Comm& comm, std::vector<float>* logits);
+  // Sums this rank's partial [n, d] with the other ranks' (timed into stats_).
+  absl::Status AllReduce(float* partial, int64_t count, Comm& comm);
 
   ModelDims dims_;
   ShardPlan plan_;
   ModelWeights weights_;
   std::unique_ptr<AttentionBlock> attention_;
+  ForwardStats stats_;
   // Activations, grown on demand and reused across steps.
   std::vector<float> x_, xn_, partial_, gate_, up_, head_in_, local_logits_, gathered_;
 };
