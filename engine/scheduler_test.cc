@@ -1,0 +1,155 @@
+#include "engine/scheduler.h"
+
+#include <set>
+
+#include "base/rng.h"
+#include "gtest/gtest.h"
+
+namespace shardlm {
+namespace {
+
+std::unique_ptr<Sequence> MakeSeq(int64_t index, int64_t prompt_len) {
+  auto seq = std::make_unique<Sequence>();
+  seq->request_index = index;
+  for (int64_t i = 0; i < prompt_len; ++i) seq->tokens.push_back(static_cast<int32_t>(i % 7));
+  seq->prompt_len = prompt_len;
+  return seq;
+}
+
+// Drives the scheduler like the decode loop does, checking invariants every step.
+struct Simulation {
+  SchedulerOptions options;
+  std::vector<int64_t> target_new;  // tokens to generate per request
+  int64_t steps = 0, finished = 0;
+
+  void Run(Scheduler& scheduler, int64_t max_steps = 100000) {
+    std::map<int64_t, std::vector<int32_t>> tables;  // what the workers would hold
+    while (!scheduler.Idle() && steps < max_steps) {
+      StepPlan plan;
+      auto slices = scheduler.Schedule(&plan);
+      ASSERT_FALSE(slices.empty()) << "stalled at step " << steps;
+      ++steps;
+      for (int64_t id : plan.released()) ASSERT_EQ(tables.erase(id), 1u);
+      int64_t tokens = 0;
+      std::set<int32_t> used;
+      ASSERT_LE(plan.seqs_size(), options.max_batch);
+      for (int i = 0; i < plan.seqs_size(); ++i) {
+        const SeqStep& s = plan.seqs(i);
+        auto& table = tables[s.seq_id()];
+        table.insert(table.end(), s.new_pages().begin(), s.new_pages().end());
+        tokens += s.tokens_size();
+        // Every position of the slice has a page.
+        ASSERT_GE(static_cast<int64_t>(table.size()) * options.page_size,
+                  s.start_pos() + s.tokens_size());
+        ASSERT_EQ(s.want_logits(), slices[i].want_logits);
+      }
+      ASSERT_LE(tokens, options.max_batch_tokens);
+      // Pages of live sequences are distinct, in range, and with the free ones make the pool.
+      int64_t held = 0;
+      for (const auto& [id, table] : tables) {
+        for (int32_t p : table) {
+          ASSERT_TRUE(used.insert(p).second) << "page " << p << " held twice";
+          ASSERT_GE(p, 0);
+          ASSERT_LT(p, options.num_pages);
+          ++held;
+        }
+      }
+      ASSERT_EQ(held + scheduler.free_pages(), options.num_pages);
+      scheduler.Computed(slices);
+      for (const ScheduledSeq& s : slices) {
+        if (!s.want_logits) continue;
+        s.seq->tokens.push_back(static_cast<int32_t>(s.seq->tokens.size() % 5));
+        if (s.seq->generated() >= target_new[s.seq->request_index]) {
+          auto done = scheduler.Finish(s.seq);
+          ASSERT_EQ(done->generated(), target_new[done->request_index]);
+          ++finished;
+        }
+      }
+    }
+  }
+};
+
+TEST(SchedulerTest, EveryRequestFinishesAndEveryPageReturns) {
+  for (uint64_t seed : {1, 2, 3}) {
+    for (int64_t page_size : {1, 3, 16}) {
+      Rng rng(seed);
+      Simulation sim;
+      sim.options = {/*num_pages=*/0, page_size, /*max_batch=*/4, /*max_batch_tokens=*/13};
+      const int64_t max_len = 60;
+      sim.options.num_pages = (max_len + page_size - 1) / page_size + 3;  // tight: preemption
+      Scheduler scheduler(sim.options);
+      for (int64_t i = 0; i < 20; ++i) {
+        const int64_t prompt = 1 + static_cast<int64_t>(rng.Uniform() * 40);
+        sim.target_new.push_back(1 + static_cast<int64_t>(rng.Uniform() * (max_len - prompt)));
+        scheduler.Enqueue(MakeSeq(i, prompt));
+      }
+      sim.Run(scheduler);
+      EXPECT_EQ(sim.finished, 20);
+      EXPECT_TRUE(scheduler.Idle());
+      EXPECT_EQ(scheduler.free_pages(), sim.options.num_pages);
+      EXPECT_GT(scheduler.total_preemptions(), 0) << "budget meant to force preemption";
+    }
+  }
+}
+
+TEST(SchedulerTest, ChunkedPrefillWantsLogitsOnlyAtTheEnd) {
+  Scheduler scheduler({/*num_pages=*/100, /*page_size=*/4, /*max_batch=*/8, /*max_batch_tokens=*/5});
+  scheduler.Enqueue(MakeSeq(0, 12));
+  std::vector<std::pair<int64_t, bool>> seen;
+  for (int step = 0; step < 3; ++step) {
+    StepPlan plan;
+    auto slices = scheduler.Schedule(&plan);
+    ASSERT_EQ(slices.size(), 1u);
+    seen.emplace_back(slices[0].count, slices[0].want_logits);
+    scheduler.Computed(slices);
+  }
+  EXPECT_EQ(seen, (std::vector<std::pair<int64_t, bool>>{{5, false}, {5, false}, {2, true}}));
+}
+
+TEST(SchedulerTest, RunningFirstThenFifoAdmissionsUpToMaxBatch) {
+  Scheduler scheduler({/*num_pages=*/100, /*page_size=*/4, /*max_batch=*/2, /*max_batch_tokens=*/100});
+  for (int64_t i = 0; i < 3; ++i) scheduler.Enqueue(MakeSeq(i, 3));
+  StepPlan plan;
+  auto first = scheduler.Schedule(&plan);
+  ASSERT_EQ(first.size(), 2u);  // max_batch
+  EXPECT_EQ(first[0].seq->request_index, 0);
+  EXPECT_EQ(first[1].seq->request_index, 1);
+  scheduler.Computed(first);
+  for (auto& s : first) s.seq->tokens.push_back(1);
+  scheduler.Finish(first[0].seq);
+  auto second = scheduler.Schedule(&plan);
+  ASSERT_EQ(second.size(), 2u);
+  EXPECT_EQ(second[0].seq->request_index, 1);  // running first, one decode token
+  EXPECT_EQ(second[0].count, 1);
+  EXPECT_EQ(second[1].seq->request_index, 2);  // then the admission
+  EXPECT_EQ(second[1].count, 3);
+  ASSERT_EQ(plan.released_size(), 1);          // request 0's block table is dropped
+}
+
+TEST(SchedulerTest, PreemptsTheNewestAndRecomputesIt) {
+  // 4 pages of 2 tokens: two sequences of 3 tokens take 2 pages each; growing
+  // the first past 4 tokens needs a fifth page, so the newest is preempted.
+  Scheduler scheduler({/*num_pages=*/4, /*page_size=*/2, /*max_batch=*/4, /*max_batch_tokens=*/100});
+  scheduler.Enqueue(MakeSeq(0, 3));
+  scheduler.Enqueue(MakeSeq(1, 3));
+  StepPlan plan;
+  auto step = scheduler.Schedule(&plan);
+  ASSERT_EQ(step.size(), 2u);
+  scheduler.Computed(step);
+  for (auto& s : step) s.seq->tokens.push_back(1);  // both now 4 tokens: still 2 pages each
+  step = scheduler.Schedule(&plan);
+  ASSERT_EQ(step.size(), 2u);
+  scheduler.Computed(step);
+  for (auto& s : step) s.seq->tokens.push_back(1);  // 5 tokens: the oldest needs page 3
+  Sequence* newest = step[1].seq;
+  step = scheduler.Schedule(&plan);
+  ASSERT_EQ(step.size(), 1u);
+  EXPECT_EQ(step[0].seq->request_index, 0);
+  EXPECT_EQ(scheduler.total_preemptions(), 1);
+  EXPECT_EQ(newest->num_computed, 0);
+  EXPECT_TRUE(newest->pages.empty());
+  EXPECT_EQ(plan.released_size(), 1);
+}
+
+}  // namespace
+}  // namespace shardlm
