@@ -5,6 +5,7 @@
 
 #include "base/status.h"
 #include "engine/config.h"
+#include "engine/dump.h"
 
 namespace shardlm {
 
@@ -42,8 +43,10 @@ absl::Status Model::Forward(const ForwardBatch& batch, PagedKvCache& cache, Comm
     const LayerWeights& w = weights_.layers[l];
     // h = x + Attn(RMSNorm(x)): each rank's heads give a partial o_proj sum.
     RmsNorm(x, n, d, d, w.attn_norm.data(), dims_.rms_eps, xn);
+    SHARDLM_DUMP(plan_.rank, stats_.forwards, l, "attn_norm", xn, n, d);
     attention_->Forward(w.attn, xn, batch.tokens, cache.Layer(l), partial);
     RETURN_IF_ERROR(AllReduce(partial, n * d, comm));
+    SHARDLM_DUMP(plan_.rank, stats_.forwards, l, "attn_out", partial, n, d);
     for (int64_t i = 0; i < n * d; ++i) x[i] += partial[i];
     // x' = h + down(silu(gate(h̃)) ⊙ up(h̃)): each rank's columns give a partial sum.
     RmsNorm(x, n, d, d, w.mlp_norm.data(), dims_.rms_eps, xn);
@@ -52,6 +55,7 @@ absl::Status Model::Forward(const ForwardBatch& batch, PagedKvCache& cache, Comm
     SiluMul(gate, up, n * mlp);
     MatMul(gate, n, w.down, partial);
     RETURN_IF_ERROR(AllReduce(partial, n * d, comm));
+    SHARDLM_DUMP(plan_.rank, stats_.forwards, l, "mlp_out", partial, n, d);
     for (int64_t i = 0; i < n * d; ++i) x[i] += partial[i];
   }
   // Final norm of the rows that need logits only.
