@@ -5,27 +5,17 @@
 #include <cmath>
 
 #include "base/status.h"
+#include "engine/matmul.h"
 
 namespace shardlm {
 
 void MatMul(const float* x, int64_t n, int64_t x_stride, const Linear& w, float* y,
             int64_t y_stride) {
   CHECK_EQ(static_cast<int64_t>(w.w.size()), w.out * w.in);
-  if (n == 0 || w.out == 0) return;
-  if (!w.b.empty()) {
-    for (int64_t i = 0; i < n; ++i) std::copy(w.b.begin(), w.b.end(), y + i * y_stride);
-  }
-  if (w.in == 0) {
-    if (w.b.empty()) {
-      for (int64_t i = 0; i < n; ++i) std::fill(y + i * y_stride, y + i * y_stride + w.out, 0.0f);
-    }
-    return;
-  }
-  // Row-major C[n, out] = A[n, in] · B[out, in]ᵀ (+ C when there is a bias).
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(n),
-              static_cast<int>(w.out), static_cast<int>(w.in), 1.0f, x, static_cast<int>(x_stride),
-              w.w.data(), static_cast<int>(w.in), w.b.empty() ? 0.0f : 1.0f, y,
-              static_cast<int>(y_stride));
+  CHECK(w.b.empty() || static_cast<int64_t>(w.b.size()) == w.out);
+  // The batch-invariant kernel: a row's result never depends on the rest of the batch.
+  SkinnyMatMul(x, n, x_stride, w.w.data(), w.out, w.in, w.b.empty() ? nullptr : w.b.data(), y,
+               y_stride);
 }
 
 void MatMulNaive(const float* x, int64_t n, int64_t x_stride, const Linear& w, float* y,

@@ -17,6 +17,8 @@ struct Linear {
 };
 
 // y[n, out] = x[n, in] · Wᵀ + b. x rows are `x_stride` floats apart, y rows `y_stride`.
+// Batch-invariant (engine/matmul.h): row i's result is bit-identical whatever else is
+// in the batch, so a request's output does not depend on how it was batched.
 void MatMul(const float* x, int64_t n, int64_t x_stride, const Linear& w, float* y,
             int64_t y_stride);
 inline void MatMul(const float* x, int64_t n, const Linear& w, float* y) {
