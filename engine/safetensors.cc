@@ -538,6 +538,12 @@ std::vector<std::string> SafetensorsDir::Unused() const {
   return unused;
 }
 
+int64_t SafetensorsDir::TotalElements() const {
+  int64_t total = 0;
+  for (const auto& [name, where] : tensors_) total += where.second->NumElements();
+  return total;
+}
+
 absl::Status WriteSafetensors(const std::string& path, std::span<const TensorToWrite> tensors) {
   // Header: {"__metadata__":{"format":"pt"}, name: {"dtype","shape","data_offsets"}, ...}
   // ("format" keeps Hugging Face loaders happy), padded with spaces to 8-byte alignment.

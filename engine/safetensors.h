@@ -86,6 +86,8 @@ class SafetensorsDir {
   void MarkUsed(std::string_view name);
   // Tensor names never passed to Read/MarkUsed, sorted (to report extra tensors).
   std::vector<std::string> Unused() const;
+  // Total number of elements over every tensor of every file.
+  int64_t TotalElements() const;
 
  private:
   std::string dir_;

@@ -6,6 +6,7 @@
 
 #include "absl/strings/str_join.h"
 #include "base/status.h"
+#include "bench/bench.h"
 #include "comm/mpi_comm.h"
 #include "engine/config.h"
 #include "engine/decode.h"
@@ -25,6 +26,7 @@ constexpr char kUsage[] =
     "  score        per-token logprobs of sequences (JSONL in, JSONL out)\n"
     "  make-model   write a deterministic random checkpoint\n"
     "  inspect      print a model's parameters, shard plan and cache bytes per rank\n"
+    "  bench        decode step time vs the bandwidth roofline, cache bytes and capacity per rank\n"
     "  help         this message; `shardlm COMMAND --help` for a command's flags\n";
 
 struct Command {
@@ -101,22 +103,15 @@ absl::Status Inspect(const std::string& model_dir, int tp) {
   ASSIGN_OR_RETURN(ModelConfig config, ReadModelConfig(model_dir));
   ASSIGN_OR_RETURN(ModelDims dims, ResolveDims(config, model_dir + "/config.json"));
   ASSIGN_OR_RETURN(auto dir, SafetensorsDir::Open(model_dir));
-  int64_t params = 0;
-  for (const TensorSpec& spec : CheckpointTensors(dims)) {
-    const std::string name = spec.is_linear ? spec.name + ".weight" : spec.name;
-    ASSIGN_OR_RETURN(std::vector<int64_t> shape, dir->Shape(name));
-    int64_t count = 1;
-    for (int64_t s : shape) count *= s;
-    params += count;
-    if (spec.is_linear && dir->Has(spec.name + ".bias")) params += spec.shape[0];
-  }
+  // Everything in the checkpoint, optional norms and biases included.
+  const int64_t params = dir->TotalElements();
   std::printf("model        %s\n", model_dir.c_str());
   std::printf("attention    %s   layers %lld   hidden %lld   heads %lld   %s %lld\n",
               AttentionTypeName(dims.type), static_cast<long long>(dims.layers),
               static_cast<long long>(dims.hidden), static_cast<long long>(dims.num_heads),
               IsLatent(dims.type) ? "latent heads" : "kv heads",
               static_cast<long long>(dims.num_kv_heads));
-  std::printf("parameters   %lld (%.1f M; main tensors, biases included)\n",
+  std::printf("parameters   %lld (%.1f M)\n",
               static_cast<long long>(params), params / 1e6);
   RETURN_IF_ERROR(ValidateTensorParallel(dims, tp));
   std::printf("tensor parallel %d ranks\n", tp);
@@ -194,6 +189,8 @@ const std::vector<Command>& Commands() {
         {"tp", true, "tensor-parallel ranks to plan for (default: this job's size)"},
         {"help", false, "this message"}},
        RunInspect},
+      {"bench", "decode/prefill speed, bytes per rank vs measured bandwidth, cache capacity",
+       BenchFlags(), RunBenchCommand},
   };
   return commands;
 }
