@@ -8,7 +8,7 @@ packages=(
   libprotobuf-dev protobuf-compiler
   libabsl-dev
   libgtest-dev libgmock-dev
-  python3 python3-numpy python3-torch
+  python3 python3-numpy python3-torch python3-matplotlib
 )
 missing=()
 for p in "${packages[@]}"; do

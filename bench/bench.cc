@@ -1,0 +1,752 @@
+#include "bench/bench.h"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <functional>
+#include <numeric>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "base/rng.h"
+#include "base/status.h"
+#include "bench/bandwidth.h"
+#include "engine/decode.h"
+#include "engine/model.h"
+#include "engine/ops.h"
+#include "engine/safetensors.h"
+#include "google/protobuf/descriptor.h"
+#include "google/protobuf/util/json_util.h"
+
+namespace shardlm {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+int64_t Nanos(Clock::duration d) {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(d).count();
+}
+
+constexpr double kMiB = 1024.0 * 1024.0;
+
+// Every rank's `mine` (≥ 0), on every rank: AllReduceMax of a vector that is
+// zero except at this rank's slot.
+absl::StatusOr<std::vector<int64_t>> AllRanks(Comm& comm, int64_t mine) {
+  CHECK_GE(mine, 0);
+  std::vector<int64_t> all(static_cast<size_t>(comm.size()), 0);
+  all[comm.rank()] = mine;
+  RETURN_IF_ERROR(comm.AllReduceMax(all));
+  return all;
+}
+
+int64_t MaxOf(const std::vector<int64_t>& v) { return *std::max_element(v.begin(), v.end()); }
+int64_t MinOf(const std::vector<int64_t>& v) { return *std::min_element(v.begin(), v.end()); }
+int64_t SumOf(const std::vector<int64_t>& v) {
+  return std::accumulate(v.begin(), v.end(), int64_t{0});
+}
+
+int64_t CeilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// Synthetic context (DESIGN §8): every row of every page uniform in [-1, 1),
+// deterministic per (seed, rank, layer). Not zeros: softmax over equal scores
+// and all-zero values would let a kernel skip work or hide a wrong read.
+void FillSynthetic(PagedKvCache& cache, int64_t layers, uint64_t seed, int rank) {
+  for (int64_t l = 0; l < layers; ++l) {
+    const CacheView view = cache.Layer(l);
+    Rng rng(seed, absl::StrCat("bench-cache/", rank, "/", l));
+    const int64_t floats = view.num_pages * view.page_size * view.row_floats;
+    for (int64_t i = 0; i < floats; ++i) view.pool[i] = rng.Uniform(-1.0f, 1.0f);
+  }
+}
+
+// The pool's page ids in the order the sequences get them. Shuffled (the
+// default): a deterministic permutation, so each sequence's pages are scattered
+// over the pool as after a while of continuous batching. Contiguous: sequence b
+// owns pages [b·P, (b+1)·P), the best case. Every rank computes the same ids
+// (page ids are global, DESIGN §4).
+std::vector<int32_t> PageOrder(int64_t num_pages, bool shuffled, uint64_t seed) {
+  std::vector<int32_t> pages(static_cast<size_t>(num_pages));
+  std::iota(pages.begin(), pages.end(), 0);
+  if (!shuffled) return pages;
+  Rng rng(seed, "bench-pages");
+  for (int64_t i = num_pages - 1; i > 0; --i) {
+    const int64_t j = static_cast<int64_t>(rng.NextU64() % static_cast<uint64_t>(i + 1));
+    std::swap(pages[i], pages[j]);
+  }
+  return pages;
+}
+
+// What one timed series of forward passes gave.
+struct Timing {
+  std::vector<double> step_seconds;  // per timed step: the max over ranks
+  // Mean over ranks of (time inside AllReduceSum / own step time). Includes
+  // waiting for the slower rank: that wait is what TP costs on this step.
+  double allreduce_share = 0.0;
+  double gather_share = 0.0;                // the same for GatherLogits (LM head + gather)
+  double allreduce_seconds_per_step = 0.0;  // mean over ranks
+};
+
+// Runs `warmup` + `steps` forward passes of `batch`, each after a barrier, and
+// times the steps after the warm-up on every rank. Collective.
+absl::StatusOr<Timing> TimeForward(Model& model, const ForwardBatch& batch, PagedKvCache& cache,
+                                   Comm& comm, int64_t warmup, int64_t steps) {
+  std::vector<float> logits;
+  std::vector<int64_t> step_ns;
+  int64_t own_ns = 0;
+  for (int64_t s = 0; s < warmup + steps; ++s) {
+    if (s == warmup) model.stats().Reset();  // the stats cover the timed steps only
+    RETURN_IF_ERROR(comm.Barrier());
+    const Clock::time_point start = Clock::now();
+    RETURN_IF_ERROR(model.Forward(batch, cache, comm, &logits));
+    const int64_t ns = Nanos(Clock::now() - start);
+    if (s >= warmup) {
+      step_ns.push_back(ns);
+      own_ns += ns;
+    }
+  }
+  // A wrong read (a page outside the context, an unfilled row) would show here.
+  absl::Status finite;
+  for (float v : logits) {
+    if (!std::isfinite(v)) {
+      finite = absl::InternalError("bench: a forward pass produced non-finite logits");
+      break;
+    }
+  }
+  RETURN_IF_ERROR(AgreeOnStatus(comm, finite));
+
+  const ForwardStats& stats = model.stats();
+  RETURN_IF_ERROR(comm.AllReduceMax(step_ns));
+  ASSIGN_OR_RETURN(std::vector<int64_t> own, AllRanks(comm, own_ns));
+  ASSIGN_OR_RETURN(std::vector<int64_t> allreduce,
+                   AllRanks(comm, static_cast<int64_t>(stats.allreduce_seconds * 1e9)));
+  ASSIGN_OR_RETURN(std::vector<int64_t> gather,
+                   AllRanks(comm, static_cast<int64_t>(stats.gather_seconds * 1e9)));
+  Timing t;
+  for (int64_t ns : step_ns) t.step_seconds.push_back(static_cast<double>(ns) * 1e-9);
+  const double ranks = comm.size();
+  for (int r = 0; r < comm.size(); ++r) {
+    const double own_r = std::max<double>(static_cast<double>(own[r]), 1.0);
+    t.allreduce_share += static_cast<double>(allreduce[r]) / own_r / ranks;
+    t.gather_share += static_cast<double>(gather[r]) / own_r / ranks;
+  }
+  t.allreduce_seconds_per_step =
+      static_cast<double>(SumOf(allreduce)) * 1e-9 / ranks / static_cast<double>(steps);
+  return t;
+}
+
+// Prefill tokens/s: one sequence of `tokens` tokens from position 0 as one chunk
+// through Model::Forward (logits of the last token only, as decode's scheduler
+// asks for), the median of `reps` after one warm-up. Collective.
+absl::StatusOr<double> MeasurePrefill(Model& model, Comm& comm, int64_t tokens, int64_t reps,
+                                      int64_t page_size, uint64_t seed) {
+  const ModelDims& dims = model.dims();
+  PagedKvCache cache(dims.layers, CeilDiv(tokens, page_size), page_size,
+                     model.plan().cache_row_floats);
+  std::vector<int32_t> table(static_cast<size_t>(cache.num_pages()));
+  std::iota(table.begin(), table.end(), 0);
+  Rng rng(seed, "bench-prefill-tokens");
+  ForwardBatch batch;
+  for (int64_t t = 0; t < tokens; ++t) {
+    batch.token_ids.push_back(
+        static_cast<int32_t>(rng.NextU64() % static_cast<uint64_t>(dims.vocab)));
+    batch.tokens.push_back({table, t});
+  }
+  batch.logit_rows.push_back(static_cast<int32_t>(tokens - 1));
+  ASSIGN_OR_RETURN(Timing timing, TimeForward(model, batch, cache, comm, 1, reps));
+  return static_cast<double>(tokens) / Median(timing.step_seconds);
+}
+
+std::string HostName() {
+  char name[256] = {};
+  if (gethostname(name, sizeof(name) - 1) != 0) return "unknown";
+  return name;
+}
+
+// Parameters as `inspect` counts them: every tensor in the checkpoint files.
+absl::StatusOr<int64_t> CheckpointParameters(const std::string& model_dir) {
+  ASSIGN_OR_RETURN(auto dir, SafetensorsDir::Open(model_dir));
+  return dir->TotalElements();
+}
+
+// The llama-bench-style table on stdout: one markdown row per configuration,
+// each figure beside its bound (step time beside the bandwidth bound, GB/s
+// beside its fraction of the roofline).
+struct Column {
+  std::string header;
+  int width;
+  bool left;
+  std::function<std::string(const BenchRecord&)> cell;
+};
+
+std::string Fixed(double v, int digits) { return absl::StrFormat("%.*f", digits, v); }
+
+std::vector<Column> TableColumns(int label_width) {
+  return {
+      {"model", label_width, true, [](const BenchRecord& r) { return r.model(); }},
+      {"params", 7, false,
+       [](const BenchRecord& r) { return Fixed(r.parameters() / 1e6, 1) + "M"; }},
+      {"attn", 4, true, [](const BenchRecord& r) { return r.attention(); }},
+      {"tp", 2, false, [](const BenchRecord& r) { return absl::StrCat(r.tp()); }},
+      {"ctx", 6, false, [](const BenchRecord& r) { return absl::StrCat(r.context()); }},
+      {"B", 3, false, [](const BenchRecord& r) { return absl::StrCat(r.batch()); }},
+      {"step ms", 8, false, [](const BenchRecord& r) { return Fixed(r.step_ms_median(), 2); }},
+      {"p90 ms", 8, false, [](const BenchRecord& r) { return Fixed(r.step_ms_p90(), 2); }},
+      {"bound ms", 8, false, [](const BenchRecord& r) { return Fixed(r.bound_step_ms(), 2); }},
+      {"tok/s", 8, false, [](const BenchRecord& r) { return Fixed(r.tokens_per_s(), 1); }},
+      {"pp tok/s", 8, false,
+       [](const BenchRecord& r) { return Fixed(r.prefill_tokens_per_s(), 1); }},
+      {"cache B/tok/rank", 16, false,
+       [](const BenchRecord& r) { return absl::StrCat(r.cache_bytes_per_token_per_rank()); }},
+      {"weights MiB/rank", 16, false,
+       [](const BenchRecord& r) { return Fixed(r.weight_bytes_per_rank() / kMiB, 1); }},
+      {"read MiB/step/rank", 18, false,
+       [](const BenchRecord& r) { return Fixed(r.bytes_read_per_step_per_rank() / kMiB, 1); }},
+      {"GB/s/rank", 9, false,
+       [](const BenchRecord& r) { return Fixed(r.achieved_gbs_per_rank(), 2); }},
+      {"% roof", 6, false,
+       [](const BenchRecord& r) { return Fixed(100 * r.roofline_fraction(), 1); }},
+      {"AR %", 5, false, [](const BenchRecord& r) { return Fixed(100 * r.allreduce_share(), 1); }},
+      {"seqs fit", 8, false,
+       [](const BenchRecord& r) { return absl::StrCat(r.capacity_sequences()); }},
+  };
+}
+
+std::string TableLine(const std::vector<Column>& columns,
+                      const std::function<std::string(const Column&)>& text) {
+  std::string line = "|";
+  for (const Column& c : columns) {
+    const std::string t = text(c);
+    const std::string pad(t.size() < static_cast<size_t>(c.width) ? c.width - t.size() : 0, ' ');
+    absl::StrAppend(&line, " ", c.left ? t + pad : pad + t, " |");
+  }
+  return line + "\n";
+}
+
+void PrintTableHeader(const std::vector<Column>& columns) {
+  std::string out = TableLine(columns, [](const Column& c) { return c.header; });
+  out += TableLine(columns, [](const Column& c) {
+    return c.left ? std::string(c.width, '-') : std::string(c.width - 1, '-') + ":";
+  });
+  std::fputs(out.c_str(), stdout);
+  std::fflush(stdout);
+}
+
+void PrintTableRow(const std::vector<Column>& columns, const BenchRecord& record) {
+  std::fputs(TableLine(columns, [&](const Column& c) { return c.cell(record); }).c_str(), stdout);
+  std::fflush(stdout);
+}
+
+std::string CsvField(const std::string& s) {
+  if (s.find_first_of(",\"\n") == std::string::npos) return s;
+  std::string out = "\"";
+  for (char c : s) {
+    if (c == '"') out += '"';
+    out += c;
+  }
+  return out + "\"";
+}
+
+absl::Status ParseOptions(const Flags& flags, BenchOptions* o) {
+  o->model_dir = flags.String("model", "");
+  o->spec.preset = flags.String("preset", "");
+  o->spec.attention = flags.String("attention", "gqa");
+  ASSIGN_OR_RETURN(o->spec.layers, flags.Int("layers", 0, 0, 1 << 16));
+  ASSIGN_OR_RETURN(o->spec.intermediate, flags.Int("intermediate-size", 0, 0, 1 << 24));
+  ASSIGN_OR_RETURN(o->spec.dtype, ParseDType(flags.String("dtype", "F32")));
+  ASSIGN_OR_RETURN(int64_t seed, flags.Int("seed", 0, 0, INT64_MAX));
+  o->spec.seed = static_cast<uint64_t>(seed);
+  o->seed = static_cast<uint64_t>(seed);
+  o->match_params = flags.String("match-params", "");
+  const char* tmp = std::getenv("TMPDIR");
+  o->model_cache = flags.String(
+      "model-cache",
+      absl::StrCat(tmp != nullptr && *tmp != '\0' ? tmp : "/tmp", "/shardlm-bench-models"));
+  o->label = flags.String("label", "");
+  if (flags.Has("contexts")) {
+    ASSIGN_OR_RETURN(o->contexts,
+                     ParseSizeList(flags.String("contexts", ""), "contexts", 1, 1 << 30));
+  }
+  if (flags.Has("batches")) {
+    ASSIGN_OR_RETURN(o->batches, ParseSizeList(flags.String("batches", ""), "batches", 1, 1 << 16));
+  }
+  ASSIGN_OR_RETURN(o->warmup, flags.Int("warmup", 2, 0, 1 << 20));
+  ASSIGN_OR_RETURN(o->steps, flags.Int("steps", 10, 1, 1 << 20));
+  ASSIGN_OR_RETURN(o->page_size, flags.Int("page-size", 16, 1, 1 << 20));
+  ASSIGN_OR_RETURN(o->kv_cache_mb, flags.Double("kv-cache-mb", 1024, 1e-6, 1e9));
+  ASSIGN_OR_RETURN(o->max_pool_mb, flags.Double("max-pool-mb", 8192, 1e-6, 1e9));
+  ASSIGN_OR_RETURN(o->prefill_tokens, flags.Int("prefill-tokens", 512, 0, 1 << 20));
+  ASSIGN_OR_RETURN(o->prefill_reps, flags.Int("prefill-reps", 3, 1, 1 << 20));
+  ASSIGN_OR_RETURN(int64_t threads, flags.Int("threads", 1, 1, 1024));
+  o->threads = static_cast<int>(threads);
+  ASSIGN_OR_RETURN(o->bandwidth_gbs, flags.Double("bandwidth-gbs", 0, 0, 1e6));
+  ASSIGN_OR_RETURN(o->probe_mb, flags.Int("probe-mb", 512, 1, 1 << 20));
+  ASSIGN_OR_RETURN(o->probe_passes, flags.Int("probe-passes", 5, 1, 1000));
+  o->probe_only = flags.Bool("probe-only");
+  const std::string order = flags.String("page-order", "shuffled");
+  if (order != "shuffled" && order != "contiguous") {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--page-order must be shuffled or contiguous, got \"", order, "\""));
+  }
+  o->shuffle_pages = order == "shuffled";
+  o->csv = flags.String("csv", "");
+  o->json = flags.String("json", "");
+  if (o->probe_only) return absl::OkStatus();
+  if (o->model_dir.empty() == o->spec.preset.empty()) {
+    return absl::InvalidArgumentError("give exactly one of --model DIR and --preset NAME");
+  }
+  if (!o->model_dir.empty() &&
+      (flags.Has("attention") || flags.Has("layers") || flags.Has("intermediate-size") ||
+       flags.Has("match-params") || flags.Has("dtype"))) {
+    return absl::InvalidArgumentError(
+        "--attention, --layers, --intermediate-size, --match-params and --dtype describe a "
+        "--preset model; a --model checkpoint has its own config");
+  }
+  if (!o->match_params.empty() && o->spec.intermediate > 0) {
+    return absl::InvalidArgumentError("give --intermediate-size or --match-params, not both");
+  }
+  return absl::OkStatus();
+}
+
+// `--probe-only`: the roofline alone, on stdout (and as one JSON object in --json).
+absl::Status RunProbeOnly(const BenchOptions& options, Comm& comm) {
+  ASSIGN_OR_RETURN(
+      BandwidthResult bw,
+      ProbeBandwidth({options.probe_mb, static_cast<int>(options.probe_passes)}, comm));
+  if (comm.rank() != 0) return absl::OkStatus();
+  std::printf("read bandwidth, %lld MiB per rank, best of %lld passes (1 GB = 1e9 bytes)\n",
+              static_cast<long long>(options.probe_mb),
+              static_cast<long long>(options.probe_passes));
+  std::printf("  rank 0 alone:           %7.2f GB/s\n", bw.solo_gbs);
+  std::printf("  %d rank(s) at once:      %7.2f GB/s per rank, %.2f GB/s in total\n", comm.size(),
+              bw.PerRankGbs(), bw.total_gbs);
+  if (!options.json.empty()) {
+    std::ofstream out(options.json, std::ios::trunc);
+    out << absl::StrFormat(
+        "{\"tp\": %d, \"probe_mb\": %d, \"passes\": %d, \"solo_gbs\": %.4f, "
+        "\"per_rank_gbs\": %.4f, \"total_gbs\": %.4f, \"host\": \"%s\"}\n",
+        comm.size(), options.probe_mb, options.probe_passes, bw.solo_gbs, bw.PerRankGbs(),
+        bw.total_gbs, HostName());
+    out.close();
+    if (!out) return absl::DataLossError(absl::StrCat("cannot write ", options.json));
+  }
+  return absl::OkStatus();
+}
+
+// Opens rank 0's output files before the sweep, so a bad path fails in seconds.
+absl::Status OpenOutputs(const BenchOptions& options, std::ofstream* csv, std::ofstream* json) {
+  if (!options.csv.empty()) {
+    csv->open(options.csv, std::ios::trunc);
+    if (!*csv) return absl::NotFoundError(absl::StrCat("cannot write --csv ", options.csv));
+    *csv << CsvHeader() << "\n";
+  }
+  if (!options.json.empty()) {
+    json->open(options.json, std::ios::trunc);
+    if (!*json) return absl::NotFoundError(absl::StrCat("cannot write --json ", options.json));
+  }
+  return absl::OkStatus();
+}
+
+// What a run measures once and every record of it carries.
+struct RunFacts {
+  std::string label;
+  int64_t parameters = 0;
+  BandwidthResult bandwidth;  // empty when --bandwidth-gbs is given
+  double roofline_gbs = 0.0;  // per rank
+  int64_t prefill_tokens = 0;
+  double prefill_tokens_per_s = 0.0;
+  int64_t resident_weight_bytes = 0;  // this rank's ModelWeights::bytes()
+  int64_t embed_bytes = 0;            // this rank's (replicated) embedding table
+  int64_t max_weight_bytes = 0;       // over ranks
+  int64_t budget_pages = 0;           // PagesForBudget, min over ranks
+};
+
+// The model directory: --model, or the preset written once by rank 0 into the
+// model cache (ranks on other hosts need that directory on a shared file
+// system; else use --model). Sets the table's label. Collective.
+absl::StatusOr<std::string> ResolveModel(const BenchOptions& options, Comm& comm,
+                                         std::string* label) {
+  *label = options.label;
+  if (!options.model_dir.empty()) {
+    if (label->empty()) {
+      std::string dir = options.model_dir;
+      while (dir.size() > 1 && dir.back() == '/') dir.pop_back();
+      *label = dir.substr(dir.find_last_of('/') + 1);
+    }
+    return options.model_dir;
+  }
+  BenchModelSpec spec = options.spec;
+  std::string model_dir;
+  absl::Status status;
+  if (comm.rank() == 0) {
+    if (!options.match_params.empty()) {
+      absl::StatusOr<int64_t> width = MatchedIntermediate(spec, options.match_params);
+      if (width.ok()) spec.intermediate = *width;
+      status = width.status();
+    }
+    if (status.ok()) {
+      std::fprintf(stderr, "bench: model %s/%s\n", options.model_cache.c_str(),
+                   BenchModelName(spec).c_str());
+      absl::StatusOr<std::string> dir = EnsureBenchModel(spec, options.model_cache);
+      if (dir.ok()) model_dir = *dir;
+      status = dir.status();
+    }
+  }
+  RETURN_IF_ERROR(AgreeOnStatus(comm, status));
+  RETURN_IF_ERROR(comm.Broadcast(&model_dir, 0));
+  if (label->empty()) {
+    ASSIGN_OR_RETURN(ModelConfig config, BenchModelConfig(spec));
+    *label = absl::StrCat(spec.preset, "-L", config.num_hidden_layers());
+  }
+  return model_dir;
+}
+
+// One configuration: B sequences at context L through the decode path. The
+// returned record is complete on rank 0 only. Collective.
+absl::StatusOr<BenchRecord> MeasureDecode(Model& model, Comm& comm, const BenchOptions& options,
+                                          const RunFacts& facts, int64_t L, int64_t B) {
+  const ModelDims& dims = model.dims();
+  const int64_t page_size = options.page_size;
+  const int64_t pages_per_seq = CeilDiv(L, page_size);
+  const int64_t num_pages = B * pages_per_seq;
+  // The timed pool holds exactly the B contexts: its size is the allocation.
+  PagedKvCache cache(dims.layers, num_pages, page_size, model.plan().cache_row_floats);
+  FillSynthetic(cache, dims.layers, options.seed, comm.rank());
+  const std::vector<int32_t> pages = PageOrder(num_pages, options.shuffle_pages, options.seed);
+  std::vector<std::vector<int32_t>> tables(static_cast<size_t>(B));  // outlive the batch
+  for (int64_t b = 0; b < B; ++b) {
+    tables[b].assign(pages.begin() + b * pages_per_seq, pages.begin() + (b + 1) * pages_per_seq);
+  }
+  Rng token_rng(options.seed, "bench-decode-tokens");
+  ForwardBatch batch;
+  for (int64_t b = 0; b < B; ++b) {
+    // Positions 0..L-2 hold the synthetic context; the step writes row L-1 and
+    // attends over all L rows.
+    batch.token_ids.push_back(
+        static_cast<int32_t>(token_rng.NextU64() % static_cast<uint64_t>(dims.vocab)));
+    batch.tokens.push_back({tables[b], L - 1});
+    batch.logit_rows.push_back(static_cast<int32_t>(b));
+  }
+  ASSIGN_OR_RETURN(Timing timing,
+                   TimeForward(model, batch, cache, comm, options.warmup, options.steps));
+
+  // A step reads every weight but the embedding table, of which it reads B rows, and the pool.
+  const int64_t cache_bytes = cache.bytes();
+  const int64_t read_bytes = facts.resident_weight_bytes - facts.embed_bytes +
+                             B * dims.hidden * static_cast<int64_t>(sizeof(float)) + cache_bytes;
+  ASSIGN_OR_RETURN(std::vector<int64_t> cache_all, AllRanks(comm, cache_bytes));
+  ASSIGN_OR_RETURN(std::vector<int64_t> read_all, AllRanks(comm, read_bytes));
+  const int64_t read_max = MaxOf(read_all);
+  const double median_s = Median(timing.step_seconds);
+  const double roofline = facts.roofline_gbs;
+
+  BenchRecord r;
+  r.set_model(facts.label);
+  r.set_attention(AttentionTypeName(dims.type));
+  r.set_tp(comm.size());
+  r.set_layers(static_cast<int32_t>(dims.layers));
+  r.set_hidden_size(static_cast<int32_t>(dims.hidden));
+  r.set_intermediate_size(static_cast<int32_t>(dims.intermediate));
+  r.set_kv_heads(static_cast<int32_t>(dims.num_kv_heads));
+  r.set_parameters(facts.parameters);
+  r.set_context(static_cast<int32_t>(L));
+  r.set_batch(static_cast<int32_t>(B));
+  r.set_page_size(static_cast<int32_t>(page_size));
+  r.set_warmup_steps(static_cast<int32_t>(options.warmup));
+  r.set_timed_steps(static_cast<int32_t>(options.steps));
+  r.set_step_ms_median(1e3 * median_s);
+  r.set_step_ms_p90(1e3 * NearestRankPercentile(timing.step_seconds, 0.9));
+  r.set_step_ms_min(1e3 *
+                    *std::min_element(timing.step_seconds.begin(), timing.step_seconds.end()));
+  r.set_tokens_per_s(static_cast<double>(B) / median_s);
+  r.set_prefill_tokens(static_cast<int32_t>(facts.prefill_tokens));
+  r.set_prefill_tokens_per_s(facts.prefill_tokens_per_s);
+  r.set_weight_bytes_per_rank(facts.max_weight_bytes);
+  r.set_cache_pages_per_rank(num_pages);
+  r.set_cache_bytes_per_rank(MaxOf(cache_all));
+  r.set_cache_bytes_per_token_per_rank(MaxOf(cache_all) / (num_pages * page_size));
+  r.set_bytes_read_per_step_per_rank(read_max);
+  r.set_bytes_read_per_step_all_ranks(SumOf(read_all));
+  r.set_bandwidth_gbs_per_rank(roofline);
+  r.set_bound_step_ms(1e3 * static_cast<double>(read_max) / (roofline * 1e9));
+  r.set_achieved_gbs_per_rank(static_cast<double>(read_max) / median_s / 1e9);
+  r.set_roofline_fraction(r.achieved_gbs_per_rank() / roofline);
+  r.set_allreduce_share(timing.allreduce_share);
+  r.set_allreduce_ms_per_step(1e3 * timing.allreduce_seconds_per_step);
+  r.set_gather_share(timing.gather_share);
+  r.set_kv_cache_mb(options.kv_cache_mb);
+  r.set_budget_pages(facts.budget_pages);
+  r.set_capacity_sequences(facts.budget_pages / pages_per_seq);
+  r.set_bandwidth_source(options.bandwidth_gbs > 0 ? "flag" : "probe");
+  r.set_bandwidth_gbs_solo(facts.bandwidth.solo_gbs);
+  r.set_host(HostName());
+  r.set_page_order(options.shuffle_pages ? "shuffled" : "contiguous");
+  return r;
+}
+
+// The lines under the table: what the roofline, the timing, "read" and the
+// capacity column mean for this run.
+void PrintFooter(const BenchOptions& options, const RunFacts& facts, int ranks,
+                 const std::vector<std::string>& skipped) {
+  std::printf("\n");
+  if (options.bandwidth_gbs > 0) {
+    std::printf("roofline: %.2f GB/s per rank (--bandwidth-gbs)\n", facts.roofline_gbs);
+  } else {
+    std::printf(
+        "roofline: %.2f GB/s per rank with %d rank(s) reading at once (%.2f GB/s in "
+        "total; rank 0 alone %.2f GB/s); probe %lld MiB/rank, best of %lld passes\n",
+        facts.roofline_gbs, ranks, facts.bandwidth.total_gbs, facts.bandwidth.solo_gbs,
+        static_cast<long long>(options.probe_mb), static_cast<long long>(options.probe_passes));
+  }
+  std::printf(
+      "step: median and p90 of %lld timed steps after %lld warm-up, each the slowest "
+      "rank after a barrier; bound = read/step/rank / roofline\n",
+      static_cast<long long>(options.steps), static_cast<long long>(options.warmup));
+  std::printf(
+      "read/step/rank: weights except the embedding table (%.1f MiB; B rows read) + the "
+      "B contexts' pages (%s over the pool); context = synthetic rows 0..L-2, the step "
+      "writes row L-1\n",
+      facts.embed_bytes / kMiB, options.shuffle_pages ? "shuffled" : "contiguous");
+  if (facts.prefill_tokens > 0) {
+    std::printf("pp: one %lld-token chunk from position 0, median of %lld\n",
+                static_cast<long long>(facts.prefill_tokens),
+                static_cast<long long>(options.prefill_reps));
+  }
+  std::printf(
+      "seqs fit: sequences of length ctx in --kv-cache-mb %.0f per rank (%lld pages of "
+      "%lld tokens, decode's PagesForBudget, min over ranks)\n",
+      options.kv_cache_mb, static_cast<long long>(facts.budget_pages),
+      static_cast<long long>(options.page_size));
+  for (const std::string& s : skipped) std::printf("skipped: %s\n", s.c_str());
+  std::fflush(stdout);
+}
+
+}  // namespace
+
+absl::StatusOr<std::vector<int64_t>> ParseSizeList(const std::string& text, const std::string& flag,
+                                                   int64_t min, int64_t max) {
+  std::vector<int64_t> values;
+  for (absl::string_view part : absl::StrSplit(text, ',', absl::SkipWhitespace())) {
+    std::string item(absl::StripAsciiWhitespace(part));
+    int64_t scale = 1;
+    if (!item.empty() && (item.back() == 'k' || item.back() == 'K')) {
+      scale = 1024;
+      item.pop_back();
+    }
+    int64_t v = 0;
+    if (!absl::SimpleAtoi(item, &v) || v * scale < min || v * scale > max) {
+      return absl::InvalidArgumentError(absl::StrCat("--", flag, ": \"", std::string(part),
+                                                     "\" is not an integer in [", min, ", ", max,
+                                                     "] (a k suffix means ×1024)"));
+    }
+    values.push_back(v * scale);
+  }
+  if (values.empty()) return absl::InvalidArgumentError(absl::StrCat("--", flag, " is empty"));
+  return values;
+}
+
+double Median(std::vector<double> values) {
+  CHECK(!values.empty());
+  std::sort(values.begin(), values.end());
+  const size_t n = values.size();
+  return n % 2 == 1 ? values[n / 2] : 0.5 * (values[n / 2 - 1] + values[n / 2]);
+}
+
+double NearestRankPercentile(std::vector<double> values, double q) {
+  CHECK(!values.empty());
+  std::sort(values.begin(), values.end());
+  const auto rank = static_cast<size_t>(std::ceil(q * static_cast<double>(values.size())));
+  return values[std::clamp<size_t>(rank, 1, values.size()) - 1];
+}
+
+std::string CsvHeader() {
+  const google::protobuf::Descriptor* d = BenchRecord::descriptor();
+  std::vector<std::string> names;
+  for (int i = 0; i < d->field_count(); ++i) names.push_back(d->field(i)->name());
+  return absl::StrJoin(names, ",");
+}
+
+std::string CsvRow(const BenchRecord& record) {
+  using google::protobuf::FieldDescriptor;
+  const google::protobuf::Descriptor* d = BenchRecord::descriptor();
+  const google::protobuf::Reflection* r = BenchRecord::GetReflection();
+  std::vector<std::string> cells;
+  for (int i = 0; i < d->field_count(); ++i) {
+    const FieldDescriptor* f = d->field(i);
+    switch (f->cpp_type()) {
+      case FieldDescriptor::CPPTYPE_INT32:
+        cells.push_back(absl::StrCat(r->GetInt32(record, f)));
+        break;
+      case FieldDescriptor::CPPTYPE_INT64:
+        cells.push_back(absl::StrCat(r->GetInt64(record, f)));
+        break;
+      case FieldDescriptor::CPPTYPE_DOUBLE:
+        cells.push_back(absl::StrFormat("%.9g", r->GetDouble(record, f)));
+        break;
+      case FieldDescriptor::CPPTYPE_STRING:
+        cells.push_back(CsvField(r->GetString(record, f)));
+        break;
+      default:
+        CHECK_MSG(false, "BenchRecord field ", f->name(), " has a type the CSV writer lacks");
+    }
+  }
+  return absl::StrJoin(cells, ",");
+}
+
+std::string JsonLine(const BenchRecord& record) {
+  google::protobuf::util::JsonPrintOptions options;
+  options.preserve_proto_field_names = true;
+  options.always_print_primitive_fields = true;
+  std::string json;
+  (void)google::protobuf::util::MessageToJsonString(record, &json, options);
+  return json;
+}
+
+std::vector<FlagSpec> BenchFlags() {
+  return {
+      {"model", true, "checkpoint directory (or give --preset)"},
+      {"preset", true, "build a make-model preset instead: tiny | small | paper-m | paper-xl"},
+      {"attention", true, "with --preset: mha | mqa | gqa | gta | mla | gla (default gqa)"},
+      {"layers", true, "with --preset: override the layer count"},
+      {"intermediate-size", true, "with --preset: override the MLP width"},
+      {"match-params", true,
+       "with --preset: MLP width that gives this family's parameter count (e.g. gqa)"},
+      {"dtype", true, "with --preset: checkpoint dtype F32 | BF16 | F16 (default F32)"},
+      {"seed", true, "weights, cache contents, page order and tokens (default 0)"},
+      {"model-cache", true,
+       "where preset models are written once and reused "
+       "(default $TMPDIR/shardlm-bench-models)"},
+      {"label", true, "the model column (default: preset-L<layers> or the directory)"},
+      {"contexts", true, "context lengths L, comma-separated, k = 1024 (default 1k,4k,16k)"},
+      {"batches", true, "batch sizes B, comma-separated (default 1,8,32)"},
+      {"warmup", true, "untimed steps per configuration (default 2)"},
+      {"steps", true, "timed steps per configuration (default 10)"},
+      {"page-size", true, "KV cache page size in tokens (default 16)"},
+      {"page-order", true,
+       "shuffled | contiguous: where each sequence's pages sit in the pool "
+       "(default shuffled)"},
+      {"kv-cache-mb", true, "cache budget per rank for the capacity column, MiB (default 1024)"},
+      {"max-pool-mb", true,
+       "skip configurations whose timed pool exceeds this per rank (default 8192)"},
+      {"prefill-tokens", true,
+       "prefill chunk length; 0 skips the prefill measurement (default 512)"},
+      {"prefill-reps", true, "timed prefill chunks (default 3)"},
+      {"threads", true, "BLAS threads per rank (default 1)"},
+      {"bandwidth-gbs", true, "roofline per rank in GB/s; skips the probe"},
+      {"probe-mb", true, "bandwidth probe buffer per rank, MiB (default 512)"},
+      {"probe-passes", true, "bandwidth probe passes, the best counts (default 5)"},
+      {"probe-only", false, "run the bandwidth probe and exit"},
+      {"csv", true, "write the records as CSV"},
+      {"json", true, "write the records as JSON Lines (one BenchRecord per line)"},
+      {"help", false, "this message"},
+  };
+}
+
+absl::Status RunBenchCommand(const Flags& flags, Comm& comm) {
+  BenchOptions options;
+  RETURN_IF_ERROR(AgreeOnStatus(comm, ParseOptions(flags, &options)));
+  return RunBench(options, comm);
+}
+
+absl::Status RunBench(const BenchOptions& options, Comm& comm) {
+  SetBlasThreads(options.threads);
+  if (options.probe_only) return AgreeOnStatus(comm, RunProbeOnly(options, comm));
+  const bool rank0 = comm.rank() == 0;
+
+  RunFacts facts;
+  ASSIGN_OR_RETURN(std::string model_dir, ResolveModel(options, comm, &facts.label));
+  const Clock::time_point load_start = Clock::now();
+  auto loaded = Model::Load(model_dir, comm.rank(), comm.size());
+  RETURN_IF_ERROR(AgreeOnStatus(comm, loaded.status()));
+  Model& model = **loaded;
+  const ModelDims& dims = model.dims();
+  if (rank0) {
+    std::fprintf(stderr, "bench: loaded %s on %d rank(s) in %.1f s\n", model_dir.c_str(),
+                 comm.size(), std::chrono::duration<double>(Clock::now() - load_start).count());
+  }
+  for (int64_t L : options.contexts) {
+    if (L > dims.max_positions) {
+      return AgreeOnStatus(
+          comm, absl::InvalidArgumentError(
+                    absl::StrCat("--contexts ", L, " exceeds the model's max_position_embeddings ",
+                                 dims.max_positions)));
+    }
+  }
+  absl::StatusOr<int64_t> params =
+      rank0 ? CheckpointParameters(model_dir) : absl::StatusOr<int64_t>(0);
+  RETURN_IF_ERROR(AgreeOnStatus(comm, params.status()));
+  facts.parameters = *params;
+
+  std::ofstream csv, json;
+  RETURN_IF_ERROR(
+      AgreeOnStatus(comm, rank0 ? OpenOutputs(options, &csv, &json) : absl::OkStatus()));
+
+  // The roofline: every rank probes at once (ranks on one host share it).
+  facts.roofline_gbs = options.bandwidth_gbs;
+  if (facts.roofline_gbs <= 0) {
+    ASSIGN_OR_RETURN(
+        facts.bandwidth,
+        ProbeBandwidth({options.probe_mb, static_cast<int>(options.probe_passes)}, comm));
+    facts.roofline_gbs = facts.bandwidth.PerRankGbs();
+  }
+  facts.prefill_tokens = std::min(options.prefill_tokens, dims.max_positions);
+  if (facts.prefill_tokens > 0) {
+    ASSIGN_OR_RETURN(facts.prefill_tokens_per_s,
+                     MeasurePrefill(model, comm, facts.prefill_tokens, options.prefill_reps,
+                                    options.page_size, options.seed));
+  }
+  // Per-rank sizes that do not depend on the configuration.
+  facts.resident_weight_bytes = model.weights().bytes();
+  facts.embed_bytes = static_cast<int64_t>(model.weights().embed.size() * sizeof(float));
+  ASSIGN_OR_RETURN(std::vector<int64_t> weights_all, AllRanks(comm, facts.resident_weight_bytes));
+  facts.max_weight_bytes = MaxOf(weights_all);
+  ASSIGN_OR_RETURN(
+      std::vector<int64_t> budget_all,
+      AllRanks(comm, PagesForBudget(dims, model.plan(), options.kv_cache_mb, options.page_size)));
+  facts.budget_pages = MinOf(budget_all);  // what decode's coordinator allocates from
+
+  const std::vector<Column> columns =
+      TableColumns(std::max<int>(5, static_cast<int>(facts.label.size())));
+  if (rank0) PrintTableHeader(columns);
+  std::vector<std::string> skipped;
+  for (int64_t L : options.contexts) {
+    for (int64_t B : options.batches) {
+      const double pool_mb = static_cast<double>(dims.layers) * B * CeilDiv(L, options.page_size) *
+                             options.page_size * model.plan().cache_row_floats * sizeof(float) /
+                             kMiB;
+      if (pool_mb > options.max_pool_mb) {  // same on every rank: rows are equally wide
+        skipped.push_back(
+            absl::StrFormat("ctx %d batch %d (pool %.0f MiB/rank > --max-pool-mb %.0f)", L, B,
+                            pool_mb, options.max_pool_mb));
+        continue;
+      }
+      if (rank0) {
+        std::fprintf(stderr, "bench: ctx %lld batch %lld: filling %.0f MiB of pages\n",
+                     static_cast<long long>(L), static_cast<long long>(B), pool_mb);
+      }
+      ASSIGN_OR_RETURN(BenchRecord r, MeasureDecode(model, comm, options, facts, L, B));
+      if (!rank0) continue;
+      PrintTableRow(columns, r);
+      if (csv.is_open()) csv << CsvRow(r) << "\n" << std::flush;
+      if (json.is_open()) json << JsonLine(r) << "\n" << std::flush;
+    }
+  }
+  absl::Status written;
+  if (rank0) {
+    PrintFooter(options, facts, comm.size(), skipped);
+    for (std::ofstream* out : {&csv, &json}) {
+      if (!out->is_open()) continue;
+      out->close();
+      if (out->fail()) written = absl::DataLossError("cannot finish writing --csv/--json");
+    }
+  }
+  return AgreeOnStatus(comm, written);
+}
+
+}  // namespace shardlm
