@@ -108,6 +108,7 @@ absl::Status MakeModel(const MakeModelOptions& options, const std::string& out_d
   ASSIGN_OR_RETURN(ModelConfig config, PresetConfig(options.preset, options.attention));
   const Preset& preset = *FindPreset(options.preset);
   if (options.layers > 0) config.set_num_hidden_layers(options.layers);
+  if (options.intermediate_size > 0) config.set_intermediate_size(options.intermediate_size);
   if (options.sliding_window > 0) config.set_sliding_window(options.sliding_window);
   if (options.rope_interleave) config.set_rope_interleave(true);
   if (options.tie_word_embeddings) config.set_tie_word_embeddings(true);

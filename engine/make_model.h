@@ -19,6 +19,7 @@ struct MakeModelOptions {
   DType dtype = DType::kF32;
   // Overrides applied on top of the preset (0 / false: keep the preset's).
   int64_t layers = 0;
+  int64_t intermediate_size = 0;  // e.g. to match parameter counts across families
   int64_t sliding_window = 0;
   bool rope_interleave = false;
   bool tie_word_embeddings = false;

@@ -88,6 +88,7 @@ absl::Status RunMakeModel(const Flags& flags, Comm& comm) {
   options.seed = static_cast<uint64_t>(seed);
   ASSIGN_OR_RETURN(options.dtype, ParseDType(flags.String("dtype", "F32")));
   ASSIGN_OR_RETURN(options.layers, flags.Int("layers", 0, 0, 1 << 16));
+  ASSIGN_OR_RETURN(options.intermediate_size, flags.Int("intermediate-size", 0, 0, 1 << 24));
   ASSIGN_OR_RETURN(options.sliding_window, flags.Int("sliding-window", 0, 0, INT64_MAX));
   options.rope_interleave = flags.Bool("rope-interleave");
   options.tie_word_embeddings = flags.Bool("tie-embeddings");
@@ -178,6 +179,7 @@ const std::vector<Command>& Commands() {
         {"dtype", true, "F32 | BF16 | F16 (default F32)"},
         {"out", true, "output directory"},
         {"layers", true, "override the preset's layer count"},
+        {"intermediate-size", true, "override the preset's MLP width"},
         {"sliding-window", true, "sliding window W (default none)"},
         {"rope-interleave", false, "pair RoPE channels (2k, 2k+1)"},
         {"tie-embeddings", false, "tie the LM head to the embedding"},
