@@ -13,55 +13,6 @@
 #include "engine/weights.h"
 
 namespace shardlm {
-namespace {
-
-// A checkpoint for a config make-model has no flag for (an MLP width other than
-// the preset's). Same value distributions as engine/make_model.cc: U(±sqrt(3/fan_in)),
-// residual branches damped by 1/sqrt(2·layers), norms U(0.9, 1.1), embedding
-// U(±1.7), LM head ×2; biases only on GTA's RoPE key (as the paper presets).
-// TODO: call MakeModel once MakeModelOptions takes an intermediate size.
-absl::Status WriteCheckpoint(const ModelConfig& config, DType dtype, uint64_t seed,
-                             const std::string& out_dir) {
-  ASSIGN_OR_RETURN(ModelDims dims, ResolveDims(config, "bench model"));
-  const float residual_gain = static_cast<float>(1.0 / std::sqrt(2.0 * dims.layers));
-  std::vector<std::vector<float>> values;
-  std::vector<TensorToWrite> tensors;
-  const std::vector<TensorSpec> specs = CheckpointTensors(dims);
-  values.reserve(2 * specs.size() + dims.layers);  // no reallocation: spans stay valid
-  auto add = [&](const std::string& name, std::vector<int64_t> shape, float lo, float hi) {
-    int64_t count = 1;
-    for (int64_t s : shape) count *= s;
-    values.push_back(Rng(seed, name).UniformVector(static_cast<size_t>(count), lo, hi));
-    tensors.push_back({name, dtype, std::move(shape), values.back()});
-  };
-  for (const TensorSpec& spec : specs) {
-    if (!spec.is_linear) {
-      const bool embed = spec.name == "model.embed_tokens.weight";
-      add(spec.name, spec.shape, embed ? -1.7f : 0.9f, embed ? 1.7f : 1.1f);
-      continue;
-    }
-    float a = static_cast<float>(std::sqrt(3.0 / spec.shape[1]));
-    if (spec.name.ends_with("o_proj") || spec.name.ends_with("down_proj")) a *= residual_gain;
-    if (spec.name == "lm_head") a *= 2.0f;
-    add(spec.name + ".weight", spec.shape, -a, a);
-    if (spec.name.ends_with("k_rope_proj")) add(spec.name + ".bias", {spec.shape[0]}, -0.1f, 0.1f);
-  }
-  if (IsLatent(dims.type)) {
-    for (int64_t i = 0; i < dims.layers; ++i) {
-      add(LayerPrefix(i) + "self_attn.kv_a_layernorm.weight", {dims.num_kv_heads * dims.latent_dim},
-          0.9f, 1.1f);
-    }
-  }
-  RETURN_IF_ERROR(WriteSafetensors(out_dir + "/model.safetensors", tensors));
-  std::ofstream out(out_dir + "/config.json", std::ios::trunc);
-  out << ModelConfigToJson(config) << "\n";
-  out.close();
-  if (!out) return absl::DataLossError(absl::StrCat("cannot write ", out_dir, "/config.json"));
-  return absl::OkStatus();
-}
-
-}  // namespace
-
 absl::StatusOr<ModelConfig> BenchModelConfig(const BenchModelSpec& spec) {
   ASSIGN_OR_RETURN(ModelConfig config, PresetConfig(spec.preset, spec.attention));
   if (spec.layers > 0) config.set_num_hidden_layers(static_cast<int32_t>(spec.layers));
@@ -131,22 +82,15 @@ absl::StatusOr<std::string> EnsureBenchModel(const BenchModelSpec& spec,
         absl::StrCat("cannot create ", cache_root, ": ", ec.message()));
   const std::string tmp = absl::StrCat(dir, ".tmp-", getpid());
   fs::remove_all(tmp, ec);
-  ASSIGN_OR_RETURN(ModelConfig preset_config, PresetConfig(spec.preset, spec.attention));
-  if (config.intermediate_size() == preset_config.intermediate_size()) {
-    // The preset's own shape: exactly what `shardlm make-model` writes.
-    MakeModelOptions options;
-    options.attention = spec.attention;
-    options.preset = spec.preset;
-    options.seed = spec.seed;
-    options.dtype = spec.dtype;
-    options.layers = spec.layers;
-    RETURN_IF_ERROR(MakeModel(options, tmp));
-  } else {
-    fs::create_directories(tmp, ec);
-    if (ec)
-      return absl::PermissionDeniedError(absl::StrCat("cannot create ", tmp, ": ", ec.message()));
-    RETURN_IF_ERROR(WriteCheckpoint(config, spec.dtype, spec.seed, tmp));
-  }
+  // Exactly what `shardlm make-model --intermediate-size N` writes.
+  MakeModelOptions options;
+  options.attention = spec.attention;
+  options.preset = spec.preset;
+  options.seed = spec.seed;
+  options.dtype = spec.dtype;
+  options.layers = spec.layers;
+  options.intermediate_size = config.intermediate_size();
+  RETURN_IF_ERROR(MakeModel(options, tmp));
   fs::rename(tmp, dir, ec);
   if (ec) {
     // Another bench finished the same model first: use that one.
