@@ -323,6 +323,7 @@ absl::Status RunDecode(const DecodeOptions& options, Model& model, Comm& comm) {
         dims.max_positions, max_len_pages, std::ceil(mb_needed * 10) / 10)));
   }
   PagedKvCache cache(dims.layers, num_pages, options.page_size, model.plan().cache_row_floats);
+  model.Reserve(options.max_batch_tokens);
 
   // Rank 0 opens the files and reads the requests.
   std::unique_ptr<JsonlWriter> writer;

@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <memory>
+#include <new>
 #include <vector>
 
 #include "base/status.h"
@@ -19,39 +21,62 @@ struct Portable {
   static constexpr int kLanes = 16;
 
   template <int kR, int kC, int kCStride>
-  static void Tile(const float* x, int64_t x_stride, const float* w, int64_t w_stride,
-                   int64_t k_begin, int64_t k_end, float* acc) {
+  static void Tile(const TileArgs& t) {
+    const float* const x = t.x;
+    const float* const w = t.w;
+    const int64_t xs = t.x_stride, ws = t.w_stride, len = t.len, pf = t.prefetch_offset;
     float a[kR][kC][kLanes];
     for (int r = 0; r < kR; ++r) {
       for (int c = 0; c < kC; ++c) {
-        std::copy_n(acc + (r * kCStride + c) * kLanes, kLanes, a[r][c]);
+        std::copy_n(t.acc + (r * kCStride + c) * kLanes, kLanes, a[r][c]);
       }
     }
-    int64_t k = k_begin;
-    for (; k + kLanes <= k_end; k += kLanes) {
+    int turn = t.prefetch_phase + 1;
+    int64_t k = 0;
+    for (; k + kLanes <= len; k += kLanes) {
+      if (--turn == 0) {
+        turn = t.prefetch_period;
+        if (pf != 0) {
+          for (int c = 0; c < kC; ++c) __builtin_prefetch(w + c * ws + k + pf);
+        }
+      }
       for (int r = 0; r < kR; ++r) {
         for (int c = 0; c < kC; ++c) {
-          for (int j = 0; j < kLanes; ++j) a[r][c][j] += x[r * x_stride + k + j] * w[c * w_stride + k + j];
+          for (int j = 0; j < kLanes; ++j) a[r][c][j] += x[r * xs + k + j] * w[c * ws + k + j];
         }
       }
     }
-    // Tail: lanes j < k_end - k take one more term; the others are left as they are (which is
+    // Tail: lanes j < len - k take one more term; the others are left as they are (which is
     // what adding a 0·0 term would give). Same code in every tile.
-    const int tail = static_cast<int>(k_end - k);
+    const int tail = static_cast<int>(len - k);
     for (int r = 0; r < kR; ++r) {
       for (int c = 0; c < kC; ++c) {
-        for (int j = 0; j < tail; ++j) a[r][c][j] += x[r * x_stride + k + j] * w[c * w_stride + k + j];
+        for (int j = 0; j < tail; ++j) a[r][c][j] += x[r * xs + k + j] * w[c * ws + k + j];
       }
     }
     for (int r = 0; r < kR; ++r) {
       for (int c = 0; c < kC; ++c) {
-        std::copy_n(a[r][c], kLanes, acc + (r * kCStride + c) * kLanes);
+        std::copy_n(a[r][c], kLanes, t.acc + (r * kCStride + c) * kLanes);
       }
     }
   }
 };
 
 }  // namespace
+
+float* Scratch(int64_t floats) {
+  struct AlignedDelete {
+    void operator()(float* p) const { ::operator delete[](p, std::align_val_t{64}); }
+  };
+  thread_local std::unique_ptr<float[], AlignedDelete> buffer;
+  thread_local int64_t capacity = 0;
+  if (floats > capacity) {
+    buffer.reset(static_cast<float*>(
+        ::operator new[](static_cast<size_t>(floats) * sizeof(float), std::align_val_t{64})));
+    capacity = floats;
+  }
+  return buffer.get();
+}
 
 void SkinnyPortable(const float* x, int64_t n, int64_t x_stride, const float* w, int64_t out,
                     int64_t in, const float* bias, float* y, int64_t y_stride) {
@@ -147,6 +172,13 @@ void SkinnyMatMulWithPath(MatMulPath path, const float* x, int64_t n, int64_t x_
 void SkinnyMatMul(const float* x, int64_t n, int64_t x_stride, const float* w, int64_t out,
                   int64_t in, const float* bias, float* y, int64_t y_stride) {
   SkinnyMatMulWithPath(SelectedMatMulPath(), x, n, x_stride, w, out, in, bias, y, y_stride);
+}
+
+void SkinnyMatMulReserve(int64_t max_n, int64_t max_in) {
+  CHECK_GE(max_n, 0);
+  CHECK_GE(max_in, 0);
+  using matmul_internal::kKBlock;
+  matmul_internal::Scratch(max_n * ((max_in + kKBlock - 1) / kKBlock) * kKBlock);
 }
 
 void SkinnyMatMulNaive(const float* x, int64_t n, int64_t x_stride, const float* w, int64_t out,

@@ -11,11 +11,16 @@
 //    add). The L partial sums are then added in a fixed pairwise tree (lane j + lane j + L/2,
 //    halving until one is left), and finally bias[o] is added. Different paths give different
 //    bits (L and fusing differ); one process uses one path for every call.
-//  * Memory traffic: each weight is read from DRAM once per call, for all n rows, so a call
-//    with n = 16 costs about what n = 1 costs while the weights stream at DRAM bandwidth.
+//  * Cost: each weight is read from DRAM once per call, for all n rows. Small n is DRAM-bound
+//    (n = 1 streams at about plain-read bandwidth, n = 4 costs ~1.2× n = 1); each weight then
+//    feeds n FMAs, so by n = 16 one core is FMA-bound (16·in·out MACs at 32 per cycle), ~2×
+//    n = 1 on a Zen 5 core. Numbers: matmul_bench.
 //  * y must not overlap x, w or bias. x rows are `x_stride` floats apart (≥ in when n > 1), y
 //    rows `y_stride` floats apart (≥ out when n > 1); elements between rows are neither read
 //    nor written. Single-threaded; safe to call concurrently on disjoint outputs.
+//  * Scratch: when n exceeds one register tile (4 rows), x is repacked into a per-thread
+//    buffer of about n·in floats. It grows on demand and is kept, so only a call larger than
+//    every earlier one on its thread allocates; SkinnyMatMulReserve does that up front.
 #ifndef SHARDLM_ENGINE_MATMUL_H_
 #define SHARDLM_ENGINE_MATMUL_H_
 
@@ -48,6 +53,10 @@ int MatMulPathLanes(MatMulPath path);
 // nullptr; y: [n, out] with row stride y_stride. Uses SelectedMatMulPath().
 void SkinnyMatMul(const float* x, int64_t n, int64_t x_stride, const float* w, int64_t out,
                   int64_t in, const float* bias, float* y, int64_t y_stride);
+
+// Allocates this thread's scratch for calls with up to `max_n` rows of up to `max_in` columns,
+// so that the decode loop does not allocate. Optional; call at start-up on the calling thread.
+void SkinnyMatMulReserve(int64_t max_n, int64_t max_in);
 
 // Same, on an explicitly chosen path (tests compare every path; CHECKs that it is available).
 void SkinnyMatMulWithPath(MatMulPath path, const float* x, int64_t n, int64_t x_stride,

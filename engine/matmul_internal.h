@@ -3,23 +3,30 @@
 //
 // Loop nest of one call (L lanes per vector, R×C register tile, KB = kKBlock):
 //
+//   pack x into [K block][row][KB] (only when there is more than one row block)
 //   for each tile of C weight rows o0..o0+C            ← W streamed once, row tile by row tile
 //     for each super-block of ≤ kSuperRows x rows      ← usually the whole batch
-//       for each K block k0..k0+KB                     ← W[C, KB] (≤ 16 KiB) stays in L1
+//       for each K block k0..k0+KB                     ← W[C, KB] (≤ 12 KiB) stays in L1
 //         for each block of R x rows                   ← re-uses the L1-resident W chunk
 //           Tile<R, C>: acc[r][c] += x[r][k:k+L] ⊙ w[c][k:k+L] over the K block
 //       y[i][o] = ReduceLanes(acc[i][o]) (+ bias[o])
 //
-// The K blocking makes every row block consume a W chunk while it is in L1, so the DRAM stream
-// of W (kept going by the hardware prefetcher, which sees C sequential row streams) overlaps
-// with the FMAs of all n rows instead of a "first row block streams, the rest compute" split.
+// Memory behaviour, the point of the exercise (see matmul_bench.cc for numbers):
+//  * W is read from DRAM once per call; the R-row blocks after the first re-read the chunk from
+//    L1. While the blocks compute on chunk j, they take turns prefetching chunk j + 1, so the
+//    DRAM stream runs at an even pace (the hardware prefetcher alone only advances while the
+//    first block is reading new W, leaving DRAM idle for the rest).
+//  * x is packed because real `in` are powers of two: rows 2^k floats apart all map to the same
+//    L1 sets, and 16 x rows plus C weight rows at one column overflow a 12-way set, evicting
+//    the W chunk between row blocks. Packed, one K block of all rows is contiguous.
 //
 // Why every variant gives the same bits: the vector accumulators of (i, o) are spilled to
 // `acc` between K blocks and reloaded unchanged; each Tile<r, c> instantiation (r ≤ R, c ≤ C)
 // runs the same per-(i, o) code — full vectors of L, then one tail of in % L elements done the
 // same way in every tile (masked loads / a scalar loop) — and the reduction is one function.
-// Nothing in the per-(i, o) arithmetic depends on r, c, n, i, the K block size or the strides;
-// so the tile shape may even be chosen from n (see the entry points).
+// Packing copies values exactly. Nothing in the per-(i, o) arithmetic depends on r, c, n, i,
+// the K block size, packing, prefetching or the strides; so the tile shape may even be chosen
+// from n (see the entry points).
 #ifndef SHARDLM_ENGINE_MATMUL_INTERNAL_H_
 #define SHARDLM_ENGINE_MATMUL_INTERNAL_H_
 
@@ -31,11 +38,12 @@
 namespace shardlm::matmul_internal {
 
 // K block in floats: a multiple of every lane count, so only the last block has a tail.
-// 512 floats = 2 KiB per row; with C ≤ 8 weight rows the W chunk is ≤ 16 KiB of a 32-48 KiB L1.
-extern int64_t g_kb;
-#define kKBlock g_kb
+// 512 floats = 2 KiB per row: a C = 6 chunk is 12 KiB, and the next one being prefetched
+// another 12 KiB, of a 48 KiB L1.
+inline constexpr int64_t kKBlock = 512;
+static_assert(kKBlock % 16 == 0);
 // Rows whose accumulators live in the on-stack spill buffer at once. Beyond this the W tile
-// (C × in floats, ≤ 256 KiB for in = 8192) is re-read from L2 per super-block.
+// (C × in floats, ≤ 192 KiB for C = 6, in = 8192) is re-read from L2 per super-block.
 inline constexpr int kSuperRows = 32;
 
 // Fixed pairwise tree over L partial sums: lane j += lane j + L/2, halving. Shared by every
@@ -51,23 +59,42 @@ inline float ReduceLanes(const float* acc) {
   return t[0];
 }
 
-// Micro-kernel: acc[r * kC * L + c * L + lane] += partial sums of x row r and w row c over
-// k ∈ [k_begin, k_end). k_begin is a multiple of L; k_end - k_begin may leave a tail < L.
-using TileFn = void (*)(const float* x, int64_t x_stride, const float* w, int64_t w_stride,
-                        int64_t k_begin, int64_t k_end, float* acc);
+// One micro-kernel call: a block of r ≤ R x rows against a tile of c ≤ C weight rows over one
+// K block. Pointers are already offset to the K block's first column.
+struct TileArgs {
+  const float* x;  // x[r][0..len), rows x_stride apart
+  int64_t x_stride;
+  const float* w;  // w[c][0..len), rows w_stride apart
+  int64_t w_stride;
+  int64_t len;  // K block length, ≤ kKBlock; only the last block of a row is < kKBlock
+  float* acc;   // [r][C][L] partial sums (row stride C·L), updated in place
+  // Prefetch of the next W chunk (no effect on results): at its turns, the tile prefetches
+  // w[c] + k + prefetch_offset for every row c of the tile; 0 = nothing to prefetch. The
+  // `prefetch_period` row blocks sharing a chunk take turns K step by K step: this block's
+  // turns are the steps s with s % prefetch_period == prefetch_phase.
+  int64_t prefetch_offset;
+  int prefetch_period;
+  int prefetch_phase;
+};
+using TileFn = void (*)(const TileArgs& args);
 
 // Table of Kernel::Tile<r, c, kC> for r ∈ [1, kR], c ∈ [1, kC]: the row/column tails use the
 // same template as full tiles, instantiated smaller.
 template <class Kernel, int kR, int kC>
 struct TileTable {
+  static constexpr int kCount = kR * kC;
   template <int... kIs>
-  static constexpr std::array<TileFn, kR * kC> Make(std::integer_sequence<int, kIs...>) {
+  static constexpr std::array<TileFn, kCount> Make(std::integer_sequence<int, kIs...>) {
     return {&Kernel::template Tile<kIs / kC + 1, kIs % kC + 1, kC>...};
   }
-  static constexpr std::array<TileFn, kR * kC> kFns =
-      Make(std::make_integer_sequence<int, kR * kC>{});
+  static constexpr std::array<TileFn, kCount> kFns =
+      Make(std::make_integer_sequence<int, kCount>{});
   static TileFn Get(int r, int c) { return kFns[(r - 1) * kC + (c - 1)]; }
 };
+
+// Per-thread scratch of at least `floats` floats, 64-byte aligned, grown on demand and kept:
+// only a call larger than every earlier one on this thread allocates. (matmul.cc)
+float* Scratch(int64_t floats);
 
 // The loop nest above for one kernel and one register tile shape. Arguments as SkinnyMatMul,
 // already validated; n, out, in > 0.
@@ -76,20 +103,62 @@ void Drive(const float* x, int64_t n, int64_t x_stride, const float* w, int64_t 
            const float* bias, float* y, int64_t y_stride) {
   constexpr int L = Kernel::kLanes;
   static_assert(kSuperRows % kR == 0);
-  // [kSuperRows][kC][L] vector accumulators, spilled between K blocks.
+  const int64_t num_kb = (in + kKBlock - 1) / kKBlock;
+
+  // x as [K block][row][kKBlock] when more than one row block will read it.
+  const bool pack_x = n > kR;
+  const float* xs = x;
+  int64_t xs_stride = x_stride;
+  if (pack_x) {
+    float* packed = Scratch(num_kb * n * kKBlock);
+    for (int64_t kb = 0; kb < num_kb; ++kb) {
+      const int64_t k0 = kb * kKBlock, len = std::min(kKBlock, in - k0);
+      for (int64_t i = 0; i < n; ++i) {
+        std::copy_n(x + i * x_stride + k0, len, packed + (kb * n + i) * kKBlock);
+      }
+    }
+    xs = packed;
+    xs_stride = kKBlock;
+  }
+  // Address of x block rows [i, ...) at K block kb.
+  auto x_at = [&](int64_t kb, int64_t i) {
+    return pack_x ? xs + (kb * n + i) * kKBlock : xs + i * xs_stride + kb * kKBlock;
+  };
+
+  // [kSuperRows][kC][L] vector partial sums, spilled between K blocks.
   alignas(64) float acc[kSuperRows * kC * L];
   for (int64_t o0 = 0; o0 < out; o0 += kC) {
     const int c = static_cast<int>(std::min<int64_t>(kC, out - o0));
     const float* w_tile = w + o0 * in;
+    // Whether the next tile is full, so that prefetching its rows stays inside w.
+    const bool next_tile_full = o0 + 2 * kC <= out;
     for (int64_t i0 = 0; i0 < n; i0 += kSuperRows) {
       const int rows = static_cast<int>(std::min<int64_t>(kSuperRows, n - i0));
+      const int blocks = (rows + kR - 1) / kR;
       std::fill(acc, acc + rows * kC * L, 0.0f);
-      for (int64_t k0 = 0; k0 < in; k0 += kKBlock) {
-        const int64_t k1 = std::min(in, k0 + kKBlock);
-        for (int ib = 0; ib < rows; ib += kR) {
-          const int r = std::min(kR, rows - ib);
-          TileTable<Kernel, kR, kC>::Get(r, c)(x + (i0 + ib) * x_stride, x_stride, w_tile, in,
-                                               k0, k1, acc + ib * kC * L);
+      for (int64_t kb = 0; kb < num_kb; ++kb) {
+        const int64_t k0 = kb * kKBlock;
+        TileArgs args;
+        args.x_stride = xs_stride;
+        args.w = w_tile + k0;
+        args.w_stride = in;
+        args.len = std::min(kKBlock, in - k0);
+        // Next chunk: this tile's next K block, else the next tile's first (from row c of this
+        // chunk, the same row of the next tile is kC rows down, at column 0).
+        if (k0 + kKBlock < in) {
+          args.prefetch_offset = kKBlock;
+        } else if (next_tile_full && c == kC) {
+          args.prefetch_offset = kC * in - k0;
+        } else {
+          args.prefetch_offset = 0;
+        }
+        args.prefetch_period = blocks;
+        for (int b = 0; b < blocks; ++b) {
+          const int ib = b * kR;
+          args.x = x_at(kb, i0 + ib);
+          args.acc = acc + ib * kC * L;
+          args.prefetch_phase = b;
+          TileTable<Kernel, kR, kC>::Get(std::min(kR, rows - ib), c)(args);
         }
       }
       for (int ir = 0; ir < rows; ++ir) {

@@ -163,6 +163,34 @@ TEST_P(SkinnyMatMulTest, MatchesNaiveOnOddShapes) {
   }
 }
 
+// Rows spanning several K blocks of the kernel (and a power-of-two row length, the case the x
+// repacking exists for), against the reference.
+TEST_P(SkinnyMatMulTest, LongRowsMatchNaive) {
+  const int lanes = MatMulPathLanes(GetParam());
+  for (int64_t in : {2048, 4099}) {
+    for (int64_t n : {1, 6, 17}) {
+      const int64_t out = 13;
+      Rng rng(static_cast<uint64_t>(in * 100 + n));
+      const Framed x = StridedRows(rng, n, in, in, -2.0f, 2.0f);
+      Framed w(out * in, kNaN);
+      for (int64_t j = 0; j < out * in; ++j) w.data()[j] = rng.Uniform(-1.0f, 1.0f);
+      std::vector<float> fast(static_cast<size_t>(n * out)), ref(fast.size());
+      Run(x.data(), n, in, w.data(), out, in, nullptr, fast.data(), out);
+      SkinnyMatMulNaive(x.data(), n, in, w.data(), out, in, nullptr, ref.data(), out);
+      for (int64_t i = 0; i < n; ++i) {
+        for (int64_t o = 0; o < out; ++o) {
+          double abs_sum = 0.0;
+          for (int64_t k = 0; k < in; ++k) {
+            abs_sum += std::fabs(static_cast<double>(x.data()[i * in + k]) * w.data()[o * in + k]);
+          }
+          ASSERT_NEAR(fast[i * out + o], ref[i * out + o], Tolerance(in, lanes, abs_sum))
+              << "in " << in << " n " << n << " at " << i << "," << o;
+        }
+      }
+    }
+  }
+}
+
 // Small-integer inputs make every partial sum exact in f32 (|y| ≤ 1000·4·4 + 4 < 2²⁴), so any
 // order of summation gives the exact result: a dropped or doubled term of any size shows up
 // as an exact mismatch, not a tolerance question.
@@ -194,7 +222,7 @@ TEST_P(SkinnyMatMulTest, BatchInvariant) {
     int64_t in, out;
   };
   for (const Shape s : {Shape{1, 3}, Shape{15, 5}, Shape{64, 8}, Shape{257, 37}, Shape{1000, 100},
-                        Shape{1029, 19}}) {
+                        Shape{1029, 19}, Shape{4096, 13}}) {
     for (bool has_bias : {false, true}) {
       const int64_t in = s.in, out = s.out;
       SCOPED_TRACE(testing::Message() << "in " << in << " out " << out << " bias " << has_bias);
@@ -217,7 +245,8 @@ TEST_P(SkinnyMatMulTest, BatchInvariant) {
         std::vector<float> xi(static_cast<size_t>(in + 1)), yi(static_cast<size_t>(out));
         std::copy_n(x.data() + i * in, in, xi.data() + 1);
         Run(xi.data() + 1, 1, in, w.data(), out, in, b, yi.data(), out);
-        ASSERT_EQ(std::memcmp(yi.data(), row(i), out * sizeof(float)), 0) << "row " << i << " alone";
+        ASSERT_EQ(std::memcmp(yi.data(), row(i), out * sizeof(float)), 0)
+            << "row " << i << " alone";
       }
 
       // Shuffled sub-batches of 1..9 requested rows, placed at random positions among 0..4

@@ -6,6 +6,7 @@
 #include "base/status.h"
 #include "engine/config.h"
 #include "engine/dump.h"
+#include "engine/matmul.h"
 
 namespace shardlm {
 
@@ -22,6 +23,13 @@ absl::StatusOr<std::unique_ptr<Model>> Model::Load(const std::string& model_dir,
 Model::Model(ModelDims dims, ShardPlan plan, ModelWeights weights)
     : dims_(std::move(dims)), plan_(plan), weights_(std::move(weights)),
       attention_(AttentionBlock::Create(dims_, plan_)) {}
+
+void Model::Reserve(int64_t max_tokens) {
+  // The widest input of any linear layer bounds every call's row length.
+  const int64_t widest = std::max({dims_.hidden, dims_.intermediate, dims_.q_lora_rank,
+                                   dims_.num_heads * std::max(dims_.QkHeadDim(), dims_.VHeadDim())});
+  SkinnyMatMulReserve(max_tokens, widest);
+}
 
 absl::Status Model::Forward(const ForwardBatch& batch, PagedKvCache& cache, Comm& comm,
                             std::vector<float>* logits) {

@@ -46,6 +46,10 @@ class Model {
   absl::Status Forward(const ForwardBatch& batch, PagedKvCache& cache, Comm& comm,
                        std::vector<float>* logits);
 
+  // Allocates the matmul scratch for batches of up to `max_tokens` tokens, so the
+  // step loop does not allocate it later (call once at start-up).
+  void Reserve(int64_t max_tokens);
+
   const ModelDims& dims() const { return dims_; }
   const ShardPlan& plan() const { return plan_; }
   const ModelWeights& weights() const { return weights_; }

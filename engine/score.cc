@@ -108,6 +108,7 @@ absl::Status RunScore(const ScoreOptions& options, Model& model, Comm& comm) {
   }
   RETURN_IF_ERROR(AgreeOnStatus(comm, open_status));
 
+  model.Reserve(options.max_batch_tokens);
   SequenceScorer scorer(model, comm, options);
   const ModelDims& dims = model.dims();
   std::set<std::string> seen_ids;
