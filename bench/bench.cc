@@ -637,7 +637,7 @@ std::vector<FlagSpec> BenchFlags() {
       {"prefill-tokens", true,
        "prefill chunk length; 0 skips the prefill measurement (default 512)"},
       {"prefill-reps", true, "timed prefill chunks (default 3)"},
-      {"threads", true, "BLAS threads per rank (default 1)"},
+      {"threads", true, "OpenBLAS threads per rank (default 1); the decode kernels are single-threaded"},
       {"bandwidth-gbs", true, "roofline per rank in GB/s; skips the probe"},
       {"probe-mb", true, "bandwidth probe buffer per rank, MiB (default 512)"},
       {"probe-passes", true, "bandwidth probe passes, the best counts (default 5)"},
