@@ -1,0 +1,57 @@
+#include "base/thread_pool.h"
+
+#include <atomic>
+#include <vector>
+
+#include "gtest/gtest.h"
+
+namespace shardlm {
+namespace {
+
+TEST(ThreadPool, RunsEveryTaskOnceAtEverySize) {
+  for (int threads : {1, 2, 3, 5}) {
+    ThreadPool pool(threads);
+    EXPECT_EQ(pool.size(), threads);
+    for (int64_t tasks : {0, 1, 2, 7, 64, 1000}) {
+      std::vector<std::atomic<int>> hits(tasks);
+      pool.Run(tasks, [&](int64_t t) { hits[t].fetch_add(1); });
+      for (int64_t t = 0; t < tasks; ++t) ASSERT_EQ(hits[t].load(), 1) << threads << " " << t;
+    }
+  }
+}
+
+TEST(ThreadPool, ManyBackToBackCallsDoNotMixGenerations) {
+  ThreadPool pool(3);
+  for (int call = 0; call < 20000; ++call) {
+    const int64_t tasks = 1 + call % 5;
+    std::vector<int> hits(tasks, 0);  // each slot written by one task only
+    pool.Run(tasks, [&](int64_t t) { hits[t] += call + 1; });
+    for (int64_t t = 0; t < tasks; ++t) ASSERT_EQ(hits[t], call + 1) << call;
+  }
+}
+
+TEST(ParallelFor, CoversRangeWithAlignedDisjointPieces) {
+  for (int threads : {1, 2, 4}) {
+    SetComputeThreads(threads);
+    EXPECT_EQ(ComputeThreads(), threads);
+    for (int64_t n : {0, 1, 5, 16, 17, 100, 1023}) {
+      for (int64_t align : {1, 4, 16}) {
+        std::vector<std::atomic<int>> hits(n);
+        std::atomic<int> pieces{0};
+        ParallelFor(n, align, [&](int64_t begin, int64_t end) {
+          ASSERT_LT(begin, end);
+          ASSERT_EQ(begin % align, 0);
+          ASSERT_TRUE(end == n || end % align == 0);
+          pieces.fetch_add(1);
+          for (int64_t i = begin; i < end; ++i) hits[i].fetch_add(1);
+        });
+        for (int64_t i = 0; i < n; ++i) ASSERT_EQ(hits[i].load(), 1);
+        EXPECT_LE(pieces.load(), threads);
+      }
+    }
+  }
+  SetComputeThreads(1);
+}
+
+}  // namespace
+}  // namespace shardlm
