@@ -17,6 +17,7 @@
 #include "absl/strings/str_split.h"
 #include "base/rng.h"
 #include "base/status.h"
+#include "base/thread_pool.h"
 #include "bench/bandwidth.h"
 #include "engine/decode.h"
 #include "engine/model.h"
@@ -637,7 +638,7 @@ std::vector<FlagSpec> BenchFlags() {
       {"prefill-tokens", true,
        "prefill chunk length; 0 skips the prefill measurement (default 512)"},
       {"prefill-reps", true, "timed prefill chunks (default 3)"},
-      {"threads", true, "OpenBLAS threads per rank (default 1); the decode kernels are single-threaded"},
+      {"threads", true, "compute threads per rank (default 1); use ranks x threads <= cores"},
       {"bandwidth-gbs", true, "roofline per rank in GB/s; skips the probe"},
       {"probe-mb", true, "bandwidth probe buffer per rank, MiB (default 512)"},
       {"probe-passes", true, "bandwidth probe passes, the best counts (default 5)"},
@@ -655,7 +656,7 @@ absl::Status RunBenchCommand(const Flags& flags, Comm& comm) {
 }
 
 absl::Status RunBench(const BenchOptions& options, Comm& comm) {
-  SetBlasThreads(options.threads);
+  SetComputeThreads(options.threads);
   if (options.probe_only) return AgreeOnStatus(comm, RunProbeOnly(options, comm));
   const bool rank0 = comm.rank() == 0;
 

@@ -6,6 +6,7 @@
 
 #include "absl/strings/str_join.h"
 #include "base/status.h"
+#include "base/thread_pool.h"
 #include "bench/bench.h"
 #include "comm/mpi_comm.h"
 #include "engine/config.h"
@@ -38,7 +39,7 @@ struct Command {
 
 absl::Status SetThreads(const Flags& flags) {
   ASSIGN_OR_RETURN(int64_t threads, flags.Int("threads", 1, 1, 1024));
-  SetBlasThreads(static_cast<int>(threads));
+  SetComputeThreads(static_cast<int>(threads));
   return absl::OkStatus();
 }
 
@@ -151,7 +152,7 @@ const std::vector<Command>& Commands() {
         {"output", true, "JSONL results {\"id\", \"logprobs\", \"sum_logprob\", \"perplexity\"}"},
         {"max-batch-tokens", true, "tokens per forward chunk (default 512)"},
         {"page-size", true, "KV cache page size in tokens (default 16)"},
-        {"threads", true, "OpenBLAS threads per rank (default 1); the decode kernels are single-threaded"},
+        {"threads", true, "compute threads per rank (default 1); use ranks x threads <= cores"},
         {"progress", false, "print progress to stderr"},
         {"help", false, "this message"}},
        RunScoreCommand},
@@ -168,7 +169,7 @@ const std::vector<Command>& Commands() {
         {"top-k", true, "default top-k (default 0: off)"},
         {"top-p", true, "default top-p (default 1: off)"},
         {"seed", true, "default per-request seed (default 0)"},
-        {"threads", true, "OpenBLAS threads per rank (default 1); the decode kernels are single-threaded"},
+        {"threads", true, "compute threads per rank (default 1); use ranks x threads <= cores"},
         {"progress", false, "print progress to stderr"},
         {"help", false, "this message"}},
        RunDecodeCommand},
