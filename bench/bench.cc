@@ -90,7 +90,7 @@ struct Timing {
   // Mean over ranks of (time inside AllReduceSum / own step time). Includes
   // waiting for the slower rank: that wait is what TP costs on this step.
   double allreduce_share = 0.0;
-  double gather_share = 0.0;                // the same for GatherLogits (LM head + gather)
+  double gather_share = 0.0;                // the same for the logits Gatherv to rank 0
   double allreduce_seconds_per_step = 0.0;  // mean over ranks
 };
 

@@ -75,10 +75,7 @@ absl::Status Model::Forward(const ForwardBatch& batch, PagedKvCache& cache, Comm
     RmsNorm(x + row * d, 1, d, d, weights_.final_norm.data(), dims_.rms_eps, head_in + i * d);
   }
   ++stats_.forwards;
-  const auto gather_start = std::chrono::steady_clock::now();
-  absl::Status status = GatherLogits(head_in, m, comm, logits);
-  stats_.gather_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - gather_start).count();
-  return status;
+  return GatherLogits(head_in, m, comm, logits);
 }
 
 absl::Status Model::AllReduce(float* partial, int64_t count, Comm& comm) {
@@ -96,8 +93,12 @@ absl::Status Model::GatherLogits(const float* hidden, int64_t m, Comm& comm,
   float* local = Scratch(local_logits_, m * vocab_local);  // [m, vocab_l]
   MatMul(hidden, m, weights_.lm_head, local);
   std::vector<int> counts;
-  RETURN_IF_ERROR(
-      comm.Gatherv({local, static_cast<size_t>(m * vocab_local)}, 0, &gathered_, &counts));
+  const auto gather_start = std::chrono::steady_clock::now();
+  absl::Status gathered =
+      comm.Gatherv({local, static_cast<size_t>(m * vocab_local)}, 0, &gathered_, &counts);
+  stats_.gather_seconds +=
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - gather_start).count();
+  RETURN_IF_ERROR(gathered);
   logits->clear();
   if (comm.rank() != 0) return absl::OkStatus();
   // gathered_ holds rank r's [m, vocab_r] block after those of ranks < r.

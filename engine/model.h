@@ -29,7 +29,7 @@ struct ForwardStats {
   int64_t allreduce_calls = 0;
   int64_t allreduce_bytes = 0;
   double allreduce_seconds = 0.0;  // wall time inside AllReduceSum (includes waiting for peers)
-  double gather_seconds = 0.0;     // wall time inside the logits gather
+  double gather_seconds = 0.0;     // wall time inside the logits Gatherv (not the LM-head matmul)
   void Reset() { *this = ForwardStats(); }
 };
 
