@@ -37,7 +37,7 @@ struct BandwidthResult {
 float ReadSum(const float* data, int64_t n);
 
 // Best GB/s (1e9 bytes/s) of `passes` ReadSum passes over `data` in this process
-// alone. `checksum` receives the last sum (keeps the reads observable).
+// alone, split over the compute threads (base/thread_pool.h). `checksum` receives the last sum (keeps the reads observable).
 double ProbeReadGbs(const std::vector<float>& data, int passes, float* checksum);
 
 // The probe above on every rank: first rank 0 alone, then all ranks at once.

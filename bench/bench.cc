@@ -1,5 +1,6 @@
 #include "bench/bench.h"
 
+#include <cblas.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -162,6 +163,44 @@ absl::StatusOr<double> MeasurePrefill(Model& model, Comm& comm, int64_t tokens, 
   batch.logit_rows.push_back(static_cast<int32_t>(tokens - 1));
   ASSIGN_OR_RETURN(Timing timing, TimeForward(model, batch, cache, comm, 1, reps));
   return static_cast<double>(tokens) / Median(timing.step_seconds);
+}
+
+// 2 · Σ out·in over this rank's linear layers: the matmul FLOPs one token costs in the
+// layer loop (the LM head is left out: prefill asks for one token's logits).
+int64_t LayerLinearFlopsPerToken(const ModelWeights& weights) {
+  int64_t macs = 0;
+  for (const LayerWeights& layer : weights.layers) {
+    const AttentionWeights& a = layer.attn;
+    for (const Linear* w : {&a.q_proj, &a.q_a_proj, &a.q_b_proj, &a.k_proj, &a.v_proj, &a.kv_proj,
+                            &a.k_rope_proj, &a.kv_a_proj, &a.kv_b_proj, &a.o_proj, &layer.gate,
+                            &layer.up, &layer.down}) {
+      macs += w->out * w->in;
+    }
+  }
+  return 2 * macs;
+}
+
+// OpenBLAS sgemm GFLOP/s on [m, k] x [k, n] (B stored [n, k], as weights are) with the
+// compute pool's thread count: the GEMM rate prefill is compared with. Best of `reps`
+// after one warm-up.
+double MeasureSgemmGflops(int64_t m, int64_t n, int64_t k, int reps, uint64_t seed) {
+  openblas_set_num_threads(ComputeThreads());
+  Rng rng(seed, "bench-sgemm");
+  std::vector<float> a(static_cast<size_t>(m * k)), b(static_cast<size_t>(n * k)),
+      c(static_cast<size_t>(m * n));
+  for (float& v : a) v = rng.Uniform() - 0.5f;
+  for (float& v : b) v = rng.Uniform() - 0.5f;
+  double best = 1e30;
+  for (int r = 0; r <= reps; ++r) {
+    const Clock::time_point start = Clock::now();
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(m), static_cast<int>(n),
+                static_cast<int>(k), 1.0f, a.data(), static_cast<int>(k), b.data(),
+                static_cast<int>(k), 0.0f, c.data(), static_cast<int>(n));
+    const double seconds = std::chrono::duration<double>(Clock::now() - start).count();
+    if (r > 0) best = std::min(best, seconds);
+  }
+  CHECK(std::isfinite(c[0]));
+  return 2.0 * static_cast<double>(m * n * k) / best / 1e9;
 }
 
 std::string HostName() {
@@ -362,6 +401,8 @@ struct RunFacts {
   double roofline_gbs = 0.0;  // per rank
   int64_t prefill_tokens = 0;
   double prefill_tokens_per_s = 0.0;
+  double prefill_gflops = 0.0;  // per rank, max over ranks (see BenchRecord)
+  double sgemm_gflops = 0.0;    // per rank, min over ranks
   int64_t resident_weight_bytes = 0;  // this rank's ModelWeights::bytes()
   int64_t embed_bytes = 0;            // this rank's (replicated) embedding table
   int64_t max_weight_bytes = 0;       // over ranks
@@ -488,6 +529,11 @@ absl::StatusOr<BenchRecord> MeasureDecode(Model& model, Comm& comm, const BenchO
   r.set_bandwidth_gbs_solo(facts.bandwidth.solo_gbs);
   r.set_host(HostName());
   r.set_page_order(options.shuffle_pages ? "shuffled" : "contiguous");
+  r.set_threads(options.threads);
+  r.set_prefill_gflops_per_rank(facts.prefill_gflops);
+  r.set_sgemm_gflops_per_rank(facts.sgemm_gflops);
+  r.set_prefill_sgemm_fraction(facts.sgemm_gflops > 0 ? facts.prefill_gflops / facts.sgemm_gflops
+                                                       : 0.0);
   return r;
 }
 
@@ -518,6 +564,12 @@ void PrintFooter(const BenchOptions& options, const RunFacts& facts, int ranks,
     std::printf("pp: one %lld-token chunk from position 0, median of %lld\n",
                 static_cast<long long>(facts.prefill_tokens),
                 static_cast<long long>(options.prefill_reps));
+    std::printf(
+        "prefill as GEMM: %.1f GFLOP/s per rank in the layers' linear weights vs OpenBLAS sgemm "
+        "%.1f GFLOP/s on [%lld, d] x [d, intermediate_l] with %d thread(s): %.0f%%\n",
+        facts.prefill_gflops, facts.sgemm_gflops, static_cast<long long>(facts.prefill_tokens),
+        options.threads, facts.sgemm_gflops > 0 ? 100 * facts.prefill_gflops / facts.sgemm_gflops
+                                                : 0.0);
   }
   std::printf(
       "seqs fit: sequences of length ctx in --kv-cache-mb %.0f per rank (%lld pages of "
@@ -701,6 +753,17 @@ absl::Status RunBench(const BenchOptions& options, Comm& comm) {
     ASSIGN_OR_RETURN(facts.prefill_tokens_per_s,
                      MeasurePrefill(model, comm, facts.prefill_tokens, options.prefill_reps,
                                     options.page_size, options.seed));
+    ASSIGN_OR_RETURN(std::vector<int64_t> flops_all,
+                     AllRanks(comm, LayerLinearFlopsPerToken(model.weights())));
+    facts.prefill_gflops =
+        static_cast<double>(MaxOf(flops_all)) * facts.prefill_tokens_per_s / 1e9;
+    // Every rank at once, as the prefill ran; the slowest rank's rate is the bound.
+    RETURN_IF_ERROR(comm.Barrier());
+    const int64_t sgemm_mflops = static_cast<int64_t>(
+        1e3 * MeasureSgemmGflops(facts.prefill_tokens, model.plan().mlp_cols.size(), dims.hidden,
+                                 options.prefill_reps, options.seed));
+    ASSIGN_OR_RETURN(std::vector<int64_t> sgemm_all, AllRanks(comm, sgemm_mflops));
+    facts.sgemm_gflops = static_cast<double>(MinOf(sgemm_all)) / 1e3;
   }
   // Per-rank sizes that do not depend on the configuration.
   facts.resident_weight_bytes = model.weights().bytes();

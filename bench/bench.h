@@ -38,7 +38,7 @@ struct BenchOptions {
   int64_t prefill_tokens = 512;
   int64_t prefill_reps = 3;
   uint64_t seed = 0;  // cache contents, page order and token ids
-  int threads = 1;    // BLAS threads per rank
+  int threads = 1;    // compute threads per rank (base/thread_pool.h)
   // The roofline.
   double bandwidth_gbs = 0.0;  // > 0: use this per-rank figure, skip the probe
   int64_t probe_mb = 512;
