@@ -117,8 +117,11 @@ absl::StatusOr<DecodeRequest> ParseDecodeRequest(const JsonObject& object, const
 }
 
 std::string IdKey(const JsonValue& id) {
-  return id.kind_case() == JsonValue::kStringValue ? "s:" + id.string_value()
-                                                   : absl::StrCat("n:", id.number_value());
+  // GetId leaves numeric ids exact integers below 2^53. Printed as a double they
+  // kept 6 significant digits, so ids 1000001 and 1000002 were "duplicates".
+  return id.kind_case() == JsonValue::kStringValue
+             ? "s:" + id.string_value()
+             : absl::StrCat("n:", static_cast<int64_t>(id.number_value()));
 }
 
 JsonLine ErrorLine(const JsonValue* id, const std::string& message) {

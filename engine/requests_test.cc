@@ -54,5 +54,43 @@ TEST(RequestsTest, DecodeRequestDefaultsAndLimits) {
   }
 }
 
+// Found by fuzz/request_fuzz.cc (corpus/request/regression-invalid-utf8-in-error):
+// protobuf's parse error quotes the input, so a bad line with a byte like \xC0
+// gave an error line that was not valid JSON (not UTF-8).
+TEST(RequestsTest, ErrorLineOfABinaryLineIsValidJson) {
+  const std::string line = "{\"id\xc0\xb8\": \"bb, \"text\": [2]$";
+  absl::StatusOr<JsonObject> object = ParseJsonObject(line);
+  ASSERT_FALSE(object.ok());
+  const std::string out = ErrorLine(nullptr, std::string(object.status().message())).ToString();
+  absl::StatusOr<JsonObject> reread = ParseJsonObject(out);
+  ASSERT_TRUE(reread.ok()) << reread.status() << "\n" << out;
+  EXPECT_NE(out.find("\xef\xbf\xbd"), std::string::npos) << out;  // U+FFFD for the bad bytes
+}
+
+// protobuf's JSON parser is quadratic in nesting depth: a 40 KB line of '['
+// took minutes (found probing the request fuzz target with deep inputs).
+TEST(RequestsTest, DeepNestingIsRejectedBeforeParsing) {
+  const std::string deep = R"({"id": 1, "tokens": )" + std::string(1 << 20, '[');
+  absl::StatusOr<JsonObject> object = ParseJsonObject(deep);
+  EXPECT_NE(object.status().message().find("nests deeper than 32 levels"), std::string::npos)
+      << object.status();
+  object = ParseJsonObject(R"({"id": 1, "tokens": [1]]]]][[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[)");
+  EXPECT_NE(object.status().message().find("unbalanced"), std::string::npos) << object.status();
+  // Brackets inside strings (either quote, escaped quotes) are text.
+  const std::string brackets(100, '[');
+  EXPECT_TRUE(CheckJsonDepth(R"({"text": ")" + brackets + R"(\"[", 'x': '\'[[['})").ok());
+  EXPECT_TRUE(CheckJsonDepth(std::string(32, '[') + std::string(32, ']')).ok());
+  EXPECT_FALSE(CheckJsonDepth(std::string(33, '[') + std::string(33, ']')).ok());
+}
+
+// Integer ids past 10^6 that shared their first 6 digits got the same IdKey, so
+// `score` and `decode` rejected the second request as a "duplicate id".
+TEST(RequestsTest, IdKeysOfLargeIntegerIdsDiffer) {
+  EXPECT_NE(IdKey(NumberValue(1000001)), IdKey(NumberValue(1000002)));
+  EXPECT_NE(IdKey(NumberValue(2147483647)), IdKey(NumberValue(2147483648)));
+  EXPECT_EQ(IdKey(NumberValue(9007199254740991)), "n:9007199254740991");
+  EXPECT_NE(IdKey(NumberValue(7)), IdKey(StringValue("7")));
+}
+
 }  // namespace
 }  // namespace shardlm
