@@ -10,13 +10,12 @@
 # "safetensors config request"), FUZZ_JOBS (build parallelism, default 2).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-root=$(pwd)
 seconds=${1:-60}
 if ! [[ "$seconds" =~ ^[0-9]+$ ]] || [ "$seconds" -lt 1 ]; then
   echo "usage: scripts/fuzz.sh [SECONDS per target, >= 1]" >&2
   exit 2
 fi
-build=${FUZZ_BUILD_DIR:-build-fuzz}
+build=$(realpath -m "${FUZZ_BUILD_DIR:-build-fuzz}")
 targets=(${FUZZ_TARGETS:-safetensors config request})
 for tool in clang clang++; do
   command -v "$tool" >/dev/null || { echo "fuzz: $tool not found; run scripts/install-deps.sh" >&2; exit 2; }
@@ -56,9 +55,9 @@ for t in "${targets[@]}"; do
     echo "!! fuzz $t FAILED (exit $status); the report:"
     grep -E "ERROR: |fuzz check failed|runtime error|SUMMARY|^  " "$run/fuzz.log" | head -20 | sed 's/^/   /'
     for a in "${artifacts[@]}"; do
-      echo "   saved input: $root/$a"
-      echo "   reproduce:   $root/$build/fuzz/${t}_fuzz $root/$a"
-      echo "   keep as a regression test: cp $root/$a fuzz/corpus/$t/regression-<what> (ctest fuzz_replay.$t replays it)"
+      echo "   saved input: $a"
+      echo "   reproduce:   $build/fuzz/${t}_fuzz $a"
+      echo "   once fixed, keep it: cp $a fuzz/corpus/$t/regression-<what> (ctest fuzz_replay.$t replays it)"
     done
   fi
 done
