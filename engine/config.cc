@@ -1,11 +1,13 @@
 #include "engine/config.h"
 
 #include <cmath>
+#include <cstdint>
 #include <fstream>
 #include <sstream>
 
 #include "absl/strings/str_join.h"
 #include "base/status.h"
+#include "engine/jsonl.h"
 #include "google/protobuf/struct.pb.h"
 #include "google/protobuf/util/json_util.h"
 
@@ -31,6 +33,9 @@ absl::StatusOr<int64_t> AsInt(const Value& v, const std::string& source, const s
 }  // namespace
 
 absl::StatusOr<ModelConfig> ParseModelConfig(const std::string& json, const std::string& source) {
+  if (absl::Status depth = CheckJsonDepth(json); !depth.ok()) {
+    return ConfigError(source, absl::StrCat("not a valid JSON object: ", depth.message()));
+  }
   Struct root;
   auto parsed = google::protobuf::util::JsonStringToMessage(json, &root);
   if (!parsed.ok()) {
@@ -63,7 +68,14 @@ absl::StatusOr<ModelConfig> ParseModelConfig(const std::string& json, const std:
   if (!status.ok()) {
     return ConfigError(source, absl::StrCat("bad value: ", status.message().ToString()));
   }
-  for (int64_t id : eos) config.add_eos_token_ids(id);
+  for (int64_t id : eos) {
+    // The proto field is int32 like every other id; a wider value must not wrap
+    // around into the vocabulary.
+    if (id < INT32_MIN || id > INT32_MAX) {
+      return ConfigError(source, absl::StrCat("eos_token_id=", id, " does not fit in 32 bits"));
+    }
+    config.add_eos_token_ids(static_cast<int32_t>(id));
+  }
   return config;
 }
 

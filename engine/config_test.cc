@@ -70,6 +70,12 @@ TEST(ConfigTest, BadConfigsNameTheProblem) {
       {absl::StrCat("{", kBase, R"(, "eos_token_id": 1.5})"), "must be an integer"},
       {absl::StrCat("{", kBase, R"(, "tokenizer": "bpe"})"), "unknown tokenizer"},
       {absl::StrCat("{", kBase, R"(, "rms_norm_eps": 0})"), "rms_norm_eps"},
+      // Found in review beside the config fuzz target: 2^32 + 1 used to wrap to id 1.
+      {absl::StrCat("{", kBase, R"(, "eos_token_id": [2, 4294967297]})"),
+       "eos_token_id=4294967297 does not fit in 32 bits"},
+      // protobuf's JSON parser is quadratic in nesting depth: rejected before it.
+      {absl::StrCat("{", kBase, R"(, "rope_scaling": )", std::string(1 << 20, '['), "}"),
+       "nests deeper than 32 levels"},
   };
   for (const auto& [json, expected] : cases) {
     auto d = Resolve(json);

@@ -18,75 +18,6 @@
 namespace shardlm {
 namespace {
 
-struct DecodeRequest {
-  JsonValue id;
-  std::vector<int32_t> prompt;
-  int64_t max_new_tokens = 0;
-  SamplingParams sampling;
-  std::set<int32_t> stop_ids;  // EOS ids and the request's stop_token_ids
-};
-
-absl::StatusOr<DecodeRequest> ParseDecodeRequest(const JsonObject& object, const ModelDims& dims,
-                                                 const DecodeOptions& defaults) {
-  RETURN_IF_ERROR(CheckKnownFields(object, {"id", "prompt", "text", "tokens", "max_new_tokens",
-                                            "temperature", "top_k", "top_p", "seed",
-                                            "stop_token_ids"}));
-  DecodeRequest r;
-  const JsonValue* id = FindField(object, "id");
-  if (id == nullptr) return absl::InvalidArgumentError("missing \"id\"");
-  ASSIGN_OR_RETURN(r.id, GetId(*id));
-  ASSIGN_OR_RETURN(r.prompt, RequestTokens(object, dims));
-  const int64_t prompt_len = static_cast<int64_t>(r.prompt.size());
-  if (prompt_len >= dims.max_positions) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("prompt of ", prompt_len, " tokens leaves no room to generate within ",
-                     "max_position_embeddings=", dims.max_positions));
-  }
-  r.max_new_tokens = defaults.max_new_tokens;
-  r.sampling = defaults.sampling;
-  if (const JsonValue* v = FindField(object, "max_new_tokens")) {
-    ASSIGN_OR_RETURN(r.max_new_tokens, GetInt(*v, "max_new_tokens"));
-    if (r.max_new_tokens < 1 || r.max_new_tokens > dims.max_positions) {
-      return absl::InvalidArgumentError(absl::StrCat("\"max_new_tokens\" must be in [1, ",
-                                                     dims.max_positions, "], got ",
-                                                     r.max_new_tokens));
-    }
-  }
-  if (const JsonValue* v = FindField(object, "temperature")) {
-    ASSIGN_OR_RETURN(r.sampling.temperature, GetNumber(*v, "temperature"));
-    if (!(r.sampling.temperature >= 0) || r.sampling.temperature > 1e4) {
-      return absl::InvalidArgumentError("\"temperature\" must be in [0, 10000]");
-    }
-  }
-  if (const JsonValue* v = FindField(object, "top_k")) {
-    ASSIGN_OR_RETURN(r.sampling.top_k, GetInt(*v, "top_k"));
-    if (r.sampling.top_k < 0) return absl::InvalidArgumentError("\"top_k\" must be >= 0");
-  }
-  if (const JsonValue* v = FindField(object, "top_p")) {
-    ASSIGN_OR_RETURN(r.sampling.top_p, GetNumber(*v, "top_p"));
-    if (!(r.sampling.top_p > 0 && r.sampling.top_p <= 1)) {
-      return absl::InvalidArgumentError("\"top_p\" must be in (0, 1]");
-    }
-  }
-  if (const JsonValue* v = FindField(object, "seed")) {
-    ASSIGN_OR_RETURN(int64_t seed, GetInt(*v, "seed"));
-    if (seed < 0) return absl::InvalidArgumentError("\"seed\" must be >= 0");
-    r.sampling.seed = static_cast<uint64_t>(seed);
-  }
-  for (int64_t eos : dims.eos_token_ids) r.stop_ids.insert(static_cast<int32_t>(eos));
-  if (const JsonValue* v = FindField(object, "stop_token_ids")) {
-    ASSIGN_OR_RETURN(std::vector<int64_t> stops, GetIntList(*v, "stop_token_ids"));
-    for (int64_t t : stops) {
-      if (t < 0 || t >= dims.vocab) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("stop token id ", t, " is outside the vocabulary [0, ", dims.vocab, ")"));
-      }
-      r.stop_ids.insert(static_cast<int32_t>(t));
-    }
-  }
-  return r;
-}
-
 // Replaces bytes that are not valid UTF-8 with U+FFFD (JSON strings must be UTF-8).
 std::string ToValidUtf8(const std::string& s) {
   std::string out;
@@ -126,7 +57,7 @@ class Coordinator {
       if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
       absl::StatusOr<JsonObject> object = ParseJsonObject(line);
       absl::StatusOr<DecodeRequest> request =
-          object.ok() ? ParseDecodeRequest(*object, dims_, options_) : object.status();
+          object.ok() ? ParseDecodeRequest(*object, dims_, options_.max_new_tokens, options_.sampling) : object.status();
       if (request.ok() && !seen.insert(IdKey(request->id)).second) {
         request = absl::InvalidArgumentError("duplicate id");
       }

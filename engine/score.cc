@@ -16,26 +16,6 @@
 namespace shardlm {
 namespace {
 
-struct ParsedRequest {
-  JsonValue id;
-  std::vector<int32_t> tokens;
-};
-
-absl::StatusOr<ParsedRequest> ParseScoreRequest(const JsonObject& object, const ModelDims& dims) {
-  RETURN_IF_ERROR(CheckKnownFields(object, {"id", "tokens", "text", "prompt"}));
-  ParsedRequest request;
-  const JsonValue* id = FindField(object, "id");
-  if (id == nullptr) return absl::InvalidArgumentError("missing \"id\"");
-  ASSIGN_OR_RETURN(request.id, GetId(*id));
-  ASSIGN_OR_RETURN(request.tokens, RequestTokens(object, dims));
-  if (static_cast<int64_t>(request.tokens.size()) > dims.max_positions) {
-    return absl::InvalidArgumentError(absl::StrCat(request.tokens.size(),
-                                                   " tokens exceed max_position_embeddings=",
-                                                   dims.max_positions));
-  }
-  return request;
-}
-
 // Runs one sequence on all ranks; rank 0 gets log p(token_t | tokens_<t), t >= 1.
 class SequenceScorer {
  public:
@@ -126,7 +106,7 @@ absl::Status RunScore(const ScoreOptions& options, Model& model, Comm& comm) {
         ++line_number;
         if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
         absl::StatusOr<JsonObject> object = ParseJsonObject(line);
-        absl::StatusOr<ParsedRequest> request =
+        absl::StatusOr<ScoreRequest> request =
             object.ok() ? ParseScoreRequest(*object, dims) : object.status();
         if (request.ok() && !seen_ids.insert(IdKey(request->id)).second) {
           request = absl::InvalidArgumentError("duplicate id");

@@ -9,6 +9,8 @@ packages=(
   libabsl-dev
   libgtest-dev libgmock-dev
   python3 python3-numpy python3-torch python3-matplotlib
+  # Fuzzing (scripts/fuzz.sh): clang, libFuzzer + sanitizer runtimes, llvm-symbolizer.
+  clang libclang-rt-14-dev llvm
 )
 missing=()
 for p in "${packages[@]}"; do

@@ -1,5 +1,7 @@
 #include "shard/shard.h"
 
+#include <algorithm>
+
 #include "absl/strings/str_join.h"
 #include "base/status.h"
 
@@ -62,10 +64,20 @@ std::string WhyNot(const ModelDims& dims, int size) {
 }  // namespace
 
 std::vector<int> WorkingRankCounts(const ModelDims& dims, int limit) {
+  // A working count divides h_q, so only divisors are tried: O(sqrt(h_q)) even
+  // when a hostile config.json sets h_q near 2^31 (looping to `limit` hung).
   std::vector<int> out;
-  for (int t = 1; t <= limit; ++t) {
-    if (WhyNot(dims, t).empty()) out.push_back(t);
+  const int64_t h_q = dims.num_heads;
+  for (int64_t d = 1; d * d <= h_q; ++d) {
+    if (h_q % d != 0) continue;
+    for (const int64_t t : {d, h_q / d}) {
+      if (t <= limit && WhyNot(dims, static_cast<int>(t)).empty()) {
+        out.push_back(static_cast<int>(t));
+      }
+    }
   }
+  std::sort(out.begin(), out.end());
+  out.erase(std::unique(out.begin(), out.end()), out.end());
   return out;
 }
 

@@ -103,6 +103,18 @@ TEST(ShardTest, OwnershipIsConsistentForAllFamiliesAndRankCounts) {
   }
 }
 
+// Found by fuzz/config_fuzz.cc (corpus/config/regression-huge-head-count): the
+// list of working counts looped over every count up to h_q, hanging for minutes.
+TEST(ShardTest, WorkingCountsOfAHugeHeadCountAreQuick) {
+  ModelDims d = Xl(AttentionType::kMha, 4);
+  d.num_heads = d.num_kv_heads = 2147483647;  // prime
+  const absl::Status s = ValidateTensorParallel(d, 2);
+  EXPECT_NE(s.message().find("rank counts that work: 1"), std::string::npos) << s;
+  d.num_heads = d.num_kv_heads = 2 * 3 * 5 * 7 * 11 * 13 * 17 * 19 * 23;  // 223092870
+  d.intermediate = d.vocab = 1 << 30;
+  EXPECT_EQ(WorkingRankCounts(d, 12), (std::vector<int>{1, 2, 3, 5, 6, 7, 10, 11}));
+}
+
 TEST(ShardTest, ErrorsNameNumbersAndWorkingCounts) {
   ModelDims d = Xl(AttentionType::kGqa, 4);
   d.num_heads = 12;
