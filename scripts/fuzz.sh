@@ -7,7 +7,9 @@
 #   scripts/fuzz.sh [SECONDS]      # per target; default 60
 #
 # Environment: FUZZ_BUILD_DIR (default build-fuzz), FUZZ_TARGETS (default
-# "safetensors config request"), FUZZ_JOBS (build parallelism, default 2).
+# "safetensors config request"), FUZZ_JOBS (build parallelism, default 2),
+# FUZZ_RSS_MB (-rss_limit_mb, default 2048; the request target's RSS grows
+# about 3 MB/s under ASan, so runs much past 5 minutes need more).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds=${1:-60}
@@ -42,7 +44,8 @@ for t in "${targets[@]}"; do
   status=0
   # -timeout: one input taking longer is a hang; -rss_limit_mb: over that is an
   # OOM; -max_len covers the largest seeds with room to grow.
-  "$build/fuzz/${t}_fuzz" -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 \
+  "$build/fuzz/${t}_fuzz" -max_total_time="$seconds" -timeout=10 \
+    -rss_limit_mb="${FUZZ_RSS_MB:-2048}" \
     -max_len=4096 -dict=fuzz/json.dict -artifact_prefix="$run/artifacts/" \
     -print_final_stats=1 "$run/corpus" >"$run/fuzz.log" 2>&1 || status=$?
   grep -E "^(stat::number_of_executed_units|stat::new_units_added|stat::peak_rss_mb)" \
