@@ -1,14 +1,17 @@
 #include "engine/matmul.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <cstring>
 #include <memory>
 #include <new>
+#include <thread>
 #include <vector>
 
 #include "base/half.h"
 #include "base/status.h"
+#include "base/thread_pool.h"
 #include "engine/matmul_internal.h"
 
 namespace shardlm {
@@ -267,11 +270,55 @@ void SkinnyMatMul(const float* x, int64_t n, int64_t x_stride, WeightType w_type
                        y_stride);
 }
 
+void SkinnyMatMulParallel(const float* x, int64_t n, int64_t x_stride, WeightType w_type,
+                          const void* w, int64_t out, int64_t in, const float* bias, float* y,
+                          int64_t y_stride) {
+  // Below this many weights a call takes ~10 µs or less: not worth waking the pool.
+  constexpr int64_t kMinParallelWeights = int64_t{1} << 16;
+  if (ComputeThreads() == 1 || n == 0 || out * in < kMinParallelWeights) {
+    SkinnyMatMul(x, n, x_stride, w_type, w, out, in, bias, y, y_stride);
+    return;
+  }
+  // Ranges of whole 48-row groups (a multiple of every path's column tile, 4 and 6), so only
+  // the last range has a partial tile.
+  constexpr int64_t kAlign = 48;
+  struct Args {
+    const float* x;
+    int64_t n, x_stride;
+    WeightType w_type;
+    const char* w;
+    int64_t in;
+    const float* bias;
+    float* y;
+    int64_t y_stride;
+  };
+  const Args args{x, n, x_stride, w_type, static_cast<const char*>(w), in, bias, y, y_stride};
+  // One captured pointer: the std::function holds it inline, so the call does not allocate.
+  ParallelFor(out, kAlign, [p = &args](int64_t begin, int64_t end) {
+    const int64_t row_bytes = p->in * WeightTypeBytes(p->w_type);
+    SkinnyMatMul(p->x, p->n, p->x_stride, p->w_type, p->w + begin * row_bytes, end - begin,
+                 p->in, p->bias != nullptr ? p->bias + begin : nullptr, p->y + begin,
+                 p->y_stride);
+  });
+}
+
 void SkinnyMatMulReserve(int64_t max_n, int64_t max_in) {
   CHECK_GE(max_n, 0);
   CHECK_GE(max_in, 0);
   using matmul_internal::kKBlock;
-  matmul_internal::Scratch(max_n * ((max_in + kKBlock - 1) / kKBlock) * kKBlock);
+  const int64_t floats = max_n * ((max_in + kKBlock - 1) / kKBlock) * kKBlock;
+  matmul_internal::Scratch(floats);
+  ThreadPool& pool = ComputePool();
+  const int threads = pool.size();
+  if (threads == 1) return;
+  // One task per thread: the pool hands tasks to whichever thread asks first, so each task
+  // waits until all have started; no thread can then run two, and every thread runs one.
+  std::atomic<int> started{0};
+  pool.Run(threads, [&](int64_t) {
+    matmul_internal::Scratch(floats);
+    started.fetch_add(1);
+    while (started.load() < threads) std::this_thread::yield();
+  });
 }
 
 void SkinnyMatMulNaive(const float* x, int64_t n, int64_t x_stride, WeightType w_type,

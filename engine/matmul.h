@@ -23,10 +23,12 @@
 //    f32 and the FMA bound is reached at about half the n. Numbers: matmul_bench.
 //  * y must not overlap x, w or bias. x rows are `x_stride` floats apart (≥ in when n > 1), y
 //    rows `y_stride` floats apart (≥ out when n > 1); elements between rows are neither read
-//    nor written. Single-threaded; safe to call concurrently on disjoint outputs.
+//    nor written. SkinnyMatMul is single-threaded and safe to call concurrently on disjoint
+//    outputs; SkinnyMatMulParallel splits the outputs over the compute pool, same bits.
 //  * Scratch: when n exceeds one register tile (4 rows), x is repacked into a per-thread
 //    buffer of about n·in floats. It grows on demand and is kept, so only a call larger than
-//    every earlier one on its thread allocates; SkinnyMatMulReserve does that up front.
+//    every earlier one on its thread allocates; SkinnyMatMulReserve does that up front, on
+//    every thread of the compute pool.
 #ifndef SHARDLM_ENGINE_MATMUL_H_
 #define SHARDLM_ENGINE_MATMUL_H_
 
@@ -74,8 +76,19 @@ void SkinnyMatMul(const float* x, int64_t n, int64_t x_stride, const float* w, i
 void SkinnyMatMul(const float* x, int64_t n, int64_t x_stride, WeightType w_type, const void* w,
                   int64_t out, int64_t in, const float* bias, float* y, int64_t y_stride);
 
-// Allocates this thread's scratch for calls with up to `max_n` rows of up to `max_in` columns,
-// so that the decode loop does not allocate. Optional; call at start-up on the calling thread.
+// SkinnyMatMul with the outputs split over the compute pool (base/thread_pool.h): each thread
+// computes a contiguous range of W rows (of all n x rows), so W is still read once. Each
+// output's arithmetic is exactly SkinnyMatMul's, so y is bit-identical at any thread count.
+// Calls too small to pay for the fork-join (under ~64 K weights) run on the calling thread.
+// Must not be called from inside a compute-pool task (it then runs single-threaded).
+void SkinnyMatMulParallel(const float* x, int64_t n, int64_t x_stride, WeightType w_type,
+                          const void* w, int64_t out, int64_t in, const float* bias, float* y,
+                          int64_t y_stride);
+
+// Allocates the scratch for calls with up to `max_n` rows of up to `max_in` columns on the
+// calling thread and on every thread of the current compute pool, so that the decode loop
+// does not allocate. Optional; call at start-up, after SetComputeThreads (a new pool has new
+// threads).
 void SkinnyMatMulReserve(int64_t max_n, int64_t max_in);
 
 // Same, on an explicitly chosen path (tests compare every path; CHECKs that it is available).

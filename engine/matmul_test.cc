@@ -13,6 +13,7 @@
 
 #include "base/half.h"
 #include "base/rng.h"
+#include "base/thread_pool.h"
 #include "gtest/gtest.h"
 
 namespace shardlm {
@@ -478,6 +479,45 @@ TEST_P(SkinnyMatMul16Test, MatchesNaive) {
       }
     }
   }
+}
+
+// SkinnyMatMulParallel splits the outputs over the compute pool; every thread count gives the
+// single-threaded bits, for every weight type, with partial tiles at the range ends and guards
+// around and between the y rows.
+TEST(SkinnyMatMulParallel, BitIdenticalAtAnyThreadCount) {
+  struct Shape {
+    int64_t out, in;
+  };
+  for (WeightType type : {WeightType::kF32, WeightType::kBF16, WeightType::kF16}) {
+    for (const Shape s : {Shape{1, 70000}, Shape{49, 1031}, Shape{517, 517}, Shape{1031, 129},
+                          Shape{4099, 17}, Shape{5, 33}}) {
+      Rng rng(static_cast<uint64_t>(s.out * 31 + s.in) + static_cast<uint64_t>(type));
+      const Weights16 w16 = RandomWeights16(rng, type == WeightType::kF16 ? type : WeightType::kBF16,
+                                            s.out * s.in);
+      const void* w = type == WeightType::kF32 ? static_cast<const void*>(w16.widened.data())
+                                               : w16.bits.data();
+      const std::vector<float> bias = rng.UniformVector(static_cast<size_t>(s.out), -1, 1);
+      for (int64_t n : {1, 5, 40}) {
+        const int64_t x_stride = s.in + 1, y_stride = s.out + 3;
+        const Framed x = StridedRows(rng, n, s.in, x_stride, -2.0f, 2.0f);
+        Framed want(n * y_stride, kGuard);
+        SkinnyMatMul(x.data(), n, x_stride, type, w, s.out, s.in, bias.data(), want.data(),
+                     y_stride);
+        for (int threads : {1, 2, 3}) {
+          SetComputeThreads(threads);
+          SkinnyMatMulReserve(n, s.in);
+          Framed got(n * y_stride, kGuard);
+          SkinnyMatMulParallel(x.data(), n, x_stride, type, w, s.out, s.in, bias.data(),
+                               got.data(), y_stride);
+          ASSERT_EQ(std::memcmp(got.buf.data(), want.buf.data(), got.buf.size() * sizeof(float)),
+                    0)
+              << WeightTypeName(type) << " out " << s.out << " in " << s.in << " n " << n
+              << " threads " << threads;
+        }
+      }
+    }
+  }
+  SetComputeThreads(1);
 }
 
 }  // namespace

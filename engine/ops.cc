@@ -1,7 +1,5 @@
 #include "engine/ops.h"
 
-#include <cblas.h>
-
 #include <cmath>
 
 #include "base/half.h"
@@ -29,9 +27,10 @@ void MatMul(const float* x, int64_t n, int64_t x_stride, const Linear& w, float*
   CHECK_EQ(static_cast<int64_t>(f32 ? w.w.size() : w.w16.size()), w.out * w.in);
   CHECK(f32 ? w.w16.empty() : w.w.empty());
   CHECK(w.b.empty() || static_cast<int64_t>(w.b.size()) == w.out);
-  // The batch-invariant kernel: a row's result never depends on the rest of the batch.
-  SkinnyMatMul(x, n, x_stride, w.dtype, w.data(), w.out, w.in,
-               w.b.empty() ? nullptr : w.b.data(), y, y_stride);
+  // The batch-invariant kernel: a row's result never depends on the rest of the batch, nor
+  // on the number of compute threads the outputs are split over.
+  SkinnyMatMulParallel(x, n, x_stride, w.dtype, w.data(), w.out, w.in,
+                       w.b.empty() ? nullptr : w.b.data(), y, y_stride);
 }
 
 void MatMulNaive(const float* x, int64_t n, int64_t x_stride, const Linear& w, float* y,
@@ -84,7 +83,5 @@ void SiluMulNaive(float* gate, const float* up, int64_t count) {
     gate[i] = static_cast<float>(g / (1.0 + std::exp(-g)) * up[i]);
   }
 }
-
-void SetBlasThreads(int threads) { openblas_set_num_threads(threads); }
 
 }  // namespace shardlm

@@ -36,7 +36,8 @@ struct Linear {
 
 // y[n, out] = x[n, in] · Wᵀ + b. x rows are `x_stride` floats apart, y rows `y_stride`.
 // Batch-invariant (engine/matmul.h): row i's result is bit-identical whatever else is
-// in the batch, so a request's output does not depend on how it was batched.
+// in the batch, so a request's output does not depend on how it was batched. The outputs are
+// split over the compute pool (SkinnyMatMulParallel), with the same bits at any --threads.
 void MatMul(const float* x, int64_t n, int64_t x_stride, const Linear& w, float* y,
             int64_t y_stride);
 inline void MatMul(const float* x, int64_t n, const Linear& w, float* y) {
@@ -56,9 +57,6 @@ void RmsNormNaive(const float* x, int64_t n, int64_t dim, int64_t stride, const 
 // gate[i] = silu(gate[i]) · up[i] for `count` values.
 void SiluMul(float* gate, const float* up, int64_t count);
 void SiluMulNaive(float* gate, const float* up, int64_t count);
-
-// Limits OpenBLAS to `threads` threads (ranks usually share the cores).
-void SetBlasThreads(int threads);
 
 }  // namespace shardlm
 
