@@ -239,6 +239,21 @@ void SkinnyMatMulWithPath(MatMulPath path, const float* x, int64_t n, int64_t x_
   }
   CHECK(x != nullptr && w != nullptr);
   CHECK_MSG(MatMulPathAvailable(path), MatMulPathName(path), " is not supported by this CPU");
+  // Prefill-sized n: the kernel streams every x row past every W tile, so once the packed x
+  // outgrows L2 (n·in·4 bytes, 32 MiB at n = 1024, in = 8192) it is re-read from L3/DRAM for
+  // each 6-row W tile and the kernel runs at a third of sgemm's rate. Row panels of about
+  // 1 MiB of x (at least 64 rows) keep x in L2 and re-stream W once per panel instead. By
+  // batch invariance each panel's outputs are the bits of the whole call.
+  constexpr int64_t kPanelBytes = int64_t{1} << 20;
+  const int64_t panel =
+      std::max<int64_t>(64, kPanelBytes / (in * static_cast<int64_t>(sizeof(float))) / 32 * 32);
+  if (n > panel) {
+    for (int64_t i0 = 0; i0 < n; i0 += panel) {
+      SkinnyMatMulWithPath(path, x + i0 * x_stride, std::min(panel, n - i0), x_stride, w_type, w,
+                           out, in, bias, y + i0 * y_stride, y_stride);
+    }
+    return;
+  }
   switch (w_type) {
     case WeightType::kF32:
       Dispatch<matmul_internal::F32W>(path, x, n, x_stride, w, out, in, bias, y, y_stride);

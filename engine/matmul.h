@@ -20,7 +20,9 @@
 //    (n = 1 streams at about plain-read bandwidth, n = 4 costs ~1.2× n = 1); each weight then
 //    feeds n FMAs, so by n = 16 one core is FMA-bound (16·in·out MACs at 32 per cycle), ~2×
 //    n = 1 on a Zen 5 core. 16-bit W halves the bytes, so n = 1 takes about half the time of
-//    f32 and the FMA bound is reached at about half the n. Numbers: matmul_bench.
+//    f32 and the FMA bound is reached at about half the n. Prefill-sized n runs in row panels
+//    of ~1 MiB of x (W re-streamed per panel), at about cblas_sgemm's rate. Numbers:
+//    matmul_bench (--prefill for large n).
 //  * y must not overlap x, w or bias. x rows are `x_stride` floats apart (≥ in when n > 1), y
 //    rows `y_stride` floats apart (≥ out when n > 1); elements between rows are neither read
 //    nor written. SkinnyMatMul is single-threaded and safe to call concurrently on disjoint

@@ -291,6 +291,22 @@ TEST_P(SkinnyMatMulTest, BatchInvariant) {
   }
 }
 
+// Prefill-sized n is computed in row panels (64 rows at in = 8193); every row still has the
+// bits it has alone.
+TEST_P(SkinnyMatMulTest, RowPanelsKeepRowBits) {
+  const int64_t n = 150, in = 8193, out = 7;
+  Rng rng(99);
+  const std::vector<float> w = rng.UniformVector(static_cast<size_t>(out * in), -1.0f, 1.0f);
+  const std::vector<float> x = rng.UniformVector(static_cast<size_t>(n * in), -1.0f, 1.0f);
+  const std::vector<float> bias = rng.UniformVector(static_cast<size_t>(out), -1.0f, 1.0f);
+  std::vector<float> all(static_cast<size_t>(n * out)), one(static_cast<size_t>(out));
+  Run(x.data(), n, in, w.data(), out, in, bias.data(), all.data(), out);
+  for (int64_t i = 0; i < n; ++i) {
+    Run(x.data() + i * in, 1, in, w.data(), out, in, bias.data(), one.data(), out);
+    ASSERT_EQ(std::memcmp(one.data(), all.data() + i * out, out * sizeof(float)), 0) << "row " << i;
+  }
+}
+
 // A NaN in one x row poisons that row's outputs only, and the other rows keep their bits.
 TEST_P(SkinnyMatMulTest, NaNStaysInItsRow) {
   const int64_t n = 6, in = 100, out = 9, bad = 4;
