@@ -99,18 +99,35 @@ void SetComputeThreads(int threads) { GlobalPool() = std::make_unique<ThreadPool
 ThreadPool& ComputePool() { return *GlobalPool(); }
 int ComputeThreads() { return ComputePool().size(); }
 
+namespace {
+// Whether this thread is running a ParallelFor range: Run is not reentrant, so a nested
+// ParallelFor (a kernel called from inside another's range) runs its range inline.
+thread_local bool in_parallel_for = false;
+}  // namespace
+
 void ParallelFor(int64_t n, int64_t align, const std::function<void(int64_t, int64_t)>& fn) {
   CHECK_GE(align, 1);
   const int64_t blocks = (n + align - 1) / align;
   const int64_t parts = std::min<int64_t>(ComputeThreads(), blocks);
-  if (parts <= 1) {
+  if (parts <= 1 || in_parallel_for) {
     if (n > 0) fn(0, n);
     return;
   }
-  ComputePool().Run(parts, [&](int64_t p) {
-    const int64_t begin = std::min(n, blocks * p / parts * align);
-    const int64_t end = std::min(n, blocks * (p + 1) / parts * align);
-    if (begin < end) fn(begin, end);
+  struct Split {
+    int64_t n, align, blocks, parts;
+    const std::function<void(int64_t, int64_t)>* fn;
+  };
+  const Split split{n, align, blocks, parts, &fn};
+  // One captured pointer, so the std::function Run takes stores it inline: no allocation per
+  // call (the decode loop calls this a few hundred times per step).
+  ComputePool().Run(parts, [s = &split](int64_t p) {
+    const int64_t begin = std::min(s->n, s->blocks * p / s->parts * s->align);
+    const int64_t end = std::min(s->n, s->blocks * (p + 1) / s->parts * s->align);
+    if (begin < end) {
+      in_parallel_for = true;
+      (*s->fn)(begin, end);
+      in_parallel_for = false;
+    }
   });
 }
 

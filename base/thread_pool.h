@@ -60,7 +60,8 @@ int ComputeThreads();
 
 // Splits [0, n) into at most ComputeThreads() contiguous ranges whose boundaries are multiples of
 // `align` (except the end) and runs fn(begin, end) for each on the compute pool. Ranges depend
-// only on n, align and the thread count. Runs fn(0, n) inline when one range is enough.
+// only on n, align and the thread count. Runs fn(0, n) inline when one range is enough, and
+// when called from inside another ParallelFor's fn (the pool is not reentrant).
 void ParallelFor(int64_t n, int64_t align, const std::function<void(int64_t, int64_t)>& fn);
 
 }  // namespace shardlm

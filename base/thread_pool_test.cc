@@ -53,5 +53,24 @@ TEST(ParallelFor, CoversRangeWithAlignedDisjointPieces) {
   SetComputeThreads(1);
 }
 
+// A ParallelFor inside another's range runs inline on that thread and still covers its range.
+TEST(ParallelFor, NestedCallRunsInline) {
+  SetComputeThreads(3);
+  constexpr int64_t kOuter = 6, kInner = 50;
+  std::vector<std::atomic<int>> hits(kOuter * kInner);
+  ParallelFor(kOuter, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t o = begin; o < end; ++o) {
+      int pieces = 0;
+      ParallelFor(kInner, 1, [&](int64_t b, int64_t e) {
+        ++pieces;  // inline: no other thread touches it
+        for (int64_t i = b; i < e; ++i) hits[o * kInner + i].fetch_add(1);
+      });
+      EXPECT_EQ(pieces, 1);
+    }
+  });
+  for (auto& h : hits) ASSERT_EQ(h.load(), 1);
+  SetComputeThreads(1);
+}
+
 }  // namespace
 }  // namespace shardlm

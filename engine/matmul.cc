@@ -1,31 +1,65 @@
 #include "engine/matmul.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
+#include <cstring>
 #include <memory>
 #include <new>
+#include <thread>
 #include <vector>
 
+#include "base/half.h"
 #include "base/status.h"
+#include "base/thread_pool.h"
 #include "engine/matmul_internal.h"
 
 namespace shardlm {
 namespace matmul_internal {
 namespace {
 
+// Widens one stored weight to the f32 it stands for (exact for every format).
+inline float Widen(F32W, float w) { return w; }
+inline float Widen(Bf16W, uint16_t w) { return Bf16ToF32(w); }
+// The value of base/half.h's F16ToF32 (NaN payloads aside), without its ldexp calls, which
+// made the portable f16 kernel several times slower than the bf16 one: normals and inf/NaN
+// move the fields into place (exponent rebiased by 127 − 15), subnormals m·2⁻²⁴ are one
+// exact float multiply.
+inline float Widen(F16W, uint16_t h) {
+  const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
+  const uint32_t magnitude = h & 0x7fffu;
+  uint32_t bits;
+  if (magnitude >= 0x7c00u) {
+    bits = 0x7f800000u | ((magnitude & 0x3ffu) << 13);
+  } else if (magnitude >= 0x0400u) {
+    bits = (magnitude << 13) + ((127u - 15u) << 23);
+  } else {
+    const float f = static_cast<float>(magnitude) * 0x1p-24f;
+    std::memcpy(&bits, &f, sizeof(bits));
+  }
+  bits |= sign;
+  float f;
+  std::memcpy(&f, &bits, sizeof(f));
+  return f;
+}
+
 // Plain C++ with the structure of the SIMD kernels: 16 partial sums per (i, o), each a rounded
 // product followed by an add. The library is compiled with -ffp-contract=off so the compiler
 // cannot fuse x·w + a into an FMA in some instantiations and not in others; auto-vectorizing
-// the lane loops is harmless (lanes are independent, nothing is reassociated).
+// the lane loops is harmless (lanes are independent, nothing is reassociated). 16-bit weights
+// are widened once per K step into `wf`, then used exactly as f32 weights are.
 struct Portable {
   static constexpr int kLanes = 16;
 
-  template <int kR, int kC, int kCStride>
+  template <class Fmt, int kR, int kC, int kCStride>
   static void Tile(const TileArgs& t) {
+    using Elem = typename Fmt::Elem;
+    constexpr int64_t kLine = kLineElems<Fmt>;
     const float* const x = t.x;
-    const float* const w = t.w;
+    const Elem* const w = static_cast<const Elem*>(t.w);
     const int64_t xs = t.x_stride, ws = t.w_stride, len = t.len, pf = t.prefetch_offset;
     float a[kR][kC][kLanes];
+    float wf[kC][kLanes];
     for (int r = 0; r < kR; ++r) {
       for (int c = 0; c < kC; ++c) {
         std::copy_n(t.acc + (r * kCStride + c) * kLanes, kLanes, a[r][c]);
@@ -34,24 +68,30 @@ struct Portable {
     int turn = t.prefetch_phase + 1;
     int64_t k = 0;
     for (; k + kLanes <= len; k += kLanes) {
-      if (--turn == 0) {
+      if (k % kLine == 0 && --turn == 0) {
         turn = t.prefetch_period;
         if (pf != 0) {
           for (int c = 0; c < kC; ++c) __builtin_prefetch(w + c * ws + k + pf);
         }
       }
+      for (int c = 0; c < kC; ++c) {
+        for (int j = 0; j < kLanes; ++j) wf[c][j] = Widen(Fmt{}, w[c * ws + k + j]);
+      }
       for (int r = 0; r < kR; ++r) {
         for (int c = 0; c < kC; ++c) {
-          for (int j = 0; j < kLanes; ++j) a[r][c][j] += x[r * xs + k + j] * w[c * ws + k + j];
+          for (int j = 0; j < kLanes; ++j) a[r][c][j] += x[r * xs + k + j] * wf[c][j];
         }
       }
     }
     // Tail: lanes j < len - k take one more term; the others are left as they are (which is
     // what adding a 0·0 term would give). Same code in every tile.
     const int tail = static_cast<int>(len - k);
+    for (int c = 0; c < kC; ++c) {
+      for (int j = 0; j < tail; ++j) wf[c][j] = Widen(Fmt{}, w[c * ws + k + j]);
+    }
     for (int r = 0; r < kR; ++r) {
       for (int c = 0; c < kC; ++c) {
-        for (int j = 0; j < tail; ++j) a[r][c][j] += x[r * xs + k + j] * w[c * ws + k + j];
+        for (int j = 0; j < tail; ++j) a[r][c][j] += x[r * xs + k + j] * wf[c][j];
       }
     }
     for (int r = 0; r < kR; ++r) {
@@ -78,10 +118,17 @@ float* Scratch(int64_t floats) {
   return buffer.get();
 }
 
-void SkinnyPortable(const float* x, int64_t n, int64_t x_stride, const float* w, int64_t out,
-                    int64_t in, const float* bias, float* y, int64_t y_stride) {
-  Drive<Portable, 4, 4>(x, n, x_stride, w, out, in, bias, y, y_stride);
+template <class Fmt>
+void SkinnyPortable(const float* x, int64_t n, int64_t x_stride, const typename Fmt::Elem* w,
+                    int64_t out, int64_t in, const float* bias, float* y, int64_t y_stride) {
+  Drive<Portable, Fmt, 4, 4>(x, n, x_stride, w, out, in, bias, y, y_stride);
 }
+template void SkinnyPortable<F32W>(const float*, int64_t, int64_t, const float*, int64_t,
+                                   int64_t, const float*, float*, int64_t);
+template void SkinnyPortable<Bf16W>(const float*, int64_t, int64_t, const uint16_t*, int64_t,
+                                    int64_t, const float*, float*, int64_t);
+template void SkinnyPortable<F16W>(const float*, int64_t, int64_t, const uint16_t*, int64_t,
+                                   int64_t, const float*, float*, int64_t);
 
 }  // namespace matmul_internal
 
@@ -136,9 +183,45 @@ std::vector<MatMulPath> AvailableMatMulPaths() {
 
 int MatMulPathLanes(MatMulPath path) { return path == MatMulPath::kAvx2Fma ? 8 : 16; }
 
+const char* WeightTypeName(WeightType type) {
+  switch (type) {
+    case WeightType::kF32:
+      return "F32";
+    case WeightType::kBF16:
+      return "BF16";
+    case WeightType::kF16:
+      return "F16";
+  }
+  return "?";
+}
+
+int64_t WeightTypeBytes(WeightType type) { return type == WeightType::kF32 ? 4 : 2; }
+
+namespace {
+
+// The path's entry point for one weight format.
+template <class Fmt>
+void Dispatch(MatMulPath path, const float* x, int64_t n, int64_t x_stride, const void* w,
+              int64_t out, int64_t in, const float* bias, float* y, int64_t y_stride) {
+  const auto* wt = static_cast<const typename Fmt::Elem*>(w);
+  switch (path) {
+    case MatMulPath::kPortable:
+      matmul_internal::SkinnyPortable<Fmt>(x, n, x_stride, wt, out, in, bias, y, y_stride);
+      return;
+    case MatMulPath::kAvx2Fma:
+      matmul_internal::SkinnyAvx2Fma<Fmt>(x, n, x_stride, wt, out, in, bias, y, y_stride);
+      return;
+    case MatMulPath::kAvx512:
+      matmul_internal::SkinnyAvx512<Fmt>(x, n, x_stride, wt, out, in, bias, y, y_stride);
+      return;
+  }
+}
+
+}  // namespace
+
 void SkinnyMatMulWithPath(MatMulPath path, const float* x, int64_t n, int64_t x_stride,
-                          const float* w, int64_t out, int64_t in, const float* bias, float* y,
-                          int64_t y_stride) {
+                          WeightType w_type, const void* w, int64_t out, int64_t in,
+                          const float* bias, float* y, int64_t y_stride) {
   CHECK_GE(n, 0);
   CHECK_GE(out, 0);
   CHECK_GE(in, 0);
@@ -156,42 +239,129 @@ void SkinnyMatMulWithPath(MatMulPath path, const float* x, int64_t n, int64_t x_
   }
   CHECK(x != nullptr && w != nullptr);
   CHECK_MSG(MatMulPathAvailable(path), MatMulPathName(path), " is not supported by this CPU");
-  switch (path) {
-    case MatMulPath::kPortable:
-      matmul_internal::SkinnyPortable(x, n, x_stride, w, out, in, bias, y, y_stride);
+  // Prefill-sized n: the kernel streams every x row past every W tile, so once the packed x
+  // outgrows L2 (n·in·4 bytes, 32 MiB at n = 1024, in = 8192) it is re-read from L3/DRAM for
+  // each 6-row W tile and the kernel runs at a third of sgemm's rate. Row panels of about
+  // 1 MiB of x (at least 64 rows) keep x in L2 and re-stream W once per panel instead. By
+  // batch invariance each panel's outputs are the bits of the whole call.
+  constexpr int64_t kPanelBytes = int64_t{1} << 20;
+  const int64_t panel =
+      std::max<int64_t>(64, kPanelBytes / (in * static_cast<int64_t>(sizeof(float))) / 32 * 32);
+  if (n > panel) {
+    for (int64_t i0 = 0; i0 < n; i0 += panel) {
+      SkinnyMatMulWithPath(path, x + i0 * x_stride, std::min(panel, n - i0), x_stride, w_type, w,
+                           out, in, bias, y + i0 * y_stride, y_stride);
+    }
+    return;
+  }
+  switch (w_type) {
+    case WeightType::kF32:
+      Dispatch<matmul_internal::F32W>(path, x, n, x_stride, w, out, in, bias, y, y_stride);
       return;
-    case MatMulPath::kAvx2Fma:
-      matmul_internal::SkinnyAvx2Fma(x, n, x_stride, w, out, in, bias, y, y_stride);
+    case WeightType::kBF16:
+      Dispatch<matmul_internal::Bf16W>(path, x, n, x_stride, w, out, in, bias, y, y_stride);
       return;
-    case MatMulPath::kAvx512:
-      matmul_internal::SkinnyAvx512(x, n, x_stride, w, out, in, bias, y, y_stride);
+    case WeightType::kF16:
+      Dispatch<matmul_internal::F16W>(path, x, n, x_stride, w, out, in, bias, y, y_stride);
       return;
   }
 }
 
+void SkinnyMatMulWithPath(MatMulPath path, const float* x, int64_t n, int64_t x_stride,
+                          const float* w, int64_t out, int64_t in, const float* bias, float* y,
+                          int64_t y_stride) {
+  SkinnyMatMulWithPath(path, x, n, x_stride, WeightType::kF32, w, out, in, bias, y, y_stride);
+}
+
 void SkinnyMatMul(const float* x, int64_t n, int64_t x_stride, const float* w, int64_t out,
                   int64_t in, const float* bias, float* y, int64_t y_stride) {
-  SkinnyMatMulWithPath(SelectedMatMulPath(), x, n, x_stride, w, out, in, bias, y, y_stride);
+  SkinnyMatMulWithPath(SelectedMatMulPath(), x, n, x_stride, WeightType::kF32, w, out, in, bias,
+                       y, y_stride);
+}
+
+void SkinnyMatMul(const float* x, int64_t n, int64_t x_stride, WeightType w_type, const void* w,
+                  int64_t out, int64_t in, const float* bias, float* y, int64_t y_stride) {
+  SkinnyMatMulWithPath(SelectedMatMulPath(), x, n, x_stride, w_type, w, out, in, bias, y,
+                       y_stride);
+}
+
+void SkinnyMatMulParallel(const float* x, int64_t n, int64_t x_stride, WeightType w_type,
+                          const void* w, int64_t out, int64_t in, const float* bias, float* y,
+                          int64_t y_stride) {
+  // Below this many weights a call takes ~10 µs or less: not worth waking the pool.
+  constexpr int64_t kMinParallelWeights = int64_t{1} << 16;
+  if (ComputeThreads() == 1 || n == 0 || out * in < kMinParallelWeights) {
+    SkinnyMatMul(x, n, x_stride, w_type, w, out, in, bias, y, y_stride);
+    return;
+  }
+  // Ranges of whole 48-row groups (a multiple of every path's column tile, 4 and 6), so only
+  // the last range has a partial tile.
+  constexpr int64_t kAlign = 48;
+  struct Args {
+    const float* x;
+    int64_t n, x_stride;
+    WeightType w_type;
+    const char* w;
+    int64_t in;
+    const float* bias;
+    float* y;
+    int64_t y_stride;
+  };
+  const Args args{x, n, x_stride, w_type, static_cast<const char*>(w), in, bias, y, y_stride};
+  // One captured pointer: the std::function holds it inline, so the call does not allocate.
+  ParallelFor(out, kAlign, [p = &args](int64_t begin, int64_t end) {
+    const int64_t row_bytes = p->in * WeightTypeBytes(p->w_type);
+    SkinnyMatMul(p->x, p->n, p->x_stride, p->w_type, p->w + begin * row_bytes, end - begin,
+                 p->in, p->bias != nullptr ? p->bias + begin : nullptr, p->y + begin,
+                 p->y_stride);
+  });
 }
 
 void SkinnyMatMulReserve(int64_t max_n, int64_t max_in) {
   CHECK_GE(max_n, 0);
   CHECK_GE(max_in, 0);
   using matmul_internal::kKBlock;
-  matmul_internal::Scratch(max_n * ((max_in + kKBlock - 1) / kKBlock) * kKBlock);
+  const int64_t floats = max_n * ((max_in + kKBlock - 1) / kKBlock) * kKBlock;
+  matmul_internal::Scratch(floats);
+  ThreadPool& pool = ComputePool();
+  const int threads = pool.size();
+  if (threads == 1) return;
+  // One task per thread: the pool hands tasks to whichever thread asks first, so each task
+  // waits until all have started; no thread can then run two, and every thread runs one.
+  std::atomic<int> started{0};
+  pool.Run(threads, [&](int64_t) {
+    matmul_internal::Scratch(floats);
+    started.fetch_add(1);
+    while (started.load() < threads) std::this_thread::yield();
+  });
+}
+
+void SkinnyMatMulNaive(const float* x, int64_t n, int64_t x_stride, WeightType w_type,
+                       const void* w, int64_t out, int64_t in, const float* bias, float* y,
+                       int64_t y_stride) {
+  auto weight = [&](int64_t j) -> double {
+    switch (w_type) {
+      case WeightType::kF32:
+        return static_cast<const float*>(w)[j];
+      case WeightType::kBF16:
+        return Bf16ToF32(static_cast<const uint16_t*>(w)[j]);
+      case WeightType::kF16:
+        return F16ToF32(static_cast<const uint16_t*>(w)[j]);
+    }
+    return 0.0;
+  };
+  for (int64_t i = 0; i < n; ++i) {
+    for (int64_t o = 0; o < out; ++o) {
+      double acc = bias != nullptr ? bias[o] : 0.0;
+      for (int64_t k = 0; k < in; ++k) acc += x[i * x_stride + k] * weight(o * in + k);
+      y[i * y_stride + o] = static_cast<float>(acc);
+    }
+  }
 }
 
 void SkinnyMatMulNaive(const float* x, int64_t n, int64_t x_stride, const float* w, int64_t out,
                        int64_t in, const float* bias, float* y, int64_t y_stride) {
-  for (int64_t i = 0; i < n; ++i) {
-    for (int64_t o = 0; o < out; ++o) {
-      double acc = bias != nullptr ? bias[o] : 0.0;
-      for (int64_t k = 0; k < in; ++k) {
-        acc += static_cast<double>(x[i * x_stride + k]) * w[o * in + k];
-      }
-      y[i * y_stride + o] = static_cast<float>(acc);
-    }
-  }
+  SkinnyMatMulNaive(x, n, x_stride, WeightType::kF32, w, out, in, bias, y, y_stride);
 }
 
 }  // namespace shardlm

@@ -1,4 +1,5 @@
 // Batch-invariant skinny matmul for decode: y[n, out] = x[n, in] · Wᵀ (+ b) with small n.
+// W is stored as f32, bf16 or f16 (WeightType); x, bias and y are f32.
 //
 // Contract (what callers may rely on):
 //  * Batch invariance. For a given path, y[i][o] is a pure function of (x row i, W row o,
@@ -11,16 +12,25 @@
 //    add). The L partial sums are then added in a fixed pairwise tree (lane j + lane j + L/2,
 //    halving until one is left), and finally bias[o] is added. Different paths give different
 //    bits (L and fusing differ); one process uses one path for every call.
+//  * 16-bit weights. A bf16 or f16 weight is widened exactly to f32 in a register, and the
+//    arithmetic above runs unchanged on the widened value: y is bit-identical to the same
+//    path's f32 call on W widened element by element (Bf16ToF32 / F16ToF32 of base/half.h).
+//    (A NaN weight gives a NaN output either way; only its payload may differ.)
 //  * Cost: each weight is read from DRAM once per call, for all n rows. Small n is DRAM-bound
 //    (n = 1 streams at about plain-read bandwidth, n = 4 costs ~1.2× n = 1); each weight then
 //    feeds n FMAs, so by n = 16 one core is FMA-bound (16·in·out MACs at 32 per cycle), ~2×
-//    n = 1 on a Zen 5 core. Numbers: matmul_bench.
+//    n = 1 on a Zen 5 core. 16-bit W halves the bytes, so n = 1 takes about half the time of
+//    f32 and the FMA bound is reached at about half the n. Prefill-sized n runs in row panels
+//    of ~1 MiB of x (W re-streamed per panel), at about cblas_sgemm's rate. Numbers:
+//    matmul_bench (--prefill for large n).
 //  * y must not overlap x, w or bias. x rows are `x_stride` floats apart (≥ in when n > 1), y
 //    rows `y_stride` floats apart (≥ out when n > 1); elements between rows are neither read
-//    nor written. Single-threaded; safe to call concurrently on disjoint outputs.
+//    nor written. SkinnyMatMul is single-threaded and safe to call concurrently on disjoint
+//    outputs; SkinnyMatMulParallel splits the outputs over the compute pool, same bits.
 //  * Scratch: when n exceeds one register tile (4 rows), x is repacked into a per-thread
 //    buffer of about n·in floats. It grows on demand and is kept, so only a call larger than
-//    every earlier one on its thread allocates; SkinnyMatMulReserve does that up front.
+//    every earlier one on its thread allocates; SkinnyMatMulReserve does that up front, on
+//    every thread of the compute pool.
 #ifndef SHARDLM_ENGINE_MATMUL_H_
 #define SHARDLM_ENGINE_MATMUL_H_
 
@@ -48,24 +58,56 @@ std::vector<MatMulPath> AvailableMatMulPaths();
 // Number of interleaved partial sums per output (L in the contract above).
 int MatMulPathLanes(MatMulPath path);
 
+// Storage format of W.
+enum class WeightType {
+  kF32,
+  kBF16,  // bfloat16: the top 16 bits of an f32
+  kF16,   // IEEE binary16
+};
+const char* WeightTypeName(WeightType type);  // "F32", "BF16", "F16"
+int64_t WeightTypeBytes(WeightType type);     // 4 or 2
+
 // y[i][o] = Σ_k x[i][k]·w[o][k] (+ bias[o]) for i < n, o < out, k < in.
 // x: [n, in] with row stride x_stride; w: [out, in] row-major, contiguous; bias: [out] or
 // nullptr; y: [n, out] with row stride y_stride. Uses SelectedMatMulPath().
 void SkinnyMatMul(const float* x, int64_t n, int64_t x_stride, const float* w, int64_t out,
                   int64_t in, const float* bias, float* y, int64_t y_stride);
 
-// Allocates this thread's scratch for calls with up to `max_n` rows of up to `max_in` columns,
-// so that the decode loop does not allocate. Optional; call at start-up on the calling thread.
+// The same for W of any WeightType: `w` points to out·in elements of `w_type`, f32 or uint16_t
+// bit patterns, row-major.
+void SkinnyMatMul(const float* x, int64_t n, int64_t x_stride, WeightType w_type, const void* w,
+                  int64_t out, int64_t in, const float* bias, float* y, int64_t y_stride);
+
+// SkinnyMatMul with the outputs split over the compute pool (base/thread_pool.h): each thread
+// computes a contiguous range of W rows (of all n x rows), so W is still read once. Each
+// output's arithmetic is exactly SkinnyMatMul's, so y is bit-identical at any thread count.
+// Calls too small to pay for the fork-join (under ~64 K weights) run on the calling thread.
+// Must not be called from inside a compute-pool task (it then runs single-threaded).
+void SkinnyMatMulParallel(const float* x, int64_t n, int64_t x_stride, WeightType w_type,
+                          const void* w, int64_t out, int64_t in, const float* bias, float* y,
+                          int64_t y_stride);
+
+// Allocates the scratch for calls with up to `max_n` rows of up to `max_in` columns on the
+// calling thread and on every thread of the current compute pool, so that the decode loop
+// does not allocate. Optional; call at start-up, after SetComputeThreads (a new pool has new
+// threads).
 void SkinnyMatMulReserve(int64_t max_n, int64_t max_in);
 
 // Same, on an explicitly chosen path (tests compare every path; CHECKs that it is available).
 void SkinnyMatMulWithPath(MatMulPath path, const float* x, int64_t n, int64_t x_stride,
                           const float* w, int64_t out, int64_t in, const float* bias, float* y,
                           int64_t y_stride);
+void SkinnyMatMulWithPath(MatMulPath path, const float* x, int64_t n, int64_t x_stride,
+                          WeightType w_type, const void* w, int64_t out, int64_t in,
+                          const float* bias, float* y, int64_t y_stride);
 
 // Reference: plain loops, double accumulation starting from the bias, rounded once to float.
 void SkinnyMatMulNaive(const float* x, int64_t n, int64_t x_stride, const float* w, int64_t out,
                        int64_t in, const float* bias, float* y, int64_t y_stride);
+// Same with W of any WeightType, each weight widened exactly first.
+void SkinnyMatMulNaive(const float* x, int64_t n, int64_t x_stride, WeightType w_type,
+                       const void* w, int64_t out, int64_t in, const float* bias, float* y,
+                       int64_t y_stride);
 
 }  // namespace shardlm
 

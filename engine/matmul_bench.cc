@@ -1,18 +1,25 @@
-// Micro-benchmark: SkinnyMatMul vs OpenBLAS cblas_sgemm on one decode-sized weight.
+// Micro-benchmark: SkinnyMatMul vs OpenBLAS cblas_sgemm on one decode-sized weight, with W in
+// F32, BF16 and F16.
 //
-// W is 8192 × 8192 F32 (256 MiB, far beyond L3), so every call streams W from DRAM. The
-// napkin-math bound for one call is max(memory, compute), both measured in this run:
-// memory = bytes(W) / plain-read bandwidth (a read-only loop over W), compute = n·in·out MACs /
-// peak 16-lane FMA rate (register-only FMA chains). They meet where a weight's n FMAs take as
-// long as reading its 4 bytes: n ≈ 64 B × FMA rate / bandwidth, about 14 on a Zen 5 core.
-// Both libraries run single-threaded (one rank per core). Cores may be shared with other work,
-// so every figure is a median of interleaved rounds: compare ratios within one run.
+// W is 8192 × 8192 (256 MiB in F32, 128 MiB in BF16/F16, far beyond L3), so every call streams
+// W from DRAM. The napkin-math bound for one call is max(memory, compute), both measured in
+// this run: memory = bytes(W) / plain-read bandwidth (a read-only loop over the F32 W, split
+// over the same threads), compute = n·in·out MACs / peak 16-lane FMA rate (register-only FMA
+// chains, × threads). They meet where a weight's n FMAs take as long as reading it: for F32,
+// n ≈ 64 B × FMA rate / bandwidth, about 14 on a Zen 5 core; 16-bit weights halve the bytes,
+// so their n = 1 call should take about half the F32 time and meet the compute bound near
+// n = 7. With --threads T the skinny calls split the outputs over T threads
+// (SkinnyMatMulParallel) and OpenBLAS gets T threads. Cores may be shared with other work, so
+// every figure is a median of interleaved rounds: compare ratios within one run.
 //
 // Weights live in 4 KiB pages by default, as a std::vector in the engine does; --hugepages
 // puts them in transparent huge pages (madvise), which removes a TLB miss and a stop of the
 // hardware prefetcher every 4 KiB of every weight row.
 //
-//   matmul_bench [--all-paths] [--hugepages] [--reps N]
+// --prefill instead times large n (128…1024) on model-sized F32 shapes against cblas_sgemm,
+// in GFLOP/s (prefill and scoring run whole prompts through the same kernel).
+//
+//   matmul_bench [--all-paths] [--hugepages] [--reps N] [--threads T] [--prefill]
 #include <cblas.h>
 #include <sys/mman.h>
 
@@ -30,7 +37,9 @@
 #include <string>
 #include <vector>
 
+#include "base/half.h"
 #include "base/rng.h"
+#include "base/thread_pool.h"
 #include "engine/matmul.h"
 
 namespace shardlm {
@@ -39,7 +48,6 @@ namespace {
 constexpr int64_t kOut = 8192;
 constexpr int64_t kIn = 8192;
 constexpr int64_t kMaxN = 16;
-constexpr double kWeightBytes = static_cast<double>(kOut * kIn * sizeof(float));
 
 double TimeMs(const std::function<void()>& fn) {
   const auto t0 = std::chrono::steady_clock::now();
@@ -101,42 +109,151 @@ void FmaProbe() {
 #endif
 }
 
-// kOut × kIn floats, 2 MiB aligned; in transparent huge pages if asked (and the kernel allows).
+// kOut × kIn weights of every type (the 16-bit ones rounded from the F32 values), 2 MiB
+// aligned; in transparent huge pages if asked (and the kernel allows).
 struct Weights {
   explicit Weights(bool huge) {
-    const size_t bytes = static_cast<size_t>(kOut * kIn) * sizeof(float);
-    data = static_cast<float*>(std::aligned_alloc(size_t{2} << 20, bytes));
-    if (huge && madvise(data, bytes, MADV_HUGEPAGE) != 0) std::perror("madvise");
+    const size_t count = static_cast<size_t>(kOut * kIn);
+    f32 = static_cast<float*>(Alloc(count * sizeof(float), huge));
+    bf16 = static_cast<uint16_t*>(Alloc(count * sizeof(uint16_t), huge));
+    f16 = static_cast<uint16_t*>(Alloc(count * sizeof(uint16_t), huge));
     Rng rng(42);
-    for (int64_t j = 0; j < kOut * kIn; ++j) data[j] = rng.Uniform(-1.0f, 1.0f);
+    for (size_t j = 0; j < count; ++j) {
+      f32[j] = rng.Uniform(-1.0f, 1.0f);
+      bf16[j] = F32ToBf16(f32[j]);
+      f16[j] = F32ToF16(f32[j]);
+    }
   }
-  ~Weights() { std::free(data); }
+  ~Weights() {
+    std::free(f32);
+    std::free(bf16);
+    std::free(f16);
+  }
   Weights(const Weights&) = delete;
   Weights& operator=(const Weights&) = delete;
-  float* data;
+  static void* Alloc(size_t bytes, bool huge) {
+    void* p = std::aligned_alloc(size_t{2} << 20, bytes);
+    if (huge && madvise(p, bytes, MADV_HUGEPAGE) != 0) std::perror("madvise");
+    return p;
+  }
+  const void* Get(WeightType type) const {
+    switch (type) {
+      case WeightType::kF32:
+        return f32;
+      case WeightType::kBF16:
+        return bf16;
+      case WeightType::kF16:
+        return f16;
+    }
+    return nullptr;
+  }
+  float* f32;
+  uint16_t* bf16;
+  uint16_t* f16;
 };
 
-double GBps(double ms) { return kWeightBytes / (ms * 1e-3) / 1e9; }
+double Bytes(WeightType type) {
+  return static_cast<double>(kOut * kIn * WeightTypeBytes(type));
+}
+double GBps(double bytes, double ms) { return bytes / (ms * 1e-3) / 1e9; }
+
+// Prefill: large n on model shapes, F32 W, against cblas_sgemm, in GFLOP/s (2 flops per MAC).
+int Prefill(int reps, int threads) {
+  struct Shape {
+    int64_t out, in;
+  };
+  const Shape shapes[] = {{2048, 2048}, {8192, 2048}, {2048, 8192}};
+  const int64_t ns[] = {128, 256, 512, 1024};
+  constexpr int64_t kMaxPrefillN = 1024, kMaxDim = 8192;
+  Rng rng(11);
+  const std::vector<float> w = rng.UniformVector(static_cast<size_t>(8192 * 2048), -1, 1);
+  const std::vector<float> x = rng.UniformVector(static_cast<size_t>(kMaxPrefillN * kMaxDim), -1, 1);
+  std::vector<float> y(static_cast<size_t>(kMaxPrefillN * kMaxDim));
+  SkinnyMatMulReserve(kMaxPrefillN, kMaxDim);
+  struct Series {
+    Shape shape;
+    int64_t n;
+    bool blas;
+    std::vector<double> ms;
+  };
+  std::vector<Series> series;
+  for (const Shape& s : shapes) {
+    for (int64_t n : ns) {
+      series.push_back({s, n, false, {}});
+      series.push_back({s, n, true, {}});
+    }
+  }
+  auto run = [&](const Series& s) {
+    const int64_t out = s.shape.out, in = s.shape.in;
+    if (s.blas) {
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(s.n),
+                  static_cast<int>(out), static_cast<int>(in), 1.0f, x.data(),
+                  static_cast<int>(in), w.data(), static_cast<int>(in), 0.0f, y.data(),
+                  static_cast<int>(out));
+    } else {
+      SkinnyMatMulParallel(x.data(), s.n, in, WeightType::kF32, w.data(), out, in, nullptr,
+                           y.data(), out);
+    }
+  };
+  volatile float sink = 0;
+  std::vector<double> fma_ms;
+  for (Series& s : series) run(s);  // warm-up
+  for (int r = 0; r < reps; ++r) {
+    if (HaveFmaProbe()) fma_ms.push_back(TimeMs([&] { ParallelFor(ComputeThreads(), 1, [](int64_t, int64_t) { FmaProbe(); }); }));
+    for (Series& s : series) s.ms.push_back(TimeMs([&] { run(s); }));
+  }
+  (void)sink;
+  const double peak_gflops =
+      fma_ms.empty() ? 0 : kFmaProbeCount * 16 * 2 * threads / (Median(fma_ms) * 1e6);
+  std::printf("prefill: F32 W, %d thread(s), path %s, OpenBLAS %s; medians of %d rounds\n",
+              threads, MatMulPathName(), OPENBLAS_VERSION, reps);
+  std::printf("peak FMA rate (register-only chains): %.1f GFLOP/s\n\n", peak_gflops);
+  std::printf("%-11s %5s | %10s %8s | %10s %8s | %12s %9s\n", "out x in", "n", "skinny ms",
+              "GFLOP/s", "sgemm ms", "GFLOP/s", "skinny/sgemm", "of peak");
+  for (size_t i = 0; i < series.size(); i += 2) {
+    const Series& sk = series[i];
+    const Series& bl = series[i + 1];
+    const double flops = 2.0 * sk.n * sk.shape.out * sk.shape.in;
+    const double sk_ms = Median(sk.ms), bl_ms = Median(bl.ms);
+    const double sk_gf = flops / (sk_ms * 1e6), bl_gf = flops / (bl_ms * 1e6);
+    const std::string shape = std::to_string(sk.shape.out) + "x" + std::to_string(sk.shape.in);
+    std::printf("%-11s %5lld | %10.2f %8.1f | %10.2f %8.1f | %11.0f%% %8.0f%%\n", shape.c_str(),
+                static_cast<long long>(sk.n), sk_ms, sk_gf, bl_ms, bl_gf, 100 * sk_gf / bl_gf,
+                peak_gflops > 0 ? 100 * sk_gf / peak_gflops : 0.0);
+  }
+  return 0;
+}
 
 int Main(int argc, char** argv) {
-  bool all_paths = false, huge = false;
-  int reps = 7;
+  bool all_paths = false, huge = false, prefill = false;
+  int reps = 7, threads = 1;
   for (int a = 1; a < argc; ++a) {
     if (std::strcmp(argv[a], "--all-paths") == 0) {
       all_paths = true;
     } else if (std::strcmp(argv[a], "--hugepages") == 0) {
       huge = true;
+    } else if (std::strcmp(argv[a], "--prefill") == 0) {
+      prefill = true;
     } else if (std::strcmp(argv[a], "--reps") == 0 && a + 1 < argc) {
       reps = std::max(1, std::atoi(argv[++a]));
+    } else if (std::strcmp(argv[a], "--threads") == 0 && a + 1 < argc) {
+      threads = std::max(1, std::atoi(argv[++a]));
     } else {
-      std::fprintf(stderr, "usage: %s [--all-paths] [--hugepages] [--reps N]\n", argv[0]);
+      std::fprintf(stderr,
+                   "usage: %s [--all-paths] [--hugepages] [--reps N] [--threads T] [--prefill]\n",
+                   argv[0]);
       return 2;
     }
   }
-  openblas_set_num_threads(1);
+  if (all_paths && threads > 1) {
+    std::fprintf(stderr, "--all-paths times each path single-threaded; drop --threads\n");
+    return 2;
+  }
+  SetComputeThreads(threads);
+  openblas_set_num_threads(threads);
+  if (prefill) return Prefill(reps, threads);
 
   const Weights weights(huge);
-  const float* w = weights.data;
   Rng rng(7);
   std::vector<float> x = rng.UniformVector(static_cast<size_t>(kMaxN * kIn), -1.0f, 1.0f);
   std::vector<float> y(static_cast<size_t>(kMaxN * kOut));
@@ -144,6 +261,7 @@ int Main(int argc, char** argv) {
 
   std::vector<MatMulPath> paths = {SelectedMatMulPath()};
   if (all_paths) paths = AvailableMatMulPaths();
+  const WeightType types[] = {WeightType::kF32, WeightType::kBF16, WeightType::kF16};
   const int64_t ns[] = {1, 2, 4, 8, 16};
   constexpr int kNs = 5;
 
@@ -155,23 +273,42 @@ int Main(int argc, char** argv) {
   };
   volatile float sink = 0;
   std::vector<Series> series;
-  series.push_back({[&] { sink = sink + ReadAll(w, kOut * kIn); }, {}});
-  series.push_back({FmaProbe, {}});
+  // The plain read, split over the threads as the skinny calls are.
+  std::vector<float> partial(static_cast<size_t>(threads) * 16);
+  series.push_back({[&] {
+                      constexpr int64_t kChunk = 1 << 16;
+                      const int64_t chunks = kOut * kIn / kChunk;
+                      ParallelFor(chunks, 1, [&](int64_t begin, int64_t end) {
+                        partial[static_cast<size_t>(begin * threads / chunks) * 16] =
+                            ReadAll(weights.f32 + begin * kChunk, (end - begin) * kChunk);
+                      });
+                      sink = sink + partial[0];
+                    },
+                    {}});
+  series.push_back({[&] { ParallelFor(threads, 1, [](int64_t, int64_t) { FmaProbe(); }); }, {}});
   for (MatMulPath path : paths) {
-    for (int64_t n : ns) {
-      series.push_back({[&, path, n] {
-                          SkinnyMatMulWithPath(path, x.data(), n, kIn, w, kOut, kIn, nullptr,
-                                               y.data(), kOut);
-                        },
-                        {}});
+    for (WeightType type : types) {
+      for (int64_t n : ns) {
+        series.push_back({[&, path, type, n] {
+                            const void* w = weights.Get(type);
+                            if (paths.size() == 1) {
+                              SkinnyMatMulParallel(x.data(), n, kIn, type, w, kOut, kIn, nullptr,
+                                                   y.data(), kOut);
+                            } else {
+                              SkinnyMatMulWithPath(path, x.data(), n, kIn, type, w, kOut, kIn,
+                                                   nullptr, y.data(), kOut);
+                            }
+                          },
+                          {}});
+      }
     }
   }
   for (int64_t n : ns) {
     series.push_back({[&, n] {
                         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(n),
                                     static_cast<int>(kOut), static_cast<int>(kIn), 1.0f, x.data(),
-                                    static_cast<int>(kIn), w, static_cast<int>(kIn), 0.0f, y.data(),
-                                    static_cast<int>(kOut));
+                                    static_cast<int>(kIn), weights.f32, static_cast<int>(kIn),
+                                    0.0f, y.data(), static_cast<int>(kOut));
                       },
                       {}});
   }
@@ -181,40 +318,62 @@ int Main(int argc, char** argv) {
   }
   auto median_of = [&](size_t i) { return Median(series[i].ms); };
   constexpr size_t kFirstPath = 2;
-  const size_t blas0 = kFirstPath + paths.size() * kNs;
+  constexpr size_t kPerPath = 3 * kNs;
+  const size_t blas0 = kFirstPath + paths.size() * kPerPath;
+  auto skinny_ms = [&](size_t p, int t, int j) { return median_of(kFirstPath + p * kPerPath + t * kNs + j); };
 
   const double read_ms = median_of(0);
-  const double fma_per_ns = HaveFmaProbe() ? kFmaProbeCount / (median_of(1) * 1e6) : 0;
-  // max(memory, compute) for one call with n rows.
-  auto bound_ms = [&](int64_t n) {
+  const double bandwidth = GBps(Bytes(WeightType::kF32), read_ms);  // GB/s
+  // The FMA probe runs kFmaProbeCount FMAs on every thread.
+  const double fma_per_ns =
+      HaveFmaProbe() ? kFmaProbeCount * threads / (median_of(1) * 1e6) : 0;
+  // max(memory, compute) for one call with n rows and W of `type`.
+  auto bound_ms = [&](WeightType type, int64_t n) {
+    const double mem_ms = Bytes(type) / (bandwidth * 1e9) * 1e3;
     const double fma_ms = fma_per_ns > 0 ? n * kOut * kIn / 16.0 / fma_per_ns * 1e-6 : 0;
-    return std::max(read_ms, fma_ms);
+    return std::max(mem_ms, fma_ms);
   };
   std::printf(
-      "W %lld x %lld f32 = %.0f MiB in %s pages; plain read: %.2f ms = %.1f GB/s "
-      "(the bound)\n",
-      static_cast<long long>(kOut), static_cast<long long>(kIn), kWeightBytes / (1 << 20),
-      huge ? "huge" : "4 KiB", read_ms, GBps(read_ms));
-  std::printf("peak 16-lane FMA rate: %.2f per ns -> compute bound n·%lld·%lld/16/rate\n",
-              fma_per_ns, static_cast<long long>(kOut), static_cast<long long>(kIn));
-  std::printf("selected path: %s; OpenBLAS %s, 1 thread; medians of %d interleaved rounds\n\n",
-              MatMulPathName(), OPENBLAS_VERSION, reps);
-  std::printf("%-10s %3s | %9s %7s | %8s %7s | %9s %7s | %7s\n", "path", "n", "skinny ms", "GB/s",
-              "bound ms", "t/bound", "sgemm ms", "GB/s", "speedup");
+      "W %lld x %lld in %s pages (F32 %.0f MiB, BF16/F16 %.0f MiB); plain read of F32 W: "
+      "%.2f ms = %.1f GB/s (the bound), %d thread(s)\n",
+      static_cast<long long>(kOut), static_cast<long long>(kIn), huge ? "huge" : "4 KiB",
+      Bytes(WeightType::kF32) / (1 << 20), Bytes(WeightType::kBF16) / (1 << 20), read_ms,
+      bandwidth, threads);
+  std::printf("peak 16-lane FMA rate: %.2f per ns over %d thread(s) -> compute bound "
+              "n·%lld·%lld/16/rate\n",
+              fma_per_ns, threads, static_cast<long long>(kOut), static_cast<long long>(kIn));
+  std::printf("selected path: %s; OpenBLAS %s, %d thread(s); medians of %d interleaved rounds\n\n",
+              MatMulPathName(), OPENBLAS_VERSION, threads, reps);
+  std::printf("%-10s %-4s %3s | %9s %7s %8s | %8s %7s | %9s %7s | %7s\n", "path", "W", "n",
+              "skinny ms", "GB/s", "of read", "bound ms", "t/bound", "sgemm ms", "GB/s",
+              "speedup");
   for (size_t p = 0; p < paths.size(); ++p) {
-    for (int j = 0; j < kNs; ++j) {
-      const double skinny_ms = median_of(kFirstPath + p * kNs + j), blas_ms = median_of(blas0 + j);
-      std::printf("%-10s %3lld | %9.2f %7.1f | %8.2f %7.2f | %9.2f %7.1f | %6.2fx\n",
-                  MatMulPathName(paths[p]), static_cast<long long>(ns[j]), skinny_ms,
-                  GBps(skinny_ms), bound_ms(ns[j]), skinny_ms / bound_ms(ns[j]), blas_ms,
-                  GBps(blas_ms), blas_ms / skinny_ms);
+    for (int t = 0; t < 3; ++t) {
+      const WeightType type = types[t];
+      for (int j = 0; j < kNs; ++j) {
+        const double ms = skinny_ms(p, t, j), blas_ms = median_of(blas0 + j);
+        const double gbps = GBps(Bytes(type), ms);
+        std::printf("%-10s %-4s %3lld | %9.2f %7.1f %7.0f%% | %8.2f %7.2f | %9.2f %7.1f | %6.2fx\n",
+                    MatMulPathName(paths[p]), WeightTypeName(type), static_cast<long long>(ns[j]),
+                    ms, gbps, 100 * gbps / bandwidth, bound_ms(type, ns[j]),
+                    ms / bound_ms(type, ns[j]), blas_ms, GBps(Bytes(WeightType::kF32), blas_ms),
+                    blas_ms / ms);
+      }
     }
-    std::printf("%-10s t(n=16)/t(n=1): skinny %.2f, sgemm %.2f\n\n", MatMulPathName(paths[p]),
-                median_of(kFirstPath + p * kNs + kNs - 1) / median_of(kFirstPath + p * kNs),
+    for (int t = 0; t < 3; ++t) {
+      std::printf("%-10s %-4s t(n=16)/t(n=1) %.2f;  n=1: %.1f GB/s = %.0f%% of read, time %.2fx F32's\n",
+                  MatMulPathName(paths[p]), WeightTypeName(types[t]),
+                  skinny_ms(p, t, kNs - 1) / skinny_ms(p, t, 0),
+                  GBps(Bytes(types[t]), skinny_ms(p, t, 0)),
+                  100 * GBps(Bytes(types[t]), skinny_ms(p, t, 0)) / bandwidth,
+                  skinny_ms(p, t, 0) / skinny_ms(p, 0, 0));
+    }
+    std::printf("sgemm      F32  t(n=16)/t(n=1) %.2f\n\n",
                 median_of(blas0 + kNs - 1) / median_of(blas0));
   }
 
   // Batch invariance on the big shape: row 5 computed alone vs inside a batch of 16.
+  const float* w = weights.f32;
   std::vector<float> alone(static_cast<size_t>(kOut));
   const float* x5 = x.data() + 5 * kIn;
   SkinnyMatMul(x.data(), kMaxN, kIn, w, kOut, kIn, nullptr, y.data(), kOut);

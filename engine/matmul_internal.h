@@ -5,6 +5,7 @@
 //
 //   pack x into [K block][row][KB] (only when there is more than one row block)
 //   for each tile of C weight rows o0..o0+C            ← W streamed once, row tile by row tile
+//                                                        (f32, or bf16/f16 widened on load)
 //     for each super-block of ≤ kSuperRows x rows      ← usually the whole batch
 //       for each K block k0..k0+KB                     ← W[C, KB] (≤ 12 KiB) stays in L1
 //         for each block of R x rows                   ← re-uses the L1-resident W chunk
@@ -37,6 +38,20 @@
 
 namespace shardlm::matmul_internal {
 
+// Weight storage formats, as kernel template tags. `Elem` is the stored element; each kernel
+// widens one Elem to the f32 it stands for, exactly (bf16: the top half of an f32; f16: every
+// half value, subnormals included, is an f32 value), right after loading it. The arithmetic
+// that follows is the f32 kernel's, so y is bit-identical to the f32 path on the widened W.
+struct F32W {
+  using Elem = float;
+};
+struct Bf16W {
+  using Elem = uint16_t;
+};
+struct F16W {
+  using Elem = uint16_t;
+};
+
 // K block in floats: a multiple of every lane count, so only the last block has a tail.
 // 512 floats = 2 KiB per row: a C = 6 chunk is 12 KiB, and the next one being prefetched
 // another 12 KiB, of a 48 KiB L1.
@@ -64,28 +79,33 @@ inline float ReduceLanes(const float* acc) {
 struct TileArgs {
   const float* x;  // x[r][0..len), rows x_stride apart
   int64_t x_stride;
-  const float* w;  // w[c][0..len), rows w_stride apart
+  const void* w;  // w[c][0..len) of the kernel's Fmt::Elem, rows w_stride elements apart
   int64_t w_stride;
   int64_t len;  // K block length, ≤ kKBlock; only the last block of a row is < kKBlock
   float* acc;   // [r][C][L] partial sums (row stride C·L), updated in place
   // Prefetch of the next W chunk (no effect on results): at its turns, the tile prefetches
-  // w[c] + k + prefetch_offset for every row c of the tile; 0 = nothing to prefetch. The
-  // `prefetch_period` row blocks sharing a chunk take turns K step by K step: this block's
-  // turns are the steps s with s % prefetch_period == prefetch_phase.
+  // w[c] + k + prefetch_offset (in elements) for every row c of the tile; 0 = nothing to
+  // prefetch. The `prefetch_period` row blocks sharing a chunk take turns, one 64-byte line of
+  // W per row at a time: this block's turns are the lines s with
+  // s % prefetch_period == prefetch_phase.
   int64_t prefetch_offset;
   int prefetch_period;
   int prefetch_phase;
 };
 using TileFn = void (*)(const TileArgs& args);
 
-// Table of Kernel::Tile<r, c, kC> for r ∈ [1, kR], c ∈ [1, kC]: the row/column tails use the
-// same template as full tiles, instantiated smaller.
-template <class Kernel, int kR, int kC>
+// Elements of format Fmt in one 64-byte cache line: the prefetch granule.
+template <class Fmt>
+inline constexpr int64_t kLineElems = 64 / sizeof(typename Fmt::Elem);
+
+// Table of Kernel::Tile<Fmt, r, c, kC> for r ∈ [1, kR], c ∈ [1, kC]: the row/column tails use
+// the same template as full tiles, instantiated smaller.
+template <class Kernel, class Fmt, int kR, int kC>
 struct TileTable {
   static constexpr int kCount = kR * kC;
   template <int... kIs>
   static constexpr std::array<TileFn, kCount> Make(std::integer_sequence<int, kIs...>) {
-    return {&Kernel::template Tile<kIs / kC + 1, kIs % kC + 1, kC>...};
+    return {&Kernel::template Tile<Fmt, kIs / kC + 1, kIs % kC + 1, kC>...};
   }
   static constexpr std::array<TileFn, kCount> kFns =
       Make(std::make_integer_sequence<int, kCount>{});
@@ -96,11 +116,11 @@ struct TileTable {
 // only a call larger than every earlier one on this thread allocates. (matmul.cc)
 float* Scratch(int64_t floats);
 
-// The loop nest above for one kernel and one register tile shape. Arguments as SkinnyMatMul,
-// already validated; n, out, in > 0.
-template <class Kernel, int kR, int kC>
-void Drive(const float* x, int64_t n, int64_t x_stride, const float* w, int64_t out, int64_t in,
-           const float* bias, float* y, int64_t y_stride) {
+// The loop nest above for one kernel, weight format and register tile shape. Arguments as
+// SkinnyMatMul, already validated; n, out, in > 0.
+template <class Kernel, class Fmt, int kR, int kC>
+void Drive(const float* x, int64_t n, int64_t x_stride, const typename Fmt::Elem* w,
+           int64_t out, int64_t in, const float* bias, float* y, int64_t y_stride) {
   constexpr int L = Kernel::kLanes;
   static_assert(kSuperRows % kR == 0);
   const int64_t num_kb = (in + kKBlock - 1) / kKBlock;
@@ -129,7 +149,7 @@ void Drive(const float* x, int64_t n, int64_t x_stride, const float* w, int64_t 
   alignas(64) float acc[kSuperRows * kC * L];
   for (int64_t o0 = 0; o0 < out; o0 += kC) {
     const int c = static_cast<int>(std::min<int64_t>(kC, out - o0));
-    const float* w_tile = w + o0 * in;
+    const typename Fmt::Elem* w_tile = w + o0 * in;
     // Whether the next tile is full, so that prefetching its rows stays inside w.
     const bool next_tile_full = o0 + 2 * kC <= out;
     for (int64_t i0 = 0; i0 < n; i0 += kSuperRows) {
@@ -158,7 +178,7 @@ void Drive(const float* x, int64_t n, int64_t x_stride, const float* w, int64_t 
           args.x = x_at(kb, i0 + ib);
           args.acc = acc + ib * kC * L;
           args.prefetch_phase = b;
-          TileTable<Kernel, kR, kC>::Get(std::min(kR, rows - ib), c)(args);
+          TileTable<Kernel, Fmt, kR, kC>::Get(std::min(kR, rows - ib), c)(args);
         }
       }
       for (int ir = 0; ir < rows; ++ir) {
@@ -172,14 +192,19 @@ void Drive(const float* x, int64_t n, int64_t x_stride, const float* w, int64_t 
   }
 }
 
-// Per-path entry points (matmul.cc, matmul_x86.cc); same arguments and preconditions as Drive.
-void SkinnyPortable(const float* x, int64_t n, int64_t x_stride, const float* w, int64_t out,
-                    int64_t in, const float* bias, float* y, int64_t y_stride);
-void SkinnyAvx2Fma(const float* x, int64_t n, int64_t x_stride, const float* w, int64_t out,
-                   int64_t in, const float* bias, float* y, int64_t y_stride);
-void SkinnyAvx512(const float* x, int64_t n, int64_t x_stride, const float* w, int64_t out,
-                  int64_t in, const float* bias, float* y, int64_t y_stride);
-// CPUID (and OS register-state) checks for the SIMD paths; false on non-x86 builds.
+// Per-path entry points (matmul.cc, matmul_x86.cc): Drive with the path's kernel and tile
+// shape; same arguments and preconditions as Drive. Instantiated for F32W, Bf16W and F16W.
+template <class Fmt>
+void SkinnyPortable(const float* x, int64_t n, int64_t x_stride, const typename Fmt::Elem* w,
+                    int64_t out, int64_t in, const float* bias, float* y, int64_t y_stride);
+template <class Fmt>
+void SkinnyAvx2Fma(const float* x, int64_t n, int64_t x_stride, const typename Fmt::Elem* w,
+                   int64_t out, int64_t in, const float* bias, float* y, int64_t y_stride);
+template <class Fmt>
+void SkinnyAvx512(const float* x, int64_t n, int64_t x_stride, const typename Fmt::Elem* w,
+                  int64_t out, int64_t in, const float* bias, float* y, int64_t y_stride);
+// CPUID (and OS register-state) checks for the SIMD paths; false on non-x86 builds. The AVX2
+// path also needs F16C (vcvtph2ps), which every AVX2 CPU has in practice.
 bool CpuHasAvx2Fma();
 bool CpuHasAvx512();
 

@@ -8,9 +8,12 @@
 #include <numeric>
 #include <set>
 #include <string>
+#include <tuple>
 #include <vector>
 
+#include "base/half.h"
 #include "base/rng.h"
+#include "base/thread_pool.h"
 #include "gtest/gtest.h"
 
 namespace shardlm {
@@ -288,6 +291,22 @@ TEST_P(SkinnyMatMulTest, BatchInvariant) {
   }
 }
 
+// Prefill-sized n is computed in row panels (64 rows at in = 8193); every row still has the
+// bits it has alone.
+TEST_P(SkinnyMatMulTest, RowPanelsKeepRowBits) {
+  const int64_t n = 150, in = 8193, out = 7;
+  Rng rng(99);
+  const std::vector<float> w = rng.UniformVector(static_cast<size_t>(out * in), -1.0f, 1.0f);
+  const std::vector<float> x = rng.UniformVector(static_cast<size_t>(n * in), -1.0f, 1.0f);
+  const std::vector<float> bias = rng.UniformVector(static_cast<size_t>(out), -1.0f, 1.0f);
+  std::vector<float> all(static_cast<size_t>(n * out)), one(static_cast<size_t>(out));
+  Run(x.data(), n, in, w.data(), out, in, bias.data(), all.data(), out);
+  for (int64_t i = 0; i < n; ++i) {
+    Run(x.data() + i * in, 1, in, w.data(), out, in, bias.data(), one.data(), out);
+    ASSERT_EQ(std::memcmp(one.data(), all.data() + i * out, out * sizeof(float)), 0) << "row " << i;
+  }
+}
+
 // A NaN in one x row poisons that row's outputs only, and the other rows keep their bits.
 TEST_P(SkinnyMatMulTest, NaNStaysInItsRow) {
   const int64_t n = 6, in = 100, out = 9, bad = 4;
@@ -324,6 +343,197 @@ TEST_P(SkinnyMatMulTest, EmptyDimensions) {
   EXPECT_EQ(y[3], -2.0f);
   Run(x, 2, 2, w, 2, 0, nullptr, y, 2);
   for (float v : y) EXPECT_EQ(v, 0.0f);
+}
+
+// 16-bit weights: `count` random bit patterns of `type` and their exact f32 values. Values are
+// uniform in ±1 with some ±0 and, for f16, some subnormals (|w| < 2⁻¹⁴), so every case of the
+// widening instructions is exercised.
+struct Weights16 {
+  std::vector<uint16_t> bits;
+  std::vector<float> widened;
+};
+Weights16 RandomWeights16(Rng& rng, WeightType type, int64_t count) {
+  Weights16 w;
+  for (int64_t j = 0; j < count; ++j) {
+    float v = rng.Uniform(-1.0f, 1.0f);
+    const uint64_t kind = rng.NextU64() % 16;
+    if (kind == 0) v = 0.0f;
+    if (kind == 1) v = -0.0f;
+    if (kind == 2) v *= 1e-6f;  // f16 subnormal; bf16 normal
+    const uint16_t h = type == WeightType::kBF16 ? F32ToBf16(v) : F32ToF16(v);
+    w.bits.push_back(h);
+    w.widened.push_back(type == WeightType::kBF16 ? Bf16ToF32(h) : F16ToF32(h));
+  }
+  return w;
+}
+
+class SkinnyMatMul16Test
+    : public testing::TestWithParam<std::tuple<MatMulPath, WeightType>> {
+ protected:
+  void SetUp() override {
+    if (!MatMulPathAvailable(path())) {
+      GTEST_SKIP() << MatMulPathName(path()) << " not supported by this CPU";
+    }
+  }
+  MatMulPath path() const { return std::get<0>(GetParam()); }
+  WeightType type() const { return std::get<1>(GetParam()); }
+};
+
+INSTANTIATE_TEST_SUITE_P(
+    AllPaths, SkinnyMatMul16Test,
+    testing::Combine(testing::Values(MatMulPath::kPortable, MatMulPath::kAvx2Fma,
+                                     MatMulPath::kAvx512),
+                     testing::Values(WeightType::kBF16, WeightType::kF16)),
+    [](const testing::TestParamInfo<std::tuple<MatMulPath, WeightType>>& info) {
+      return PathName()(testing::TestParamInfo<MatMulPath>(std::get<0>(info.param), 0)) + "_" +
+             WeightTypeName(std::get<1>(info.param));
+    });
+
+// Every 16-bit pattern but the NaNs, as a [count, 1] W times x = 1: each output is its weight
+// widened (1·w + 0 partial sums is exact), so the kernels' widening of every value, subnormals
+// and infinities included, matches base/half.h.
+TEST_P(SkinnyMatMul16Test, WidensEveryValueExactly) {
+  std::vector<uint16_t> bits;
+  std::vector<float> want;
+  for (uint32_t h = 0; h <= 0xffff; ++h) {
+    const float v = type() == WeightType::kBF16 ? Bf16ToF32(static_cast<uint16_t>(h))
+                                                : F16ToF32(static_cast<uint16_t>(h));
+    if (std::isnan(v)) continue;
+    bits.push_back(static_cast<uint16_t>(h));
+    want.push_back(v);
+  }
+  const int64_t out = static_cast<int64_t>(bits.size());
+  const float one = 1.0f;
+  std::vector<float> y(bits.size());
+  SkinnyMatMulWithPath(path(), &one, 1, 1, type(), bits.data(), out, 1, nullptr, y.data(), out);
+  for (int64_t o = 0; o < out; ++o) {
+    ASSERT_EQ(y[o], want[o]) << "pattern 0x" << std::hex << bits[o];
+  }
+}
+
+// The 16-bit contract: y is bit-identical to the same path's f32 call on the widened W, for
+// odd shapes (K tails of every length, partial row and column tiles), every n from 1 to 40 on
+// the smaller shapes, strided x (NaN padding) and y (guards between and around rows).
+TEST_P(SkinnyMatMul16Test, BitIdenticalToWidenedF32) {
+  const int64_t sizes[] = {1, 5, 17, 33, 517, 1031};
+  for (uint64_t seed : {1, 2, 3}) {
+    for (int64_t out : sizes) {
+      for (int64_t in : sizes) {
+        // Every n up to 40 where that is cheap; on the big shapes the n around tile edges.
+        std::vector<int64_t> ns;
+        if (out * in <= 33 * 1031) {
+          for (int64_t n = 1; n <= 40; ++n) ns.push_back(n);
+        } else {
+          ns = {1, 2, 3, 4, 5, 7, 16, 17, 33, 40};
+        }
+        Rng rng(seed * 7777 + static_cast<uint64_t>(out * 1013 + in));
+        const Weights16 w = RandomWeights16(rng, type(), out * in);
+        const std::vector<float> bias = rng.UniformVector(static_cast<size_t>(out), -1, 1);
+        const int64_t x_stride = in + 1, y_stride = out + 2;
+        const Framed x = StridedRows(rng, 40, in, x_stride, -2.0f, 2.0f);
+        for (int64_t n : ns) {
+          SCOPED_TRACE(testing::Message() << "seed " << seed << " n " << n << " in " << in
+                                          << " out " << out);
+          const float* b = n % 2 == 0 ? bias.data() : nullptr;
+          Framed y16(n * y_stride, kGuard), y32(n * y_stride, kGuard);
+          SkinnyMatMulWithPath(path(), x.data(), n, x_stride, type(), w.bits.data(), out, in, b,
+                               y16.data(), y_stride);
+          SkinnyMatMulWithPath(path(), x.data(), n, x_stride, w.widened.data(), out, in, b,
+                               y32.data(), y_stride);
+          ASSERT_TRUE(y16.GuardsIntact(kGuard)) << "write before or after y";
+          // Guards between rows included: both buffers started as kGuard.
+          ASSERT_EQ(std::memcmp(y16.buf.data(), y32.buf.data(), y16.buf.size() * sizeof(float)),
+                    0);
+          for (int64_t i = 0; i < n; ++i) {
+            for (int64_t o = out; o < y_stride; ++o) {
+              ASSERT_EQ(y16.data()[i * y_stride + o], kGuard) << "write between y rows";
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+// Against the double-precision reference on the widened weights, with the tolerance derived
+// above (widening is exact, so it is the f32 bound with S taken over the widened W).
+TEST_P(SkinnyMatMul16Test, MatchesNaive) {
+  const int lanes = MatMulPathLanes(path());
+  for (uint64_t seed : {1, 2}) {
+    for (int64_t n : {1, 4, 17, 40}) {
+      for (int64_t in : {1, 17, 517, 1031}) {
+        for (int64_t out : {1, 5, 33}) {
+          Rng rng(seed * 31 + static_cast<uint64_t>(n * 10007 + in * 101 + out));
+          const Weights16 w = RandomWeights16(rng, type(), out * in);
+          const std::vector<float> bias = rng.UniformVector(static_cast<size_t>(out), -1, 1);
+          const Framed x = StridedRows(rng, n, in, in, -2.0f, 2.0f);
+          std::vector<float> fast(static_cast<size_t>(n * out)), ref(fast.size());
+          SkinnyMatMulWithPath(path(), x.data(), n, in, type(), w.bits.data(), out, in,
+                               bias.data(), fast.data(), out);
+          SkinnyMatMulNaive(x.data(), n, in, type(), w.bits.data(), out, in, bias.data(),
+                            ref.data(), out);
+          SCOPED_TRACE(testing::Message() << "seed " << seed << " n " << n << " in " << in
+                                          << " out " << out);
+          for (int64_t i = 0; i < n; ++i) {
+            for (int64_t o = 0; o < out; ++o) {
+              double abs_sum = std::fabs(bias[o]);
+              for (int64_t k = 0; k < in; ++k) {
+                abs_sum += std::fabs(static_cast<double>(x.data()[i * in + k]) *
+                                     w.widened[o * in + k]);
+              }
+              ASSERT_NEAR(fast[i * out + o], ref[i * out + o], Tolerance(in, lanes, abs_sum))
+                  << "at " << i << "," << o;
+            }
+          }
+          // (A lone weight may be ±0, and then every row is just the bias.)
+          const bool all_zero = std::all_of(w.widened.begin(), w.widened.end(),
+                                            [](float v) { return v == 0.0f; });
+          if (n * out > 1 && !all_zero) {
+            EXPECT_GT(std::set<float>(ref.begin(), ref.end()).size(), 1u) << "inputs do not vary";
+          }
+        }
+      }
+    }
+  }
+}
+
+// SkinnyMatMulParallel splits the outputs over the compute pool; every thread count gives the
+// single-threaded bits, for every weight type, with partial tiles at the range ends and guards
+// around and between the y rows.
+TEST(SkinnyMatMulParallel, BitIdenticalAtAnyThreadCount) {
+  struct Shape {
+    int64_t out, in;
+  };
+  for (WeightType type : {WeightType::kF32, WeightType::kBF16, WeightType::kF16}) {
+    for (const Shape s : {Shape{1, 70000}, Shape{49, 1031}, Shape{517, 517}, Shape{1031, 129},
+                          Shape{4099, 17}, Shape{5, 33}}) {
+      Rng rng(static_cast<uint64_t>(s.out * 31 + s.in) + static_cast<uint64_t>(type));
+      const Weights16 w16 = RandomWeights16(rng, type == WeightType::kF16 ? type : WeightType::kBF16,
+                                            s.out * s.in);
+      const void* w = type == WeightType::kF32 ? static_cast<const void*>(w16.widened.data())
+                                               : w16.bits.data();
+      const std::vector<float> bias = rng.UniformVector(static_cast<size_t>(s.out), -1, 1);
+      for (int64_t n : {1, 5, 40}) {
+        const int64_t x_stride = s.in + 1, y_stride = s.out + 3;
+        const Framed x = StridedRows(rng, n, s.in, x_stride, -2.0f, 2.0f);
+        Framed want(n * y_stride, kGuard);
+        SkinnyMatMul(x.data(), n, x_stride, type, w, s.out, s.in, bias.data(), want.data(),
+                     y_stride);
+        for (int threads : {1, 2, 3}) {
+          SetComputeThreads(threads);
+          SkinnyMatMulReserve(n, s.in);
+          Framed got(n * y_stride, kGuard);
+          SkinnyMatMulParallel(x.data(), n, x_stride, type, w, s.out, s.in, bias.data(),
+                               got.data(), y_stride);
+          ASSERT_EQ(std::memcmp(got.buf.data(), want.buf.data(), got.buf.size() * sizeof(float)),
+                    0)
+              << WeightTypeName(type) << " out " << s.out << " in " << s.in << " n " << n
+              << " threads " << threads;
+        }
+      }
+    }
+  }
+  SetComputeThreads(1);
 }
 
 }  // namespace

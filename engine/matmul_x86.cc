@@ -5,6 +5,7 @@
 // plain arithmetic appear inside the attributed functions: an inline std:: function compiled
 // here with AVX-512 enabled could otherwise be picked by the linker for generic callers.
 #include <cstdint>
+#include <type_traits>
 
 #include "engine/matmul_internal.h"
 
@@ -12,21 +13,56 @@
 #include <immintrin.h>
 
 #define SHARDLM_TARGET_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl")))
-#define SHARDLM_TARGET_AVX2 __attribute__((target("avx2,fma")))
+#define SHARDLM_TARGET_AVX2 __attribute__((target("avx2,fma,f16c")))
 
 namespace shardlm::matmul_internal {
 namespace {
 
 // 16 lanes per zmm; R·C accumulators + C weights + 1 x ≤ 32 registers. K tail: zero-masked
 // loads (which never touch memory past the row end), so the tail lanes see fma(0, 0, a) = a
-// and the active lanes the same FMA as a full step.
+// and the active lanes the same FMA as a full step. 16-bit weights: 16 elements (32 bytes)
+// widened in the register: bf16 by zero-extending to 32 bits and shifting into the top half,
+// f16 by vcvtph2ps; both exact, so the FMAs see the same f32 values as the f32 path.
 struct Avx512 {
   static constexpr int kLanes = 16;
 
-  template <int kR, int kC, int kCStride>
+  // 16 stored 16-bit weights to f32. The zero-masking forms with an all-ones mask are the
+  // plain instructions; they are used because GCC 12's unmasked intrinsics pass an
+  // "undefined" source that trips -Wmaybe-uninitialized.
+  template <class Fmt>
+  SHARDLM_TARGET_AVX512 static __m512 Widen(__m256i h) {
+    constexpr __mmask16 kAll = 0xffff;
+    if constexpr (std::is_same_v<Fmt, Bf16W>) {
+      return _mm512_castsi512_ps(
+          _mm512_maskz_slli_epi32(kAll, _mm512_maskz_cvtepu16_epi32(kAll, h), 16));
+    } else {
+      return _mm512_maskz_cvtph_ps(kAll, h);
+    }
+  }
+  // w[0..16) widened; `m` selects the lanes to load (the others are +0).
+  template <class Fmt>
+  SHARDLM_TARGET_AVX512 static __m512 LoadW(const typename Fmt::Elem* w, __mmask16 m) {
+    if constexpr (std::is_same_v<Fmt, F32W>) {
+      return _mm512_maskz_loadu_ps(m, w);
+    } else {
+      return Widen<Fmt>(_mm256_maskz_loadu_epi16(m, w));
+    }
+  }
+  template <class Fmt>
+  SHARDLM_TARGET_AVX512 static __m512 LoadW(const typename Fmt::Elem* w) {
+    if constexpr (std::is_same_v<Fmt, F32W>) {
+      return _mm512_loadu_ps(w);
+    } else {
+      return Widen<Fmt>(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(w)));
+    }
+  }
+
+  template <class Fmt, int kR, int kC, int kCStride>
   SHARDLM_TARGET_AVX512 static void Tile(const TileArgs& t) {
+    using Elem = typename Fmt::Elem;
+    constexpr int64_t kLine = kLineElems<Fmt>;
     const float* const x = t.x;
-    const float* const w = t.w;
+    const Elem* const w = static_cast<const Elem*>(t.w);
     const int64_t xs = t.x_stride, ws = t.w_stride, len = t.len, pf = t.prefetch_offset;
     float* const acc = t.acc;
     __m512 a[kR][kC];
@@ -38,7 +74,7 @@ struct Avx512 {
     int turn = t.prefetch_phase + 1;
     int64_t k = 0;
     for (; k + kLanes <= len; k += kLanes) {
-      if (--turn == 0) {
+      if (k % kLine == 0 && --turn == 0) {
         turn = t.prefetch_period;
         if (pf != 0) {
 #pragma GCC unroll 8
@@ -53,7 +89,7 @@ struct Avx512 {
       __m512 wv[kC];
 #pragma GCC unroll 8
       for (int c = 0; c < kC; ++c) {
-        wv[c] = _mm512_loadu_ps(w + c * ws + k);
+        wv[c] = LoadW<Fmt>(w + c * ws + k);
         asm("" : "+v"(wv[c]));
       }
 #pragma GCC unroll 8
@@ -68,7 +104,7 @@ struct Avx512 {
       const __mmask16 m = static_cast<__mmask16>((1u << (len - k)) - 1);
       __m512 wv[kC];
 #pragma GCC unroll 8
-      for (int c = 0; c < kC; ++c) wv[c] = _mm512_maskz_loadu_ps(m, w + c * ws + k);
+      for (int c = 0; c < kC; ++c) wv[c] = LoadW<Fmt>(w + c * ws + k, m);
 #pragma GCC unroll 8
       for (int r = 0; r < kR; ++r) {
         const __m512 xv = _mm512_maskz_loadu_ps(m, x + r * xs + k);
@@ -85,14 +121,44 @@ struct Avx512 {
 };
 
 // 8 lanes per ymm; R·C accumulators + C weights + 1 x ≤ 16 registers. K tail:
-// _mm256_maskload_ps, which zeroes (and does not fault on) the masked lanes.
+// _mm256_maskload_ps, which zeroes (and does not fault on) the masked lanes. 16-bit weights:
+// 8 elements widened in the register (bf16: zero-extend, shift by 16; f16: vcvtph2ps); AVX2
+// has no masked 16-bit load, so the tail's elements are copied into a zeroed 8-element buffer.
 struct Avx2Fma {
   static constexpr int kLanes = 8;
 
-  template <int kR, int kC, int kCStride>
+  template <class Fmt>
+  SHARDLM_TARGET_AVX2 static __m256 LoadW(const typename Fmt::Elem* w) {
+    if constexpr (std::is_same_v<Fmt, F32W>) {
+      return _mm256_loadu_ps(w);
+    } else {
+      const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w));
+      if constexpr (std::is_same_v<Fmt, Bf16W>) {
+        return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+      } else {
+        return _mm256_cvtph_ps(h);
+      }
+    }
+  }
+  // w[0..tail) widened, the other lanes +0 (`m` has the first `tail` lanes set).
+  template <class Fmt>
+  SHARDLM_TARGET_AVX2 static __m256 LoadWTail(const typename Fmt::Elem* w, int tail,
+                                              __m256i m) {
+    if constexpr (std::is_same_v<Fmt, F32W>) {
+      return _mm256_maskload_ps(w, m);
+    } else {
+      alignas(16) uint16_t buf[kLanes] = {};
+      for (int j = 0; j < tail; ++j) buf[j] = w[j];
+      return LoadW<Fmt>(buf);
+    }
+  }
+
+  template <class Fmt, int kR, int kC, int kCStride>
   SHARDLM_TARGET_AVX2 static void Tile(const TileArgs& t) {
+    using Elem = typename Fmt::Elem;
+    constexpr int64_t kLine = kLineElems<Fmt>;
     const float* const x = t.x;
-    const float* const w = t.w;
+    const Elem* const w = static_cast<const Elem*>(t.w);
     const int64_t xs = t.x_stride, ws = t.w_stride, len = t.len, pf = t.prefetch_offset;
     float* const acc = t.acc;
     __m256 a[kR][kC];
@@ -105,7 +171,7 @@ struct Avx2Fma {
     int64_t k = 0;
     for (; k + kLanes <= len; k += kLanes) {
       // A turn covers one 64-byte line per row: every other 8-float step.
-      if ((k & 15) == 0 && --turn == 0) {
+      if (k % kLine == 0 && --turn == 0) {
         turn = t.prefetch_period;
         if (pf != 0) {
 #pragma GCC unroll 8
@@ -117,7 +183,7 @@ struct Avx2Fma {
       __m256 wv[kC];
 #pragma GCC unroll 8
       for (int c = 0; c < kC; ++c) {
-        wv[c] = _mm256_loadu_ps(w + c * ws + k);
+        wv[c] = LoadW<Fmt>(w + c * ws + k);
         asm("" : "+x"(wv[c]));
       }
 #pragma GCC unroll 8
@@ -129,11 +195,12 @@ struct Avx2Fma {
       }
     }
     if (k < len) {
-      const __m256i m = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(len - k)),
+      const int tail = static_cast<int>(len - k);
+      const __m256i m = _mm256_cmpgt_epi32(_mm256_set1_epi32(tail),
                                            _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
       __m256 wv[kC];
 #pragma GCC unroll 8
-      for (int c = 0; c < kC; ++c) wv[c] = _mm256_maskload_ps(w + c * ws + k, m);
+      for (int c = 0; c < kC; ++c) wv[c] = LoadWTail<Fmt>(w + c * ws + k, tail, m);
 #pragma GCC unroll 8
       for (int r = 0; r < kR; ++r) {
         const __m256 xv = _mm256_maskload_ps(x + r * xs + k, m);
@@ -151,14 +218,16 @@ struct Avx2Fma {
 
 }  // namespace
 
-void SkinnyAvx512(const float* x, int64_t n, int64_t x_stride, const float* w, int64_t out,
-                  int64_t in, const float* bias, float* y, int64_t y_stride) {
-  Drive<Avx512, 4, 6>(x, n, x_stride, w, out, in, bias, y, y_stride);
+template <class Fmt>
+void SkinnyAvx512(const float* x, int64_t n, int64_t x_stride, const typename Fmt::Elem* w,
+                  int64_t out, int64_t in, const float* bias, float* y, int64_t y_stride) {
+  Drive<Avx512, Fmt, 4, 6>(x, n, x_stride, w, out, in, bias, y, y_stride);
 }
 
-void SkinnyAvx2Fma(const float* x, int64_t n, int64_t x_stride, const float* w, int64_t out,
-                   int64_t in, const float* bias, float* y, int64_t y_stride) {
-  Drive<Avx2Fma, 2, 4>(x, n, x_stride, w, out, in, bias, y, y_stride);
+template <class Fmt>
+void SkinnyAvx2Fma(const float* x, int64_t n, int64_t x_stride, const typename Fmt::Elem* w,
+                   int64_t out, int64_t in, const float* bias, float* y, int64_t y_stride) {
+  Drive<Avx2Fma, Fmt, 2, 4>(x, n, x_stride, w, out, in, bias, y, y_stride);
 }
 
 bool CpuHasAvx512() {
@@ -169,7 +238,8 @@ bool CpuHasAvx512() {
 
 bool CpuHasAvx2Fma() {
   __builtin_cpu_init();
-  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+         __builtin_cpu_supports("f16c");
 }
 
 }  // namespace shardlm::matmul_internal
@@ -177,12 +247,30 @@ bool CpuHasAvx2Fma() {
 #else  // not x86: only the portable path exists.
 
 namespace shardlm::matmul_internal {
-void SkinnyAvx512(const float*, int64_t, int64_t, const float*, int64_t, int64_t, const float*,
-                  float*, int64_t) {}
-void SkinnyAvx2Fma(const float*, int64_t, int64_t, const float*, int64_t, int64_t, const float*,
-                   float*, int64_t) {}
+template <class Fmt>
+void SkinnyAvx512(const float*, int64_t, int64_t, const typename Fmt::Elem*, int64_t, int64_t,
+                  const float*, float*, int64_t) {}
+template <class Fmt>
+void SkinnyAvx2Fma(const float*, int64_t, int64_t, const typename Fmt::Elem*, int64_t, int64_t,
+                   const float*, float*, int64_t) {}
 bool CpuHasAvx512() { return false; }
 bool CpuHasAvx2Fma() { return false; }
 }  // namespace shardlm::matmul_internal
 
 #endif
+
+namespace shardlm::matmul_internal {
+// The entry points for every weight format (stubs on non-x86 builds).
+template void SkinnyAvx512<F32W>(const float*, int64_t, int64_t, const float*, int64_t, int64_t,
+                                 const float*, float*, int64_t);
+template void SkinnyAvx512<Bf16W>(const float*, int64_t, int64_t, const uint16_t*, int64_t,
+                                  int64_t, const float*, float*, int64_t);
+template void SkinnyAvx512<F16W>(const float*, int64_t, int64_t, const uint16_t*, int64_t,
+                                 int64_t, const float*, float*, int64_t);
+template void SkinnyAvx2Fma<F32W>(const float*, int64_t, int64_t, const float*, int64_t, int64_t,
+                                  const float*, float*, int64_t);
+template void SkinnyAvx2Fma<Bf16W>(const float*, int64_t, int64_t, const uint16_t*, int64_t,
+                                   int64_t, const float*, float*, int64_t);
+template void SkinnyAvx2Fma<F16W>(const float*, int64_t, int64_t, const uint16_t*, int64_t,
+                                  int64_t, const float*, float*, int64_t);
+}  // namespace shardlm::matmul_internal

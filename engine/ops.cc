@@ -1,21 +1,36 @@
 #include "engine/ops.h"
 
-#include <cblas.h>
-
 #include <cmath>
 
+#include "base/half.h"
 #include "base/status.h"
 #include "engine/matmul.h"
 
 namespace shardlm {
 
+float Linear::Weight(int64_t o, int64_t k) const {
+  const int64_t j = o * in + k;
+  switch (dtype) {
+    case WeightType::kF32:
+      return w[j];
+    case WeightType::kBF16:
+      return Bf16ToF32(w16[j]);
+    case WeightType::kF16:
+      return F16ToF32(w16[j]);
+  }
+  return 0.0f;
+}
+
 void MatMul(const float* x, int64_t n, int64_t x_stride, const Linear& w, float* y,
             int64_t y_stride) {
-  CHECK_EQ(static_cast<int64_t>(w.w.size()), w.out * w.in);
+  const bool f32 = w.dtype == WeightType::kF32;
+  CHECK_EQ(static_cast<int64_t>(f32 ? w.w.size() : w.w16.size()), w.out * w.in);
+  CHECK(f32 ? w.w16.empty() : w.w.empty());
   CHECK(w.b.empty() || static_cast<int64_t>(w.b.size()) == w.out);
-  // The batch-invariant kernel: a row's result never depends on the rest of the batch.
-  SkinnyMatMul(x, n, x_stride, w.w.data(), w.out, w.in, w.b.empty() ? nullptr : w.b.data(), y,
-               y_stride);
+  // The batch-invariant kernel: a row's result never depends on the rest of the batch, nor
+  // on the number of compute threads the outputs are split over.
+  SkinnyMatMulParallel(x, n, x_stride, w.dtype, w.data(), w.out, w.in,
+                       w.b.empty() ? nullptr : w.b.data(), y, y_stride);
 }
 
 void MatMulNaive(const float* x, int64_t n, int64_t x_stride, const Linear& w, float* y,
@@ -24,7 +39,7 @@ void MatMulNaive(const float* x, int64_t n, int64_t x_stride, const Linear& w, f
     for (int64_t o = 0; o < w.out; ++o) {
       double acc = w.b.empty() ? 0.0 : w.b[o];
       for (int64_t k = 0; k < w.in; ++k) {
-        acc += static_cast<double>(x[i * x_stride + k]) * w.w[o * w.in + k];
+        acc += static_cast<double>(x[i * x_stride + k]) * w.Weight(o, k);
       }
       y[i * y_stride + o] = static_cast<float>(acc);
     }
@@ -68,7 +83,5 @@ void SiluMulNaive(float* gate, const float* up, int64_t count) {
     gate[i] = static_cast<float>(g / (1.0 + std::exp(-g)) * up[i]);
   }
 }
-
-void SetBlasThreads(int threads) { openblas_set_num_threads(threads); }
 
 }  // namespace shardlm

@@ -5,20 +5,39 @@
 #include <cstdint>
 #include <vector>
 
+#include "engine/matmul.h"
+
 namespace shardlm {
 
 // A linear layer's local shard: y[n, out] = x[n, in] · Wᵀ (+ b).
+// W is kept in the checkpoint's format: f32 in `w`, or bf16/f16 bit patterns in `w16` (decode
+// is bound by reading W, so 16-bit weights are widened in registers, not in memory). Exactly
+// one of the two holds out·in elements, as `dtype` says. The bias is always f32.
 struct Linear {
   int64_t out = 0;
   int64_t in = 0;
-  std::vector<float> w;  // [out, in]
-  std::vector<float> b;  // [out], or empty when the layer has no bias
-  int64_t bytes() const { return static_cast<int64_t>((w.size() + b.size()) * sizeof(float)); }
+  WeightType dtype = WeightType::kF32;
+  std::vector<float> w;       // [out, in] when dtype == kF32, else empty
+  std::vector<uint16_t> w16;  // [out, in] when dtype is kBF16 or kF16, else empty
+  std::vector<float> b;       // [out], or empty when the layer has no bias
+
+  // The stored weights, as SkinnyMatMul takes them with `dtype`.
+  const void* data() const {
+    return dtype == WeightType::kF32 ? static_cast<const void*>(w.data()) : w16.data();
+  }
+  // W[o][k] widened to f32 (exact), for references and tests.
+  float Weight(int64_t o, int64_t k) const;
+  // Resident bytes: what a decode step reads.
+  int64_t bytes() const {
+    return static_cast<int64_t>(w.size() * sizeof(float) + w16.size() * sizeof(uint16_t) +
+                                b.size() * sizeof(float));
+  }
 };
 
 // y[n, out] = x[n, in] · Wᵀ + b. x rows are `x_stride` floats apart, y rows `y_stride`.
 // Batch-invariant (engine/matmul.h): row i's result is bit-identical whatever else is
-// in the batch, so a request's output does not depend on how it was batched.
+// in the batch, so a request's output does not depend on how it was batched. The outputs are
+// split over the compute pool (SkinnyMatMulParallel), with the same bits at any --threads.
 void MatMul(const float* x, int64_t n, int64_t x_stride, const Linear& w, float* y,
             int64_t y_stride);
 inline void MatMul(const float* x, int64_t n, const Linear& w, float* y) {
@@ -38,9 +57,6 @@ void RmsNormNaive(const float* x, int64_t n, int64_t dim, int64_t stride, const 
 // gate[i] = silu(gate[i]) · up[i] for `count` values.
 void SiluMul(float* gate, const float* up, int64_t count);
 void SiluMulNaive(float* gate, const float* up, int64_t count);
-
-// Limits OpenBLAS to `threads` threads (ranks usually share the cores).
-void SetBlasThreads(int threads);
 
 }  // namespace shardlm
 

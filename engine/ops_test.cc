@@ -3,6 +3,7 @@
 #include <cmath>
 #include <limits>
 
+#include "base/half.h"
 #include "base/rng.h"
 #include "gtest/gtest.h"
 
@@ -55,6 +56,45 @@ TEST(OpsTest, MatMulMatchesNaiveOnOddShapes) {
               EXPECT_GT(spread, 0.0f) << "inputs do not vary";
             }
           }
+        }
+      }
+    }
+  }
+}
+
+// A 16-bit Linear gives the bits of the f32 Linear holding its widened weights, reports its
+// real size, and matches the naive reference.
+TEST(OpsTest, SixteenBitLinearMatchesWidenedF32) {
+  for (WeightType type : {WeightType::kBF16, WeightType::kF16}) {
+    for (int64_t out : {1, 33, 130}) {
+      for (int64_t in : {5, 64, 517}) {
+        Rng rng(static_cast<uint64_t>(out * 1000 + in) + (type == WeightType::kF16));
+        const Linear f32 = RandomLinear(rng, out, in, /*bias=*/true);
+        Linear half;
+        half.out = out;
+        half.in = in;
+        half.dtype = type;
+        half.b = f32.b;
+        Linear widened = half;
+        for (float v : f32.w) {
+          const uint16_t h = type == WeightType::kBF16 ? F32ToBf16(v) : F32ToF16(v);
+          half.w16.push_back(h);
+          widened.w.push_back(type == WeightType::kBF16 ? Bf16ToF32(h) : F16ToF32(h));
+        }
+        widened.dtype = WeightType::kF32;
+        EXPECT_EQ(half.bytes(), out * in * 2 + out * 4);
+        EXPECT_EQ(widened.bytes(), out * in * 4 + out * 4);
+        const int64_t n = 7;
+        const std::vector<float> x = rng.UniformVector(static_cast<size_t>(n * in), -1, 1);
+        std::vector<float> y16(static_cast<size_t>(n * out + 1), kGuard), y32(y16), ref(y16);
+        MatMul(x.data(), n, half, y16.data());
+        MatMul(x.data(), n, widened, y32.data());
+        MatMulNaive(x.data(), n, in, half, ref.data(), out);
+        ASSERT_EQ(y16, y32) << WeightTypeName(type) << " " << out << "x" << in;
+        ASSERT_EQ(y16.back(), kGuard);
+        for (size_t j = 0; j + 1 < y16.size(); ++j) {
+          // |x|, |w| ≤ 1, |b| ≤ 1: the bound of the f32 test above.
+          ASSERT_NEAR(y16[j], ref[j], 4.0f * kEps * in * std::sqrt(static_cast<float>(in)) + 4 * kEps);
         }
       }
     }

@@ -415,6 +415,23 @@ absl::Status SafetensorsFile::ParseHeader() {
 
 absl::Status SafetensorsFile::ReadF32(const TensorInfo& tensor, int64_t row_begin, int64_t row_end,
                                       int64_t col_begin, int64_t col_end, float* out) const {
+  return ReadBlock(tensor, row_begin, row_end, col_begin, col_end, /*to_f32=*/true, out);
+}
+
+absl::Status SafetensorsFile::ReadBits16(const TensorInfo& tensor, int64_t row_begin,
+                                         int64_t row_end, int64_t col_begin, int64_t col_end,
+                                         uint16_t* out) const {
+  if (DTypeBytes(tensor.dtype) != 2) {
+    return absl::InvalidArgumentError(absl::StrCat(path_, ": tensor \"", Printable(tensor.name),
+                                                   "\" is ", DTypeName(tensor.dtype),
+                                                   ", not a 16-bit type"));
+  }
+  return ReadBlock(tensor, row_begin, row_end, col_begin, col_end, /*to_f32=*/false, out);
+}
+
+absl::Status SafetensorsFile::ReadBlock(const TensorInfo& tensor, int64_t row_begin,
+                                        int64_t row_end, int64_t col_begin, int64_t col_end,
+                                        bool to_f32, void* out) const {
   // `tensor` may be a copy; its offset and size are trusted only if they match
   // this file's own entry, which the header validation covered.
   const TensorInfo* own = Find(tensor.name);
@@ -445,14 +462,22 @@ absl::Status SafetensorsFile::ReadF32(const TensorInfo& tensor, int64_t row_begi
   if (out == nullptr) return absl::InvalidArgumentError("ReadF32: out is null");
   const int64_t esize = DTypeBytes(own->dtype);
   const uint8_t* base = data_ + own->offset;
+  // `count` elements from `src` to element `offset` of out.
+  auto copy = [&](const uint8_t* src, int64_t count, int64_t offset) {
+    if (to_f32) {
+      ConvertToF32(src, own->dtype, count, static_cast<float*>(out) + offset);
+    } else {
+      std::memcpy(static_cast<uint8_t*>(out) + offset * esize, src,
+                  static_cast<size_t>(count * esize));
+    }
+  };
   if (block_cols == view_cols) {
     // Full rows are one contiguous run of bytes.
-    ConvertToF32(base + row_begin * view_cols * esize, own->dtype, block_rows * view_cols, out);
+    copy(base + row_begin * view_cols * esize, block_rows * view_cols, 0);
     return absl::OkStatus();
   }
   for (int64_t r = 0; r < block_rows; ++r) {
-    ConvertToF32(base + ((row_begin + r) * view_cols + col_begin) * esize, own->dtype, block_cols,
-                 out + r * block_cols);
+    copy(base + ((row_begin + r) * view_cols + col_begin) * esize, block_cols, r * block_cols);
   }
   return absl::OkStatus();
 }
@@ -504,22 +529,47 @@ absl::StatusOr<std::vector<int64_t>> SafetensorsDir::Shape(std::string_view name
   return it->second.second->shape;
 }
 
-absl::Status SafetensorsDir::Read(std::string_view name, std::span<const int64_t> expected_shape,
-                                  int64_t row_begin, int64_t row_end, int64_t col_begin,
-                                  int64_t col_end, float* out) {
+absl::StatusOr<std::pair<size_t, const TensorInfo*>> SafetensorsDir::Lookup(
+    std::string_view name, std::span<const int64_t> expected_shape) const {
   const auto it = tensors_.find(name);
   if (it == tensors_.end()) {
     return absl::NotFoundError(absl::StrCat("missing tensor ", Sv(name), " in ", dir_));
   }
-  const auto& [file_index, tensor] = it->second;
+  const TensorInfo* tensor = it->second.second;
   if (!std::equal(tensor->shape.begin(), tensor->shape.end(), expected_shape.begin(),
                   expected_shape.end())) {
     return absl::InvalidArgumentError(absl::StrCat("tensor ", Sv(name), " in ", dir_, " has shape ",
                                                    ShapeString(tensor->shape), ", expected ",
                                                    ShapeString(expected_shape)));
   }
+  return it->second;
+}
+
+absl::Status SafetensorsDir::Read(std::string_view name, std::span<const int64_t> expected_shape,
+                                  int64_t row_begin, int64_t row_end, int64_t col_begin,
+                                  int64_t col_end, float* out) {
+  ASSIGN_OR_RETURN(const auto where, Lookup(name, expected_shape));
   RETURN_IF_ERROR(
-      files_[file_index]->ReadF32(*tensor, row_begin, row_end, col_begin, col_end, out));
+      files_[where.first]->ReadF32(*where.second, row_begin, row_end, col_begin, col_end, out));
+  MarkUsed(name);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<DType> SafetensorsDir::StoredDType(std::string_view name) const {
+  const auto it = tensors_.find(name);
+  if (it == tensors_.end()) {
+    return absl::NotFoundError(absl::StrCat("missing tensor ", Sv(name), " in ", dir_));
+  }
+  return it->second.second->dtype;
+}
+
+absl::Status SafetensorsDir::ReadBits16(std::string_view name,
+                                        std::span<const int64_t> expected_shape,
+                                        int64_t row_begin, int64_t row_end, int64_t col_begin,
+                                        int64_t col_end, uint16_t* out) {
+  ASSIGN_OR_RETURN(const auto where, Lookup(name, expected_shape));
+  RETURN_IF_ERROR(files_[where.first]->ReadBits16(*where.second, row_begin, row_end, col_begin,
+                                                  col_end, out));
   MarkUsed(name);
   return absl::OkStatus();
 }

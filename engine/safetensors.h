@@ -11,6 +11,7 @@
 #include <memory>
 #include <span>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -54,10 +55,18 @@ class SafetensorsFile {
   // [1, n]; scalars [1, 1]) to f32, row-major into `out` (size rows × cols).
   absl::Status ReadF32(const TensorInfo& tensor, int64_t row_begin, int64_t row_end,
                        int64_t col_begin, int64_t col_end, float* out) const;
+  // The same block of a BF16 or F16 tensor as stored: 16-bit patterns, not converted (the
+  // engine keeps 16-bit weights 16-bit). An error for F32 tensors.
+  absl::Status ReadBits16(const TensorInfo& tensor, int64_t row_begin, int64_t row_end,
+                          int64_t col_begin, int64_t col_end, uint16_t* out) const;
 
  private:
   SafetensorsFile() = default;
   absl::Status ParseHeader();
+  // Validates the block and copies it row-major into `out`: converted to f32 when `to_f32`,
+  // else as stored.
+  absl::Status ReadBlock(const TensorInfo& tensor, int64_t row_begin, int64_t row_end,
+                         int64_t col_begin, int64_t col_end, bool to_f32, void* out) const;
 
   std::string path_;
   const uint8_t* data_ = nullptr;  // whole file
@@ -82,6 +91,13 @@ class SafetensorsDir {
   absl::Status Read(std::string_view name, std::span<const int64_t> expected_shape,
                     int64_t row_begin, int64_t row_end, int64_t col_begin, int64_t col_end,
                     float* out);
+  // The tensor's stored dtype, or NotFound.
+  absl::StatusOr<DType> StoredDType(std::string_view name) const;
+  // As Read, for a BF16 or F16 tensor, copying its 16-bit patterns unconverted
+  // (SafetensorsFile::ReadBits16).
+  absl::Status ReadBits16(std::string_view name, std::span<const int64_t> expected_shape,
+                          int64_t row_begin, int64_t row_end, int64_t col_begin, int64_t col_end,
+                          uint16_t* out);
   // Marks a tensor as consumed without reading (e.g. a slice another rank owns).
   void MarkUsed(std::string_view name);
   // Tensor names never passed to Read/MarkUsed, sorted (to report extra tensors).
@@ -90,6 +106,10 @@ class SafetensorsDir {
   int64_t TotalElements() const;
 
  private:
+  // The file index and entry of `name`, after checking its shape equals `expected_shape`.
+  absl::StatusOr<std::pair<size_t, const TensorInfo*>> Lookup(
+      std::string_view name, std::span<const int64_t> expected_shape) const;
+
   std::string dir_;
   std::vector<std::unique_ptr<SafetensorsFile>> files_;
   std::map<std::string, std::pair<size_t, const TensorInfo*>, std::less<>> tensors_;

@@ -81,18 +81,18 @@ class ShardLoader {
   explicit ShardLoader(SafetensorsDir& dir) : dir_(dir) {}
 
   // Rows of a linear `name` (.weight [rows_total, in], optional .bias [rows_total]),
-  // concatenating the given row ranges in order.
+  // concatenating the given row ranges in order. W keeps the checkpoint's dtype unless
+  // `force_f32` (for weights that other code reads as floats).
   absl::StatusOr<Linear> Rows(const std::string& name, int64_t rows_total, int64_t in,
-                              std::span<const Range> ranges) {
+                              std::span<const Range> ranges, bool force_f32 = false) {
     Linear lin;
     lin.in = in;
     for (const Range& r : ranges) lin.out += r.size();
-    lin.w.resize(static_cast<size_t>(lin.out * in));
-    const std::vector<int64_t> shape = {rows_total, in};
-    float* w = lin.w.data();
+    int64_t row = 0;
     for (const Range& r : ranges) {
-      RETURN_IF_ERROR(dir_.Read(name + ".weight", shape, r.begin, r.end, 0, in, w));
-      w += r.size() * in;
+      RETURN_IF_ERROR(ReadWeight(name + ".weight", {rows_total, in}, r, Range{0, in}, force_f32,
+                                 row, &lin));
+      row += r.size();
     }
     if (dir_.Has(name + ".bias")) {
       lin.b.resize(static_cast<size_t>(lin.out));
@@ -106,8 +106,9 @@ class ShardLoader {
     }
     return lin;
   }
-  absl::StatusOr<Linear> Rows(const std::string& name, int64_t rows_total, int64_t in, Range r) {
-    return Rows(name, rows_total, in, std::span<const Range>(&r, 1));
+  absl::StatusOr<Linear> Rows(const std::string& name, int64_t rows_total, int64_t in, Range r,
+                              bool force_f32 = false) {
+    return Rows(name, rows_total, in, std::span<const Range>(&r, 1), force_f32);
   }
 
   // Input columns `cols` of a row-parallel linear [out, in_total]. Its bias is a
@@ -117,15 +118,25 @@ class ShardLoader {
     Linear lin;
     lin.out = out;
     lin.in = cols.size();
-    lin.w.resize(static_cast<size_t>(out * lin.in));
-    const std::vector<int64_t> shape = {out, in_total};
-    RETURN_IF_ERROR(dir_.Read(name + ".weight", shape, 0, out, cols.begin, cols.end, lin.w.data()));
+    RETURN_IF_ERROR(ReadWeight(name + ".weight", {out, in_total}, Range{0, out}, cols,
+                               /*force_f32=*/false, 0, &lin));
     if (dir_.Has(name + ".bias")) {
       const std::vector<int64_t> bias_shape = {out};
       std::vector<float> bias(static_cast<size_t>(out));
       RETURN_IF_ERROR(dir_.Read(name + ".bias", bias_shape, 0, 1, 0, out, bias.data()));
       if (keep_bias) lin.b = std::move(bias);
     }
+    return lin;
+  }
+
+  // Vocab rows `rows` of the embedding tensor [vocab, d] as a bias-free linear.
+  absl::StatusOr<Linear> TiedHead(const std::string& tensor, int64_t vocab, int64_t d,
+                                  Range rows) {
+    Linear lin;
+    lin.out = rows.size();
+    lin.in = d;
+    RETURN_IF_ERROR(
+        ReadWeight(tensor, {vocab, d}, rows, Range{0, d}, /*force_f32=*/false, 0, &lin));
     return lin;
   }
 
@@ -148,6 +159,32 @@ class ShardLoader {
   bool Has(const std::string& name) const { return dir_.Has(name); }
 
  private:
+  // Reads the block rows × cols of the 2-D weight `tensor` into rows [row, row + rows.size())
+  // of `lin` (whose out and in are set). The first call fixes lin's dtype from the tensor's:
+  // BF16/F16 stay 16-bit unless `force_f32`; F32 stays F32.
+  absl::Status ReadWeight(const std::string& tensor, std::vector<int64_t> shape, Range rows,
+                          Range cols, bool force_f32, int64_t row, Linear* lin) {
+    ASSIGN_OR_RETURN(const DType stored, dir_.StoredDType(tensor));
+    const size_t size = static_cast<size_t>(lin->out * lin->in);
+    if (row == 0) {
+      lin->dtype = force_f32                   ? WeightType::kF32
+                   : stored == DType::kBF16 ? WeightType::kBF16
+                   : stored == DType::kF16  ? WeightType::kF16
+                                            : WeightType::kF32;
+      if (lin->dtype == WeightType::kF32) {
+        lin->w.resize(size);
+      } else {
+        lin->w16.resize(size);
+      }
+    }
+    if (lin->dtype == WeightType::kF32) {
+      return dir_.Read(tensor, shape, rows.begin, rows.end, cols.begin, cols.end,
+                       lin->w.data() + row * lin->in);
+    }
+    return dir_.ReadBits16(tensor, shape, rows.begin, rows.end, cols.begin, cols.end,
+                           lin->w16.data() + row * lin->in);
+  }
+
   SafetensorsDir& dir_;
 };
 
@@ -188,7 +225,10 @@ absl::Status LoadAttention(ShardLoader& load, const ModelDims& dims, const Shard
     ASSIGN_OR_RETURN(w->kv_a_norm, load.Vector(a + "kv_a_layernorm.weight", kv * dc, scaled(k, dc)));
   }
   const int64_t per_head = dims.nope_dim + dims.v_head_dim;
-  ASSIGN_OR_RETURN(w->kv_b_proj, load.Rows(a + "kv_b_proj", h_q * per_head, dc, scaled(q, per_head)));
+  // f32 whatever the checkpoint holds: latent attention reads kv_b_proj's rows as floats
+  // (absorbed into the query and output), not through MatMul.
+  ASSIGN_OR_RETURN(w->kv_b_proj, load.Rows(a + "kv_b_proj", h_q * per_head, dc,
+                                           scaled(q, per_head), /*force_f32=*/true));
   ASSIGN_OR_RETURN(w->o_proj,
                    load.Cols(a + "o_proj", d, h_q * dims.v_head_dim, scaled(q, dims.v_head_dim), rank0));
   return absl::OkStatus();
@@ -219,10 +259,10 @@ absl::StatusOr<ModelWeights> LoadWeights(SafetensorsDir& dir, const ModelDims& d
   ASSIGN_OR_RETURN(w.final_norm, load.Vector("model.norm.weight", d));
   if (dims.tie_word_embeddings) {
     if (dir.Has("lm_head.weight")) dir.MarkUsed("lm_head.weight");
-    w.lm_head.out = plan.vocab_rows.size();
-    w.lm_head.in = d;
-    w.lm_head.w.assign(w.embed.begin() + plan.vocab_rows.begin * d,
-                       w.embed.begin() + plan.vocab_rows.end * d);
+    // The head is this rank's vocab rows of the embedding, in the checkpoint's dtype (the
+    // embedding table itself is f32: decode reads one row per token from it). No bias.
+    ASSIGN_OR_RETURN(w.lm_head, load.TiedHead("model.embed_tokens.weight", dims.vocab, d,
+                                              plan.vocab_rows));
   } else {
     ASSIGN_OR_RETURN(w.lm_head, load.Rows("lm_head", dims.vocab, d, plan.vocab_rows));
   }

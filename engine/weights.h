@@ -1,4 +1,6 @@
-// One rank's weights: exactly its shard of every layer (DESIGN §3), in f32.
+// One rank's weights: exactly its shard of every layer (DESIGN §3). Linear layers keep the
+// checkpoint's dtype (f32, bf16 or f16; see Linear), except kv_b_proj, which latent attention
+// reads as floats; norms, biases and the embedding table are f32.
 #ifndef SHARDLM_ENGINE_WEIGHTS_H_
 #define SHARDLM_ENGINE_WEIGHTS_H_
 
@@ -34,7 +36,7 @@ struct AttentionWeights {
   Linear k_rope_proj;            // GTA shared RoPE key, replicated [d_r, d]
   Linear kv_a_proj;              // latent: own latent rows + RoPE key rows [kv_l · d_c + d_r, d]
   std::vector<float> kv_a_norm;  // latent: own chunks [kv_l · d_c], empty if absent
-  Linear kv_b_proj;              // latent: row-sharded [hq_l · (d_n + d_v), d_c]
+  Linear kv_b_proj;              // latent: row-sharded [hq_l · (d_n + d_v), d_c]; always f32
   Linear o_proj;                 // col-sharded [d, hq_l · v_head_dim]; bias on rank 0 only
 };
 
@@ -47,7 +49,7 @@ struct LayerWeights {
 };
 
 struct ModelWeights {
-  std::vector<float> embed;       // replicated [vocab, d]
+  std::vector<float> embed;       // replicated [vocab, d], f32 (one row read per token)
   std::vector<LayerWeights> layers;
   std::vector<float> final_norm;  // replicated [d]
   Linear lm_head;                 // row-sharded by vocab [vocab_l, d]
