@@ -3,6 +3,9 @@
 // rotates and writes the new rows into the cache first; a kernel then computes,
 // for every query token, softmax(scale · q·k) · v over positions [Lo, pos].
 // All shapes are this rank's local shard. Outputs are fully overwritten.
+// The fast kernels split work over the per-rank compute pool (base/thread_pool.h)
+// and give the same bits at any thread count, page size, page placement and
+// batch composition: a query's result depends only on its own context.
 #ifndef SHARDLM_ATTENTION_ATTENTION_H_
 #define SHARDLM_ATTENTION_ATTENTION_H_
 

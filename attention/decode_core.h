@@ -1,8 +1,8 @@
-// The inner kernel shared by the fast attention paths (GQA, GTA, latent): one
-// query token, one KV/latent group of `g` query heads, positions [Lo(window), pos]
-// of a paged cache, computed flash-decoding style. Each family only says where
-// its key and value parts sit in a cache row (RowLayout) and where its queries
-// are (GroupQuery). Internal to attention/; the public API is attention.h.
+// The decode core shared by the fast attention paths (GQA, GTA, latent): a
+// ragged batch of query tokens over a paged cache, computed flash-decoding style
+// (chunks of positions merged by log-sum-exp). Each family only says where its
+// key and value parts sit in a cache row (RowLayout) and where its queries are
+// (DecodeQueries). Internal to attention/; the public API is attention.h.
 #ifndef SHARDLM_ATTENTION_DECODE_CORE_H_
 #define SHARDLM_ATTENTION_DECODE_CORE_H_
 
@@ -11,54 +11,71 @@
 #include <cstring>
 #include <span>
 
+#include "attention/decode_kernels.h"
 #include "attention/kv_cache.h"
 #include "base/status.h"
 
 namespace shardlm::attention_internal {
 
-// Positions per chunk. A chunk's scores for the whole group fit a small scratch
-// [g, kChunk], and its rows, read once from memory for the scores, are still in
-// L1/L2 when re-read for the values. A longer range yields one partial
-// (out, lse) per chunk, merged with MergeLse (DESIGN §4).
-inline constexpr int64_t kChunk = 256;
+// Positions per chunk. A sequence's range [Lo(window), pos] is cut at every
+// multiple of kChunk *positions* (never at page boundaries), each chunk yields a
+// normalized partial output and its log-sum-exp, and the partials are merged
+// with MergeLse in chunk order (DESIGN §4). Chunks are the unit of work handed to
+// the compute threads, so one long sequence still occupies every thread; since
+// the cuts depend only on positions, a query's result does not depend on page
+// size, page placement, batch composition or thread count.
+inline constexpr int64_t kChunk = 512;
 
-// Where a family's key and value live inside one cache row. The score of a
-// query (qa, qb) against a row is
-//   scale · (qa · row[a_off, a_off + a_len) + qb · row[b_off, b_off + b_len))
-// and its value is row[v_off, v_off + v_len). The b part may be empty (b_len 0);
-// the value may overlap the key parts (GTA, latent: one state is both).
+// Where a family's keys and values sit inside one cache row, for each of
+// `groups` KV (or latent) groups. The score of a query (qa, qb) of group j is
+//   scale · (qa · row[a_off + j·a_step, +a_len) + qb · row[b_off + j·b_step, +b_len))
+// and its value is row[v_off + j·v_step, +v_len). The b part may be empty
+// (b_len 0) or shared by all groups (b_step 0: the RoPE key of GTA and latent
+// attention); the value may overlap the key parts (GTA, latent: one state is both).
 struct RowLayout {
+  int64_t groups = 1;
   int64_t a_off = 0;
   int64_t a_len = 0;
+  int64_t a_step = 0;
   int64_t b_off = 0;
   int64_t b_len = 0;
+  int64_t b_step = 0;
   int64_t v_off = 0;
   int64_t v_len = 0;
+  int64_t v_step = 0;
 };
 
-// The g query heads of one group: head h's score parts are qa + h·qa_stride
-// (a_len floats) and qb + h·qb_stride (b_len floats; unused when b_len is 0).
-struct GroupQuery {
-  int64_t g = 0;
+// The queries of a batch: query head i = j·g + h (head h of group j) of token t
+// has score parts qa + t·qa_token + i·qa_head (a_len floats) and
+// qb + t·qb_token + i·qb_head (b_len floats; unused when b_len is 0).
+struct DecodeQueries {
+  int64_t g = 0;  // query heads per group
   const float* qa = nullptr;
-  int64_t qa_stride = 0;
+  int64_t qa_token = 0;
+  int64_t qa_head = 0;
   const float* qb = nullptr;
-  int64_t qb_stride = 0;
+  int64_t qb_token = 0;
+  int64_t qb_head = 0;
 };
 
-// For each head h of the group writes out + h·out_stride (v_len floats):
-// Σ_t softmax_t(score) · value_t over t in [token.Lo(window), token.pos].
-// The range is cut into chunks of kChunk positions. Within a chunk the g heads'
-// scores are materialized (pass 1 over the rows), exponentiated against the
-// chunk max, and the values summed with those weights (pass 2, rows now in
-// cache); across chunks each chunk's normalized output and lse are merged with
-// MergeLse — online softmax with the rescaling done per chunk instead of per row.
-// fp32 throughout; each row of the range is fetched from memory once per group.
-// CHECKs that every page the range touches is in the block table and the pool.
+// For every token t and query head i writes out + t·out_token + i·out_head
+// (v_len floats): Σ_p softmax_p(score) · value_p over p in [Lo(window), pos].
+// Work items are (token, chunk), run in parallel on the compute pool; each
+// streams its rows block by block, every row fetched once for all heads of all
+// groups (contiguous reads within a page), with online softmax inside the chunk;
+// multi-chunk tokens are then merged with MergeLse in chunk order. fp32
+// throughout; dot products and weighted sums use AVX-512 when the CPU has it.
+// CHECKs that every page a range touches is in the block table and the pool.
 // out must not overlap the cache or the queries.
-void GroupAttention(const CacheView& cache, const QueryToken& token, int64_t window,
-                    const RowLayout& layout, float scale, const GroupQuery& query, float* out,
-                    int64_t out_stride);
+void DecodeAttention(const CacheView& cache, std::span<const QueryToken> tokens, int64_t window,
+                     const RowLayout& layout, float scale, const DecodeQueries& queries, float* out,
+                     int64_t out_token, int64_t out_head);
+
+// Which inner kernels DecodeAttention uses: the best the CPU supports, or the
+// portable ones (tests compare the two). Not thread-safe; set before decoding.
+enum class DecodeIsa { kBest, kPortable };
+void SetDecodeIsa(DecodeIsa isa);
+const char* DecodeIsaName();
 
 // Calls f(first_row, t0, n) for each maximal run of consecutive positions
 // [t0, t0 + n) within [first, last] that share a page; row i of a run is

@@ -23,27 +23,25 @@ void CheckShape(const GqaShape& shape, const CacheView& cache) {
 
 }  // namespace
 
-// Per token and KV head j, the g = h_q / h_kv query heads of group j run through
-// GroupAttention together, so each K/V row of head j is read once per group.
+// All KV heads in one pass: each K/V row is read once for every query head
+// (group j of g = h_q / h_kv heads reads K_j and V_j), see DecodeAttention.
 void GqaAttention(const GqaShape& shape, const CacheView& cache, std::span<const QueryToken> tokens,
                   const float* q, float* out) {
   CheckShape(shape, cache);
   const int64_t h_q = shape.num_q_heads;
   const int64_t h_kv = shape.num_kv_heads;
   const int64_t d = shape.head_dim;
-  const int64_t g = h_q / h_kv;
-  for (size_t ti = 0; ti < tokens.size(); ++ti) {
-    attention_internal::CheckToken(cache, tokens[ti]);
-    const float* q_t = q + static_cast<int64_t>(ti) * h_q * d;  // [h_q, d]
-    float* out_t = out + static_cast<int64_t>(ti) * h_q * d;    // [h_q, d]
-    for (int64_t j = 0; j < h_kv; ++j) {
-      const attention_internal::RowLayout layout{
-          .a_off = j * d, .a_len = d, .b_off = 0, .b_len = 0, .v_off = (h_kv + j) * d, .v_len = d};
-      const attention_internal::GroupQuery query{.g = g, .qa = q_t + j * g * d, .qa_stride = d};
-      attention_internal::GroupAttention(cache, tokens[ti], shape.window, layout, shape.scale,
-                                         query, out_t + j * g * d, d);
-    }
-  }
+  const attention_internal::RowLayout layout{.groups = h_kv,
+                                             .a_off = 0,
+                                             .a_len = d,
+                                             .a_step = d,
+                                             .v_off = h_kv * d,
+                                             .v_len = d,
+                                             .v_step = d};
+  const attention_internal::DecodeQueries queries{
+      .g = h_q / h_kv, .qa = q, .qa_token = h_q * d, .qa_head = d};
+  attention_internal::DecodeAttention(cache, tokens, shape.window, layout, shape.scale, queries,
+                                      out, h_q * d, d);
 }
 
 // Reference: per token and query head, materialize all scores in double, softmax

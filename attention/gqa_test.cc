@@ -81,24 +81,31 @@ TEST(GqaTest, FastMatchesNaiveSweep) {
   struct Heads {
     int64_t q, kv;
   };
-  double worst = 0.0;
-  for (const int64_t d : {1, 7, 16, 33, 64}) {
-    for (const Heads heads : {Heads{1, 1}, Heads{4, 1}, Heads{6, 2}, Heads{8, 8}, Heads{5, 5}}) {
-      for (const int64_t ctx : {1, 2, 17, 100, 600}) {
-        for (const int64_t page : {1, 3, 16}) {
-          for (const int64_t window : {0, 1, 5}) {
-            for (const uint64_t seed : {1u, 2u}) {
-              const float q_range = seed == 1 ? 1.0f : 4.0f;
-              worst = std::max(
-                  worst, CheckGqaCase({d, heads.q, heads.kv, ctx, page, window, seed, q_range}));
-              if (HasFailure()) return;
+  // Both builds of the inner kernels (AVX-512 when the CPU has it, and portable).
+  const attention_test::RestoreDecodeIsa restore;
+  for (const auto isa : {attention_internal::DecodeIsa::kBest,
+                         attention_internal::DecodeIsa::kPortable}) {
+    attention_internal::SetDecodeIsa(isa);
+    double worst = 0.0;
+    for (const int64_t d : {1, 7, 16, 33, 64}) {
+      for (const Heads heads : {Heads{1, 1}, Heads{4, 1}, Heads{6, 2}, Heads{8, 8}, Heads{5, 5}}) {
+        for (const int64_t ctx : {1, 2, 17, 100, 600}) {
+          for (const int64_t page : {1, 3, 16}) {
+            for (const int64_t window : {0, 1, 5}) {
+              for (const uint64_t seed : {1u, 2u}) {
+                const float q_range = seed == 1 ? 1.0f : 4.0f;
+                worst = std::max(
+                    worst, CheckGqaCase({d, heads.q, heads.kv, ctx, page, window, seed, q_range}));
+                if (HasFailure()) return;
+              }
             }
           }
         }
       }
     }
+    std::printf("GQA sweep (%s): worst error / derived bound = %.3g\n",
+                attention_internal::DecodeIsaName(), worst);
   }
-  std::printf("GQA sweep: worst error / derived bound = %.3g\n", worst);
 }
 
 // Ranges that end just before, on and after chunk boundaries, alone and windowed.
@@ -119,7 +126,7 @@ TEST(GqaTest, LargeScoresStayFinite) {
 // MHA (h_kv = h_q) against attention computed directly from contiguous K and V
 // arrays: checks the paged path and the naive reference against plain indexing.
 TEST(GqaTest, MhaEqualsDirectComputation) {
-  const int64_t h = 4, d = 16, ctx = 300;
+  const int64_t h = 4, d = 16, ctx = kChunk + 44;  // two chunks
   for (const uint64_t seed : {1u, 2u, 3u}) {
     Rng rng(seed, "mha");
     const std::vector<float> k = rng.UniformVector(ctx * h * d, -1, 1);  // [ctx, h, d]

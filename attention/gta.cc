@@ -25,10 +25,10 @@ void CheckShape(const GtaShape& shape, const CacheView& cache) {
 
 }  // namespace
 
-// Per token and tied state j, the g query heads of group j run together through
-// GroupAttention. A score is q_nope·tied_j[0 : d_h − d_r] + q_rope·k_rope and the
-// value is tied_j itself, so the tied state is fetched once per group and serves
-// as both key and value (the second touch hits L1/L2 within a chunk).
+// All tied states in one pass (see DecodeAttention). A score of group j is
+// q_nope·tied_j[0 : d_h − d_r] + q_rope·k_rope and the value is tied_j itself, so
+// the tied state is fetched once and serves as both key and value (the second
+// touch hits L1 within a block).
 void GtaAttention(const GtaShape& shape, const CacheView& cache, std::span<const QueryToken> tokens,
                   const float* q, float* out) {
   CheckShape(shape, cache);
@@ -36,25 +36,25 @@ void GtaAttention(const GtaShape& shape, const CacheView& cache, std::span<const
   const int64_t h_kv = shape.num_kv_heads;
   const int64_t d = shape.head_dim;
   const int64_t d_nope = d - shape.rope_dim;
-  const int64_t g = h_q / h_kv;
-  for (size_t ti = 0; ti < tokens.size(); ++ti) {
-    attention_internal::CheckToken(cache, tokens[ti]);
-    const float* q_t = q + static_cast<int64_t>(ti) * h_q * d;  // [h_q, d]
-    float* out_t = out + static_cast<int64_t>(ti) * h_q * d;    // [h_q, d]
-    for (int64_t j = 0; j < h_kv; ++j) {
-      const attention_internal::RowLayout layout{.a_off = j * d,
-                                                 .a_len = d_nope,
-                                                 .b_off = h_kv * d,
-                                                 .b_len = shape.rope_dim,
-                                                 .v_off = j * d,
-                                                 .v_len = d};
-      const float* q_group = q_t + j * g * d;
-      const attention_internal::GroupQuery query{
-          .g = g, .qa = q_group, .qa_stride = d, .qb = q_group + d_nope, .qb_stride = d};
-      attention_internal::GroupAttention(cache, tokens[ti], shape.window, layout, shape.scale,
-                                         query, out_t + j * g * d, d);
-    }
-  }
+  const attention_internal::RowLayout layout{.groups = h_kv,
+                                             .a_off = 0,
+                                             .a_len = d_nope,
+                                             .a_step = d,
+                                             .b_off = h_kv * d,
+                                             .b_len = shape.rope_dim,
+                                             .b_step = 0,
+                                             .v_off = 0,
+                                             .v_len = d,
+                                             .v_step = d};
+  const attention_internal::DecodeQueries queries{.g = h_q / h_kv,
+                                                  .qa = q,
+                                                  .qa_token = h_q * d,
+                                                  .qa_head = d,
+                                                  .qb = q + d_nope,
+                                                  .qb_token = h_q * d,
+                                                  .qb_head = d};
+  attention_internal::DecodeAttention(cache, tokens, shape.window, layout, shape.scale, queries,
+                                      out, h_q * d, d);
 }
 
 // Reference: per token, query head and position, build the key

@@ -4,6 +4,7 @@
 
 #include "absl/strings/str_format.h"
 #include "attention/attention.h"
+#include "attention/decode_core.h"
 #include "attention/test_util.h"
 #include "base/rng.h"
 #include "gtest/gtest.h"
@@ -76,20 +77,27 @@ TEST(GtaTest, FastMatchesNaiveSweep) {
   // rope_dim 0 (no RoPE key) and rope_dim = head_dim (no nope part) are the edges.
   const GtaDims dims_list[] = {{2, 2, 1, 1},   {7, 2, 4, 1},  {16, 8, 6, 2}, {33, 32, 5, 5},
                                {64, 32, 8, 8}, {16, 2, 8, 2}, {8, 8, 4, 4},  {9, 0, 2, 1}};
-  double worst = 0.0;
-  for (const GtaDims& dims : dims_list) {
-    for (const int64_t ctx : {1, 2, 17, 100, 600}) {
-      for (const int64_t page : {1, 3, 16}) {
-        for (const int64_t window : {0, 1, 5}) {
-          for (const uint64_t seed : {1u, 2u}) {
-            worst = std::max(worst, CheckGtaCase(dims, ctx, page, window, seed));
-            if (HasFailure()) return;
+  // Both builds of the inner kernels (AVX-512 when the CPU has it, and portable).
+  const attention_test::RestoreDecodeIsa restore;
+  for (const auto isa : {attention_internal::DecodeIsa::kBest,
+                         attention_internal::DecodeIsa::kPortable}) {
+    attention_internal::SetDecodeIsa(isa);
+    double worst = 0.0;
+    for (const GtaDims& dims : dims_list) {
+      for (const int64_t ctx : {1, 2, 17, 100, 600}) {
+        for (const int64_t page : {1, 3, 16}) {
+          for (const int64_t window : {0, 1, 5}) {
+            for (const uint64_t seed : {1u, 2u}) {
+              worst = std::max(worst, CheckGtaCase(dims, ctx, page, window, seed));
+              if (HasFailure()) return;
+            }
           }
         }
       }
     }
+    std::printf("GTA sweep (%s): worst error / derived bound = %.3g\n",
+                attention_internal::DecodeIsaName(), worst);
   }
-  std::printf("GTA sweep: worst error / derived bound = %.3g\n", worst);
 }
 
 // GTA equals GQA over explicitly built keys k_j = [tied_j[0 : d_h − d_r] | k_rope]

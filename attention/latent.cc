@@ -8,6 +8,7 @@
 #include "attention/attention.h"
 #include "attention/decode_core.h"
 #include "base/status.h"
+#include "base/thread_pool.h"
 
 namespace shardlm {
 namespace {
@@ -41,9 +42,9 @@ struct LatentScratch {
 
 // Absorbed form (DESIGN §2.3), per tile of tokens:
 //   1. q̃_i = W_UK,iᵀ q_nope,i (d_c floats per head);
-//   2. per latent head j, the g query heads of group j run together through
-//      GroupAttention with scores scale·(q̃_i·c_j,t + q_rope,i·k_rope,t) and the
-//      latents c_j,t as values, so each latent row is fetched once per group;
+//   2. DecodeAttention over all latent heads at once: head i of group j scores
+//      scale·(q̃_i·c_j,t + q_rope,i·k_rope,t) and takes the latents c_j,t as
+//      values, so each latent row is fetched once for all heads;
 //   3. o_i = W_UV,i ō_i + b_V,i.
 // The W_UK bias b_K is not applied: it adds scale·(q_nope,i·b_K,i) to every score
 // of head i, a constant over positions, which softmax cancels. The W_UV bias is
@@ -74,52 +75,58 @@ void LatentAttention(const LatentShape& shape, const CacheView& cache,
   const int64_t num_tokens = static_cast<int64_t>(tokens.size());
   for (int64_t t0 = 0; t0 < num_tokens; t0 += kTokenTile) {
     const int64_t nt = std::min(kTokenTile, num_tokens - t0);
-    for (int64_t tt = 0; tt < nt; ++tt) attention_internal::CheckToken(cache, tokens[t0 + tt]);
 
     // 1. q̃_i = W_UK,iᵀ q_nope,i = Σ_n q_nope,i[n] · (row n of W_UK,i, [d_n, d_c]).
-    for (int64_t i = 0; i < h_q; ++i) {
-      const float* w_uk = kv_b + i * dkv * d_c;
-      for (int64_t tt = 0; tt < nt; ++tt) {
-        const float* q_nope = q + ((t0 + tt) * h_q + i) * dq;
-        float* qa = q_abs + (tt * h_q + i) * d_c;
-        std::fill_n(qa, d_c, 0.0f);
-        attention_internal::AddWeightedRows(q_nope, w_uk, d_c, d_n, d_c, qa);
-      }
-    }
-
-    // 2. Attention over the latents, one group of g query heads per latent head.
-    for (int64_t tt = 0; tt < nt; ++tt) {
-      for (int64_t j = 0; j < h_c; ++j) {
-        const attention_internal::RowLayout layout{.a_off = j * d_c,
-                                                   .a_len = d_c,
-                                                   .b_off = h_c * d_c,
-                                                   .b_len = d_r,
-                                                   .v_off = j * d_c,
-                                                   .v_len = d_c};
-        const int64_t head0 = tt * h_q + j * g;  // first head of the group in the tile
-        const attention_internal::GroupQuery query{.g = g,
-                                                   .qa = q_abs + head0 * d_c,
-                                                   .qa_stride = d_c,
-                                                   .qb = q + (t0 * h_q + head0) * dq + d_n,
-                                                   .qb_stride = dq};
-        attention_internal::GroupAttention(cache, tokens[t0 + tt], shape.window, layout,
-                                           shape.scale, query, o_lat + head0 * d_c, d_c);
-      }
-    }
-
-    // 3. o_i = W_UV,i ō_i + b_V,i; W_UV,i is [d_v, d_c].
-    for (int64_t i = 0; i < h_q; ++i) {
-      const float* w_uv = kv_b + (i * dkv + d_n) * d_c;
-      const float* b_v = kv_b_bias != nullptr ? kv_b_bias + i * dkv + d_n : nullptr;
-      for (int64_t tt = 0; tt < nt; ++tt) {
-        const float* ol = o_lat + (tt * h_q + i) * d_c;
-        float* o = out + ((t0 + tt) * h_q + i) * d_v;
-        for (int64_t v = 0; v < d_v; ++v) {
-          o[v] =
-              attention_internal::Dot(w_uv + v * d_c, ol, d_c) + (b_v != nullptr ? b_v[v] : 0.0f);
+    //    Heads are independent work items for the compute threads.
+    ParallelFor(h_q, 1, [&](int64_t head_begin, int64_t head_end) {
+      for (int64_t i = head_begin; i < head_end; ++i) {
+        const float* w_uk = kv_b + i * dkv * d_c;
+        for (int64_t tt = 0; tt < nt; ++tt) {
+          const float* q_nope = q + ((t0 + tt) * h_q + i) * dq;
+          float* qa = q_abs + (tt * h_q + i) * d_c;
+          std::fill_n(qa, d_c, 0.0f);
+          attention_internal::AddWeightedRows(q_nope, w_uk, d_c, d_n, d_c, qa);
         }
       }
-    }
+    });
+
+    // 2. Attention over the latents of the tile's tokens, all latent heads in one
+    //    pass; group j's values are its latents c_j.
+    const attention_internal::RowLayout layout{.groups = h_c,
+                                               .a_off = 0,
+                                               .a_len = d_c,
+                                               .a_step = d_c,
+                                               .b_off = h_c * d_c,
+                                               .b_len = d_r,
+                                               .b_step = 0,
+                                               .v_off = 0,
+                                               .v_len = d_c,
+                                               .v_step = d_c};
+    const attention_internal::DecodeQueries queries{.g = g,
+                                                    .qa = q_abs,
+                                                    .qa_token = h_q * d_c,
+                                                    .qa_head = d_c,
+                                                    .qb = q + t0 * h_q * dq + d_n,
+                                                    .qb_token = h_q * dq,
+                                                    .qb_head = dq};
+    attention_internal::DecodeAttention(cache, tokens.subspan(t0, nt), shape.window, layout,
+                                        shape.scale, queries, o_lat, h_q * d_c, d_c);
+
+    // 3. o_i = W_UV,i ō_i + b_V,i; W_UV,i is [d_v, d_c].
+    ParallelFor(h_q, 1, [&](int64_t head_begin, int64_t head_end) {
+      for (int64_t i = head_begin; i < head_end; ++i) {
+        const float* w_uv = kv_b + (i * dkv + d_n) * d_c;
+        const float* b_v = kv_b_bias != nullptr ? kv_b_bias + i * dkv + d_n : nullptr;
+        for (int64_t tt = 0; tt < nt; ++tt) {
+          const float* ol = o_lat + (tt * h_q + i) * d_c;
+          float* o = out + ((t0 + tt) * h_q + i) * d_v;
+          for (int64_t v = 0; v < d_v; ++v) {
+            o[v] = attention_internal::Dot(w_uv + v * d_c, ol, d_c) +
+                   (b_v != nullptr ? b_v[v] : 0.0f);
+          }
+        }
+      }
+    });
   }
 }
 

@@ -4,6 +4,7 @@
 
 #include "absl/strings/str_format.h"
 #include "attention/attention.h"
+#include "attention/decode_core.h"
 #include "attention/test_util.h"
 #include "base/rng.h"
 #include "gtest/gtest.h"
@@ -141,20 +142,27 @@ TEST(LatentTest, FastMatchesNaiveSweep) {
   const LatentDims dims_list[] = {
       {1, 1, 5, 3, 2, 7},  {4, 1, 16, 16, 8, 16},  {6, 2, 64, 8, 32, 5}, {5, 5, 5, 16, 2, 16},
       {8, 8, 16, 7, 8, 3}, {8, 1, 64, 16, 32, 16}, {4, 2, 16, 0, 8, 8},  {2, 1, 5, 4, 0, 4}};
-  double worst = 0.0;
-  for (const LatentDims& dims : dims_list) {
-    for (const int64_t ctx : {1, 2, 17, 100, 600}) {
-      for (const int64_t page : {1, 3, 16}) {
-        for (const int64_t window : {0, 1, 5}) {
-          for (const uint64_t seed : {1u, 2u}) {
-            worst = std::max(worst, CheckLatentCase(dims, ctx, page, window, seed, seed == 2));
-            if (HasFailure()) return;
+  // Both builds of the inner kernels (AVX-512 when the CPU has it, and portable).
+  const attention_test::RestoreDecodeIsa restore;
+  for (const auto isa : {attention_internal::DecodeIsa::kBest,
+                         attention_internal::DecodeIsa::kPortable}) {
+    attention_internal::SetDecodeIsa(isa);
+    double worst = 0.0;
+    for (const LatentDims& dims : dims_list) {
+      for (const int64_t ctx : {1, 2, 17, 100, 600}) {
+        for (const int64_t page : {1, 3, 16}) {
+          for (const int64_t window : {0, 1, 5}) {
+            for (const uint64_t seed : {1u, 2u}) {
+              worst = std::max(worst, CheckLatentCase(dims, ctx, page, window, seed, seed == 2));
+              if (HasFailure()) return;
+            }
           }
         }
       }
     }
+    std::printf("Latent sweep (%s): worst error / derived bound = %.3g\n",
+                attention_internal::DecodeIsaName(), worst);
   }
-  std::printf("Latent sweep: worst error / derived bound = %.3g\n", worst);
 }
 
 // More tokens than one tile of the fast path (16), each at its own position.

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "absl/strings/str_format.h"
+#include "attention/decode_core.h"
 #include "attention/kv_cache.h"
 #include "base/rng.h"
 #include "gtest/gtest.h"
@@ -45,21 +46,27 @@ inline double ScoreError(int64_t m, double s_abs) { return (GammaTilde(m) + 2 * 
 // Bound on |fast − exact| for one element of o = Σ_t softmax(s)_t·v_t over n
 // positions, where every score is computed with absolute error ≤ score_err,
 // s_abs ≥ scale·Σ_i |a_i b_i| for every score, and v_max ≥ |v_t|. Derivation:
-//  (a) subtracting the max and exp add ≤ 2u·s_abs to each exponent and u relative
-//      to each numerator;
+//  (a) subtracting the max and exp add ≤ 2u·s_abs to each exponent and kExpUlps·u
+//      relative to each numerator (decode_kernels.h: the vectorized exp);
 //  (b) shifting every exponent by at most δ = score_err + 2u·s_abs moves each
 //      weight p_t by a factor within e^(±2δ) (numerator and denominator move), so
 //      the weights are off by ≤ (2δ + u)·p_t to first order;
 //  (c) chunk merging takes ln of each chunk's sum and exp of lse_i − M, which adds
 //      ≤ 2u·(s_abs + ln n + 1) to each exponent and so 2× that to the weights;
-//  (d) the sum of the numerators carries relative error γ̃(n);
+//  (d) the sum of the numerators carries relative error γ̃(n); online softmax
+//      rescales the running sums and outputs together by the same factor
+//      e^(m_old − m_new) once per block (its exp error cancels in their ratio),
+//      each rescale rounding both by u: γ̃(n/kBlock + 1) on each, twice that on the
+//      weights;
 //  (e) since Σ p_t = 1, weights off by relative ε move o by ≤ ε·v_max; the weighted
 //      sum of values adds γ̃(n)·v_max, the final fp32 rounding (fast and reference
 //      each) u·v_max.
 inline double AttentionTolerance(int64_t n, double score_err, double s_abs, double v_max) {
   const double delta = score_err + 2 * kU * s_abs;
   const double merge = 2 * kU * (s_abs + std::log(static_cast<double>(n)) + 1);
-  const double weight_rel = 2 * delta + kU + 2 * merge + GammaTilde(n);
+  const double rescale = 2 * GammaTilde(n / attention_internal::kBlock + 1);
+  const double weight_rel =
+      2 * delta + attention_internal::kExpUlps * kU + 2 * merge + GammaTilde(n) + rescale;
   return v_max * (weight_rel + GammaTilde(n) + 2 * kU);
 }
 
@@ -187,6 +194,15 @@ inline int64_t MaxRange(std::span<const QueryToken> tokens, int64_t window) {
   for (const QueryToken& t : tokens) n = std::max(n, t.pos - t.Lo(window) + 1);
   return n;
 }
+
+// Switches a test back to the best decode kernels when it ends (also on an
+// early return), after it has run some with SetDecodeIsa(kPortable).
+struct RestoreDecodeIsa {
+  RestoreDecodeIsa() = default;
+  RestoreDecodeIsa(const RestoreDecodeIsa&) = delete;
+  RestoreDecodeIsa& operator=(const RestoreDecodeIsa&) = delete;
+  ~RestoreDecodeIsa() { attention_internal::SetDecodeIsa(attention_internal::DecodeIsa::kBest); }
+};
 
 // ---------------------------------------------------------------------------
 // Outputs.

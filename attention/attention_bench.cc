@@ -1,0 +1,298 @@
+// Decode-attention bandwidth bench (issue 5): for each family, contexts 1k/8k/32k
+// and batches 1/16, one decode token per sequence over a paged cache with
+// page_size 16 and shuffled block tables, at 1 and 2 compute threads.
+//
+// Decode attention is memory-bound: every cached row of a sequence's context is
+// read once per step. The figure of merit is cache bytes read / time, printed
+// next to a plain-read probe (the napkin bound: what one streaming pass over
+// memory achieves with the same threads), measured in alternation with the
+// kernel in the same run, and as a fraction of it. Timings are the best of
+// several repetitions (the machine is shared). `fma/B` is the arithmetic per
+// cache byte: where it is high (MLA: all 32 heads dot and accumulate the whole
+// 512-float latent of every row) the kernel is FMA-bound before memory-bound.
+//
+// Consecutive repetitions use disjoint block tables (≥ 256 MB apart in total),
+// so no repetition finds its rows in the last-level cache, as in a real step
+// that has read every other layer in between. The pool is capped (kPoolBytes);
+// when a configuration needs more pages, tables reuse pool pages, but each
+// sequence alone still spans far more than the last-level cache.
+//
+// usage: attention_bench [--quick] [--family=NAME] [--threads=T]
+//   --quick: 1k and 8k only, fewer repetitions; --family: gqa, gta, mla or gla only;
+//   --threads: that thread count only (default: 1 and 2)
+#include <algorithm>
+#include <chrono>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <ctime>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "attention/attention.h"
+#include "base/rng.h"
+#include "base/thread_pool.h"
+
+namespace shardlm {
+namespace {
+
+constexpr int64_t kPageSize = 16;
+constexpr int64_t kPoolBytes = int64_t{512} << 20;
+// Floats the probe reads per repetition: 128 MB, far beyond the last-level cache.
+constexpr int64_t kProbeFloats = (int64_t{128} << 20) / sizeof(float);
+
+double Now() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+// CPU clocks of the process (all threads) and of the calling thread. The machine
+// is shared by several engineers (load averages above 10 on 2 cores), so wall
+// time mostly measures the scheduler; CPU time counts only the time our threads
+// ran, memory stalls included.
+struct CpuClock {
+  double process = 0.0;
+  double thread = 0.0;
+};
+double Seconds(clockid_t clock) {
+  timespec ts;
+  clock_gettime(clock, &ts);
+  return static_cast<double>(ts.tv_sec) + 1e-9 * static_cast<double>(ts.tv_nsec);
+}
+CpuClock CpuNow() {
+  return {Seconds(CLOCK_PROCESS_CPUTIME_ID), Seconds(CLOCK_THREAD_CPUTIME_ID)};
+}
+
+// The time a parallel call would take on otherwise idle cores: the larger of the
+// calling thread's CPU time and the mean CPU time of the pool's workers (the only
+// other threads of this process). A worker that sleeps through the call adds
+// nothing, so a single-threaded kernel shows no speed-up; spinning while waiting
+// is counted, so imbalance shows.
+double EffectiveSeconds(const CpuClock& start, const CpuClock& end, int threads) {
+  const double caller = end.thread - start.thread;
+  if (threads <= 1) return caller;
+  const double workers = (end.process - start.process) - caller;
+  return std::max(caller, workers / (threads - 1));
+}
+
+// Plain-read probe: sums `n` floats with eight independent vector accumulators
+// (no FMA chain, no stores), split over the compute threads. The sum is returned
+// so the reads cannot be dropped.
+typedef float Vec16 __attribute__((vector_size(64)));
+float ReadProbeRange(const float* p, int64_t n) {
+  Vec16 acc[8] = {};
+  int64_t i = 0;
+  for (; i + 128 <= n; i += 128) {
+    for (int k = 0; k < 8; ++k) {
+      Vec16 v;
+      std::memcpy(&v, p + i + 16 * k, sizeof(v));
+      acc[k] += v;
+    }
+  }
+  float s = 0.0f;
+  for (int k = 0; k < 8; ++k) {
+    for (int l = 0; l < 16; ++l) s += acc[k][l];
+  }
+  for (; i < n; ++i) s += p[i];
+  return s;
+}
+
+float ReadProbe(const float* p, int64_t n) {
+  std::vector<float> sums(64, 0.0f);
+  ParallelFor(n, 1 << 16, [&](int64_t b, int64_t e) {
+    sums[b * 63 / n] += ReadProbeRange(p + b, e - b);
+  });
+  float s = 0.0f;
+  for (const float x : sums) s += x;
+  return s;
+}
+
+// Best times of the kernel and of the probe, measured in alternation so that
+// both see the same share of a machine shared with other work: repetitions go on
+// for at least `min_seconds` (and 5 rounds), and the minimum of each is kept.
+// Repetition r runs kernel(r) (a different set of pages each time, so the cache
+// is streamed from memory as in a real step) and then reads probe_floats floats
+// of the pool starting at a rotating offset.
+struct Timing {
+  double kernel_s = 1e30;  // EffectiveSeconds
+  double probe_s = 1e30;
+  double kernel_wall_s = 1e30;
+};
+Timing Measure(const std::function<void(int)>& kernel, const std::vector<float>& pool,
+               int64_t probe_floats, double min_seconds) {
+  kernel(0);  // warm-up: scratch allocation, page faults
+  const int threads = ComputeThreads();
+  Timing best;
+  float sink = 0.0f;
+  const int64_t slots = static_cast<int64_t>(pool.size()) / probe_floats;
+  const double start = Now();
+  for (int rep = 0; rep < 5 || Now() - start < min_seconds; ++rep) {
+    const double w0 = Now();
+    CpuClock t0 = CpuNow();
+    kernel(rep + 1);
+    best.kernel_s = std::min(best.kernel_s, EffectiveSeconds(t0, CpuNow(), threads));
+    best.kernel_wall_s = std::min(best.kernel_wall_s, Now() - w0);
+    t0 = CpuNow();
+    sink += ReadProbe(pool.data() + (rep % slots) * probe_floats, probe_floats);
+    best.probe_s = std::min(best.probe_s, EffectiveSeconds(t0, CpuNow(), threads));
+  }
+  if (sink == 12345.0f) std::printf(" ");
+  return best;
+}
+
+struct Family {
+  std::string name;
+  int64_t row_floats;
+  double fma_per_row;  // multiply-adds per cached row per query token (all local heads)
+  int64_t q_floats;    // per token
+  int64_t out_floats;  // per token
+  std::function<void(const CacheView&, std::span<const QueryToken>, const float*, float*)> run;
+};
+
+void FillUniform(std::vector<float>& v, uint64_t seed) {
+  Rng rng(seed);
+  // A cheap generator is enough: values only need to be finite and varied.
+  uint32_t x = static_cast<uint32_t>(rng.NextU64()) | 1;
+  for (float& f : v) {
+    x ^= x << 13;
+    x ^= x >> 17;
+    x ^= x << 5;
+    f = static_cast<float>(x >> 8) * 0x1p-23f - 1.0f;
+  }
+}
+
+struct Options {
+  bool quick = false;
+  std::string family;  // empty: all
+  int threads = 0;     // 0: 1 and 2
+};
+
+void RunFamily(const Family& fam, const Options& opt) {
+  if (!opt.family.empty() && opt.family != fam.name) return;
+  const bool quick = opt.quick;
+  const int64_t row_bytes = fam.row_floats * static_cast<int64_t>(sizeof(float));
+  const int64_t num_pages = kPoolBytes / (kPageSize * row_bytes);
+  std::vector<float> pool(static_cast<size_t>(num_pages * kPageSize * fam.row_floats));
+  FillUniform(pool, 1);
+  const CacheView cache{pool.data(), num_pages, kPageSize, fam.row_floats};
+  std::vector<int32_t> ids(static_cast<size_t>(num_pages));
+  for (int64_t i = 0; i < num_pages; ++i) ids[i] = static_cast<int32_t>(i);
+  Rng rng(7);
+  for (size_t i = ids.size(); i > 1; --i) std::swap(ids[i - 1], ids[rng.NextU64() % i]);
+
+  const double min_seconds = quick ? 0.1 : 0.3;
+  std::vector<int64_t> contexts = {1024, 8192, 32768};
+  if (quick) contexts.pop_back();
+  for (const int threads : {1, 2}) {
+    if (opt.threads != 0 && threads != opt.threads) continue;
+    SetComputeThreads(threads);
+    for (const int64_t ctx : contexts) {
+      for (const int64_t batch : {1, 16}) {
+        const int64_t bytes = batch * ctx * row_bytes;
+        // Enough disjoint table sets that consecutive repetitions touch ≥ 256 MB, far
+        // beyond the last-level cache (a step reads every layer before this one again).
+        const int64_t sets = std::clamp<int64_t>((int64_t{256} << 20) / bytes, 1, 64);
+        std::vector<std::vector<std::vector<int32_t>>> tables(static_cast<size_t>(sets));
+        std::vector<std::vector<QueryToken>> tokens(static_cast<size_t>(sets));
+        size_t next = 0;
+        for (int64_t set = 0; set < sets; ++set) {
+          tables[set].resize(static_cast<size_t>(batch));
+          for (auto& table : tables[set]) {
+            for (int64_t b = 0; b < (ctx + kPageSize - 1) / kPageSize; ++b) {
+              table.push_back(ids[next++ % ids.size()]);
+            }
+          }
+          for (const auto& table : tables[set]) tokens[set].push_back({table, ctx - 1});
+        }
+        std::vector<float> q(static_cast<size_t>(batch * fam.q_floats));
+        std::vector<float> out(static_cast<size_t>(batch * fam.out_floats));
+        FillUniform(q, 2);
+        const Timing t = Measure(
+            [&](int rep) { fam.run(cache, tokens[rep % sets], q.data(), out.data()); }, pool,
+            kProbeFloats, min_seconds);
+        const double gbps = static_cast<double>(bytes) / t.kernel_s / 1e9;
+        const double probe = static_cast<double>(kProbeFloats) * sizeof(float) / t.probe_s / 1e9;
+        const double wall_gbps = static_cast<double>(bytes) / t.kernel_wall_s / 1e9;
+        std::printf("%-4s %7lld %5lld %7d %9.1f %9.3f %8.2f %8.2f %6.0f%% %6.2f %8.2f\n",
+                    fam.name.c_str(), static_cast<long long>(ctx), static_cast<long long>(batch),
+                    threads, static_cast<double>(bytes) / 1e6, t.kernel_s * 1e3, gbps, probe,
+                    100.0 * gbps / probe, fam.fma_per_row / static_cast<double>(row_bytes),
+                    wall_gbps);
+        std::fflush(stdout);
+      }
+    }
+  }
+}
+
+}  // namespace
+}  // namespace shardlm
+
+int main(int argc, char** argv) {
+  using namespace shardlm;
+  Options options;
+  for (int i = 1; i < argc; ++i) {
+    const std::string arg = argv[i];
+    if (arg == "--quick") {
+      options.quick = true;
+    } else if (arg.rfind("--family=", 0) == 0) {
+      options.family = arg.substr(9);
+    } else if (arg.rfind("--threads=", 0) == 0) {
+      options.threads = std::stoi(arg.substr(10));
+    } else {
+      std::fprintf(stderr, "usage: attention_bench [--quick] [--family=NAME] [--threads=T]\n");
+      return 2;
+    }
+  }
+  std::printf("decode attention, one token per sequence, page_size %lld, shuffled pages, fp32\n",
+              static_cast<long long>(kPageSize));
+  std::printf("ms, GB/s, probe: from per-thread CPU time, best of repetitions (EffectiveSeconds); "
+              "wall: GB/s by wall clock\n");
+  std::printf("%-4s %7s %5s %7s %9s %9s %8s %8s %7s %6s %8s\n", "fam", "context", "batch",
+              "threads", "cache_MB", "ms", "GB/s", "probe", "frac", "fma/B", "wall");
+
+  // GQA, paper-m-like: h_q 32, h_kv 8, d_h 128. Per row and query head: d_h for the
+  // score, d_h for the value.
+  {
+    GqaShape s{.num_q_heads = 32, .num_kv_heads = 8, .head_dim = 128, .scale = 0.088f};
+    RunFamily({"gqa", 2 * s.num_kv_heads * s.head_dim,
+               static_cast<double>(s.num_q_heads * 2 * s.head_dim), s.num_q_heads * s.head_dim,
+               s.num_q_heads * s.head_dim,
+               [s](const CacheView& c, std::span<const QueryToken> t, const float* q, float* o) {
+                 GqaAttention(s, c, t, q, o);
+               }},
+              options);
+  }
+  // GTA: h_q 32, 8 tied states of d_h 128, shared RoPE key d_r 64.
+  {
+    GtaShape s{.num_q_heads = 32, .num_kv_heads = 8, .head_dim = 128, .rope_dim = 64,
+               .scale = 0.088f};
+    RunFamily({"gta", s.num_kv_heads * s.head_dim + s.rope_dim,
+               static_cast<double>(s.num_q_heads * 2 * s.head_dim), s.num_q_heads * s.head_dim,
+               s.num_q_heads * s.head_dim,
+               [s](const CacheView& c, std::span<const QueryToken> t, const float* q, float* o) {
+                 GtaAttention(s, c, t, q, o);
+               }},
+              options);
+  }
+  // MLA (one latent, d_c 512) and GLA (2 latent heads, d_c 256): h_q 32, d_r 64,
+  // d_n = d_v = 128, absorbed form. Per row and query head: d_c + d_r for the score,
+  // d_c for the value. The W_UK/W_UV absorption (per token, not per row) is timed
+  // too but not counted as bytes.
+  for (const int64_t h_c : {1, 2}) {
+    LatentShape s{.num_q_heads = 32, .num_latent_heads = h_c, .latent_dim = 512 / h_c,
+                  .nope_dim = 128, .rope_dim = 64, .v_head_dim = 128, .scale = 0.072f};
+    auto kv_b = std::make_shared<std::vector<float>>(
+        static_cast<size_t>(s.num_q_heads * (s.nope_dim + s.v_head_dim) * s.latent_dim));
+    FillUniform(*kv_b, 3);
+    for (float& w : *kv_b) w *= 0.05f;
+    RunFamily({h_c == 1 ? "mla" : "gla", s.num_latent_heads * s.latent_dim + s.rope_dim,
+               static_cast<double>(s.num_q_heads * (2 * s.latent_dim + s.rope_dim)),
+               s.num_q_heads * (s.nope_dim + s.rope_dim), s.num_q_heads * s.v_head_dim,
+               [s, kv_b](const CacheView& c, std::span<const QueryToken> t, const float* q,
+                         float* o) { LatentAttention(s, c, t, q, kv_b->data(), nullptr, o); }},
+              options);
+  }
+  return 0;
+}

@@ -1,0 +1,190 @@
+// Invariants of DecodeAttention that the engine's decode tests rely on: a query's
+// output bits depend only on its own context values and positions — not on page
+// size, page placement, batch composition or compute thread count.
+#include <algorithm>
+#include <bit>
+#include <cmath>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_format.h"
+#include "attention/attention.h"
+#include "attention/decode_core.h"
+#include "attention/test_util.h"
+#include "base/rng.h"
+#include "base/thread_pool.h"
+#include "gtest/gtest.h"
+
+namespace shardlm {
+namespace {
+
+using attention_internal::kChunk;
+using attention_test::GuardedBuffer;
+using attention_test::TestCache;
+
+// One family at small, odd shapes: its cache row width, q and out floats per
+// token, and a call of its fast kernel.
+struct Family {
+  std::string name;
+  int64_t row_floats;
+  int64_t q_floats;
+  int64_t out_floats;
+  std::function<void(const CacheView&, std::span<const QueryToken>, const float*, float*)> run;
+};
+
+std::vector<Family> Families(int64_t window, Rng& rng) {
+  std::vector<Family> families;
+  {
+    const GqaShape s{6, 2, 20, 0.3f, window};
+    families.push_back({"gqa", 2 * 2 * 20, 6 * 20, 6 * 20,
+                        [s](const CacheView& c, std::span<const QueryToken> t, const float* q,
+                            float* o) { GqaAttention(s, c, t, q, o); }});
+  }
+  {
+    const GtaShape s{6, 3, 24, 8, 0.3f, window};
+    families.push_back({"gta", 3 * 24 + 8, 6 * 24, 6 * 24,
+                        [s](const CacheView& c, std::span<const QueryToken> t, const float* q,
+                            float* o) { GtaAttention(s, c, t, q, o); }});
+  }
+  for (const int64_t h_c : {1, 2}) {
+    const LatentShape s{4, h_c, 24, 8, 8, 12, 0.3f, window};
+    auto kv_b = std::make_shared<std::vector<float>>(rng.UniformVector(4 * 20 * 24, -0.2f, 0.2f));
+    families.push_back({h_c == 1 ? "mla" : "gla", h_c * 24 + 8, 4 * 16, 4 * 12,
+                        [s, kv_b](const CacheView& c, std::span<const QueryToken> t,
+                                  const float* q, float* o) {
+                          LatentAttention(s, c, t, q, kv_b->data(), nullptr, o);
+                        }});
+  }
+  return families;
+}
+
+// Sequences long enough for several chunks, ending inside, on and past chunk
+// boundaries, plus a one-token sequence.
+const std::vector<int64_t> kSeqLens = {3 * kChunk + 37, kChunk, 1, kChunk + 1, 2 * kChunk - 5};
+
+// Outputs of one query per sequence (its last position) under a given page size,
+// thread count and batch order. `values` holds every sequence's rows, so caches of
+// different page sizes carry the same numbers.
+std::vector<float> RunBatch(const Family& fam, const std::vector<std::vector<float>>& values,
+                            const std::vector<float>& q, int64_t page_size, int threads,
+                            const std::vector<size_t>& order, uint64_t seed) {
+  Rng rng(seed);
+  TestCache cache(fam.row_floats, page_size, kSeqLens, rng);
+  for (size_t s = 0; s < kSeqLens.size(); ++s) {
+    for (int64_t pos = 0; pos < kSeqLens[s]; ++pos) {
+      std::copy_n(values[s].begin() + pos * fam.row_floats, fam.row_floats, cache.Row(s, pos));
+    }
+  }
+  std::vector<QueryToken> tokens;
+  std::vector<float> q_batch;
+  for (const size_t s : order) {
+    tokens.push_back({cache.table(s), kSeqLens[s] - 1});
+    q_batch.insert(q_batch.end(), q.begin() + s * fam.q_floats,
+                   q.begin() + (s + 1) * fam.q_floats);
+  }
+  SetComputeThreads(threads);
+  GuardedBuffer out(static_cast<int64_t>(order.size()) * fam.out_floats);
+  fam.run(cache.view(), tokens, q_batch.data(), out.data());
+  SetComputeThreads(1);
+  EXPECT_TRUE(out.GuardsIntact());
+  // Back in sequence order.
+  std::vector<float> result(kSeqLens.size() * fam.out_floats);
+  for (size_t i = 0; i < order.size(); ++i) {
+    std::copy_n(out.body().begin() + i * fam.out_floats, fam.out_floats,
+                result.begin() + order[i] * fam.out_floats);
+  }
+  return result;
+}
+
+void ExpectSameBits(const std::vector<float>& a, const std::vector<float>& b,
+                    const std::string& what) {
+  ASSERT_EQ(a.size(), b.size());
+  for (size_t i = 0; i < a.size(); ++i) {
+    ASSERT_EQ(std::bit_cast<uint32_t>(a[i]), std::bit_cast<uint32_t>(b[i]))
+        << what << ": element " << i << ": " << a[i] << " vs " << b[i];
+  }
+}
+
+// The reference run: page size 16, one thread, the whole batch in order. Every
+// variant must reproduce it bit for bit, with either kernel build.
+TEST(DecodeCoreTest, BitIdenticalAcrossPagesBatchesAndThreads) {
+  const attention_test::RestoreDecodeIsa restore;
+  for (const auto isa :
+       {attention_internal::DecodeIsa::kBest, attention_internal::DecodeIsa::kPortable}) {
+    attention_internal::SetDecodeIsa(isa);
+    for (const int64_t window : {int64_t{0}, kChunk + 100}) {
+      Rng rng(31, absl::StrFormat("decode_core/%d", window));
+      for (const Family& fam : Families(window, rng)) {
+        SCOPED_TRACE(absl::StrFormat("%s isa=%s window=%d", fam.name,
+                                     attention_internal::DecodeIsaName(), window));
+        std::vector<std::vector<float>> values;
+        for (const int64_t len : kSeqLens) {
+          values.push_back(rng.UniformVector(len * fam.row_floats, -1.0f, 1.0f));
+        }
+        const std::vector<float> q =
+            rng.UniformVector(kSeqLens.size() * fam.q_floats, -2.0f, 2.0f);
+        std::vector<size_t> in_order(kSeqLens.size());
+        for (size_t i = 0; i < in_order.size(); ++i) in_order[i] = i;
+        const std::vector<float> ref = RunBatch(fam, values, q, 16, 1, in_order, 1);
+        for (const float x : ref) ASSERT_TRUE(std::isfinite(x));
+
+        for (const int64_t page : {1, 5, 64}) {
+          ExpectSameBits(ref, RunBatch(fam, values, q, page, 1, in_order, 2),
+                         absl::StrFormat("page size %d", page));
+        }
+        for (const int threads : {2, 3}) {
+          ExpectSameBits(ref, RunBatch(fam, values, q, 16, threads, in_order, 3),
+                         absl::StrFormat("%d threads", threads));
+          ExpectSameBits(ref, RunBatch(fam, values, q, 1, threads, {4, 1, 0, 3, 2}, 4),
+                         absl::StrFormat("%d threads, page 1, shuffled batch", threads));
+        }
+        for (size_t s = 0; s < kSeqLens.size(); ++s) {  // each query alone
+          const std::vector<float> alone = RunBatch(fam, values, q, 16, 2, {s}, 5 + s);
+          ExpectSameBits(
+              std::vector<float>(ref.begin() + s * fam.out_floats,
+                                 ref.begin() + (s + 1) * fam.out_floats),
+              std::vector<float>(alone.begin() + s * fam.out_floats,
+                                 alone.begin() + (s + 1) * fam.out_floats),
+              absl::StrFormat("sequence %d alone", s));
+        }
+      }
+    }
+  }
+}
+
+// The exp of each kernel build, against double exp over the softmax's domain
+// (x ≤ 0, down to where e^x leaves the fp32 normal range), within kExpUlps
+// (the bound the derived tolerances use), and exactly 1 at 0.
+TEST(DecodeCoreTest, ExpWithinBound) {
+  std::vector<float> x;
+  for (float v = 0.0f; v > -87.0f; v -= 0.0013f) x.push_back(v);
+  Rng rng(3, "exp");
+  for (int i = 0; i < 100000; ++i) x.push_back(rng.Uniform(-30.0f, 0.0f));
+  for (const float v : {-0.0f, -1e-30f, -1e-7f, -0.34657359f, -0.34657360f, -0.6931472f}) {
+    x.push_back(v);
+  }
+  attention_internal::DecodeKernels kernels[2] = {attention_internal::PortableKernels(),
+                                                  attention_internal::PortableKernels()};
+  attention_internal::Avx512Kernels(&kernels[1]);
+  for (const auto& k : kernels) {
+    std::vector<float> y(x.size());
+    k.exp(x.data(), static_cast<int64_t>(x.size()), y.data());
+    double worst = 0.0;
+    for (size_t i = 0; i < x.size(); ++i) {
+      const double exact = std::exp(static_cast<double>(x[i]));
+      const double ulps = std::fabs(y[i] - exact) / (exact * attention_test::kU);  // in u
+      worst = std::max(worst, ulps);
+      ASSERT_LE(ulps, attention_internal::kExpUlps) << k.name << " exp(" << x[i] << ")";
+    }
+    float one = 0.0f;
+    const float zero = 0.0f;
+    k.exp(&zero, 1, &one);
+    EXPECT_EQ(one, 1.0f) << k.name;
+    std::printf("%s exp: worst %.2f ulp over %zu inputs\n", k.name, worst, x.size());
+  }
+}
+
+}  // namespace
+}  // namespace shardlm

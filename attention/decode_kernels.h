@@ -1,0 +1,84 @@
+// Inner kernels of DecodeAttention (decode_core.h) for one block of up to kBlock
+// rows and one group of g query heads, in two builds: AVX-512 (decode_kernels_x86.cc,
+// function target attributes, used when CPUID reports AVX-512F/BW/VL) and portable
+// (decode_core.cc, GCC vector extension). Each build is deterministic on its own:
+// a fixed summation order that does not depend on where the rows come from.
+#ifndef SHARDLM_ATTENTION_DECODE_KERNELS_H_
+#define SHARDLM_ATTENTION_DECODE_KERNELS_H_
+
+#include <cstdint>
+
+namespace shardlm::attention_internal {
+
+// Positions per block inside a chunk (see decode_core.h): the rows of a block are
+// read once from memory for all query heads, and the running softmax state is
+// rescaled once per block. Blocks are aligned to multiples of kBlock positions.
+inline constexpr int64_t kBlock = 16;
+
+// scores[h·kBlock + r] = qa_h · rows[r][a_off, +a_len) + qb_h · rows[r][b_off, +b_len)
+// for h < g, r < nb, where qa_h = qa + h·qa_head and qb_h = qb + h·qb_head. The two
+// parts may share partial sums. Unscaled.
+struct ScoreArgs {
+  const float* const* rows = nullptr;  // [nb] row pointers
+  int64_t nb = 0;
+  int64_t a_off = 0, a_len = 0, b_off = 0, b_len = 0;
+  const float* qa = nullptr;
+  int64_t qa_head = 0;
+  const float* qb = nullptr;
+  int64_t qb_head = 0;
+  int64_t g = 0;
+  float* scores = nullptr;  // [g, kBlock]
+};
+
+// acc_h[c] = alpha[h] · acc_h[c] + Σ_{r < nb} p[h·kBlock + r] · rows[r][v_off + c] for
+// h < g, c < v_len, with acc_h = acc + h·acc_head; the sum runs in row order after
+// the rescale.
+struct ValueArgs {
+  const float* const* rows = nullptr;  // [nb] row pointers
+  int64_t nb = 0;
+  int64_t v_off = 0, v_len = 0;
+  const float* p = nullptr;      // [g, kBlock] softmax numerators
+  const float* alpha = nullptr;  // [g] rescale of the running sums
+  int64_t g = 0;
+  float* acc = nullptr;
+  int64_t acc_head = 0;
+};
+
+// Online-softmax step of one block for g heads. In: scores[h·kBlock + r] (r < nb)
+// unscaled dot products, max[h] the running max m (−inf before the first block),
+// sum[h] the running Σ e^(s − m). Out: scores[h·kBlock + r] = e^(scale·score − m'),
+// the numerators against the new max m' = max(m, max_r scale·score) (the largest
+// is exactly 1), alpha[h] = e^(m − m') (0 when m = −inf), max[h] = m',
+// sum[h] = alpha[h]·sum[h] + Σ_r numerators.
+struct SoftmaxArgs {
+  float* scores = nullptr;  // [g, kBlock]
+  int64_t nb = 0;
+  int64_t g = 0;
+  float scale = 0.0f;
+  float* max = nullptr;    // [g]
+  float* sum = nullptr;    // [g]
+  float* alpha = nullptr;  // [g]
+};
+
+struct DecodeKernels {
+  void (*scores)(const ScoreArgs&);
+  void (*softmax)(const SoftmaxArgs&);
+  void (*values)(const ValueArgs&);
+  // y[i] = e^x[i], the exp the softmax uses (exposed for its accuracy test).
+  void (*exp)(const float* x, int64_t n, float* y);
+  const char* name;
+};
+
+// Relative error bound of DecodeKernels::exp over the inputs softmax gives it
+// (x ≤ 0, results above the fp32 normal range), in units of u = 2^-24: std::exp
+// is correctly rounded or nearly so (≤ 1); the AVX-512 polynomial is ≤ 4 (see
+// decode_kernels_x86.cc), which the derived test bounds use.
+inline constexpr double kExpUlps = 4.0;
+
+DecodeKernels PortableKernels();
+// AVX-512 kernels; false when the CPU (or the build's target) lacks AVX-512F/BW/VL.
+bool Avx512Kernels(DecodeKernels* kernels);
+
+}  // namespace shardlm::attention_internal
+
+#endif  // SHARDLM_ATTENTION_DECODE_KERNELS_H_

@@ -1,0 +1,233 @@
+// AVX-512 inner kernels of DecodeAttention (decode_kernels.h).
+//
+// Compiled with function-level target attributes, not the global -march, so the
+// binary runs on any x86-64 and uses these only when CPUID says so. Only
+// intrinsics and plain arithmetic appear inside the attributed functions (no
+// inline std:: functions, which the linker could otherwise pick for generic
+// callers). Row and column tails use zero-masked loads, which never touch memory
+// past the requested floats: a cache page's unused rows may hold anything.
+#include <cstdint>
+
+#include "attention/decode_kernels.h"
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+
+#define SHARDLM_TARGET_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl")))
+
+// GCC 12's AVX-512 headers build "undefined" vectors as `__m512 __Y = __Y;`, which
+// -Wuninitialized flags wherever an extract or shuffle intrinsic is inlined.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+
+namespace shardlm::attention_internal {
+namespace {
+
+// Sum of the 16 lanes, in a fixed tree order.
+SHARDLM_TARGET_AVX512 inline float ReduceAdd(__m512 v) {
+  // Lanes 0..7 + lanes 8..15 (a 128-bit-lane swap keeps to AVX-512F).
+  const __m512 halves = _mm512_add_ps(v, _mm512_shuffle_f32x4(v, v, 0x4e));
+  const __m256 s8 = _mm512_castps512_ps256(halves);
+  const __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(s8), _mm256_extractf128_ps(s8, 1));
+  const __m128 s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
+  const __m128 s1 = _mm_add_ss(s2, _mm_shuffle_ps(s2, s2, 1));
+  return _mm_cvtss_f32(s1);
+}
+
+// acc[r][h] += rows[r][off, off + len) ⊙ q_h[0, len), lane-wise, for an R × H tile.
+// Each row vector is loaded once for H heads and each query vector once for R rows.
+template <int R, int H>
+SHARDLM_TARGET_AVX512 inline void DotPart(__m512 (&acc)[R][H], const float* const* rows,
+                                          int64_t off, int64_t len, const float* q,
+                                          int64_t q_head) {
+  int64_t k = 0;
+  for (; k + 16 <= len; k += 16) {
+    __m512 x[R];
+#pragma GCC unroll 4
+    for (int r = 0; r < R; ++r) x[r] = _mm512_loadu_ps(rows[r] + off + k);
+#pragma GCC unroll 4
+    for (int h = 0; h < H; ++h) {
+      const __m512 qv = _mm512_loadu_ps(q + h * q_head + k);
+#pragma GCC unroll 4
+      for (int r = 0; r < R; ++r) acc[r][h] = _mm512_fmadd_ps(x[r], qv, acc[r][h]);
+    }
+  }
+  if (k < len) {
+    const __mmask16 m = static_cast<__mmask16>((1u << (len - k)) - 1);
+    __m512 x[R];
+#pragma GCC unroll 4
+    for (int r = 0; r < R; ++r) x[r] = _mm512_maskz_loadu_ps(m, rows[r] + off + k);
+#pragma GCC unroll 4
+    for (int h = 0; h < H; ++h) {
+      const __m512 qv = _mm512_maskz_loadu_ps(m, q + h * q_head + k);
+#pragma GCC unroll 4
+      for (int r = 0; r < R; ++r) acc[r][h] = _mm512_fmadd_ps(x[r], qv, acc[r][h]);
+    }
+  }
+}
+
+// Scores of rows [r0, r0 + R) for heads [h0, h0 + H).
+template <int R, int H>
+SHARDLM_TARGET_AVX512 void ScoreTile(const ScoreArgs& a, int64_t r0, int64_t h0) {
+  __m512 acc[R][H];
+#pragma GCC unroll 4
+  for (int r = 0; r < R; ++r) {
+#pragma GCC unroll 4
+    for (int h = 0; h < H; ++h) acc[r][h] = _mm512_setzero_ps();
+  }
+  DotPart<R, H>(acc, a.rows + r0, a.a_off, a.a_len, a.qa + h0 * a.qa_head, a.qa_head);
+  if (a.b_len > 0) {
+    DotPart<R, H>(acc, a.rows + r0, a.b_off, a.b_len, a.qb + h0 * a.qb_head, a.qb_head);
+  }
+#pragma GCC unroll 4
+  for (int h = 0; h < H; ++h) {
+#pragma GCC unroll 4
+    for (int r = 0; r < R; ++r) a.scores[(h0 + h) * kBlock + r0 + r] = ReduceAdd(acc[r][h]);
+  }
+}
+
+template <int H>
+SHARDLM_TARGET_AVX512 void ScoreHeads(const ScoreArgs& a, int64_t h0) {
+  int64_t r0 = 0;
+  for (; r0 + 4 <= a.nb; r0 += 4) ScoreTile<4, H>(a, r0, h0);
+  for (; r0 < a.nb; ++r0) ScoreTile<1, H>(a, r0, h0);
+}
+
+SHARDLM_TARGET_AVX512 void ScoresAvx512(const ScoreArgs& a) {
+  int64_t h0 = 0;
+  for (; h0 + 4 <= a.g; h0 += 4) ScoreHeads<4>(a, h0);
+  switch (a.g - h0) {
+    case 3: ScoreHeads<3>(a, h0); break;
+    case 2: ScoreHeads<2>(a, h0); break;
+    case 1: ScoreHeads<1>(a, h0); break;
+    default: break;
+  }
+}
+
+// Columns [c, c + 16) (masked by m) of heads [h0, h0 + H): H accumulators stay in
+// registers while all nb rows are added, each row vector loaded once for H heads.
+template <int H>
+SHARDLM_TARGET_AVX512 inline void ValueTile(const ValueArgs& a, int64_t c, __mmask16 m,
+                                            int64_t h0) {
+  __m512 acc[H];
+#pragma GCC unroll 8
+  for (int h = 0; h < H; ++h) {
+    acc[h] = _mm512_mul_ps(_mm512_maskz_loadu_ps(m, a.acc + (h0 + h) * a.acc_head + c),
+                           _mm512_set1_ps(a.alpha[h0 + h]));
+  }
+  const float* p = a.p + h0 * kBlock;
+  for (int64_t r = 0; r < a.nb; ++r) {
+    const __m512 v = _mm512_maskz_loadu_ps(m, a.rows[r] + a.v_off + c);
+#pragma GCC unroll 8
+    for (int h = 0; h < H; ++h) {
+      acc[h] = _mm512_fmadd_ps(_mm512_set1_ps(p[h * kBlock + r]), v, acc[h]);
+    }
+  }
+#pragma GCC unroll 8
+  for (int h = 0; h < H; ++h) _mm512_mask_storeu_ps(a.acc + (h0 + h) * a.acc_head + c, m, acc[h]);
+}
+
+template <int H>
+SHARDLM_TARGET_AVX512 void ValueHeads(const ValueArgs& a, int64_t h0) {
+  int64_t c = 0;
+  for (; c + 16 <= a.v_len; c += 16) ValueTile<H>(a, c, static_cast<__mmask16>(0xffff), h0);
+  if (c < a.v_len) {
+    ValueTile<H>(a, c, static_cast<__mmask16>((1u << (a.v_len - c)) - 1), h0);
+  }
+}
+
+SHARDLM_TARGET_AVX512 void ValuesAvx512(const ValueArgs& a) {
+  int64_t h0 = 0;
+  for (; h0 + 8 <= a.g; h0 += 8) ValueHeads<8>(a, h0);
+  switch (a.g - h0) {
+    case 7: ValueHeads<7>(a, h0); break;
+    case 6: ValueHeads<6>(a, h0); break;
+    case 5: ValueHeads<5>(a, h0); break;
+    case 4: ValueHeads<4>(a, h0); break;
+    case 3: ValueHeads<3>(a, h0); break;
+    case 2: ValueHeads<2>(a, h0); break;
+    case 1: ValueHeads<1>(a, h0); break;
+    default: break;
+  }
+}
+
+// e^x for 16 lanes (masked-off lanes compute garbage that callers ignore).
+// x = n·ln2 + r with n = round(x·log2 e) and r in [−ln2/2, ln2/2] (ln2 split in a
+// high part exact in fp32 products and a low correction, Cody–Waite), e^r by its
+// degree-7 Taylor polynomial in Horner form (truncation < r⁸/8! ≈ 5e-9, 0.1 ulp),
+// then 2^n applied exactly by vscalefps, which also underflows gracefully to 0.
+// Inputs are clamped to [−104, 88.7]: below, e^x is 0 in fp32; above it
+// overflows, which softmax never asks for (its arguments are ≤ 0). Rounding in the
+// reduction and the Horner steps stays within a few ulp: the accuracy test in
+// decode_core_test.cc checks ≤ kExpUlps against double exp.
+SHARDLM_TARGET_AVX512 inline __m512 Exp16(__m512 x) {
+  x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-104.0f)), _mm512_set1_ps(88.7f));
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145751953125f), x);  // ln2 high: 12 bits
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.428606820309417232e-06f), r);   // ln2 − high
+  __m512 p = _mm512_set1_ps(1.0f / 5040.0f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 720.0f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120.0f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24.0f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6.0f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+  return _mm512_scalef_ps(p, n);
+}
+
+SHARDLM_TARGET_AVX512 void ExpAvx512(const float* x, int64_t n, float* y) {
+  for (int64_t i = 0; i < n; i += 16) {
+    const int64_t left = n - i;
+    const __mmask16 m = left >= 16 ? static_cast<__mmask16>(0xffff)
+                                   : static_cast<__mmask16>((1u << left) - 1);
+    _mm512_mask_storeu_ps(y + i, m, Exp16(_mm512_maskz_loadu_ps(m, x + i)));
+  }
+}
+
+// One vector holds a head's block (nb ≤ kBlock = 16 lanes).
+SHARDLM_TARGET_AVX512 void SoftmaxAvx512(const SoftmaxArgs& a) {
+  static_assert(kBlock == 16, "one zmm per head and block");
+  const __mmask16 m = static_cast<__mmask16>((1u << a.nb) - 1);
+  const __m512 scale = _mm512_set1_ps(a.scale);
+  for (int64_t h = 0; h < a.g; ++h) {
+    float* sc = a.scores + h * kBlock;
+    const __m512 s = _mm512_mul_ps(_mm512_maskz_loadu_ps(m, sc), scale);
+    const float old = a.max[h];
+    const float block_max = _mm512_mask_reduce_max_ps(m, s);  // lanes ≥ nb are ignored
+    const float m_new = block_max > old ? block_max : old;
+    const __m512 p = _mm512_maskz_mov_ps(m, Exp16(_mm512_sub_ps(s, _mm512_set1_ps(m_new))));
+    _mm512_mask_storeu_ps(sc, m, p);
+    const float alpha =
+        old == -__builtin_inff() ? 0.0f : _mm512_cvtss_f32(Exp16(_mm512_set1_ps(old - m_new)));
+    a.alpha[h] = alpha;
+    a.sum[h] = a.sum[h] * alpha + ReduceAdd(p);
+    a.max[h] = m_new;
+  }
+}
+
+}  // namespace
+
+bool Avx512Kernels(DecodeKernels* kernels) {
+  __builtin_cpu_init();
+  if (!(__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+        __builtin_cpu_supports("avx512vl"))) {
+    return false;
+  }
+  *kernels = {&ScoresAvx512, &SoftmaxAvx512, &ValuesAvx512, &ExpAvx512, "avx512"};
+  return true;
+}
+
+}  // namespace shardlm::attention_internal
+
+#pragma GCC diagnostic pop
+
+#else  // not x86-64: only the portable kernels exist.
+
+namespace shardlm::attention_internal {
+bool Avx512Kernels(DecodeKernels*) { return false; }
+}  // namespace shardlm::attention_internal
+
+#endif
