@@ -118,27 +118,13 @@ class Coordinator {
 
   // Reads and validates every request; invalid ones get an error line now.
   absl::Status ReadRequests(std::istream& input) {
-    std::string line;
-    int64_t line_number = 0;
-    std::set<std::string> seen;
-    while (std::getline(input, line)) {
-      ++line_number;
-      if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
-      absl::StatusOr<JsonObject> object = ParseJsonObject(line);
-      absl::StatusOr<DecodeRequest> request =
-          object.ok() ? ParseDecodeRequest(*object, dims_, options_) : object.status();
-      if (request.ok() && !seen.insert(IdKey(request->id)).second) {
-        request = absl::InvalidArgumentError("duplicate id");
-      }
-      if (!request.ok()) {
-        JsonLine error = ErrorLine(object.ok() ? FindField(*object, "id") : nullptr,
-                                   absl::StrCat("line ", line_number, ": ",
-                                                request.status().message()));
-        error.Set("finish_reason", StringValue("error"));
-        RETURN_IF_ERROR(writer_->Write(error));
-        ++errors_;
-        continue;
-      }
+    RequestReader<DecodeRequest> reader(
+        input, options_.input, writer_,
+        [this](const JsonObject& object) { return ParseDecodeRequest(object, dims_, options_); },
+        "error");
+    while (true) {
+      ASSIGN_OR_RETURN(std::optional<DecodeRequest> request, reader.Next());
+      if (!request.has_value()) break;
       auto seq = std::make_unique<Sequence>();
       seq->request_index = static_cast<int64_t>(requests_.size());
       seq->tokens = request->prompt;
@@ -147,7 +133,7 @@ class Coordinator {
       requests_.push_back(std::move(*request));
       scheduler_.Enqueue(std::move(seq));
     }
-    if (input.bad()) return absl::DataLossError(absl::StrCat("cannot read ", options_.input));
+    errors_ = reader.errors();
     return absl::OkStatus();
   }
 
@@ -330,18 +316,11 @@ absl::Status RunDecode(const DecodeOptions& options, Model& model, Comm& comm) {
   std::unique_ptr<Coordinator> coordinator_state;
   absl::Status open_status;
   if (comm.rank() == 0) {
-    std::ifstream input(options.input);
-    if (!input) {
-      open_status = absl::NotFoundError(absl::StrCat("cannot open input ", options.input));
-    } else {
-      auto w = JsonlWriter::Open(options.output);
-      if (!w.ok()) {
-        open_status = w.status();
-      } else {
-        writer = std::move(*w);
-        coordinator_state = std::make_unique<Coordinator>(options, dims, num_pages, writer.get());
-        open_status = coordinator_state->ReadRequests(input);
-      }
+    std::ifstream input;
+    open_status = OpenRequestFiles(options.input, options.output, &input, &writer);
+    if (open_status.ok()) {
+      coordinator_state = std::make_unique<Coordinator>(options, dims, num_pages, writer.get());
+      open_status = coordinator_state->ReadRequests(input);
     }
   }
   RETURN_IF_ERROR(AgreeOnStatus(comm, open_status));
