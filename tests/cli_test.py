@@ -104,6 +104,24 @@ class StartupErrors(unittest.TestCase):
                  os.path.join(WORK, "x.jsonl"), "--kv-cache-mb", "0.01"], np=2)
         self.assertOneError(r, "maximum length (512 tokens)", "use --kv-cache-mb")
 
+    def test_mismatched_checkpoints_across_ranks(self):
+        # Same shapes, another rope_theta: only the Hello fingerprint can tell.
+        model = make_model("gqa", "--attention", "gqa")
+        other = copy_model(model, "other-theta")
+        cfg_path = os.path.join(other, "config.json")
+        with open(cfg_path) as f:
+            cfg = json.load(f)
+        cfg["rope_theta"] = cfg.get("rope_theta", 10000.0) * 2
+        with open(cfg_path, "w") as f:
+            json.dump(cfg, f)
+        out = os.path.join(WORK, "x.jsonl")
+        rank = lambda m: [SHARDLM, "decode", "--model", m, "--prompts", PROMPTS, "--output", out]
+        r = subprocess.run(["mpirun", "--oversubscribe", "--bind-to", "none", "-q", "-np", "1"] +
+                           rank(model) + [":", "-np", "1"] + rank(other),
+                           capture_output=True, text=True, timeout=120, env=ENV)
+        self.assertOneError(r, "rank 1: checkpoint mismatch", "differs from rank 0's",
+                            "same checkpoint on every host")
+
     def test_unknown_flag(self):
         r = run(["score", "--modle", "x"])
         self.assertNotEqual(r.returncode, 0)
