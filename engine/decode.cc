@@ -256,6 +256,24 @@ class StepRunner {
   std::map<int64_t, std::vector<int32_t>> block_tables_;
 };
 
+uint64_t ReplicatedWeightsFingerprint(const ModelWeights& w) {
+  uint64_t h = 0xcbf29ce484222325ull;
+  auto mix = [&h](const std::vector<float>& v) {
+    const auto* bytes = reinterpret_cast<const unsigned char*>(v.data());
+    for (size_t i = 0; i < v.size() * sizeof(float); ++i) {
+      h ^= bytes[i];
+      h *= 0x100000001b3ull;
+    }
+  };
+  mix(w.embed);
+  for (const LayerWeights& l : w.layers) {
+    mix(l.attn_norm);
+    mix(l.mlp_norm);
+  }
+  mix(w.final_norm);
+  return h;
+}
+
 std::string BuildId() { return absl::StrCat("shardlm protocol ", kProtocolVersion, " ", __DATE__, " ", __TIME__); }
 
 }  // namespace
@@ -276,6 +294,7 @@ absl::Status RunDecode(const DecodeOptions& options, Model& model, Comm& comm) {
   mine.set_num_pages(PagesForBudget(dims, model.plan(), options.kv_cache_mb, options.page_size));
   mine.set_page_size(options.page_size);
   mine.set_build(BuildId());
+  mine.set_weights_fingerprint(ReplicatedWeightsFingerprint(model.weights()));
   Hello coordinator = mine;
   RETURN_IF_ERROR(BroadcastProto(comm, &coordinator, 0));
   absl::Status hello_status;
@@ -288,6 +307,10 @@ absl::Status RunDecode(const DecodeOptions& options, Model& model, Comm& comm) {
     hello_status = absl::FailedPreconditionError(
         "checkpoint mismatch: this rank's config.json differs from rank 0's; use the same "
         "checkpoint on every host");
+  } else if (coordinator.weights_fingerprint() != mine.weights_fingerprint()) {
+    hello_status = absl::FailedPreconditionError(
+        "checkpoint mismatch: this rank's weights (embedding, norms) differ from rank 0's under "
+        "the same config.json; use the same checkpoint on every host");
   } else if (coordinator.page_size() != mine.page_size()) {
     hello_status = absl::FailedPreconditionError("--page-size differs from rank 0's");
   }

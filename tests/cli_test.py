@@ -225,6 +225,17 @@ class StartupErrors(unittest.TestCase):
                          os.path.join(WORK, "x.jsonl")], np=2)
                 self.assertOneError(r, *needles)
 
+    def test_mismatched_weights_across_ranks(self):
+        # Same config.json, other random weights: the Hello weights fingerprint.
+        model = make_model("gqa", "--attention", "gqa")
+        other = make_model("gqa-seed1", "--attention", "gqa", "--seed", "1")
+        out = os.path.join(WORK, "x.jsonl")
+        rank = lambda m: [SHARDLM, "decode", "--model", m, "--prompts", PROMPTS, "--output", out]
+        r = subprocess.run(["mpirun", "--oversubscribe", "--bind-to", "none", "-q", "-np", "1"] +
+                           rank(model) + [":", "-np", "1"] + rank(other),
+                           capture_output=True, text=True, timeout=120, env=ENV)
+        self.assertOneError(r, "rank 1: checkpoint mismatch", "weights", "differ from rank 0's")
+
     def test_unknown_flag(self):
         r = run(["score", "--modle", "x"])
         self.assertNotEqual(r.returncode, 0)
