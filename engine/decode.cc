@@ -49,27 +49,13 @@ class Coordinator {
 
   // Reads and validates every request; invalid ones get an error line now.
   absl::Status ReadRequests(std::istream& input) {
-    std::string line;
-    int64_t line_number = 0;
-    std::set<std::string> seen;
-    while (std::getline(input, line)) {
-      ++line_number;
-      if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
-      absl::StatusOr<JsonObject> object = ParseJsonObject(line);
-      absl::StatusOr<DecodeRequest> request =
-          object.ok() ? ParseDecodeRequest(*object, dims_, options_.max_new_tokens, options_.sampling) : object.status();
-      if (request.ok() && !seen.insert(IdKey(request->id)).second) {
-        request = absl::InvalidArgumentError("duplicate id");
-      }
-      if (!request.ok()) {
-        JsonLine error = ErrorLine(object.ok() ? FindField(*object, "id") : nullptr,
-                                   absl::StrCat("line ", line_number, ": ",
-                                                request.status().message()));
-        error.Set("finish_reason", StringValue("error"));
-        RETURN_IF_ERROR(writer_->Write(error));
-        ++errors_;
-        continue;
-      }
+    RequestReader<DecodeRequest> reader(
+        input, options_.input, writer_,
+        [this](const JsonObject& object) { return ParseDecodeRequest(object, dims_, options_.max_new_tokens, options_.sampling); },
+        "error");
+    while (true) {
+      ASSIGN_OR_RETURN(std::optional<DecodeRequest> request, reader.Next());
+      if (!request.has_value()) break;
       auto seq = std::make_unique<Sequence>();
       seq->request_index = static_cast<int64_t>(requests_.size());
       seq->tokens = request->prompt;
@@ -78,7 +64,7 @@ class Coordinator {
       requests_.push_back(std::move(*request));
       scheduler_.Enqueue(std::move(seq));
     }
-    if (input.bad()) return absl::DataLossError(absl::StrCat("cannot read ", options_.input));
+    errors_ = reader.errors();
     return absl::OkStatus();
   }
 
@@ -201,6 +187,24 @@ class StepRunner {
   std::map<int64_t, std::vector<int32_t>> block_tables_;
 };
 
+uint64_t ReplicatedWeightsFingerprint(const ModelWeights& w) {
+  uint64_t h = 0xcbf29ce484222325ull;
+  auto mix = [&h](const std::vector<float>& v) {
+    const auto* bytes = reinterpret_cast<const unsigned char*>(v.data());
+    for (size_t i = 0; i < v.size() * sizeof(float); ++i) {
+      h ^= bytes[i];
+      h *= 0x100000001b3ull;
+    }
+  };
+  mix(w.embed);
+  for (const LayerWeights& l : w.layers) {
+    mix(l.attn_norm);
+    mix(l.mlp_norm);
+  }
+  mix(w.final_norm);
+  return h;
+}
+
 std::string BuildId() { return absl::StrCat("shardlm protocol ", kProtocolVersion, " ", __DATE__, " ", __TIME__); }
 
 }  // namespace
@@ -221,6 +225,7 @@ absl::Status RunDecode(const DecodeOptions& options, Model& model, Comm& comm) {
   mine.set_num_pages(PagesForBudget(dims, model.plan(), options.kv_cache_mb, options.page_size));
   mine.set_page_size(options.page_size);
   mine.set_build(BuildId());
+  mine.set_weights_fingerprint(ReplicatedWeightsFingerprint(model.weights()));
   Hello coordinator = mine;
   RETURN_IF_ERROR(BroadcastProto(comm, &coordinator, 0));
   absl::Status hello_status;
@@ -233,6 +238,10 @@ absl::Status RunDecode(const DecodeOptions& options, Model& model, Comm& comm) {
     hello_status = absl::FailedPreconditionError(
         "checkpoint mismatch: this rank's config.json differs from rank 0's; use the same "
         "checkpoint on every host");
+  } else if (coordinator.weights_fingerprint() != mine.weights_fingerprint()) {
+    hello_status = absl::FailedPreconditionError(
+        "checkpoint mismatch: this rank's weights (embedding, norms) differ from rank 0's under "
+        "the same config.json; use the same checkpoint on every host");
   } else if (coordinator.page_size() != mine.page_size()) {
     hello_status = absl::FailedPreconditionError("--page-size differs from rank 0's");
   }
@@ -261,18 +270,11 @@ absl::Status RunDecode(const DecodeOptions& options, Model& model, Comm& comm) {
   std::unique_ptr<Coordinator> coordinator_state;
   absl::Status open_status;
   if (comm.rank() == 0) {
-    std::ifstream input(options.input);
-    if (!input) {
-      open_status = absl::NotFoundError(absl::StrCat("cannot open input ", options.input));
-    } else {
-      auto w = JsonlWriter::Open(options.output);
-      if (!w.ok()) {
-        open_status = w.status();
-      } else {
-        writer = std::move(*w);
-        coordinator_state = std::make_unique<Coordinator>(options, dims, num_pages, writer.get());
-        open_status = coordinator_state->ReadRequests(input);
-      }
+    std::ifstream input;
+    open_status = OpenRequestFiles(options.input, options.output, &input, &writer);
+    if (open_status.ok()) {
+      coordinator_state = std::make_unique<Coordinator>(options, dims, num_pages, writer.get());
+      open_status = coordinator_state->ReadRequests(input);
     }
   }
   RETURN_IF_ERROR(AgreeOnStatus(comm, open_status));

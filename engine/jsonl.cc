@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstring>
 
+#include "base/exit_guard.h"
 #include "base/status.h"
 #include "google/protobuf/util/json_util.h"
 
@@ -221,10 +222,22 @@ absl::StatusOr<std::unique_ptr<JsonlWriter>> JsonlWriter::Open(const std::string
   return std::unique_ptr<JsonlWriter>(new JsonlWriter(fd, path));
 }
 
-JsonlWriter::~JsonlWriter() { ::close(fd_); }
+JsonlWriter::JsonlWriter(int fd, std::string path) : fd_(fd), path_(std::move(path)) {
+  SetStopNote(this, [this] {
+    const int64_t n = lines_.load();
+    return absl::StrCat(n, n == 1 ? " finished result is" : " finished results are", " in ",
+                        path_, ", each on a complete line");
+  });
+}
+
+JsonlWriter::~JsonlWriter() {
+  ClearStopNote(this);
+  ::close(fd_);
+}
 
 absl::Status JsonlWriter::Write(const JsonLine& json) {
   const std::string line = json.ToString() + "\n";
+  ExitSection section;
   size_t done = 0;
   while (done < line.size()) {
     const ssize_t n = ::write(fd_, line.data() + done, line.size() - done);
@@ -235,6 +248,7 @@ absl::Status JsonlWriter::Write(const JsonLine& json) {
     }
     done += static_cast<size_t>(n);
   }
+  lines_.fetch_add(1);
   return absl::OkStatus();
 }
 

@@ -4,7 +4,9 @@
 #ifndef SHARDLM_ENGINE_JSONL_H_
 #define SHARDLM_ENGINE_JSONL_H_
 
+#include <atomic>
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -54,17 +56,20 @@ JsonValue IntList(const std::vector<int32_t>& values);
 
 // Writes a results file line by line; each line goes out in one write(2) call
 // straight to the file (no user-space buffer), so a job that is killed leaves
-// only complete lines.
+// only complete lines. Each write is an ExitSection (base/exit_guard.h), and
+// while the writer is open the stop note says how many lines the file holds.
 class JsonlWriter {
  public:
   static absl::StatusOr<std::unique_ptr<JsonlWriter>> Open(const std::string& path);
   ~JsonlWriter();
   absl::Status Write(const JsonLine& line);
+  int64_t lines() const { return lines_.load(); }
 
  private:
-  JsonlWriter(int fd, std::string path) : fd_(fd), path_(std::move(path)) {}
+  JsonlWriter(int fd, std::string path);
   int fd_;
   std::string path_;
+  std::atomic<int64_t> lines_{0};
 };
 
 }  // namespace shardlm

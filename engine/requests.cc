@@ -124,6 +124,14 @@ std::string IdKey(const JsonValue& id) {
              : absl::StrCat("n:", static_cast<int64_t>(id.number_value()));
 }
 
+absl::Status OpenRequestFiles(const std::string& input_path, const std::string& output_path,
+                              std::ifstream* input, std::unique_ptr<JsonlWriter>* writer) {
+  input->open(input_path);
+  if (!*input) return absl::NotFoundError(absl::StrCat("cannot open input ", input_path));
+  ASSIGN_OR_RETURN(*writer, JsonlWriter::Open(output_path));
+  return absl::OkStatus();
+}
+
 JsonLine ErrorLine(const JsonValue* id, const std::string& message) {
   JsonLine out;
   if (id != nullptr) out.Set("id", *id);

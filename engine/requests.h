@@ -3,11 +3,17 @@
 #define SHARDLM_ENGINE_REQUESTS_H_
 
 #include <cstdint>
+#include <fstream>
+#include <functional>
+#include <memory>
+#include <istream>
+#include <optional>
 #include <set>
 #include <string>
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/strings/str_cat.h"
 #include "engine/jsonl.h"
 #include "engine/sampler.h"
 #include "shard/dims.h"
@@ -44,6 +50,66 @@ struct DecodeRequest {
 absl::StatusOr<DecodeRequest> ParseDecodeRequest(const JsonObject& object, const ModelDims& dims,
                                                  int64_t default_max_new_tokens,
                                                  const SamplingParams& default_sampling);
+
+// Rank 0's two files for `decode` and `score`: opens the requests for reading
+// and creates (truncates) the results file. Errors name the file.
+absl::Status OpenRequestFiles(const std::string& input_path, const std::string& output_path,
+                              std::ifstream* input, std::unique_ptr<JsonlWriter>* writer);
+
+// Reads a requests file one line at a time for `decode` and `score`: skips blank
+// lines, parses each line as a JSON object, checks it with `parse`, rejects a
+// repeated id, and writes an error line {"id"?, "error": "line N: …"} (plus
+// "finish_reason": `error_finish_reason` when that is set) for every bad line.
+// `Request` has an `id` member (a JsonValue from GetId).
+template <typename Request>
+class RequestReader {
+ public:
+  using Parser = std::function<absl::StatusOr<Request>(const JsonObject&)>;
+
+  RequestReader(std::istream& input, std::string input_name, JsonlWriter* writer, Parser parse,
+                const char* error_finish_reason = nullptr)
+      : input_(input), input_name_(std::move(input_name)), writer_(writer),
+        parse_(std::move(parse)), error_finish_reason_(error_finish_reason) {}
+
+  // The next valid request, or nullopt at the end of the input. Errors: the
+  // input cannot be read, or an error line cannot be written.
+  absl::StatusOr<std::optional<Request>> Next() {
+    std::string line;
+    while (std::getline(input_, line)) {
+      ++line_number_;
+      if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+      absl::StatusOr<JsonObject> object = ParseJsonObject(line);
+      absl::StatusOr<Request> request = object.ok() ? parse_(*object) : object.status();
+      if (request.ok() && !seen_ids_.insert(IdKey(request->id)).second) {
+        request = absl::InvalidArgumentError("duplicate id");
+      }
+      if (request.ok()) return std::optional<Request>(std::move(*request));
+      JsonLine error = ErrorLine(object.ok() ? FindField(*object, "id") : nullptr,
+                                 absl::StrCat("line ", line_number_, ": ",
+                                              request.status().message()));
+      if (error_finish_reason_ != nullptr) {
+        error.Set("finish_reason", StringValue(error_finish_reason_));
+      }
+      ++errors_;
+      if (absl::Status written = writer_->Write(error); !written.ok()) return written;
+    }
+    if (input_.bad()) return absl::DataLossError(absl::StrCat("cannot read ", input_name_));
+    return std::optional<Request>();
+  }
+
+  // Error lines written so far.
+  int64_t errors() const { return errors_; }
+
+ private:
+  std::istream& input_;
+  const std::string input_name_;
+  JsonlWriter* writer_;
+  Parser parse_;
+  const char* error_finish_reason_;
+  int64_t line_number_ = 0;
+  int64_t errors_ = 0;
+  std::set<std::string> seen_ids_;
+};
 
 }  // namespace shardlm
 

@@ -5,7 +5,7 @@
 #include <chrono>
 #include <cmath>
 #include <fstream>
-#include <set>
+#include <optional>
 
 #include "base/status.h"
 #include "engine/jsonl.h"
@@ -73,27 +73,18 @@ absl::Status RunScore(const ScoreOptions& options, Model& model, Comm& comm) {
   std::ifstream input;
   std::unique_ptr<JsonlWriter> writer;
   absl::Status open_status;
-  if (comm.rank() == 0) {
-    input.open(options.input);
-    if (!input) {
-      open_status = absl::NotFoundError(absl::StrCat("cannot open input ", options.input));
-    } else {
-      auto w = JsonlWriter::Open(options.output);
-      if (w.ok()) {
-        writer = std::move(*w);
-      } else {
-        open_status = w.status();
-      }
-    }
-  }
+  if (comm.rank() == 0) open_status = OpenRequestFiles(options.input, options.output, &input, &writer);
   RETURN_IF_ERROR(AgreeOnStatus(comm, open_status));
 
   model.Reserve(options.max_batch_tokens);
   SequenceScorer scorer(model, comm, options);
   const ModelDims& dims = model.dims();
-  std::set<std::string> seen_ids;
-  std::string line;
-  int64_t line_number = 0, done = 0, scored_tokens = 0;
+  std::optional<RequestReader<ScoreRequest>> reader;
+  if (comm.rank() == 0) {
+    reader.emplace(input, options.input, writer.get(),
+                   [&dims](const JsonObject& object) { return ParseScoreRequest(object, dims); });
+  }
+  int64_t done = 0, scored_tokens = 0;
   const auto start = std::chrono::steady_clock::now();
   const bool progress = options.progress || isatty(STDERR_FILENO);
   absl::Status local_error;  // rank 0's own failure (e.g. output write): stop everyone
@@ -102,26 +93,17 @@ absl::Status RunScore(const ScoreOptions& options, Model& model, Comm& comm) {
     JsonValue id;
     if (comm.rank() == 0) {
       step.set_shutdown(true);
-      while (local_error.ok() && std::getline(input, line)) {
-        ++line_number;
-        if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
-        absl::StatusOr<JsonObject> object = ParseJsonObject(line);
-        absl::StatusOr<ScoreRequest> request =
-            object.ok() ? ParseScoreRequest(*object, dims) : object.status();
-        if (request.ok() && !seen_ids.insert(IdKey(request->id)).second) {
-          request = absl::InvalidArgumentError("duplicate id");
-        }
+      if (local_error.ok()) {
+        const int64_t errors_before = reader->errors();
+        absl::StatusOr<std::optional<ScoreRequest>> request = reader->Next();
+        done += reader->errors() - errors_before;
         if (!request.ok()) {
-          const JsonValue* raw_id = object.ok() ? FindField(*object, "id") : nullptr;
-          local_error = writer->Write(ErrorLine(
-              raw_id, absl::StrCat("line ", line_number, ": ", request.status().message())));
-          ++done;
-          continue;
+          local_error = request.status();
+        } else if (request->has_value()) {
+          id = (*request)->id;
+          step.set_shutdown(false);
+          for (int32_t t : (*request)->tokens) step.add_tokens(t);
         }
-        id = request->id;
-        step.set_shutdown(false);
-        for (int32_t t : request->tokens) step.add_tokens(t);
-        break;
       }
     }
     RETURN_IF_ERROR(BroadcastProto(comm, &step, 0));

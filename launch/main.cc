@@ -9,6 +9,7 @@
 #include "base/thread_pool.h"
 #include "bench/bench.h"
 #include "comm/mpi_comm.h"
+#include "comm/watchdog.h"
 #include "engine/config.h"
 #include "engine/decode.h"
 #include "engine/make_model.h"
@@ -225,6 +226,8 @@ int Main(int argc, char** argv) {
     }
     return flags.ok() ? 0 : 2;
   }
+  // From here a dead rank or SIGINT/SIGTERM ends the job with one message.
+  auto watchdog = Watchdog::Start(*comm, absl::StrCat("shardlm ", command->name));
   const absl::Status status = command->run(*flags, *comm);
   if (status.ok()) return 0;
   if (IsAgreed(status)) {
@@ -237,6 +240,7 @@ int Main(int argc, char** argv) {
   std::fprintf(stderr, "shardlm %s: error on rank %d: %s\n", command->name, comm->rank(),
                std::string(status.message()).c_str());
   std::fflush(stderr);
+  watchdog->Reported();  // the peers end quietly: this rank said why
   if (comm->size() > 1) MpiSession::Abort(1);
   return 1;
 }

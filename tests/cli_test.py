@@ -43,6 +43,99 @@ def copy_model(src, name):
     return dst
 
 
+def edit_config(model, edit):
+    path = os.path.join(model, "config.json")
+    with open(path) as f:
+        cfg = json.load(f)
+    edit(cfg)
+    with open(path, "w") as f:
+        json.dump(cfg, f)
+
+
+def edit_safetensors(model, edit):
+    """edit(header dict, data bytearray) -> (header, data); rewrites the file."""
+    path = os.path.join(model, "model.safetensors")
+    with open(path, "rb") as f:
+        blob = f.read()
+    n = int.from_bytes(blob[:8], "little")
+    header, data = edit(json.loads(blob[8:8 + n]), bytearray(blob[8 + n:]))
+    text = json.dumps(header).encode()
+    with open(path, "wb") as f:
+        f.write(len(text).to_bytes(8, "little") + text + bytes(data))
+
+
+def set_header_length(model, value):
+    path = os.path.join(model, "model.safetensors")
+    with open(path, "r+b") as f:
+        f.write(value.to_bytes(8, "little", signed=value < 0))
+
+
+def offsets_past_end(header, data):
+    a, b = header["model.norm.weight"]["data_offsets"]
+    header["model.norm.weight"]["data_offsets"] = [len(data) + a, len(data) + b]
+    return header, data
+
+
+def put_nan_in_norm(header, data):
+    begin = header["model.norm.weight"]["data_offsets"][0]
+    data[begin:begin + 4] = b"\x00\x00\xc0\x7f"  # F32 NaN
+    return header, data
+
+
+def rename_tensor(old, new):
+    def edit(header, data):
+        header[new] = header.pop(old)
+        return header, data
+    return edit
+
+
+def add_empty_tensor(name):
+    def edit(header, data):
+        header[name] = {"dtype": "F32", "shape": [0], "data_offsets": [len(data), len(data)]}
+        return header, data
+    return edit
+
+
+def set_dtype(name, dtype):
+    def edit(header, data):
+        header[name]["dtype"] = dtype
+        return header, data
+    return edit
+
+
+def overlap_offsets(header, data):
+    a, b = header["model.norm.weight"]["data_offsets"]
+    header["model.layers.0.input_layernorm.weight"]["data_offsets"] = [a, b]
+    return header, data
+
+
+# Bad checkpoints (issue 6): (name, how to break a copy of the gqa model, expected
+# substrings of the one error line). Each runs at 2 ranks under cli_test's timeout.
+BAD_CHECKPOINTS = [
+    ("no-weights", lambda m: os.remove(os.path.join(m, "model.safetensors")),
+     ["no *.safetensors file"]),
+    ("missing-key", lambda m: edit_config(m, lambda c: c.pop("hidden_size")), ["hidden_size"]),
+    ("unknown-attention", lambda m: edit_config(m, lambda c: c.update(attention_type="xla")),
+     ["attention_type", "xla"]),
+    ("head-dim-vs-proj", lambda m: edit_config(m, lambda c: c.update(head_dim=c["head_dim"] * 2)),
+     ["q_proj", "shape"]),
+    ("huge-header", lambda m: set_header_length(m, 1 << 40), ["model.safetensors", "header length"]),
+    ("negative-header", lambda m: set_header_length(m, -5), ["model.safetensors", "negative"]),
+    ("overlap", lambda m: edit_safetensors(m, overlap_offsets), ["model.safetensors", "overlaps"]),
+    ("offsets-out-of-range", lambda m: edit_safetensors(m, offsets_past_end),
+     ["model.safetensors", "beyond the"]),
+    ("bad-dtype", lambda m: edit_safetensors(m, set_dtype("model.norm.weight", "I8")),
+     ["unsupported dtype", "I8"]),
+    ("missing-tensor", lambda m: edit_safetensors(
+        m, rename_tensor("model.norm.weight", "model.norm.weight.renamed")),
+     ["missing tensor model.norm.weight"]),
+    ("extra-tensor", lambda m: edit_safetensors(m, add_empty_tensor("model.extra.weight")),
+     ["does not use", "model.extra.weight"]),
+    ("nan-norm", lambda m: edit_safetensors(m, put_nan_in_norm),
+     ["model.norm.weight", "non-finite"]),
+]
+
+
 class StartupErrors(unittest.TestCase):
     def assertOneError(self, result, *needles):
         self.assertNotEqual(result.returncode, 0, result.stderr)
@@ -103,6 +196,45 @@ class StartupErrors(unittest.TestCase):
         r = run(["decode", "--model", model, "--prompts", PROMPTS, "--output",
                  os.path.join(WORK, "x.jsonl"), "--kv-cache-mb", "0.01"], np=2)
         self.assertOneError(r, "maximum length (512 tokens)", "use --kv-cache-mb")
+
+    def test_mismatched_checkpoints_across_ranks(self):
+        # Same shapes, another rope_theta: only the Hello fingerprint can tell.
+        model = make_model("gqa", "--attention", "gqa")
+        other = copy_model(model, "other-theta")
+        cfg_path = os.path.join(other, "config.json")
+        with open(cfg_path) as f:
+            cfg = json.load(f)
+        cfg["rope_theta"] = cfg.get("rope_theta", 10000.0) * 2
+        with open(cfg_path, "w") as f:
+            json.dump(cfg, f)
+        out = os.path.join(WORK, "x.jsonl")
+        rank = lambda m: [SHARDLM, "decode", "--model", m, "--prompts", PROMPTS, "--output", out]
+        r = subprocess.run(["mpirun", "--oversubscribe", "--bind-to", "none", "-q", "-np", "1"] +
+                           rank(model) + [":", "-np", "1"] + rank(other),
+                           capture_output=True, text=True, timeout=120, env=ENV)
+        self.assertOneError(r, "rank 1: checkpoint mismatch", "differs from rank 0's",
+                            "same checkpoint on every host")
+
+    def test_bad_checkpoint_table(self):
+        base = make_model("gqa", "--attention", "gqa")
+        for name, damage, needles in BAD_CHECKPOINTS:
+            with self.subTest(name):
+                model = copy_model(base, "bad-" + name)
+                damage(model)
+                r = run(["score", "--model", model, "--input", PROMPTS, "--output",
+                         os.path.join(WORK, "x.jsonl")], np=2)
+                self.assertOneError(r, *needles)
+
+    def test_mismatched_weights_across_ranks(self):
+        # Same config.json, other random weights: the Hello weights fingerprint.
+        model = make_model("gqa", "--attention", "gqa")
+        other = make_model("gqa-seed1", "--attention", "gqa", "--seed", "1")
+        out = os.path.join(WORK, "x.jsonl")
+        rank = lambda m: [SHARDLM, "decode", "--model", m, "--prompts", PROMPTS, "--output", out]
+        r = subprocess.run(["mpirun", "--oversubscribe", "--bind-to", "none", "-q", "-np", "1"] +
+                           rank(model) + [":", "-np", "1"] + rank(other),
+                           capture_output=True, text=True, timeout=120, env=ENV)
+        self.assertOneError(r, "rank 1: checkpoint mismatch", "weights", "differ from rank 0's")
 
     def test_unknown_flag(self):
         r = run(["score", "--modle", "x"])
