@@ -51,7 +51,9 @@ class Coordinator {
   absl::Status ReadRequests(std::istream& input) {
     RequestReader<DecodeRequest> reader(
         input, options_.input, writer_,
-        [this](const JsonObject& object) { return ParseDecodeRequest(object, dims_, options_.max_new_tokens, options_.sampling); },
+        [this](const JsonObject& object) {
+          return ParseDecodeRequest(object, dims_, options_.max_new_tokens, options_.sampling);
+        },
         "error");
     while (true) {
       ASSIGN_OR_RETURN(std::optional<DecodeRequest> request, reader.Next());
