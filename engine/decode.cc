@@ -18,26 +18,6 @@
 namespace shardlm {
 namespace {
 
-// Replaces bytes that are not valid UTF-8 with U+FFFD (JSON strings must be UTF-8).
-std::string ToValidUtf8(const std::string& s) {
-  std::string out;
-  for (size_t i = 0; i < s.size();) {
-    const unsigned char c = s[i];
-    size_t len = c < 0x80 ? 1 : (c >> 5) == 0x6 ? 2 : (c >> 4) == 0xe ? 3 : (c >> 3) == 0x1e ? 4 : 0;
-    bool ok = len > 0 && i + len <= s.size();
-    for (size_t k = 1; ok && k < len; ++k) ok = (static_cast<unsigned char>(s[i + k]) >> 6) == 0x2;
-    if (ok && len == 2 && c < 0xc2) ok = false;  // overlong
-    if (ok) {
-      out.append(s, i, len);
-      i += len;
-    } else {
-      out += "\xef\xbf\xbd";
-      ++i;
-    }
-  }
-  return out;
-}
-
 // Rank 0's view of the job: requests, scheduler, results file.
 class Coordinator {
  public:
@@ -139,7 +119,7 @@ class Coordinator {
     out.Set("id", request.id)
         .Set("prompt_tokens", NumberValue(static_cast<double>(seq->prompt_len)))
         .Set("tokens", IntList(generated));
-    if (dims_.byte_tokenizer) out.Set("text", StringValue(ToValidUtf8(ByteDecode(generated))));
+    if (dims_.byte_tokenizer) out.Set("text", StringValue(ReplaceInvalidUtf8(ByteDecode(generated))));
     out.Set("logprobs", NumberList(seq->logprobs)).Set("finish_reason", StringValue(finish));
     ++done_;
     return writer_->Write(out);

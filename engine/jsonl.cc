@@ -13,10 +13,6 @@
 
 namespace shardlm {
 
-namespace {
-
-// `s` with every byte that does not start a valid UTF-8 sequence (overlong
-// forms, surrogates and code points past U+10FFFF included) replaced by U+FFFD.
 std::string ReplaceInvalidUtf8(std::string_view s) {
   std::string out;
   out.reserve(s.size());
@@ -56,7 +52,6 @@ std::string ReplaceInvalidUtf8(std::string_view s) {
   return out;
 }
 
-}  // namespace
 
 absl::Status CheckJsonDepth(std::string_view json, int max_depth) {
   int depth = 0;

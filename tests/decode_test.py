@@ -118,9 +118,10 @@ class DecodeInvariants(unittest.TestCase):
             alone, _ = decode(f"alone-{req['id']}", path)
             self.assertIdentical(alone, [req["id"]])
 
-    def test_page_sizes_and_chunked_prefill(self):
+    def test_page_sizes_chunked_prefill_and_threads(self):
         for flags in (["--page-size", "1"], ["--page-size", "64"],
-                      ["--max-batch", "3", "--max-batch-tokens", "8"]):
+                      ["--max-batch", "3", "--max-batch-tokens", "8"],
+                      ["--threads", "3", "--page-size", "7"]):
             results, _ = decode("pages" + "".join(flags), self.prompts, 1, *flags)
             self.assertIdentical(results)
 
