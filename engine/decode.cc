@@ -9,6 +9,7 @@
 #include <set>
 
 #include "base/status.h"
+#include "base/text.h"
 #include "engine/config.h"
 #include "engine/jsonl.h"
 #include "engine/requests.h"
@@ -119,7 +120,9 @@ class Coordinator {
     out.Set("id", request.id)
         .Set("prompt_tokens", NumberValue(static_cast<double>(seq->prompt_len)))
         .Set("tokens", IntList(generated));
-    if (dims_.byte_tokenizer) out.Set("text", StringValue(ReplaceInvalidUtf8(ByteDecode(generated))));
+    if (dims_.byte_tokenizer) {
+      out.Set("text", StringValue(ReplaceInvalidUtf8(ByteDecode(generated))));
+    }
     out.Set("logprobs", NumberList(seq->logprobs)).Set("finish_reason", StringValue(finish));
     ++done_;
     return writer_->Write(out);

@@ -28,10 +28,6 @@ absl::Status CheckJsonDepth(std::string_view json, int max_depth = kMaxJsonDepth
 // Checks the depth, then parses.
 absl::StatusOr<JsonObject> ParseJsonObject(const std::string& line);
 
-// `s` with every byte that does not start a valid UTF-8 sequence (overlong
-// forms, surrogates and code points past U+10FFFF included) replaced by U+FFFD:
-// JSON strings (and protobuf's JSON printer) need valid UTF-8.
-std::string ReplaceInvalidUtf8(std::string_view s);
 
 // Fails if the object has a key outside `allowed` (names the key).
 absl::Status CheckKnownFields(const JsonObject& object, const std::vector<std::string>& allowed);

@@ -22,6 +22,7 @@
 #include "absl/strings/str_join.h"
 #include "base/half.h"
 #include "base/status.h"
+#include "base/text.h"
 #include "google/protobuf/struct.pb.h"
 #include "google/protobuf/util/json_util.h"
 
@@ -69,33 +70,14 @@ absl::Status TensorError(std::string_view path, std::string_view name, absl::str
 }
 
 // Checks that `json` starts with '{' and nests at most kMaxJsonDepth deep.
-// Strings follow protobuf's parser: quoted by '"' or '\'', with '\\' escapes.
 absl::Status CheckJsonOutline(std::string_view json, std::string_view path) {
   const size_t first = json.find_first_not_of(" \t\r\n");
   if (first == std::string_view::npos || json[first] != '{') {
     return FileError(path, "header is not a JSON object");
   }
-  int depth = 0;
-  char quote = 0;  // the open string's quote character, 0 outside strings
-  for (size_t i = first; i < json.size(); ++i) {
-    const char c = json[i];
-    if (quote != 0) {
-      if (c == '\\') {
-        ++i;
-      } else if (c == quote) {
-        quote = 0;
-      }
-    } else if (c == '"' || c == '\'') {
-      quote = c;
-    } else if (c == '{' || c == '[') {
-      if (++depth > kMaxJsonDepth) {
-        return FileError(path, absl::StrCat("header JSON nests deeper than ", kMaxJsonDepth,
-                                            " levels; not a safetensors header"));
-      }
-    } else if (c == '}' || c == ']') {
-      // A stray closer would let later openers hide below the count.
-      if (--depth < 0) return FileError(path, "header is not valid JSON: unbalanced brackets");
-    }
+  if (absl::Status nesting = CheckJsonNesting(json.substr(first), kMaxJsonDepth); !nesting.ok()) {
+    return FileError(path, absl::StrCat("header is not valid JSON: ", nesting.message(),
+                                        "; not a safetensors header"));
   }
   return absl::OkStatus();
 }
@@ -153,40 +135,6 @@ std::string JsonQuote(std::string_view s) {
   return out;
 }
 
-// The JSON parser rejects non-UTF-8 headers, so the writer must not emit them.
-bool IsValidUtf8(std::string_view s) {
-  size_t i = 0;
-  while (i < s.size()) {
-    const auto c = static_cast<unsigned char>(s[i]);
-    int extra;
-    uint32_t cp;
-    if (c < 0x80) {
-      ++i;
-      continue;
-    } else if ((c & 0xe0) == 0xc0) {
-      extra = 1;
-      cp = c & 0x1f;
-    } else if ((c & 0xf0) == 0xe0) {
-      extra = 2;
-      cp = c & 0x0f;
-    } else if ((c & 0xf8) == 0xf0) {
-      extra = 3;
-      cp = c & 0x07;
-    } else {
-      return false;
-    }
-    if (i + extra >= s.size()) return false;
-    for (int k = 1; k <= extra; ++k) {
-      const auto cc = static_cast<unsigned char>(s[i + k]);
-      if ((cc & 0xc0) != 0x80) return false;
-      cp = (cp << 6) | (cc & 0x3f);
-    }
-    static constexpr uint32_t kMinForLength[] = {0, 0x80, 0x800, 0x10000};
-    if (cp < kMinForLength[extra] || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff)) return false;
-    i += extra + 1;
-  }
-  return true;
-}
 
 }  // namespace
 
@@ -606,6 +554,7 @@ absl::Status WriteSafetensors(const std::string& path, std::span<const TensorToW
           absl::StrCat("writing ", path, ": tensor \"", Printable(t.name), "\": ", msg));
     };
     if (t.name == "__metadata__") return error("name is reserved by the format");
+    // The JSON parser rejects non-UTF-8 headers, so the writer must not emit them.
     if (!IsValidUtf8(t.name)) return error("name is not valid UTF-8");
     if (!names.insert(t.name).second) return error("name appears twice");
     // Same suffix-product rule as the reader, so every written shape reads back.
