@@ -67,12 +67,16 @@ class Faults(unittest.TestCase):
         return p
 
     def start(self, name, np, quiet=True):
+        """Starts a decode job on np ranks under mpirun (np=None: one process, no mpirun)
+        and returns once it has written a few results."""
         out = os.path.join(WORK, name + ".jsonl")
         if os.path.exists(out):
             os.remove(out)
-        cmd = ["mpirun", "--oversubscribe", "--bind-to", "none"] + (["-q"] if quiet else []) + [
-            "-np", str(np), SHARDLM, "decode", "--model", MODEL, "--prompts", self.prompts,
-            "--output", out, "--max-batch", "4"]
+        cmd = [SHARDLM, "decode", "--model", MODEL, "--prompts", self.prompts,
+               "--output", out, "--max-batch", "4"]
+        if np is not None:
+            cmd = ["mpirun", "--oversubscribe", "--bind-to", "none"] + (
+                ["-q"] if quiet else []) + ["-np", str(np)] + cmd
         p = self.popen(cmd, name)
         # Wait for a few finished results, so there is something to keep.
         deadline = time.time() + 240  # start-up is slow on a loaded machine
@@ -166,18 +170,7 @@ class Faults(unittest.TestCase):
         self.stop_mpirun(signal.SIGINT)
 
     def test_sigint_single_process(self):
-        out = os.path.join(WORK, "single.jsonl")
-        if os.path.exists(out):
-            os.remove(out)
-        p = self.popen([SHARDLM, "decode", "--model", MODEL, "--prompts", self.prompts,
-                        "--output", out, "--max-batch", "4"], "single")
-        deadline = time.time() + 240  # start-up is slow on a loaded machine
-        while time.time() < deadline and p.poll() is None:
-            if os.path.exists(out):
-                with open(out) as f:
-                    if f.read().count("\n") >= 2:
-                        break
-            time.sleep(0.05)
+        p, out = self.start("single", None)
         p.send_signal(signal.SIGINT)
         err, _ = self.finish(p)
         self.assertEqual(p.returncode, 128 + signal.SIGINT)
