@@ -481,7 +481,7 @@ absl::StatusOr<BenchRecord> MeasureDecode(Model& model, Comm& comm, const BenchO
   // A step reads every weight but the embedding table, of which it reads B rows, and the pool.
   const int64_t cache_bytes = cache.bytes();
   const int64_t read_bytes = facts.resident_weight_bytes - facts.embed_bytes +
-                             B * dims.hidden * static_cast<int64_t>(sizeof(float)) + cache_bytes;
+                             B * (facts.embed_bytes / dims.vocab) + cache_bytes;
   ASSIGN_OR_RETURN(std::vector<int64_t> cache_all, AllRanks(comm, cache_bytes));
   ASSIGN_OR_RETURN(std::vector<int64_t> read_all, AllRanks(comm, read_bytes));
   const int64_t read_max = MaxOf(read_all);
@@ -767,7 +767,7 @@ absl::Status RunBench(const BenchOptions& options, Comm& comm) {
   }
   // Per-rank sizes that do not depend on the configuration.
   facts.resident_weight_bytes = model.weights().bytes();
-  facts.embed_bytes = static_cast<int64_t>(model.weights().embed.size() * sizeof(float));
+  facts.embed_bytes = model.weights().embed.bytes();
   ASSIGN_OR_RETURN(std::vector<int64_t> weights_all, AllRanks(comm, facts.resident_weight_bytes));
   facts.max_weight_bytes = MaxOf(weights_all);
   ASSIGN_OR_RETURN(

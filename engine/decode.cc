@@ -174,14 +174,15 @@ class StepRunner {
 
 uint64_t ReplicatedWeightsFingerprint(const ModelWeights& w) {
   uint64_t h = 0xcbf29ce484222325ull;
-  auto mix = [&h](const std::vector<float>& v) {
-    const auto* bytes = reinterpret_cast<const unsigned char*>(v.data());
-    for (size_t i = 0; i < v.size() * sizeof(float); ++i) {
+  auto mix_bytes = [&h](const void* data, size_t size) {
+    const auto* bytes = static_cast<const unsigned char*>(data);
+    for (size_t i = 0; i < size; ++i) {
       h ^= bytes[i];
       h *= 0x100000001b3ull;
     }
   };
-  mix(w.embed);
+  auto mix = [&](const std::vector<float>& v) { mix_bytes(v.data(), v.size() * sizeof(float)); };
+  mix_bytes(w.embed.data(), static_cast<size_t>(w.embed.bytes()));
   for (const LayerWeights& l : w.layers) {
     mix(l.attn_norm);
     mix(l.mlp_norm);

@@ -45,7 +45,7 @@ absl::Status Model::Forward(const ForwardBatch& batch, PagedKvCache& cache, Comm
   for (int64_t t = 0; t < n; ++t) {
     const int32_t id = batch.token_ids[t];
     CHECK(id >= 0 && id < dims_.vocab);
-    std::copy_n(weights_.embed.data() + id * d, d, x + t * d);
+    weights_.embed.WidenRow(id, x + t * d);
   }
   for (int64_t l = 0; l < dims_.layers; ++l) {
     const LayerWeights& w = weights_.layers[l];

@@ -1,5 +1,6 @@
 #include "engine/ops.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "base/half.h"
@@ -19,6 +20,22 @@ float Linear::Weight(int64_t o, int64_t k) const {
       return F16ToF32(w16[j]);
   }
   return 0.0f;
+}
+
+void Linear::WidenRow(int64_t o, float* row) const {
+  CHECK(o >= 0 && o < out);
+  const int64_t j = o * in;
+  switch (dtype) {
+    case WeightType::kF32:
+      std::copy_n(w.data() + j, in, row);
+      return;
+    case WeightType::kBF16:
+      for (int64_t k = 0; k < in; ++k) row[k] = Bf16ToF32(w16[j + k]);
+      return;
+    case WeightType::kF16:
+      for (int64_t k = 0; k < in; ++k) row[k] = F16ToF32(w16[j + k]);
+      return;
+  }
 }
 
 void MatMul(const float* x, int64_t n, int64_t x_stride, const Linear& w, float* y,

@@ -27,6 +27,8 @@ struct Linear {
   }
   // W[o][k] widened to f32 (exact), for references and tests.
   float Weight(int64_t o, int64_t k) const;
+  // Row o widened to f32 (exact) into row[0, in): an embedding lookup.
+  void WidenRow(int64_t o, float* row) const;
   // Resident bytes: what a decode step reads.
   int64_t bytes() const {
     return static_cast<int64_t>(w.size() * sizeof(float) + w16.size() * sizeof(uint16_t) +

@@ -1,5 +1,6 @@
 #include "engine/ops.h"
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 
@@ -91,6 +92,15 @@ TEST(OpsTest, SixteenBitLinearMatchesWidenedF32) {
         MatMul(x.data(), n, widened, y32.data());
         MatMulNaive(x.data(), n, in, half, ref.data(), out);
         ASSERT_EQ(y16, y32) << WeightTypeName(type) << " " << out << "x" << in;
+        // The embedding lookup widens one row: exactly the widened f32 row.
+        for (int64_t o : {int64_t{0}, out - 1}) {
+          std::vector<float> row(static_cast<size_t>(in + 1), kGuard), row32(row);
+          half.WidenRow(o, row.data());
+          widened.WidenRow(o, row32.data());
+          ASSERT_EQ(row, row32);
+          ASSERT_EQ(row.back(), kGuard);
+          ASSERT_TRUE(std::equal(row.begin(), row.end() - 1, widened.w.begin() + o * in));
+        }
         ASSERT_EQ(y16.back(), kGuard);
         for (size_t j = 0; j + 1 < y16.size(); ++j) {
           // |x|, |w| ≤ 1, |b| ≤ 1: the bound of the f32 test above.

@@ -60,7 +60,7 @@ std::vector<TensorSpec> CheckpointTensors(const ModelDims& dims) {
 }
 
 int64_t ModelWeights::bytes() const {
-  int64_t total = static_cast<int64_t>((embed.size() + final_norm.size()) * sizeof(float)) +
+  int64_t total = embed.bytes() + static_cast<int64_t>(final_norm.size() * sizeof(float)) +
                   lm_head.bytes();
   auto vec = [](const std::vector<float>& v) { return static_cast<int64_t>(v.size() * sizeof(float)); };
   for (const LayerWeights& l : layers) {
@@ -129,8 +129,9 @@ class ShardLoader {
     return lin;
   }
 
-  // Vocab rows `rows` of the embedding tensor [vocab, d] as a bias-free linear.
-  absl::StatusOr<Linear> TiedHead(const std::string& tensor, int64_t vocab, int64_t d,
+  // Vocab rows `rows` of the embedding tensor [vocab, d] as a bias-free linear in the
+  // checkpoint's dtype: the embedding table itself, or a tied head's shard.
+  absl::StatusOr<Linear> VocabRows(const std::string& tensor, int64_t vocab, int64_t d,
                                   Range rows) {
     Linear lin;
     lin.out = rows.size();
@@ -241,9 +242,8 @@ absl::StatusOr<ModelWeights> LoadWeights(SafetensorsDir& dir, const ModelDims& d
   ShardLoader load(dir);
   const int64_t d = dims.hidden;
   ModelWeights w;
-  w.embed.resize(static_cast<size_t>(dims.vocab * d));
-  const std::vector<int64_t> embed_shape = {dims.vocab, d};
-  RETURN_IF_ERROR(dir.Read("model.embed_tokens.weight", embed_shape, 0, dims.vocab, 0, d, w.embed.data()));
+  ASSIGN_OR_RETURN(w.embed, load.VocabRows("model.embed_tokens.weight", dims.vocab, d,
+                                            Range{0, dims.vocab}));
   w.layers.resize(static_cast<size_t>(dims.layers));
   for (int64_t i = 0; i < dims.layers; ++i) {
     LayerWeights& l = w.layers[i];
@@ -259,9 +259,8 @@ absl::StatusOr<ModelWeights> LoadWeights(SafetensorsDir& dir, const ModelDims& d
   ASSIGN_OR_RETURN(w.final_norm, load.Vector("model.norm.weight", d));
   if (dims.tie_word_embeddings) {
     if (dir.Has("lm_head.weight")) dir.MarkUsed("lm_head.weight");
-    // The head is this rank's vocab rows of the embedding, in the checkpoint's dtype (the
-    // embedding table itself is f32: decode reads one row per token from it). No bias.
-    ASSIGN_OR_RETURN(w.lm_head, load.TiedHead("model.embed_tokens.weight", dims.vocab, d,
+    // The head is this rank's vocab rows of the embedding, in the checkpoint's dtype. No bias.
+    ASSIGN_OR_RETURN(w.lm_head, load.VocabRows("model.embed_tokens.weight", dims.vocab, d,
                                               plan.vocab_rows));
   } else {
     ASSIGN_OR_RETURN(w.lm_head, load.Rows("lm_head", dims.vocab, d, plan.vocab_rows));

@@ -1,6 +1,7 @@
 // One rank's weights: exactly its shard of every layer (DESIGN §3). Linear layers keep the
 // checkpoint's dtype (f32, bf16 or f16; see Linear), except kv_b_proj, which latent attention
-// reads as floats; norms, biases and the embedding table are f32.
+// reads as floats, and the embedding table (its checkpoint dtype too; one row is widened per
+// token); norms and biases are f32.
 #ifndef SHARDLM_ENGINE_WEIGHTS_H_
 #define SHARDLM_ENGINE_WEIGHTS_H_
 
@@ -49,7 +50,7 @@ struct LayerWeights {
 };
 
 struct ModelWeights {
-  std::vector<float> embed;       // replicated [vocab, d], f32 (one row read per token)
+  Linear embed;                   // replicated [vocab, d], checkpoint dtype (one row read per token)
   std::vector<LayerWeights> layers;
   std::vector<float> final_norm;  // replicated [d]
   Linear lm_head;                 // row-sharded by vocab [vocab_l, d]
