@@ -1,8 +1,12 @@
 #include "base/thread_pool.h"
 
+#include <sched.h>
+
 #include <algorithm>
 #include <chrono>
+#include <cstdlib>
 #include <memory>
+#include <thread>
 
 #include "base/status.h"
 
@@ -98,6 +102,18 @@ std::unique_ptr<ThreadPool>& GlobalPool() {
 void SetComputeThreads(int threads) { GlobalPool() = std::make_unique<ThreadPool>(threads); }
 ThreadPool& ComputePool() { return *GlobalPool(); }
 int ComputeThreads() { return ComputePool().size(); }
+
+int AutoComputeThreads() {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  int cpus = sched_getaffinity(0, sizeof(set), &set) == 0 ? CPU_COUNT(&set) : 0;
+  if (cpus <= 0) cpus = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  int local_ranks = 1;
+  if (const char* env = std::getenv("OMPI_COMM_WORLD_LOCAL_SIZE")) {
+    local_ranks = std::max(1, std::atoi(env));
+  }
+  return std::max(1, cpus / local_ranks);
+}
 
 namespace {
 // Whether this thread is running a ParallelFor range: Run is not reentrant, so a nested

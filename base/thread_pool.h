@@ -58,6 +58,11 @@ void SetComputeThreads(int threads);
 ThreadPool& ComputePool();
 int ComputeThreads();
 
+// Compute threads per rank that fill this host's cores without oversubscribing them: the CPUs
+// this process may run on (its affinity mask, which mpirun's binding narrows) divided by the
+// ranks on this host (OpenMPI's OMPI_COMM_WORLD_LOCAL_SIZE, 1 outside mpirun), at least 1.
+int AutoComputeThreads();
+
 // Splits [0, n) into at most ComputeThreads() contiguous ranges whose boundaries are multiples of
 // `align` (except the end) and runs fn(begin, end) for each on the compute pool. Ranges depend
 // only on n, align and the thread count. Runs fn(0, n) inline when one range is enough, and

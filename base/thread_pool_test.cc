@@ -1,6 +1,11 @@
 #include "base/thread_pool.h"
 
+#include <sched.h>
+
+#include <algorithm>
 #include <atomic>
+#include <cstdlib>
+#include <string>
 #include <vector>
 
 #include "gtest/gtest.h"
@@ -70,6 +75,30 @@ TEST(ParallelFor, NestedCallRunsInline) {
   });
   for (auto& h : hits) ASSERT_EQ(h.load(), 1);
   SetComputeThreads(1);
+}
+
+TEST(AutoComputeThreadsTest, SplitsThisProcessCpusOverTheHostRanks) {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  ASSERT_EQ(sched_getaffinity(0, sizeof(set), &set), 0);
+  const int cpus = CPU_COUNT(&set);
+  const char* saved = std::getenv("OMPI_COMM_WORLD_LOCAL_SIZE");
+  const std::string restore = saved != nullptr ? saved : "";
+  unsetenv("OMPI_COMM_WORLD_LOCAL_SIZE");
+  EXPECT_EQ(AutoComputeThreads(), cpus);
+  setenv("OMPI_COMM_WORLD_LOCAL_SIZE", "2", 1);
+  EXPECT_EQ(AutoComputeThreads(), std::max(1, cpus / 2));
+  // More ranks than cores (oversubscribed): never below one thread.
+  setenv("OMPI_COMM_WORLD_LOCAL_SIZE", "100000", 1);
+  EXPECT_EQ(AutoComputeThreads(), 1);
+  // A malformed value counts as one rank.
+  setenv("OMPI_COMM_WORLD_LOCAL_SIZE", "x", 1);
+  EXPECT_EQ(AutoComputeThreads(), cpus);
+  if (saved != nullptr) {
+    setenv("OMPI_COMM_WORLD_LOCAL_SIZE", restore.c_str(), 1);
+  } else {
+    unsetenv("OMPI_COMM_WORLD_LOCAL_SIZE");
+  }
 }
 
 }  // namespace

@@ -323,8 +323,7 @@ absl::Status ParseOptions(const Flags& flags, BenchOptions* o) {
   ASSIGN_OR_RETURN(o->max_pool_mb, flags.Double("max-pool-mb", 8192, 1e-6, 1e9));
   ASSIGN_OR_RETURN(o->prefill_tokens, flags.Int("prefill-tokens", 512, 0, 1 << 20));
   ASSIGN_OR_RETURN(o->prefill_reps, flags.Int("prefill-reps", 3, 1, 1 << 20));
-  ASSIGN_OR_RETURN(int64_t threads, flags.Int("threads", 1, 1, 1024));
-  o->threads = static_cast<int>(threads);
+  ASSIGN_OR_RETURN(o->threads, flags.Threads());
   ASSIGN_OR_RETURN(o->bandwidth_gbs, flags.Double("bandwidth-gbs", 0, 0, 1e6));
   ASSIGN_OR_RETURN(o->probe_mb, flags.Int("probe-mb", 512, 1, 1 << 20));
   ASSIGN_OR_RETURN(o->probe_passes, flags.Int("probe-passes", 5, 1, 1000));
@@ -690,7 +689,7 @@ std::vector<FlagSpec> BenchFlags() {
       {"prefill-tokens", true,
        "prefill chunk length; 0 skips the prefill measurement (default 512)"},
       {"prefill-reps", true, "timed prefill chunks (default 3)"},
-      {"threads", true, "compute threads per rank (default 1); use ranks x threads <= cores"},
+      {"threads", true, "compute threads per rank (default 1), or auto: this host's cores / its ranks"},
       {"bandwidth-gbs", true, "roofline per rank in GB/s; skips the probe"},
       {"probe-mb", true, "bandwidth probe buffer per rank, MiB (default 512)"},
       {"probe-passes", true, "bandwidth probe passes, the best counts (default 5)"},

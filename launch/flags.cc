@@ -5,6 +5,8 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "base/status.h"
+#include "base/thread_pool.h"
 
 namespace shardlm {
 
@@ -69,6 +71,17 @@ absl::StatusOr<int64_t> Flags::Int(const std::string& name, int64_t fallback, in
                                                    ", ", max, "], got \"", it->second, "\""));
   }
   return v;
+}
+
+absl::StatusOr<int> Flags::Threads() const {
+  auto it = values_.find("threads");
+  if (it != values_.end() && it->second == "auto") return AutoComputeThreads();
+  absl::StatusOr<int64_t> threads = Int("threads", 1, 1, 1024);
+  if (!threads.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--threads must be an integer in [1, 1024] or auto, got \"", it->second, "\""));
+  }
+  return static_cast<int>(*threads);
 }
 
 absl::StatusOr<double> Flags::Double(const std::string& name, double fallback, double min,

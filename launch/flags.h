@@ -32,6 +32,8 @@ class Flags {
   absl::StatusOr<double> Double(const std::string& name, double fallback, double min,
                                 double max) const;
   bool Bool(const std::string& name) const { return Has(name); }
+  // --threads: an integer in [1, 1024], or "auto" (AutoComputeThreads); 1 when absent.
+  absl::StatusOr<int> Threads() const;
 
  private:
   std::map<std::string, std::string> values_;

@@ -39,8 +39,8 @@ struct Command {
 };
 
 absl::Status SetThreads(const Flags& flags) {
-  ASSIGN_OR_RETURN(int64_t threads, flags.Int("threads", 1, 1, 1024));
-  SetComputeThreads(static_cast<int>(threads));
+  ASSIGN_OR_RETURN(int threads, flags.Threads());
+  SetComputeThreads(threads);
   return absl::OkStatus();
 }
 
@@ -153,7 +153,7 @@ const std::vector<Command>& Commands() {
         {"output", true, "JSONL results {\"id\", \"logprobs\", \"sum_logprob\", \"perplexity\"}"},
         {"max-batch-tokens", true, "tokens per forward chunk (default 512)"},
         {"page-size", true, "KV cache page size in tokens (default 16)"},
-        {"threads", true, "compute threads per rank (default 1); use ranks x threads <= cores"},
+        {"threads", true, "compute threads per rank (default 1), or auto: this host's cores / its ranks"},
         {"progress", false, "print progress to stderr"},
         {"help", false, "this message"}},
        RunScoreCommand},
@@ -170,7 +170,7 @@ const std::vector<Command>& Commands() {
         {"top-k", true, "default top-k (default 0: off)"},
         {"top-p", true, "default top-p (default 1: off)"},
         {"seed", true, "default per-request seed (default 0)"},
-        {"threads", true, "compute threads per rank (default 1); use ranks x threads <= cores"},
+        {"threads", true, "compute threads per rank (default 1), or auto: this host's cores / its ranks"},
         {"progress", false, "print progress to stderr"},
         {"help", false, "this message"}},
        RunDecodeCommand},

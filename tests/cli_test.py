@@ -239,6 +239,12 @@ class StartupErrors(unittest.TestCase):
         self.assertNotEqual(r.returncode, 0)
         self.assertIn("unknown flag --modle", r.stderr)
 
+    def test_bad_thread_count(self):
+        for value in ["0", "many", "2000"]:
+            r = run(["decode", "--model", "x", "--prompts", "p", "--output", "o", "--threads", value])
+            self.assertNotEqual(r.returncode, 0)
+            self.assertIn(f'--threads must be an integer in [1, 1024] or auto, got "{value}"', r.stderr)
+
 
 class Inspect(unittest.TestCase):
     def cache_bytes(self, model, tp):
