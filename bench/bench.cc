@@ -403,7 +403,8 @@ struct RunFacts {
   double prefill_gflops = 0.0;  // per rank, max over ranks (see BenchRecord)
   double sgemm_gflops = 0.0;    // per rank, min over ranks
   int64_t resident_weight_bytes = 0;  // this rank's ModelWeights::bytes()
-  int64_t embed_bytes = 0;            // this rank's (replicated) embedding table
+  int64_t embed_bytes = 0;            // this rank's slice of an untied embedding table
+  int64_t embed_row_bytes = 0;        // one row of it
   int64_t max_weight_bytes = 0;       // over ranks
   int64_t budget_pages = 0;           // PagesForBudget, min over ranks
 };
@@ -480,7 +481,7 @@ absl::StatusOr<BenchRecord> MeasureDecode(Model& model, Comm& comm, const BenchO
   // A step reads every weight but the embedding table, of which it reads B rows, and the pool.
   const int64_t cache_bytes = cache.bytes();
   const int64_t read_bytes = facts.resident_weight_bytes - facts.embed_bytes +
-                             B * (facts.embed_bytes / dims.vocab) + cache_bytes;
+                             B * facts.embed_row_bytes + cache_bytes;
   ASSIGN_OR_RETURN(std::vector<int64_t> cache_all, AllRanks(comm, cache_bytes));
   ASSIGN_OR_RETURN(std::vector<int64_t> read_all, AllRanks(comm, read_bytes));
   const int64_t read_max = MaxOf(read_all);
@@ -766,7 +767,10 @@ absl::Status RunBench(const BenchOptions& options, Comm& comm) {
   }
   // Per-rank sizes that do not depend on the configuration.
   facts.resident_weight_bytes = model.weights().bytes();
+  // A tied table is the head, which a step streams anyway: only untied tables are skipped.
   facts.embed_bytes = model.weights().embed.bytes();
+  const Linear& table = model.weights().embedding();
+  facts.embed_row_bytes = table.out > 0 ? table.bytes() / table.out : 0;
   ASSIGN_OR_RETURN(std::vector<int64_t> weights_all, AllRanks(comm, facts.resident_weight_bytes));
   facts.max_weight_bytes = MaxOf(weights_all);
   ASSIGN_OR_RETURN(

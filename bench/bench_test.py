@@ -111,8 +111,11 @@ def check_record(r, config, np_, family):
     check(per_token == layers * 4 * cache_row_floats(config, np_), f"{tag}: cache B/token {per_token}")
     check(i("cache_bytes_per_rank") == per_token * i("cache_pages_per_rank") * page,
           f"{tag}: cache bytes {r['cache_bytes_per_rank']} != allocation")
-    # Bytes a step reads: weights but the (replicated) embedding table, B of its rows, the pool.
-    expect_read = i("weight_bytes_per_rank") - vocab * d * 4 + batch * d * 4 + i("cache_bytes_per_rank")
+    # Bytes a step reads: weights but the rank's slice of the (untied, vocab-sharded) embedding
+    # table, B rows of it, the pool. Rank 0 holds the largest slice and is the largest reader.
+    vocab_rank0 = -(-vocab // np_)
+    expect_read = (i("weight_bytes_per_rank") - vocab_rank0 * d * 4 + batch * d * 4 +
+                   i("cache_bytes_per_rank"))
     check(i("bytes_read_per_step_per_rank") == expect_read, f"{tag}: bytes read per step")
     all_ranks = i("bytes_read_per_step_all_ranks")
     check(i("bytes_read_per_step_per_rank") <= all_ranks <= np_ * i("bytes_read_per_step_per_rank"),

@@ -182,7 +182,7 @@ uint64_t ReplicatedWeightsFingerprint(const ModelWeights& w) {
     }
   };
   auto mix = [&](const std::vector<float>& v) { mix_bytes(v.data(), v.size() * sizeof(float)); };
-  mix_bytes(w.embed.data(), static_cast<size_t>(w.embed.bytes()));
+  mix(w.embed_row0);
   for (const LayerWeights& l : w.layers) {
     mix(l.attn_norm);
     mix(l.mlp_norm);

@@ -42,11 +42,20 @@ absl::Status Model::Forward(const ForwardBatch& batch, PagedKvCache& cache, Comm
   float* gate = Scratch(gate_, n * mlp);      // [n, mlp_l]
   float* up = Scratch(up_, n * mlp);          // [n, mlp_l]
 
+  // Vocab-parallel embedding: each rank fills the rows of the tokens in its vocab slice, zeros
+  // elsewhere, and the all-reduce sums them (one non-zero term per element: exact).
+  const Linear& table = weights_.embedding();
+  const Range own = plan_.vocab_rows;
   for (int64_t t = 0; t < n; ++t) {
     const int32_t id = batch.token_ids[t];
     CHECK(id >= 0 && id < dims_.vocab);
-    weights_.embed.WidenRow(id, x + t * d);
+    if (id >= own.begin && id < own.end) {
+      table.WidenRow(id - own.begin, x + t * d);
+    } else {
+      std::fill_n(x + t * d, d, 0.0f);
+    }
   }
+  if (comm.size() > 1) RETURN_IF_ERROR(AllReduce(x, n * d, comm));
   for (int64_t l = 0; l < dims_.layers; ++l) {
     const LayerWeights& w = weights_.layers[l];
     // h = x + Attn(RMSNorm(x)): each rank's heads give a partial o_proj sum.

@@ -242,8 +242,11 @@ absl::StatusOr<ModelWeights> LoadWeights(SafetensorsDir& dir, const ModelDims& d
   ShardLoader load(dir);
   const int64_t d = dims.hidden;
   ModelWeights w;
-  ASSIGN_OR_RETURN(w.embed, load.VocabRows("model.embed_tokens.weight", dims.vocab, d,
-                                            Range{0, dims.vocab}));
+  // Row 0 for the fingerprint; the table itself is read below, this rank's vocab rows only.
+  w.embed_row0.resize(static_cast<size_t>(d));
+  const std::vector<int64_t> embed_shape = {dims.vocab, d};
+  RETURN_IF_ERROR(
+      dir.Read("model.embed_tokens.weight", embed_shape, 0, 1, 0, d, w.embed_row0.data()));
   w.layers.resize(static_cast<size_t>(dims.layers));
   for (int64_t i = 0; i < dims.layers; ++i) {
     LayerWeights& l = w.layers[i];
@@ -257,12 +260,16 @@ absl::StatusOr<ModelWeights> LoadWeights(SafetensorsDir& dir, const ModelDims& d
                                        plan.rank == 0));
   }
   ASSIGN_OR_RETURN(w.final_norm, load.Vector("model.norm.weight", d));
-  if (dims.tie_word_embeddings) {
+  w.tied = dims.tie_word_embeddings;
+  if (w.tied) {
     if (dir.Has("lm_head.weight")) dir.MarkUsed("lm_head.weight");
-    // The head is this rank's vocab rows of the embedding, in the checkpoint's dtype. No bias.
+    // The head is this rank's vocab rows of the embedding, in the checkpoint's dtype, and
+    // serves as the embedding too. No bias.
     ASSIGN_OR_RETURN(w.lm_head, load.VocabRows("model.embed_tokens.weight", dims.vocab, d,
                                               plan.vocab_rows));
   } else {
+    ASSIGN_OR_RETURN(w.embed, load.VocabRows("model.embed_tokens.weight", dims.vocab, d,
+                                            plan.vocab_rows));
     ASSIGN_OR_RETURN(w.lm_head, load.Rows("lm_head", dims.vocab, d, plan.vocab_rows));
   }
   const std::vector<std::string> unused = dir.Unused();

@@ -50,10 +50,16 @@ struct LayerWeights {
 };
 
 struct ModelWeights {
-  Linear embed;                   // replicated [vocab, d], checkpoint dtype (one row read per token)
+  // Row-sharded by vocab like the head: this rank's rows [vocab_l, d] of the table, checkpoint
+  // dtype (one row widened per token it owns); empty when tied: lm_head holds the same rows.
+  Linear embed;
+  std::vector<float> embed_row0;  // replicated row 0 of the table, for the weights fingerprint
   std::vector<LayerWeights> layers;
   std::vector<float> final_norm;  // replicated [d]
   Linear lm_head;                 // row-sharded by vocab [vocab_l, d]
+  bool tied = false;              // tie_word_embeddings
+  // This rank's vocab rows of the embedding table, [vocab_l, d].
+  const Linear& embedding() const { return tied ? lm_head : embed; }
   int64_t bytes() const;
 };
 
