@@ -50,6 +50,10 @@ inline float Widen(F16W, uint16_t h) {
 // are widened once per K step into `wf`, then used exactly as f32 weights are.
 struct Portable {
   static constexpr int kLanes = 16;
+  static constexpr int kReduceGroup = 1;
+  static void ReduceSums(const float* acc, int64_t count, float* sums) {
+    ReduceEach<kLanes>(acc, count, sums);
+  }
 
   template <class Fmt, int kR, int kC, int kCStride>
   static void Tile(const TileArgs& t) {

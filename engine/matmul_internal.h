@@ -74,6 +74,13 @@ inline float ReduceLanes(const float* acc) {
   return t[0];
 }
 
+// ReduceLanes of `count` consecutive L-float accumulators into sums[0, count): the reduction of
+// kernels without a vector version (their kReduceGroup is 1).
+template <int L>
+inline void ReduceEach(const float* acc, int64_t count, float* sums) {
+  for (int64_t i = 0; i < count; ++i) sums[i] = ReduceLanes<L>(acc + i * L);
+}
+
 // One micro-kernel call: a block of r ≤ R x rows against a tile of c ≤ C weight rows over one
 // K block. Pointers are already offset to the K block's first column.
 struct TileArgs {
@@ -145,8 +152,13 @@ void Drive(const float* x, int64_t n, int64_t x_stride, const typename Fmt::Elem
     return pack_x ? xs + (kb * n + i) * kKBlock : xs + i * xs_stride + kb * kKBlock;
   };
 
-  // [kSuperRows][kC][L] vector partial sums, spilled between K blocks.
+  // [kSuperRows][kC][L] vector partial sums, spilled between K blocks, and their lane sums.
+  // Kernel::ReduceSums reduces whole groups of kReduceGroup accumulators, so the zeroed region
+  // is rounded up to a group (the slots of columns ≥ c are zero too and their sums unused).
+  constexpr int kGroup = Kernel::kReduceGroup;
+  static_assert(kSuperRows * kC % kGroup == 0);
   alignas(64) float acc[kSuperRows * kC * L];
+  alignas(64) float sums[kSuperRows * kC];
   for (int64_t o0 = 0; o0 < out; o0 += kC) {
     const int c = static_cast<int>(std::min<int64_t>(kC, out - o0));
     const typename Fmt::Elem* w_tile = w + o0 * in;
@@ -155,7 +167,8 @@ void Drive(const float* x, int64_t n, int64_t x_stride, const typename Fmt::Elem
     for (int64_t i0 = 0; i0 < n; i0 += kSuperRows) {
       const int rows = static_cast<int>(std::min<int64_t>(kSuperRows, n - i0));
       const int blocks = (rows + kR - 1) / kR;
-      std::fill(acc, acc + rows * kC * L, 0.0f);
+      const int64_t slots = (rows * kC + kGroup - 1) / kGroup * kGroup;
+      std::fill(acc, acc + slots * L, 0.0f);
       for (int64_t kb = 0; kb < num_kb; ++kb) {
         const int64_t k0 = kb * kKBlock;
         TileArgs args;
@@ -181,10 +194,11 @@ void Drive(const float* x, int64_t n, int64_t x_stride, const typename Fmt::Elem
           TileTable<Kernel, Fmt, kR, kC>::Get(std::min(kR, rows - ib), c)(args);
         }
       }
+      Kernel::ReduceSums(acc, slots, sums);
       for (int ir = 0; ir < rows; ++ir) {
         float* y_row = y + (i0 + ir) * y_stride + o0;
         for (int ic = 0; ic < c; ++ic) {
-          const float sum = ReduceLanes<L>(acc + (ir * kC + ic) * L);
+          const float sum = sums[ir * kC + ic];
           y_row[ic] = bias != nullptr ? sum + bias[o0 + ic] : sum;
         }
       }
@@ -203,6 +217,9 @@ void SkinnyAvx2Fma(const float* x, int64_t n, int64_t x_stride, const typename F
 template <class Fmt>
 void SkinnyAvx512(const float* x, int64_t n, int64_t x_stride, const typename Fmt::Elem* w,
                   int64_t out, int64_t in, const float* bias, float* y, int64_t y_stride);
+// The AVX-512 kernel's lane reduction, for its test against ReduceEach<16>: count (a multiple
+// of 16) accumulators of 16 floats, acc 64-byte aligned. Only call when CpuHasAvx512().
+void ReduceSumsAvx512(const float* acc, int64_t count, float* sums);
 // CPUID (and OS register-state) checks for the SIMD paths; false on non-x86 builds. The AVX2
 // path also needs F16C (vcvtph2ps), which every AVX2 CPU has in practice.
 bool CpuHasAvx2Fma();

@@ -14,6 +14,7 @@
 #include "base/half.h"
 #include "base/rng.h"
 #include "base/thread_pool.h"
+#include "engine/matmul_internal.h"
 #include "gtest/gtest.h"
 
 namespace shardlm {
@@ -98,6 +99,35 @@ double Tolerance(int64_t in, int lanes, double abs_sum) {
   const double m = static_cast<double>((in + lanes - 1) / lanes) + std::log2(lanes) + 2.0;
   const double gamma = m * u / (1.0 - m * u);
   return (gamma + u + (in + 2) * std::ldexp(1.0, -53)) * abs_sum;
+}
+
+// The AVX-512 kernel reduces 16 accumulators at once with shuffles; it must do the adds of the
+// scalar tree (ReduceLanes) exactly. Values of mixed sign and magnitude (2^-40 … 2^40) make
+// every other order of the adds round differently; special values must propagate as there.
+TEST(SkinnyMatMulPaths, VectorLaneReductionIsTheScalarTree) {
+  if (!matmul_internal::CpuHasAvx512()) GTEST_SKIP() << "no AVX-512 on this CPU";
+  for (uint64_t seed : {1, 2, 3, 4}) {
+    Rng rng(seed);
+    for (int64_t count : {16, 32, 192}) {
+      alignas(64) static float acc[192 * 16];
+      for (int64_t i = 0; i < count * 16; ++i) {
+        acc[i] = std::ldexp(rng.Uniform(-1.0f, 1.0f), static_cast<int>(rng.Uniform(-40, 40)));
+      }
+      if (seed == 4) {
+        acc[5] = std::numeric_limits<float>::infinity();
+        acc[16 * 7 + 3] = std::numeric_limits<float>::quiet_NaN();
+        acc[16 * 9 + 1] = -0.0f;
+      }
+      std::vector<float> fast(static_cast<size_t>(count) + 1, -12345.0f), ref(fast);
+      matmul_internal::ReduceSumsAvx512(acc, count, fast.data());
+      matmul_internal::ReduceEach<16>(acc, count, ref.data());
+      for (int64_t i = 0; i < count; ++i) {
+        ASSERT_EQ(std::memcmp(&fast[i], &ref[i], sizeof(float)), 0)
+            << "seed " << seed << " accumulator " << i << ": " << fast[i] << " vs " << ref[i];
+      }
+      ASSERT_EQ(fast[count], -12345.0f);  // nothing past the last sum
+    }
+  }
 }
 
 TEST(SkinnyMatMulPaths, SelectedPathIsAvailableAndNamed) {
