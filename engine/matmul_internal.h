@@ -24,7 +24,8 @@
 // Why every variant gives the same bits: the vector accumulators of (i, o) are spilled to
 // `acc` between K blocks and reloaded unchanged; each Tile<r, c> instantiation (r ≤ R, c ≤ C)
 // runs the same per-(i, o) code — full vectors of L, then one tail of in % L elements done the
-// same way in every tile (masked loads / a scalar loop) — and the reduction is one function.
+// same way in every tile (masked loads / a scalar loop) — and the reduction is one fixed tree
+// (ReduceLanes; the AVX-512 kernel does its adds for 16 accumulators at once, tested bit for bit).
 // Packing copies values exactly. Nothing in the per-(i, o) arithmetic depends on r, c, n, i,
 // the K block size, packing, prefetching or the strides; so the tile shape may even be chosen
 // from n (see the entry points).
