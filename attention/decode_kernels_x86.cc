@@ -9,6 +9,7 @@
 #include <cstdint>
 
 #include "attention/decode_kernels.h"
+#include "base/avx512_reduce.h"
 
 #if defined(__x86_64__)
 #include <immintrin.h>
@@ -80,10 +81,27 @@ SHARDLM_TARGET_AVX512 void ScoreTile(const ScoreArgs& a, int64_t r0, int64_t h0)
   if (a.b_len > 0) {
     DotPart<R, H>(acc, a.rows + r0, a.b_off, a.b_len, a.qb + h0 * a.qb_head, a.qb_head);
   }
+  if constexpr (R == 4 && H == 4) {
+    // All 16 at once, the same tree as ReduceAdd: element 4h + r of `sums` is acc[r][h], so
+    // each head's 4 scores are 4 consecutive floats.
+    __m512 v[16];
 #pragma GCC unroll 4
-  for (int h = 0; h < H; ++h) {
+    for (int h = 0; h < H; ++h) {
 #pragma GCC unroll 4
-    for (int r = 0; r < R; ++r) a.scores[(h0 + h) * kBlock + r0 + r] = ReduceAdd(acc[r][h]);
+      for (int r = 0; r < R; ++r) v[h * R + r] = acc[r][h];
+    }
+    const __m512 sums = ReduceAdd16x16(v);
+    float* s = a.scores + h0 * kBlock + r0;
+    _mm_storeu_ps(s, _mm512_extractf32x4_ps(sums, 0));
+    _mm_storeu_ps(s + kBlock, _mm512_extractf32x4_ps(sums, 1));
+    _mm_storeu_ps(s + 2 * kBlock, _mm512_extractf32x4_ps(sums, 2));
+    _mm_storeu_ps(s + 3 * kBlock, _mm512_extractf32x4_ps(sums, 3));
+  } else {
+#pragma GCC unroll 4
+    for (int h = 0; h < H; ++h) {
+#pragma GCC unroll 4
+      for (int r = 0; r < R; ++r) a.scores[(h0 + h) * kBlock + r0 + r] = ReduceAdd(acc[r][h]);
+    }
   }
 }
 

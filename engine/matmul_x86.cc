@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <type_traits>
 
+#include "base/avx512_reduce.h"
 #include "engine/matmul_internal.h"
 
 #if defined(__x86_64__) || defined(__i386__)
@@ -26,47 +27,16 @@ namespace {
 struct Avx512 {
   static constexpr int kLanes = 16;
 
-  // ReduceLanes<16> of 16 accumulators at once, with the same adds: every step adds lane j and
-  // lane j + half of each accumulator (half = 8, 4, 2, 1), the shuffles only pair them up across
-  // registers (x + y = y + x exactly, so which operand a shuffle puts first does not matter).
+  // ReduceLanes<16> of 16 accumulators at once, with the same adds (base/avx512_reduce.h).
   static constexpr int kReduceGroup = 16;
-  SHARDLM_TARGET_AVX512 static void Reduce16(const float* acc, float* sums) {
-    constexpr __mmask16 kAll = 0xffff;  // zero-masking forms: see Widen
-    // half = 8: v[2p], v[2p+1] → [b_2p (8 lanes) | b_2p+1 (8 lanes)].
-    __m512 b[8];
-#pragma GCC unroll 8
-    for (int p = 0; p < 8; ++p) {
-      const __m512 x = _mm512_load_ps(acc + (2 * p) * kLanes);
-      const __m512 y = _mm512_load_ps(acc + (2 * p + 1) * kLanes);
-      b[p] = _mm512_add_ps(_mm512_maskz_shuffle_f32x4(kAll, x, y, _MM_SHUFFLE(1, 0, 1, 0)),
-                           _mm512_maskz_shuffle_f32x4(kAll, x, y, _MM_SHUFFLE(3, 2, 3, 2)));
-    }
-    // half = 4: 128-bit lane k of c[q] holds the 4 lanes of accumulator 4q + k.
-    __m512 c[4];
-#pragma GCC unroll 4
-    for (int q = 0; q < 4; ++q) {
-      c[q] = _mm512_add_ps(
-          _mm512_maskz_shuffle_f32x4(kAll, b[2 * q], b[2 * q + 1], _MM_SHUFFLE(2, 0, 2, 0)),
-          _mm512_maskz_shuffle_f32x4(kAll, b[2 * q], b[2 * q + 1], _MM_SHUFFLE(3, 1, 3, 1)));
-    }
-    // half = 2: lane k of d[s] holds 2 lanes of accumulators 8s + k and 8s + 4 + k.
-    __m512 d[2];
-#pragma GCC unroll 2
-    for (int s = 0; s < 2; ++s) {
-      d[s] = _mm512_add_ps(
-          _mm512_maskz_shuffle_ps(kAll, c[2 * s], c[2 * s + 1], _MM_SHUFFLE(1, 0, 1, 0)),
-          _mm512_maskz_shuffle_ps(kAll, c[2 * s], c[2 * s + 1], _MM_SHUFFLE(3, 2, 3, 2)));
-    }
-    // half = 1: element 4k + m of e is the sum of accumulator 4m + k.
-    const __m512 e =
-        _mm512_add_ps(_mm512_maskz_shuffle_ps(kAll, d[0], d[1], _MM_SHUFFLE(2, 0, 2, 0)),
-                      _mm512_maskz_shuffle_ps(kAll, d[0], d[1], _MM_SHUFFLE(3, 1, 3, 1)));
-    const __m512i order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
-    _mm512_storeu_ps(sums, _mm512_maskz_permutexvar_ps(kAll, order, e));
-  }
   // count is a multiple of 16; acc and sums as in Drive (acc 64-byte aligned).
   SHARDLM_TARGET_AVX512 static void ReduceSums(const float* acc, int64_t count, float* sums) {
-    for (int64_t i = 0; i < count; i += 16) Reduce16(acc + i * kLanes, sums + i);
+    for (int64_t i = 0; i < count; i += 16) {
+      __m512 v[16];
+#pragma GCC unroll 16
+      for (int j = 0; j < 16; ++j) v[j] = _mm512_load_ps(acc + (i + j) * kLanes);
+      _mm512_storeu_ps(sums + i, ReduceAdd16x16(v));
+    }
   }
 
   // 16 stored 16-bit weights to f32. The zero-masking forms with an all-ones mask are the
