@@ -93,16 +93,16 @@ struct ItemScratch {
   std::vector<float> acc;          // [h_q, v_len]: Σ e^(s − m) · value
   std::vector<float> max;          // [h_q]: running max m of the scores
   std::vector<float> sum;          // [h_q]: Σ e^(s − m)
-  std::vector<float> scores;       // [g, kBlock]: scores, then numerators
-  std::vector<float> alpha;        // [g]: e^(m_old − m_new) of the current block
+  std::vector<float> scores;       // [h_q, kBlock]: scores, then numerators
+  std::vector<float> alpha;        // [h_q]: e^(m_old − m_new) of the current block
 
-  void Reserve(int64_t h_q, int64_t g, int64_t v_len) {
+  void Reserve(int64_t h_q, int64_t v_len) {
     if (rows.size() < static_cast<size_t>(kChunk)) rows.resize(kChunk);
     Grow(acc, h_q * v_len);
     Grow(max, h_q);
     Grow(sum, h_q);
-    Grow(scores, g * kBlock);
-    Grow(alpha, g);
+    Grow(scores, h_q * kBlock);
+    Grow(alpha, h_q);
   }
   static void Grow(std::vector<float>& v, int64_t n) {
     if (static_cast<int64_t>(v.size()) < n) v.resize(static_cast<size_t>(n));
@@ -129,16 +129,9 @@ CallScratch& ThreadCallScratch() {
   return scratch;
 }
 
-// Touches the lines of p[0, len) so they are on their way from memory while the
-// current block is computed. A group's parts of consecutive rows are short runs
-// a row apart (8 KB in the bench's GQA shape), which the hardware prefetchers do
-// not follow far enough ahead; prefetching each group's parts of the next block
-// measured about +25% GB/s at 8k context (attention_bench).
-inline void PrefetchRange(const float* p, int64_t len) {
-  constexpr int64_t kLineFloats = 64 / sizeof(float);
-  for (int64_t i = 0; i < len; i += kLineFloats) __builtin_prefetch(p + i);
-  if (len > 0) __builtin_prefetch(p + len - 1);
-}
+// Rows per score call: the block's rows are scored this many at a time for every group
+// before the next rows (see RunChunk); 4 is the AVX-512 score tile's height.
+constexpr int64_t kScoreRows = 4;
 
 struct Problem {
   const CacheView* cache;
@@ -160,7 +153,7 @@ void RunChunk(const Problem& pb, const QueryToken& token, int64_t t, int64_t c_l
   const int64_t g = q.g;
   const int64_t v_len = lay.v_len;
   ItemScratch& s = ThreadItemScratch();
-  s.Reserve(pb.h_q, g, v_len);
+  s.Reserve(pb.h_q, v_len);
 
   const int64_t len = c_hi - c_lo + 1;
   const float** rows = s.rows.data();
@@ -173,30 +166,20 @@ void RunChunk(const Problem& pb, const QueryToken& token, int64_t t, int64_t c_l
 
   const float* qa_t = q.qa + t * q.qa_token;
   const float* qb_t = q.qb != nullptr ? q.qb + t * q.qb_token : nullptr;
+  // Whether a group's value lies outside its key parts (GQA) rather than being one of
+  // them (GTA, latent attention): that decides the order of the block's passes.
+  const int64_t a0 = lay.a_off, v0 = lay.v_off;
+  const bool rows_first = v0 + v_len <= a0 || v0 >= a0 + lay.a_len;
   // Blocks [b_lo, b_hi] relative to c_lo, cut at multiples of kBlock positions.
   for (int64_t b_lo = 0; b_lo < len;) {
     const int64_t b_hi = std::min(len - 1, ((c_lo + b_lo) / kBlock + 1) * kBlock - 1 - c_lo);
     const int64_t nb = b_hi - b_lo + 1;
-    const int64_t next_end = std::min(len, b_hi + 1 + kBlock);
-    for (int64_t j = 0; j < lay.groups; ++j) {
-      // Prefetch this group's parts of the next block's rows.
-      for (int64_t r = b_hi + 1; r < next_end; ++r) {
-        if (lay.a_len > 0) PrefetchRange(rows[r] + lay.a_off + j * lay.a_step, lay.a_len);
-        if (lay.b_len > 0 && (lay.b_step != 0 || j == 0)) {
-          PrefetchRange(rows[r] + lay.b_off + j * lay.b_step, lay.b_len);
-        }
-        const int64_t a0 = lay.a_off + j * lay.a_step, v0 = lay.v_off + j * lay.v_step;
-        if (v0 + lay.v_len <= a0 || v0 >= a0 + lay.a_len) {
-          PrefetchRange(rows[r] + v0, lay.v_len);
-        } else {  // the value overlaps the key part: prefetch what it adds
-          PrefetchRange(rows[r] + std::min(a0, v0),
-                        std::max(a0 + lay.a_len, v0 + lay.v_len) - std::min(a0, v0));
-        }
-      }
+    // Scores of group j for rows [r0, r0 + n) of the block.
+    auto score = [&](int64_t j, int64_t r0, int64_t n) {
       const int64_t head0 = j * g;
       ScoreArgs sa;
-      sa.rows = rows + b_lo;
-      sa.nb = nb;
+      sa.rows = rows + b_lo + r0;
+      sa.nb = n;
       sa.a_off = lay.a_off + j * lay.a_step;
       sa.a_len = lay.a_len;
       sa.b_off = lay.b_off + j * lay.b_step;
@@ -206,17 +189,33 @@ void RunChunk(const Problem& pb, const QueryToken& token, int64_t t, int64_t c_l
       sa.qb = qb_t != nullptr ? qb_t + head0 * q.qb_head : nullptr;
       sa.qb_head = q.qb_head;
       sa.g = g;
-      sa.scores = s.scores.data();
+      sa.scores = s.scores.data() + head0 * kBlock + r0;
       kernels.scores(sa);
-
+    };
+    // Each (row, head) dot product is the same arithmetic in any tiling and order, so
+    // the two orders below give the same bits.
+    if (rows_first) {
+      // Values apart from keys (GQA): score every group, kScoreRows rows at a time with
+      // the groups inner, so the block is read in address order (rows are contiguous in
+      // a page, a group's parts at increasing offsets), a stream the hardware
+      // prefetchers follow; the value pass then finds the rows in cache.
+      for (int64_t r0 = 0; r0 < nb; r0 += kScoreRows) {
+        for (int64_t j = 0; j < lay.groups; ++j) score(j, r0, std::min(kScoreRows, nb - r0));
+      }
+    }
+    for (int64_t j = 0; j < lay.groups; ++j) {
+      const int64_t head0 = j * g;
+      // The value is the key (GTA's tied state, a latent): score the group, and its value
+      // pass re-reads the same lines while they are still in L1.
+      if (!rows_first) score(j, 0, nb);
       SoftmaxArgs sm;
-      sm.scores = s.scores.data();
+      sm.scores = s.scores.data() + head0 * kBlock;
       sm.nb = nb;
       sm.g = g;
       sm.scale = pb.scale;
       sm.max = s.max.data() + head0;
       sm.sum = s.sum.data() + head0;
-      sm.alpha = s.alpha.data();
+      sm.alpha = s.alpha.data() + head0;
       kernels.softmax(sm);
 
       ValueArgs va;
@@ -224,8 +223,8 @@ void RunChunk(const Problem& pb, const QueryToken& token, int64_t t, int64_t c_l
       va.nb = nb;
       va.v_off = lay.v_off + j * lay.v_step;
       va.v_len = v_len;
-      va.p = s.scores.data();
-      va.alpha = s.alpha.data();
+      va.p = s.scores.data() + head0 * kBlock;
+      va.alpha = s.alpha.data() + head0;
       va.g = g;
       va.acc = s.acc.data() + head0 * v_len;
       va.acc_head = v_len;
