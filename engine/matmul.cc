@@ -50,6 +50,7 @@ inline float Widen(F16W, uint16_t h) {
 // are widened once per K step into `wf`, then used exactly as f32 weights are.
 struct Portable {
   static constexpr int kLanes = 16;
+  using XElem = float;
   static constexpr int kReduceGroup = 1;
   static void ReduceSums(const float* acc, int64_t count, float* sums) {
     ReduceEach<kLanes>(acc, count, sums);
@@ -59,7 +60,7 @@ struct Portable {
   static void Tile(const TileArgs& t) {
     using Elem = typename Fmt::Elem;
     constexpr int64_t kLine = kLineElems<Fmt>;
-    const float* const x = t.x;
+    const float* const x = static_cast<const float*>(t.x);
     const Elem* const w = static_cast<const Elem*>(t.w);
     const int64_t xs = t.x_stride, ws = t.w_stride, len = t.len, pf = t.prefetch_offset;
     float a[kR][kC][kLanes];
@@ -202,6 +203,24 @@ const char* WeightTypeName(WeightType type) {
 int64_t WeightTypeBytes(WeightType type) { return type == WeightType::kF32 ? 4 : 2; }
 
 namespace {
+std::atomic<Bf16Math> g_bf16_math{Bf16Math::kExact};
+}  // namespace
+
+const char* Bf16MathName(Bf16Math math) { return math == Bf16Math::kDot ? "dot" : "exact"; }
+
+bool Bf16MathAvailable(Bf16Math math) {
+  return math == Bf16Math::kExact || matmul_internal::CpuHasAvx512Bf16();
+}
+
+void SetBf16Math(Bf16Math math) {
+  CHECK_MSG(Bf16MathAvailable(math), "BF16 math \"", Bf16MathName(math),
+            "\" needs AVX512-BF16, which this CPU does not have");
+  g_bf16_math.store(math, std::memory_order_relaxed);
+}
+
+Bf16Math SelectedBf16Math() { return g_bf16_math.load(std::memory_order_relaxed); }
+
+namespace {
 
 // The path's entry point for one weight format.
 template <class Fmt>
@@ -221,11 +240,10 @@ void Dispatch(MatMulPath path, const float* x, int64_t n, int64_t x_stride, cons
   }
 }
 
-}  // namespace
-
-void SkinnyMatMulWithPath(MatMulPath path, const float* x, int64_t n, int64_t x_stride,
-                          WeightType w_type, const void* w, int64_t out, int64_t in,
-                          const float* bias, float* y, int64_t y_stride) {
+// The checks and row panels shared by every entry point, then the kernel: the Bf16Math::kDot
+// one for BF16 weights when `dot`, else `path`'s.
+void Run(MatMulPath path, bool dot, const float* x, int64_t n, int64_t x_stride, WeightType w_type,
+         const void* w, int64_t out, int64_t in, const float* bias, float* y, int64_t y_stride) {
   CHECK_GE(n, 0);
   CHECK_GE(out, 0);
   CHECK_GE(in, 0);
@@ -253,8 +271,8 @@ void SkinnyMatMulWithPath(MatMulPath path, const float* x, int64_t n, int64_t x_
       std::max<int64_t>(64, kPanelBytes / (in * static_cast<int64_t>(sizeof(float))) / 32 * 32);
   if (n > panel) {
     for (int64_t i0 = 0; i0 < n; i0 += panel) {
-      SkinnyMatMulWithPath(path, x + i0 * x_stride, std::min(panel, n - i0), x_stride, w_type, w,
-                           out, in, bias, y + i0 * y_stride, y_stride);
+      Run(path, dot, x + i0 * x_stride, std::min(panel, n - i0), x_stride, w_type, w, out, in, bias,
+          y + i0 * y_stride, y_stride);
     }
     return;
   }
@@ -263,12 +281,32 @@ void SkinnyMatMulWithPath(MatMulPath path, const float* x, int64_t n, int64_t x_
       Dispatch<matmul_internal::F32W>(path, x, n, x_stride, w, out, in, bias, y, y_stride);
       return;
     case WeightType::kBF16:
+      if (dot) {
+        matmul_internal::SkinnyAvx512Bf16Dot(x, n, x_stride, static_cast<const uint16_t*>(w), out,
+                                             in, bias, y, y_stride);
+        return;
+      }
       Dispatch<matmul_internal::Bf16W>(path, x, n, x_stride, w, out, in, bias, y, y_stride);
       return;
     case WeightType::kF16:
       Dispatch<matmul_internal::F16W>(path, x, n, x_stride, w, out, in, bias, y, y_stride);
       return;
   }
+}
+
+}  // namespace
+
+void SkinnyMatMulWithPath(MatMulPath path, const float* x, int64_t n, int64_t x_stride,
+                          WeightType w_type, const void* w, int64_t out, int64_t in,
+                          const float* bias, float* y, int64_t y_stride) {
+  Run(path, /*dot=*/false, x, n, x_stride, w_type, w, out, in, bias, y, y_stride);
+}
+
+void SkinnyMatMulBf16Dot(const float* x, int64_t n, int64_t x_stride, const uint16_t* w,
+                         int64_t out, int64_t in, const float* bias, float* y, int64_t y_stride) {
+  CHECK_MSG(Bf16MathAvailable(Bf16Math::kDot), "this CPU has no AVX512-BF16");
+  Run(SelectedMatMulPath(), /*dot=*/true, x, n, x_stride, WeightType::kBF16, w, out, in, bias, y,
+      y_stride);
 }
 
 void SkinnyMatMulWithPath(MatMulPath path, const float* x, int64_t n, int64_t x_stride,
@@ -285,8 +323,8 @@ void SkinnyMatMul(const float* x, int64_t n, int64_t x_stride, const float* w, i
 
 void SkinnyMatMul(const float* x, int64_t n, int64_t x_stride, WeightType w_type, const void* w,
                   int64_t out, int64_t in, const float* bias, float* y, int64_t y_stride) {
-  SkinnyMatMulWithPath(SelectedMatMulPath(), x, n, x_stride, w_type, w, out, in, bias, y,
-                       y_stride);
+  const bool dot = w_type == WeightType::kBF16 && SelectedBf16Math() == Bf16Math::kDot;
+  Run(SelectedMatMulPath(), dot, x, n, x_stride, w_type, w, out, in, bias, y, y_stride);
 }
 
 void SkinnyMatMulParallel(const float* x, int64_t n, int64_t x_stride, WeightType w_type,

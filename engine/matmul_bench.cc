@@ -261,7 +261,17 @@ int Main(int argc, char** argv) {
 
   std::vector<MatMulPath> paths = {SelectedMatMulPath()};
   if (all_paths) paths = AvailableMatMulPaths();
-  const WeightType types[] = {WeightType::kF32, WeightType::kBF16, WeightType::kF16};
+  // Weight formats; BF16 twice when the CPU has AVX512-BF16: exact (widened) and Bf16Math::kDot.
+  struct Format {
+    WeightType type;
+    bool dot;
+    const char* name;
+  };
+  std::vector<Format> formats = {{WeightType::kF32, false, "F32"},
+                                 {WeightType::kBF16, false, "BF16"},
+                                 {WeightType::kF16, false, "F16"}};
+  if (Bf16MathAvailable(Bf16Math::kDot)) formats.push_back({WeightType::kBF16, true, "BF16dot"});
+  const int kFormats = static_cast<int>(formats.size());
   const int64_t ns[] = {1, 2, 4, 8, 16};
   constexpr int kNs = 5;
 
@@ -287,11 +297,15 @@ int Main(int argc, char** argv) {
                     {}});
   series.push_back({[&] { ParallelFor(threads, 1, [](int64_t, int64_t) { FmaProbe(); }); }, {}});
   for (MatMulPath path : paths) {
-    for (WeightType type : types) {
+    for (const Format& format : formats) {
       for (int64_t n : ns) {
-        series.push_back({[&, path, type, n] {
+        const WeightType type = format.type;
+        series.push_back({[&, path, format, type, n] {
                             const void* w = weights.Get(type);
-                            if (paths.size() == 1) {
+                            if (format.dot) {
+                              SkinnyMatMulBf16Dot(x.data(), n, kIn, weights.bf16, kOut, kIn,
+                                                  nullptr, y.data(), kOut);
+                            } else if (paths.size() == 1) {
                               SkinnyMatMulParallel(x.data(), n, kIn, type, w, kOut, kIn, nullptr,
                                                    y.data(), kOut);
                             } else {
@@ -318,7 +332,7 @@ int Main(int argc, char** argv) {
   }
   auto median_of = [&](size_t i) { return Median(series[i].ms); };
   constexpr size_t kFirstPath = 2;
-  constexpr size_t kPerPath = 3 * kNs;
+  const size_t kPerPath = kFormats * kNs;
   const size_t blas0 = kFirstPath + paths.size() * kPerPath;
   auto skinny_ms = [&](size_t p, int t, int j) { return median_of(kFirstPath + p * kPerPath + t * kNs + j); };
 
@@ -328,9 +342,11 @@ int Main(int argc, char** argv) {
   const double fma_per_ns =
       HaveFmaProbe() ? kFmaProbeCount * threads / (median_of(1) * 1e6) : 0;
   // max(memory, compute) for one call with n rows and W of `type`.
-  auto bound_ms = [&](WeightType type, int64_t n) {
-    const double mem_ms = Bytes(type) / (bandwidth * 1e9) * 1e3;
-    const double fma_ms = fma_per_ns > 0 ? n * kOut * kIn / 16.0 / fma_per_ns * 1e-6 : 0;
+  // The dot kernel does 32 multiply-adds per instruction, at the FMA's rate.
+  auto bound_ms = [&](const Format& format, int64_t n) {
+    const double mem_ms = Bytes(format.type) / (bandwidth * 1e9) * 1e3;
+    const double macs_per_op = format.dot ? 32.0 : 16.0;
+    const double fma_ms = fma_per_ns > 0 ? n * kOut * kIn / macs_per_op / fma_per_ns * 1e-6 : 0;
     return std::max(mem_ms, fma_ms);
   };
   std::printf(
@@ -344,29 +360,28 @@ int Main(int argc, char** argv) {
               fma_per_ns, threads, static_cast<long long>(kOut), static_cast<long long>(kIn));
   std::printf("selected path: %s; OpenBLAS %s, %d thread(s); medians of %d interleaved rounds\n\n",
               MatMulPathName(), OPENBLAS_VERSION, threads, reps);
-  std::printf("%-10s %-4s %3s | %9s %7s %8s | %8s %7s | %9s %7s | %7s\n", "path", "W", "n",
-              "skinny ms", "GB/s", "of read", "bound ms", "t/bound", "sgemm ms", "GB/s",
-              "speedup");
+  std::printf("%-10s %-7s %3s | %9s %7s %8s | %8s %7s | %9s %7s | %7s\n", "path", "W", "n",
+              "skinny ms", "GB/s", "of read", "bound ms", "t/bound", "sgemm ms", "GB/s", "speedup");
   for (size_t p = 0; p < paths.size(); ++p) {
-    for (int t = 0; t < 3; ++t) {
-      const WeightType type = types[t];
+    for (int t = 0; t < kFormats; ++t) {
+      const WeightType type = formats[t].type;
       for (int j = 0; j < kNs; ++j) {
         const double ms = skinny_ms(p, t, j), blas_ms = median_of(blas0 + j);
         const double gbps = GBps(Bytes(type), ms);
-        std::printf("%-10s %-4s %3lld | %9.2f %7.1f %7.0f%% | %8.2f %7.2f | %9.2f %7.1f | %6.2fx\n",
-                    MatMulPathName(paths[p]), WeightTypeName(type), static_cast<long long>(ns[j]),
-                    ms, gbps, 100 * gbps / bandwidth, bound_ms(type, ns[j]),
-                    ms / bound_ms(type, ns[j]), blas_ms, GBps(Bytes(WeightType::kF32), blas_ms),
-                    blas_ms / ms);
+        std::printf("%-10s %-7s %3lld | %9.2f %7.1f %7.0f%% | %8.2f %7.2f | %9.2f %7.1f | %6.2fx\n",
+                    MatMulPathName(paths[p]), formats[t].name, static_cast<long long>(ns[j]), ms,
+                    gbps, 100 * gbps / bandwidth, bound_ms(formats[t], ns[j]),
+                    ms / bound_ms(formats[t], ns[j]), blas_ms,
+                    GBps(Bytes(WeightType::kF32), blas_ms), blas_ms / ms);
       }
     }
-    for (int t = 0; t < 3; ++t) {
-      std::printf("%-10s %-4s t(n=16)/t(n=1) %.2f;  n=1: %.1f GB/s = %.0f%% of read, time %.2fx F32's\n",
-                  MatMulPathName(paths[p]), WeightTypeName(types[t]),
-                  skinny_ms(p, t, kNs - 1) / skinny_ms(p, t, 0),
-                  GBps(Bytes(types[t]), skinny_ms(p, t, 0)),
-                  100 * GBps(Bytes(types[t]), skinny_ms(p, t, 0)) / bandwidth,
-                  skinny_ms(p, t, 0) / skinny_ms(p, 0, 0));
+    for (int t = 0; t < kFormats; ++t) {
+      std::printf(
+          "%-10s %-7s t(n=16)/t(n=1) %.2f;  n=1: %.1f GB/s = %.0f%% of read, time %.2fx F32's\n",
+          MatMulPathName(paths[p]), formats[t].name, skinny_ms(p, t, kNs - 1) / skinny_ms(p, t, 0),
+          GBps(Bytes(formats[t].type), skinny_ms(p, t, 0)),
+          100 * GBps(Bytes(formats[t].type), skinny_ms(p, t, 0)) / bandwidth,
+          skinny_ms(p, t, 0) / skinny_ms(p, 0, 0));
     }
     std::printf("sgemm      F32  t(n=16)/t(n=1) %.2f\n\n",
                 median_of(blas0 + kNs - 1) / median_of(blas0));

@@ -35,6 +35,7 @@
 #include <algorithm>
 #include <array>
 #include <cstdint>
+#include <type_traits>
 #include <utility>
 
 namespace shardlm::matmul_internal {
@@ -85,7 +86,7 @@ inline void ReduceEach(const float* acc, int64_t count, float* sums) {
 // One micro-kernel call: a block of r ≤ R x rows against a tile of c ≤ C weight rows over one
 // K block. Pointers are already offset to the K block's first column.
 struct TileArgs {
-  const float* x;  // x[r][0..len), rows x_stride apart
+  const void* x;  // x[r][0..len) of the kernel's XElem, rows x_stride elements apart
   int64_t x_stride;
   const void* w;  // w[c][0..len) of the kernel's Fmt::Elem, rows w_stride elements apart
   int64_t w_stride;
@@ -97,6 +98,12 @@ struct TileArgs {
   // W per row at a time: this block's turns are the lines s with
   // s % prefetch_period == prefetch_phase.
   int64_t prefetch_offset;
+  // The same turns also prefetch w[c] + k + l2_prefetch_offset into L2 (0 = none): two
+  // chunks ahead, so that the L1 prefetch above finds its lines in L2. It pays only when the
+  // core is busy with several row blocks per chunk: L1 alone keeps too few misses in flight
+  // to stream W at DRAM speed while the FMAs run (matmul_bench, n = 16: the BF16 dot kernel
+  // −20%, F32 −5%); at one row block it measured slower, so Drive sets it only then.
+  int64_t l2_prefetch_offset;
   int prefetch_period;
   int prefetch_phase;
 };
@@ -133,20 +140,31 @@ void Drive(const float* x, int64_t n, int64_t x_stride, const typename Fmt::Elem
   static_assert(kSuperRows % kR == 0);
   const int64_t num_kb = (in + kKBlock - 1) / kKBlock;
 
-  // x as [K block][row][kKBlock] when more than one row block will read it.
-  const bool pack_x = n > kR;
-  const float* xs = x;
-  int64_t xs_stride = x_stride;
+  // x as [K block][row][kKBlock] when more than one row block will read it, or always when
+  // the kernel takes x in another format (Kernel::PackX converts it).
+  using XElem = typename Kernel::XElem;
+  constexpr bool kConvertX = !std::is_same_v<XElem, float>;
+  static_assert(sizeof(XElem) <= sizeof(float));
+  const bool pack_x = kConvertX || n > kR;
+  const XElem* xs = nullptr;
+  int64_t xs_stride = kKBlock;
   if (pack_x) {
-    float* packed = Scratch(num_kb * n * kKBlock);
+    auto* packed = reinterpret_cast<XElem*>(Scratch(num_kb * n * kKBlock));
     for (int64_t kb = 0; kb < num_kb; ++kb) {
       const int64_t k0 = kb * kKBlock, len = std::min(kKBlock, in - k0);
       for (int64_t i = 0; i < n; ++i) {
-        std::copy_n(x + i * x_stride + k0, len, packed + (kb * n + i) * kKBlock);
+        XElem* dst = packed + (kb * n + i) * kKBlock;
+        if constexpr (kConvertX) {
+          Kernel::PackX(x + i * x_stride + k0, len, dst);
+        } else {
+          std::copy_n(x + i * x_stride + k0, len, dst);
+        }
       }
     }
     xs = packed;
-    xs_stride = kKBlock;
+  } else if constexpr (!kConvertX) {
+    xs = x;
+    xs_stride = x_stride;
   }
   // Address of x block rows [i, ...) at K block kb.
   auto x_at = [&](int64_t kb, int64_t i) {
@@ -163,8 +181,6 @@ void Drive(const float* x, int64_t n, int64_t x_stride, const typename Fmt::Elem
   for (int64_t o0 = 0; o0 < out; o0 += kC) {
     const int c = static_cast<int>(std::min<int64_t>(kC, out - o0));
     const typename Fmt::Elem* w_tile = w + o0 * in;
-    // Whether the next tile is full, so that prefetching its rows stays inside w.
-    const bool next_tile_full = o0 + 2 * kC <= out;
     for (int64_t i0 = 0; i0 < n; i0 += kSuperRows) {
       const int rows = static_cast<int>(std::min<int64_t>(kSuperRows, n - i0));
       const int blocks = (rows + kR - 1) / kR;
@@ -177,16 +193,18 @@ void Drive(const float* x, int64_t n, int64_t x_stride, const typename Fmt::Elem
         args.w = w_tile + k0;
         args.w_stride = in;
         args.len = std::min(kKBlock, in - k0);
-        // Next chunk: this tile's next K block, else the next tile's first (from row c of this
-        // chunk, the same row of the next tile is kC rows down, at column 0).
-        if (k0 + kKBlock < in) {
-          args.prefetch_offset = kKBlock;
-        } else if (next_tile_full && c == kC) {
-          args.prefetch_offset = kC * in - k0;
-        } else {
-          args.prefetch_offset = 0;
-        }
+        // Chunks in streaming order are (tile, K block) pairs; the one `d` ahead of this one
+        // starts, from row c of this chunk, at the returned offset (the same row of a later
+        // tile is a multiple of kC rows down), or 0 when it is past the last full tile.
+        auto ahead = [&](int64_t d) -> int64_t {
+          const int64_t target = kb + d;
+          const int64_t tiles = target / num_kb;
+          if (o0 + (tiles + 1) * kC > out) return 0;
+          return tiles * kC * in + (target % num_kb - kb) * kKBlock;
+        };
+        args.prefetch_offset = ahead(1);
         args.prefetch_period = blocks;
+        args.l2_prefetch_offset = blocks > 1 ? ahead(2) : 0;
         for (int b = 0; b < blocks; ++b) {
           const int ib = b * kR;
           args.x = x_at(kb, i0 + ib);
@@ -218,6 +236,10 @@ void SkinnyAvx2Fma(const float* x, int64_t n, int64_t x_stride, const typename F
 template <class Fmt>
 void SkinnyAvx512(const float* x, int64_t n, int64_t x_stride, const typename Fmt::Elem* w,
                   int64_t out, int64_t in, const float* bias, float* y, int64_t y_stride);
+// Bf16Math::kDot's kernel (AVX512-BF16); same arguments as the entry points above. Only call
+// when CpuHasAvx512Bf16().
+void SkinnyAvx512Bf16Dot(const float* x, int64_t n, int64_t x_stride, const uint16_t* w,
+                         int64_t out, int64_t in, const float* bias, float* y, int64_t y_stride);
 // The AVX-512 kernel's lane reduction, for its test against ReduceEach<16>: count (a multiple
 // of 16) accumulators of 16 floats, acc 64-byte aligned. Only call when CpuHasAvx512().
 void ReduceSumsAvx512(const float* acc, int64_t count, float* sums);
@@ -225,6 +247,7 @@ void ReduceSumsAvx512(const float* acc, int64_t count, float* sums);
 // path also needs F16C (vcvtph2ps), which every AVX2 CPU has in practice.
 bool CpuHasAvx2Fma();
 bool CpuHasAvx512();
+bool CpuHasAvx512Bf16();  // AVX-512 F/BW/VL and BF16
 
 }  // namespace shardlm::matmul_internal
 

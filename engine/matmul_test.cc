@@ -527,6 +527,175 @@ TEST_P(SkinnyMatMul16Test, MatchesNaive) {
   }
 }
 
+// ---------------------------------------------------------------------------------------------
+// Bf16Math::kDot: x rounded to bf16, vdpbf16ps pairs into 16 f32 lanes.
+
+class Bf16DotTest : public testing::Test {
+ protected:
+  void SetUp() override {
+    if (!Bf16MathAvailable(Bf16Math::kDot)) GTEST_SKIP() << "this CPU has no AVX512-BF16";
+  }
+  void TearDown() override { SetBf16Math(Bf16Math::kExact); }
+};
+
+// x as the kernel sees it: rounded to bf16 to nearest even, |x| < 2^-126 flushed to ±0.
+float RoundXToBf16(float v) {
+  if (std::fpclassify(v) == FP_SUBNORMAL) return std::copysign(0.0f, v);
+  return Bf16ToF32(F32ToBf16(v));
+}
+
+// Against double accumulation of the same products (x rounded as the kernel rounds it, W
+// widened): each lane adds ⌈in/32⌉ steps of two products (bf16 × bf16 is exact in f32, so at
+// most two roundings a step), then the 16-lane tree and the bias, so m = 2⌈in/32⌉ + 6 in
+// Tolerance's γ_m; plus 2^-126 per step for results the instruction flushes to zero.
+TEST_F(Bf16DotTest, MatchesReferenceOnOddShapes) {
+  const double u = std::numeric_limits<float>::epsilon() / 2.0;
+  for (uint64_t seed : {1, 2, 3}) {
+    for (int64_t n : {1, 2, 4, 5, 16, 17, 33}) {
+      for (int64_t in : {1, 2, 15, 31, 32, 33, 63, 511, 512, 513, 1000, 1061}) {
+        for (int64_t out : {1, 5, 6, 7, 13, 50}) {
+          for (bool has_bias : {false, true}) {
+            Rng rng(seed * 1000003 + static_cast<uint64_t>(n * 10007 + in * 101 + out));
+            const int64_t x_stride = in + 3, y_stride = out + 2;
+            Framed x = StridedRows(rng, n, in, x_stride, -2.0f, 2.0f);
+            // Some tiny x, which the conversion flushes, and exact zeros.
+            for (int64_t k = 0; k < in; k += 7) x.data()[k] = k % 2 ? 1e-39f : 0.0f;
+            const Weights16 w = RandomWeights16(rng, WeightType::kBF16, out * in);
+            const std::vector<float> bias = rng.UniformVector(static_cast<size_t>(out), -1, 1);
+            const float* b = has_bias ? bias.data() : nullptr;
+
+            Framed got(n * y_stride, kGuard);
+            SkinnyMatMulBf16Dot(x.data(), n, x_stride, w.bits.data(), out, in, b, got.data(),
+                                y_stride);
+            SCOPED_TRACE(testing::Message() << "seed " << seed << " n " << n << " in " << in
+                                            << " out " << out << " bias " << has_bias);
+            ASSERT_TRUE(got.GuardsIntact(kGuard)) << "write before or after y";
+            const double steps = static_cast<double>((in + 31) / 32);
+            const double m = 2 * steps + 6;
+            const double gamma = m * u / (1 - m * u);
+            for (int64_t i = 0; i < n; ++i) {
+              for (int64_t o = 0; o < y_stride; ++o) {
+                const float v = got.data()[i * y_stride + o];
+                if (o >= out) {
+                  ASSERT_EQ(v, kGuard) << "write between y rows at " << i << "," << o;
+                  continue;
+                }
+                double want = has_bias ? b[o] : 0.0, abs_sum = has_bias ? std::fabs(b[o]) : 0.0;
+                for (int64_t k = 0; k < in; ++k) {
+                  const double p = static_cast<double>(RoundXToBf16(x.data()[i * x_stride + k])) *
+                                   w.widened[o * in + k];
+                  want += p;
+                  abs_sum += std::fabs(p);
+                }
+                const double tol = (gamma + u) * abs_sum + steps * std::ldexp(1.0, -125);
+                ASSERT_NEAR(v, want, tol) << "at " << i << "," << o;
+              }
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+// The rounding of x is the point of the mode: the result is near the exact path's, at bf16's
+// precision, and not equal to it.
+TEST_F(Bf16DotTest, CloseToExactPathAtBf16Precision) {
+  const int64_t n = 8, in = 4096, out = 64;
+  Rng rng(5);
+  const std::vector<float> x = rng.UniformVector(static_cast<size_t>(n * in), -1, 1);
+  const Weights16 w = RandomWeights16(rng, WeightType::kBF16, out * in);
+  std::vector<float> dot(static_cast<size_t>(n * out)), exact(dot.size());
+  SkinnyMatMulBf16Dot(x.data(), n, in, w.bits.data(), out, in, nullptr, dot.data(), out);
+  SkinnyMatMul(x.data(), n, in, WeightType::kBF16, w.bits.data(), out, in, nullptr, exact.data(),
+               out);
+  int64_t differ = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    for (int64_t o = 0; o < out; ++o) {
+      double abs_sum = 0;
+      for (int64_t k = 0; k < in; ++k) abs_sum += std::fabs(x[i * in + k] * w.widened[o * in + k]);
+      const size_t j = static_cast<size_t>(i * out + o);
+      // Each x moves by at most 2^-9 of itself.
+      ASSERT_NEAR(dot[j], exact[j], std::ldexp(abs_sum, -8)) << i << "," << o;
+      differ += dot[j] != exact[j];
+    }
+  }
+  EXPECT_GT(differ, n * out / 2) << "the dot kernel is not rounding x";
+}
+
+// Batch invariance as on the exact paths: a row's outputs do not depend on n, on its position,
+// on the strides or on the buffer's alignment; also across the row panels of a prefill call.
+TEST_F(Bf16DotTest, BatchInvariant) {
+  for (const int64_t in : {33, 1000, 4097}) {
+    const int64_t out = 19, rows = 70;
+    Rng rng(static_cast<uint64_t>(in));
+    const Weights16 w = RandomWeights16(rng, WeightType::kBF16, out * in);
+    std::vector<float> x(static_cast<size_t>(rows * in));
+    for (float& v : x) v = rng.Normal();
+    std::vector<float> all(static_cast<size_t>(rows * out));
+    SkinnyMatMulBf16Dot(x.data(), rows, in, w.bits.data(), out, in, nullptr, all.data(), out);
+    ASSERT_GT(std::set<float>(all.begin(), all.end()).size(), all.size() / 2);
+    for (int64_t start : {0, 3, 17, 64}) {
+      for (int64_t n : {1, 2, 5, 6}) {
+        const int64_t x_stride = in + 1 + n % 3, y_stride = out + n;
+        std::vector<float> xb(static_cast<size_t>(n * x_stride + 1));
+        for (int64_t j = 0; j < n; ++j) {
+          std::copy_n(x.data() + (start + j) * in, in, xb.data() + 1 + j * x_stride);
+        }
+        std::vector<float> yb(static_cast<size_t>(n * y_stride));
+        SkinnyMatMulBf16Dot(xb.data() + 1, n, x_stride, w.bits.data(), out, in, nullptr, yb.data(),
+                            y_stride);
+        for (int64_t j = 0; j < n; ++j) {
+          ASSERT_EQ(std::memcmp(yb.data() + j * y_stride, all.data() + (start + j) * out,
+                                out * sizeof(float)),
+                    0)
+              << "in " << in << " row " << start + j << " in a batch of " << n;
+        }
+      }
+    }
+  }
+}
+
+// The mode switch: SkinnyMatMul and SkinnyMatMulParallel take the dot kernel for BF16 weights
+// only; F32 and F16 calls keep their bits; SkinnyMatMulWithPath stays exact.
+TEST_F(Bf16DotTest, ModeRoutesBf16WeightsOnly) {
+  const int64_t n = 9, in = 777, out = 300;
+  Rng rng(8);
+  const std::vector<float> x = rng.UniformVector(static_cast<size_t>(n * in), -1, 1);
+  const Weights16 wb = RandomWeights16(rng, WeightType::kBF16, out * in);
+  const Weights16 wh = RandomWeights16(rng, WeightType::kF16, out * in);
+  auto call = [&](WeightType type, const void* w) {
+    std::vector<float> y(static_cast<size_t>(n * out));
+    SkinnyMatMul(x.data(), n, in, type, w, out, in, nullptr, y.data(), out);
+    return y;
+  };
+  const std::vector<float> f32 = call(WeightType::kF32, wb.widened.data());
+  const std::vector<float> f16 = call(WeightType::kF16, wh.bits.data());
+  const std::vector<float> bf16 = call(WeightType::kBF16, wb.bits.data());
+  std::vector<float> dot(bf16.size());
+  SkinnyMatMulBf16Dot(x.data(), n, in, wb.bits.data(), out, in, nullptr, dot.data(), out);
+  ASSERT_NE(dot, bf16);
+
+  EXPECT_STREQ(Bf16MathName(SelectedBf16Math()), "exact");
+  SetBf16Math(Bf16Math::kDot);
+  EXPECT_STREQ(Bf16MathName(SelectedBf16Math()), "dot");
+  EXPECT_EQ(call(WeightType::kBF16, wb.bits.data()), dot);
+  EXPECT_EQ(call(WeightType::kF32, wb.widened.data()), f32);
+  EXPECT_EQ(call(WeightType::kF16, wh.bits.data()), f16);
+  std::vector<float> path(bf16.size());
+  SkinnyMatMulWithPath(SelectedMatMulPath(), x.data(), n, in, WeightType::kBF16, wb.bits.data(),
+                       out, in, nullptr, path.data(), out);
+  EXPECT_EQ(path, bf16);
+  for (int threads : {2, 3}) {
+    SetComputeThreads(threads);
+    std::vector<float> y(dot.size());
+    SkinnyMatMulParallel(x.data(), n, in, WeightType::kBF16, wb.bits.data(), out, in, nullptr,
+                         y.data(), out);
+    EXPECT_EQ(y, dot) << threads << " threads";
+  }
+  SetComputeThreads(1);
+}
+
 // SkinnyMatMulParallel splits the outputs over the compute pool; every thread count gives the
 // single-threaded bits, for every weight type, with partial tiles at the range ends and guards
 // around and between the y rows.
