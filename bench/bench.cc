@@ -324,6 +324,7 @@ absl::Status ParseOptions(const Flags& flags, BenchOptions* o) {
   ASSIGN_OR_RETURN(o->prefill_tokens, flags.Int("prefill-tokens", 512, 0, 1 << 20));
   ASSIGN_OR_RETURN(o->prefill_reps, flags.Int("prefill-reps", 3, 1, 1 << 20));
   ASSIGN_OR_RETURN(o->threads, flags.Threads());
+  ASSIGN_OR_RETURN(o->bf16_math, flags.Bf16MathMode());
   ASSIGN_OR_RETURN(o->bandwidth_gbs, flags.Double("bandwidth-gbs", 0, 0, 1e6));
   ASSIGN_OR_RETURN(o->probe_mb, flags.Int("probe-mb", 512, 1, 1 << 20));
   ASSIGN_OR_RETURN(o->probe_passes, flags.Int("probe-passes", 5, 1, 1000));
@@ -530,6 +531,7 @@ absl::StatusOr<BenchRecord> MeasureDecode(Model& model, Comm& comm, const BenchO
   r.set_host(HostName());
   r.set_page_order(options.shuffle_pages ? "shuffled" : "contiguous");
   r.set_threads(options.threads);
+  r.set_bf16_math(Bf16MathName(options.bf16_math));
   r.set_prefill_gflops_per_rank(facts.prefill_gflops);
   r.set_sgemm_gflops_per_rank(facts.sgemm_gflops);
   r.set_prefill_sgemm_fraction(facts.sgemm_gflops > 0 ? facts.prefill_gflops / facts.sgemm_gflops
@@ -690,7 +692,10 @@ std::vector<FlagSpec> BenchFlags() {
       {"prefill-tokens", true,
        "prefill chunk length; 0 skips the prefill measurement (default 512)"},
       {"prefill-reps", true, "timed prefill chunks (default 3)"},
-      {"threads", true, "compute threads per rank (default 1), or auto: this host's cores / its ranks"},
+      {"threads", true,
+       "compute threads per rank (default 1), or auto: this host's cores / its ranks"},
+      {"bf16-math", true,
+       "BF16 weights: exact (default) or dot (AVX512-BF16, activations rounded to bf16)"},
       {"bandwidth-gbs", true, "roofline per rank in GB/s; skips the probe"},
       {"probe-mb", true, "bandwidth probe buffer per rank, MiB (default 512)"},
       {"probe-passes", true, "bandwidth probe passes, the best counts (default 5)"},
@@ -709,6 +714,7 @@ absl::Status RunBenchCommand(const Flags& flags, Comm& comm) {
 
 absl::Status RunBench(const BenchOptions& options, Comm& comm) {
   SetComputeThreads(options.threads);
+  SetBf16Math(options.bf16_math);
   if (options.probe_only) return AgreeOnStatus(comm, RunProbeOnly(options, comm));
   const bool rank0 = comm.rank() == 0;
 

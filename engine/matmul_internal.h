@@ -197,10 +197,10 @@ void Drive(const float* x, int64_t n, int64_t x_stride, const typename Fmt::Elem
         // starts, from row c of this chunk, at the returned offset (the same row of a later
         // tile is a multiple of kC rows down), or 0 when it is past the last full tile.
         auto ahead = [&](int64_t d) -> int64_t {
-          const int64_t target = kb + d;
-          const int64_t tiles = target / num_kb;
+          int64_t target = kb + d, tiles = 0;
+          for (; target >= num_kb; target -= num_kb) ++tiles;  // d is small: no division
           if (o0 + (tiles + 1) * kC > out) return 0;
-          return tiles * kC * in + (target % num_kb - kb) * kKBlock;
+          return tiles * kC * in + (target - kb) * kKBlock;
         };
         args.prefetch_offset = ahead(1);
         args.prefetch_period = blocks;

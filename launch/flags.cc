@@ -84,6 +84,20 @@ absl::StatusOr<int> Flags::Threads() const {
   return static_cast<int>(*threads);
 }
 
+absl::StatusOr<Bf16Math> Flags::Bf16MathMode() const {
+  const std::string value = String("bf16-math", "exact");
+  if (value == "exact") return Bf16Math::kExact;
+  if (value != "dot") {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--bf16-math must be exact or dot, got \"", value, "\""));
+  }
+  if (!Bf16MathAvailable(Bf16Math::kDot)) {
+    return absl::FailedPreconditionError(
+        "--bf16-math dot needs AVX512-BF16 (vdpbf16ps), which this CPU does not have");
+  }
+  return Bf16Math::kDot;
+}
+
 absl::StatusOr<double> Flags::Double(const std::string& name, double fallback, double min,
                                      double max) const {
   auto it = values_.find(name);

@@ -38,9 +38,13 @@ struct Command {
   absl::Status (*run)(const Flags&, Comm&);
 };
 
-absl::Status SetThreads(const Flags& flags) {
+// --threads and --bf16-math. The CPU check of the latter may fail on some ranks only.
+absl::Status SetCompute(const Flags& flags, Comm& comm) {
   ASSIGN_OR_RETURN(int threads, flags.Threads());
+  absl::StatusOr<Bf16Math> bf16_math = flags.Bf16MathMode();
+  RETURN_IF_ERROR(AgreeOnStatus(comm, bf16_math.status()));
   SetComputeThreads(threads);
+  SetBf16Math(*bf16_math);
   return absl::OkStatus();
 }
 
@@ -53,7 +57,7 @@ absl::Status RunScoreCommand(const Flags& flags, Comm& comm) {
   ASSIGN_OR_RETURN(options.max_batch_tokens, flags.Int("max-batch-tokens", 512, 1, 1 << 20));
   ASSIGN_OR_RETURN(options.page_size, flags.Int("page-size", 16, 1, 1 << 20));
   options.progress = flags.Bool("progress");
-  RETURN_IF_ERROR(SetThreads(flags));
+  RETURN_IF_ERROR(SetCompute(flags, comm));
   auto model = Model::Load(model_dir, comm.rank(), comm.size());
   RETURN_IF_ERROR(AgreeOnStatus(comm, model.status()));
   return RunScore(options, **model, comm);
@@ -75,7 +79,7 @@ absl::Status RunDecodeCommand(const Flags& flags, Comm& comm) {
   ASSIGN_OR_RETURN(int64_t seed, flags.Int("seed", 0, 0, INT64_MAX));
   options.sampling.seed = static_cast<uint64_t>(seed);
   options.progress = flags.Bool("progress");
-  RETURN_IF_ERROR(SetThreads(flags));
+  RETURN_IF_ERROR(SetCompute(flags, comm));
   auto model = Model::Load(model_dir, comm.rank(), comm.size());
   RETURN_IF_ERROR(AgreeOnStatus(comm, model.status()));
   return RunDecode(options, **model, comm);
@@ -147,19 +151,26 @@ absl::Status RunInspect(const Flags& flags, Comm& comm) {
 
 const std::vector<Command>& Commands() {
   static const std::vector<Command> commands = {
-      {"score", "per-token logprobs of sequences",
+      {"score",
+       "per-token logprobs of sequences",
        {{"model", true, "checkpoint directory (config.json + *.safetensors)"},
         {"input", true, "JSONL requests {\"id\", \"tokens\" | \"text\"}"},
         {"output", true, "JSONL results {\"id\", \"logprobs\", \"sum_logprob\", \"perplexity\"}"},
         {"max-batch-tokens", true, "tokens per forward chunk (default 512)"},
         {"page-size", true, "KV cache page size in tokens (default 16)"},
-        {"threads", true, "compute threads per rank (default 1), or auto: this host's cores / its ranks"},
+        {"threads", true,
+         "compute threads per rank (default 1), or auto: this host's cores / its ranks"},
+        {"bf16-math", true,
+         "BF16 weights: exact (default: widened to f32, the F32 model's bits) or dot (AVX512-BF16, "
+         "activations rounded to bf16; ~2x the multiply rate at large batches)"},
         {"progress", false, "print progress to stderr"},
         {"help", false, "this message"}},
        RunScoreCommand},
-      {"decode", "generate continuations of prompts (continuous batching, paged KV cache)",
+      {"decode",
+       "generate continuations of prompts (continuous batching, paged KV cache)",
        {{"model", true, "checkpoint directory (config.json + *.safetensors)"},
-        {"prompts", true, "JSONL requests {\"id\", \"prompt\" | \"tokens\", \"max_new_tokens\"?, …}"},
+        {"prompts", true,
+         "JSONL requests {\"id\", \"prompt\" | \"tokens\", \"max_new_tokens\"?, …}"},
         {"output", true, "JSONL results, one line per request as it finishes"},
         {"page-size", true, "KV cache page size in tokens (default 16)"},
         {"kv-cache-mb", true, "KV cache per rank in MiB (default 256)"},
@@ -170,11 +181,16 @@ const std::vector<Command>& Commands() {
         {"top-k", true, "default top-k (default 0: off)"},
         {"top-p", true, "default top-p (default 1: off)"},
         {"seed", true, "default per-request seed (default 0)"},
-        {"threads", true, "compute threads per rank (default 1), or auto: this host's cores / its ranks"},
+        {"threads", true,
+         "compute threads per rank (default 1), or auto: this host's cores / its ranks"},
+        {"bf16-math", true,
+         "BF16 weights: exact (default: widened to f32, the F32 model's bits) or dot (AVX512-BF16, "
+         "activations rounded to bf16; ~2x the multiply rate at large batches)"},
         {"progress", false, "print progress to stderr"},
         {"help", false, "this message"}},
        RunDecodeCommand},
-      {"make-model", "write a deterministic random checkpoint",
+      {"make-model",
+       "write a deterministic random checkpoint",
        {{"attention", true, "mha | mqa | gqa | gta | mla | gla (default gqa)"},
         {"preset", true, "tiny | small | paper-m | paper-xl (default tiny)"},
         {"seed", true, "random seed (default 0)"},
@@ -188,7 +204,8 @@ const std::vector<Command>& Commands() {
         {"no-biases", false, "omit the preset's optional biases"},
         {"help", false, "this message"}},
        RunMakeModel},
-      {"inspect", "parameters, shard plan and cache bytes per rank",
+      {"inspect",
+       "parameters, shard plan and cache bytes per rank",
        {{"model", true, "checkpoint directory"},
         {"tp", true, "tensor-parallel ranks to plan for (default: this job's size)"},
         {"help", false, "this message"}},

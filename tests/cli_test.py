@@ -246,6 +246,15 @@ class StartupErrors(unittest.TestCase):
             self.assertIn(f'--threads must be an integer in [1, 1024] or auto, got "{value}"', r.stderr)
 
 
+    def test_bad_bf16_math(self):
+        r = run(["decode", "--model", "x", "--prompts", "p", "--output", "o", "--bf16-math", "fast"])
+        self.assertNotEqual(r.returncode, 0)
+        self.assertIn('--bf16-math must be exact or dot, got "fast"', r.stderr)
+        r = run(["bench", "--preset", "tiny", "--bf16-math", "fast"])
+        self.assertNotEqual(r.returncode, 0)
+        self.assertIn('--bf16-math must be exact or dot, got "fast"', r.stderr)
+
+
 class Inspect(unittest.TestCase):
     def cache_bytes(self, model, tp):
         r = run(["inspect", "--model", model, "--tp", str(tp)])

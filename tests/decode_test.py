@@ -63,6 +63,23 @@ def decode(name, prompts, np=1, *flags):
     return results, summary[0]
 
 
+def weights_dtype():
+    """The dtype of the checkpoint's tensors (make-model writes one dtype throughout)."""
+    import struct
+    for name in sorted(os.listdir(MODEL)):
+        if name.endswith(".safetensors"):
+            with open(os.path.join(MODEL, name), "rb") as f:
+                (size,) = struct.unpack("<Q", f.read(8))
+                header = json.loads(f.read(size))
+            return next(v["dtype"] for k, v in header.items() if k != "__metadata__")
+    raise AssertionError("no .safetensors in " + MODEL)
+
+
+def cpu_has_avx512_bf16():
+    with open("/proc/cpuinfo") as f:
+        return "avx512_bf16" in f.read()
+
+
 def page_budget_mb(pages, page_size):
     """--kv-cache-mb holding `pages` pages at 1 rank (cache row width from the config)."""
     c = config()
@@ -149,6 +166,36 @@ class DecodeInvariants(unittest.TestCase):
             for rid in results:
                 self.assertEqual(small[rid]["tokens"], results[rid]["tokens"])
                 self.assertEqual(small[rid]["logprobs"], results[rid]["logprobs"])
+
+    def test_bf16_dot_math(self):
+        """--bf16-math dot: a BF16 checkpoint's results change (x is rounded to bf16) but stay
+        batch-invariant, and TP 2 matches TP 1 as in the exact mode; other dtypes keep their
+        bits. Without AVX512-BF16 the job must fail with a clear message instead."""
+        if not cpu_has_avx512_bf16():
+            r = subprocess.run(["mpirun", "--oversubscribe", "-q", "-np", "1", SHARDLM, "decode",
+                                "--model", MODEL, "--prompts", self.prompts, "--output",
+                                os.path.join(WORK, "dot.jsonl"), "--bf16-math", "dot"],
+                               capture_output=True, text=True, timeout=120, env=ENV)
+            self.assertNotEqual(r.returncode, 0)
+            self.assertIn("--bf16-math dot needs AVX512-BF16", r.stderr)
+            return
+        dot, _ = decode("dot", self.prompts, 1, "--bf16-math", "dot")
+        if weights_dtype() != "BF16":
+            self.assertIdentical(dot)
+            return
+        self.assertNotEqual([dot[r]["logprobs"] for r in self.base],
+                            [self.base[r]["logprobs"] for r in self.base], "dot math not in use")
+        small, _ = decode("dot-small", self.prompts, 1, "--bf16-math", "dot", "--page-size", "3",
+                          "--max-batch", "5")
+        for rid in dot:
+            self.assertEqual(small[rid]["tokens"], dot[rid]["tokens"], rid)
+            self.assertEqual(small[rid]["logprobs"], dot[rid]["logprobs"], rid)
+        if config()["num_attention_heads"] % 2 == 0:
+            tp2, _ = decode("dot-np2", self.prompts, 2, "--bf16-math", "dot")
+            for rid, want in dot.items():
+                self.assertEqual(tp2[rid]["tokens"], want["tokens"], rid)
+                for a, b in zip(tp2[rid]["logprobs"], want["logprobs"]):
+                    self.assertLessEqual(abs(a - b), self.atol + self.rtol * abs(b), rid)
 
     def test_decode_agrees_with_score(self):
         # score(prompt + generated) gives log p(generated_t | prefix) by the prefill path.
