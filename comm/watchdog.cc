@@ -370,18 +370,6 @@ void Watchdog::Loop() {
       return;  // cannot watch; the job still ends by MPI or the launcher
     }
     if (ready == 0) continue;
-    if (fds[0].revents != 0) {
-      unsigned char b = 0;
-      if (read(wake_read_, &b, 1) == 1) {
-        if (b == kWakeStop || b == kWakeReported) {
-          Broadcast(b == kWakeStop ? "F" : "Q");
-          return;
-        }
-        // A signal after rank 0's death is mpirun ending the job because of
-        // it: keep waiting for rank 1's verdict (bounded) to report the death.
-        if (dead_rank0_.empty()) HandleSignal(b);
-      }
-    }
     std::vector<size_t> ended;
     for (size_t i = first_peer; i < fds.size(); ++i) {
       if (fds[i].revents == 0) continue;
@@ -433,6 +421,20 @@ void Watchdog::Loop() {
         auto peer = std::make_unique<Peer>();
         peer->fd = fd;
         peers_.push_back(std::move(peer));
+      }
+    }
+    // Signals last: a peer's death and a signal in one wake-up most likely mean
+    // mpirun is ending the job because of that death, so the death is reported.
+    if (fds[0].revents != 0) {
+      unsigned char b = 0;
+      if (read(wake_read_, &b, 1) == 1) {
+        if (b == kWakeStop || b == kWakeReported) {
+          Broadcast(b == kWakeStop ? "F" : "Q");
+          return;
+        }
+        // After rank 0's death it is mpirun ending the job: keep waiting
+        // (bounded) for rank 1's verdict, so the death is reported.
+        if (dead_rank0_.empty()) HandleSignal(b);
       }
     }
   }
