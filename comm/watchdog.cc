@@ -27,9 +27,17 @@ namespace {
 
 constexpr int kConnectTimeoutMs = 2000;   // per address a listener offers
 constexpr int kSettleMs = 500;            // after a peer's 'S': wait for our own signal
+// TCP keepalive: a host that vanishes (no FIN) is noticed after at most
+// idle + count * interval = 8 s instead of hours.
+constexpr int kKeepIdleS = 5, kKeepIntervalS = 1, kKeepCount = 3;
 // Ranks >= 2, after rank 0's death: how long to wait for rank 1's 'Q' (it
-// reports) or its end of stream (dead too). Below mpirun's 1 s SIGTERM-to-SIGKILL.
+// reports) or its end of stream (dead too). Rank 0's stream ended: rank 1's
+// ended at the same moment, so briefly (below mpirun's 1 s SIGTERM-to-SIGKILL).
+// Rank 0's host stopped answering keepalives: rank 1's own keepalives on either
+// link may take the full span to tell.
 constexpr auto kVerdictWait = std::chrono::milliseconds(500);
+constexpr auto kVerdictWaitHostGone =
+    std::chrono::seconds(kKeepIdleS + kKeepCount * kKeepIntervalS);
 constexpr auto kSectionWait = std::chrono::milliseconds(1000);  // mpirun SIGKILLs 1 s after SIGTERM
 constexpr size_t kMaxHelloBytes = 1024;
 constexpr unsigned char kWakeStop = 0;       // destructor: say 'F', end the loop
@@ -75,8 +83,7 @@ std::vector<std::string> LocalAddresses() {
 }
 
 void EnableKeepAlive(int fd) {
-  // A host that vanishes (no FIN) is noticed after ~8 s instead of hours.
-  int on = 1, idle = 5, interval = 1, count = 3;
+  int on = 1, idle = kKeepIdleS, interval = kKeepIntervalS, count = kKeepCount;
   setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &on, sizeof(on));
   setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle, sizeof(idle));
   setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &interval, sizeof(interval));
@@ -262,7 +269,7 @@ void Watchdog::HandleSignal(int sig) {
   Quit(128 + sig, rank_ == 0 ? absl::StrCat(label_, ": stopped by ", SignalName(sig)) : "");
 }
 
-void Watchdog::HandlePeerEnd(Peer& peer) {
+void Watchdog::HandlePeerEnd(Peer& peer, bool host_gone) {
   if (peer.rank < 0) return;              // a stray connection
   if (rank_ == 1 && peer.second) return;  // a rank >= 2: rank 0 reports its death
   if (peer.second) {
@@ -283,7 +290,8 @@ void Watchdog::HandlePeerEnd(Peer& peer) {
   // 'Q' or its end of stream (see Loop) and reports if rank 1 cannot.
   dead_rank0_ = peer.Name();
   if (rank_ >= 2 && rank1_ == Rank1::kCanReport) {
-    verdict_deadline_ = std::chrono::steady_clock::now() + kVerdictWait;
+    verdict_deadline_ =
+        std::chrono::steady_clock::now() + (host_gone ? kVerdictWaitHostGone : kVerdictWait);
     return;
   }
   ReportRank0Death();
@@ -378,7 +386,9 @@ void Watchdog::Loop() {
       const ssize_t n = recv(peer.fd, buf, sizeof(buf), 0);
       if (n < 0 && (errno == EINTR || errno == EAGAIN)) continue;
       if (n <= 0) {
-        HandlePeerEnd(peer);
+        // An end of stream or a reset: the peer's process died. Any other error
+        // (a keepalive timeout): its host is gone.
+        HandlePeerEnd(peer, n < 0 && errno != ECONNRESET);
         ended.push_back(i - first_peer);
         continue;
       }

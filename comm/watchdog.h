@@ -26,11 +26,12 @@
 //     every rank exits 1. Rank 1 and ranks >= 2 leave the deaths of ranks >= 1
 //     to rank 0.
 //   - rank 0 died: rank 1 reports it and sends 'Q' on both links. A rank >= 2
-//     waits up to 0.5 s for rank 1's 'Q' (signals meanwhile are mpirun ending
-//     the job: they wait too). If rank 1's second stream ends instead, or rank 1
-//     said 'F' or 'S', rank 1 will not report: rank 2 does, naming rank 1 too if
-//     it died ("rank 0 (…) and rank 1 (…) died …"). If ranks 0, 1 and 2 all die,
-//     the job still ends but nobody names them.
+//     waits up to 0.5 s (8 s if rank 0's host stopped answering keepalives)
+//     for rank 1's 'Q'; signals meanwhile are mpirun ending the job, and wait
+//     too. If rank 1's second stream ends instead, or rank 1 said 'F' or 'S',
+//     rank 1 will not report: rank 2 does, naming rank 1 too if it died
+//     ("rank 0 (…) and rank 1 (…) died …"). If ranks 0, 1 and 2 all die, the
+//     job still ends but nobody names them.
 //   - SIGINT/SIGTERM here (mpirun forwards both as SIGTERM): tell the peers, and
 //     rank 0 reports "stopped by SIGTERM"; exit 128 + signal.
 //   - 'S' from a peer: rank 0 waits briefly for its own signal (mpirun signals
@@ -72,7 +73,7 @@ class Watchdog {
   void Loop();
   void Stop(char goodbye);  // main thread: ask the loop to send `goodbye` and end
   [[noreturn]] void HandleSignal(int sig);
-  void HandlePeerEnd(Peer& peer);
+  void HandlePeerEnd(Peer& peer, bool host_gone);
   void HandlePeerStatus(Peer& peer, char code, int sig);
   void OnHello(Peer& peer);  // a complete hello line arrived
   void Connect(const std::string& offer, int to);  // start-up: join rank `to`'s listener
