@@ -328,7 +328,7 @@ void Watchdog::HandlePeerStatus(Peer& peer, char code, int sig) {
   if (code == 'F') {
     peer.finished = true;
   } else if (code == 'Q') {
-    Broadcast("Q");  // rank 0 relays; the others have only rank 0
+    Broadcast("Q");  // rank 0 relays it, and rank 1 on its second links
     Quit(1, "");
   } else if (code == 'S') {
     if (rank_ != 0) Quit(128 + sig, "");  // rank 0 stops the job
