@@ -10,6 +10,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <cstring>
@@ -24,8 +25,19 @@
 namespace shardlm {
 namespace {
 
-constexpr int kConnectTimeoutMs = 2000;   // per address rank 0 offers
+constexpr int kConnectTimeoutMs = 2000;   // per address a listener offers
 constexpr int kSettleMs = 500;            // after a peer's 'S': wait for our own signal
+// TCP keepalive: a host that vanishes (no FIN) is noticed after at most
+// idle + count * interval = 8 s instead of hours.
+constexpr int kKeepIdleS = 5, kKeepIntervalS = 1, kKeepCount = 3;
+// Ranks >= 2, after rank 0's death: how long to wait for rank 1's 'Q' (it
+// reports) or its end of stream (dead too). Rank 0's stream ended: rank 1's
+// ended at the same moment, so briefly (below mpirun's 1 s SIGTERM-to-SIGKILL).
+// Rank 0's host stopped answering keepalives: rank 1's own keepalives on either
+// link may take the full span to tell.
+constexpr auto kVerdictWait = std::chrono::milliseconds(500);
+constexpr auto kVerdictWaitHostGone =
+    std::chrono::seconds(kKeepIdleS + kKeepCount * kKeepIntervalS);
 constexpr auto kSectionWait = std::chrono::milliseconds(1000);  // mpirun SIGKILLs 1 s after SIGTERM
 constexpr size_t kMaxHelloBytes = 1024;
 constexpr unsigned char kWakeStop = 0;       // destructor: say 'F', end the loop
@@ -53,7 +65,7 @@ std::string SignalName(int sig) {
   return absl::StrCat("signal ", sig);
 }
 
-// Rank 0's IPv4 addresses, loopback last (peers on rank 0's host try it first).
+// This host's IPv4 addresses, loopback last (peers on this host try it first).
 std::vector<std::string> LocalAddresses() {
   std::vector<std::string> out;
   ifaddrs* list = nullptr;
@@ -71,8 +83,7 @@ std::vector<std::string> LocalAddresses() {
 }
 
 void EnableKeepAlive(int fd) {
-  // A host that vanishes (no FIN) is noticed after ~8 s instead of hours.
-  int on = 1, idle = 5, interval = 1, count = 3;
+  int on = 1, idle = kKeepIdleS, interval = kKeepIntervalS, count = kKeepCount;
   setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &on, sizeof(on));
   setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle, sizeof(idle));
   setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &interval, sizeof(interval));
@@ -119,6 +130,27 @@ void SendAll(int fd, const std::string& bytes) {
   }
 }
 
+// A listening socket for the ranks above this one, or -1. `offer` gets
+// "<token> <port> <pid> <host> <address>,…" for the start-up broadcast.
+int Listen(std::string* token, std::string* offer) {
+  const int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+  if (fd < 0) return -1;
+  sockaddr_in any = {};
+  any.sin_family = AF_INET;
+  any.sin_addr.s_addr = htonl(INADDR_ANY);
+  socklen_t len = sizeof(any);
+  if (bind(fd, reinterpret_cast<sockaddr*>(&any), sizeof(any)) != 0 || listen(fd, SOMAXCONN) != 0 ||
+      getsockname(fd, reinterpret_cast<sockaddr*>(&any), &len) != 0) {
+    close(fd);
+    return -1;
+  }
+  std::random_device random;
+  *token = absl::StrCat(absl::Hex(random(), absl::kZeroPad8), absl::Hex(random(), absl::kZeroPad8));
+  *offer = absl::StrCat(*token, " ", ntohs(any.sin_port), " ", getpid(), " ", HostName(), " ",
+                        absl::StrJoin(LocalAddresses(), ","));
+  return fd;
+}
+
 }  // namespace
 
 struct Watchdog::Peer {
@@ -126,7 +158,10 @@ struct Watchdog::Peer {
   int rank = -1;  // -1 until its hello arrived
   std::string pid = "?", host = "?";
   std::string hello;       // bytes of the hello line received so far
-  bool finished = false;   // said 'F': its end of stream is expected
+  bool finished = false;   // said 'F' (or, on a second link, 'S'): its end of stream is expected
+  // The second link, between rank 1 and a rank >= 2: it only tells the rank >= 2
+  // whether rank 1 can still report rank 0's death.
+  bool second = false;
 
   std::string Name() const {
     return absl::StrCat("rank ", rank, " (pid ", pid, " on host ", host, ")");
@@ -136,57 +171,47 @@ struct Watchdog::Peer {
 Watchdog::Watchdog(int rank, int size, std::string label)
     : rank_(rank), size_(size), label_(std::move(label)) {}
 
+void Watchdog::Connect(const std::string& offer, int to) {
+  const std::vector<std::string> f = absl::StrSplit(offer, ' ');
+  int port = 0;
+  if (f.size() != 5 || !absl::SimpleAtoi(f[1], &port)) return;
+  std::vector<std::string> addresses = absl::StrSplit(f[4], ',');
+  if (f[3] == HostName()) addresses.insert(addresses.begin(), "127.0.0.1");
+  int fd = -1;
+  for (const std::string& a : addresses) {
+    if ((fd = ConnectWithTimeout(a, port)) >= 0) break;
+  }
+  if (fd < 0) {
+    std::fprintf(stderr,
+                 "%s: warning: rank %d cannot reach rank %d at port %d (%s); if %s, the job "
+                 "still ends but the message will not name it\n",
+                 label_.c_str(), rank_, to, port, f[4].c_str(),
+                 to == 0 ? "a rank dies" : "ranks 0 and 1 die together");
+    return;
+  }
+  SendAll(fd, absl::StrCat(f[0], " ", rank_, " ", getpid(), " ", HostName(), "\n"));
+  auto peer = std::make_unique<Peer>();
+  peer->fd = fd;
+  peer->rank = to;
+  peer->pid = f[2];
+  peer->host = f[3];
+  peer->second = to == 1;
+  if (peer->second) rank1_ = Rank1::kCanReport;
+  peers_.push_back(std::move(peer));
+}
+
 std::unique_ptr<Watchdog> Watchdog::Start(Comm& comm, const std::string& label) {
   std::unique_ptr<Watchdog> w(new Watchdog(comm.rank(), comm.size(), label));
-  if (comm.size() > 1) {
-    // Rank 0 offers "<token> <port> <pid> <host> <address>,…"; empty: no side channel.
+  // Rank 0 listens for every rank; rank 1 too, for ranks >= 2, when there are
+  // any. Each broadcasts its offer; an empty offer means no side channel. A failed
+  // broadcast leaves the job without one; the next collective reports the MPI
+  // error itself.
+  const int listeners = std::min(comm.size() - 1, 2);
+  for (int root = 0; root < listeners; ++root) {
     std::string offer;
-    if (comm.rank() == 0) {
-      const int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-      sockaddr_in any = {};
-      any.sin_family = AF_INET;
-      any.sin_addr.s_addr = htonl(INADDR_ANY);
-      socklen_t len = sizeof(any);
-      if (fd >= 0 && bind(fd, reinterpret_cast<sockaddr*>(&any), sizeof(any)) == 0 &&
-          listen(fd, SOMAXCONN) == 0 &&
-          getsockname(fd, reinterpret_cast<sockaddr*>(&any), &len) == 0) {
-        std::random_device random;
-        w->token_ = absl::StrCat(absl::Hex(random(), absl::kZeroPad8),
-                                 absl::Hex(random(), absl::kZeroPad8));
-        w->listen_fd_ = fd;
-        offer = absl::StrCat(w->token_, " ", ntohs(any.sin_port), " ", getpid(), " ", HostName(),
-                             " ", absl::StrJoin(LocalAddresses(), ","));
-      } else if (fd >= 0) {
-        close(fd);
-      }
-    }
-    // A failed broadcast leaves the job without a side channel; the next
-    // collective reports the MPI error itself.
-    if (comm.Broadcast(&offer, 0).ok() && comm.rank() != 0 && !offer.empty()) {
-      const std::vector<std::string> f = absl::StrSplit(offer, ' ');
-      int port = 0;
-      if (f.size() == 5 && absl::SimpleAtoi(f[1], &port)) {
-        std::vector<std::string> addresses = absl::StrSplit(f[4], ',');
-        if (f[3] == HostName()) addresses.insert(addresses.begin(), "127.0.0.1");
-        int fd = -1;
-        for (const std::string& a : addresses) {
-          if ((fd = ConnectWithTimeout(a, port)) >= 0) break;
-        }
-        if (fd >= 0) {
-          SendAll(fd, absl::StrCat(f[0], " ", comm.rank(), " ", getpid(), " ", HostName(), "\n"));
-          auto peer = std::make_unique<Peer>();
-          peer->fd = fd;
-          peer->rank = 0;
-          peer->pid = f[2];
-          peer->host = f[3];
-          w->peers_.push_back(std::move(peer));
-        } else {
-          std::fprintf(stderr,
-                       "%s: warning: rank %d cannot reach rank 0 at port %d (%s); if a rank dies, "
-                       "the job still ends but the message will not name it\n",
-                       label.c_str(), comm.rank(), port, f[4].c_str());
-        }
-      }
+    if (comm.rank() == root) w->listen_fd_ = Listen(&w->token_, &offer);
+    if (comm.Broadcast(&offer, root).ok() && comm.rank() > root && !offer.empty()) {
+      w->Connect(offer, root);
     }
   }
   int pipe_fds[2];
@@ -229,7 +254,9 @@ void Watchdog::Reported() { Stop('Q'); }
 
 void Watchdog::Broadcast(const std::string& bytes) {
   for (auto& p : peers_) {
-    if (p->rank >= 0) SendAll(p->fd, bytes);
+    // A rank >= 2 says nothing on its second link: rank 1 must not take that
+    // rank's 'Q' or 'S' for the job's end while rank 0 may be dead.
+    if (p->rank >= 0 && !(p->second && rank_ >= 2)) SendAll(p->fd, bytes);
   }
 }
 
@@ -242,25 +269,66 @@ void Watchdog::HandleSignal(int sig) {
   Quit(128 + sig, rank_ == 0 ? absl::StrCat(label_, ": stopped by ", SignalName(sig)) : "");
 }
 
-void Watchdog::HandlePeerEnd(Peer& peer) {
-  if (peer.rank < 0 || peer.finished) return;  // a stray connection, or a goodbye
-  // Rank 0 reports; when rank 0 is the dead one, rank 1 does.
-  const bool reporter = rank_ == 0 || (peer.rank == 0 && rank_ == 1);
+void Watchdog::HandlePeerEnd(Peer& peer, bool host_gone) {
+  if (peer.rank < 0) return;              // a stray connection
+  if (rank_ == 1 && peer.second) return;  // a rank >= 2: rank 0 reports its death
+  if (peer.second) {
+    // Rank 1, seen from a rank >= 2: whatever it said last, it cannot report any
+    // more. Its death matters only if rank 0 is dead too.
+    rank1_ = Rank1::kCannotReport;
+    if (!peer.finished) dead_rank1_ = peer.Name();
+    if (!dead_rank0_.empty()) ReportRank0Death();
+    return;
+  }
+  if (peer.finished) return;  // a goodbye
+  if (rank_ == 0) {
+    Broadcast("Q");
+    Quit(1, absl::StrCat(label_, ": error: ", peer.Name(),
+                         " died unexpectedly (killed, or crashed); stopped the job"));
+  }
+  // Rank 0 died: rank 1 reports. A rank >= 2 that watches rank 1 waits for its
+  // 'Q' or its end of stream (see Loop) and reports if rank 1 cannot.
+  dead_rank0_ = peer.Name();
+  if (rank_ >= 2 && rank1_ == Rank1::kCanReport) {
+    verdict_deadline_ =
+        std::chrono::steady_clock::now() + (host_gone ? kVerdictWaitHostGone : kVerdictWait);
+    return;
+  }
+  ReportRank0Death();
+}
+
+void Watchdog::ReportRank0Death() {
+  // Rank 1 reports; if rank 1 is gone as well, rank 2, the lowest rank that
+  // watched both (if ranks 0, 1 and 2 all died, nobody names them).
+  const bool reporter = rank_ == 1 || (rank_ == 2 && rank1_ == Rank1::kCannotReport);
   std::string message;
   if (reporter) {
-    message = absl::StrCat(label_, ": error: ", peer.Name(),
-                           " died unexpectedly (killed, or crashed); stopped the job");
-    if (peer.rank == 0) message += "; results finished before are in the output file";
+    message = absl::StrCat(label_, ": error: ", dead_rank0_);
+    if (!dead_rank1_.empty()) absl::StrAppend(&message, " and ", dead_rank1_);
+    absl::StrAppend(&message,
+                    " died unexpectedly (killed, or crashed); stopped the job; results finished "
+                    "before are in the output file");
   }
   Broadcast("Q");
   Quit(1, message);
 }
 
 void Watchdog::HandlePeerStatus(Peer& peer, char code, int sig) {
+  if (peer.second) {
+    // Rank 1 only reports rank 0's death through this link (rank 0 relays all
+    // else): 'Q' ends this rank quietly; 'F' and 'S' mean rank 1 will not report.
+    // Rank 1 ignores what a rank >= 2 sends (it sends nothing after its hello).
+    if (rank_ == 1) return;
+    if (code == 'Q') Quit(1, "");
+    peer.finished = true;
+    rank1_ = Rank1::kCannotReport;
+    if (!dead_rank0_.empty()) ReportRank0Death();
+    return;
+  }
   if (code == 'F') {
     peer.finished = true;
   } else if (code == 'Q') {
-    Broadcast("Q");  // rank 0 relays; the others have only rank 0
+    Broadcast("Q");  // rank 0 relays it, and rank 1 on its second links
     Quit(1, "");
   } else if (code == 'S') {
     if (rank_ != 0) Quit(128 + sig, "");  // rank 0 stops the job
@@ -280,11 +348,12 @@ void Watchdog::OnHello(Peer& peer) {
   // "<token> <rank> <pid> <host>"; anything else is not one of our ranks.
   const std::vector<std::string> f = absl::StrSplit(peer.hello, ' ');
   int rank = -1;
-  if (f.size() == 4 && f[0] == token_ && absl::SimpleAtoi(f[1], &rank) && rank > 0 &&
+  if (f.size() == 4 && f[0] == token_ && absl::SimpleAtoi(f[1], &rank) && rank > rank_ &&
       rank < size_) {
     peer.rank = rank;
     peer.pid = f[2];
     peer.host = f[3];
+    peer.second = rank_ == 1;
   }
 }
 
@@ -294,20 +363,21 @@ void Watchdog::Loop() {
     if (listen_fd_ >= 0) fds.push_back({listen_fd_, POLLIN, 0});
     const size_t first_peer = fds.size();
     for (auto& p : peers_) fds.push_back({p->fd, POLLIN, 0});
-    if (poll(fds.data(), fds.size(), -1) < 0) {
+    int timeout_ms = -1;
+    if (!dead_rank0_.empty()) {
+      // Waiting for rank 1's verdict on rank 0's death. Past the deadline rank 1
+      // is alive but slow: it still reports, or mpirun ends the job.
+      const auto left = std::chrono::ceil<std::chrono::milliseconds>(
+          verdict_deadline_ - std::chrono::steady_clock::now());
+      if (left.count() <= 0) Quit(1, "");
+      timeout_ms = static_cast<int>(left.count());
+    }
+    const int ready = poll(fds.data(), fds.size(), timeout_ms);
+    if (ready < 0) {
       if (errno == EINTR) continue;
       return;  // cannot watch; the job still ends by MPI or the launcher
     }
-    if (fds[0].revents != 0) {
-      unsigned char b = 0;
-      if (read(wake_read_, &b, 1) == 1) {
-        if (b == kWakeStop || b == kWakeReported) {
-          Broadcast(b == kWakeStop ? "F" : "Q");
-          return;
-        }
-        HandleSignal(b);
-      }
-    }
+    if (ready == 0) continue;
     std::vector<size_t> ended;
     for (size_t i = first_peer; i < fds.size(); ++i) {
       if (fds[i].revents == 0) continue;
@@ -316,7 +386,9 @@ void Watchdog::Loop() {
       const ssize_t n = recv(peer.fd, buf, sizeof(buf), 0);
       if (n < 0 && (errno == EINTR || errno == EAGAIN)) continue;
       if (n <= 0) {
-        HandlePeerEnd(peer);
+        // An end of stream or a reset: the peer's process died. Any other error
+        // (a keepalive timeout): its host is gone.
+        HandlePeerEnd(peer, n < 0 && errno != ECONNRESET);
         ended.push_back(i - first_peer);
         continue;
       }
@@ -359,6 +431,20 @@ void Watchdog::Loop() {
         auto peer = std::make_unique<Peer>();
         peer->fd = fd;
         peers_.push_back(std::move(peer));
+      }
+    }
+    // Signals last: a peer's death and a signal in one wake-up most likely mean
+    // mpirun is ending the job because of that death, so the death is reported.
+    if (fds[0].revents != 0) {
+      unsigned char b = 0;
+      if (read(wake_read_, &b, 1) == 1) {
+        if (b == kWakeStop || b == kWakeReported) {
+          Broadcast(b == kWakeStop ? "F" : "Q");
+          return;
+        }
+        // After rank 0's death it is mpirun ending the job: keep waiting
+        // (bounded) for rank 1's verdict, so the death is reported.
+        if (dead_rank0_.empty()) HandleSignal(b);
       }
     }
   }

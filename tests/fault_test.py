@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
-"""Faults during a decode job (comm/watchdog.h): a rank killed with SIGKILL, or
-SIGINT/SIGTERM to mpirun, ends the job within seconds with one message that
-names the cause (the dead rank with its pid and host), a non-zero exit, and an
-output file that keeps every finished result, each on a complete line.
+"""Faults during a decode job (comm/watchdog.h): a rank killed with SIGKILL (or
+ranks 0 and 1 together), or SIGINT/SIGTERM to mpirun, ends the job within seconds
+with one message that names the cause (the dead ranks with their pids and host),
+a non-zero exit, and an output file that keeps every finished result, each on a
+complete line.
 
 usage: fault_test.py SHARDLM WORKDIR
 """
@@ -18,6 +19,9 @@ import unittest
 SHARDLM = MODEL = WORK = None
 ENV = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
 STOP_WITHIN = 10.0  # seconds from the fault to mpirun's exit (issue 6)
+# Ranks 0 and 1 dead: rank 2 waits at most 0.5 s for rank 1, then exits within
+# about 1 s (comm/watchdog.h); the rest is slack for a loaded machine.
+BOTH_DEAD_STOP_WITHIN = 3.0
 
 
 def rank_pids(mpirun_pid):
@@ -123,19 +127,31 @@ class Faults(unittest.TestCase):
             self.assertEqual(len(result["tokens"]), len(result["logprobs"]))
         return len(lines)
 
-    def kill_rank(self, rank, np, quiet=True):
-        p, out = self.start(f"kill-rank{rank}-np{np}{'' if quiet else '-loud'}", np, quiet)
+    def kill_ranks(self, ranks, np, quiet=True):
+        """SIGKILLs `ranks` (one after the other, microseconds apart) mid-decode and
+        checks the one message names each; returns (message, result lines, seconds)."""
+        name = "kill-rank" + "-".join(map(str, ranks))
+        p, out = self.start(f"{name}-np{np}{'' if quiet else '-loud'}", np, quiet)
         pids = rank_pids(p.pid)
         self.assertEqual(sorted(pids), list(range(np)), pids)
-        os.kill(pids[rank], signal.SIGKILL)
-        err, _ = self.finish(p)
+        for rank in ranks:
+            os.kill(pids[rank], signal.SIGKILL)
+        err, elapsed = self.finish(p)
         ours = [l for l in err.splitlines() if l.startswith("shardlm decode:")]
         self.assertEqual(len(ours), 1, err)
-        self.assertIn(f"rank {rank} (pid {pids[rank]} on host {os.uname().nodename}) died", ours[0])
+        self.assertIn(" died unexpectedly", ours[0])
+        for rank in ranks:
+            named = f"rank {rank} (pid {pids[rank]} on host {os.uname().nodename})"
+            self.assertEqual(ours[0].count(named), 1, ours[0])
+        self.assertEqual(len(re.findall(r"rank \d+ \(pid", ours[0])), len(ranks), ours[0])
         if quiet:
             self.assertEqual(err.strip(), ours[0], "more than one message")
         lines = self.assertCompleteLines(out, err)
-        return ours[0], lines
+        return ours[0], lines, elapsed
+
+    def kill_rank(self, rank, np, quiet=True):
+        message, lines, _ = self.kill_ranks([rank], np, quiet)
+        return message, lines
 
     def test_kill_rank1(self):
         message, lines = self.kill_rank(1, 2)
@@ -151,6 +167,22 @@ class Faults(unittest.TestCase):
     def test_kill_rank2_of_4_without_quiet(self):
         # Plain mpirun adds its own block; ours is still there, once.
         self.kill_rank(2, 4, quiet=False)
+
+    def test_kill_rank0_of_4(self):
+        # Rank 1 reports; ranks 2 and 3, which also watch rank 1, stay quiet.
+        message, _ = self.kill_rank(0, 4)
+        self.assertIn("results finished before are in the output file", message)
+
+    def test_kill_rank1_of_4(self):
+        # Rank 0 reports; ranks 2 and 3 see rank 1's second link end and stay quiet.
+        self.kill_rank(1, 4)
+
+    def test_kill_ranks0_and_1_of_4(self):
+        # The host holding ranks 0 and 1 dies: neither can report, so rank 2 does (it
+        # watches rank 1 as well as rank 0).
+        message, _, elapsed = self.kill_ranks([0, 1], 4)
+        self.assertIn("results finished before are in the output file", message)
+        self.assertLess(elapsed, BOTH_DEAD_STOP_WITHIN, message)
 
     def stop_mpirun(self, sig):
         p, out = self.start(f"stop-{sig.name}", 2)
