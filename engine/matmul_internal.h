@@ -101,8 +101,9 @@ struct TileArgs {
   // The same turns also prefetch w[c] + k + l2_prefetch_offset into L2 (0 = none): two
   // chunks ahead, so that the L1 prefetch above finds its lines in L2. It pays only when the
   // core is busy with several row blocks per chunk: L1 alone keeps too few misses in flight
-  // to stream W at DRAM speed while the FMAs run (matmul_bench, n = 16: the BF16 dot kernel
-  // −20%, F32 −5%); at one row block it measured slower, so Drive sets it only then.
+  // to stream W at DRAM speed while the FMAs run (matmul_bench, n = 16: BF16 −13%, the BF16
+  // dot kernel −15%; F32 no gain, so its kernels ignore it); at one row block it measured
+  // slower, so Drive sets it only then.
   int64_t l2_prefetch_offset;
   int prefetch_period;
   int prefetch_phase;

@@ -78,8 +78,8 @@ struct Avx512 {
     constexpr int64_t kLine = kLineElems<Fmt>;
     const float* const x = static_cast<const float*>(t.x);
     const Elem* const w = static_cast<const Elem*>(t.w);
-    const int64_t xs = t.x_stride, ws = t.w_stride, len = t.len, pf = t.prefetch_offset,
-                  pf2 = t.l2_prefetch_offset;
+    const int64_t xs = t.x_stride, ws = t.w_stride, len = t.len, pf = t.prefetch_offset;
+    const int64_t pf2 = std::is_same_v<Fmt, F32W> ? 0 : t.l2_prefetch_offset;
     float* const acc = t.acc;
     __m512 a[kR][kC];
 #pragma GCC unroll 8
@@ -98,7 +98,8 @@ struct Avx512 {
             _mm_prefetch(reinterpret_cast<const char*>(w + c * ws + k + pf), _MM_HINT_T0);
           }
         }
-        if (pf2 != 0) {
+        // Not for F32 weights, where it measured no gain (see TileArgs).
+        if (!std::is_same_v<Fmt, F32W> && pf2 != 0) {
 #pragma GCC unroll 8
           for (int c = 0; c < kC; ++c) {
             _mm_prefetch(reinterpret_cast<const char*>(w + c * ws + k + pf2), _MM_HINT_T1);
@@ -187,8 +188,8 @@ struct Avx512Bf16Dot {
     constexpr int64_t kStep = 32;  // bf16 per zmm: one 64-byte line per row and step
     const uint16_t* const x = static_cast<const uint16_t*>(t.x);
     const uint16_t* const w = static_cast<const uint16_t*>(t.w);
-    const int64_t xs = t.x_stride, ws = t.w_stride, len = t.len, pf = t.prefetch_offset,
-                  pf2 = t.l2_prefetch_offset;
+    const int64_t xs = t.x_stride, ws = t.w_stride, len = t.len, pf = t.prefetch_offset;
+    const int64_t pf2 = std::is_same_v<Fmt, F32W> ? 0 : t.l2_prefetch_offset;
     float* const acc = t.acc;
     __m512 a[kR][kC];
 #pragma GCC unroll 8
@@ -207,7 +208,8 @@ struct Avx512Bf16Dot {
             _mm_prefetch(reinterpret_cast<const char*>(w + c * ws + k + pf), _MM_HINT_T0);
           }
         }
-        if (pf2 != 0) {
+        // Not for F32 weights, where it measured no gain (see TileArgs).
+        if (!std::is_same_v<Fmt, F32W> && pf2 != 0) {
 #pragma GCC unroll 8
           for (int c = 0; c < kC; ++c) {
             _mm_prefetch(reinterpret_cast<const char*>(w + c * ws + k + pf2), _MM_HINT_T1);
@@ -293,8 +295,8 @@ struct Avx2Fma {
     constexpr int64_t kLine = kLineElems<Fmt>;
     const float* const x = static_cast<const float*>(t.x);
     const Elem* const w = static_cast<const Elem*>(t.w);
-    const int64_t xs = t.x_stride, ws = t.w_stride, len = t.len, pf = t.prefetch_offset,
-                  pf2 = t.l2_prefetch_offset;
+    const int64_t xs = t.x_stride, ws = t.w_stride, len = t.len, pf = t.prefetch_offset;
+    const int64_t pf2 = std::is_same_v<Fmt, F32W> ? 0 : t.l2_prefetch_offset;
     float* const acc = t.acc;
     __m256 a[kR][kC];
 #pragma GCC unroll 8
@@ -314,7 +316,8 @@ struct Avx2Fma {
             _mm_prefetch(reinterpret_cast<const char*>(w + c * ws + k + pf), _MM_HINT_T0);
           }
         }
-        if (pf2 != 0) {
+        // Not for F32 weights, where it measured no gain (see TileArgs).
+        if (!std::is_same_v<Fmt, F32W> && pf2 != 0) {
 #pragma GCC unroll 8
           for (int c = 0; c < kC; ++c) {
             _mm_prefetch(reinterpret_cast<const char*>(w + c * ws + k + pf2), _MM_HINT_T1);
