@@ -72,6 +72,42 @@ struct Avx512 {
     }
   }
 
+  // The tile's accumulators from / to the spill buffer (row stride kCStride · 16 floats).
+  template <int kR, int kC, int kCStride>
+  SHARDLM_TARGET_AVX512 static void LoadAcc(const float* acc, __m512 (&a)[kR][kC]) {
+#pragma GCC unroll 8
+    for (int r = 0; r < kR; ++r) {
+#pragma GCC unroll 8
+      for (int c = 0; c < kC; ++c) a[r][c] = _mm512_load_ps(acc + (r * kCStride + c) * kLanes);
+    }
+  }
+  template <int kR, int kC, int kCStride>
+  SHARDLM_TARGET_AVX512 static void StoreAcc(__m512 (&a)[kR][kC], float* acc) {
+#pragma GCC unroll 8
+    for (int r = 0; r < kR; ++r) {
+#pragma GCC unroll 8
+      for (int c = 0; c < kC; ++c) _mm512_store_ps(acc + (r * kCStride + c) * kLanes, a[r][c]);
+    }
+  }
+  // One prefetch turn (TileArgs): line k + pf of each of the kC rows into L1, and k + pf2 into
+  // L2 when pf2 ≠ 0.
+  template <int kC, class Elem>
+  SHARDLM_TARGET_AVX512 static void PrefetchTurn(const Elem* w, int64_t ws, int64_t k,
+                                                 int64_t pf, int64_t pf2) {
+    if (pf != 0) {
+#pragma GCC unroll 8
+      for (int c = 0; c < kC; ++c) {
+        _mm_prefetch(reinterpret_cast<const char*>(w + c * ws + k + pf), _MM_HINT_T0);
+      }
+    }
+    if (pf2 != 0) {
+#pragma GCC unroll 8
+      for (int c = 0; c < kC; ++c) {
+        _mm_prefetch(reinterpret_cast<const char*>(w + c * ws + k + pf2), _MM_HINT_T1);
+      }
+    }
+  }
+
   template <class Fmt, int kR, int kC, int kCStride>
   SHARDLM_TARGET_AVX512 static void Tile(const TileArgs& t) {
     using Elem = typename Fmt::Elem;
@@ -80,31 +116,14 @@ struct Avx512 {
     const Elem* const w = static_cast<const Elem*>(t.w);
     const int64_t xs = t.x_stride, ws = t.w_stride, len = t.len, pf = t.prefetch_offset;
     const int64_t pf2 = std::is_same_v<Fmt, F32W> ? 0 : t.l2_prefetch_offset;
-    float* const acc = t.acc;
     __m512 a[kR][kC];
-#pragma GCC unroll 8
-    for (int r = 0; r < kR; ++r) {
-#pragma GCC unroll 8
-      for (int c = 0; c < kC; ++c) a[r][c] = _mm512_load_ps(acc + (r * kCStride + c) * kLanes);
-    }
+    LoadAcc<kR, kC, kCStride>(t.acc, a);
     int turn = t.prefetch_phase + 1;
     int64_t k = 0;
     for (; k + kLanes <= len; k += kLanes) {
       if (k % kLine == 0 && --turn == 0) {
         turn = t.prefetch_period;
-        if (pf != 0) {
-#pragma GCC unroll 8
-          for (int c = 0; c < kC; ++c) {
-            _mm_prefetch(reinterpret_cast<const char*>(w + c * ws + k + pf), _MM_HINT_T0);
-          }
-        }
-        // Not for F32 weights, where it measured no gain (see TileArgs).
-        if (!std::is_same_v<Fmt, F32W> && pf2 != 0) {
-#pragma GCC unroll 8
-          for (int c = 0; c < kC; ++c) {
-            _mm_prefetch(reinterpret_cast<const char*>(w + c * ws + k + pf2), _MM_HINT_T1);
-          }
-        }
+        PrefetchTurn<kC>(w, ws, k, pf, pf2);
       }
       // The empty asm statements keep each loaded vector in a register: without them GCC
       // folds the loads into the FMAs and loads every x (or w) vector C (or R) times, which
@@ -135,11 +154,7 @@ struct Avx512 {
         for (int c = 0; c < kC; ++c) a[r][c] = _mm512_fmadd_ps(xv, wv[c], a[r][c]);
       }
     }
-#pragma GCC unroll 8
-    for (int r = 0; r < kR; ++r) {
-#pragma GCC unroll 8
-      for (int c = 0; c < kC; ++c) _mm512_store_ps(acc + (r * kCStride + c) * kLanes, a[r][c]);
-    }
+    StoreAcc<kR, kC, kCStride>(a, t.acc);
   }
 };
 
@@ -190,31 +205,14 @@ struct Avx512Bf16Dot {
     const uint16_t* const w = static_cast<const uint16_t*>(t.w);
     const int64_t xs = t.x_stride, ws = t.w_stride, len = t.len, pf = t.prefetch_offset;
     const int64_t pf2 = std::is_same_v<Fmt, F32W> ? 0 : t.l2_prefetch_offset;
-    float* const acc = t.acc;
     __m512 a[kR][kC];
-#pragma GCC unroll 8
-    for (int r = 0; r < kR; ++r) {
-#pragma GCC unroll 8
-      for (int c = 0; c < kC; ++c) a[r][c] = _mm512_load_ps(acc + (r * kCStride + c) * kLanes);
-    }
+    Avx512::LoadAcc<kR, kC, kCStride>(t.acc, a);
     int turn = t.prefetch_phase + 1;
     int64_t k = 0;
     for (; k + kStep <= len; k += kStep) {
       if (--turn == 0) {
         turn = t.prefetch_period;
-        if (pf != 0) {
-#pragma GCC unroll 8
-          for (int c = 0; c < kC; ++c) {
-            _mm_prefetch(reinterpret_cast<const char*>(w + c * ws + k + pf), _MM_HINT_T0);
-          }
-        }
-        // Not for F32 weights, where it measured no gain (see TileArgs).
-        if (!std::is_same_v<Fmt, F32W> && pf2 != 0) {
-#pragma GCC unroll 8
-          for (int c = 0; c < kC; ++c) {
-            _mm_prefetch(reinterpret_cast<const char*>(w + c * ws + k + pf2), _MM_HINT_T1);
-          }
-        }
+        Avx512::PrefetchTurn<kC>(w, ws, k, pf, pf2);
       }
       // Registers pinned as in Avx512::Tile.
       __m512bh wv[kC];
@@ -243,11 +241,7 @@ struct Avx512Bf16Dot {
         for (int c = 0; c < kC; ++c) a[r][c] = _mm512_dpbf16_ps(a[r][c], xv, wv[c]);
       }
     }
-#pragma GCC unroll 8
-    for (int r = 0; r < kR; ++r) {
-#pragma GCC unroll 8
-      for (int c = 0; c < kC; ++c) _mm512_store_ps(acc + (r * kCStride + c) * kLanes, a[r][c]);
-    }
+    Avx512::StoreAcc<kR, kC, kCStride>(a, t.acc);
   }
 };
 
