@@ -244,7 +244,15 @@ Watchdog::~Watchdog() {
   signal(SIGINT, SIG_DFL);
   signal(SIGTERM, SIG_DFL);
   g_wake_fd = -1;
-  for (auto& p : peers_) close(p->fd);
+  for (auto& p : peers_) {
+    // Read what the peer sent and this rank did not (its own goodbye, when both end at
+    // once) before closing: closing with unread bytes sends a reset, and a reset can make
+    // the peer drop this rank's goodbye and report it dead.
+    char buf[256];
+    while (recv(p->fd, buf, sizeof(buf), MSG_DONTWAIT) > 0) {
+    }
+    close(p->fd);
+  }
   if (listen_fd_ >= 0) close(listen_fd_);
   if (wake_read_ >= 0) close(wake_read_);
   if (wake_write_ >= 0) close(wake_write_);
@@ -332,7 +340,8 @@ void Watchdog::HandlePeerStatus(Peer& peer, char code, int sig) {
     Quit(1, "");
   } else if (code == 'S') {
     if (rank_ != 0) Quit(128 + sig, "");  // rank 0 stops the job
-    // mpirun signals every rank at once: if ours follows, the job was stopped.
+    // mpirun signals every rank at once: if ours came too, or follows, the job was stopped.
+    if (pending_signal_ != 0) HandleSignal(pending_signal_);
     pollfd p = {wake_read_, POLLIN, 0};
     if (poll(&p, 1, kSettleMs) == 1) {
       unsigned char b = 0;
@@ -378,6 +387,16 @@ void Watchdog::Loop() {
       return;  // cannot watch; the job still ends by MPI or the launcher
     }
     if (ready == 0) continue;
+    // This rank's own end first: once it is stopping, its peers ending too is expected
+    // (every rank leaves at once after an agreed error), not a death to report.
+    unsigned char wake = 0;
+    if (fds[0].revents != 0 && read(wake_read_, &wake, 1) == 1) {
+      if (wake == kWakeStop || wake == kWakeReported) {
+        Broadcast(wake == kWakeStop ? "F" : "Q");
+        return;
+      }
+      pending_signal_ = wake;  // handled after the peers (below), or by a peer's 'S'
+    }
     std::vector<size_t> ended;
     for (size_t i = first_peer; i < fds.size(); ++i) {
       if (fds[i].revents == 0) continue;
@@ -435,18 +454,10 @@ void Watchdog::Loop() {
     }
     // Signals last: a peer's death and a signal in one wake-up most likely mean
     // mpirun is ending the job because of that death, so the death is reported.
-    if (fds[0].revents != 0) {
-      unsigned char b = 0;
-      if (read(wake_read_, &b, 1) == 1) {
-        if (b == kWakeStop || b == kWakeReported) {
-          Broadcast(b == kWakeStop ? "F" : "Q");
-          return;
-        }
-        // After rank 0's death it is mpirun ending the job: keep waiting
-        // (bounded) for rank 1's verdict, so the death is reported.
-        if (dead_rank0_.empty()) HandleSignal(b);
-      }
-    }
+    // After rank 0's death it is mpirun ending the job: keep waiting (bounded) for
+    // rank 1's verdict, so the death is reported.
+    if (pending_signal_ != 0 && dead_rank0_.empty()) HandleSignal(pending_signal_);
+    pending_signal_ = 0;
   }
 }
 

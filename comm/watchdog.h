@@ -87,6 +87,7 @@ class Watchdog {
   std::string token_;  // this rank's listener's (ranks 0 and 1)
   int listen_fd_ = -1;
   int wake_read_ = -1, wake_write_ = -1;  // self-pipe: signal numbers, 0 = stop
+  int pending_signal_ = 0;  // a signal read from the pipe in this wake-up, not yet handled
   std::vector<std::unique_ptr<Peer>> peers_;
   // Ranks >= 2 only: can rank 1 still report rank 0's death? kCanReport while its
   // second link is open and it said neither 'F' nor 'S'; kNoLink: this rank
