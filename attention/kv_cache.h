@@ -9,6 +9,7 @@
 #include <span>
 #include <vector>
 
+#include "absl/status/status.h"
 #include "base/status.h"
 
 namespace shardlm {
@@ -41,33 +42,39 @@ struct QueryToken {
 };
 
 // Pools of all layers of one rank. Allocated once at start-up; never resized.
+//
+// Each layer's pool is an anonymous private mapping: the kernel hands out zero pages on first
+// touch, so start-up does not write the whole budget (a 1 GiB pool took ~1 s to zero-fill),
+// and pages a job never uses cost no memory. The mapping is advised into transparent huge
+// pages (MADV_HUGEPAGE; where the system allows it): a sequence's rows then cross far fewer
+// TLB entries, as the decode kernels stream them. When the system refuses the mapping (a
+// budget beyond its memory), status() says so and the cache must not be used.
 class PagedKvCache {
  public:
-  PagedKvCache(int64_t layers, int64_t num_pages, int64_t page_size, int64_t row_floats)
-      : num_pages_(num_pages), page_size_(page_size), row_floats_(row_floats),
-        pools_(layers) {
-    for (auto& pool : pools_) pool.assign(static_cast<size_t>(num_pages * page_size * row_floats), 0.0f);
-  }
+  PagedKvCache(int64_t layers, int64_t num_pages, int64_t page_size, int64_t row_floats);
+  ~PagedKvCache();
   PagedKvCache(const PagedKvCache&) = delete;
   PagedKvCache& operator=(const PagedKvCache&) = delete;
 
-  CacheView Layer(int64_t layer) {
-    return {pools_[layer].data(), num_pages_, page_size_, row_floats_};
-  }
+  // OK, or why the pools could not be mapped.
+  const absl::Status& status() const { return status_; }
+  CacheView Layer(int64_t layer) { return {pools_[layer], num_pages_, page_size_, row_floats_}; }
   int64_t num_pages() const { return num_pages_; }
   int64_t page_size() const { return page_size_; }
   int64_t row_floats() const { return row_floats_; }
   // Bytes held by the pools: what `inspect` and the bench report.
-  int64_t bytes() const {
-    return static_cast<int64_t>(pools_.size()) * num_pages_ * page_size_ * row_floats_ *
-           static_cast<int64_t>(sizeof(float));
-  }
+  int64_t bytes() const { return static_cast<int64_t>(pools_.size()) * pool_bytes(); }
 
  private:
+  int64_t pool_bytes() const {
+    return num_pages_ * page_size_ * row_floats_ * static_cast<int64_t>(sizeof(float));
+  }
+
   int64_t num_pages_;
   int64_t page_size_;
   int64_t row_floats_;
-  std::vector<std::vector<float>> pools_;  // [layers][num_pages * page_size * row_floats]
+  std::vector<float*> pools_;  // [layers] → [num_pages * page_size * row_floats], mapped
+  absl::Status status_;
 };
 
 }  // namespace shardlm

@@ -151,6 +151,7 @@ absl::StatusOr<double> MeasurePrefill(Model& model, Comm& comm, int64_t tokens, 
   const ModelDims& dims = model.dims();
   PagedKvCache cache(dims.layers, CeilDiv(tokens, page_size), page_size,
                      model.plan().cache_row_floats);
+  RETURN_IF_ERROR(AgreeOnStatus(comm, cache.status()));
   std::vector<int32_t> table(static_cast<size_t>(cache.num_pages()));
   std::iota(table.begin(), table.end(), 0);
   Rng rng(seed, "bench-prefill-tokens");
@@ -460,6 +461,7 @@ absl::StatusOr<BenchRecord> MeasureDecode(Model& model, Comm& comm, const BenchO
   const int64_t num_pages = B * pages_per_seq;
   // The timed pool holds exactly the B contexts: its size is the allocation.
   PagedKvCache cache(dims.layers, num_pages, page_size, model.plan().cache_row_floats);
+  RETURN_IF_ERROR(AgreeOnStatus(comm, cache.status()));
   FillSynthetic(cache, dims.layers, options.seed, comm.rank());
   const std::vector<int32_t> pages = PageOrder(num_pages, options.shuffle_pages, options.seed);
   std::vector<std::vector<int32_t>> tables(static_cast<size_t>(B));  // outlive the batch

@@ -249,6 +249,7 @@ absl::Status RunDecode(const DecodeOptions& options, Model& model, Comm& comm) {
         dims.max_positions, max_len_pages, std::ceil(mb_needed * 10) / 10)));
   }
   PagedKvCache cache(dims.layers, num_pages, options.page_size, model.plan().cache_row_floats);
+  RETURN_IF_ERROR(AgreeOnStatus(comm, cache.status()));
   model.Reserve(options.max_batch_tokens);
 
   // Rank 0 opens the files and reads the requests.

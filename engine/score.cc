@@ -29,6 +29,11 @@ class SequenceScorer {
       // Grows to the longest sequence seen; pages are 0..pages-1 in order.
       cache_ = std::make_unique<PagedKvCache>(model_.dims().layers, pages, options_.page_size,
                                               model_.plan().cache_row_floats);
+      const absl::Status mapped = AgreeOnStatus(comm_, cache_->status());
+      if (!mapped.ok()) {
+        cache_.reset();
+        return mapped;
+      }
       block_table_.resize(static_cast<size_t>(pages));
       for (int64_t p = 0; p < pages; ++p) block_table_[p] = static_cast<int32_t>(p);
     }

@@ -195,6 +195,13 @@ class StartupErrors(unittest.TestCase):
                  os.path.join(WORK, "x.jsonl"), "--kv-cache-mb", "0.01"], np=2)
         self.assertOneError(r, "maximum length (512 tokens)", "use --kv-cache-mb")
 
+    def test_cache_beyond_memory(self):
+        # 10^9 MiB per rank is past any address space: a clear error, not std::bad_alloc.
+        model = make_model("gqa", "--attention", "gqa")
+        r = run(["decode", "--model", model, "--prompts", PROMPTS, "--output",
+                 os.path.join(WORK, "x.jsonl"), "--kv-cache-mb", "1000000000"], np=2)
+        self.assertOneError(r, "cannot map the KV cache", "lower --kv-cache-mb")
+
     def test_mismatched_checkpoints_across_ranks(self):
         # Same shapes, another rope_theta: only the Hello fingerprint can tell.
         model = make_model("gqa", "--attention", "gqa")
