@@ -76,9 +76,10 @@ enum class Bf16Math {
   // (to nearest even; |x| below 2^-126 becomes ±0), and each of 16 lanes adds a pair of
   // exact bf16 products per 32 elements of `in`, lane j taking k ≡ 2j, 2j + 1 (mod 32);
   // then the lane tree and the bias as above. Twice the multiply-adds per instruction and no
-  // widening: batches that are FMA-bound (n ≳ 8) run about twice as fast. The rounding of x
-  // costs ~3 significant decimal digits per product (relative 2^-9), not bits of the sum's
-  // order; results are still batch-invariant, but differ from kExact's. Needs AVX512-BF16.
+  // widening: at n = 16 a call took ~0.7× the kExact time in matmul_bench (W streaming then
+  // limits it), but at n = 1 on rows of ≤ 2048 it streams ~20% slower. Each x keeps a relative
+  // error ≤ 2^-9; results are still batch-invariant, but differ from kExact's. Needs
+  // AVX512-BF16.
   kDot,
 };
 const char* Bf16MathName(Bf16Math math);  // "exact", "dot"

@@ -20,6 +20,29 @@
 namespace shardlm::matmul_internal {
 namespace {
 
+// One prefetch turn of a tile (TileArgs): for each of its kC weight rows, the line at
+// w + c·ws + at_l1 into L1 (when at_l1 ≠ 0) and the line at w + c·ws + at_l2 into L2 (when
+// at_l2 ≠ 0). Plain SSE, so every kernel's target can inline it. The empty volatile asm is a
+// side effect: GCC counts prefetches as none, deduces a function made only of them `const`
+// and deletes its calls; that happened to this helper's first version in every 16-bit tile
+// (BF16 batch 1: 33 → 21 GB/s). attention/decode_core.cc's PrefetchRange has the same note.
+template <int kC, class Elem>
+inline void PrefetchTurn(const Elem* w, int64_t ws, int64_t at_l1, int64_t at_l2) {
+  if (at_l1 != 0) {
+#pragma GCC unroll 8
+    for (int c = 0; c < kC; ++c) {
+      _mm_prefetch(reinterpret_cast<const char*>(w + c * ws + at_l1), _MM_HINT_T0);
+    }
+  }
+  if (at_l2 != 0) {
+#pragma GCC unroll 8
+    for (int c = 0; c < kC; ++c) {
+      _mm_prefetch(reinterpret_cast<const char*>(w + c * ws + at_l2), _MM_HINT_T1);
+    }
+  }
+  asm volatile("");
+}
+
 // 16 lanes per zmm; R·C accumulators + C weights + 1 x ≤ 32 registers. K tail: zero-masked
 // loads (which never touch memory past the row end), so the tail lanes see fma(0, 0, a) = a
 // and the active lanes the same FMA as a full step. 16-bit weights: 16 elements (32 bytes)
@@ -96,30 +119,16 @@ struct Avx512 {
     const float* const x = static_cast<const float*>(t.x);
     const Elem* const w = static_cast<const Elem*>(t.w);
     const int64_t xs = t.x_stride, ws = t.w_stride, len = t.len, pf = t.prefetch_offset;
+    // F32 weights skip the L2 prefetch: no gain measured (see TileArgs).
     const int64_t pf2 = std::is_same_v<Fmt, F32W> ? 0 : t.l2_prefetch_offset;
     __m512 a[kR][kC];
     LoadAcc<kR, kC, kCStride>(t.acc, a);
     int turn = t.prefetch_phase + 1;
     int64_t k = 0;
     for (; k + kLanes <= len; k += kLanes) {
-      // The prefetches stay written out in each tile: GCC counts a prefetch as no side
-      // effect, so a helper made only of prefetches is deduced `const` and its calls are
-      // deleted (it happened to every 16-bit instantiation: BF16 batch 1 fell from 33 to
-      // 21 GB/s). attention/decode_core.cc's PrefetchRange has the same note.
       if (k % kLine == 0 && --turn == 0) {
         turn = t.prefetch_period;
-        if (pf != 0) {
-#pragma GCC unroll 8
-          for (int c = 0; c < kC; ++c) {
-            _mm_prefetch(reinterpret_cast<const char*>(w + c * ws + k + pf), _MM_HINT_T0);
-          }
-        }
-        if (pf2 != 0) {
-#pragma GCC unroll 8
-          for (int c = 0; c < kC; ++c) {
-            _mm_prefetch(reinterpret_cast<const char*>(w + c * ws + k + pf2), _MM_HINT_T1);
-          }
-        }
+        PrefetchTurn<kC>(w, ws, pf != 0 ? k + pf : 0, pf2 != 0 ? k + pf2 : 0);
       }
       // The empty asm statements keep each loaded vector in a register: without them GCC
       // folds the loads into the FMAs and loads every x (or w) vector C (or R) times, which
@@ -157,8 +166,8 @@ struct Avx512 {
 // Bf16Math::kDot (matmul.h): bf16 weights times x rounded to bf16, with AVX512-BF16's
 // vdpbf16ps, which multiplies 32 bf16 pairs and adds each lane's two products into its f32
 // accumulator: lane j of a 32-element step takes k = 2j and 2j + 1. That is 32 multiply-adds
-// per instruction where the widening kernel does 16, and no widening, so a batch that is
-// FMA-bound runs in about half the time. Drive packs x to bf16 once per call (PackX), zero-
+// per instruction where the widening kernel does 16, and no widening (see Bf16Math::kDot for
+// what that measured). Drive packs x to bf16 once per call (PackX), zero-
 // padded to whole steps; the W tail is a zero-masked 16-bit load. Everything else, the
 // blocking, prefetch turns, spills and the lane tree, is the f32 kernel's.
 struct Avx512Bf16Dot {
@@ -199,8 +208,8 @@ struct Avx512Bf16Dot {
     constexpr int64_t kStep = 32;  // bf16 per zmm: one 64-byte line per row and step
     const uint16_t* const x = static_cast<const uint16_t*>(t.x);
     const uint16_t* const w = static_cast<const uint16_t*>(t.w);
-    const int64_t xs = t.x_stride, ws = t.w_stride, len = t.len, pf = t.prefetch_offset;
-    const int64_t pf2 = std::is_same_v<Fmt, F32W> ? 0 : t.l2_prefetch_offset;
+    const int64_t xs = t.x_stride, ws = t.w_stride, len = t.len, pf = t.prefetch_offset,
+                  pf2 = t.l2_prefetch_offset;
     __m512 a[kR][kC];
     Avx512::LoadAcc<kR, kC, kCStride>(t.acc, a);
     int turn = t.prefetch_phase + 1;
@@ -208,18 +217,7 @@ struct Avx512Bf16Dot {
     for (; k + kStep <= len; k += kStep) {
       if (--turn == 0) {
         turn = t.prefetch_period;
-        if (pf != 0) {
-#pragma GCC unroll 8
-          for (int c = 0; c < kC; ++c) {
-            _mm_prefetch(reinterpret_cast<const char*>(w + c * ws + k + pf), _MM_HINT_T0);
-          }
-        }
-        if (pf2 != 0) {
-#pragma GCC unroll 8
-          for (int c = 0; c < kC; ++c) {
-            _mm_prefetch(reinterpret_cast<const char*>(w + c * ws + k + pf2), _MM_HINT_T1);
-          }
-        }
+        PrefetchTurn<kC>(w, ws, pf != 0 ? k + pf : 0, pf2 != 0 ? k + pf2 : 0);
       }
       // Registers pinned as in Avx512::Tile.
       __m512bh wv[kC];
@@ -297,6 +295,7 @@ struct Avx2Fma {
     const float* const x = static_cast<const float*>(t.x);
     const Elem* const w = static_cast<const Elem*>(t.w);
     const int64_t xs = t.x_stride, ws = t.w_stride, len = t.len, pf = t.prefetch_offset;
+    // F32 weights skip the L2 prefetch: no gain measured (see TileArgs).
     const int64_t pf2 = std::is_same_v<Fmt, F32W> ? 0 : t.l2_prefetch_offset;
     float* const acc = t.acc;
     __m256 a[kR][kC];
@@ -311,19 +310,7 @@ struct Avx2Fma {
       // A turn covers one 64-byte line per row: every other 8-float step.
       if (k % kLine == 0 && --turn == 0) {
         turn = t.prefetch_period;
-        if (pf != 0) {
-#pragma GCC unroll 8
-          for (int c = 0; c < kC; ++c) {
-            _mm_prefetch(reinterpret_cast<const char*>(w + c * ws + k + pf), _MM_HINT_T0);
-          }
-        }
-        // Not for F32 weights, where it measured no gain (see TileArgs).
-        if (!std::is_same_v<Fmt, F32W> && pf2 != 0) {
-#pragma GCC unroll 8
-          for (int c = 0; c < kC; ++c) {
-            _mm_prefetch(reinterpret_cast<const char*>(w + c * ws + k + pf2), _MM_HINT_T1);
-          }
-        }
+        PrefetchTurn<kC>(w, ws, pf != 0 ? k + pf : 0, pf2 != 0 ? k + pf2 : 0);
       }
       __m256 wv[kC];
 #pragma GCC unroll 8
