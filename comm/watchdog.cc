@@ -263,8 +263,12 @@ void Watchdog::Reported() { Stop('Q'); }
 void Watchdog::Broadcast(const std::string& bytes) {
   for (auto& p : peers_) {
     // A rank >= 2 says nothing on its second link: rank 1 must not take that
-    // rank's 'Q' or 'S' for the job's end while rank 0 may be dead.
-    if (p->rank >= 0 && !(p->second && rank_ >= 2)) SendAll(p->fd, bytes);
+    // rank's 'Q' or 'S' for the job's end while rank 0 may be dead. Peers whose
+    // hello is still unread get the bytes too: in a short job the goodbye can come
+    // before this rank's loop has read a hello, and a peer left without it would
+    // take this rank's end of stream for a death (a stray connection just gets
+    // a byte it ignores).
+    if (!(p->second && rank_ >= 2)) SendAll(p->fd, bytes);
   }
 }
 
@@ -366,6 +370,17 @@ void Watchdog::OnHello(Peer& peer) {
   }
 }
 
+void Watchdog::AcceptPending() {
+  if (listen_fd_ < 0) return;
+  int fd;
+  while ((fd = accept4(listen_fd_, nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK)) >= 0) {
+    EnableKeepAlive(fd);
+    auto peer = std::make_unique<Peer>();
+    peer->fd = fd;
+    peers_.push_back(std::move(peer));
+  }
+}
+
 void Watchdog::Loop() {
   while (true) {
     std::vector<pollfd> fds = {{wake_read_, POLLIN, 0}};
@@ -392,6 +407,9 @@ void Watchdog::Loop() {
     unsigned char wake = 0;
     if (fds[0].revents != 0 && read(wake_read_, &wake, 1) == 1) {
       if (wake == kWakeStop || wake == kWakeReported) {
+        // Ranks whose connection this loop has not accepted yet (a short job) get the
+        // goodbye too: closing the listener would reset them, which reads as a death.
+        AcceptPending();
         Broadcast(wake == kWakeStop ? "F" : "Q");
         return;
       }
@@ -443,15 +461,7 @@ void Watchdog::Loop() {
       close(peers_[*it]->fd);
       peers_.erase(peers_.begin() + static_cast<std::ptrdiff_t>(*it));
     }
-    if (listen_fd_ >= 0 && fds[1].revents != 0) {
-      const int fd = accept4(listen_fd_, nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK);
-      if (fd >= 0) {
-        EnableKeepAlive(fd);
-        auto peer = std::make_unique<Peer>();
-        peer->fd = fd;
-        peers_.push_back(std::move(peer));
-      }
-    }
+    if (listen_fd_ >= 0 && fds[1].revents != 0) AcceptPending();
     // Signals last: a peer's death and a signal in one wake-up most likely mean
     // mpirun is ending the job because of that death, so the death is reported.
     // After rank 0's death it is mpirun ending the job: keep waiting (bounded) for

@@ -76,6 +76,7 @@ class Watchdog {
   void HandlePeerEnd(Peer& peer, bool host_gone);
   void HandlePeerStatus(Peer& peer, char code, int sig);
   void OnHello(Peer& peer);  // a complete hello line arrived
+  void AcceptPending();      // every connection waiting on the listener becomes a peer
   void Connect(const std::string& offer, int to);  // start-up: join rank `to`'s listener
   [[noreturn]] void ReportRank0Death();            // rank 0 (and maybe rank 1) died: quit
   void Broadcast(const std::string& bytes);
