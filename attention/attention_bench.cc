@@ -1,12 +1,18 @@
 // Decode-attention bandwidth bench (issue 5): for each family, contexts 1k/8k/32k
 // and batches 1/16, one decode token per sequence over a paged cache with
-// page_size 16 and shuffled block tables, at 1 and 2 compute threads.
+// page_size 16 (--page-size) and shuffled block tables, at 1 and 2 compute threads.
+// The pool is mapped and advised into transparent huge pages, as the engine's
+// PagedKvCache is (attention/kv_cache.cc).
 //
 // Decode attention is memory-bound: every cached row of a sequence's context is
 // read once per step. The figure of merit is cache bytes read / time, printed
 // next to a plain-read probe (the napkin bound: what one streaming pass over
 // memory achieves with the same threads), measured in alternation with the
-// kernel in the same run, and as a fraction of it. Timings are the best of
+// kernel in the same run, and as a fraction of it. A second probe, `pages`, reads
+// exactly the rows the kernel reads, page by page in block-table order, with no
+// arithmetic: the ceiling of any kernel over shuffled pages of this size (each page
+// is a jump the hardware prefetchers must find again). `of_pg` is the kernel's
+// fraction of that. Timings are the best of
 // several repetitions (the machine is shared). `fma/B` is the arithmetic per
 // cache byte: where it is high (MLA: all 32 heads dot and accumulate the whole
 // 512-float latent of every row) the kernel is FMA-bound before memory-bound.
@@ -17,9 +23,16 @@
 // when a configuration needs more pages, tables reuse pool pages, but each
 // sequence alone still spans far more than the last-level cache.
 //
-// usage: attention_bench [--quick] [--family=NAME] [--threads=T]
+// --hot instead reuses one block-table set at contexts 64, 128 and 1024, so the rows
+// come from L2 (or L3): the kernel's compute rate, which bounds what it can reach
+// from memory however well its reads overlap.
+//
+// usage: attention_bench [--quick] [--hot] [--family=NAME] [--threads=T] [--page-size=N]
 //   --quick: 1k and 8k only, fewer repetitions; --family: gqa, gta, mla or gla only;
-//   --threads: that thread count only (default: 1 and 2)
+//   --threads: that thread count only (default: 1 and 2); --page-size: rows per page
+//   (default 16, as `shardlm decode`)
+#include <sys/mman.h>
+
 #include <algorithm>
 #include <chrono>
 #include <cstdint>
@@ -38,7 +51,7 @@
 namespace shardlm {
 namespace {
 
-constexpr int64_t kPageSize = 16;
+constexpr int64_t kDefaultPageSize = 16;
 constexpr int64_t kPoolBytes = int64_t{512} << 20;
 // Floats the probe reads per repetition: 128 MB, far beyond the last-level cache.
 constexpr int64_t kProbeFloats = (int64_t{128} << 20) / sizeof(float);
@@ -109,6 +122,55 @@ float ReadProbe(const float* p, int64_t n) {
   return s;
 }
 
+// Reads every row each token's kernel call reads, page run by page run in block-table
+// order, tokens split over the compute threads as the kernel splits its work.
+float ReadPages(const CacheView& cache, std::span<const QueryToken> tokens) {
+  std::vector<float> sums(tokens.size(), 0.0f);
+  ParallelFor(static_cast<int64_t>(tokens.size()), 1, [&](int64_t b, int64_t e) {
+    for (int64_t t = b; t < e; ++t) {
+      const QueryToken& token = tokens[t];
+      for (int64_t pos = 0; pos <= token.pos;) {
+        const int64_t n = std::min(cache.page_size - pos % cache.page_size, token.pos - pos + 1);
+        const float* row = cache.pool + (token.block_table[pos / cache.page_size] *
+                                             cache.page_size + pos % cache.page_size) *
+                                            cache.row_floats;
+        sums[t] += ReadProbeRange(row, n * cache.row_floats);
+        pos += n;
+      }
+    }
+  });
+  float s = 0.0f;
+  for (const float x : sums) s += x;
+  return s;
+}
+
+// The cache pool: an anonymous mapping advised into transparent huge pages, like
+// PagedKvCache's pools (a std::vector would sit in 4 KiB pages, which read ~25%
+// slower here even in one contiguous pass).
+class Pool {
+ public:
+  explicit Pool(int64_t floats) : floats_(floats) {
+    const size_t bytes = static_cast<size_t>(floats) * sizeof(float);
+    void* p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) {
+      std::perror("mmap");
+      std::exit(1);
+    }
+#ifdef MADV_HUGEPAGE
+    (void)madvise(p, bytes, MADV_HUGEPAGE);
+#endif
+    data_ = static_cast<float*>(p);
+  }
+  ~Pool() { munmap(data_, static_cast<size_t>(floats_) * sizeof(float)); }
+  Pool(const Pool&) = delete;
+  Pool& operator=(const Pool&) = delete;
+  std::span<float> span() { return {data_, static_cast<size_t>(floats_)}; }
+
+ private:
+  int64_t floats_;
+  float* data_;
+};
+
 // Best times of the kernel and of the probe, measured in alternation so that
 // both see the same share of a machine shared with other work: repetitions go on
 // for at least `min_seconds` (and 5 rounds), and the minimum of each is kept.
@@ -118,10 +180,11 @@ float ReadProbe(const float* p, int64_t n) {
 struct Timing {
   double kernel_s = 1e30;  // EffectiveSeconds
   double probe_s = 1e30;
+  double pages_s = 1e30;  // the page-order probe
   double kernel_wall_s = 1e30;
 };
-Timing Measure(const std::function<void(int)>& kernel, const std::vector<float>& pool,
-               int64_t probe_floats, double min_seconds) {
+Timing Measure(const std::function<void(int)>& kernel, const std::function<float(int)>& pages,
+               std::span<const float> pool, int64_t probe_floats, double min_seconds) {
   kernel(0);  // warm-up: scratch allocation, page faults
   const int threads = ComputeThreads();
   Timing best;
@@ -137,6 +200,9 @@ Timing Measure(const std::function<void(int)>& kernel, const std::vector<float>&
     t0 = CpuNow();
     sink += ReadProbe(pool.data() + (rep % slots) * probe_floats, probe_floats);
     best.probe_s = std::min(best.probe_s, EffectiveSeconds(t0, CpuNow(), threads));
+    t0 = CpuNow();
+    sink += pages(rep + 1);
+    best.pages_s = std::min(best.pages_s, EffectiveSeconds(t0, CpuNow(), threads));
   }
   if (sink == 12345.0f) std::printf(" ");
   return best;
@@ -151,7 +217,7 @@ struct Family {
   std::function<void(const CacheView&, std::span<const QueryToken>, const float*, float*)> run;
 };
 
-void FillUniform(std::vector<float>& v, uint64_t seed) {
+void FillUniform(std::span<float> v, uint64_t seed) {
   Rng rng(seed);
   // A cheap generator is enough: values only need to be finite and varied.
   uint32_t x = static_cast<uint32_t>(rng.NextU64()) | 1;
@@ -165,18 +231,22 @@ void FillUniform(std::vector<float>& v, uint64_t seed) {
 
 struct Options {
   bool quick = false;
+  bool hot = false;    // rows from the caches: see the top comment
   std::string family;  // empty: all
   int threads = 0;     // 0: 1 and 2
+  int64_t page_size = kDefaultPageSize;
 };
 
 void RunFamily(const Family& fam, const Options& opt) {
   if (!opt.family.empty() && opt.family != fam.name) return;
   const bool quick = opt.quick;
+  const int64_t page_size = opt.page_size;
   const int64_t row_bytes = fam.row_floats * static_cast<int64_t>(sizeof(float));
-  const int64_t num_pages = kPoolBytes / (kPageSize * row_bytes);
-  std::vector<float> pool(static_cast<size_t>(num_pages * kPageSize * fam.row_floats));
+  const int64_t num_pages = kPoolBytes / (page_size * row_bytes);
+  Pool pool_memory(num_pages * page_size * fam.row_floats);
+  const std::span<float> pool = pool_memory.span();
   FillUniform(pool, 1);
-  const CacheView cache{pool.data(), num_pages, kPageSize, fam.row_floats};
+  const CacheView cache{pool.data(), num_pages, page_size, fam.row_floats};
   std::vector<int32_t> ids(static_cast<size_t>(num_pages));
   for (int64_t i = 0; i < num_pages; ++i) ids[i] = static_cast<int32_t>(i);
   Rng rng(7);
@@ -185,22 +255,25 @@ void RunFamily(const Family& fam, const Options& opt) {
   const double min_seconds = quick ? 0.1 : 0.3;
   std::vector<int64_t> contexts = {1024, 8192, 32768};
   if (quick) contexts.pop_back();
+  if (opt.hot) contexts = {64, 128, 1024};
   for (const int threads : {1, 2}) {
     if (opt.threads != 0 && threads != opt.threads) continue;
     SetComputeThreads(threads);
     for (const int64_t ctx : contexts) {
       for (const int64_t batch : {1, 16}) {
         const int64_t bytes = batch * ctx * row_bytes;
+        if (opt.hot && bytes > (int64_t{16} << 20)) continue;  // would not stay in the caches
         // Enough disjoint table sets that consecutive repetitions touch ≥ 256 MB, far
         // beyond the last-level cache (a step reads every layer before this one again).
-        const int64_t sets = std::clamp<int64_t>((int64_t{256} << 20) / bytes, 1, 64);
+        const int64_t sets =
+            opt.hot ? 1 : std::clamp<int64_t>((int64_t{256} << 20) / bytes, 1, 64);
         std::vector<std::vector<std::vector<int32_t>>> tables(static_cast<size_t>(sets));
         std::vector<std::vector<QueryToken>> tokens(static_cast<size_t>(sets));
         size_t next = 0;
         for (int64_t set = 0; set < sets; ++set) {
           tables[set].resize(static_cast<size_t>(batch));
           for (auto& table : tables[set]) {
-            for (int64_t b = 0; b < (ctx + kPageSize - 1) / kPageSize; ++b) {
+            for (int64_t b = 0; b < (ctx + page_size - 1) / page_size; ++b) {
               table.push_back(ids[next++ % ids.size()]);
             }
           }
@@ -210,16 +283,19 @@ void RunFamily(const Family& fam, const Options& opt) {
         std::vector<float> out(static_cast<size_t>(batch * fam.out_floats));
         FillUniform(q, 2);
         const Timing t = Measure(
-            [&](int rep) { fam.run(cache, tokens[rep % sets], q.data(), out.data()); }, pool,
+            [&](int rep) { fam.run(cache, tokens[rep % sets], q.data(), out.data()); },
+            [&](int rep) { return ReadPages(cache, tokens[(rep + sets / 2) % sets]); }, pool,
             kProbeFloats, min_seconds);
         const double gbps = static_cast<double>(bytes) / t.kernel_s / 1e9;
         const double probe = static_cast<double>(kProbeFloats) * sizeof(float) / t.probe_s / 1e9;
+        const double pages = static_cast<double>(bytes) / t.pages_s / 1e9;
         const double wall_gbps = static_cast<double>(bytes) / t.kernel_wall_s / 1e9;
-        std::printf("%-4s %7lld %5lld %7d %9.1f %9.3f %8.2f %8.2f %6.0f%% %6.2f %8.2f\n",
-                    fam.name.c_str(), static_cast<long long>(ctx), static_cast<long long>(batch),
-                    threads, static_cast<double>(bytes) / 1e6, t.kernel_s * 1e3, gbps, probe,
-                    100.0 * gbps / probe, fam.fma_per_row / static_cast<double>(row_bytes),
-                    wall_gbps);
+        std::printf(
+            "%-4s %7lld %5lld %7d %9.1f %9.3f %8.2f %8.2f %6.0f%% %8.2f %6.0f%% %6.2f %8.2f\n",
+            fam.name.c_str(), static_cast<long long>(ctx), static_cast<long long>(batch), threads,
+            static_cast<double>(bytes) / 1e6, t.kernel_s * 1e3, gbps, probe, 100.0 * gbps / probe,
+            pages, 100.0 * gbps / pages, fam.fma_per_row / static_cast<double>(row_bytes),
+            wall_gbps);
         std::fflush(stdout);
       }
     }
@@ -236,21 +312,36 @@ int main(int argc, char** argv) {
     const std::string arg = argv[i];
     if (arg == "--quick") {
       options.quick = true;
+    } else if (arg == "--hot") {
+      options.hot = true;
     } else if (arg.rfind("--family=", 0) == 0) {
       options.family = arg.substr(9);
     } else if (arg.rfind("--threads=", 0) == 0) {
       options.threads = std::stoi(arg.substr(10));
+    } else if (arg.rfind("--page-size=", 0) == 0) {
+      options.page_size = std::stoll(arg.substr(12));
+      if (options.page_size < 1 || options.page_size > 4096) {
+        std::fprintf(stderr, "attention_bench: --page-size must be in [1, 4096]\n");
+        return 2;
+      }
     } else {
-      std::fprintf(stderr, "usage: attention_bench [--quick] [--family=NAME] [--threads=T]\n");
+      std::fprintf(stderr,
+                   "usage: attention_bench [--quick] [--hot] [--family=NAME] [--threads=T] "
+                   "[--page-size=N]\n");
       return 2;
     }
   }
-  std::printf("decode attention, one token per sequence, page_size %lld, shuffled pages, fp32\n",
-              static_cast<long long>(kPageSize));
-  std::printf("ms, GB/s, probe: from per-thread CPU time, best of repetitions (EffectiveSeconds); "
-              "wall: GB/s by wall clock\n");
-  std::printf("%-4s %7s %5s %7s %9s %9s %8s %8s %7s %6s %8s\n", "fam", "context", "batch",
-              "threads", "cache_MB", "ms", "GB/s", "probe", "frac", "fma/B", "wall");
+  std::printf(
+      "decode attention, one token per sequence, page_size %lld, shuffled pages in huge pages, "
+      "fp32%s\n",
+      static_cast<long long>(options.page_size),
+      options.hot ? "; --hot: one table set, rows from the caches" : "");
+  std::printf("ms, GB/s, probe, pages: from per-thread CPU time, best of repetitions "
+              "(EffectiveSeconds); frac: GB/s / probe; of_pg: GB/s / pages; wall: GB/s by wall "
+              "clock\n");
+  std::printf("%-4s %7s %5s %7s %9s %9s %8s %8s %7s %8s %7s %6s %8s\n", "fam", "context",
+              "batch", "threads", "cache_MB", "ms", "GB/s", "probe", "frac", "pages", "of_pg",
+              "fma/B", "wall");
 
   // GQA, paper-m-like: h_q 32, h_kv 8, d_h 128. Per row and query head: d_h for the
   // score, d_h for the value.
