@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "base/weight_alloc.h"
 #include "engine/matmul.h"
 
 namespace shardlm {
@@ -17,8 +18,9 @@ struct Linear {
   int64_t out = 0;
   int64_t in = 0;
   WeightType dtype = WeightType::kF32;
-  std::vector<float> w;       // [out, in] when dtype == kF32, else empty
-  std::vector<uint16_t> w16;  // [out, in] when dtype is kBF16 or kF16, else empty
+  // In cache-line-aligned, huge-page-advised buffers (base/weight_alloc.h).
+  WeightVector<float> w;        // [out, in] when dtype == kF32, else empty
+  WeightVector<uint16_t> w16;   // [out, in] when dtype is kBF16 or kF16, else empty
   std::vector<float> b;       // [out], or empty when the layer has no bias
 
   // The stored weights, as SkinnyMatMul takes them with `dtype`.

@@ -18,7 +18,8 @@ Linear RandomLinear(Rng& rng, int64_t out, int64_t in, bool bias) {
   Linear w;
   w.out = out;
   w.in = in;
-  w.w = rng.UniformVector(static_cast<size_t>(out * in), -1.0f, 1.0f);
+  const std::vector<float> values = rng.UniformVector(static_cast<size_t>(out * in), -1.0f, 1.0f);
+  w.w.assign(values.begin(), values.end());
   if (bias) w.b = rng.UniformVector(static_cast<size_t>(out), -1.0f, 1.0f);
   return w;
 }
