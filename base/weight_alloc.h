@@ -2,7 +2,13 @@
 // 64-byte vector load never spans two), and buffers of 2 MiB or more 2 MiB-aligned and advised
 // into transparent huge pages (MADV_HUGEPAGE; advice only, honoured where the system allows
 // it). A decode step streams every weight once, and in 4 KiB pages that stream is cut every
-// 4 KiB by a TLB miss and a restart of the hardware prefetcher.
+// 4 KiB by a TLB miss and a restart of the hardware prefetcher. A std::vector's large buffer
+// starts 16 bytes into its mapping, so every 64-byte load of it spanned two lines.
+//
+// Measured (docs/BENCHMARKS.md, session 5): 16-layer paper-m BF16 batch 1 ~4% faster, the
+// rest within this VM's noise. The cost: a buffer of 2 MiB and up is rounded up to a whole
+// number of 2 MiB, and its last huge page may be backed whole, so up to 2 MiB of memory per
+// such buffer (a few % of a model's weights) is taken and not used.
 #ifndef SHARDLM_BASE_WEIGHT_ALLOC_H_
 #define SHARDLM_BASE_WEIGHT_ALLOC_H_
 
