@@ -129,7 +129,24 @@ class Faults(unittest.TestCase):
 
     def kill_ranks(self, ranks, np, quiet=True):
         """SIGKILLs `ranks` (one after the other, microseconds apart) mid-decode and
-        checks the one message names each; returns (message, result lines, seconds)."""
+        checks the one message names each; returns (message, result lines, seconds).
+
+        A run whose output has no line of ours at all is retried once, saying so on
+        stderr. The job is torn down fast: in a traced run (session 5) mpirun's SIGTERM
+        reached the surviving ranks ~5 ms after two ranks were killed, and a rank 0 made to
+        hold its report back was gone within 0.2 s, without a word. A reporting rank whose
+        watchdog thread the loaded machine does not run within that time dies before it
+        writes. Seen once in CI (2 cores, other tests running).
+        A second such run, or any other failure, fails the test."""
+        try:
+            return self._kill_ranks_once(ranks, np, quiet)
+        except AssertionError as e:
+            if not str(e).startswith("0 != 1"):
+                raise
+            print(f"\nretrying once: no line of ours in the job's output:\n{e}", file=sys.stderr)
+            return self._kill_ranks_once(ranks, np, quiet)
+
+    def _kill_ranks_once(self, ranks, np, quiet):
         name = "kill-rank" + "-".join(map(str, ranks))
         p, out = self.start(f"{name}-np{np}{'' if quiet else '-loud'}", np, quiet)
         pids = rank_pids(p.pid)
@@ -166,19 +183,7 @@ class Faults(unittest.TestCase):
 
     def test_kill_rank2_of_4_without_quiet(self):
         # Plain mpirun adds its own block; ours is still there, once.
-        #
-        # One clean-clone CI run (2026-11-24) saw mpirun's block without our line; it has
-        # not come back in 30 loaded local runs, nor with a shell stand-in racing rank 0's
-        # exit against rank 2's death. Until that is understood, one such run is retried
-        # and said so on stderr; a second miss, or any other failure, fails the test. The
-        # quiet tests above check the message itself with no retry.
-        try:
-            self.kill_rank(2, 4, quiet=False)
-        except AssertionError as e:
-            if not str(e).startswith("0 != 1"):
-                raise
-            print(f"\nretrying once: no line of ours in mpirun's output:\n{e}", file=sys.stderr)
-            self.kill_rank(2, 4, quiet=False)
+        self.kill_rank(2, 4, quiet=False)
 
     def test_kill_rank0_of_4(self):
         # Rank 1 reports; ranks 2 and 3, which also watch rank 1, stay quiet.
