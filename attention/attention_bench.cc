@@ -1,8 +1,8 @@
 // Decode-attention bandwidth bench (issue 5): for each family, contexts 1k/8k/32k
 // and batches 1/16, one decode token per sequence over a paged cache with
 // page_size 16 (--page-size) and shuffled block tables, at 1 and 2 compute threads.
-// The pool is mapped and advised into transparent huge pages, as the engine's
-// PagedKvCache is (attention/kv_cache.cc).
+// The pool is the engine's PagedKvCache (one layer), so it is mapped and advised into
+// transparent huge pages as decode's is (attention/kv_cache.cc).
 //
 // Decode attention is memory-bound: every cached row of a sequence's context is
 // read once per step. The figure of merit is cache bytes read / time, printed
@@ -31,8 +31,6 @@
 //   --quick: 1k and 8k only, fewer repetitions; --family: gqa, gta, mla or gla only;
 //   --threads: that thread count only (default: 1 and 2); --page-size: rows per page
 //   (default 16, as `shardlm decode`)
-#include <sys/mman.h>
-
 #include <algorithm>
 #include <chrono>
 #include <cstdint>
@@ -131,10 +129,7 @@ float ReadPages(const CacheView& cache, std::span<const QueryToken> tokens) {
       const QueryToken& token = tokens[t];
       for (int64_t pos = 0; pos <= token.pos;) {
         const int64_t n = std::min(cache.page_size - pos % cache.page_size, token.pos - pos + 1);
-        const float* row = cache.pool + (token.block_table[pos / cache.page_size] *
-                                             cache.page_size + pos % cache.page_size) *
-                                            cache.row_floats;
-        sums[t] += ReadProbeRange(row, n * cache.row_floats);
+        sums[t] += ReadProbeRange(cache.Row(token.block_table, pos), n * cache.row_floats);
         pos += n;
       }
     }
@@ -143,33 +138,6 @@ float ReadPages(const CacheView& cache, std::span<const QueryToken> tokens) {
   for (const float x : sums) s += x;
   return s;
 }
-
-// The cache pool: an anonymous mapping advised into transparent huge pages, like
-// PagedKvCache's pools (a std::vector would sit in 4 KiB pages, which read ~25%
-// slower here even in one contiguous pass).
-class Pool {
- public:
-  explicit Pool(int64_t floats) : floats_(floats) {
-    const size_t bytes = static_cast<size_t>(floats) * sizeof(float);
-    void* p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (p == MAP_FAILED) {
-      std::perror("mmap");
-      std::exit(1);
-    }
-#ifdef MADV_HUGEPAGE
-    (void)madvise(p, bytes, MADV_HUGEPAGE);
-#endif
-    data_ = static_cast<float*>(p);
-  }
-  ~Pool() { munmap(data_, static_cast<size_t>(floats_) * sizeof(float)); }
-  Pool(const Pool&) = delete;
-  Pool& operator=(const Pool&) = delete;
-  std::span<float> span() { return {data_, static_cast<size_t>(floats_)}; }
-
- private:
-  int64_t floats_;
-  float* data_;
-};
 
 // Best times of the kernel and of the probe, measured in alternation so that
 // both see the same share of a machine shared with other work: repetitions go on
@@ -243,10 +211,16 @@ void RunFamily(const Family& fam, const Options& opt) {
   const int64_t page_size = opt.page_size;
   const int64_t row_bytes = fam.row_floats * static_cast<int64_t>(sizeof(float));
   const int64_t num_pages = kPoolBytes / (page_size * row_bytes);
-  Pool pool_memory(num_pages * page_size * fam.row_floats);
-  const std::span<float> pool = pool_memory.span();
+  // In huge pages, as decode's pools (a std::vector would sit in 4 KiB pages, which read
+  // ~25% slower here even in one contiguous pass).
+  PagedKvCache pool_memory(1, num_pages, page_size, fam.row_floats);
+  if (!pool_memory.status().ok()) {
+    std::fprintf(stderr, "attention_bench: %s\n", pool_memory.status().ToString().c_str());
+    std::exit(1);
+  }
+  const CacheView cache = pool_memory.Layer(0);
+  const std::span<float> pool(cache.pool, static_cast<size_t>(num_pages * page_size * fam.row_floats));
   FillUniform(pool, 1);
-  const CacheView cache{pool.data(), num_pages, page_size, fam.row_floats};
   std::vector<int32_t> ids(static_cast<size_t>(num_pages));
   for (int64_t i = 0; i < num_pages; ++i) ids[i] = static_cast<int32_t>(i);
   Rng rng(7);
