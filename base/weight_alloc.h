@@ -9,6 +9,11 @@
 // rest within this VM's noise. The cost: a buffer of 2 MiB and up is rounded up to a whole
 // number of 2 MiB, and its last huge page may be backed whole, so up to 2 MiB of memory per
 // such buffer (a few % of a model's weights) is taken and not used.
+//
+// Elements are default-initialized, so `resize` of a WeightVector of floats or integers leaves
+// them indeterminate instead of zeroing them: the loader overwrites every element with the
+// checkpoint's values right after sizing the buffer, and zeroing first wrote each page of the
+// weights twice. Give a value (`resize(n, 0)`, `assign`) where zeros are wanted.
 #ifndef SHARDLM_BASE_WEIGHT_ALLOC_H_
 #define SHARDLM_BASE_WEIGHT_ALLOC_H_
 
@@ -18,6 +23,7 @@
 #include <cstdlib>
 #include <cstdint>
 #include <new>
+#include <utility>
 #include <vector>
 
 namespace shardlm {
@@ -43,6 +49,17 @@ struct WeightAllocator {
     return static_cast<T*>(p);
   }
   void deallocate(T* p, size_t) { std::free(p); }
+
+  // Default-initialization for `resize(n)` and `WeightVector(n)`; any other construction is
+  // the usual placement new with the given arguments.
+  template <typename U>
+  void construct(U* p) {
+    ::new (static_cast<void*>(p)) U;
+  }
+  template <typename U, typename... Args>
+  void construct(U* p, Args&&... args) {
+    ::new (static_cast<void*>(p)) U(std::forward<Args>(args)...);
+  }
 
   template <typename U>
   bool operator==(const WeightAllocator<U>&) const {

@@ -21,7 +21,7 @@ TEST(WeightAllocatorTest, SmallBuffersAreCacheLineAligned) {
 TEST(WeightAllocatorTest, LargeBuffersAreHugePageAligned) {
   // 2 MiB and up; the tail beyond a multiple of 2 MiB is still usable.
   for (size_t floats : {size_t{1} << 19, (size_t{1} << 19) + 5, size_t{3} << 20}) {
-    WeightVector<float> v(floats);
+    WeightVector<float> v(floats, 0.0f);
     EXPECT_EQ(Address(v.data()) % (size_t{2} << 20), 0u) << floats;
     v.back() = 1.5f;
     EXPECT_EQ(v.front(), 0.0f);
@@ -34,6 +34,22 @@ TEST(WeightAllocatorTest, GrowingKeepsContentsAndAlignment) {
   for (int i = 0; i < 300000; ++i) v.push_back(static_cast<float>(i));
   EXPECT_EQ(Address(v.data()) % 64, 0u);
   for (int i = 0; i < 300000; i += 997) ASSERT_EQ(v[i], static_cast<float>(i));
+}
+
+TEST(WeightAllocatorTest, ResizeDoesNotWriteTheElements) {
+  // The loader sizes a buffer and then overwrites it, so resize must not zero it first: within
+  // the capacity, the old values are still there after a clear and a resize.
+  WeightVector<float> v(1000, 2.5f);
+  const float* data = v.data();
+  v.clear();
+  v.resize(1000);
+  ASSERT_EQ(v.data(), data);
+  for (size_t i = 0; i < v.size(); i += 37) ASSERT_EQ(v[i], 2.5f) << i;
+  // A value given is still used.
+  v.resize(1500, -1.0f);
+  EXPECT_EQ(v[999], 2.5f);
+  EXPECT_EQ(v[1000], -1.0f);
+  EXPECT_EQ(v[1499], -1.0f);
 }
 
 TEST(WeightAllocatorTest, ImpossibleSizeThrows) {
