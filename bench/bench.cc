@@ -93,6 +93,12 @@ struct Timing {
   double allreduce_share = 0.0;
   double gather_share = 0.0;                // the same for the logits Gatherv to rank 0
   double allreduce_seconds_per_step = 0.0;  // mean over ranks
+  // The same share without the waiting: each all-reduce call's time on the rank that arrived
+  // last, which barely waits (the minimum over ranks of that call's time), summed over the
+  // calls, over each rank's step time and averaged over ranks. What the transfer itself costs
+  // a step; allreduce_share minus this is the load imbalance between ranks that the
+  // collective absorbed (neighbours on a shared machine, uneven shards). ≤ allreduce_share.
+  double allreduce_transfer_share = 0.0;
 };
 
 // Runs `warmup` + `steps` forward passes of `batch`, each after a barrier, and
@@ -102,6 +108,7 @@ absl::StatusOr<Timing> TimeForward(Model& model, const ForwardBatch& batch, Page
   std::vector<float> logits;
   std::vector<int64_t> step_ns;
   int64_t own_ns = 0;
+  model.stats().record_allreduce_calls = true;
   for (int64_t s = 0; s < warmup + steps; ++s) {
     if (s == warmup) model.stats().Reset();  // the stats cover the timed steps only
     RETURN_IF_ERROR(comm.Barrier());
@@ -123,11 +130,29 @@ absl::StatusOr<Timing> TimeForward(Model& model, const ForwardBatch& batch, Page
   }
   RETURN_IF_ERROR(AgreeOnStatus(comm, finite));
 
-  const ForwardStats& stats = model.stats();
+  ForwardStats& stats = model.stats();
+  stats.record_allreduce_calls = false;
+  // Every rank makes the same all-reduce calls in the same order (they are collective), so
+  // the lists line up; the minimum over ranks is the negated maximum of the negated times.
+  std::vector<int64_t> call_ns = std::move(stats.allreduce_call_ns);
+  stats.allreduce_call_ns.clear();
+  ASSIGN_OR_RETURN(std::vector<int64_t> calls, AllRanks(comm, static_cast<int64_t>(call_ns.size())));
+  if (*std::min_element(calls.begin(), calls.end()) != *std::max_element(calls.begin(), calls.end())) {
+    return absl::InternalError("bench: the ranks made different numbers of all-reduce calls");
+  }
+  // This rank's time inside all-reduces, summed from the same integer call times, so that the
+  // sum of the per-call minima can never exceed it.
+  int64_t own_allreduce_ns = 0;
+  for (int64_t& ns : call_ns) {
+    own_allreduce_ns += ns;
+    ns = -ns;
+  }
+  RETURN_IF_ERROR(comm.AllReduceMax(call_ns));
+  int64_t transfer_ns = 0;
+  for (const int64_t ns : call_ns) transfer_ns -= ns;
   RETURN_IF_ERROR(comm.AllReduceMax(step_ns));
   ASSIGN_OR_RETURN(std::vector<int64_t> own, AllRanks(comm, own_ns));
-  ASSIGN_OR_RETURN(std::vector<int64_t> allreduce,
-                   AllRanks(comm, static_cast<int64_t>(stats.allreduce_seconds * 1e9)));
+  ASSIGN_OR_RETURN(std::vector<int64_t> allreduce, AllRanks(comm, own_allreduce_ns));
   ASSIGN_OR_RETURN(std::vector<int64_t> gather,
                    AllRanks(comm, static_cast<int64_t>(stats.gather_seconds * 1e9)));
   Timing t;
@@ -136,6 +161,7 @@ absl::StatusOr<Timing> TimeForward(Model& model, const ForwardBatch& batch, Page
   for (int r = 0; r < comm.size(); ++r) {
     const double own_r = std::max<double>(static_cast<double>(own[r]), 1.0);
     t.allreduce_share += static_cast<double>(allreduce[r]) / own_r / ranks;
+    t.allreduce_transfer_share += static_cast<double>(transfer_ns) / own_r / ranks;
     t.gather_share += static_cast<double>(gather[r]) / own_r / ranks;
   }
   t.allreduce_seconds_per_step =
@@ -523,6 +549,7 @@ absl::StatusOr<BenchRecord> MeasureDecode(Model& model, Comm& comm, const BenchO
   r.set_achieved_gbs_per_rank(static_cast<double>(read_max) / median_s / 1e9);
   r.set_roofline_fraction(r.achieved_gbs_per_rank() / roofline);
   r.set_allreduce_share(timing.allreduce_share);
+  r.set_allreduce_transfer_share(timing.allreduce_transfer_share);
   r.set_allreduce_ms_per_step(1e3 * timing.allreduce_seconds_per_step);
   r.set_gather_share(timing.gather_share);
   r.set_kv_cache_mb(options.kv_cache_mb);

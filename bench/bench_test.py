@@ -141,6 +141,11 @@ def check_record(r, config, np_, family):
     for share in ("allreduce_share", "gather_share"):
         check(0 <= r[share] <= 1, f"{tag}: {share} {r[share]}")
     check(r["allreduce_ms_per_step"] >= 0, f"{tag}: all-reduce ms")
+    # The transfer alone: per call the least any rank spent, so never more than the share
+    # with the waiting (proto3 JSON leaves out a field that is 0).
+    transfer = r.get("allreduce_transfer_share", 0.0)
+    check(0 <= transfer <= r["allreduce_share"] + 1e-12,
+          f"{tag}: transfer share {transfer} vs all-reduce share {r['allreduce_share']}")
     check(i("prefill_tokens") == PREFILL and r["prefill_tokens_per_s"] > 0, f"{tag}: prefill")
     check(i("parameters") > 0 and r["host"] != "", f"{tag}: provenance")
 

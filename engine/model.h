@@ -30,7 +30,17 @@ struct ForwardStats {
   int64_t allreduce_bytes = 0;
   double allreduce_seconds = 0.0;  // wall time inside AllReduceSum (includes waiting for peers)
   double gather_seconds = 0.0;     // wall time inside the logits Gatherv (not the LM-head matmul)
-  void Reset() { *this = ForwardStats(); }
+  // When set (the bench does, for its timed steps), the wall time of every AllReduceSum call
+  // in order, so that the ranks can compare call by call (see bench.cc, TimeForward). Off by
+  // default: a decode job's forward passes would grow it without bound.
+  bool record_allreduce_calls = false;
+  std::vector<int64_t> allreduce_call_ns;
+  // Zeroes the figures; keeps whether calls are recorded.
+  void Reset() {
+    const bool record = record_allreduce_calls;
+    *this = ForwardStats();
+    record_allreduce_calls = record;
+  }
 };
 
 class Model {
