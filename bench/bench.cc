@@ -136,8 +136,10 @@ absl::StatusOr<Timing> TimeForward(Model& model, const ForwardBatch& batch, Page
   // the lists line up; the minimum over ranks is the negated maximum of the negated times.
   std::vector<int64_t> call_ns = std::move(stats.allreduce_call_ns);
   stats.allreduce_call_ns.clear();
-  ASSIGN_OR_RETURN(std::vector<int64_t> calls, AllRanks(comm, static_cast<int64_t>(call_ns.size())));
-  if (*std::min_element(calls.begin(), calls.end()) != *std::max_element(calls.begin(), calls.end())) {
+  ASSIGN_OR_RETURN(std::vector<int64_t> calls,
+                   AllRanks(comm, static_cast<int64_t>(call_ns.size())));
+  if (*std::min_element(calls.begin(), calls.end()) !=
+      *std::max_element(calls.begin(), calls.end())) {
     return absl::InternalError("bench: the ranks made different numbers of all-reduce calls");
   }
   // This rank's time inside all-reduces, summed from the same integer call times, so that the
