@@ -219,7 +219,8 @@ void RunFamily(const Family& fam, const Options& opt) {
     std::exit(1);
   }
   const CacheView cache = pool_memory.Layer(0);
-  const std::span<float> pool(cache.pool, static_cast<size_t>(num_pages * page_size * fam.row_floats));
+  const std::span<float> pool(cache.pool,
+                              static_cast<size_t>(num_pages * page_size * fam.row_floats));
   FillUniform(pool, 1);
   std::vector<int32_t> ids(static_cast<size_t>(num_pages));
   for (int64_t i = 0; i < num_pages; ++i) ids[i] = static_cast<int32_t>(i);

@@ -142,19 +142,15 @@ absl::StatusOr<Timing> TimeForward(Model& model, const ForwardBatch& batch, Page
       *std::max_element(calls.begin(), calls.end())) {
     return absl::InternalError("bench: the ranks made different numbers of all-reduce calls");
   }
-  // This rank's time inside all-reduces, summed from the same integer call times, so that the
-  // sum of the per-call minima can never exceed it.
-  int64_t own_allreduce_ns = 0;
-  for (int64_t& ns : call_ns) {
-    own_allreduce_ns += ns;
-    ns = -ns;
-  }
+  // stats.allreduce_ns is the sum of the same integer call times, so the sum of the per-call
+  // minima can never exceed it.
+  for (int64_t& ns : call_ns) ns = -ns;
   RETURN_IF_ERROR(comm.AllReduceMax(call_ns));
   int64_t transfer_ns = 0;
   for (const int64_t ns : call_ns) transfer_ns -= ns;
   RETURN_IF_ERROR(comm.AllReduceMax(step_ns));
   ASSIGN_OR_RETURN(std::vector<int64_t> own, AllRanks(comm, own_ns));
-  ASSIGN_OR_RETURN(std::vector<int64_t> allreduce, AllRanks(comm, own_allreduce_ns));
+  ASSIGN_OR_RETURN(std::vector<int64_t> allreduce, AllRanks(comm, stats.allreduce_ns));
   ASSIGN_OR_RETURN(std::vector<int64_t> gather,
                    AllRanks(comm, static_cast<int64_t>(stats.gather_seconds * 1e9)));
   Timing t;

@@ -90,12 +90,11 @@ absl::Status Model::Forward(const ForwardBatch& batch, PagedKvCache& cache, Comm
 absl::Status Model::AllReduce(float* partial, int64_t count, Comm& comm) {
   const auto start = std::chrono::steady_clock::now();
   absl::Status status = comm.AllReduceSum({partial, static_cast<size_t>(count)});
-  const auto elapsed = std::chrono::steady_clock::now() - start;
-  stats_.allreduce_seconds += std::chrono::duration<double>(elapsed).count();
-  if (stats_.record_allreduce_calls) {
-    stats_.allreduce_call_ns.push_back(
-        std::chrono::duration_cast<std::chrono::nanoseconds>(elapsed).count());
-  }
+  const int64_t ns = std::chrono::duration_cast<std::chrono::nanoseconds>(
+                         std::chrono::steady_clock::now() - start)
+                         .count();
+  stats_.allreduce_ns += ns;
+  if (stats_.record_allreduce_calls) stats_.allreduce_call_ns.push_back(ns);
   ++stats_.allreduce_calls;
   stats_.allreduce_bytes += count * static_cast<int64_t>(sizeof(float));
   return status;

@@ -28,7 +28,7 @@ struct ForwardStats {
   int64_t forwards = 0;
   int64_t allreduce_calls = 0;
   int64_t allreduce_bytes = 0;
-  double allreduce_seconds = 0.0;  // wall time inside AllReduceSum (includes waiting for peers)
+  int64_t allreduce_ns = 0;        // wall time inside AllReduceSum (includes waiting for peers)
   double gather_seconds = 0.0;     // wall time inside the logits Gatherv (not the LM-head matmul)
   // When set (the bench does, for its timed steps), the wall time of every AllReduceSum call
   // in order, so that the ranks can compare call by call (see bench.cc, TimeForward). Off by
