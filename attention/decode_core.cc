@@ -76,7 +76,7 @@ void ExpPortable(const float* x, int64_t n, float* y) {
 DecodeKernels& ActiveKernels() {
   static DecodeKernels kernels = [] {
     DecodeKernels k = PortableKernels();
-    Avx512Kernels(&k);
+    if (Cpu().avx512) k = Avx512Kernels();
     return k;
   }();
   return kernels;
@@ -285,10 +285,9 @@ DecodeKernels PortableKernels() {
   return {&ScoresPortable, &SoftmaxPortable, &ValuesPortable, &ExpPortable, "portable"};
 }
 
-void SetDecodeIsa(DecodeIsa isa) {
-  DecodeKernels k = PortableKernels();
-  if (isa == DecodeIsa::kBest) Avx512Kernels(&k);
-  ActiveKernels() = k;
+void SetDecodeIsa(Isa isa) {
+  ActiveKernels() =
+      isa == Isa::kAvx512 && Cpu().avx512 ? Avx512Kernels() : PortableKernels();
 }
 
 const char* DecodeIsaName() { return ActiveKernels().name; }

@@ -14,6 +14,7 @@
 #include "attention/decode_kernels.h"
 #include "attention/kv_cache.h"
 #include "base/status.h"
+#include "kernels/cpu.h"
 
 namespace shardlm::attention_internal {
 
@@ -71,10 +72,10 @@ void DecodeAttention(const CacheView& cache, std::span<const QueryToken> tokens,
                      const RowLayout& layout, float scale, const DecodeQueries& queries, float* out,
                      int64_t out_token, int64_t out_head);
 
-// Which inner kernels DecodeAttention uses: the best the CPU supports, or the
-// portable ones (tests compare the two). Not thread-safe; set before decoding.
-enum class DecodeIsa { kBest, kPortable };
-void SetDecodeIsa(DecodeIsa isa);
+// Which inner kernels DecodeAttention uses: the best at or below `isa` that exists
+// (AVX-512 or portable) and the CPU runs. By default BestIsa(); tests compare levels.
+// Not thread-safe; set before decoding.
+void SetDecodeIsa(Isa isa);
 const char* DecodeIsaName();
 
 // Calls f(first_row, t0, n) for each maximal run of consecutive positions

@@ -112,7 +112,7 @@ void ExpectSameBits(const std::vector<float>& a, const std::vector<float>& b,
 TEST(DecodeCoreTest, BitIdenticalAcrossPagesBatchesAndThreads) {
   const attention_test::RestoreDecodeIsa restore;
   for (const auto isa :
-       {attention_internal::DecodeIsa::kBest, attention_internal::DecodeIsa::kPortable}) {
+       {BestIsa(), Isa::kPortable}) {
     attention_internal::SetDecodeIsa(isa);
     for (const int64_t window : {int64_t{0}, kChunk + 100}) {
       Rng rng(31, absl::StrFormat("decode_core/%d", window));
@@ -165,9 +165,9 @@ TEST(DecodeCoreTest, ExpWithinBound) {
   for (const float v : {-0.0f, -1e-30f, -1e-7f, -0.34657359f, -0.34657360f, -0.6931472f}) {
     x.push_back(v);
   }
-  attention_internal::DecodeKernels kernels[2] = {attention_internal::PortableKernels(),
-                                                  attention_internal::PortableKernels()};
-  attention_internal::Avx512Kernels(&kernels[1]);
+  attention_internal::DecodeKernels kernels[2] = {
+      attention_internal::PortableKernels(),
+      Cpu().avx512 ? attention_internal::Avx512Kernels() : attention_internal::PortableKernels()};
   for (const auto& k : kernels) {
     std::vector<float> y(x.size());
     k.exp(x.data(), static_cast<int64_t>(x.size()), y.data());

@@ -1,6 +1,6 @@
 // Inner kernels of DecodeAttention (decode_core.h) for one block of up to kBlock
 // rows and one group of g query heads, in two builds: AVX-512 (decode_kernels_x86.cc,
-// function target attributes, used when CPUID reports AVX-512F/BW/VL) and portable
+// function target attributes, used when kernels/cpu.h reports AVX-512F/BW/VL) and portable
 // (decode_core.cc, GCC vector extension). Each build is deterministic on its own:
 // a fixed summation order that does not depend on where the rows come from.
 #ifndef SHARDLM_ATTENTION_DECODE_KERNELS_H_
@@ -76,8 +76,9 @@ struct DecodeKernels {
 inline constexpr double kExpUlps = 4.0;
 
 DecodeKernels PortableKernels();
-// AVX-512 kernels; false when the CPU (or the build's target) lacks AVX-512F/BW/VL.
-bool Avx512Kernels(DecodeKernels* kernels);
+// AVX-512 kernels; only call when Cpu().avx512 (kernels/cpu.h). On a build for
+// another architecture they are the portable ones.
+DecodeKernels Avx512Kernels();
 
 }  // namespace shardlm::attention_internal
 

@@ -264,14 +264,8 @@ SHARDLM_TARGET_AVX512 void SoftmaxAvx512(const SoftmaxArgs& a) {
 
 }  // namespace
 
-bool Avx512Kernels(DecodeKernels* kernels) {
-  __builtin_cpu_init();
-  if (!(__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-        __builtin_cpu_supports("avx512vl"))) {
-    return false;
-  }
-  *kernels = {&ScoresAvx512, &SoftmaxAvx512, &ValuesAvx512, &ExpAvx512, "avx512"};
-  return true;
+DecodeKernels Avx512Kernels() {
+  return {&ScoresAvx512, &SoftmaxAvx512, &ValuesAvx512, &ExpAvx512, "avx512"};
 }
 
 }  // namespace shardlm::attention_internal
@@ -281,7 +275,7 @@ bool Avx512Kernels(DecodeKernels* kernels) {
 #else  // not x86-64: only the portable kernels exist.
 
 namespace shardlm::attention_internal {
-bool Avx512Kernels(DecodeKernels*) { return false; }
+DecodeKernels Avx512Kernels() { return PortableKernels(); }
 }  // namespace shardlm::attention_internal
 
 #endif

@@ -83,8 +83,8 @@ TEST(GqaTest, FastMatchesNaiveSweep) {
   };
   // Both builds of the inner kernels (AVX-512 when the CPU has it, and portable).
   const attention_test::RestoreDecodeIsa restore;
-  for (const auto isa : {attention_internal::DecodeIsa::kBest,
-                         attention_internal::DecodeIsa::kPortable}) {
+  for (const auto isa : {BestIsa(),
+                         Isa::kPortable}) {
     attention_internal::SetDecodeIsa(isa);
     double worst = 0.0;
     for (const int64_t d : {1, 7, 16, 33, 64}) {

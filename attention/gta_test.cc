@@ -79,8 +79,8 @@ TEST(GtaTest, FastMatchesNaiveSweep) {
                                {64, 32, 8, 8}, {16, 2, 8, 2}, {8, 8, 4, 4},  {9, 0, 2, 1}};
   // Both builds of the inner kernels (AVX-512 when the CPU has it, and portable).
   const attention_test::RestoreDecodeIsa restore;
-  for (const auto isa : {attention_internal::DecodeIsa::kBest,
-                         attention_internal::DecodeIsa::kPortable}) {
+  for (const auto isa : {BestIsa(),
+                         Isa::kPortable}) {
     attention_internal::SetDecodeIsa(isa);
     double worst = 0.0;
     for (const GtaDims& dims : dims_list) {

@@ -144,8 +144,8 @@ TEST(LatentTest, FastMatchesNaiveSweep) {
       {8, 8, 16, 7, 8, 3}, {8, 1, 64, 16, 32, 16}, {4, 2, 16, 0, 8, 8},  {2, 1, 5, 4, 0, 4}};
   // Both builds of the inner kernels (AVX-512 when the CPU has it, and portable).
   const attention_test::RestoreDecodeIsa restore;
-  for (const auto isa : {attention_internal::DecodeIsa::kBest,
-                         attention_internal::DecodeIsa::kPortable}) {
+  for (const auto isa : {BestIsa(),
+                         Isa::kPortable}) {
     attention_internal::SetDecodeIsa(isa);
     double worst = 0.0;
     for (const LatentDims& dims : dims_list) {

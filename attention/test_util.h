@@ -201,7 +201,7 @@ struct RestoreDecodeIsa {
   RestoreDecodeIsa() = default;
   RestoreDecodeIsa(const RestoreDecodeIsa&) = delete;
   RestoreDecodeIsa& operator=(const RestoreDecodeIsa&) = delete;
-  ~RestoreDecodeIsa() { attention_internal::SetDecodeIsa(attention_internal::DecodeIsa::kBest); }
+  ~RestoreDecodeIsa() { attention_internal::SetDecodeIsa(BestIsa()); }
 };
 
 // ---------------------------------------------------------------------------

@@ -1,10 +1,10 @@
 // Lane sums of 16 AVX-512 vectors at once, for kernels that reduce many dot-product
-// accumulators (engine/matmul_x86.cc, attention/decode_kernels_x86.cc).
+// accumulators (kernels/matmul_x86.cc, attention/decode_kernels_x86.cc).
 //
 // Each sum is the fixed pairwise tree those kernels use one vector at a time: lane j +=
 // lane j + half for half = 8, 4, 2, 1. The shuffles only pair lanes across registers, and
 // x + y = y + x exactly, so the results are bit-identical to the one-vector tree (tested in
-// engine/matmul_test.cc against matmul_internal::ReduceLanes).
+// kernels/matmul_test.cc against matmul_internal::ReduceLanes).
 //
 // Only for code compiled with (or called from functions with) the AVX-512F target.
 #ifndef SHARDLM_BASE_AVX512_REDUCE_H_

@@ -2,6 +2,7 @@
 
 #include <cstdint>
 
+#include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 
 namespace shardlm {
@@ -84,6 +85,13 @@ absl::Status CheckJsonNesting(std::string_view json, int max_depth) {
     }
   }
   return absl::OkStatus();
+}
+
+std::string Printable(std::string_view s, size_t max_len) {
+  // Debian's abseil has its own string_view type, distinct from std::string_view.
+  auto sv = [](std::string_view v) { return absl::string_view(v.data(), v.size()); };
+  if (s.size() <= max_len) return absl::CEscape(sv(s));
+  return absl::StrCat(absl::CEscape(sv(s.substr(0, max_len))), "... (", s.size(), " bytes)");
 }
 
 }  // namespace shardlm

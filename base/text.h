@@ -28,6 +28,10 @@ std::string ReplaceInvalidUtf8(std::string_view s);
 // Strings follow protobuf's parser: quoted by '"' or '\'', with '\\' escapes.
 absl::Status CheckJsonNesting(std::string_view json, int max_depth);
 
+// Hostile names can be huge or binary: `s` C-escaped, and shortened to its first
+// `max_len` bytes with its length noted when longer. For error messages.
+std::string Printable(std::string_view s, size_t max_len = 120);
+
 }  // namespace shardlm
 
 #endif  // SHARDLM_BASE_TEXT_H_

@@ -6,7 +6,7 @@
 // plain function call.
 //
 // Determinism: ParallelFor hands out fixed, contiguous ranges; kernels that give each output a
-// fixed accumulation order (engine/matmul.h) therefore produce the same bits at any thread
+// fixed accumulation order (kernels/matmul.h) therefore produce the same bits at any thread
 // count.
 #ifndef SHARDLM_BASE_THREAD_POOL_H_
 #define SHARDLM_BASE_THREAD_POOL_H_

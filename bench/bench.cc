@@ -22,7 +22,7 @@
 #include "bench/bandwidth.h"
 #include "engine/decode.h"
 #include "engine/model.h"
-#include "engine/ops.h"
+#include "kernels/ops.h"
 #include "engine/safetensors.h"
 #include "google/protobuf/descriptor.h"
 #include "google/protobuf/util/json_util.h"

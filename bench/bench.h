@@ -14,7 +14,7 @@
 #include "absl/status/statusor.h"
 #include "bench/bench_model.h"
 #include "comm/comm.h"
-#include "engine/matmul.h"
+#include "kernels/matmul.h"
 #include "launch/flags.h"
 #include "proto/shardlm.pb.h"
 
@@ -40,7 +40,7 @@ struct BenchOptions {
   int64_t prefill_reps = 3;
   uint64_t seed = 0;  // cache contents, page order and token ids
   int threads = 1;    // compute threads per rank (base/thread_pool.h)
-  Bf16Math bf16_math = Bf16Math::kExact;  // how BF16 weights multiply (engine/matmul.h)
+  Bf16Math bf16_math = Bf16Math::kExact;  // how BF16 weights multiply (kernels/matmul.h)
   // The roofline.
   double bandwidth_gbs = 0.0;  // > 0: use this per-rank figure, skip the probe
   int64_t probe_mb = 512;

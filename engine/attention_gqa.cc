@@ -28,9 +28,9 @@ class GqaBlock final : public AttentionBlock {
     float* k = Scratch(k_, n * kv_width);       // [n, kv_l, d_h]
     float* v = Scratch(v_, n * kv_width);       // [n, kv_l, d_h]
     float* heads = Scratch(heads_, n * q_width);  // [n, hq_l, d_h]
-    MatMul(xn, n, w.q_proj, q);
-    MatMul(xn, n, w.k_proj, k);
-    MatMul(xn, n, w.v_proj, v);
+    ApplyLinear(xn, n, w.q_proj, q);
+    ApplyLinear(xn, n, w.k_proj, k);
+    ApplyLinear(xn, n, w.v_proj, v);
     for (int64_t t = 0; t < n; ++t) {
       rope_.Apply(q + t * q_width, shape_.num_q_heads, dh, tokens[t].pos);
       rope_.Apply(k + t * kv_width, shape_.num_kv_heads, dh, tokens[t].pos);
@@ -39,7 +39,7 @@ class GqaBlock final : public AttentionBlock {
       std::copy_n(v + t * kv_width, kv_width, row + kv_width);
     }
     GqaAttention(shape_, cache, tokens, q, heads);
-    MatMul(heads, n, w.o_proj, out);  // partial sum over this rank's heads
+    ApplyLinear(heads, n, w.o_proj, out);  // partial sum over this rank's heads
   }
 
  private:

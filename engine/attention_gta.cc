@@ -30,9 +30,9 @@ class GtaBlock final : public AttentionBlock {
     float* kv = Scratch(kv_, n * kv_width);       // [n, kv_l, d_h]
     float* k_rope = Scratch(k_rope_, n * dr);     // [n, d_r]
     float* heads = Scratch(heads_, n * q_width);  // [n, hq_l, d_h]
-    MatMul(xn, n, w.q_proj, q);
-    MatMul(xn, n, w.kv_proj, kv);
-    MatMul(xn, n, w.k_rope_proj, k_rope);
+    ApplyLinear(xn, n, w.q_proj, q);
+    ApplyLinear(xn, n, w.kv_proj, kv);
+    ApplyLinear(xn, n, w.k_rope_proj, k_rope);
     for (int64_t t = 0; t < n; ++t) {
       // Only the last d_r channels of each query head rotate; the tied state never does.
       rope_.Apply(q + t * q_width + (dh - dr), shape_.num_q_heads, dh, tokens[t].pos);
@@ -42,7 +42,7 @@ class GtaBlock final : public AttentionBlock {
       std::copy_n(k_rope + t * dr, dr, row + kv_width);
     }
     GtaAttention(shape_, cache, tokens, q, heads);
-    MatMul(heads, n, w.o_proj, out);
+    ApplyLinear(heads, n, w.o_proj, out);
   }
 
  private:

@@ -32,14 +32,14 @@ class LatentBlock final : public AttentionBlock {
     float* q = Scratch(q_, n * q_width);  // [n, hq_l, d_n + d_r]
     if (dims_.q_lora_rank > 0) {
       float* qa = Scratch(qa_, n * dims_.q_lora_rank);  // [n, q_lora_rank]
-      MatMul(xn, n, w.q_a_proj, qa);
+      ApplyLinear(xn, n, w.q_a_proj, qa);
       RmsNorm(qa, n, dims_.q_lora_rank, dims_.q_lora_rank, w.q_a_norm.data(), dims_.rms_eps, qa);
-      MatMul(qa, n, w.q_b_proj, q);
+      ApplyLinear(qa, n, w.q_b_proj, q);
     } else {
-      MatMul(xn, n, w.q_proj, q);
+      ApplyLinear(xn, n, w.q_proj, q);
     }
     float* kv_a = Scratch(kv_a_, n * row_width);  // [n, kv_l × d_c + d_r], the cache row
-    MatMul(xn, n, w.kv_a_proj, kv_a);
+    ApplyLinear(xn, n, w.kv_a_proj, kv_a);
     for (int64_t t = 0; t < n; ++t) {
       float* row_in = kv_a + t * row_width;
       rope_.Apply(q + t * q_width + dims_.nope_dim, shape_.num_q_heads, qk, tokens[t].pos);
@@ -56,7 +56,7 @@ class LatentBlock final : public AttentionBlock {
     float* heads = Scratch(heads_, n * shape_.num_q_heads * dims_.v_head_dim);
     LatentAttention(shape_, cache, tokens, q, w.kv_b_proj.w.data(),
                     w.kv_b_proj.b.empty() ? nullptr : w.kv_b_proj.b.data(), heads);
-    MatMul(heads, n, w.o_proj, out);
+    ApplyLinear(heads, n, w.o_proj, out);
   }
 
  private:

@@ -6,7 +6,7 @@
 #include "base/status.h"
 #include "engine/config.h"
 #include "engine/dump.h"
-#include "engine/matmul.h"
+#include "kernels/matmul.h"
 
 namespace shardlm {
 
@@ -67,10 +67,10 @@ absl::Status Model::Forward(const ForwardBatch& batch, PagedKvCache& cache, Comm
     for (int64_t i = 0; i < n * d; ++i) x[i] += partial[i];
     // x' = h + down(silu(gate(h̃)) ⊙ up(h̃)): each rank's columns give a partial sum.
     RmsNorm(x, n, d, d, w.mlp_norm.data(), dims_.rms_eps, xn);
-    MatMul(xn, n, w.gate, gate);
-    MatMul(xn, n, w.up, up);
+    ApplyLinear(xn, n, w.gate, gate);
+    ApplyLinear(xn, n, w.up, up);
     SiluMul(gate, up, n * mlp);
-    MatMul(gate, n, w.down, partial);
+    ApplyLinear(gate, n, w.down, partial);
     RETURN_IF_ERROR(AllReduce(partial, n * d, comm));
     SHARDLM_DUMP(plan_.rank, stats_.forwards, l, "mlp_out", partial, n, d);
     for (int64_t i = 0; i < n * d; ++i) x[i] += partial[i];
@@ -104,7 +104,7 @@ absl::Status Model::GatherLogits(const float* hidden, int64_t m, Comm& comm,
                                  std::vector<float>* logits) {
   const int64_t vocab_local = plan_.vocab_rows.size();
   float* local = Scratch(local_logits_, m * vocab_local);  // [m, vocab_l]
-  MatMul(hidden, m, weights_.lm_head, local);
+  ApplyLinear(hidden, m, weights_.lm_head, local);
   std::vector<int> counts;
   const auto gather_start = std::chrono::steady_clock::now();
   absl::Status gathered =

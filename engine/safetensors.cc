@@ -50,12 +50,6 @@ constexpr int64_t kWriteChunk = 1 << 16;
 // Debian's abseil has its own string_view type, distinct from std::string_view.
 absl::string_view Sv(std::string_view s) { return absl::string_view(s.data(), s.size()); }
 
-// Hostile names can be huge or binary: quote them escaped and shortened.
-std::string Printable(std::string_view s, size_t max_len = 120) {
-  if (s.size() <= max_len) return absl::CEscape(Sv(s));
-  return absl::StrCat(absl::CEscape(Sv(s.substr(0, max_len))), "... (", s.size(), " bytes)");
-}
-
 std::string ShapeString(std::span<const int64_t> shape) {
   return absl::StrCat("[", absl::StrJoin(shape, ", "), "]");
 }
@@ -137,37 +131,6 @@ std::string JsonQuote(std::string_view s) {
 
 
 }  // namespace
-
-const char* DTypeName(DType dtype) {
-  switch (dtype) {
-    case DType::kF32:
-      return "F32";
-    case DType::kBF16:
-      return "BF16";
-    case DType::kF16:
-      return "F16";
-  }
-  return "?";
-}
-
-int64_t DTypeBytes(DType dtype) {
-  switch (dtype) {
-    case DType::kF32:
-      return 4;
-    case DType::kBF16:
-    case DType::kF16:
-      return 2;
-  }
-  return 0;
-}
-
-absl::StatusOr<DType> ParseDType(std::string_view name) {
-  if (name == "F32") return DType::kF32;
-  if (name == "BF16") return DType::kBF16;
-  if (name == "F16") return DType::kF16;
-  return absl::InvalidArgumentError(
-      absl::StrCat("unsupported dtype \"", Printable(name), "\" (supported: F32, BF16, F16)"));
-}
 
 int64_t TensorInfo::NumElements() const {
   int64_t n = 1;

@@ -15,13 +15,9 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "base/dtype.h"
 
 namespace shardlm {
-
-enum class DType { kF32, kBF16, kF16 };
-const char* DTypeName(DType dtype);
-int64_t DTypeBytes(DType dtype);
-absl::StatusOr<DType> ParseDType(std::string_view name);  // "F32", "BF16", "F16"
 
 struct TensorInfo {
   std::string name;

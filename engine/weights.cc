@@ -168,17 +168,14 @@ class ShardLoader {
     ASSIGN_OR_RETURN(const DType stored, dir_.StoredDType(tensor));
     const size_t size = static_cast<size_t>(lin->out * lin->in);
     if (row == 0) {
-      lin->dtype = force_f32                   ? WeightType::kF32
-                   : stored == DType::kBF16 ? WeightType::kBF16
-                   : stored == DType::kF16  ? WeightType::kF16
-                                            : WeightType::kF32;
-      if (lin->dtype == WeightType::kF32) {
+      lin->dtype = force_f32 ? DType::kF32 : stored;
+      if (lin->dtype == DType::kF32) {
         lin->w.resize(size);
       } else {
         lin->w16.resize(size);
       }
     }
-    if (lin->dtype == WeightType::kF32) {
+    if (lin->dtype == DType::kF32) {
       return dir_.Read(tensor, shape, rows.begin, rows.end, cols.begin, cols.end,
                        lin->w.data() + row * lin->in);
     }

@@ -9,7 +9,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
-#include "engine/ops.h"
+#include "kernels/ops.h"
 #include "engine/safetensors.h"
 #include "shard/shard.h"
 

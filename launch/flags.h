@@ -9,7 +9,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
-#include "engine/matmul.h"
+#include "kernels/matmul.h"
 
 namespace shardlm {
 
@@ -35,7 +35,7 @@ class Flags {
   bool Bool(const std::string& name) const { return Has(name); }
   // --threads: an integer in [1, 1024], or "auto" (AutoComputeThreads); 1 when absent.
   absl::StatusOr<int> Threads() const;
-  // --bf16-math: "exact" (kExact, the default) or "dot" (kDot, engine/matmul.h); "dot" is an
+  // --bf16-math: "exact" (kExact, the default) or "dot" (kDot, kernels/matmul.h); "dot" is an
   // error on a CPU without AVX512-BF16. Decides per rank: callers agree on the status.
   absl::StatusOr<Bf16Math> Bf16MathMode() const;
 

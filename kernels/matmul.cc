@@ -1,4 +1,4 @@
-#include "engine/matmul.h"
+#include "kernels/matmul.h"
 
 #include <algorithm>
 #include <atomic>
@@ -12,7 +12,7 @@
 #include "base/half.h"
 #include "base/status.h"
 #include "base/thread_pool.h"
-#include "engine/matmul_internal.h"
+#include "kernels/matmul_internal.h"
 
 namespace shardlm {
 namespace matmul_internal {
@@ -137,70 +137,15 @@ template void SkinnyPortable<F16W>(const float*, int64_t, int64_t, const uint16_
 
 }  // namespace matmul_internal
 
-namespace {
+const char* MatMulIsaName() { return IsaName(SelectedMatMulIsa()); }
 
-MatMulPath DetectBestPath() {
-  if (matmul_internal::CpuHasAvx512()) return MatMulPath::kAvx512;
-  if (matmul_internal::CpuHasAvx2Fma()) return MatMulPath::kAvx2Fma;
-  return MatMulPath::kPortable;
-}
-
-}  // namespace
-
-const char* MatMulPathName(MatMulPath path) {
-  switch (path) {
-    case MatMulPath::kPortable:
-      return "portable";
-    case MatMulPath::kAvx2Fma:
-      return "avx2+fma";
-    case MatMulPath::kAvx512:
-      return "avx512";
-  }
-  return "unknown";
-}
-
-const char* MatMulPathName() { return MatMulPathName(SelectedMatMulPath()); }
-
-MatMulPath SelectedMatMulPath() {
-  static const MatMulPath path = DetectBestPath();
+// The matmul implements every level, so it runs the best one.
+Isa SelectedMatMulIsa() {
+  static const Isa path = BestIsa();
   return path;
 }
 
-bool MatMulPathAvailable(MatMulPath path) {
-  switch (path) {
-    case MatMulPath::kPortable:
-      return true;
-    case MatMulPath::kAvx2Fma:
-      return matmul_internal::CpuHasAvx2Fma();
-    case MatMulPath::kAvx512:
-      return matmul_internal::CpuHasAvx512();
-  }
-  return false;
-}
-
-std::vector<MatMulPath> AvailableMatMulPaths() {
-  std::vector<MatMulPath> paths;
-  for (MatMulPath p : {MatMulPath::kPortable, MatMulPath::kAvx2Fma, MatMulPath::kAvx512}) {
-    if (MatMulPathAvailable(p)) paths.push_back(p);
-  }
-  return paths;
-}
-
-int MatMulPathLanes(MatMulPath path) { return path == MatMulPath::kAvx2Fma ? 8 : 16; }
-
-const char* WeightTypeName(WeightType type) {
-  switch (type) {
-    case WeightType::kF32:
-      return "F32";
-    case WeightType::kBF16:
-      return "BF16";
-    case WeightType::kF16:
-      return "F16";
-  }
-  return "?";
-}
-
-int64_t WeightTypeBytes(WeightType type) { return type == WeightType::kF32 ? 4 : 2; }
+int MatMulLanes(Isa path) { return path == Isa::kAvx2Fma ? 8 : 16; }
 
 namespace {
 std::atomic<Bf16Math> g_bf16_math{Bf16Math::kExact};
@@ -209,7 +154,7 @@ std::atomic<Bf16Math> g_bf16_math{Bf16Math::kExact};
 const char* Bf16MathName(Bf16Math math) { return math == Bf16Math::kDot ? "dot" : "exact"; }
 
 bool Bf16MathAvailable(Bf16Math math) {
-  return math == Bf16Math::kExact || matmul_internal::CpuHasAvx512Bf16();
+  return math == Bf16Math::kExact || Cpu().avx512_bf16;
 }
 
 void SetBf16Math(Bf16Math math) {
@@ -224,17 +169,17 @@ namespace {
 
 // The path's entry point for one weight format.
 template <class Fmt>
-void Dispatch(MatMulPath path, const float* x, int64_t n, int64_t x_stride, const void* w,
+void Dispatch(Isa path, const float* x, int64_t n, int64_t x_stride, const void* w,
               int64_t out, int64_t in, const float* bias, float* y, int64_t y_stride) {
   const auto* wt = static_cast<const typename Fmt::Elem*>(w);
   switch (path) {
-    case MatMulPath::kPortable:
+    case Isa::kPortable:
       matmul_internal::SkinnyPortable<Fmt>(x, n, x_stride, wt, out, in, bias, y, y_stride);
       return;
-    case MatMulPath::kAvx2Fma:
+    case Isa::kAvx2Fma:
       matmul_internal::SkinnyAvx2Fma<Fmt>(x, n, x_stride, wt, out, in, bias, y, y_stride);
       return;
-    case MatMulPath::kAvx512:
+    case Isa::kAvx512:
       matmul_internal::SkinnyAvx512<Fmt>(x, n, x_stride, wt, out, in, bias, y, y_stride);
       return;
   }
@@ -242,7 +187,7 @@ void Dispatch(MatMulPath path, const float* x, int64_t n, int64_t x_stride, cons
 
 // The checks and row panels shared by every entry point, then the kernel: the Bf16Math::kDot
 // one for BF16 weights when `dot`, else `path`'s.
-void Run(MatMulPath path, bool dot, const float* x, int64_t n, int64_t x_stride, WeightType w_type,
+void Run(Isa path, bool dot, const float* x, int64_t n, int64_t x_stride, DType w_type,
          const void* w, int64_t out, int64_t in, const float* bias, float* y, int64_t y_stride) {
   CHECK_GE(n, 0);
   CHECK_GE(out, 0);
@@ -260,7 +205,7 @@ void Run(MatMulPath path, bool dot, const float* x, int64_t n, int64_t x_stride,
     return;
   }
   CHECK(x != nullptr && w != nullptr);
-  CHECK_MSG(MatMulPathAvailable(path), MatMulPathName(path), " is not supported by this CPU");
+  CHECK_MSG(IsaAvailable(path), IsaName(path), " is not supported by this CPU");
   // Prefill-sized n: the kernel streams every x row past every W tile, so once the packed x
   // outgrows L2 (n·in·4 bytes, 32 MiB at n = 1024, in = 8192) it is re-read from L3/DRAM for
   // each 6-row W tile and the kernel runs at a third of sgemm's rate. Row panels of about
@@ -277,10 +222,10 @@ void Run(MatMulPath path, bool dot, const float* x, int64_t n, int64_t x_stride,
     return;
   }
   switch (w_type) {
-    case WeightType::kF32:
+    case DType::kF32:
       Dispatch<matmul_internal::F32W>(path, x, n, x_stride, w, out, in, bias, y, y_stride);
       return;
-    case WeightType::kBF16:
+    case DType::kBF16:
       if (dot) {
         matmul_internal::SkinnyAvx512Bf16Dot(x, n, x_stride, static_cast<const uint16_t*>(w), out,
                                              in, bias, y, y_stride);
@@ -288,7 +233,7 @@ void Run(MatMulPath path, bool dot, const float* x, int64_t n, int64_t x_stride,
       }
       Dispatch<matmul_internal::Bf16W>(path, x, n, x_stride, w, out, in, bias, y, y_stride);
       return;
-    case WeightType::kF16:
+    case DType::kF16:
       Dispatch<matmul_internal::F16W>(path, x, n, x_stride, w, out, in, bias, y, y_stride);
       return;
   }
@@ -296,8 +241,8 @@ void Run(MatMulPath path, bool dot, const float* x, int64_t n, int64_t x_stride,
 
 }  // namespace
 
-void SkinnyMatMulWithPath(MatMulPath path, const float* x, int64_t n, int64_t x_stride,
-                          WeightType w_type, const void* w, int64_t out, int64_t in,
+void SkinnyMatMulWithIsa(Isa path, const float* x, int64_t n, int64_t x_stride,
+                          DType w_type, const void* w, int64_t out, int64_t in,
                           const float* bias, float* y, int64_t y_stride) {
   Run(path, /*dot=*/false, x, n, x_stride, w_type, w, out, in, bias, y, y_stride);
 }
@@ -305,29 +250,29 @@ void SkinnyMatMulWithPath(MatMulPath path, const float* x, int64_t n, int64_t x_
 void SkinnyMatMulBf16Dot(const float* x, int64_t n, int64_t x_stride, const uint16_t* w,
                          int64_t out, int64_t in, const float* bias, float* y, int64_t y_stride) {
   CHECK_MSG(Bf16MathAvailable(Bf16Math::kDot), "this CPU has no AVX512-BF16");
-  Run(SelectedMatMulPath(), /*dot=*/true, x, n, x_stride, WeightType::kBF16, w, out, in, bias, y,
+  Run(SelectedMatMulIsa(), /*dot=*/true, x, n, x_stride, DType::kBF16, w, out, in, bias, y,
       y_stride);
 }
 
-void SkinnyMatMulWithPath(MatMulPath path, const float* x, int64_t n, int64_t x_stride,
+void SkinnyMatMulWithIsa(Isa path, const float* x, int64_t n, int64_t x_stride,
                           const float* w, int64_t out, int64_t in, const float* bias, float* y,
                           int64_t y_stride) {
-  SkinnyMatMulWithPath(path, x, n, x_stride, WeightType::kF32, w, out, in, bias, y, y_stride);
+  SkinnyMatMulWithIsa(path, x, n, x_stride, DType::kF32, w, out, in, bias, y, y_stride);
 }
 
 void SkinnyMatMul(const float* x, int64_t n, int64_t x_stride, const float* w, int64_t out,
                   int64_t in, const float* bias, float* y, int64_t y_stride) {
-  SkinnyMatMulWithPath(SelectedMatMulPath(), x, n, x_stride, WeightType::kF32, w, out, in, bias,
+  SkinnyMatMulWithIsa(SelectedMatMulIsa(), x, n, x_stride, DType::kF32, w, out, in, bias,
                        y, y_stride);
 }
 
-void SkinnyMatMul(const float* x, int64_t n, int64_t x_stride, WeightType w_type, const void* w,
+void SkinnyMatMul(const float* x, int64_t n, int64_t x_stride, DType w_type, const void* w,
                   int64_t out, int64_t in, const float* bias, float* y, int64_t y_stride) {
-  const bool dot = w_type == WeightType::kBF16 && SelectedBf16Math() == Bf16Math::kDot;
-  Run(SelectedMatMulPath(), dot, x, n, x_stride, w_type, w, out, in, bias, y, y_stride);
+  const bool dot = w_type == DType::kBF16 && SelectedBf16Math() == Bf16Math::kDot;
+  Run(SelectedMatMulIsa(), dot, x, n, x_stride, w_type, w, out, in, bias, y, y_stride);
 }
 
-void SkinnyMatMulParallel(const float* x, int64_t n, int64_t x_stride, WeightType w_type,
+void SkinnyMatMulParallel(const float* x, int64_t n, int64_t x_stride, DType w_type,
                           const void* w, int64_t out, int64_t in, const float* bias, float* y,
                           int64_t y_stride) {
   // Below this many weights a call takes ~10 µs or less: not worth waking the pool.
@@ -342,7 +287,7 @@ void SkinnyMatMulParallel(const float* x, int64_t n, int64_t x_stride, WeightTyp
   struct Args {
     const float* x;
     int64_t n, x_stride;
-    WeightType w_type;
+    DType w_type;
     const char* w;
     int64_t in;
     const float* bias;
@@ -352,7 +297,7 @@ void SkinnyMatMulParallel(const float* x, int64_t n, int64_t x_stride, WeightTyp
   const Args args{x, n, x_stride, w_type, static_cast<const char*>(w), in, bias, y, y_stride};
   // One captured pointer: the std::function holds it inline, so the call does not allocate.
   ParallelFor(out, kAlign, [p = &args](int64_t begin, int64_t end) {
-    const int64_t row_bytes = p->in * WeightTypeBytes(p->w_type);
+    const int64_t row_bytes = p->in * DTypeBytes(p->w_type);
     SkinnyMatMul(p->x, p->n, p->x_stride, p->w_type, p->w + begin * row_bytes, end - begin,
                  p->in, p->bias != nullptr ? p->bias + begin : nullptr, p->y + begin,
                  p->y_stride);
@@ -378,24 +323,13 @@ void SkinnyMatMulReserve(int64_t max_n, int64_t max_in) {
   });
 }
 
-void SkinnyMatMulNaive(const float* x, int64_t n, int64_t x_stride, WeightType w_type,
+void SkinnyMatMulNaive(const float* x, int64_t n, int64_t x_stride, DType w_type,
                        const void* w, int64_t out, int64_t in, const float* bias, float* y,
                        int64_t y_stride) {
-  auto weight = [&](int64_t j) -> double {
-    switch (w_type) {
-      case WeightType::kF32:
-        return static_cast<const float*>(w)[j];
-      case WeightType::kBF16:
-        return Bf16ToF32(static_cast<const uint16_t*>(w)[j]);
-      case WeightType::kF16:
-        return F16ToF32(static_cast<const uint16_t*>(w)[j]);
-    }
-    return 0.0;
-  };
   for (int64_t i = 0; i < n; ++i) {
     for (int64_t o = 0; o < out; ++o) {
       double acc = bias != nullptr ? bias[o] : 0.0;
-      for (int64_t k = 0; k < in; ++k) acc += x[i * x_stride + k] * weight(o * in + k);
+      for (int64_t k = 0; k < in; ++k) acc += x[i * x_stride + k] * static_cast<double>(ElementToF32(w_type, w, o * in + k));
       y[i * y_stride + o] = static_cast<float>(acc);
     }
   }
@@ -403,7 +337,7 @@ void SkinnyMatMulNaive(const float* x, int64_t n, int64_t x_stride, WeightType w
 
 void SkinnyMatMulNaive(const float* x, int64_t n, int64_t x_stride, const float* w, int64_t out,
                        int64_t in, const float* bias, float* y, int64_t y_stride) {
-  SkinnyMatMulNaive(x, n, x_stride, WeightType::kF32, w, out, in, bias, y, y_stride);
+  SkinnyMatMulNaive(x, n, x_stride, DType::kF32, w, out, in, bias, y, y_stride);
 }
 
 }  // namespace shardlm

@@ -1,4 +1,4 @@
-#include "engine/ops.h"
+#include "kernels/ops.h"
 
 #include <algorithm>
 #include <cmath>
@@ -36,8 +36,8 @@ TEST(OpsTest, MatMulMatchesNaiveOnOddShapes) {
             std::vector<float> x = rng.UniformVector(static_cast<size_t>(n * x_stride), -1, 1);
             std::vector<float> fast(static_cast<size_t>(n * y_stride + 1), kGuard);
             std::vector<float> ref(fast.size(), kGuard);
-            MatMul(x.data(), n, x_stride, w, fast.data(), y_stride);
-            MatMulNaive(x.data(), n, x_stride, w, ref.data(), y_stride);
+            ApplyLinear(x.data(), n, x_stride, w, fast.data(), y_stride);
+            ApplyLinearNaive(x.data(), n, x_stride, w, ref.data(), y_stride);
             // |x|,|w| <= 1: the f32 sum of in products has error <= in·eps·Σ|x·w| <= in²·eps;
             // use the standard sqrt(in)-scaled bound with margin 4 on the max |term| sum.
             const float tol = 4.0f * kEps * in * std::sqrt(static_cast<float>(in)) + 4 * kEps;
@@ -67,10 +67,10 @@ TEST(OpsTest, MatMulMatchesNaiveOnOddShapes) {
 // A 16-bit Linear gives the bits of the f32 Linear holding its widened weights, reports its
 // real size, and matches the naive reference.
 TEST(OpsTest, SixteenBitLinearMatchesWidenedF32) {
-  for (WeightType type : {WeightType::kBF16, WeightType::kF16}) {
+  for (DType type : {DType::kBF16, DType::kF16}) {
     for (int64_t out : {1, 33, 130}) {
       for (int64_t in : {5, 64, 517}) {
-        Rng rng(static_cast<uint64_t>(out * 1000 + in) + (type == WeightType::kF16));
+        Rng rng(static_cast<uint64_t>(out * 1000 + in) + (type == DType::kF16));
         const Linear f32 = RandomLinear(rng, out, in, /*bias=*/true);
         Linear half;
         half.out = out;
@@ -79,20 +79,20 @@ TEST(OpsTest, SixteenBitLinearMatchesWidenedF32) {
         half.b = f32.b;
         Linear widened = half;
         for (float v : f32.w) {
-          const uint16_t h = type == WeightType::kBF16 ? F32ToBf16(v) : F32ToF16(v);
+          const uint16_t h = type == DType::kBF16 ? F32ToBf16(v) : F32ToF16(v);
           half.w16.push_back(h);
-          widened.w.push_back(type == WeightType::kBF16 ? Bf16ToF32(h) : F16ToF32(h));
+          widened.w.push_back(type == DType::kBF16 ? Bf16ToF32(h) : F16ToF32(h));
         }
-        widened.dtype = WeightType::kF32;
+        widened.dtype = DType::kF32;
         EXPECT_EQ(half.bytes(), out * in * 2 + out * 4);
         EXPECT_EQ(widened.bytes(), out * in * 4 + out * 4);
         const int64_t n = 7;
         const std::vector<float> x = rng.UniformVector(static_cast<size_t>(n * in), -1, 1);
         std::vector<float> y16(static_cast<size_t>(n * out + 1), kGuard), y32(y16), ref(y16);
-        MatMul(x.data(), n, half, y16.data());
-        MatMul(x.data(), n, widened, y32.data());
-        MatMulNaive(x.data(), n, in, half, ref.data(), out);
-        ASSERT_EQ(y16, y32) << WeightTypeName(type) << " " << out << "x" << in;
+        ApplyLinear(x.data(), n, half, y16.data());
+        ApplyLinear(x.data(), n, widened, y32.data());
+        ApplyLinearNaive(x.data(), n, in, half, ref.data(), out);
+        ASSERT_EQ(y16, y32) << DTypeName(type) << " " << out << "x" << in;
         // The embedding lookup widens one row: exactly the widened f32 row.
         for (int64_t o : {int64_t{0}, out - 1}) {
           std::vector<float> row(static_cast<size_t>(in + 1), kGuard), row32(row);

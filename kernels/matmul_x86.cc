@@ -1,4 +1,4 @@
-// AVX-512 and AVX2+FMA micro-kernels for engine/matmul.h.
+// AVX-512 and AVX2+FMA micro-kernels for kernels/matmul.h.
 //
 // Each kernel is compiled with a function-level target attribute, not the global -march, so
 // the binary runs on any x86-64 and uses these only when CPUID says so. Only intrinsics and
@@ -8,7 +8,7 @@
 #include <type_traits>
 
 #include "base/avx512_reduce.h"
-#include "engine/matmul_internal.h"
+#include "kernels/matmul_internal.h"
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
@@ -370,20 +370,6 @@ void SkinnyAvx512Bf16Dot(const float* x, int64_t n, int64_t x_stride, const uint
   Drive<Avx512Bf16Dot, Bf16W, 4, 6>(x, n, x_stride, w, out, in, bias, y, y_stride);
 }
 
-bool CpuHasAvx512Bf16() { return CpuHasAvx512() && __builtin_cpu_supports("avx512bf16"); }
-
-bool CpuHasAvx512() {
-  __builtin_cpu_init();
-  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-         __builtin_cpu_supports("avx512vl");
-}
-
-bool CpuHasAvx2Fma() {
-  __builtin_cpu_init();
-  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-         __builtin_cpu_supports("f16c");
-}
-
 }  // namespace shardlm::matmul_internal
 
 #else  // not x86: only the portable path exists.
@@ -395,12 +381,9 @@ void SkinnyAvx512(const float*, int64_t, int64_t, const typename Fmt::Elem*, int
 template <class Fmt>
 void SkinnyAvx2Fma(const float*, int64_t, int64_t, const typename Fmt::Elem*, int64_t, int64_t,
                    const float*, float*, int64_t) {}
-bool CpuHasAvx512() { return false; }
-bool CpuHasAvx512Bf16() { return false; }
 void SkinnyAvx512Bf16Dot(const float*, int64_t, int64_t, const uint16_t*, int64_t, int64_t,
                          const float*, float*, int64_t) {}
 void ReduceSumsAvx512(const float*, int64_t, float*) {}
-bool CpuHasAvx2Fma() { return false; }
 }  // namespace shardlm::matmul_internal
 
 #endif

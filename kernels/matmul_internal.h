@@ -1,5 +1,5 @@
-// Internals of engine/matmul.h shared by the per-ISA kernel files: the blocking driver, the
-// fixed lane reduction, and the per-path entry points. Not for use outside engine/matmul*.
+// Internals of kernels/matmul.h shared by the per-ISA kernel files: the blocking driver, the
+// fixed lane reduction, and the per-path entry points. Not for use outside kernels/matmul*.
 //
 // Loop nest of one call (L lanes per vector, R×C register tile, KB = kKBlock):
 //
@@ -29,8 +29,8 @@
 // Packing copies values exactly. Nothing in the per-(i, o) arithmetic depends on r, c, n, i,
 // the K block size, packing, prefetching or the strides; so the tile shape may even be chosen
 // from n (see the entry points).
-#ifndef SHARDLM_ENGINE_MATMUL_INTERNAL_H_
-#define SHARDLM_ENGINE_MATMUL_INTERNAL_H_
+#ifndef SHARDLM_KERNELS_MATMUL_INTERNAL_H_
+#define SHARDLM_KERNELS_MATMUL_INTERNAL_H_
 
 #include <algorithm>
 #include <array>
@@ -238,18 +238,15 @@ template <class Fmt>
 void SkinnyAvx512(const float* x, int64_t n, int64_t x_stride, const typename Fmt::Elem* w,
                   int64_t out, int64_t in, const float* bias, float* y, int64_t y_stride);
 // Bf16Math::kDot's kernel (AVX512-BF16); same arguments as the entry points above. Only call
-// when CpuHasAvx512Bf16().
+// when Cpu().avx512_bf16.
 void SkinnyAvx512Bf16Dot(const float* x, int64_t n, int64_t x_stride, const uint16_t* w,
                          int64_t out, int64_t in, const float* bias, float* y, int64_t y_stride);
 // The AVX-512 kernel's lane reduction, for its test against ReduceEach<16>: count (a multiple
-// of 16) accumulators of 16 floats, acc 64-byte aligned. Only call when CpuHasAvx512().
+// of 16) accumulators of 16 floats, acc 64-byte aligned. Only call when Cpu().avx512.
 void ReduceSumsAvx512(const float* acc, int64_t count, float* sums);
 // CPUID (and OS register-state) checks for the SIMD paths; false on non-x86 builds. The AVX2
 // path also needs F16C (vcvtph2ps), which every AVX2 CPU has in practice.
-bool CpuHasAvx2Fma();
-bool CpuHasAvx512();
-bool CpuHasAvx512Bf16();  // AVX-512 F/BW/VL and BF16
 
 }  // namespace shardlm::matmul_internal
 
-#endif  // SHARDLM_ENGINE_MATMUL_INTERNAL_H_
+#endif  // SHARDLM_KERNELS_MATMUL_INTERNAL_H_

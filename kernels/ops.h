@@ -1,12 +1,12 @@
 // Dense ops of the layer loop, each with a naive reference for tests.
-#ifndef SHARDLM_ENGINE_OPS_H_
-#define SHARDLM_ENGINE_OPS_H_
+#ifndef SHARDLM_KERNELS_OPS_H_
+#define SHARDLM_KERNELS_OPS_H_
 
 #include <cstdint>
 #include <vector>
 
 #include "base/weight_alloc.h"
-#include "engine/matmul.h"
+#include "kernels/matmul.h"
 
 namespace shardlm {
 
@@ -17,7 +17,7 @@ namespace shardlm {
 struct Linear {
   int64_t out = 0;
   int64_t in = 0;
-  WeightType dtype = WeightType::kF32;
+  DType dtype = DType::kF32;
   // In cache-line-aligned, huge-page-advised buffers (base/weight_alloc.h).
   WeightVector<float> w;        // [out, in] when dtype == kF32, else empty
   WeightVector<uint16_t> w16;   // [out, in] when dtype is kBF16 or kF16, else empty
@@ -25,7 +25,7 @@ struct Linear {
 
   // The stored weights, as SkinnyMatMul takes them with `dtype`.
   const void* data() const {
-    return dtype == WeightType::kF32 ? static_cast<const void*>(w.data()) : w16.data();
+    return dtype == DType::kF32 ? static_cast<const void*>(w.data()) : w16.data();
   }
   // W[o][k] widened to f32 (exact), for references and tests.
   float Weight(int64_t o, int64_t k) const;
@@ -39,16 +39,16 @@ struct Linear {
 };
 
 // y[n, out] = x[n, in] · Wᵀ + b. x rows are `x_stride` floats apart, y rows `y_stride`.
-// Batch-invariant (engine/matmul.h): row i's result is bit-identical whatever else is
+// Batch-invariant (kernels/matmul.h): row i's result is bit-identical whatever else is
 // in the batch, so a request's output does not depend on how it was batched. The outputs are
 // split over the compute pool (SkinnyMatMulParallel), with the same bits at any --threads.
-void MatMul(const float* x, int64_t n, int64_t x_stride, const Linear& w, float* y,
+void ApplyLinear(const float* x, int64_t n, int64_t x_stride, const Linear& w, float* y,
             int64_t y_stride);
-inline void MatMul(const float* x, int64_t n, const Linear& w, float* y) {
-  MatMul(x, n, w.in, w, y, w.out);
+inline void ApplyLinear(const float* x, int64_t n, const Linear& w, float* y) {
+  ApplyLinear(x, n, w.in, w, y, w.out);
 }
 // Reference: plain loops with double accumulation.
-void MatMulNaive(const float* x, int64_t n, int64_t x_stride, const Linear& w, float* y,
+void ApplyLinearNaive(const float* x, int64_t n, int64_t x_stride, const Linear& w, float* y,
                  int64_t y_stride);
 
 // RMSNorm of `n` rows of `dim` floats, `stride` apart: y = γ ⊙ x / sqrt(mean(x²) + eps).
@@ -64,4 +64,4 @@ void SiluMulNaive(float* gate, const float* up, int64_t count);
 
 }  // namespace shardlm
 
-#endif  // SHARDLM_ENGINE_OPS_H_
+#endif  // SHARDLM_KERNELS_OPS_H_

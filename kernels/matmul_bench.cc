@@ -40,7 +40,7 @@
 #include "base/half.h"
 #include "base/rng.h"
 #include "base/thread_pool.h"
-#include "engine/matmul.h"
+#include "kernels/matmul.h"
 
 namespace shardlm {
 namespace {
@@ -96,13 +96,7 @@ __attribute__((target("avx512f"))) void FmaProbeAvx512() {
   (void)sink;
 }
 #endif
-bool HaveFmaProbe() {
-#if defined(__x86_64__)
-  return __builtin_cpu_supports("avx512f");
-#else
-  return false;
-#endif
-}
+bool HaveFmaProbe() { return Cpu().avx512; }
 void FmaProbe() {
 #if defined(__x86_64__)
   FmaProbeAvx512();
@@ -136,13 +130,13 @@ struct Weights {
     if (huge && madvise(p, bytes, MADV_HUGEPAGE) != 0) std::perror("madvise");
     return p;
   }
-  const void* Get(WeightType type) const {
+  const void* Get(DType type) const {
     switch (type) {
-      case WeightType::kF32:
+      case DType::kF32:
         return f32;
-      case WeightType::kBF16:
+      case DType::kBF16:
         return bf16;
-      case WeightType::kF16:
+      case DType::kF16:
         return f16;
     }
     return nullptr;
@@ -152,8 +146,8 @@ struct Weights {
   uint16_t* f16;
 };
 
-double Bytes(WeightType type) {
-  return static_cast<double>(kOut * kIn * WeightTypeBytes(type));
+double Bytes(DType type) {
+  return static_cast<double>(kOut * kIn * DTypeBytes(type));
 }
 double GBps(double bytes, double ms) { return bytes / (ms * 1e-3) / 1e9; }
 
@@ -191,7 +185,7 @@ int Prefill(int reps, int threads) {
                   static_cast<int>(in), w.data(), static_cast<int>(in), 0.0f, y.data(),
                   static_cast<int>(out));
     } else {
-      SkinnyMatMulParallel(x.data(), s.n, in, WeightType::kF32, w.data(), out, in, nullptr,
+      SkinnyMatMulParallel(x.data(), s.n, in, DType::kF32, w.data(), out, in, nullptr,
                            y.data(), out);
     }
   };
@@ -206,7 +200,7 @@ int Prefill(int reps, int threads) {
   const double peak_gflops =
       fma_ms.empty() ? 0 : kFmaProbeCount * 16 * 2 * threads / (Median(fma_ms) * 1e6);
   std::printf("prefill: F32 W, %d thread(s), path %s, OpenBLAS %s; medians of %d rounds\n",
-              threads, MatMulPathName(), OPENBLAS_VERSION, reps);
+              threads, MatMulIsaName(), OPENBLAS_VERSION, reps);
   std::printf("peak FMA rate (register-only chains): %.1f GFLOP/s\n\n", peak_gflops);
   std::printf("%-11s %5s | %10s %8s | %10s %8s | %12s %9s\n", "out x in", "n", "skinny ms",
               "GFLOP/s", "sgemm ms", "GFLOP/s", "skinny/sgemm", "of peak");
@@ -259,18 +253,18 @@ int Main(int argc, char** argv) {
   std::vector<float> y(static_cast<size_t>(kMaxN * kOut));
   SkinnyMatMulReserve(kMaxN, kIn);
 
-  std::vector<MatMulPath> paths = {SelectedMatMulPath()};
-  if (all_paths) paths = AvailableMatMulPaths();
+  std::vector<Isa> paths = {SelectedMatMulIsa()};
+  if (all_paths) paths = AvailableIsas();
   // Weight formats; BF16 twice when the CPU has AVX512-BF16: exact (widened) and Bf16Math::kDot.
   struct Format {
-    WeightType type;
+    DType type;
     bool dot;
     const char* name;
   };
-  std::vector<Format> formats = {{WeightType::kF32, false, "F32"},
-                                 {WeightType::kBF16, false, "BF16"},
-                                 {WeightType::kF16, false, "F16"}};
-  if (Bf16MathAvailable(Bf16Math::kDot)) formats.push_back({WeightType::kBF16, true, "BF16dot"});
+  std::vector<Format> formats = {{DType::kF32, false, "F32"},
+                                 {DType::kBF16, false, "BF16"},
+                                 {DType::kF16, false, "F16"}};
+  if (Bf16MathAvailable(Bf16Math::kDot)) formats.push_back({DType::kBF16, true, "BF16dot"});
   const int kFormats = static_cast<int>(formats.size());
   const int64_t ns[] = {1, 2, 4, 8, 16};
   constexpr int kNs = 5;
@@ -296,10 +290,10 @@ int Main(int argc, char** argv) {
                     },
                     {}});
   series.push_back({[&] { ParallelFor(threads, 1, [](int64_t, int64_t) { FmaProbe(); }); }, {}});
-  for (MatMulPath path : paths) {
+  for (Isa path : paths) {
     for (const Format& format : formats) {
       for (int64_t n : ns) {
-        const WeightType type = format.type;
+        const DType type = format.type;
         series.push_back({[&, path, format, type, n] {
                             const void* w = weights.Get(type);
                             if (format.dot) {
@@ -309,7 +303,7 @@ int Main(int argc, char** argv) {
                               SkinnyMatMulParallel(x.data(), n, kIn, type, w, kOut, kIn, nullptr,
                                                    y.data(), kOut);
                             } else {
-                              SkinnyMatMulWithPath(path, x.data(), n, kIn, type, w, kOut, kIn,
+                              SkinnyMatMulWithIsa(path, x.data(), n, kIn, type, w, kOut, kIn,
                                                    nullptr, y.data(), kOut);
                             }
                           },
@@ -337,7 +331,7 @@ int Main(int argc, char** argv) {
   auto skinny_ms = [&](size_t p, int t, int j) { return median_of(kFirstPath + p * kPerPath + t * kNs + j); };
 
   const double read_ms = median_of(0);
-  const double bandwidth = GBps(Bytes(WeightType::kF32), read_ms);  // GB/s
+  const double bandwidth = GBps(Bytes(DType::kF32), read_ms);  // GB/s
   // The FMA probe runs kFmaProbeCount FMAs on every thread.
   const double fma_per_ns =
       HaveFmaProbe() ? kFmaProbeCount * threads / (median_of(1) * 1e6) : 0;
@@ -353,32 +347,32 @@ int Main(int argc, char** argv) {
       "W %lld x %lld in %s pages (F32 %.0f MiB, BF16/F16 %.0f MiB); plain read of F32 W: "
       "%.2f ms = %.1f GB/s (the bound), %d thread(s)\n",
       static_cast<long long>(kOut), static_cast<long long>(kIn), huge ? "huge" : "4 KiB",
-      Bytes(WeightType::kF32) / (1 << 20), Bytes(WeightType::kBF16) / (1 << 20), read_ms,
+      Bytes(DType::kF32) / (1 << 20), Bytes(DType::kBF16) / (1 << 20), read_ms,
       bandwidth, threads);
   std::printf("peak 16-lane FMA rate: %.2f per ns over %d thread(s) -> compute bound "
               "n·%lld·%lld/16/rate\n",
               fma_per_ns, threads, static_cast<long long>(kOut), static_cast<long long>(kIn));
   std::printf("selected path: %s; OpenBLAS %s, %d thread(s); medians of %d interleaved rounds\n\n",
-              MatMulPathName(), OPENBLAS_VERSION, threads, reps);
+              MatMulIsaName(), OPENBLAS_VERSION, threads, reps);
   std::printf("%-10s %-7s %3s | %9s %7s %8s | %8s %7s | %9s %7s | %7s\n", "path", "W", "n",
               "skinny ms", "GB/s", "of read", "bound ms", "t/bound", "sgemm ms", "GB/s", "speedup");
   for (size_t p = 0; p < paths.size(); ++p) {
     for (int t = 0; t < kFormats; ++t) {
-      const WeightType type = formats[t].type;
+      const DType type = formats[t].type;
       for (int j = 0; j < kNs; ++j) {
         const double ms = skinny_ms(p, t, j), blas_ms = median_of(blas0 + j);
         const double gbps = GBps(Bytes(type), ms);
         std::printf("%-10s %-7s %3lld | %9.2f %7.1f %7.0f%% | %8.2f %7.2f | %9.2f %7.1f | %6.2fx\n",
-                    MatMulPathName(paths[p]), formats[t].name, static_cast<long long>(ns[j]), ms,
+                    IsaName(paths[p]), formats[t].name, static_cast<long long>(ns[j]), ms,
                     gbps, 100 * gbps / bandwidth, bound_ms(formats[t], ns[j]),
                     ms / bound_ms(formats[t], ns[j]), blas_ms,
-                    GBps(Bytes(WeightType::kF32), blas_ms), blas_ms / ms);
+                    GBps(Bytes(DType::kF32), blas_ms), blas_ms / ms);
       }
     }
     for (int t = 0; t < kFormats; ++t) {
       std::printf(
           "%-10s %-7s t(n=16)/t(n=1) %.2f;  n=1: %.1f GB/s = %.0f%% of read, time %.2fx F32's\n",
-          MatMulPathName(paths[p]), formats[t].name, skinny_ms(p, t, kNs - 1) / skinny_ms(p, t, 0),
+          IsaName(paths[p]), formats[t].name, skinny_ms(p, t, kNs - 1) / skinny_ms(p, t, 0),
           GBps(Bytes(formats[t].type), skinny_ms(p, t, 0)),
           100 * GBps(Bytes(formats[t].type), skinny_ms(p, t, 0)) / bandwidth,
           skinny_ms(p, t, 0) / skinny_ms(p, 0, 0));

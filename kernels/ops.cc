@@ -1,46 +1,28 @@
-#include "engine/ops.h"
+#include "kernels/ops.h"
 
 #include <algorithm>
 #include <cmath>
 
 #include "base/half.h"
 #include "base/status.h"
-#include "engine/matmul.h"
+#include "kernels/matmul.h"
 
 namespace shardlm {
 
-float Linear::Weight(int64_t o, int64_t k) const {
-  const int64_t j = o * in + k;
-  switch (dtype) {
-    case WeightType::kF32:
-      return w[j];
-    case WeightType::kBF16:
-      return Bf16ToF32(w16[j]);
-    case WeightType::kF16:
-      return F16ToF32(w16[j]);
-  }
-  return 0.0f;
-}
+float Linear::Weight(int64_t o, int64_t k) const { return ElementToF32(dtype, data(), o * in + k); }
 
 void Linear::WidenRow(int64_t o, float* row) const {
   CHECK(o >= 0 && o < out);
-  const int64_t j = o * in;
-  switch (dtype) {
-    case WeightType::kF32:
-      std::copy_n(w.data() + j, in, row);
-      return;
-    case WeightType::kBF16:
-      for (int64_t k = 0; k < in; ++k) row[k] = Bf16ToF32(w16[j + k]);
-      return;
-    case WeightType::kF16:
-      for (int64_t k = 0; k < in; ++k) row[k] = F16ToF32(w16[j + k]);
-      return;
+  if (dtype == DType::kF32) {
+    std::copy_n(w.data() + o * in, in, row);
+    return;
   }
+  for (int64_t k = 0; k < in; ++k) row[k] = ElementToF32(dtype, w16.data(), o * in + k);
 }
 
-void MatMul(const float* x, int64_t n, int64_t x_stride, const Linear& w, float* y,
+void ApplyLinear(const float* x, int64_t n, int64_t x_stride, const Linear& w, float* y,
             int64_t y_stride) {
-  const bool f32 = w.dtype == WeightType::kF32;
+  const bool f32 = w.dtype == DType::kF32;
   CHECK_EQ(static_cast<int64_t>(f32 ? w.w.size() : w.w16.size()), w.out * w.in);
   CHECK(f32 ? w.w16.empty() : w.w.empty());
   CHECK(w.b.empty() || static_cast<int64_t>(w.b.size()) == w.out);
@@ -50,17 +32,10 @@ void MatMul(const float* x, int64_t n, int64_t x_stride, const Linear& w, float*
                        w.b.empty() ? nullptr : w.b.data(), y, y_stride);
 }
 
-void MatMulNaive(const float* x, int64_t n, int64_t x_stride, const Linear& w, float* y,
+void ApplyLinearNaive(const float* x, int64_t n, int64_t x_stride, const Linear& w, float* y,
                  int64_t y_stride) {
-  for (int64_t i = 0; i < n; ++i) {
-    for (int64_t o = 0; o < w.out; ++o) {
-      double acc = w.b.empty() ? 0.0 : w.b[o];
-      for (int64_t k = 0; k < w.in; ++k) {
-        acc += static_cast<double>(x[i * x_stride + k]) * w.Weight(o, k);
-      }
-      y[i * y_stride + o] = static_cast<float>(acc);
-    }
-  }
+  SkinnyMatMulNaive(x, n, x_stride, w.dtype, w.data(), w.out, w.in,
+                    w.b.empty() ? nullptr : w.b.data(), y, y_stride);
 }
 
 void RmsNorm(const float* x, int64_t n, int64_t dim, int64_t stride, const float* gamma,

@@ -1,12 +1,12 @@
 // Batch-invariant skinny matmul for decode: y[n, out] = x[n, in] · Wᵀ (+ b) with small n.
-// W is stored as f32, bf16 or f16 (WeightType); x, bias and y are f32.
+// W is stored as f32, bf16 or f16 (DType); x, bias and y are f32.
 //
 // Contract (what callers may rely on):
 //  * Batch invariance. For a given path, y[i][o] is a pure function of (x row i, W row o,
 //    bias[o], in): bit-identical whatever n is, wherever row i sits in the batch, whatever the
 //    strides or buffer alignment. A request's logits therefore do not change with the batch it
 //    is scheduled into. (cblas_sgemm does not promise this: its blocking depends on n.)
-//  * Accumulation order, per (i, o), fixed by `in` alone: L = MatMulPathLanes(path) partial sums;
+//  * Accumulation order, per (i, o), fixed by `in` alone: L = MatMulLanes(path) partial sums;
 //    partial sum j accumulates x[i][k]·w[o][k] for k ≡ j (mod L) in increasing k, starting from
 //    +0 (AVX-512/AVX2: one fused multiply-add per term; portable: a rounded product, then an
 //    add). The L partial sums are then added in a fixed pairwise tree (lane j + lane j + L/2,
@@ -31,41 +31,26 @@
 //    buffer of about n·in floats. It grows on demand and is kept, so only a call larger than
 //    every earlier one on its thread allocates; SkinnyMatMulReserve does that up front, on
 //    every thread of the compute pool.
-#ifndef SHARDLM_ENGINE_MATMUL_H_
-#define SHARDLM_ENGINE_MATMUL_H_
+#ifndef SHARDLM_KERNELS_MATMUL_H_
+#define SHARDLM_KERNELS_MATMUL_H_
 
 #include <cstdint>
 #include <vector>
 
+#include "base/dtype.h"
+#include "kernels/cpu.h"
+
 namespace shardlm {
 
-// Instruction-set variants of the kernel; runtime dispatch picks the best one the CPU has.
-// The SIMD paths are compiled with function-level target attributes, so they exist (and are
-// picked by CPUID) even when the project is built without -march=native.
-enum class MatMulPath {
-  kPortable,  // plain C++, 16 partial sums
-  kAvx2Fma,   // 256-bit FMA, 8 partial sums
-  kAvx512,    // 512-bit FMA with masked K tails, 16 partial sums
-};
-
-const char* MatMulPathName(MatMulPath path);
-// Name of the path SkinnyMatMul uses in this process (chosen once, on first use).
-const char* MatMulPathName();
-MatMulPath SelectedMatMulPath();
-bool MatMulPathAvailable(MatMulPath path);
-// Every path this CPU can run, portable first.
-std::vector<MatMulPath> AvailableMatMulPaths();
+// The kernel's instruction-set variants are the levels of kernels/cpu.h, each with its own
+// partial-sum count: portable 16, AVX2+FMA 8, AVX-512 16 (with masked K tails). Every level
+// is implemented; a process uses the best one the CPU has for every call.
+//
+// Name of the level SkinnyMatMul uses in this process (chosen once, on first use).
+const char* MatMulIsaName();
+Isa SelectedMatMulIsa();
 // Number of interleaved partial sums per output (L in the contract above).
-int MatMulPathLanes(MatMulPath path);
-
-// Storage format of W.
-enum class WeightType {
-  kF32,
-  kBF16,  // bfloat16: the top 16 bits of an f32
-  kF16,   // IEEE binary16
-};
-const char* WeightTypeName(WeightType type);  // "F32", "BF16", "F16"
-int64_t WeightTypeBytes(WeightType type);     // 4 or 2
+int MatMulLanes(Isa path);
 
 // How calls with BF16 weights multiply, process-wide (F32 and F16 weights are unaffected).
 enum class Bf16Math {
@@ -91,14 +76,14 @@ Bf16Math SelectedBf16Math();  // kExact until SetBf16Math
 
 // y[i][o] = Σ_k x[i][k]·w[o][k] (+ bias[o]) for i < n, o < out, k < in.
 // x: [n, in] with row stride x_stride; w: [out, in] row-major, contiguous; bias: [out] or
-// nullptr; y: [n, out] with row stride y_stride. Uses SelectedMatMulPath() (and, for BF16
+// nullptr; y: [n, out] with row stride y_stride. Uses SelectedMatMulIsa() (and, for BF16
 // weights, SelectedBf16Math()).
 void SkinnyMatMul(const float* x, int64_t n, int64_t x_stride, const float* w, int64_t out,
                   int64_t in, const float* bias, float* y, int64_t y_stride);
 
-// The same for W of any WeightType: `w` points to out·in elements of `w_type`, f32 or uint16_t
+// The same for W of any DType: `w` points to out·in elements of `w_type`, f32 or uint16_t
 // bit patterns, row-major.
-void SkinnyMatMul(const float* x, int64_t n, int64_t x_stride, WeightType w_type, const void* w,
+void SkinnyMatMul(const float* x, int64_t n, int64_t x_stride, DType w_type, const void* w,
                   int64_t out, int64_t in, const float* bias, float* y, int64_t y_stride);
 
 // SkinnyMatMul with the outputs split over the compute pool (base/thread_pool.h): each thread
@@ -106,7 +91,7 @@ void SkinnyMatMul(const float* x, int64_t n, int64_t x_stride, WeightType w_type
 // output's arithmetic is exactly SkinnyMatMul's, so y is bit-identical at any thread count.
 // Calls too small to pay for the fork-join (under ~64 K weights) run on the calling thread.
 // Must not be called from inside a compute-pool task (it then runs single-threaded).
-void SkinnyMatMulParallel(const float* x, int64_t n, int64_t x_stride, WeightType w_type,
+void SkinnyMatMulParallel(const float* x, int64_t n, int64_t x_stride, DType w_type,
                           const void* w, int64_t out, int64_t in, const float* bias, float* y,
                           int64_t y_stride);
 
@@ -118,11 +103,11 @@ void SkinnyMatMulReserve(int64_t max_n, int64_t max_in);
 
 // Same, on an explicitly chosen path, BF16 weights always as Bf16Math::kExact (tests compare
 // every path; CHECKs that it is available).
-void SkinnyMatMulWithPath(MatMulPath path, const float* x, int64_t n, int64_t x_stride,
+void SkinnyMatMulWithIsa(Isa path, const float* x, int64_t n, int64_t x_stride,
                           const float* w, int64_t out, int64_t in, const float* bias, float* y,
                           int64_t y_stride);
-void SkinnyMatMulWithPath(MatMulPath path, const float* x, int64_t n, int64_t x_stride,
-                          WeightType w_type, const void* w, int64_t out, int64_t in,
+void SkinnyMatMulWithIsa(Isa path, const float* x, int64_t n, int64_t x_stride,
+                          DType w_type, const void* w, int64_t out, int64_t in,
                           const float* bias, float* y, int64_t y_stride);
 
 // The kDot kernel directly, whatever SelectedBf16Math is (tests); CHECKs availability.
@@ -132,11 +117,11 @@ void SkinnyMatMulBf16Dot(const float* x, int64_t n, int64_t x_stride, const uint
 // Reference: plain loops, double accumulation starting from the bias, rounded once to float.
 void SkinnyMatMulNaive(const float* x, int64_t n, int64_t x_stride, const float* w, int64_t out,
                        int64_t in, const float* bias, float* y, int64_t y_stride);
-// Same with W of any WeightType, each weight widened exactly first.
-void SkinnyMatMulNaive(const float* x, int64_t n, int64_t x_stride, WeightType w_type,
+// Same with W of any DType, each weight widened exactly first.
+void SkinnyMatMulNaive(const float* x, int64_t n, int64_t x_stride, DType w_type,
                        const void* w, int64_t out, int64_t in, const float* bias, float* y,
                        int64_t y_stride);
 
 }  // namespace shardlm
 
-#endif  // SHARDLM_ENGINE_MATMUL_H_
+#endif  // SHARDLM_KERNELS_MATMUL_H_

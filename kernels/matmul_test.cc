@@ -1,4 +1,4 @@
-#include "engine/matmul.h"
+#include "kernels/matmul.h"
 
 #include <algorithm>
 #include <cmath>
@@ -14,7 +14,7 @@
 #include "base/half.h"
 #include "base/rng.h"
 #include "base/thread_pool.h"
-#include "engine/matmul_internal.h"
+#include "kernels/matmul_internal.h"
 #include "gtest/gtest.h"
 
 namespace shardlm {
@@ -53,35 +53,35 @@ Framed StridedRows(Rng& rng, int64_t n, int64_t in, int64_t x_stride, float lo, 
 }
 
 struct PathName {
-  std::string operator()(const testing::TestParamInfo<MatMulPath>& info) const {
+  std::string operator()(const testing::TestParamInfo<Isa>& info) const {
     switch (info.param) {
-      case MatMulPath::kPortable:
+      case Isa::kPortable:
         return "Portable";
-      case MatMulPath::kAvx2Fma:
+      case Isa::kAvx2Fma:
         return "Avx2Fma";
-      case MatMulPath::kAvx512:
+      case Isa::kAvx512:
         return "Avx512";
     }
     return "Unknown";
   }
 };
 
-class SkinnyMatMulTest : public testing::TestWithParam<MatMulPath> {
+class SkinnyMatMulTest : public testing::TestWithParam<Isa> {
  protected:
   void SetUp() override {
-    if (!MatMulPathAvailable(GetParam())) {
-      GTEST_SKIP() << MatMulPathName(GetParam()) << " not supported by this CPU";
+    if (!IsaAvailable(GetParam())) {
+      GTEST_SKIP() << IsaName(GetParam()) << " not supported by this CPU";
     }
   }
   void Run(const float* x, int64_t n, int64_t x_stride, const float* w, int64_t out, int64_t in,
            const float* bias, float* y, int64_t y_stride) const {
-    SkinnyMatMulWithPath(GetParam(), x, n, x_stride, w, out, in, bias, y, y_stride);
+    SkinnyMatMulWithIsa(GetParam(), x, n, x_stride, w, out, in, bias, y, y_stride);
   }
 };
 
 INSTANTIATE_TEST_SUITE_P(AllPaths, SkinnyMatMulTest,
-                         testing::Values(MatMulPath::kPortable, MatMulPath::kAvx2Fma,
-                                         MatMulPath::kAvx512),
+                         testing::Values(Isa::kPortable, Isa::kAvx2Fma,
+                                         Isa::kAvx512),
                          PathName());
 
 // Error bound for one output, from Higham's dot-product analysis with u = eps/2 and
@@ -105,7 +105,7 @@ double Tolerance(int64_t in, int lanes, double abs_sum) {
 // scalar tree (ReduceLanes) exactly. Values of mixed sign and magnitude (2^-40 … 2^40) make
 // every other order of the adds round differently; special values must propagate as there.
 TEST(SkinnyMatMulPaths, VectorLaneReductionIsTheScalarTree) {
-  if (!matmul_internal::CpuHasAvx512()) GTEST_SKIP() << "no AVX-512 on this CPU";
+  if (!Cpu().avx512) GTEST_SKIP() << "no AVX-512 on this CPU";
   for (uint64_t seed : {1, 2, 3, 4}) {
     Rng rng(seed);
     for (int64_t count : {16, 32, 192}) {
@@ -131,21 +131,21 @@ TEST(SkinnyMatMulPaths, VectorLaneReductionIsTheScalarTree) {
 }
 
 TEST(SkinnyMatMulPaths, SelectedPathIsAvailableAndNamed) {
-  const std::vector<MatMulPath> paths = AvailableMatMulPaths();
+  const std::vector<Isa> paths = AvailableIsas();
   ASSERT_FALSE(paths.empty());
-  EXPECT_EQ(paths.front(), MatMulPath::kPortable);
-  EXPECT_TRUE(MatMulPathAvailable(SelectedMatMulPath()));
-  EXPECT_STREQ(MatMulPathName(), MatMulPathName(SelectedMatMulPath()));
+  EXPECT_EQ(paths.front(), Isa::kPortable);
+  EXPECT_TRUE(IsaAvailable(SelectedMatMulIsa()));
+  EXPECT_STREQ(MatMulIsaName(), IsaName(SelectedMatMulIsa()));
   // Dispatch picks the widest available path.
-  EXPECT_EQ(SelectedMatMulPath(), paths.back());
+  EXPECT_EQ(SelectedMatMulIsa(), paths.back());
   std::string names;
-  for (MatMulPath p : paths) names += std::string(" ") + MatMulPathName(p);
-  std::printf("available paths:%s; selected: %s\n", names.c_str(), MatMulPathName());
+  for (Isa p : paths) names += std::string(" ") + IsaName(p);
+  std::printf("available paths:%s; selected: %s\n", names.c_str(), MatMulIsaName());
 }
 
 // Every shape against the double-precision reference, strided x and y, bias and no bias.
 TEST_P(SkinnyMatMulTest, MatchesNaiveOnOddShapes) {
-  const int lanes = MatMulPathLanes(GetParam());
+  const int lanes = MatMulLanes(GetParam());
   for (uint64_t seed : {1, 2}) {
     for (int64_t n : {1, 2, 3, 5, 8, 13, 17, 64}) {
       for (int64_t in : {1, 3, 8, 15, 16, 17, 63, 64, 257, 1000}) {
@@ -199,7 +199,7 @@ TEST_P(SkinnyMatMulTest, MatchesNaiveOnOddShapes) {
 // Rows spanning several K blocks of the kernel (and a power-of-two row length, the case the x
 // repacking exists for), against the reference.
 TEST_P(SkinnyMatMulTest, LongRowsMatchNaive) {
-  const int lanes = MatMulPathLanes(GetParam());
+  const int lanes = MatMulLanes(GetParam());
   for (int64_t in : {2048, 4099}) {
     for (int64_t n : {1, 6, 17}) {
       const int64_t out = 13;
@@ -382,7 +382,7 @@ struct Weights16 {
   std::vector<uint16_t> bits;
   std::vector<float> widened;
 };
-Weights16 RandomWeights16(Rng& rng, WeightType type, int64_t count) {
+Weights16 RandomWeights16(Rng& rng, DType type, int64_t count) {
   Weights16 w;
   for (int64_t j = 0; j < count; ++j) {
     float v = rng.Uniform(-1.0f, 1.0f);
@@ -390,33 +390,33 @@ Weights16 RandomWeights16(Rng& rng, WeightType type, int64_t count) {
     if (kind == 0) v = 0.0f;
     if (kind == 1) v = -0.0f;
     if (kind == 2) v *= 1e-6f;  // f16 subnormal; bf16 normal
-    const uint16_t h = type == WeightType::kBF16 ? F32ToBf16(v) : F32ToF16(v);
+    const uint16_t h = type == DType::kBF16 ? F32ToBf16(v) : F32ToF16(v);
     w.bits.push_back(h);
-    w.widened.push_back(type == WeightType::kBF16 ? Bf16ToF32(h) : F16ToF32(h));
+    w.widened.push_back(type == DType::kBF16 ? Bf16ToF32(h) : F16ToF32(h));
   }
   return w;
 }
 
 class SkinnyMatMul16Test
-    : public testing::TestWithParam<std::tuple<MatMulPath, WeightType>> {
+    : public testing::TestWithParam<std::tuple<Isa, DType>> {
  protected:
   void SetUp() override {
-    if (!MatMulPathAvailable(path())) {
-      GTEST_SKIP() << MatMulPathName(path()) << " not supported by this CPU";
+    if (!IsaAvailable(path())) {
+      GTEST_SKIP() << IsaName(path()) << " not supported by this CPU";
     }
   }
-  MatMulPath path() const { return std::get<0>(GetParam()); }
-  WeightType type() const { return std::get<1>(GetParam()); }
+  Isa path() const { return std::get<0>(GetParam()); }
+  DType type() const { return std::get<1>(GetParam()); }
 };
 
 INSTANTIATE_TEST_SUITE_P(
     AllPaths, SkinnyMatMul16Test,
-    testing::Combine(testing::Values(MatMulPath::kPortable, MatMulPath::kAvx2Fma,
-                                     MatMulPath::kAvx512),
-                     testing::Values(WeightType::kBF16, WeightType::kF16)),
-    [](const testing::TestParamInfo<std::tuple<MatMulPath, WeightType>>& info) {
-      return PathName()(testing::TestParamInfo<MatMulPath>(std::get<0>(info.param), 0)) + "_" +
-             WeightTypeName(std::get<1>(info.param));
+    testing::Combine(testing::Values(Isa::kPortable, Isa::kAvx2Fma,
+                                     Isa::kAvx512),
+                     testing::Values(DType::kBF16, DType::kF16)),
+    [](const testing::TestParamInfo<std::tuple<Isa, DType>>& info) {
+      return PathName()(testing::TestParamInfo<Isa>(std::get<0>(info.param), 0)) + "_" +
+             DTypeName(std::get<1>(info.param));
     });
 
 // Every 16-bit pattern but the NaNs, as a [count, 1] W times x = 1: each output is its weight
@@ -426,7 +426,7 @@ TEST_P(SkinnyMatMul16Test, WidensEveryValueExactly) {
   std::vector<uint16_t> bits;
   std::vector<float> want;
   for (uint32_t h = 0; h <= 0xffff; ++h) {
-    const float v = type() == WeightType::kBF16 ? Bf16ToF32(static_cast<uint16_t>(h))
+    const float v = type() == DType::kBF16 ? Bf16ToF32(static_cast<uint16_t>(h))
                                                 : F16ToF32(static_cast<uint16_t>(h));
     if (std::isnan(v)) continue;
     bits.push_back(static_cast<uint16_t>(h));
@@ -435,7 +435,7 @@ TEST_P(SkinnyMatMul16Test, WidensEveryValueExactly) {
   const int64_t out = static_cast<int64_t>(bits.size());
   const float one = 1.0f;
   std::vector<float> y(bits.size());
-  SkinnyMatMulWithPath(path(), &one, 1, 1, type(), bits.data(), out, 1, nullptr, y.data(), out);
+  SkinnyMatMulWithIsa(path(), &one, 1, 1, type(), bits.data(), out, 1, nullptr, y.data(), out);
   for (int64_t o = 0; o < out; ++o) {
     ASSERT_EQ(y[o], want[o]) << "pattern 0x" << std::hex << bits[o];
   }
@@ -466,9 +466,9 @@ TEST_P(SkinnyMatMul16Test, BitIdenticalToWidenedF32) {
                                           << " out " << out);
           const float* b = n % 2 == 0 ? bias.data() : nullptr;
           Framed y16(n * y_stride, kGuard), y32(n * y_stride, kGuard);
-          SkinnyMatMulWithPath(path(), x.data(), n, x_stride, type(), w.bits.data(), out, in, b,
+          SkinnyMatMulWithIsa(path(), x.data(), n, x_stride, type(), w.bits.data(), out, in, b,
                                y16.data(), y_stride);
-          SkinnyMatMulWithPath(path(), x.data(), n, x_stride, w.widened.data(), out, in, b,
+          SkinnyMatMulWithIsa(path(), x.data(), n, x_stride, w.widened.data(), out, in, b,
                                y32.data(), y_stride);
           ASSERT_TRUE(y16.GuardsIntact(kGuard)) << "write before or after y";
           // Guards between rows included: both buffers started as kGuard.
@@ -488,7 +488,7 @@ TEST_P(SkinnyMatMul16Test, BitIdenticalToWidenedF32) {
 // Against the double-precision reference on the widened weights, with the tolerance derived
 // above (widening is exact, so it is the f32 bound with S taken over the widened W).
 TEST_P(SkinnyMatMul16Test, MatchesNaive) {
-  const int lanes = MatMulPathLanes(path());
+  const int lanes = MatMulLanes(path());
   for (uint64_t seed : {1, 2}) {
     for (int64_t n : {1, 4, 17, 40}) {
       for (int64_t in : {1, 17, 517, 1031}) {
@@ -498,7 +498,7 @@ TEST_P(SkinnyMatMul16Test, MatchesNaive) {
           const std::vector<float> bias = rng.UniformVector(static_cast<size_t>(out), -1, 1);
           const Framed x = StridedRows(rng, n, in, in, -2.0f, 2.0f);
           std::vector<float> fast(static_cast<size_t>(n * out)), ref(fast.size());
-          SkinnyMatMulWithPath(path(), x.data(), n, in, type(), w.bits.data(), out, in,
+          SkinnyMatMulWithIsa(path(), x.data(), n, in, type(), w.bits.data(), out, in,
                                bias.data(), fast.data(), out);
           SkinnyMatMulNaive(x.data(), n, in, type(), w.bits.data(), out, in, bias.data(),
                             ref.data(), out);
@@ -560,7 +560,7 @@ TEST_F(Bf16DotTest, MatchesReferenceOnOddShapes) {
             Framed x = StridedRows(rng, n, in, x_stride, -2.0f, 2.0f);
             // Some tiny x, which the conversion flushes, and exact zeros.
             for (int64_t k = 0; k < in; k += 7) x.data()[k] = k % 2 ? 1e-39f : 0.0f;
-            const Weights16 w = RandomWeights16(rng, WeightType::kBF16, out * in);
+            const Weights16 w = RandomWeights16(rng, DType::kBF16, out * in);
             const std::vector<float> bias = rng.UniformVector(static_cast<size_t>(out), -1, 1);
             const float* b = has_bias ? bias.data() : nullptr;
 
@@ -604,10 +604,10 @@ TEST_F(Bf16DotTest, CloseToExactPathAtBf16Precision) {
   const int64_t n = 8, in = 4096, out = 64;
   Rng rng(5);
   const std::vector<float> x = rng.UniformVector(static_cast<size_t>(n * in), -1, 1);
-  const Weights16 w = RandomWeights16(rng, WeightType::kBF16, out * in);
+  const Weights16 w = RandomWeights16(rng, DType::kBF16, out * in);
   std::vector<float> dot(static_cast<size_t>(n * out)), exact(dot.size());
   SkinnyMatMulBf16Dot(x.data(), n, in, w.bits.data(), out, in, nullptr, dot.data(), out);
-  SkinnyMatMul(x.data(), n, in, WeightType::kBF16, w.bits.data(), out, in, nullptr, exact.data(),
+  SkinnyMatMul(x.data(), n, in, DType::kBF16, w.bits.data(), out, in, nullptr, exact.data(),
                out);
   int64_t differ = 0;
   for (int64_t i = 0; i < n; ++i) {
@@ -629,7 +629,7 @@ TEST_F(Bf16DotTest, BatchInvariant) {
   for (const int64_t in : {33, 1000, 4097}) {
     const int64_t out = 19, rows = 70;
     Rng rng(static_cast<uint64_t>(in));
-    const Weights16 w = RandomWeights16(rng, WeightType::kBF16, out * in);
+    const Weights16 w = RandomWeights16(rng, DType::kBF16, out * in);
     std::vector<float> x(static_cast<size_t>(rows * in));
     for (float& v : x) v = rng.Normal();
     std::vector<float> all(static_cast<size_t>(rows * out));
@@ -657,21 +657,21 @@ TEST_F(Bf16DotTest, BatchInvariant) {
 }
 
 // The mode switch: SkinnyMatMul and SkinnyMatMulParallel take the dot kernel for BF16 weights
-// only; F32 and F16 calls keep their bits; SkinnyMatMulWithPath stays exact.
+// only; F32 and F16 calls keep their bits; SkinnyMatMulWithIsa stays exact.
 TEST_F(Bf16DotTest, ModeRoutesBf16WeightsOnly) {
   const int64_t n = 9, in = 777, out = 300;
   Rng rng(8);
   const std::vector<float> x = rng.UniformVector(static_cast<size_t>(n * in), -1, 1);
-  const Weights16 wb = RandomWeights16(rng, WeightType::kBF16, out * in);
-  const Weights16 wh = RandomWeights16(rng, WeightType::kF16, out * in);
-  auto call = [&](WeightType type, const void* w) {
+  const Weights16 wb = RandomWeights16(rng, DType::kBF16, out * in);
+  const Weights16 wh = RandomWeights16(rng, DType::kF16, out * in);
+  auto call = [&](DType type, const void* w) {
     std::vector<float> y(static_cast<size_t>(n * out));
     SkinnyMatMul(x.data(), n, in, type, w, out, in, nullptr, y.data(), out);
     return y;
   };
-  const std::vector<float> f32 = call(WeightType::kF32, wb.widened.data());
-  const std::vector<float> f16 = call(WeightType::kF16, wh.bits.data());
-  const std::vector<float> bf16 = call(WeightType::kBF16, wb.bits.data());
+  const std::vector<float> f32 = call(DType::kF32, wb.widened.data());
+  const std::vector<float> f16 = call(DType::kF16, wh.bits.data());
+  const std::vector<float> bf16 = call(DType::kBF16, wb.bits.data());
   std::vector<float> dot(bf16.size());
   SkinnyMatMulBf16Dot(x.data(), n, in, wb.bits.data(), out, in, nullptr, dot.data(), out);
   ASSERT_NE(dot, bf16);
@@ -679,17 +679,17 @@ TEST_F(Bf16DotTest, ModeRoutesBf16WeightsOnly) {
   EXPECT_STREQ(Bf16MathName(SelectedBf16Math()), "exact");
   SetBf16Math(Bf16Math::kDot);
   EXPECT_STREQ(Bf16MathName(SelectedBf16Math()), "dot");
-  EXPECT_EQ(call(WeightType::kBF16, wb.bits.data()), dot);
-  EXPECT_EQ(call(WeightType::kF32, wb.widened.data()), f32);
-  EXPECT_EQ(call(WeightType::kF16, wh.bits.data()), f16);
+  EXPECT_EQ(call(DType::kBF16, wb.bits.data()), dot);
+  EXPECT_EQ(call(DType::kF32, wb.widened.data()), f32);
+  EXPECT_EQ(call(DType::kF16, wh.bits.data()), f16);
   std::vector<float> path(bf16.size());
-  SkinnyMatMulWithPath(SelectedMatMulPath(), x.data(), n, in, WeightType::kBF16, wb.bits.data(),
+  SkinnyMatMulWithIsa(SelectedMatMulIsa(), x.data(), n, in, DType::kBF16, wb.bits.data(),
                        out, in, nullptr, path.data(), out);
   EXPECT_EQ(path, bf16);
   for (int threads : {2, 3}) {
     SetComputeThreads(threads);
     std::vector<float> y(dot.size());
-    SkinnyMatMulParallel(x.data(), n, in, WeightType::kBF16, wb.bits.data(), out, in, nullptr,
+    SkinnyMatMulParallel(x.data(), n, in, DType::kBF16, wb.bits.data(), out, in, nullptr,
                          y.data(), out);
     EXPECT_EQ(y, dot) << threads << " threads";
   }
@@ -703,13 +703,13 @@ TEST(SkinnyMatMulParallel, BitIdenticalAtAnyThreadCount) {
   struct Shape {
     int64_t out, in;
   };
-  for (WeightType type : {WeightType::kF32, WeightType::kBF16, WeightType::kF16}) {
+  for (DType type : {DType::kF32, DType::kBF16, DType::kF16}) {
     for (const Shape s : {Shape{1, 70000}, Shape{49, 1031}, Shape{517, 517}, Shape{1031, 129},
                           Shape{4099, 17}, Shape{5, 33}}) {
       Rng rng(static_cast<uint64_t>(s.out * 31 + s.in) + static_cast<uint64_t>(type));
-      const Weights16 w16 = RandomWeights16(rng, type == WeightType::kF16 ? type : WeightType::kBF16,
+      const Weights16 w16 = RandomWeights16(rng, type == DType::kF16 ? type : DType::kBF16,
                                             s.out * s.in);
-      const void* w = type == WeightType::kF32 ? static_cast<const void*>(w16.widened.data())
+      const void* w = type == DType::kF32 ? static_cast<const void*>(w16.widened.data())
                                                : w16.bits.data();
       const std::vector<float> bias = rng.UniformVector(static_cast<size_t>(s.out), -1, 1);
       for (int64_t n : {1, 5, 40}) {
@@ -726,7 +726,7 @@ TEST(SkinnyMatMulParallel, BitIdenticalAtAnyThreadCount) {
                                got.data(), y_stride);
           ASSERT_EQ(std::memcmp(got.buf.data(), want.buf.data(), got.buf.size() * sizeof(float)),
                     0)
-              << WeightTypeName(type) << " out " << s.out << " in " << s.in << " n " << n
+              << DTypeName(type) << " out " << s.out << " in " << s.in << " n " << n
               << " threads " << threads;
         }
       }
