@@ -1,81 +1,108 @@
-// Decode/prefill attention kernels over the paged cache, one file per family,
-// each with a naive reference of the same signature. The engine projects,
-// rotates and writes the new rows into the cache first; a kernel then computes,
-// for every query token, softmax(scale · q·k) · v over positions [Lo, pos].
-// All shapes are this rank's local shard. Outputs are fully overwritten.
-// The fast kernels split work over the per-rank compute pool (base/thread_pool.h)
-// and give the same bits at any thread count, page size, page placement and
-// batch composition: a query's result depends only on its own context.
+// The attention half of a layer, one file per family (gqa.cc: MHA, MQA, GQA; gta.cc: GTA;
+// latent.cc: MLA and GLA). Each family file holds everything of the family: its checkpoint
+// tensors and weight struct, the block that projects, rotates, writes the cache rows and
+// calls the kernel, and the kernel over the paged cache with its naive reference.
+//
+// The kernels: the block projects, rotates and writes the new rows into the cache first; a
+// kernel then computes, for every query token, softmax(scale · q·k) · v over positions
+// [Lo, pos]. All shapes are this rank's local shard. Outputs are fully overwritten. The fast
+// kernels split work over the per-rank compute pool (base/thread_pool.h) and give the same
+// bits at any thread count, page size, page placement and batch composition: a query's
+// result depends only on its own context.
 #ifndef SHARDLM_ATTENTION_ATTENTION_H_
 #define SHARDLM_ATTENTION_ATTENTION_H_
 
 #include <cstdint>
+#include <memory>
 #include <span>
+#include <string>
+#include <vector>
 
+#include "absl/status/statusor.h"
 #include "attention/kv_cache.h"
+#include "kernels/ops.h"
+#include "shard/shard.h"
 
 namespace shardlm {
 
-// MHA, MQA, GQA. Local query head i reads local KV head i / (num_q_heads / num_kv_heads).
-struct GqaShape {
-  int64_t num_q_heads = 0;   // local
-  int64_t num_kv_heads = 0;  // local
-  int64_t head_dim = 0;
-  float scale = 0.0f;
-  int64_t window = 0;        // 0: full causal
+// A tensor of the checkpoint layout (DESIGN §6): HF name and full (unsharded) shape.
+struct TensorSpec {
+  std::string name;            // without the ".weight" suffix for linears
+  std::vector<int64_t> shape;  // full (unsharded) shape
+  bool is_linear = false;      // "<name>.weight", and "<name>.bias" may exist
 };
-// q:   [tokens, num_q_heads, head_dim], already rotated.
-// row: [K: num_kv_heads × head_dim | V: num_kv_heads × head_dim], K rotated.
-// out: [tokens, num_q_heads, head_dim].
-void GqaAttention(const GqaShape& shape, const CacheView& cache, std::span<const QueryToken> tokens,
-                  const float* q, float* out);
-void GqaAttentionNaive(const GqaShape& shape, const CacheView& cache,
-                       std::span<const QueryToken> tokens, const float* q, float* out);
 
-// GTA (DESIGN §2.2). Key of head i in group j: [kv_j[0 : d_h − d_r] | k_rope];
-// value: kv_j (all d_h channels).
-struct GtaShape {
-  int64_t num_q_heads = 0;   // local
-  int64_t num_kv_heads = 0;  // local tied states
-  int64_t head_dim = 0;      // d_h
-  int64_t rope_dim = 0;      // d_r
-  float scale = 0.0f;
-  int64_t window = 0;
+// Where a rank's slices of the checkpoint come from (engine/weights.cc implements it over
+// the safetensors files). Every call checks the tensor's full shape; errors name the tensor.
+class WeightSource {
+ public:
+  virtual ~WeightSource() = default;
+  // Column-parallel: the rows `ranges` (concatenated in order) of the linear `name`
+  // (.weight [rows_total, in], optional .bias [rows_total]), in the checkpoint's dtype.
+  virtual absl::StatusOr<Linear> Rows(const std::string& name, int64_t rows_total, int64_t in,
+                                      std::span<const Range> ranges) = 0;
+  absl::StatusOr<Linear> Rows(const std::string& name, int64_t rows_total, int64_t in, Range r) {
+    return Rows(name, rows_total, in, std::span<const Range>(&r, 1));
+  }
+  // Row-parallel: input columns `cols` of the linear `name` [out, in_total]. Its bias is a
+  // full [out] vector that must be added once, so only `keep_bias` ranks keep it.
+  virtual absl::StatusOr<Linear> Cols(const std::string& name, int64_t out, int64_t in_total,
+                                      Range cols, bool keep_bias) = 0;
+  // Elements `r` of the 1-D tensor `name` [n] (a norm weight), as f32; must be finite.
+  virtual absl::StatusOr<std::vector<float>> Vector(const std::string& name, int64_t n,
+                                                    Range r) = 0;
+  absl::StatusOr<std::vector<float>> Vector(const std::string& name, int64_t n) {
+    return Vector(name, n, Range{0, n});
+  }
+  virtual bool Has(const std::string& name) const = 0;
 };
-// q:   [tokens, num_q_heads, head_dim]; its last rope_dim channels rotated.
-// row: [tied: num_kv_heads × head_dim | k_rope: rope_dim (rotated)].
-// out: [tokens, num_q_heads, head_dim].
-void GtaAttention(const GtaShape& shape, const CacheView& cache, std::span<const QueryToken> tokens,
-                  const float* q, float* out);
-void GtaAttentionNaive(const GtaShape& shape, const CacheView& cache,
-                       std::span<const QueryToken> tokens, const float* q, float* out);
 
-// MLA / GLA (DESIGN §2.3); MLA is one latent head. Local query head i reads local
-// latent head i / (num_q_heads / num_latent_heads).
-struct LatentShape {
-  int64_t num_q_heads = 0;       // local
-  int64_t num_latent_heads = 0;  // local h_c
-  int64_t latent_dim = 0;        // d_c
-  int64_t nope_dim = 0;          // d_n
-  int64_t rope_dim = 0;          // d_r
-  int64_t v_head_dim = 0;        // d_v
-  float scale = 0.0f;
-  int64_t window = 0;
+// One layer's attention weights on one rank; each family's file defines its own.
+struct AttentionWeights {
+  virtual ~AttentionWeights() = default;
+  // Every linear layer, for byte and FLOP counts.
+  virtual std::vector<const Linear*> Linears() const = 0;
+  // Resident bytes: linears, norms and biases.
+  virtual int64_t bytes() const;
 };
-// q:      [tokens, num_q_heads, nope_dim + rope_dim]; the rope part rotated.
-// row:    [latents: num_latent_heads × latent_dim (normalized) | k_rope: rope_dim (rotated)].
-// kv_b:   this rank's rows of kv_b_proj, [num_q_heads, nope_dim + v_head_dim, latent_dim]:
-//         per head W_UK (nope_dim rows) then W_UV (v_head_dim rows).
-// kv_b_bias: [num_q_heads, nope_dim + v_head_dim] or nullptr.
-// out:    [tokens, num_q_heads, v_head_dim].
-// The fast path uses the absorbed form (q̃ = W_UKᵀ q_nope, values are latents,
-// then W_UV); the naive one materializes every head's keys and values.
-void LatentAttention(const LatentShape& shape, const CacheView& cache,
-                     std::span<const QueryToken> tokens, const float* q, const float* kv_b,
-                     const float* kv_b_bias, float* out);
-void LatentAttentionNaive(const LatentShape& shape, const CacheView& cache,
-                          std::span<const QueryToken> tokens, const float* q, const float* kv_b,
-                          const float* kv_b_bias, float* out);
+
+// The per-rank state of one family's attention (shapes, RoPE tables, scratch), shared by all
+// layers; weights and cache are per layer.
+class AttentionBlock {
+ public:
+  virtual ~AttentionBlock() = default;
+  // xn: [n, d] normalized inputs of the batch's tokens. Writes each token's cache row (at its
+  // slot), then attends, and writes this rank's partial sum of o_proj into out [n, d] (the
+  // caller all-reduces it). `w` is the weights struct of this block's family.
+  virtual void Forward(const AttentionWeights& w, const float* xn,
+                       std::span<const QueryToken> tokens, const CacheView& cache, float* out) = 0;
+};
+
+// A family: the checkpoint layout of its attention tensors, loading a rank's shard, and the
+// block that runs it.
+class AttentionFamily {
+ public:
+  static const AttentionFamily& Of(AttentionType type);
+  virtual ~AttentionFamily() = default;
+  // The attention tensors of one layer, full shapes, under `prefix`
+  // ("model.layers.{i}.self_attn."). Optional tensors (norms a checkpoint may omit) are not
+  // listed.
+  virtual void AppendTensors(const ModelDims& dims, const std::string& prefix,
+                             std::vector<TensorSpec>* specs) const = 0;
+  // This rank's shard of one layer's attention tensors.
+  virtual absl::StatusOr<std::unique_ptr<AttentionWeights>> Load(WeightSource& source,
+                                                                 const ModelDims& dims,
+                                                                 const ShardPlan& plan,
+                                                                 const std::string& prefix) const = 0;
+  virtual std::unique_ptr<AttentionBlock> MakeBlock(const ModelDims& dims,
+                                                    const ShardPlan& plan) const = 0;
+};
+
+// Grow-only scratch buffer: blocks reuse it across steps instead of allocating.
+inline float* Scratch(std::vector<float>& buffer, int64_t floats) {
+  if (static_cast<int64_t>(buffer.size()) < floats) buffer.resize(static_cast<size_t>(floats));
+  return buffer.data();
+}
 
 // Log-sum-exp merge of partial attention results over disjoint key ranges
 // (natural log): lse = M + ln Σ e^(lse_i − M), o = Σ e^(lse_i − lse) o_i.

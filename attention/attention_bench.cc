@@ -42,7 +42,9 @@
 #include <string>
 #include <vector>
 
-#include "attention/attention.h"
+#include "attention/gqa.h"
+#include "attention/gta.h"
+#include "attention/latent.h"
 #include "base/rng.h"
 #include "base/thread_pool.h"
 
@@ -349,15 +351,19 @@ int main(int argc, char** argv) {
   for (const int64_t h_c : {1, 2}) {
     LatentShape s{.num_q_heads = 32, .num_latent_heads = h_c, .latent_dim = 512 / h_c,
                   .nope_dim = 128, .rope_dim = 64, .v_head_dim = 128, .scale = 0.072f};
-    auto kv_b = std::make_shared<std::vector<float>>(
-        static_cast<size_t>(s.num_q_heads * (s.nope_dim + s.v_head_dim) * s.latent_dim));
-    FillUniform(*kv_b, 3);
-    for (float& w : *kv_b) w *= 0.05f;
+    Linear kv_b;  // [h_q · (d_n + d_v), d_c], f32
+    kv_b.out = s.num_q_heads * (s.nope_dim + s.v_head_dim);
+    kv_b.in = s.latent_dim;
+    std::vector<float> values(static_cast<size_t>(kv_b.out * kv_b.in));
+    FillUniform(values, 3);
+    for (float& w : values) w *= 0.05f;
+    kv_b.w.assign(values.begin(), values.end());
+    auto up = std::make_shared<LatentUpProjection>(SplitKvB(kv_b, s.nope_dim, s.v_head_dim));
     RunFamily({h_c == 1 ? "mla" : "gla", s.num_latent_heads * s.latent_dim + s.rope_dim,
                static_cast<double>(s.num_q_heads * (2 * s.latent_dim + s.rope_dim)),
                s.num_q_heads * (s.nope_dim + s.rope_dim), s.num_q_heads * s.v_head_dim,
-               [s, kv_b](const CacheView& c, std::span<const QueryToken> t, const float* q,
-                         float* o) { LatentAttention(s, c, t, q, kv_b->data(), nullptr, o); }},
+               [s, up](const CacheView& c, std::span<const QueryToken> t, const float* q,
+                       float* o) { LatentAttention(s, c, t, q, *up, o); }},
               options);
   }
   return 0;

@@ -10,7 +10,9 @@
 #include <vector>
 
 #include "absl/strings/str_format.h"
-#include "attention/attention.h"
+#include "attention/gqa.h"
+#include "attention/gta.h"
+#include "attention/latent.h"
 #include "attention/decode_core.h"
 #include "attention/test_util.h"
 #include "base/rng.h"
@@ -50,12 +52,15 @@ std::vector<Family> Families(int64_t window, Rng& rng) {
   }
   for (const int64_t h_c : {1, 2}) {
     const LatentShape s{4, h_c, 24, 8, 8, 12, 0.3f, window};
-    auto kv_b = std::make_shared<std::vector<float>>(rng.UniformVector(4 * 20 * 24, -0.2f, 0.2f));
+    Linear kv_b;  // [h_q · (d_n + d_v), d_c]
+    kv_b.out = 4 * 20;
+    kv_b.in = 24;
+    const std::vector<float> values = rng.UniformVector(4 * 20 * 24, -0.2f, 0.2f);
+    kv_b.w.assign(values.begin(), values.end());
+    auto up = std::make_shared<LatentUpProjection>(SplitKvB(kv_b, 8, 12));
     families.push_back({h_c == 1 ? "mla" : "gla", h_c * 24 + 8, 4 * 16, 4 * 12,
-                        [s, kv_b](const CacheView& c, std::span<const QueryToken> t,
-                                  const float* q, float* o) {
-                          LatentAttention(s, c, t, q, kv_b->data(), nullptr, o);
-                        }});
+                        [s, up](const CacheView& c, std::span<const QueryToken> t,
+                                const float* q, float* o) { LatentAttention(s, c, t, q, *up, o); }});
   }
   return families;
 }

@@ -1,10 +1,15 @@
-// MHA, MQA and GQA (DESIGN §2.1) over the paged cache.
+// MHA, MQA and GQA (DESIGN §2.1): the checkpoint tensors, the block, and the kernel over the
+// paged cache with its naive reference.
+#include "attention/gqa.h"
+
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <memory>
+#include <string>
 #include <vector>
 
-#include "attention/attention.h"
+#include "attention/rope.h"
 #include "attention/decode_core.h"
 #include "base/status.h"
 
@@ -83,6 +88,92 @@ void GqaAttentionNaive(const GqaShape& shape, const CacheView& cache,
       for (int64_t c = 0; c < d; ++c) oi[c] = static_cast<float>(acc[c]);
     }
   }
+}
+
+// ---------------------------------------------------------------------------
+// The block: q, k, v projections, RoPE over all d_h channels, the cache write, the kernel,
+// this rank's o_proj.
+
+namespace {
+
+class GqaBlock final : public AttentionBlock {
+ public:
+  GqaBlock(const ModelDims& dims, const ShardPlan& plan)
+      : rope_(dims.head_dim, dims.rope_theta, dims.rope_interleave) {
+    shape_.num_q_heads = plan.q_heads.size();
+    shape_.num_kv_heads = plan.kv_heads.size();
+    shape_.head_dim = dims.head_dim;
+    shape_.scale = static_cast<float>(dims.softmax_scale);
+    shape_.window = dims.sliding_window;
+  }
+
+  void Forward(const AttentionWeights& weights, const float* xn,
+               std::span<const QueryToken> tokens, const CacheView& cache, float* out) override {
+    const auto& w = static_cast<const GqaWeights&>(weights);
+    const int64_t n = static_cast<int64_t>(tokens.size());
+    const int64_t dh = shape_.head_dim, q_width = shape_.num_q_heads * dh,
+                  kv_width = shape_.num_kv_heads * dh;
+    float* q = Scratch(q_, n * q_width);          // [n, hq_l, d_h]
+    float* k = Scratch(k_, n * kv_width);         // [n, kv_l, d_h]
+    float* v = Scratch(v_, n * kv_width);         // [n, kv_l, d_h]
+    float* heads = Scratch(heads_, n * q_width);  // [n, hq_l, d_h]
+    ApplyLinear(xn, n, w.q_proj, q);
+    ApplyLinear(xn, n, w.k_proj, k);
+    ApplyLinear(xn, n, w.v_proj, v);
+    for (int64_t t = 0; t < n; ++t) {
+      rope_.Apply(q + t * q_width, shape_.num_q_heads, dh, tokens[t].pos);
+      rope_.Apply(k + t * kv_width, shape_.num_kv_heads, dh, tokens[t].pos);
+      float* row = cache.Row(tokens[t].block_table, tokens[t].pos);
+      std::copy_n(k + t * kv_width, kv_width, row);
+      std::copy_n(v + t * kv_width, kv_width, row + kv_width);
+    }
+    GqaAttention(shape_, cache, tokens, q, heads);
+    ApplyLinear(heads, n, w.o_proj, out);  // partial sum over this rank's heads
+  }
+
+ private:
+  GqaShape shape_;
+  Rope rope_;
+  std::vector<float> q_, k_, v_, heads_;
+};
+
+class Gqa final : public AttentionFamily {
+ public:
+  void AppendTensors(const ModelDims& dims, const std::string& a,
+                     std::vector<TensorSpec>* specs) const override {
+    const int64_t d = dims.hidden, q = dims.num_heads * dims.head_dim,
+                  kv = dims.num_kv_heads * dims.head_dim;
+    specs->push_back({a + "q_proj", {q, d}, true});
+    specs->push_back({a + "k_proj", {kv, d}, true});
+    specs->push_back({a + "v_proj", {kv, d}, true});
+    specs->push_back({a + "o_proj", {d, q}, true});
+  }
+
+  absl::StatusOr<std::unique_ptr<AttentionWeights>> Load(WeightSource& load, const ModelDims& dims,
+                                                         const ShardPlan& plan,
+                                                         const std::string& a) const override {
+    const int64_t d = dims.hidden, dh = dims.head_dim;
+    const int64_t q = dims.num_heads * dh, kv = dims.num_kv_heads * dh;
+    auto w = std::make_unique<GqaWeights>();
+    ASSIGN_OR_RETURN(w->q_proj, load.Rows(a + "q_proj", q, d, plan.q_heads.Scaled(dh)));
+    ASSIGN_OR_RETURN(w->k_proj, load.Rows(a + "k_proj", kv, d, plan.kv_heads.Scaled(dh)));
+    ASSIGN_OR_RETURN(w->v_proj, load.Rows(a + "v_proj", kv, d, plan.kv_heads.Scaled(dh)));
+    ASSIGN_OR_RETURN(w->o_proj, load.Cols(a + "o_proj", d, q, plan.q_heads.Scaled(dh),
+                                          /*keep_bias=*/plan.rank == 0));
+    return std::unique_ptr<AttentionWeights>(std::move(w));
+  }
+
+  std::unique_ptr<AttentionBlock> MakeBlock(const ModelDims& dims,
+                                            const ShardPlan& plan) const override {
+    return std::make_unique<GqaBlock>(dims, plan);
+  }
+};
+
+}  // namespace
+
+const AttentionFamily& GqaFamily() {
+  static const Gqa family;
+  return family;
 }
 
 }  // namespace shardlm

@@ -3,7 +3,7 @@
 #include <vector>
 
 #include "absl/strings/str_format.h"
-#include "attention/attention.h"
+#include "attention/gqa.h"
 #include "attention/decode_core.h"
 #include "attention/test_util.h"
 #include "base/rng.h"

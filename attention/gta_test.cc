@@ -3,7 +3,8 @@
 #include <vector>
 
 #include "absl/strings/str_format.h"
-#include "attention/attention.h"
+#include "attention/gqa.h"
+#include "attention/gta.h"
 #include "attention/decode_core.h"
 #include "attention/test_util.h"
 #include "base/rng.h"

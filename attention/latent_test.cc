@@ -1,11 +1,13 @@
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <vector>
 
 #include "absl/strings/str_format.h"
-#include "attention/attention.h"
+#include "attention/latent.h"
 #include "attention/decode_core.h"
 #include "attention/test_util.h"
+#include "base/half.h"
 #include "base/rng.h"
 #include "gtest/gtest.h"
 
@@ -46,14 +48,24 @@ LatentShape ShapeOf(const LatentDims& dims, int64_t window) {
 
 // Random weights in the layout of the header: kv_b [h_q, d_n + d_v, d_c] uniform in
 // ±1/sqrt(d_c) (the usual init scale), bias [h_q, d_n + d_v] in ±0.5 or empty.
-struct LatentWeights {
+struct KvBWeights {
   std::vector<float> kv_b;
   std::vector<float> bias;
   const float* bias_or_null() const { return bias.empty() ? nullptr : bias.data(); }
 };
-LatentWeights RandomWeights(const LatentDims& dims, bool with_bias, Rng& rng) {
+// kv_b as the engine keeps it (SplitKvB of an f32 kv_b_proj).
+LatentUpProjection UpProjection(const KvBWeights& weights, const LatentShape& shape) {
+  Linear kv_b;
+  kv_b.out = shape.num_q_heads * (shape.nope_dim + shape.v_head_dim);
+  kv_b.in = shape.latent_dim;
+  kv_b.w.assign(weights.kv_b.begin(), weights.kv_b.end());
+  kv_b.b = weights.bias;
+  return SplitKvB(kv_b, shape.nope_dim, shape.v_head_dim);
+}
+
+KvBWeights RandomWeights(const LatentDims& dims, bool with_bias, Rng& rng) {
   const float w = static_cast<float>(1.0 / std::sqrt(dims.d_c));
-  LatentWeights weights;
+  KvBWeights weights;
   weights.kv_b = rng.UniformVector(dims.h_q * (dims.d_n + dims.d_v) * dims.d_c, -w, w);
   ExpectVaries(weights.kv_b, -w, w, "kv_b");
   if (with_bias) weights.bias = rng.UniformVector(dims.h_q * (dims.d_n + dims.d_v), -0.5f, 0.5f);
@@ -70,7 +82,7 @@ LatentWeights RandomWeights(const LatentDims& dims, bool with_bias, Rng& rng) {
 // (the propagated ō error, the d_c-term dot, the bias add and the reference's rounding).
 // b_K is left out by the fast path and cancels exactly in the reference's softmax.
 double LatentTolerance(const LatentShape& s, TestCache& cache, std::span<const QueryToken> tokens,
-                       const std::vector<float>& q, const LatentWeights& weights) {
+                       const std::vector<float>& q, const KvBWeights& weights) {
   const int64_t dq = s.nope_dim + s.rope_dim, dkv = s.nope_dim + s.v_head_dim;
   const int64_t lat = s.num_latent_heads * s.latent_dim;
   const double c_max = cache.MaxAbs(0, lat);
@@ -121,13 +133,13 @@ double CheckLatentCase(const LatentDims& dims, int64_t ctx, int64_t page, int64_
       rng.UniformVector(nt * dims.h_q * (dims.d_n + dims.d_r), -q_range, q_range);
   ExpectVaries(q, -q_range, q_range, "q");
   ExpectVaries(cache.Rows(0, std::min<int64_t>(ctx, 3)), -1, 1, "cache rows");
-  const LatentWeights weights = RandomWeights(dims, with_bias, rng);
+  const KvBWeights weights = RandomWeights(dims, with_bias, rng);
 
   const std::vector<float> before = cache.pool();
   const int64_t out_floats = nt * dims.h_q * dims.d_v;
   GuardedBuffer fast(out_floats), naive(out_floats);
-  LatentAttention(shape, cache.view(), tokens, q.data(), weights.kv_b.data(),
-                  weights.bias_or_null(), fast.data());
+  LatentAttention(shape, cache.view(), tokens, q.data(), UpProjection(weights, shape),
+                  fast.data());
   LatentAttentionNaive(shape, cache.view(), tokens, q.data(), weights.kv_b.data(),
                        weights.bias_or_null(), naive.data());
   EXPECT_TRUE(fast.GuardsIntact());
@@ -174,17 +186,59 @@ TEST(LatentTest, ManyTokensAcrossTiles) {
   for (int64_t pos = 299; pos >= 0; pos -= 7) tokens.push_back({cache.table(0), pos});  // 43
   const std::vector<float> q =
       rng.UniformVector(tokens.size() * dims.h_q * (dims.d_n + dims.d_r), -2, 2);
-  const LatentWeights weights = RandomWeights(dims, true, rng);
+  const KvBWeights weights = RandomWeights(dims, true, rng);
   const LatentShape shape = ShapeOf(dims, 0);
   GuardedBuffer fast(tokens.size() * dims.h_q * dims.d_v),
       naive(tokens.size() * dims.h_q * dims.d_v);
-  LatentAttention(shape, cache.view(), tokens, q.data(), weights.kv_b.data(), weights.bias.data(),
+  LatentAttention(shape, cache.view(), tokens, q.data(), UpProjection(weights, shape),
                   fast.data());
   LatentAttentionNaive(shape, cache.view(), tokens, q.data(), weights.kv_b.data(),
                        weights.bias.data(), naive.data());
   EXPECT_TRUE(fast.GuardsIntact());
   ExpectClose(fast.body(), naive.body(), LatentTolerance(shape, cache, tokens, q, weights),
               "fast vs naive");
+}
+
+// kv_b_proj in BF16 or F16 stays 16-bit (SplitKvB keeps the bits) and the kernel reads it
+// through the shared matmul, which widens exactly: the output is bit-identical to the same
+// kernel on the f32 widening of those weights.
+TEST(LatentTest, SixteenBitKvBEqualsItsF32Widening) {
+  const LatentDims dims{6, 2, 40, 24, 8, 20};
+  Rng rng(41, "kv_b 16-bit");
+  TestCache cache(dims.h_c * dims.d_c + dims.d_r, 5, RaggedSeqLens(70), rng);
+  const std::vector<QueryToken> tokens = RaggedTokens(cache, rng);
+  const std::vector<float> q =
+      rng.UniformVector(tokens.size() * dims.h_q * (dims.d_n + dims.d_r), -2, 2);
+  const KvBWeights weights = RandomWeights(dims, true, rng);
+  const LatentShape shape = ShapeOf(dims, 0);
+  for (const DType dtype : {DType::kBF16, DType::kF16}) {
+    SCOPED_TRACE(DTypeName(dtype));
+    Linear half, widened;
+    half.out = widened.out = dims.h_q * (dims.d_n + dims.d_v);
+    half.in = widened.in = dims.d_c;
+    half.dtype = dtype;
+    half.b = widened.b = weights.bias;
+    for (const float w : weights.kv_b) {
+      half.w16.push_back(dtype == DType::kBF16 ? F32ToBf16(w) : F32ToF16(w));
+      widened.w.push_back(ElementToF32(dtype, &half.w16.back(), 0));
+    }
+    const LatentUpProjection up_half = SplitKvB(half, dims.d_n, dims.d_v);
+    EXPECT_EQ(up_half.uk_t.dtype, dtype);
+    EXPECT_EQ(up_half.uv.dtype, dtype);
+    EXPECT_EQ(up_half.uk_t.bytes() + up_half.uv.bytes(),
+              static_cast<int64_t>(half.w16.size() * 2 + dims.h_q * dims.d_v * sizeof(float)));
+    const int64_t out_floats = static_cast<int64_t>(tokens.size()) * dims.h_q * dims.d_v;
+    GuardedBuffer from_half(out_floats), from_f32(out_floats);
+    LatentAttention(shape, cache.view(), tokens, q.data(), up_half, from_half.data());
+    LatentAttention(shape, cache.view(), tokens, q.data(),
+                    SplitKvB(widened, dims.d_n, dims.d_v), from_f32.data());
+    EXPECT_TRUE(from_half.GuardsIntact());
+    const std::vector<float> a(from_half.body().begin(), from_half.body().end());
+    const std::vector<float> b(from_f32.body().begin(), from_f32.body().end());
+    const auto [lo, hi] = std::minmax_element(a.begin(), a.end());
+    ExpectVaries(a, *lo, *hi, "output");  // not a constant: the comparison means something
+    EXPECT_TRUE(SameBytes(a, b));
+  }
 }
 
 // MLA is GLA with one latent head (DESIGN §2.3): GLA whose h_c latents are all
@@ -210,13 +264,13 @@ TEST(LatentTest, MlaEqualsGlaWithCopiedLatents) {
       gla_tokens.push_back({gla_cache.table(0), pos});
     }
     const std::vector<float> q = rng.UniformVector(mla_tokens.size() * h_q * (d_n + d_r), -2, 2);
-    const LatentWeights weights = RandomWeights(mla_dims, true, rng);
+    const KvBWeights weights = RandomWeights(mla_dims, true, rng);
     const int64_t out_floats = static_cast<int64_t>(mla_tokens.size()) * h_q * d_v;
     GuardedBuffer mla(out_floats), gla(out_floats), mla_naive(out_floats), gla_naive(out_floats);
     LatentAttention(ShapeOf(mla_dims, 0), mla_cache.view(), mla_tokens, q.data(),
-                    weights.kv_b.data(), weights.bias.data(), mla.data());
+                    UpProjection(weights, ShapeOf(mla_dims, 0)), mla.data());
     LatentAttention(ShapeOf(gla_dims, 0), gla_cache.view(), gla_tokens, q.data(),
-                    weights.kv_b.data(), weights.bias.data(), gla.data());
+                    UpProjection(weights, ShapeOf(gla_dims, 0)), gla.data());
     LatentAttentionNaive(ShapeOf(mla_dims, 0), mla_cache.view(), mla_tokens, q.data(),
                          weights.kv_b.data(), weights.bias.data(), mla_naive.data());
     LatentAttentionNaive(ShapeOf(gla_dims, 0), gla_cache.view(), gla_tokens, q.data(),
@@ -238,9 +292,9 @@ TEST(LatentTest, KeyBiasCancelsValueBiasAdds) {
   const std::vector<QueryToken> tokens = {{cache.table(0), 119}, {cache.table(0), 40}};
   const std::vector<float> q =
       rng.UniformVector(tokens.size() * dims.h_q * (dims.d_n + dims.d_r), -2, 2);
-  const LatentWeights with_bias = RandomWeights(dims, true, rng);
-  LatentWeights v_bias_only = with_bias;  // b_K zeroed
-  LatentWeights no_bias = with_bias;
+  const KvBWeights with_bias = RandomWeights(dims, true, rng);
+  KvBWeights v_bias_only = with_bias;  // b_K zeroed
+  KvBWeights no_bias = with_bias;
   no_bias.bias.clear();
   const int64_t dkv = dims.d_n + dims.d_v;
   for (int64_t i = 0; i < dims.h_q; ++i) {
@@ -254,9 +308,9 @@ TEST(LatentTest, KeyBiasCancelsValueBiasAdds) {
                        with_bias.bias.data(), full_naive.data());
   LatentAttentionNaive(shape, cache.view(), tokens, q.data(), v_bias_only.kv_b.data(),
                        v_bias_only.bias.data(), v_only_naive.data());
-  LatentAttention(shape, cache.view(), tokens, q.data(), with_bias.kv_b.data(),
-                  with_bias.bias.data(), full_fast.data());
-  LatentAttention(shape, cache.view(), tokens, q.data(), no_bias.kv_b.data(), nullptr,
+  LatentAttention(shape, cache.view(), tokens, q.data(), UpProjection(with_bias, shape),
+                  full_fast.data());
+  LatentAttention(shape, cache.view(), tokens, q.data(), UpProjection(no_bias, shape),
                   none_fast.data());
   // The reference computes in double: dropping b_K changes it only by rounding the
   // double result to float (≤ u·|o| each side).

@@ -195,12 +195,9 @@ absl::StatusOr<double> MeasurePrefill(Model& model, Comm& comm, int64_t tokens, 
 int64_t LayerLinearFlopsPerToken(const ModelWeights& weights) {
   int64_t macs = 0;
   for (const LayerWeights& layer : weights.layers) {
-    const AttentionWeights& a = layer.attn;
-    for (const Linear* w : {&a.q_proj, &a.q_a_proj, &a.q_b_proj, &a.k_proj, &a.v_proj, &a.kv_proj,
-                            &a.k_rope_proj, &a.kv_a_proj, &a.kv_b_proj, &a.o_proj, &layer.gate,
-                            &layer.up, &layer.down}) {
-      macs += w->out * w->in;
-    }
+    std::vector<const Linear*> linears = layer.attn->Linears();
+    linears.insert(linears.end(), {&layer.gate, &layer.up, &layer.down});
+    for (const Linear* w : linears) macs += w->out * w->in;
   }
   return 2 * macs;
 }

@@ -22,7 +22,7 @@ absl::StatusOr<std::unique_ptr<Model>> Model::Load(const std::string& model_dir,
 
 Model::Model(ModelDims dims, ShardPlan plan, ModelWeights weights)
     : dims_(std::move(dims)), plan_(plan), weights_(std::move(weights)),
-      attention_(AttentionBlock::Create(dims_, plan_)) {}
+      attention_(AttentionFamily::Of(dims_.type).MakeBlock(dims_, plan_)) {}
 
 void Model::Reserve(int64_t max_tokens) {
   // The widest input of any linear layer bounds every call's row length.
@@ -61,7 +61,7 @@ absl::Status Model::Forward(const ForwardBatch& batch, PagedKvCache& cache, Comm
     // h = x + Attn(RMSNorm(x)): each rank's heads give a partial o_proj sum.
     RmsNorm(x, n, d, d, w.attn_norm.data(), dims_.rms_eps, xn);
     SHARDLM_DUMP(plan_.rank, stats_.forwards, l, "attn_norm", xn, n, d);
-    attention_->Forward(w.attn, xn, batch.tokens, cache.Layer(l), partial);
+    attention_->Forward(*w.attn, xn, batch.tokens, cache.Layer(l), partial);
     RETURN_IF_ERROR(AllReduce(partial, n * d, comm));
     SHARDLM_DUMP(plan_.rank, stats_.forwards, l, "attn_out", partial, n, d);
     for (int64_t i = 0; i < n * d; ++i) x[i] += partial[i];

@@ -10,7 +10,7 @@
 
 #include "attention/kv_cache.h"
 #include "comm/comm.h"
-#include "engine/attention_block.h"
+#include "attention/attention.h"
 #include "engine/weights.h"
 #include "shard/shard.h"
 

@@ -27,6 +27,10 @@ struct Linear {
   const void* data() const {
     return dtype == DType::kF32 ? static_cast<const void*>(w.data()) : w16.data();
   }
+  // Row o of the stored weights (`in` elements of `dtype`).
+  const void* row_data(int64_t o) const {
+    return static_cast<const char*>(data()) + o * in * DTypeBytes(dtype);
+  }
   // W[o][k] widened to f32 (exact), for references and tests.
   float Weight(int64_t o, int64_t k) const;
   // Row o widened to f32 (exact) into row[0, in): an embedding lookup.

@@ -16,6 +16,8 @@ struct Range {
   int64_t begin = 0;
   int64_t end = 0;
   int64_t size() const { return end - begin; }
+  // The range of elements when each item is `width` elements wide (heads → rows).
+  Range Scaled(int64_t width) const { return {begin * width, end * width}; }
   bool operator==(const Range&) const = default;
 };
 
