@@ -90,10 +90,9 @@ class AttentionFamily {
   virtual void AppendTensors(const ModelDims& dims, const std::string& prefix,
                              std::vector<TensorSpec>* specs) const = 0;
   // This rank's shard of one layer's attention tensors.
-  virtual absl::StatusOr<std::unique_ptr<AttentionWeights>> Load(WeightSource& source,
-                                                                 const ModelDims& dims,
-                                                                 const ShardPlan& plan,
-                                                                 const std::string& prefix) const = 0;
+  virtual absl::StatusOr<std::unique_ptr<AttentionWeights>> Load(
+      WeightSource& source, const ModelDims& dims, const ShardPlan& plan,
+      const std::string& prefix) const = 0;
   virtual std::unique_ptr<AttentionBlock> MakeBlock(const ModelDims& dims,
                                                     const ShardPlan& plan) const = 0;
 };

@@ -1,6 +1,8 @@
 // Invariants of DecodeAttention that the engine's decode tests rely on: a query's
 // output bits depend only on its own context values and positions — not on page
 // size, page placement, batch composition or compute thread count.
+#include "attention/decode_core.h"
+
 #include <algorithm>
 #include <bit>
 #include <cmath>
@@ -13,7 +15,6 @@
 #include "attention/gqa.h"
 #include "attention/gta.h"
 #include "attention/latent.h"
-#include "attention/decode_core.h"
 #include "attention/test_util.h"
 #include "base/rng.h"
 #include "base/thread_pool.h"
@@ -59,8 +60,8 @@ std::vector<Family> Families(int64_t window, Rng& rng) {
     kv_b.w.assign(values.begin(), values.end());
     auto up = std::make_shared<LatentUpProjection>(SplitKvB(kv_b, 8, 12));
     families.push_back({h_c == 1 ? "mla" : "gla", h_c * 24 + 8, 4 * 16, 4 * 12,
-                        [s, up](const CacheView& c, std::span<const QueryToken> t,
-                                const float* q, float* o) { LatentAttention(s, c, t, q, *up, o); }});
+                        [s, up](const CacheView& c, std::span<const QueryToken> t, const float* q,
+                                float* o) { LatentAttention(s, c, t, q, *up, o); }});
   }
   return families;
 }
@@ -86,8 +87,7 @@ std::vector<float> RunBatch(const Family& fam, const std::vector<std::vector<flo
   std::vector<float> q_batch;
   for (const size_t s : order) {
     tokens.push_back({cache.table(s), kSeqLens[s] - 1});
-    q_batch.insert(q_batch.end(), q.begin() + s * fam.q_floats,
-                   q.begin() + (s + 1) * fam.q_floats);
+    q_batch.insert(q_batch.end(), q.begin() + s * fam.q_floats, q.begin() + (s + 1) * fam.q_floats);
   }
   SetComputeThreads(threads);
   GuardedBuffer out(static_cast<int64_t>(order.size()) * fam.out_floats);
@@ -116,8 +116,7 @@ void ExpectSameBits(const std::vector<float>& a, const std::vector<float>& b,
 // variant must reproduce it bit for bit, with either kernel build.
 TEST(DecodeCoreTest, BitIdenticalAcrossPagesBatchesAndThreads) {
   const attention_test::RestoreDecodeIsa restore;
-  for (const auto isa :
-       {BestIsa(), Isa::kPortable}) {
+  for (const auto isa : {BestIsa(), Isa::kPortable}) {
     attention_internal::SetDecodeIsa(isa);
     for (const int64_t window : {int64_t{0}, kChunk + 100}) {
       Rng rng(31, absl::StrFormat("decode_core/%d", window));
@@ -128,8 +127,7 @@ TEST(DecodeCoreTest, BitIdenticalAcrossPagesBatchesAndThreads) {
         for (const int64_t len : kSeqLens) {
           values.push_back(rng.UniformVector(len * fam.row_floats, -1.0f, 1.0f));
         }
-        const std::vector<float> q =
-            rng.UniformVector(kSeqLens.size() * fam.q_floats, -2.0f, 2.0f);
+        const std::vector<float> q = rng.UniformVector(kSeqLens.size() * fam.q_floats, -2.0f, 2.0f);
         std::vector<size_t> in_order(kSeqLens.size());
         for (size_t i = 0; i < in_order.size(); ++i) in_order[i] = i;
         const std::vector<float> ref = RunBatch(fam, values, q, 16, 1, in_order, 1);
@@ -147,12 +145,11 @@ TEST(DecodeCoreTest, BitIdenticalAcrossPagesBatchesAndThreads) {
         }
         for (size_t s = 0; s < kSeqLens.size(); ++s) {  // each query alone
           const std::vector<float> alone = RunBatch(fam, values, q, 16, 2, {s}, 5 + s);
-          ExpectSameBits(
-              std::vector<float>(ref.begin() + s * fam.out_floats,
-                                 ref.begin() + (s + 1) * fam.out_floats),
-              std::vector<float>(alone.begin() + s * fam.out_floats,
-                                 alone.begin() + (s + 1) * fam.out_floats),
-              absl::StrFormat("sequence %d alone", s));
+          ExpectSameBits(std::vector<float>(ref.begin() + s * fam.out_floats,
+                                            ref.begin() + (s + 1) * fam.out_floats),
+                         std::vector<float>(alone.begin() + s * fam.out_floats,
+                                            alone.begin() + (s + 1) * fam.out_floats),
+                         absl::StrFormat("sequence %d alone", s));
         }
       }
     }

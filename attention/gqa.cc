@@ -9,8 +9,8 @@
 #include <string>
 #include <vector>
 
-#include "attention/rope.h"
 #include "attention/decode_core.h"
+#include "attention/rope.h"
 #include "base/status.h"
 
 namespace shardlm {
@@ -101,14 +101,14 @@ class GqaBlock final : public AttentionBlock {
   GqaBlock(const ModelDims& dims, const ShardPlan& plan)
       : rope_(dims.head_dim, dims.rope_theta, dims.rope_interleave) {
     shape_.num_q_heads = plan.q_heads.size();
-    shape_.num_kv_heads = plan.kv_heads.size();
+    shape_.num_kv_heads = plan.cache_heads.size();
     shape_.head_dim = dims.head_dim;
     shape_.scale = static_cast<float>(dims.softmax_scale);
     shape_.window = dims.sliding_window;
   }
 
-  void Forward(const AttentionWeights& weights, const float* xn,
-               std::span<const QueryToken> tokens, const CacheView& cache, float* out) override {
+  void Forward(const AttentionWeights& weights, const float* xn, std::span<const QueryToken> tokens,
+               const CacheView& cache, float* out) override {
     const auto& w = static_cast<const GqaWeights&>(weights);
     const int64_t n = static_cast<int64_t>(tokens.size());
     const int64_t dh = shape_.head_dim, q_width = shape_.num_q_heads * dh,
@@ -156,8 +156,8 @@ class Gqa final : public AttentionFamily {
     const int64_t q = dims.num_heads * dh, kv = dims.num_kv_heads * dh;
     auto w = std::make_unique<GqaWeights>();
     ASSIGN_OR_RETURN(w->q_proj, load.Rows(a + "q_proj", q, d, plan.q_heads.Scaled(dh)));
-    ASSIGN_OR_RETURN(w->k_proj, load.Rows(a + "k_proj", kv, d, plan.kv_heads.Scaled(dh)));
-    ASSIGN_OR_RETURN(w->v_proj, load.Rows(a + "v_proj", kv, d, plan.kv_heads.Scaled(dh)));
+    ASSIGN_OR_RETURN(w->k_proj, load.Rows(a + "k_proj", kv, d, plan.cache_heads.Scaled(dh)));
+    ASSIGN_OR_RETURN(w->v_proj, load.Rows(a + "v_proj", kv, d, plan.cache_heads.Scaled(dh)));
     ASSIGN_OR_RETURN(w->o_proj, load.Cols(a + "o_proj", d, q, plan.q_heads.Scaled(dh),
                                           /*keep_bias=*/plan.rank == 0));
     return std::unique_ptr<AttentionWeights>(std::move(w));

@@ -16,7 +16,9 @@ struct GqaWeights final : AttentionWeights {
   Linear q_proj;          // row-sharded by query head [hq_l · d_h, d]
   Linear k_proj, v_proj;  // row-sharded by KV head [kv_l · d_h, d]
   Linear o_proj;          // col-sharded [d, hq_l · d_h]; bias on rank 0 only
-  std::vector<const Linear*> Linears() const override { return {&q_proj, &k_proj, &v_proj, &o_proj}; }
+  std::vector<const Linear*> Linears() const override {
+    return {&q_proj, &k_proj, &v_proj, &o_proj};
+  }
 };
 const AttentionFamily& GqaFamily();
 
@@ -26,7 +28,7 @@ struct GqaShape {
   int64_t num_kv_heads = 0;  // local
   int64_t head_dim = 0;
   float scale = 0.0f;
-  int64_t window = 0;        // 0: full causal
+  int64_t window = 0;  // 0: full causal
 };
 // q:   [tokens, num_q_heads, head_dim], already rotated.
 // row: [K: num_kv_heads × head_dim | V: num_kv_heads × head_dim], K rotated.

@@ -10,8 +10,8 @@
 #include <string>
 #include <vector>
 
-#include "attention/rope.h"
 #include "attention/decode_core.h"
+#include "attention/rope.h"
 #include "base/status.h"
 #include "base/thread_pool.h"
 #include "kernels/matmul.h"
@@ -52,7 +52,9 @@ struct LatentScratch {
 //      values, so each latent row is fetched once for all heads;
 //   3. o_i = W_UV,i ō_i + b_V,i.
 // Steps 1 and 3 are the shared skinny matmul (kernels/matmul.h) over the tile's tokens, one
-// call per head, in the weights' own dtype.
+// call per head, in the weights' own dtype, always with exact BF16 math: --bf16-math dot
+// would round q_nope and ō to bf16, and q̃ feeds every score of the head (measured: TP 2 vs
+// TP 1 of a BF16 GLA model then moved past the decode test's derived tolerance).
 // The W_UK bias b_K is not applied: it adds scale·(q_nope,i·b_K,i) to every score
 // of head i, a constant over positions, which softmax cancels. The W_UV bias is
 // added in step 3 (the softmax weights sum to 1, so Σ_t p_t (W c_t + b) = W ō + b).
@@ -80,6 +82,7 @@ void LatentAttention(const LatentShape& shape, const CacheView& cache,
   float* q_abs = scratch.q_abs.data();
   float* o_lat = scratch.o_lat.data();
 
+  const Isa isa = SelectedMatMulIsa();
   const int64_t num_tokens = static_cast<int64_t>(tokens.size());
   for (int64_t t0 = 0; t0 < num_tokens; t0 += kTokenTile) {
     const int64_t nt = std::min(kTokenTile, num_tokens - t0);
@@ -93,8 +96,8 @@ void LatentAttention(const LatentShape& shape, const CacheView& cache,
           for (int64_t tt = 0; tt < nt; ++tt) std::fill_n(qa + tt * h_q * d_c, d_c, 0.0f);
           continue;
         }
-        SkinnyMatMul(q + (t0 * h_q + i) * dq, nt, h_q * dq, up.uk_t.dtype,
-                     up.uk_t.row_data(i * d_c), d_c, d_n, nullptr, qa, h_q * d_c);
+        SkinnyMatMulWithIsa(isa, q + (t0 * h_q + i) * dq, nt, h_q * dq, up.uk_t.dtype,
+                            up.uk_t.row_data(i * d_c), d_c, d_n, nullptr, qa, h_q * d_c);
       }
     });
 
@@ -123,9 +126,10 @@ void LatentAttention(const LatentShape& shape, const CacheView& cache,
     // 3. o_i = W_UV,i ō_i + b_V,i; W_UV,i is rows i·d_v … of uv, [d_v, d_c].
     ParallelFor(h_q, 1, [&](int64_t head_begin, int64_t head_end) {
       for (int64_t i = head_begin; i < head_end; ++i) {
-        SkinnyMatMul(o_lat + i * d_c, nt, h_q * d_c, up.uv.dtype, up.uv.row_data(i * d_v), d_v,
-                     d_c, up.uv.b.empty() ? nullptr : up.uv.b.data() + i * d_v,
-                     out + (t0 * h_q + i) * d_v, h_q * d_v);
+        SkinnyMatMulWithIsa(isa, o_lat + i * d_c, nt, h_q * d_c, up.uv.dtype,
+                            up.uv.row_data(i * d_v), d_v, d_c,
+                            up.uv.b.empty() ? nullptr : up.uv.b.data() + i * d_v,
+                            out + (t0 * h_q + i) * d_v, h_q * d_v);
       }
     });
   }
@@ -255,7 +259,7 @@ class LatentBlock final : public AttentionBlock {
         q_lora_rank_(dims.q_lora_rank),
         rms_eps_(dims.rms_eps) {
     shape_.num_q_heads = plan.q_heads.size();
-    shape_.num_latent_heads = plan.kv_heads.size();
+    shape_.num_latent_heads = plan.cache_heads.size();
     shape_.latent_dim = dims.latent_dim;
     shape_.nope_dim = dims.nope_dim;
     shape_.rope_dim = dims.rope_dim;
@@ -264,8 +268,8 @@ class LatentBlock final : public AttentionBlock {
     shape_.window = dims.sliding_window;
   }
 
-  void Forward(const AttentionWeights& weights, const float* xn,
-               std::span<const QueryToken> tokens, const CacheView& cache, float* out) override {
+  void Forward(const AttentionWeights& weights, const float* xn, std::span<const QueryToken> tokens,
+               const CacheView& cache, float* out) override {
     const auto& w = static_cast<const LatentWeights&>(weights);
     const int64_t n = static_cast<int64_t>(tokens.size());
     const int64_t d_n = shape_.nope_dim, d_r = shape_.rope_dim, dc = shape_.latent_dim;
@@ -337,21 +341,22 @@ class Latent final : public AttentionFamily {
       const int64_t r = dims.q_lora_rank;
       ASSIGN_OR_RETURN(w->q_a_proj, load.Rows(a + "q_a_proj", r, d, Range{0, r}));
       ASSIGN_OR_RETURN(w->q_a_norm, load.Vector(a + "q_a_layernorm.weight", r));
-      ASSIGN_OR_RETURN(w->q_b_proj, load.Rows(a + "q_b_proj", h_q * qk, r, plan.q_heads.Scaled(qk)));
+      ASSIGN_OR_RETURN(w->q_b_proj,
+                       load.Rows(a + "q_b_proj", h_q * qk, r, plan.q_heads.Scaled(qk)));
     } else {
       ASSIGN_OR_RETURN(w->q_proj, load.Rows(a + "q_proj", h_q * qk, d, plan.q_heads.Scaled(qk)));
     }
     // kv_a rows: [c_0 | … | c_{h_c−1} | k_rope]; keep own latents and the RoPE key.
     const int64_t kv_a_rows = kv * dc + dims.rope_dim;
-    const Range kv_a_ranges[] = {plan.kv_heads.Scaled(dc), Range{kv * dc, kv_a_rows}};
+    const Range kv_a_ranges[] = {plan.cache_heads.Scaled(dc), Range{kv * dc, kv_a_rows}};
     ASSIGN_OR_RETURN(w->kv_a_proj, load.Rows(a + "kv_a_proj_with_mqa", kv_a_rows, d, kv_a_ranges));
     if (load.Has(a + "kv_a_layernorm.weight")) {
-      ASSIGN_OR_RETURN(w->kv_a_norm,
-                       load.Vector(a + "kv_a_layernorm.weight", kv * dc, plan.kv_heads.Scaled(dc)));
+      ASSIGN_OR_RETURN(w->kv_a_norm, load.Vector(a + "kv_a_layernorm.weight", kv * dc,
+                                                 plan.cache_heads.Scaled(dc)));
     }
     const int64_t per_head = dims.nope_dim + dims.v_head_dim;
-    ASSIGN_OR_RETURN(const Linear kv_b, load.Rows(a + "kv_b_proj", h_q * per_head, dc,
-                                                  plan.q_heads.Scaled(per_head)));
+    ASSIGN_OR_RETURN(const Linear kv_b,
+                     load.Rows(a + "kv_b_proj", h_q * per_head, dc, plan.q_heads.Scaled(per_head)));
     w->kv_b = SplitKvB(kv_b, dims.nope_dim, dims.v_head_dim);
     ASSIGN_OR_RETURN(w->o_proj, load.Cols(a + "o_proj", d, h_q * dims.v_head_dim,
                                           plan.q_heads.Scaled(dims.v_head_dim),

@@ -15,7 +15,7 @@ namespace shardlm {
 // dtype (16-bit weights stay 16-bit): two linears the shared matmul runs per head.
 struct LatentUpProjection {
   Linear uk_t;  // [hq_l · d_c, d_n]: W_UK,iᵀ of each local head i (rows i·d_c … i·d_c + d_c − 1)
-  Linear uv;    // [hq_l · d_v, d_c]: W_UV,i of each local head, with b_V when kv_b_proj has a bias
+  Linear uv;  // [hq_l · d_v, d_c]: W_UV,i of each local head, with b_V when kv_b_proj has a bias
 };
 // From this rank's kv_b_proj rows [hq_l · (d_n + d_v), d_c] (per head W_UK, then W_UV). The
 // bits of every weight are kept. b_K is dropped: softmax cancels it (see LatentAttention).
@@ -23,8 +23,8 @@ LatentUpProjection SplitKvB(const Linear& kv_b, int64_t nope_dim, int64_t v_head
 
 // One layer's weights on one rank. Split states (DESIGN §3) beside each; shapes are local.
 struct LatentWeights final : AttentionWeights {
-  Linear q_proj;                 // without q LoRA: row-sharded by query head [hq_l · (d_n + d_r), d]
-  Linear q_a_proj;               // with q LoRA: replicated [q_lora_rank, d]
+  Linear q_proj;    // without q LoRA: row-sharded by query head [hq_l · (d_n + d_r), d]
+  Linear q_a_proj;  // with q LoRA: replicated [q_lora_rank, d]
   std::vector<float> q_a_norm;   // replicated [q_lora_rank]
   Linear q_b_proj;               // row-sharded [hq_l · (d_n + d_r), q_lora_rank]
   Linear kv_a_proj;              // own latent rows + RoPE key rows [kv_l · d_c + d_r, d]

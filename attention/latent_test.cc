@@ -1,10 +1,11 @@
+#include "attention/latent.h"
+
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <vector>
 
 #include "absl/strings/str_format.h"
-#include "attention/latent.h"
 #include "attention/decode_core.h"
 #include "attention/test_util.h"
 #include "base/half.h"
@@ -138,8 +139,7 @@ double CheckLatentCase(const LatentDims& dims, int64_t ctx, int64_t page, int64_
   const std::vector<float> before = cache.pool();
   const int64_t out_floats = nt * dims.h_q * dims.d_v;
   GuardedBuffer fast(out_floats), naive(out_floats);
-  LatentAttention(shape, cache.view(), tokens, q.data(), UpProjection(weights, shape),
-                  fast.data());
+  LatentAttention(shape, cache.view(), tokens, q.data(), UpProjection(weights, shape), fast.data());
   LatentAttentionNaive(shape, cache.view(), tokens, q.data(), weights.kv_b.data(),
                        weights.bias_or_null(), naive.data());
   EXPECT_TRUE(fast.GuardsIntact());
@@ -156,8 +156,7 @@ TEST(LatentTest, FastMatchesNaiveSweep) {
       {8, 8, 16, 7, 8, 3}, {8, 1, 64, 16, 32, 16}, {4, 2, 16, 0, 8, 8},  {2, 1, 5, 4, 0, 4}};
   // Both builds of the inner kernels (AVX-512 when the CPU has it, and portable).
   const attention_test::RestoreDecodeIsa restore;
-  for (const auto isa : {BestIsa(),
-                         Isa::kPortable}) {
+  for (const auto isa : {BestIsa(), Isa::kPortable}) {
     attention_internal::SetDecodeIsa(isa);
     double worst = 0.0;
     for (const LatentDims& dims : dims_list) {
@@ -190,8 +189,7 @@ TEST(LatentTest, ManyTokensAcrossTiles) {
   const LatentShape shape = ShapeOf(dims, 0);
   GuardedBuffer fast(tokens.size() * dims.h_q * dims.d_v),
       naive(tokens.size() * dims.h_q * dims.d_v);
-  LatentAttention(shape, cache.view(), tokens, q.data(), UpProjection(weights, shape),
-                  fast.data());
+  LatentAttention(shape, cache.view(), tokens, q.data(), UpProjection(weights, shape), fast.data());
   LatentAttentionNaive(shape, cache.view(), tokens, q.data(), weights.kv_b.data(),
                        weights.bias.data(), naive.data());
   EXPECT_TRUE(fast.GuardsIntact());
@@ -230,8 +228,8 @@ TEST(LatentTest, SixteenBitKvBEqualsItsF32Widening) {
     const int64_t out_floats = static_cast<int64_t>(tokens.size()) * dims.h_q * dims.d_v;
     GuardedBuffer from_half(out_floats), from_f32(out_floats);
     LatentAttention(shape, cache.view(), tokens, q.data(), up_half, from_half.data());
-    LatentAttention(shape, cache.view(), tokens, q.data(),
-                    SplitKvB(widened, dims.d_n, dims.d_v), from_f32.data());
+    LatentAttention(shape, cache.view(), tokens, q.data(), SplitKvB(widened, dims.d_n, dims.d_v),
+                    from_f32.data());
     EXPECT_TRUE(from_half.GuardsIntact());
     const std::vector<float> a(from_half.body().begin(), from_half.body().end());
     const std::vector<float> b(from_f32.body().begin(), from_f32.body().end());

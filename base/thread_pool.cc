@@ -121,7 +121,7 @@ namespace {
 thread_local bool in_parallel_for = false;
 }  // namespace
 
-void ParallelFor(int64_t n, int64_t align, const std::function<void(int64_t, int64_t)>& fn) {
+void ParallelFor(int64_t n, int64_t align, absl::FunctionRef<void(int64_t, int64_t)> fn) {
   CHECK_GE(align, 1);
   const int64_t blocks = (n + align - 1) / align;
   const int64_t parts = std::min<int64_t>(ComputeThreads(), blocks);
@@ -131,7 +131,7 @@ void ParallelFor(int64_t n, int64_t align, const std::function<void(int64_t, int
   }
   struct Split {
     int64_t n, align, blocks, parts;
-    const std::function<void(int64_t, int64_t)>* fn;
+    const absl::FunctionRef<void(int64_t, int64_t)>* fn;
   };
   const Split split{n, align, blocks, parts, &fn};
   // One captured pointer, so the std::function Run takes stores it inline: no allocation per

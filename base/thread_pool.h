@@ -19,6 +19,8 @@
 #include <thread>
 #include <vector>
 
+#include "absl/functional/function_ref.h"
+
 namespace shardlm {
 
 class ThreadPool {
@@ -66,8 +68,10 @@ int AutoComputeThreads();
 // Splits [0, n) into at most ComputeThreads() contiguous ranges whose boundaries are multiples of
 // `align` (except the end) and runs fn(begin, end) for each on the compute pool. Ranges depend
 // only on n, align and the thread count. Runs fn(0, n) inline when one range is enough, and
-// when called from inside another ParallelFor's fn (the pool is not reentrant).
-void ParallelFor(int64_t n, int64_t align, const std::function<void(int64_t, int64_t)>& fn);
+// when called from inside another ParallelFor's fn (the pool is not reentrant). `fn` is taken
+// by reference, not copied: a lambda with many captures costs no allocation (the decode loop
+// calls this a few hundred times per step).
+void ParallelFor(int64_t n, int64_t align, absl::FunctionRef<void(int64_t, int64_t)> fn);
 
 }  // namespace shardlm
 

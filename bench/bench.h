@@ -15,7 +15,6 @@
 #include "bench/bench_model.h"
 #include "comm/comm.h"
 #include "kernels/matmul.h"
-#include "launch/flags.h"
 #include "proto/shardlm.pb.h"
 
 namespace shardlm {
@@ -51,10 +50,6 @@ struct BenchOptions {
   std::string json;
 };
 
-// Flags of `shardlm bench` and the command itself (launch/main.cc).
-std::vector<FlagSpec> BenchFlags();
-absl::Status RunBenchCommand(const Flags& flags, Comm& comm);
-
 // Runs the sweep on every rank; rank 0 prints and writes the records.
 absl::Status RunBench(const BenchOptions& options, Comm& comm);
 
@@ -70,7 +65,7 @@ double NearestRankPercentile(std::vector<double> values, double q);
 std::string CsvHeader();
 std::string CsvRow(const BenchRecord& record);
 // One JSON object (one line) per record, proto3 JSON mapping, field names as in the proto.
-std::string JsonLine(const BenchRecord& record);
+std::string RecordJsonLine(const BenchRecord& record);
 
 }  // namespace shardlm
 

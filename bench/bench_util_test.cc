@@ -48,7 +48,7 @@ TEST(Records, CsvHasOneCellPerFieldAndJsonRoundTrips) {
   // Cells after the quoted model: one per remaining field.
   const std::vector<std::string> rest = absl::StrSplit(row.substr(9), ',');
   EXPECT_EQ(rest.size(), header.size());  // leading empty piece + fields 2..n
-  const std::string json = JsonLine(r);
+  const std::string json = RecordJsonLine(r);
   EXPECT_EQ(json.find('\n'), std::string::npos);
   EXPECT_NE(json.find("\"cache_bytes_per_rank\":\"1099511627776\""), std::string::npos);
   EXPECT_NE(json.find("\"capacity_sequences\""), std::string::npos);  // zeros are printed too

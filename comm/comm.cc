@@ -8,11 +8,13 @@ namespace {
 constexpr char kAgreedPayload[] = "shardlm/agreed";
 }  // namespace
 
-absl::Status BroadcastProto(Comm& comm, google::protobuf::MessageLite* message, int root) {
-  std::string bytes;
+absl::Status BroadcastProto(Comm& comm, google::protobuf::MessageLite* message, int root,
+                            std::string* wire) {
+  std::string local;
+  std::string& bytes = wire != nullptr ? *wire : local;
   if (comm.rank() == root && !message->SerializeToString(&bytes)) {
-    return absl::InternalError(absl::StrCat("rank ", comm.rank(), ": cannot serialize ",
-                                            message->GetTypeName()));
+    return absl::InternalError(
+        absl::StrCat("rank ", comm.rank(), ": cannot serialize ", message->GetTypeName()));
   }
   RETURN_IF_ERROR(comm.Broadcast(&bytes, root));
   if (comm.rank() != root && !message->ParseFromString(bytes)) {
@@ -43,9 +45,7 @@ absl::Status AgreeOnStatus(Comm& comm, const absl::Status& local) {
   return agreed;
 }
 
-bool IsAgreed(const absl::Status& status) {
-  return status.GetPayload(kAgreedPayload).has_value();
-}
+bool IsAgreed(const absl::Status& status) { return status.GetPayload(kAgreedPayload).has_value(); }
 
 absl::Status LocalComm::Broadcast(std::string*, int root) {
   if (root != 0) return absl::InvalidArgumentError(absl::StrCat("broadcast root ", root, " of 1"));

@@ -34,8 +34,10 @@ class Comm {
   virtual absl::Status Barrier() = 0;
 };
 
-// Broadcast of a protobuf message from `root` (serialized bytes on the wire).
-absl::Status BroadcastProto(Comm& comm, google::protobuf::MessageLite* message, int root);
+// Broadcast of a protobuf message from `root` (serialized bytes on the wire). `wire`, when
+// given, holds the bytes and keeps its capacity for the next call (the step loop's plans).
+absl::Status BroadcastProto(Comm& comm, google::protobuf::MessageLite* message, int root,
+                            std::string* wire = nullptr);
 
 // Collective agreement on an error: every rank passes its own status; all ranks
 // get the status of the lowest failing rank (message prefixed with "rank N: ")

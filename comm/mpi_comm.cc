@@ -61,8 +61,8 @@ absl::Status MpiComm::AllReduceSum(std::span<float> data) {
 
 absl::Status MpiComm::AllReduceMax(std::span<int64_t> data) {
   if (size_ == 1 || data.empty()) return absl::OkStatus();
-  return Check(MPI_Allreduce(MPI_IN_PLACE, data.data(), static_cast<int>(data.size()),
-                             MPI_INT64_T, MPI_MAX, comm_),
+  return Check(MPI_Allreduce(MPI_IN_PLACE, data.data(), static_cast<int>(data.size()), MPI_INT64_T,
+                             MPI_MAX, comm_),
                "MPI_Allreduce(max)");
 }
 
@@ -90,25 +90,26 @@ absl::Status MpiComm::Gatherv(std::span<const float> send, int root, std::vector
   }
   CHECK_LE(send.size(), static_cast<size_t>(INT_MAX));
   int count = static_cast<int>(send.size());
-  std::vector<int> all_counts(rank_ == root ? size_ : 0);
-  RETURN_IF_ERROR(Check(
-      MPI_Gather(&count, 1, MPI_INT, all_counts.data(), 1, MPI_INT, root, comm_), "MPI_Gather"));
-  std::vector<int> displs;
+  // On root the counts land in *counts and the displacements in displs_, both reused across
+  // calls: the step loop gathers logits every step without allocating.
+  if (rank_ == root) counts->resize(size_);
+  int* all_counts = rank_ == root ? counts->data() : nullptr;
+  RETURN_IF_ERROR(
+      Check(MPI_Gather(&count, 1, MPI_INT, all_counts, 1, MPI_INT, root, comm_), "MPI_Gather"));
   if (rank_ == root) {
-    displs.resize(size_);
+    displs_.resize(size_);
     int64_t total = 0;
     for (int r = 0; r < size_; ++r) {
-      displs[r] = static_cast<int>(total);
+      displs_[r] = static_cast<int>(total);
       total += all_counts[r];
     }
     if (total > INT_MAX) return absl::InvalidArgumentError("gatherv total exceeds INT_MAX");
     recv->resize(static_cast<size_t>(total));
   }
-  RETURN_IF_ERROR(Check(MPI_Gatherv(send.data(), count, MPI_FLOAT,
-                                    rank_ == root ? recv->data() : nullptr, all_counts.data(),
-                                    displs.data(), MPI_FLOAT, root, comm_),
-                        "MPI_Gatherv"));
-  if (rank_ == root) *counts = std::move(all_counts);
+  RETURN_IF_ERROR(
+      Check(MPI_Gatherv(send.data(), count, MPI_FLOAT, rank_ == root ? recv->data() : nullptr,
+                        all_counts, displs_.data(), MPI_FLOAT, root, comm_),
+            "MPI_Gatherv"));
   return absl::OkStatus();
 }
 

@@ -46,6 +46,7 @@ class MpiComm final : public Comm {
   MPI_Comm comm_;
   int rank_ = 0;
   int size_ = 1;
+  std::vector<int> displs_;  // Gatherv's displacements on root, reused
 };
 
 }  // namespace shardlm

@@ -34,7 +34,7 @@ void Model::Reserve(int64_t max_tokens) {
 absl::Status Model::Forward(const ForwardBatch& batch, PagedKvCache& cache, Comm& comm,
                             std::vector<float>* logits) {
   const int64_t n = static_cast<int64_t>(batch.token_ids.size()), d = dims_.hidden;
-  CHECK_EQ(static_cast<int64_t>(batch.tokens.size()), n);
+  CHECK_EQ(static_cast<int64_t>(batch.slots.size()), n);
   float* x = Scratch(x_, n * d);              // [n, d] residual stream
   float* xn = Scratch(xn_, n * d);            // [n, d] normalized input of a block
   float* partial = Scratch(partial_, n * d);  // [n, d] this rank's partial sum
@@ -61,7 +61,7 @@ absl::Status Model::Forward(const ForwardBatch& batch, PagedKvCache& cache, Comm
     // h = x + Attn(RMSNorm(x)): each rank's heads give a partial o_proj sum.
     RmsNorm(x, n, d, d, w.attn_norm.data(), dims_.rms_eps, xn);
     SHARDLM_DUMP(plan_.rank, stats_.forwards, l, "attn_norm", xn, n, d);
-    attention_->Forward(*w.attn, xn, batch.tokens, cache.Layer(l), partial);
+    attention_->Forward(*w.attn, xn, batch.slots, cache.Layer(l), partial);
     RETURN_IF_ERROR(AllReduce(partial, n * d, comm));
     SHARDLM_DUMP(plan_.rank, stats_.forwards, l, "attn_out", partial, n, d);
     for (int64_t i = 0; i < n * d; ++i) x[i] += partial[i];
@@ -105,7 +105,7 @@ absl::Status Model::GatherLogits(const float* hidden, int64_t m, Comm& comm,
   const int64_t vocab_local = plan_.vocab_rows.size();
   float* local = Scratch(local_logits_, m * vocab_local);  // [m, vocab_l]
   ApplyLinear(hidden, m, weights_.lm_head, local);
-  std::vector<int> counts;
+  std::vector<int>& counts = gather_counts_;
   const auto gather_start = std::chrono::steady_clock::now();
   absl::Status gathered =
       comm.Gatherv({local, static_cast<size_t>(m * vocab_local)}, 0, &gathered_, &counts);

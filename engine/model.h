@@ -18,8 +18,9 @@ namespace shardlm {
 
 // A ragged batch: tokens of one or more sequences, each at its position.
 struct ForwardBatch {
-  std::vector<int32_t> token_ids;   // [n]
-  std::vector<QueryToken> tokens;   // [n]; block tables must outlive Forward
+  std::vector<int32_t> token_ids;   // [n] the input tokens
+  std::vector<QueryToken> slots;    // [n] where each token's cache row goes (block table,
+                                    // position); the block tables must outlive Forward
   std::vector<int32_t> logit_rows;  // batch rows whose logits rank 0 receives, in order
 };
 
@@ -80,6 +81,7 @@ class Model {
   ForwardStats stats_;
   // Activations, grown on demand and reused across steps.
   std::vector<float> x_, xn_, partial_, gate_, up_, head_in_, local_logits_, gathered_;
+  std::vector<int> gather_counts_;
 };
 
 }  // namespace shardlm

@@ -28,7 +28,9 @@ std::vector<TensorSpec> CheckpointTensors(const ModelDims& dims) {
 }
 
 int64_t ModelWeights::bytes() const {
-  auto vec = [](const std::vector<float>& v) { return static_cast<int64_t>(v.size() * sizeof(float)); };
+  auto vec = [](const std::vector<float>& v) {
+    return static_cast<int64_t>(v.size() * sizeof(float));
+  };
   int64_t total = embed.bytes() + vec(final_norm) + lm_head.bytes();
   for (const LayerWeights& l : layers) {
     total += vec(l.attn_norm) + vec(l.mlp_norm) + l.attn->bytes() + l.gate.bytes() + l.up.bytes() +
@@ -86,7 +88,7 @@ class ShardLoader final : public WeightSource {
   // Vocab rows `rows` of the embedding tensor [vocab, d] as a bias-free linear in the
   // checkpoint's dtype: the embedding table itself, or a tied head's shard.
   absl::StatusOr<Linear> VocabRows(const std::string& tensor, int64_t vocab, int64_t d,
-                                  Range rows) {
+                                   Range rows) {
     Linear lin;
     lin.out = rows.size();
     lin.in = d;
@@ -151,7 +153,8 @@ absl::StatusOr<ModelWeights> LoadWeights(SafetensorsDir& dir, const ModelDims& d
     const std::string p = LayerPrefix(i);
     ASSIGN_OR_RETURN(l.attn_norm, load.Vector(p + "input_layernorm.weight", d));
     ASSIGN_OR_RETURN(l.mlp_norm, load.Vector(p + "post_attention_layernorm.weight", d));
-    ASSIGN_OR_RETURN(l.attn, AttentionFamily::Of(dims.type).Load(load, dims, plan, p + "self_attn."));
+    ASSIGN_OR_RETURN(l.attn,
+                     AttentionFamily::Of(dims.type).Load(load, dims, plan, p + "self_attn."));
     ASSIGN_OR_RETURN(l.gate, load.Rows(p + "mlp.gate_proj", dims.intermediate, d, plan.mlp_cols));
     ASSIGN_OR_RETURN(l.up, load.Rows(p + "mlp.up_proj", dims.intermediate, d, plan.mlp_cols));
     ASSIGN_OR_RETURN(l.down, load.Cols(p + "mlp.down_proj", d, dims.intermediate, plan.mlp_cols,
@@ -163,18 +166,19 @@ absl::StatusOr<ModelWeights> LoadWeights(SafetensorsDir& dir, const ModelDims& d
     if (dir.Has("lm_head.weight")) dir.MarkUsed("lm_head.weight");
     // The head is this rank's vocab rows of the embedding, in the checkpoint's dtype, and
     // serves as the embedding too. No bias.
-    ASSIGN_OR_RETURN(w.lm_head, load.VocabRows("model.embed_tokens.weight", dims.vocab, d,
-                                              plan.vocab_rows));
+    ASSIGN_OR_RETURN(w.lm_head,
+                     load.VocabRows("model.embed_tokens.weight", dims.vocab, d, plan.vocab_rows));
   } else {
-    ASSIGN_OR_RETURN(w.embed, load.VocabRows("model.embed_tokens.weight", dims.vocab, d,
-                                            plan.vocab_rows));
+    ASSIGN_OR_RETURN(w.embed,
+                     load.VocabRows("model.embed_tokens.weight", dims.vocab, d, plan.vocab_rows));
     ASSIGN_OR_RETURN(w.lm_head, load.Rows("lm_head", dims.vocab, d, plan.vocab_rows));
   }
   const std::vector<std::string> unused = dir.Unused();
   if (!unused.empty()) {
     return absl::InvalidArgumentError(absl::StrCat(
         "checkpoint has ", unused.size(), " tensor(s) this ", AttentionTypeName(dims.type),
-        " model does not use: ", absl::StrJoin(unused.begin(), unused.begin() + std::min<size_t>(unused.size(), 5), ", "),
+        " model does not use: ",
+        absl::StrJoin(unused.begin(), unused.begin() + std::min<size_t>(unused.size(), 5), ", "),
         unused.size() > 5 ? ", …" : ""));
   }
   return w;

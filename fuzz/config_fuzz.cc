@@ -47,10 +47,10 @@ void CheckPlans(const ModelDims& dims) {
       q.push_back(plan->q_heads);
       mlp.push_back(plan->mlp_cols);
       vocab.push_back(plan->vocab_rows);
-      FUZZ_CHECK(plan->kv_heads.begin >= 0 && plan->kv_heads.end <= dims.num_kv_heads &&
-                     plan->kv_heads.size() >= 1,
-                 absl::StrCat("rank ", rank, " of ", size, " owns KV heads [", plan->kv_heads.begin,
-                              ", ", plan->kv_heads.end, ") of ", dims.num_kv_heads));
+      FUZZ_CHECK(plan->cache_heads.begin >= 0 && plan->cache_heads.end <= dims.num_kv_heads &&
+                     plan->cache_heads.size() >= 1,
+                 absl::StrCat("rank ", rank, " of ", size, " owns cache heads [", plan->cache_heads.begin,
+                              ", ", plan->cache_heads.end, ") of ", dims.num_kv_heads));
       FUZZ_CHECK(plan->cache_row_floats > 0,
                  absl::StrCat("cache_row_floats ", plan->cache_row_floats));
     }

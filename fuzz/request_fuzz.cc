@@ -1,4 +1,4 @@
-// Fuzz target: request lines of `score` and `decode` (engine/requests.h), the
+// Fuzz target: request lines of `score` and `decode` (coordinator/requests.h), the
 // way the coordinator reads a requests file: one JSON object per line, each
 // validated against the model's dims, ids checked for duplicates, invalid lines
 // answered with an error line.
@@ -14,7 +14,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "engine/jsonl.h"
-#include "engine/requests.h"
+#include "coordinator/requests.h"
 #include "fuzz/fuzz_check.h"
 #include "google/protobuf/util/message_differencer.h"
 

@@ -24,9 +24,9 @@ enum class Isa {
   kAvx2Fma,   // 256-bit FMA
   kAvx512,    // 512-bit FMA with masked tails
 };
-const char* IsaName(Isa isa);  // "portable", "avx2+fma", "avx512"
-bool IsaAvailable(Isa isa);    // the CPU runs it
-Isa BestIsa();                 // the highest available level
+const char* IsaName(Isa isa);      // "portable", "avx2+fma", "avx512"
+bool IsaAvailable(Isa isa);        // the CPU runs it
+Isa BestIsa();                     // the highest available level
 std::vector<Isa> AvailableIsas();  // every available level, portable first
 
 }  // namespace shardlm

@@ -128,8 +128,8 @@ void SkinnyPortable(const float* x, int64_t n, int64_t x_stride, const typename 
                     int64_t out, int64_t in, const float* bias, float* y, int64_t y_stride) {
   Drive<Portable, Fmt, 4, 4>(x, n, x_stride, w, out, in, bias, y, y_stride);
 }
-template void SkinnyPortable<F32W>(const float*, int64_t, int64_t, const float*, int64_t,
-                                   int64_t, const float*, float*, int64_t);
+template void SkinnyPortable<F32W>(const float*, int64_t, int64_t, const float*, int64_t, int64_t,
+                                   const float*, float*, int64_t);
 template void SkinnyPortable<Bf16W>(const float*, int64_t, int64_t, const uint16_t*, int64_t,
                                     int64_t, const float*, float*, int64_t);
 template void SkinnyPortable<F16W>(const float*, int64_t, int64_t, const uint16_t*, int64_t,
@@ -153,9 +153,7 @@ std::atomic<Bf16Math> g_bf16_math{Bf16Math::kExact};
 
 const char* Bf16MathName(Bf16Math math) { return math == Bf16Math::kDot ? "dot" : "exact"; }
 
-bool Bf16MathAvailable(Bf16Math math) {
-  return math == Bf16Math::kExact || Cpu().avx512_bf16;
-}
+bool Bf16MathAvailable(Bf16Math math) { return math == Bf16Math::kExact || Cpu().avx512_bf16; }
 
 void SetBf16Math(Bf16Math math) {
   CHECK_MSG(Bf16MathAvailable(math), "BF16 math \"", Bf16MathName(math),
@@ -169,8 +167,8 @@ namespace {
 
 // The path's entry point for one weight format.
 template <class Fmt>
-void Dispatch(Isa path, const float* x, int64_t n, int64_t x_stride, const void* w,
-              int64_t out, int64_t in, const float* bias, float* y, int64_t y_stride) {
+void Dispatch(Isa path, const float* x, int64_t n, int64_t x_stride, const void* w, int64_t out,
+              int64_t in, const float* bias, float* y, int64_t y_stride) {
   const auto* wt = static_cast<const typename Fmt::Elem*>(w);
   switch (path) {
     case Isa::kPortable:
@@ -241,9 +239,9 @@ void Run(Isa path, bool dot, const float* x, int64_t n, int64_t x_stride, DType 
 
 }  // namespace
 
-void SkinnyMatMulWithIsa(Isa path, const float* x, int64_t n, int64_t x_stride,
-                          DType w_type, const void* w, int64_t out, int64_t in,
-                          const float* bias, float* y, int64_t y_stride) {
+void SkinnyMatMulWithIsa(Isa path, const float* x, int64_t n, int64_t x_stride, DType w_type,
+                         const void* w, int64_t out, int64_t in, const float* bias, float* y,
+                         int64_t y_stride) {
   Run(path, /*dot=*/false, x, n, x_stride, w_type, w, out, in, bias, y, y_stride);
 }
 
@@ -254,16 +252,15 @@ void SkinnyMatMulBf16Dot(const float* x, int64_t n, int64_t x_stride, const uint
       y_stride);
 }
 
-void SkinnyMatMulWithIsa(Isa path, const float* x, int64_t n, int64_t x_stride,
-                          const float* w, int64_t out, int64_t in, const float* bias, float* y,
-                          int64_t y_stride) {
+void SkinnyMatMulWithIsa(Isa path, const float* x, int64_t n, int64_t x_stride, const float* w,
+                         int64_t out, int64_t in, const float* bias, float* y, int64_t y_stride) {
   SkinnyMatMulWithIsa(path, x, n, x_stride, DType::kF32, w, out, in, bias, y, y_stride);
 }
 
 void SkinnyMatMul(const float* x, int64_t n, int64_t x_stride, const float* w, int64_t out,
                   int64_t in, const float* bias, float* y, int64_t y_stride) {
-  SkinnyMatMulWithIsa(SelectedMatMulIsa(), x, n, x_stride, DType::kF32, w, out, in, bias,
-                       y, y_stride);
+  SkinnyMatMulWithIsa(SelectedMatMulIsa(), x, n, x_stride, DType::kF32, w, out, in, bias, y,
+                      y_stride);
 }
 
 void SkinnyMatMul(const float* x, int64_t n, int64_t x_stride, DType w_type, const void* w,
@@ -272,9 +269,8 @@ void SkinnyMatMul(const float* x, int64_t n, int64_t x_stride, DType w_type, con
   Run(SelectedMatMulIsa(), dot, x, n, x_stride, w_type, w, out, in, bias, y, y_stride);
 }
 
-void SkinnyMatMulParallel(const float* x, int64_t n, int64_t x_stride, DType w_type,
-                          const void* w, int64_t out, int64_t in, const float* bias, float* y,
-                          int64_t y_stride) {
+void SkinnyMatMulParallel(const float* x, int64_t n, int64_t x_stride, DType w_type, const void* w,
+                          int64_t out, int64_t in, const float* bias, float* y, int64_t y_stride) {
   // Below this many weights a call takes ~10 µs or less: not worth waking the pool.
   constexpr int64_t kMinParallelWeights = int64_t{1} << 16;
   if (ComputeThreads() == 1 || n == 0 || out * in < kMinParallelWeights) {
@@ -298,9 +294,8 @@ void SkinnyMatMulParallel(const float* x, int64_t n, int64_t x_stride, DType w_t
   // One captured pointer: the std::function holds it inline, so the call does not allocate.
   ParallelFor(out, kAlign, [p = &args](int64_t begin, int64_t end) {
     const int64_t row_bytes = p->in * DTypeBytes(p->w_type);
-    SkinnyMatMul(p->x, p->n, p->x_stride, p->w_type, p->w + begin * row_bytes, end - begin,
-                 p->in, p->bias != nullptr ? p->bias + begin : nullptr, p->y + begin,
-                 p->y_stride);
+    SkinnyMatMul(p->x, p->n, p->x_stride, p->w_type, p->w + begin * row_bytes, end - begin, p->in,
+                 p->bias != nullptr ? p->bias + begin : nullptr, p->y + begin, p->y_stride);
   });
 }
 
@@ -323,13 +318,13 @@ void SkinnyMatMulReserve(int64_t max_n, int64_t max_in) {
   });
 }
 
-void SkinnyMatMulNaive(const float* x, int64_t n, int64_t x_stride, DType w_type,
-                       const void* w, int64_t out, int64_t in, const float* bias, float* y,
-                       int64_t y_stride) {
+void SkinnyMatMulNaive(const float* x, int64_t n, int64_t x_stride, DType w_type, const void* w,
+                       int64_t out, int64_t in, const float* bias, float* y, int64_t y_stride) {
   for (int64_t i = 0; i < n; ++i) {
     for (int64_t o = 0; o < out; ++o) {
       double acc = bias != nullptr ? bias[o] : 0.0;
-      for (int64_t k = 0; k < in; ++k) acc += x[i * x_stride + k] * static_cast<double>(ElementToF32(w_type, w, o * in + k));
+      for (int64_t k = 0; k < in; ++k)
+        acc += x[i * x_stride + k] * static_cast<double>(ElementToF32(w_type, w, o * in + k));
       y[i * y_stride + o] = static_cast<float>(acc);
     }
   }

@@ -21,7 +21,7 @@ void Linear::WidenRow(int64_t o, float* row) const {
 }
 
 void ApplyLinear(const float* x, int64_t n, int64_t x_stride, const Linear& w, float* y,
-            int64_t y_stride) {
+                 int64_t y_stride) {
   const bool f32 = w.dtype == DType::kF32;
   CHECK_EQ(static_cast<int64_t>(f32 ? w.w.size() : w.w16.size()), w.out * w.in);
   CHECK(f32 ? w.w16.empty() : w.w.empty());
@@ -33,13 +33,13 @@ void ApplyLinear(const float* x, int64_t n, int64_t x_stride, const Linear& w, f
 }
 
 void ApplyLinearNaive(const float* x, int64_t n, int64_t x_stride, const Linear& w, float* y,
-                 int64_t y_stride) {
+                      int64_t y_stride) {
   SkinnyMatMulNaive(x, n, x_stride, w.dtype, w.data(), w.out, w.in,
                     w.b.empty() ? nullptr : w.b.data(), y, y_stride);
 }
 
-void RmsNorm(const float* x, int64_t n, int64_t dim, int64_t stride, const float* gamma,
-             double eps, float* y) {
+void RmsNorm(const float* x, int64_t n, int64_t dim, int64_t stride, const float* gamma, double eps,
+             float* y) {
   for (int64_t i = 0; i < n; ++i) {
     const float* xi = x + i * stride;
     float* yi = y + i * stride;
@@ -54,7 +54,8 @@ void RmsNormNaive(const float* x, int64_t n, int64_t dim, int64_t stride, const 
                   double eps, float* y) {
   for (int64_t i = 0; i < n; ++i) {
     double sum_sq = 0.0;
-    for (int64_t k = 0; k < dim; ++k) sum_sq += static_cast<double>(x[i * stride + k]) * x[i * stride + k];
+    for (int64_t k = 0; k < dim; ++k)
+      sum_sq += static_cast<double>(x[i * stride + k]) * x[i * stride + k];
     const double inv = 1.0 / std::sqrt(sum_sq / dim + eps);
     for (int64_t k = 0; k < dim; ++k) {
       y[i * stride + k] = static_cast<float>(gamma[k] * (x[i * stride + k] * inv));

@@ -10,11 +10,12 @@
 #include "bench/bench.h"
 #include "comm/mpi_comm.h"
 #include "comm/watchdog.h"
+#include "coordinator/decode.h"
+#include "coordinator/score.h"
 #include "engine/config.h"
-#include "engine/decode.h"
 #include "engine/make_model.h"
 #include "engine/model.h"
-#include "engine/score.h"
+#include "launch/bench_flags.h"
 #include "launch/flags.h"
 #include "shard/shard.h"
 
@@ -48,15 +49,23 @@ absl::Status SetCompute(const Flags& flags, Comm& comm) {
   return absl::OkStatus();
 }
 
+// The batching flags `decode` and `score` share.
+absl::Status ParseBatchOptions(const Flags& flags, BatchOptions* o) {
+  ASSIGN_OR_RETURN(o->cache.page_size, flags.Int("page-size", 16, 1, 1 << 20));
+  ASSIGN_OR_RETURN(o->cache.kv_cache_mb, flags.Double("kv-cache-mb", 256, 1e-6, 1e9));
+  ASSIGN_OR_RETURN(o->max_batch, flags.Int("max-batch", 32, 1, 1 << 16));
+  ASSIGN_OR_RETURN(o->max_batch_tokens, flags.Int("max-batch-tokens", 512, 1, 1 << 20));
+  o->progress = flags.Bool("progress");
+  return absl::OkStatus();
+}
+
 absl::Status RunScoreCommand(const Flags& flags, Comm& comm) {
   // Flag errors are the same on every rank: no agreement needed, but harmless.
   ASSIGN_OR_RETURN(std::string model_dir, flags.Required("model"));
   ScoreOptions options;
   ASSIGN_OR_RETURN(options.input, flags.Required("input"));
   ASSIGN_OR_RETURN(options.output, flags.Required("output"));
-  ASSIGN_OR_RETURN(options.max_batch_tokens, flags.Int("max-batch-tokens", 512, 1, 1 << 20));
-  ASSIGN_OR_RETURN(options.page_size, flags.Int("page-size", 16, 1, 1 << 20));
-  options.progress = flags.Bool("progress");
+  RETURN_IF_ERROR(ParseBatchOptions(flags, &options.batch));
   RETURN_IF_ERROR(SetCompute(flags, comm));
   auto model = Model::Load(model_dir, comm.rank(), comm.size());
   RETURN_IF_ERROR(AgreeOnStatus(comm, model.status()));
@@ -68,21 +77,23 @@ absl::Status RunDecodeCommand(const Flags& flags, Comm& comm) {
   DecodeOptions options;
   ASSIGN_OR_RETURN(options.input, flags.Required("prompts"));
   ASSIGN_OR_RETURN(options.output, flags.Required("output"));
-  ASSIGN_OR_RETURN(options.page_size, flags.Int("page-size", 16, 1, 1 << 20));
-  ASSIGN_OR_RETURN(options.kv_cache_mb, flags.Double("kv-cache-mb", 256, 1e-6, 1e9));
-  ASSIGN_OR_RETURN(options.max_batch, flags.Int("max-batch", 32, 1, 1 << 16));
-  ASSIGN_OR_RETURN(options.max_batch_tokens, flags.Int("max-batch-tokens", 512, 1, 1 << 20));
+  RETURN_IF_ERROR(ParseBatchOptions(flags, &options.batch));
   ASSIGN_OR_RETURN(options.max_new_tokens, flags.Int("max-new-tokens", 64, 1, 1 << 30));
   ASSIGN_OR_RETURN(options.sampling.temperature, flags.Double("temperature", 0, 0, 1e4));
   ASSIGN_OR_RETURN(options.sampling.top_k, flags.Int("top-k", 0, 0, INT64_MAX));
   ASSIGN_OR_RETURN(options.sampling.top_p, flags.Double("top-p", 1, 1e-9, 1));
   ASSIGN_OR_RETURN(int64_t seed, flags.Int("seed", 0, 0, INT64_MAX));
   options.sampling.seed = static_cast<uint64_t>(seed);
-  options.progress = flags.Bool("progress");
   RETURN_IF_ERROR(SetCompute(flags, comm));
   auto model = Model::Load(model_dir, comm.rank(), comm.size());
   RETURN_IF_ERROR(AgreeOnStatus(comm, model.status()));
   return RunDecode(options, **model, comm);
+}
+
+absl::Status RunBenchCommand(const Flags& flags, Comm& comm) {
+  BenchOptions options;
+  RETURN_IF_ERROR(AgreeOnStatus(comm, ParseBenchOptions(flags, &options)));
+  return RunBench(options, comm);
 }
 
 absl::Status RunMakeModel(const Flags& flags, Comm& comm) {
@@ -118,8 +129,7 @@ absl::Status Inspect(const std::string& model_dir, int tp) {
               static_cast<long long>(dims.hidden), static_cast<long long>(dims.num_heads),
               IsLatent(dims.type) ? "latent heads" : "kv heads",
               static_cast<long long>(dims.num_kv_heads));
-  std::printf("parameters   %lld (%.1f M)\n",
-              static_cast<long long>(params), params / 1e6);
+  std::printf("parameters   %lld (%.1f M)\n", static_cast<long long>(params), params / 1e6);
   RETURN_IF_ERROR(ValidateTensorParallel(dims, tp));
   std::printf("tensor parallel %d ranks\n", tp);
   std::printf("%-5s %-10s %-10s %-5s %-12s %-12s %-16s %-14s\n", "rank", "q heads",
@@ -130,11 +140,11 @@ absl::Status Inspect(const std::string& model_dir, int tp) {
     // The size a real pool of one one-token page gets: the same code as decode.
     const PagedKvCache probe(dims.layers, 1, 1, plan.cache_row_floats);
     const std::string q = absl::StrCat(plan.q_heads.begin, "-", plan.q_heads.end - 1);
-    const std::string kv = absl::StrCat(plan.kv_heads.begin, "-", plan.kv_heads.end - 1);
+    const std::string kv = absl::StrCat(plan.cache_heads.begin, "-", plan.cache_heads.end - 1);
     const std::string mlp = absl::StrCat(plan.mlp_cols.begin, "-", plan.mlp_cols.end - 1);
     const std::string vocab = absl::StrCat(plan.vocab_rows.begin, "-", plan.vocab_rows.end - 1);
     std::printf("%-5d %-10s %-10s %-5d %-12s %-12s %-16lld %-14lld\n", r, q.c_str(), kv.c_str(),
-                plan.kv_replication, mlp.c_str(), vocab.c_str(),
+                plan.cache_head_replication, mlp.c_str(), vocab.c_str(),
                 static_cast<long long>(probe.bytes() / dims.layers),
                 static_cast<long long>(probe.bytes()));
   }
@@ -156,8 +166,10 @@ const std::vector<Command>& Commands() {
        {{"model", true, "checkpoint directory (config.json + *.safetensors)"},
         {"input", true, "JSONL requests {\"id\", \"tokens\" | \"text\"}"},
         {"output", true, "JSONL results {\"id\", \"logprobs\", \"sum_logprob\", \"perplexity\"}"},
-        {"max-batch-tokens", true, "tokens per forward chunk (default 512)"},
         {"page-size", true, "KV cache page size in tokens (default 16)"},
+        {"kv-cache-mb", true, "KV cache per rank in MiB (default 256)"},
+        {"max-batch", true, "sequences per step (default 32)"},
+        {"max-batch-tokens", true, "tokens per step, prefill chunks included (default 512)"},
         {"threads", true,
          "compute threads per rank (default 1), or auto: this host's cores / its ranks"},
         {"bf16-math", true,
@@ -236,10 +248,11 @@ int Main(int argc, char** argv) {
   auto flags = Flags::Parse({args.begin() + 1, args.end()}, command->flags);
   if (!flags.ok() || flags->Bool("help")) {
     if (rank0) {
-      if (!flags.ok()) std::fprintf(stderr, "shardlm %s: %s\n", command->name,
-                                    std::string(flags.status().message()).c_str());
-      std::fprintf(flags.ok() ? stdout : stderr, "usage: shardlm %s [flags]\n%s\n%s",
-                   command->name, command->summary, FlagsHelp(command->flags).c_str());
+      if (!flags.ok())
+        std::fprintf(stderr, "shardlm %s: %s\n", command->name,
+                     std::string(flags.status().message()).c_str());
+      std::fprintf(flags.ok() ? stdout : stderr, "usage: shardlm %s [flags]\n%s\n%s", command->name,
+                   command->summary, FlagsHelp(command->flags).c_str());
     }
     return flags.ok() ? 0 : 2;
   }
@@ -249,8 +262,9 @@ int Main(int argc, char** argv) {
   if (status.ok()) return 0;
   if (IsAgreed(status)) {
     // Every rank holds this status: one message, every rank exits 1.
-    if (rank0) std::fprintf(stderr, "shardlm %s: error: %s\n", command->name,
-                            std::string(status.message()).c_str());
+    if (rank0)
+      std::fprintf(stderr, "shardlm %s: error: %s\n", command->name,
+                   std::string(status.message()).c_str());
     return 1;
   }
   // Known to this rank only (e.g. a failed collective): stop the whole job now.

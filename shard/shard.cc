@@ -9,20 +9,26 @@ namespace shardlm {
 
 const char* AttentionTypeName(AttentionType type) {
   switch (type) {
-    case AttentionType::kMha: return "mha";
-    case AttentionType::kMqa: return "mqa";
-    case AttentionType::kGqa: return "gqa";
-    case AttentionType::kGta: return "gta";
-    case AttentionType::kMla: return "mla";
-    case AttentionType::kGla: return "gla";
+    case AttentionType::kMha:
+      return "mha";
+    case AttentionType::kMqa:
+      return "mqa";
+    case AttentionType::kGqa:
+      return "gqa";
+    case AttentionType::kGta:
+      return "gta";
+    case AttentionType::kMla:
+      return "mla";
+    case AttentionType::kGla:
+      return "gla";
   }
   return "?";
 }
 
 int64_t ModelDims::CacheRowFloats(int64_t kv_local) const {
-  if (IsGqaLike(type)) return 2 * head_dim * kv_local;      // K and V
+  if (IsGqaLike(type)) return 2 * head_dim * kv_local;                     // K and V
   if (type == AttentionType::kGta) return head_dim * kv_local + rope_dim;  // tied + RoPE key
-  return latent_dim * kv_local + rope_dim;                  // latents + RoPE key
+  return latent_dim * kv_local + rope_dim;                                 // latents + RoPE key
 }
 
 Range BalancedRange(int64_t n, int parts, int index) {
@@ -44,8 +50,7 @@ std::string WhyNot(const ModelDims& dims, int size) {
   const int64_t t = size;
   if (size < 1) return absl::StrCat("rank count ", size, " must be at least 1");
   if (dims.num_heads % t != 0) {
-    return absl::StrCat("query heads h_q=", dims.num_heads, " are not divisible by ", t,
-                        " ranks");
+    return absl::StrCat("query heads h_q=", dims.num_heads, " are not divisible by ", t, " ranks");
   }
   const int64_t kv = dims.num_kv_heads;
   if (kv % t != 0 && t % kv != 0) {
@@ -102,11 +107,12 @@ absl::StatusOr<ShardPlan> PlanShard(const ModelDims& dims, int rank, int size) {
   // Query head i reads KV/latent head i / g; the owned KV heads are exactly those
   // read by the owned query heads (contiguous groups).
   const int64_t group = dims.num_heads / dims.num_kv_heads;
-  plan.kv_heads = {plan.q_heads.begin / group, (plan.q_heads.end - 1) / group + 1};
-  plan.kv_replication = size > dims.num_kv_heads ? static_cast<int>(size / dims.num_kv_heads) : 1;
+  plan.cache_heads = {plan.q_heads.begin / group, (plan.q_heads.end - 1) / group + 1};
+  plan.cache_head_replication =
+      size > dims.num_kv_heads ? static_cast<int>(size / dims.num_kv_heads) : 1;
   plan.mlp_cols = BalancedRange(dims.intermediate, size, rank);
   plan.vocab_rows = BalancedRange(dims.vocab, size, rank);
-  plan.cache_row_floats = dims.CacheRowFloats(plan.kv_heads.size());
+  plan.cache_row_floats = dims.CacheRowFloats(plan.cache_heads.size());
   return plan;
 }
 

@@ -37,8 +37,9 @@ struct ShardPlan {
   int rank = 0;
   int size = 1;
   Range q_heads;           // query heads this rank computes
-  Range kv_heads;          // KV heads (MHA..GTA) or latent heads (MLA/GLA) it stores
-  int kv_replication = 1;  // ranks that hold each of this rank's KV/latent heads
+  // The heads whose cache rows it stores: KV heads (MHA..GTA) or latent heads (MLA/GLA).
+  Range cache_heads;
+  int cache_head_replication = 1;  // ranks that hold each of its cache heads
   Range mlp_cols;          // intermediate columns of gate/up, rows of down's input
   Range vocab_rows;        // LM head rows, i.e. the logit slice this rank computes
   int64_t cache_row_floats = 0;  // cache floats per token per layer on this rank

@@ -87,11 +87,11 @@ TEST(ShardTest, OwnershipIsConsistentForAllFamiliesAndRankCounts) {
         for (int64_t i = plan->q_heads.begin; i < plan->q_heads.end; ++i) {
           ++q_owner[i];
           const int64_t j = i / (d.num_heads / kv);
-          EXPECT_GE(j, plan->kv_heads.begin);
-          EXPECT_LT(j, plan->kv_heads.end);
+          EXPECT_GE(j, plan->cache_heads.begin);
+          EXPECT_LT(j, plan->cache_heads.end);
         }
-        for (int64_t j = plan->kv_heads.begin; j < plan->kv_heads.end; ++j) ++kv_holders[j];
-        EXPECT_EQ(plan->kv_heads.size(), std::max<int64_t>(kv / t, 1));
+        for (int64_t j = plan->cache_heads.begin; j < plan->cache_heads.end; ++j) ++kv_holders[j];
+        EXPECT_EQ(plan->cache_heads.size(), std::max<int64_t>(kv / t, 1));
         mlp += plan->mlp_cols.size();
         vocab += plan->vocab_rows.size();
       }

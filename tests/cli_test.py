@@ -34,6 +34,16 @@ def make_model(name, *args):
     return out
 
 
+def run_two_checkpoints(command, model, other):
+    """`command` on 2 ranks, rank 0 given `model` and rank 1 `other`."""
+    out = os.path.join(WORK, "x.jsonl")
+    inputs = ["--prompts"] if command == "decode" else ["--input"]
+    rank = lambda m: [SHARDLM, command, "--model", m] + inputs + [PROMPTS, "--output", out]
+    return subprocess.run(["mpirun", "--oversubscribe", "--bind-to", "none", "-q", "-np", "1"] +
+                          rank(model) + [":", "-np", "1"] + rank(other),
+                          capture_output=True, text=True, timeout=120, env=ENV)
+
+
 def copy_model(src, name):
     dst = os.path.join(WORK, name)
     shutil.rmtree(dst, ignore_errors=True)
@@ -212,13 +222,17 @@ class StartupErrors(unittest.TestCase):
         cfg["rope_theta"] = cfg.get("rope_theta", 10000.0) * 2
         with open(cfg_path, "w") as f:
             json.dump(cfg, f)
-        out = os.path.join(WORK, "x.jsonl")
-        rank = lambda m: [SHARDLM, "decode", "--model", m, "--prompts", PROMPTS, "--output", out]
-        r = subprocess.run(["mpirun", "--oversubscribe", "--bind-to", "none", "-q", "-np", "1"] +
-                           rank(model) + [":", "-np", "1"] + rank(other),
-                           capture_output=True, text=True, timeout=120, env=ENV)
+        r = run_two_checkpoints("decode", model, other)
         self.assertOneError(r, "rank 1: checkpoint mismatch", "differs from rank 0's",
                             "same checkpoint on every host")
+
+    def test_score_runs_the_handshake(self):
+        # `score` starts up like `decode`: ranks with other weights behind the same config.json
+        # are caught by the Hello before any request runs.
+        model = make_model("gqa", "--attention", "gqa")
+        other = make_model("gqa-seed1", "--attention", "gqa", "--seed", "1")
+        r = run_two_checkpoints("score", model, other)
+        self.assertOneError(r, "rank 1: checkpoint mismatch", "weights", "differ from rank 0's")
 
     def test_bad_checkpoint_table(self):
         base = make_model("gqa", "--attention", "gqa")
@@ -234,11 +248,7 @@ class StartupErrors(unittest.TestCase):
         # Same config.json, other random weights: the Hello weights fingerprint.
         model = make_model("gqa", "--attention", "gqa")
         other = make_model("gqa-seed1", "--attention", "gqa", "--seed", "1")
-        out = os.path.join(WORK, "x.jsonl")
-        rank = lambda m: [SHARDLM, "decode", "--model", m, "--prompts", PROMPTS, "--output", out]
-        r = subprocess.run(["mpirun", "--oversubscribe", "--bind-to", "none", "-q", "-np", "1"] +
-                           rank(model) + [":", "-np", "1"] + rank(other),
-                           capture_output=True, text=True, timeout=120, env=ENV)
+        r = run_two_checkpoints("decode", model, other)
         self.assertOneError(r, "rank 1: checkpoint mismatch", "weights", "differ from rank 0's")
 
     def test_unknown_flag(self):

@@ -202,6 +202,18 @@ class Faults(unittest.TestCase):
         self.assertLess(elapsed, BOTH_DEAD_STOP_WITHIN, message)
 
     def stop_mpirun(self, sig):
+        """Signals mpirun mid-decode and checks rank 0's one stop line. A run with no line of
+        ours at all is retried once, saying so on stderr, for the reason kill_ranks gives
+        (seen once with SIGTERM, two test jobs and a compiler sharing the 2 cores)."""
+        try:
+            self._stop_mpirun_once(sig)
+        except AssertionError as e:
+            if not str(e).startswith("unexpectedly None : ") or "shardlm decode:" in str(e):
+                raise
+            print(f"\nretrying once: no line of ours in the job's output:\n{e}", file=sys.stderr)
+            self._stop_mpirun_once(sig)
+
+    def _stop_mpirun_once(self, sig):
         p, out = self.start(f"stop-{sig.name}", 2)
         p.send_signal(sig)
         err, _ = self.finish(p)

@@ -1,12 +1,12 @@
 // Request fields shared by `score` and `decode` (DESIGN §6).
-#ifndef SHARDLM_ENGINE_REQUESTS_H_
-#define SHARDLM_ENGINE_REQUESTS_H_
+#ifndef SHARDLM_COORDINATOR_REQUESTS_H_
+#define SHARDLM_COORDINATOR_REQUESTS_H_
 
 #include <cstdint>
 #include <fstream>
 #include <functional>
-#include <memory>
 #include <istream>
+#include <memory>
 #include <optional>
 #include <set>
 #include <string>
@@ -14,8 +14,8 @@
 
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
+#include "coordinator/sampler.h"
 #include "engine/jsonl.h"
-#include "engine/sampler.h"
 #include "shard/dims.h"
 
 namespace shardlm {
@@ -68,8 +68,11 @@ class RequestReader {
 
   RequestReader(std::istream& input, std::string input_name, JsonlWriter* writer, Parser parse,
                 const char* error_finish_reason = nullptr)
-      : input_(input), input_name_(std::move(input_name)), writer_(writer),
-        parse_(std::move(parse)), error_finish_reason_(error_finish_reason) {}
+      : input_(input),
+        input_name_(std::move(input_name)),
+        writer_(writer),
+        parse_(std::move(parse)),
+        error_finish_reason_(error_finish_reason) {}
 
   // The next valid request, or nullopt at the end of the input. Errors: the
   // input cannot be read, or an error line cannot be written.
@@ -84,9 +87,9 @@ class RequestReader {
         request = absl::InvalidArgumentError("duplicate id");
       }
       if (request.ok()) return std::optional<Request>(std::move(*request));
-      JsonLine error = ErrorLine(object.ok() ? FindField(*object, "id") : nullptr,
-                                 absl::StrCat("line ", line_number_, ": ",
-                                              request.status().message()));
+      JsonLine error =
+          ErrorLine(object.ok() ? FindField(*object, "id") : nullptr,
+                    absl::StrCat("line ", line_number_, ": ", request.status().message()));
       if (error_finish_reason_ != nullptr) {
         error.Set("finish_reason", StringValue(error_finish_reason_));
       }
@@ -113,4 +116,4 @@ class RequestReader {
 
 }  // namespace shardlm
 
-#endif  // SHARDLM_ENGINE_REQUESTS_H_
+#endif  // SHARDLM_COORDINATOR_REQUESTS_H_

@@ -1,7 +1,7 @@
 // The built-in byte tokenizer (config "tokenizer": "bytes"): token id = byte
 // value, 0..255; text gets bos_token_id in front (DESIGN §6).
-#ifndef SHARDLM_ENGINE_TOKENIZER_H_
-#define SHARDLM_ENGINE_TOKENIZER_H_
+#ifndef SHARDLM_COORDINATOR_TOKEN_CODEC_H_
+#define SHARDLM_COORDINATOR_TOKEN_CODEC_H_
 
 #include <cstdint>
 #include <string>
@@ -28,4 +28,4 @@ inline std::string ByteDecode(const std::vector<int32_t>& ids) {
 
 }  // namespace shardlm
 
-#endif  // SHARDLM_ENGINE_TOKENIZER_H_
+#endif  // SHARDLM_COORDINATOR_TOKEN_CODEC_H_

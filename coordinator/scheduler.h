@@ -5,15 +5,15 @@
 // bounded by max_batch_tokens. When a running sequence needs a page and none is
 // free, the newest running sequence is preempted: its pages are freed and it
 // goes back to the front of the queue, to be recomputed later.
-#ifndef SHARDLM_ENGINE_SCHEDULER_H_
-#define SHARDLM_ENGINE_SCHEDULER_H_
+#ifndef SHARDLM_COORDINATOR_SCHEDULER_H_
+#define SHARDLM_COORDINATOR_SCHEDULER_H_
 
 #include <cstdint>
 #include <deque>
 #include <memory>
 #include <vector>
 
-#include "engine/sampler.h"
+#include "coordinator/sampler.h"
 #include "proto/shardlm.pb.h"
 
 namespace shardlm {
@@ -21,20 +21,25 @@ namespace shardlm {
 struct SchedulerOptions {
   int64_t num_pages = 0;
   int64_t page_size = 16;
-  int64_t max_batch = 32;           // sequences per step
-  int64_t max_batch_tokens = 512;   // tokens per step (prefill chunks + decodes)
+  int64_t max_batch = 32;          // sequences per step
+  int64_t max_batch_tokens = 512;  // tokens per step (prefill chunks + decodes)
 };
 
 // One request's state on the coordinator.
 struct Sequence {
-  int64_t request_index = 0;      // order of the request in the input
-  std::vector<int32_t> tokens;    // prompt, then generated tokens
+  int64_t request_index = 0;    // order of the request in the input
+  std::vector<int32_t> tokens;  // prompt, then generated tokens
   int64_t prompt_len = 0;
-  int64_t num_computed = 0;       // tokens whose KV rows are in the cache
-  std::vector<int32_t> pages;     // block table (global page ids)
-  int64_t seq_id = -1;            // id of the current admission; -1 while waiting
+  int64_t num_computed = 0;    // tokens whose KV rows are in the cache
+  std::vector<int32_t> pages;  // block table (global page ids)
+  int64_t seq_id = -1;         // id of the current admission; -1 while waiting
   int64_t preemptions = 0;
-  std::vector<double> logprobs;   // of generated tokens
+  // Prefill only (`score`): the sequence ends when its prompt is computed, nothing is sampled.
+  bool prefill_only = false;
+  // Positions 0 … score_positions − 1 return their logits (each predicts the next prompt
+  // token: log p(token_{t+1} | tokens_≤t)); 0 for none.
+  int64_t score_positions = 0;
+  std::vector<double> logprobs;  // of generated tokens
   std::unique_ptr<Sampler> sampler;
 
   int64_t generated() const { return static_cast<int64_t>(tokens.size()) - prompt_len; }
@@ -43,9 +48,10 @@ struct Sequence {
 // A scheduled slice of one sequence in a step.
 struct ScheduledSeq {
   Sequence* seq;
-  int64_t start_pos;  // first token of the slice
-  int64_t count;      // tokens in the slice
-  bool want_logits;   // the slice ends at the last known token: sample after it
+  int64_t start_pos;     // first token of the slice
+  int64_t count;         // tokens in the slice
+  bool want_logits;      // the slice ends at the last known token: sample after it
+  int64_t score_tokens;  // the slice's first score_tokens tokens return logits too (in order)
 };
 
 class Scheduler {
@@ -57,9 +63,10 @@ class Scheduler {
   }
   // Queues a sequence (the caller has checked that it fits in the whole pool).
   void Enqueue(std::unique_ptr<Sequence> seq);
-  // Plans the next step into `plan` (seqs, new pages, released ids) and returns
-  // the scheduled slices in plan order. Empty when nothing can run.
-  std::vector<ScheduledSeq> Schedule(StepPlan* plan);
+  // Plans the next step into `plan` (seqs, new pages, released ids) and `slices` (the
+  // scheduled slices in plan order; empty when nothing can run). Both are cleared first and
+  // keep their capacity, so steady-state steps do not allocate.
+  void Schedule(StepPlan* plan, std::vector<ScheduledSeq>* slices);
   // Marks the slices of the last step computed (call after the forward pass).
   void Computed(const std::vector<ScheduledSeq>& slices);
   // Removes a finished running sequence, frees its pages and returns it.
@@ -76,10 +83,11 @@ class Scheduler {
   bool Allocate(Sequence* seq, int64_t tokens, SeqStep* step);
 
   SchedulerOptions options_;
-  std::vector<int32_t> free_;                         // free page ids (a stack)
-  std::vector<std::unique_ptr<Sequence>> running_;    // admission order, oldest first
+  std::vector<int32_t> free_;                       // free page ids (a stack)
+  std::vector<std::unique_ptr<Sequence>> running_;  // admission order, oldest first
   std::deque<std::unique_ptr<Sequence>> waiting_;
-  std::vector<int64_t> released_;                     // ids to drop in the next plan
+  std::vector<int64_t> released_;  // ids to drop in the next plan
+  SeqStep step_;                   // a running slice being planned
   int64_t next_seq_id_ = 0;
   int64_t next_step_ = 0;
   int64_t total_preemptions_ = 0;
@@ -87,4 +95,4 @@ class Scheduler {
 
 }  // namespace shardlm
 
-#endif  // SHARDLM_ENGINE_SCHEDULER_H_
+#endif  // SHARDLM_COORDINATOR_SCHEDULER_H_

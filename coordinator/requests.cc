@@ -1,7 +1,7 @@
-#include "engine/requests.h"
+#include "coordinator/requests.h"
 
 #include "base/status.h"
-#include "engine/tokenizer.h"
+#include "coordinator/token_codec.h"
 
 namespace shardlm {
 
@@ -47,9 +47,8 @@ absl::StatusOr<ScoreRequest> ParseScoreRequest(const JsonObject& object, const M
   ASSIGN_OR_RETURN(request.id, GetId(*id));
   ASSIGN_OR_RETURN(request.tokens, RequestTokens(object, dims));
   if (static_cast<int64_t>(request.tokens.size()) > dims.max_positions) {
-    return absl::InvalidArgumentError(absl::StrCat(request.tokens.size(),
-                                                   " tokens exceed max_position_embeddings=",
-                                                   dims.max_positions));
+    return absl::InvalidArgumentError(absl::StrCat(
+        request.tokens.size(), " tokens exceed max_position_embeddings=", dims.max_positions));
   }
   return request;
 }
@@ -57,9 +56,9 @@ absl::StatusOr<ScoreRequest> ParseScoreRequest(const JsonObject& object, const M
 absl::StatusOr<DecodeRequest> ParseDecodeRequest(const JsonObject& object, const ModelDims& dims,
                                                  int64_t default_max_new_tokens,
                                                  const SamplingParams& default_sampling) {
-  RETURN_IF_ERROR(CheckKnownFields(object, {"id", "prompt", "text", "tokens", "max_new_tokens",
-                                            "temperature", "top_k", "top_p", "seed",
-                                            "stop_token_ids"}));
+  RETURN_IF_ERROR(
+      CheckKnownFields(object, {"id", "prompt", "text", "tokens", "max_new_tokens", "temperature",
+                                "top_k", "top_p", "seed", "stop_token_ids"}));
   DecodeRequest r;
   const JsonValue* id = FindField(object, "id");
   if (id == nullptr) return absl::InvalidArgumentError("missing \"id\"");
@@ -67,18 +66,17 @@ absl::StatusOr<DecodeRequest> ParseDecodeRequest(const JsonObject& object, const
   ASSIGN_OR_RETURN(r.prompt, RequestTokens(object, dims));
   const int64_t prompt_len = static_cast<int64_t>(r.prompt.size());
   if (prompt_len >= dims.max_positions) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("prompt of ", prompt_len, " tokens leaves no room to generate within ",
-                     "max_position_embeddings=", dims.max_positions));
+    return absl::InvalidArgumentError(absl::StrCat("prompt of ", prompt_len,
+                                                   " tokens leaves no room to generate within ",
+                                                   "max_position_embeddings=", dims.max_positions));
   }
   r.max_new_tokens = default_max_new_tokens;
   r.sampling = default_sampling;
   if (const JsonValue* v = FindField(object, "max_new_tokens")) {
     ASSIGN_OR_RETURN(r.max_new_tokens, GetInt(*v, "max_new_tokens"));
     if (r.max_new_tokens < 1 || r.max_new_tokens > dims.max_positions) {
-      return absl::InvalidArgumentError(absl::StrCat("\"max_new_tokens\" must be in [1, ",
-                                                     dims.max_positions, "], got ",
-                                                     r.max_new_tokens));
+      return absl::InvalidArgumentError(absl::StrCat(
+          "\"max_new_tokens\" must be in [1, ", dims.max_positions, "], got ", r.max_new_tokens));
     }
   }
   if (const JsonValue* v = FindField(object, "temperature")) {

@@ -1,4 +1,4 @@
-#include "engine/sampler.h"
+#include "coordinator/sampler.h"
 
 #include <cmath>
 #include <map>
@@ -50,7 +50,8 @@ TEST(SamplerTest, LogSoftmaxMatchesDefinition) {
   double total = 0.0;
   for (float l : kLogits) total += std::exp(static_cast<double>(l));
   for (size_t i = 0; i < kLogits.size(); ++i) {
-    EXPECT_NEAR(LogSoftmaxAt(kLogits.data(), kLogits.size(), i), kLogits[i] - std::log(total), 1e-12);
+    EXPECT_NEAR(LogSoftmaxAt(kLogits.data(), kLogits.size(), i), kLogits[i] - std::log(total),
+                1e-12);
   }
 }
 

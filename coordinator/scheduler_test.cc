@@ -1,4 +1,4 @@
-#include "engine/scheduler.h"
+#include "coordinator/scheduler.h"
 
 #include <set>
 
@@ -7,6 +7,12 @@
 
 namespace shardlm {
 namespace {
+
+std::vector<ScheduledSeq> ScheduleStep(Scheduler& scheduler, StepPlan* plan) {
+  std::vector<ScheduledSeq> slices;
+  scheduler.Schedule(plan, &slices);
+  return slices;
+}
 
 std::unique_ptr<Sequence> MakeSeq(int64_t index, int64_t prompt_len) {
   auto seq = std::make_unique<Sequence>();
@@ -26,7 +32,7 @@ struct Simulation {
     std::map<int64_t, std::vector<int32_t>> tables;  // what the workers would hold
     while (!scheduler.Idle() && steps < max_steps) {
       StepPlan plan;
-      auto slices = scheduler.Schedule(&plan);
+      auto slices = ScheduleStep(scheduler, &plan);
       ASSERT_FALSE(slices.empty()) << "stalled at step " << steps;
       ++steps;
       for (int64_t id : plan.released()) ASSERT_EQ(tables.erase(id), 1u);
@@ -93,12 +99,13 @@ TEST(SchedulerTest, EveryRequestFinishesAndEveryPageReturns) {
 }
 
 TEST(SchedulerTest, ChunkedPrefillWantsLogitsOnlyAtTheEnd) {
-  Scheduler scheduler({/*num_pages=*/100, /*page_size=*/4, /*max_batch=*/8, /*max_batch_tokens=*/5});
+  Scheduler scheduler(
+      {/*num_pages=*/100, /*page_size=*/4, /*max_batch=*/8, /*max_batch_tokens=*/5});
   scheduler.Enqueue(MakeSeq(0, 12));
   std::vector<std::pair<int64_t, bool>> seen;
   for (int step = 0; step < 3; ++step) {
     StepPlan plan;
-    auto slices = scheduler.Schedule(&plan);
+    auto slices = ScheduleStep(scheduler, &plan);
     ASSERT_EQ(slices.size(), 1u);
     seen.emplace_back(slices[0].count, slices[0].want_logits);
     scheduler.Computed(slices);
@@ -107,42 +114,44 @@ TEST(SchedulerTest, ChunkedPrefillWantsLogitsOnlyAtTheEnd) {
 }
 
 TEST(SchedulerTest, RunningFirstThenFifoAdmissionsUpToMaxBatch) {
-  Scheduler scheduler({/*num_pages=*/100, /*page_size=*/4, /*max_batch=*/2, /*max_batch_tokens=*/100});
+  Scheduler scheduler(
+      {/*num_pages=*/100, /*page_size=*/4, /*max_batch=*/2, /*max_batch_tokens=*/100});
   for (int64_t i = 0; i < 3; ++i) scheduler.Enqueue(MakeSeq(i, 3));
   StepPlan plan;
-  auto first = scheduler.Schedule(&plan);
+  auto first = ScheduleStep(scheduler, &plan);
   ASSERT_EQ(first.size(), 2u);  // max_batch
   EXPECT_EQ(first[0].seq->request_index, 0);
   EXPECT_EQ(first[1].seq->request_index, 1);
   scheduler.Computed(first);
   for (auto& s : first) s.seq->tokens.push_back(1);
   scheduler.Finish(first[0].seq);
-  auto second = scheduler.Schedule(&plan);
+  auto second = ScheduleStep(scheduler, &plan);
   ASSERT_EQ(second.size(), 2u);
   EXPECT_EQ(second[0].seq->request_index, 1);  // running first, one decode token
   EXPECT_EQ(second[0].count, 1);
   EXPECT_EQ(second[1].seq->request_index, 2);  // then the admission
   EXPECT_EQ(second[1].count, 3);
-  ASSERT_EQ(plan.released_size(), 1);          // request 0's block table is dropped
+  ASSERT_EQ(plan.released_size(), 1);  // request 0's block table is dropped
 }
 
 TEST(SchedulerTest, PreemptsTheNewestAndRecomputesIt) {
   // 4 pages of 2 tokens: two sequences of 3 tokens take 2 pages each; growing
   // the first past 4 tokens needs a fifth page, so the newest is preempted.
-  Scheduler scheduler({/*num_pages=*/4, /*page_size=*/2, /*max_batch=*/4, /*max_batch_tokens=*/100});
+  Scheduler scheduler(
+      {/*num_pages=*/4, /*page_size=*/2, /*max_batch=*/4, /*max_batch_tokens=*/100});
   scheduler.Enqueue(MakeSeq(0, 3));
   scheduler.Enqueue(MakeSeq(1, 3));
   StepPlan plan;
-  auto step = scheduler.Schedule(&plan);
+  auto step = ScheduleStep(scheduler, &plan);
   ASSERT_EQ(step.size(), 2u);
   scheduler.Computed(step);
   for (auto& s : step) s.seq->tokens.push_back(1);  // both now 4 tokens: still 2 pages each
-  step = scheduler.Schedule(&plan);
+  step = ScheduleStep(scheduler, &plan);
   ASSERT_EQ(step.size(), 2u);
   scheduler.Computed(step);
   for (auto& s : step) s.seq->tokens.push_back(1);  // 5 tokens: the oldest needs page 3
   Sequence* newest = step[1].seq;
-  step = scheduler.Schedule(&plan);
+  step = ScheduleStep(scheduler, &plan);
   ASSERT_EQ(step.size(), 1u);
   EXPECT_EQ(step[0].seq->request_index, 0);
   EXPECT_EQ(scheduler.total_preemptions(), 1);

@@ -1,7 +1,7 @@
 // Token sampling on the coordinator (DESIGN §5): greedy, temperature, top-k,
 // top-p, with a per-request random stream so results do not depend on batching.
-#ifndef SHARDLM_ENGINE_SAMPLER_H_
-#define SHARDLM_ENGINE_SAMPLER_H_
+#ifndef SHARDLM_COORDINATOR_SAMPLER_H_
+#define SHARDLM_COORDINATOR_SAMPLER_H_
 
 #include <cstdint>
 #include <vector>
@@ -33,7 +33,8 @@ class Sampler {
  private:
   SamplingParams params_;
   Rng rng_;
-  std::vector<std::pair<float, int32_t>> candidates_;  // scratch
+  std::vector<std::pair<float, int32_t>> candidates_;  // scratch, reused across calls
+  std::vector<double> probs_;                          // scratch, reused across calls
 };
 
 // log softmax(logits)[target] in double; the reference for every reported logprob.
@@ -43,4 +44,4 @@ int32_t ArgMax(const float* logits, int64_t vocab);
 
 }  // namespace shardlm
 
-#endif  // SHARDLM_ENGINE_SAMPLER_H_
+#endif  // SHARDLM_COORDINATOR_SAMPLER_H_

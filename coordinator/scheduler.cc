@@ -1,4 +1,4 @@
-#include "engine/scheduler.h"
+#include "coordinator/scheduler.h"
 
 #include <algorithm>
 
@@ -44,19 +44,24 @@ bool Scheduler::Allocate(Sequence* seq, int64_t tokens, SeqStep* step) {
   return true;
 }
 
-std::vector<ScheduledSeq> Scheduler::Schedule(StepPlan* plan) {
+void Scheduler::Schedule(StepPlan* plan, std::vector<ScheduledSeq>* slices_out) {
   plan->Clear();
   plan->set_step(next_step_++);
-  std::vector<ScheduledSeq> slices;
+  std::vector<ScheduledSeq>& slices = *slices_out;
+  slices.clear();
   int64_t budget = options_.max_batch_tokens;
   auto add_slice = [&](Sequence* seq, int64_t count, SeqStep* step) {
     const int64_t start = seq->num_computed;
     const bool last = start + count == static_cast<int64_t>(seq->tokens.size());
+    const bool sample = last && !seq->prefill_only;
+    const int64_t score_tokens = std::clamp<int64_t>(seq->score_positions - start, 0, count);
     step->set_seq_id(seq->seq_id);
     step->set_start_pos(start);
+    step->mutable_tokens()->Reserve(static_cast<int>(count));
     for (int64_t i = 0; i < count; ++i) step->add_tokens(seq->tokens[start + i]);
-    step->set_want_logits(last);
-    slices.push_back({seq, start, count, last});
+    step->set_want_logits(sample);
+    step->set_score_tokens(score_tokens);
+    slices.push_back({seq, start, count, sample, score_tokens});
     budget -= count;
   };
 
@@ -65,7 +70,12 @@ std::vector<ScheduledSeq> Scheduler::Schedule(StepPlan* plan) {
     Sequence* seq = running_[i].get();
     const int64_t count =
         std::min<int64_t>(static_cast<int64_t>(seq->tokens.size()) - seq->num_computed, budget);
-    SeqStep step;
+    // Planned into step_ first: it joins the plan only if the sequence is not preempted.
+    SeqStep& step = step_;
+    step.Clear();
+    // The fields keep their capacity through Clear and Swap: after the first steps, planning
+    // a running slice allocates nothing.
+    step.mutable_new_pages()->Reserve(static_cast<int>(PagesFor(count) + 1));
     bool preempted_self = false;
     while (!Allocate(seq, seq->num_computed + count, &step)) {
       const size_t newest = running_.size() - 1;
@@ -80,7 +90,7 @@ std::vector<ScheduledSeq> Scheduler::Schedule(StepPlan* plan) {
       continue;  // running_[i] is now the next sequence
     }
     SeqStep* added = plan->add_seqs();
-    *added = std::move(step);
+    added->Swap(&step);  // swaps buffers: the plan's cleared element becomes the next step_
     add_slice(seq, count, added);
     ++i;
   }
@@ -92,6 +102,7 @@ std::vector<ScheduledSeq> Scheduler::Schedule(StepPlan* plan) {
     const int64_t count = std::min<int64_t>(static_cast<int64_t>(seq->tokens.size()), budget);
     seq->seq_id = next_seq_id_++;
     SeqStep* step = plan->add_seqs();
+    step->set_max_pages(static_cast<int32_t>(seq->pages.capacity()));
     CHECK(Allocate(seq, count, step));
     add_slice(seq, count, step);
     running_.push_back(std::move(waiting_.front()));
@@ -99,7 +110,6 @@ std::vector<ScheduledSeq> Scheduler::Schedule(StepPlan* plan) {
   }
   for (int64_t id : released_) plan->add_released(id);
   released_.clear();
-  return slices;
 }
 
 void Scheduler::Computed(const std::vector<ScheduledSeq>& slices) {

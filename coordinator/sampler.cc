@@ -1,4 +1,4 @@
-#include "engine/sampler.h"
+#include "coordinator/sampler.h"
 
 #include <algorithm>
 #include <cmath>
@@ -42,7 +42,8 @@ Sample Sampler::Next(const float* logits, int64_t vocab) {
   candidates_.resize(static_cast<size_t>(k));
   // Tempered probabilities of the candidates.
   const double max_scaled = candidates_[0].first / params_.temperature;
-  std::vector<double> probs(candidates_.size());
+  std::vector<double>& probs = probs_;
+  probs.resize(candidates_.size());
   double total = 0.0;
   for (size_t i = 0; i < candidates_.size(); ++i) {
     probs[i] = std::exp(candidates_[i].first / params_.temperature - max_scaled);

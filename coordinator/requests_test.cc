@@ -1,4 +1,4 @@
-#include "engine/requests.h"
+#include "coordinator/requests.h"
 
 #include "gtest/gtest.h"
 

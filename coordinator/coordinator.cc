@@ -1,0 +1,153 @@
+#include "coordinator/coordinator.h"
+
+#include "base/status.h"
+
+namespace shardlm {
+
+Coordinator::Coordinator(const SchedulerOptions& options, const ModelDims& dims, Sink sink)
+    : dims_(dims), scheduler_(options), sink_(std::move(sink)), total_pages_(options.num_pages) {}
+
+void Coordinator::Submit(int64_t handle, SequenceRequest request) {
+  auto seq = std::make_unique<Sequence>();
+  seq->request_index = handle;
+  seq->prompt_len = static_cast<int64_t>(request.prompt.size());
+  // Room for every token it may generate: decode steps append without allocating.
+  const int64_t max_len = std::min(seq->prompt_len + request.max_new_tokens, dims_.max_positions);
+  seq->tokens.reserve(static_cast<size_t>(std::max(max_len, seq->prompt_len)));
+  seq->tokens = request.prompt;
+  seq->logprobs.reserve(static_cast<size_t>(max_len - seq->prompt_len + 1));
+  seq->pages.reserve(static_cast<size_t>(scheduler_.PagesFor(max_len)));
+  seq->prefill_only = request.max_new_tokens == 0;
+  if (request.prompt_logprobs) {
+    seq->score_positions = seq->prompt_len - 1;
+    prompt_logprobs_[handle].assign(static_cast<size_t>(seq->prompt_len - 1), 0.0);
+  }
+  seq->sampler = std::make_unique<Sampler>(request.sampling);
+  requests_.emplace(handle, std::move(request));
+  scheduler_.Enqueue(std::move(seq));
+}
+
+void Coordinator::Plan(StepPlan* plan) {
+  if (scheduler_.Idle()) {
+    slices_.clear();
+    plan->Clear();
+    plan->set_shutdown(true);
+    return;
+  }
+  scheduler_.Schedule(plan, &slices_);
+  CHECK(!slices_.empty());  // one sequence alone always fits (checked at start-up)
+}
+
+absl::Status Coordinator::AfterStep(const std::vector<float>& logits) {
+  scheduler_.Computed(slices_);
+  const int64_t vocab = dims_.vocab;
+  int64_t row = 0;
+  for (const ScheduledSeq& s : slices_) {
+    Sequence* seq = s.seq;
+    // Prompt logprobs: position p predicts prompt token p + 1. Indexed by position, so a
+    // preempted sequence's recomputation overwrites the same entries.
+    if (s.score_tokens > 0) {
+      std::vector<double>& out = prompt_logprobs_[seq->request_index];
+      for (int64_t i = 0; i < s.score_tokens; ++i, ++row) {
+        const int64_t pos = s.start_pos + i;
+        out[pos] = LogSoftmaxAt(logits.data() + row * vocab, vocab, seq->tokens[pos + 1]);
+      }
+    }
+    if (s.want_logits) {
+      // The sampled row is the slice's last token: its own row unless a score row it was.
+      const int64_t sample_row = s.score_tokens == s.count ? row - 1 : row++;
+      const SequenceRequest& request = requests_.at(seq->request_index);
+      const Sample sample = seq->sampler->Next(logits.data() + sample_row * vocab, vocab);
+      seq->tokens.push_back(sample.token);
+      seq->logprobs.push_back(sample.logprob);
+      ++generated_tokens_;
+      if (request.stop_ids.count(sample.token)) {
+        RETURN_IF_ERROR(Finish(seq, "stop"));
+      } else if (seq->generated() >= request.max_new_tokens ||
+                 static_cast<int64_t>(seq->tokens.size()) >= dims_.max_positions) {
+        RETURN_IF_ERROR(Finish(seq, "length"));
+      }
+    } else if (seq->prefill_only && seq->num_computed == seq->prompt_len) {
+      RETURN_IF_ERROR(Finish(seq, "prompt"));
+    }
+  }
+  CHECK_EQ(row * vocab, static_cast<int64_t>(logits.size()));
+  return absl::OkStatus();
+}
+
+absl::Status Coordinator::Finish(Sequence* seq, const char* reason) {
+  std::unique_ptr<Sequence> done = scheduler_.Finish(seq);
+  SequenceResult result;
+  result.handle = done->request_index;
+  result.prompt_len = done->prompt_len;
+  result.generated.assign(done->tokens.begin() + done->prompt_len, done->tokens.end());
+  result.logprobs = std::move(done->logprobs);
+  if (auto it = prompt_logprobs_.find(result.handle); it != prompt_logprobs_.end()) {
+    result.prompt_logprobs = std::move(it->second);
+    prompt_logprobs_.erase(it);
+  }
+  result.finish_reason = reason;
+  requests_.erase(result.handle);
+  return sink_(std::move(result));
+}
+
+absl::Status StepRunner::Run(const StepPlan& plan, std::vector<float>* logits) {
+  for (int64_t id : plan.released()) block_tables_.erase(id);
+  for (const SeqStep& s : plan.seqs()) {
+    std::vector<int32_t>& table = block_tables_[s.seq_id()];
+    if (s.max_pages() > 0) table.reserve(static_cast<size_t>(s.max_pages()));
+    table.insert(table.end(), s.new_pages().begin(), s.new_pages().end());
+  }
+  // Block tables do not move during the step (the map's nodes are stable), so the slots'
+  // spans into them stay valid.
+  batch_.token_ids.clear();
+  batch_.slots.clear();
+  batch_.logit_rows.clear();
+  for (const SeqStep& s : plan.seqs()) {
+    const std::vector<int32_t>& table = block_tables_.at(s.seq_id());
+    for (int i = 0; i < s.tokens_size(); ++i) {
+      const int32_t row = static_cast<int32_t>(batch_.slots.size());
+      batch_.token_ids.push_back(s.tokens(i));
+      batch_.slots.push_back({table, s.start_pos() + i});
+      if (i < s.score_tokens() || (s.want_logits() && i == s.tokens_size() - 1)) {
+        batch_.logit_rows.push_back(row);
+      }
+    }
+  }
+  return model_.Forward(batch_, cache_, comm_, logits);
+}
+
+absl::Status RunSteps(Model& model, PagedKvCache& cache, Comm& comm, Coordinator* coordinator,
+                      const std::function<void()>& after_step) {
+  CHECK_EQ(comm.rank() == 0, coordinator != nullptr);
+  StepRunner runner(model, cache, comm);
+  StepPlan plan;
+  std::string wire;  // the plan's bytes, reused
+  std::vector<float> logits;
+  absl::Status local_error;  // rank 0's own failure: broadcast a shutdown, then report
+  while (true) {
+    if (coordinator != nullptr) {
+      if (local_error.ok()) {
+        coordinator->Plan(&plan);
+      } else {
+        plan.Clear();
+        plan.set_shutdown(true);
+      }
+    }
+    RETURN_IF_ERROR(BroadcastProto(comm, &plan, 0, &wire));
+    if (plan.shutdown()) break;
+    RETURN_IF_ERROR(runner.Run(plan, &logits));
+    if (coordinator == nullptr) continue;
+    local_error = coordinator->AfterStep(logits);
+    if (after_step) after_step();
+  }
+  if (coordinator != nullptr && local_error.ok() &&
+      coordinator->free_pages() != coordinator->total_pages()) {
+    local_error =
+        absl::InternalError(absl::StrCat("page leak: ", coordinator->free_pages(), " of ",
+                                         coordinator->total_pages(), " pages free after the job"));
+  }
+  return AgreeOnStatus(comm, local_error);
+}
+
+}  // namespace shardlm

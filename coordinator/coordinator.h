@@ -1,0 +1,111 @@
+// The coordinator and the step loop (DESIGN §5): one loop serves every job. Clients — the
+// `decode` and `score` file jobs, the HTTP server to come — submit sequences to rank 0's
+// Coordinator and receive each one's result when it finishes; every rank runs RunSteps.
+//
+// One step: rank 0 schedules (running sequences first, then admissions whose pages fit,
+// prompts in chunks under max_batch_tokens) into a StepPlan and broadcasts it; every rank
+// appends the plan's pages to its block tables and runs Model::Forward over the ragged batch;
+// rank 0 receives the logits of the rows that need them, samples, records prompt logprobs,
+// and hands finished sequences to the client.
+#ifndef SHARDLM_COORDINATOR_COORDINATOR_H_
+#define SHARDLM_COORDINATOR_COORDINATOR_H_
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <set>
+#include <unordered_map>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "attention/kv_cache.h"
+#include "comm/comm.h"
+#include "coordinator/sampler.h"
+#include "coordinator/scheduler.h"
+#include "engine/model.h"
+#include "proto/shardlm.pb.h"
+
+namespace shardlm {
+
+// What a client asks of one sequence.
+struct SequenceRequest {
+  std::vector<int32_t> prompt;   // non-empty, inside the vocabulary
+  int64_t max_new_tokens = 0;    // 0: prefill only, nothing is generated (`score`)
+  bool prompt_logprobs = false;  // log p(prompt_t | prompt_<t) for t ≥ 1
+  SamplingParams sampling;
+  std::set<int32_t> stop_ids;  // generation ends after sampling one of these
+};
+
+// A finished sequence.
+struct SequenceResult {
+  int64_t handle = 0;  // the client's, from Submit
+  int64_t prompt_len = 0;
+  std::vector<int32_t> generated;
+  std::vector<double> logprobs;         // of each generated token, unmodified distribution
+  std::vector<double> prompt_logprobs;  // [prompt_len − 1] when asked, else empty
+  const char* finish_reason = "";       // "stop", "length", or "prompt" (prefill only)
+};
+
+// Rank 0's state: sequences, scheduler, sampling. Free of MPI.
+class Coordinator {
+ public:
+  // Receives every finished sequence; an error stops the job.
+  using Sink = std::function<absl::Status(SequenceResult)>;
+  Coordinator(const SchedulerOptions& options, const ModelDims& dims, Sink sink);
+
+  // Queues a sequence. The caller has validated it; one sequence of the model's maximum
+  // length always fits (checked at start-up).
+  void Submit(int64_t handle, SequenceRequest request);
+  bool Idle() const { return scheduler_.Idle(); }
+
+  // Plans the next step into `plan`: a shutdown plan once idle.
+  void Plan(StepPlan* plan);
+  // After the forward pass of the last plan: `logits` holds [rows, vocab], the rows in plan
+  // order as SeqStep describes.
+  absl::Status AfterStep(const std::vector<float>& logits);
+
+  int64_t generated_tokens() const { return generated_tokens_; }
+  int64_t free_pages() const { return scheduler_.free_pages(); }
+  int64_t total_pages() const { return total_pages_; }
+  int64_t total_preemptions() const { return scheduler_.total_preemptions(); }
+
+ private:
+  absl::Status Finish(Sequence* seq, const char* reason);
+
+  const ModelDims& dims_;
+  Scheduler scheduler_;
+  Sink sink_;
+  const int64_t total_pages_;
+  // Per sequence (by Sequence::request_index = the client's handle): the request.
+  std::unordered_map<int64_t, SequenceRequest> requests_;
+  std::unordered_map<int64_t, std::vector<double>> prompt_logprobs_;
+  std::vector<ScheduledSeq> slices_;  // of the last plan
+  int64_t generated_tokens_ = 0;
+};
+
+// Every rank's side of a step: block tables over its own pool, the ragged batch, the
+// forward pass. Reuses its buffers: a step of running sequences allocates nothing.
+class StepRunner {
+ public:
+  StepRunner(Model& model, PagedKvCache& cache, Comm& comm)
+      : model_(model), cache_(cache), comm_(comm) {}
+  // On rank 0 `logits` becomes [rows, vocab]; elsewhere it is left empty.
+  absl::Status Run(const StepPlan& plan, std::vector<float>* logits);
+
+ private:
+  Model& model_;
+  PagedKvCache& cache_;
+  Comm& comm_;
+  std::unordered_map<int64_t, std::vector<int32_t>> block_tables_;  // by seq_id
+  ForwardBatch batch_;
+};
+
+// The loop, on every rank: rank 0 passes its coordinator (others nullptr) and `after_step`
+// (progress output; may be empty). Ends when the coordinator is idle, or at once on any
+// rank's error (rank 0's own errors are broadcast as a shutdown first, so no rank hangs).
+absl::Status RunSteps(Model& model, PagedKvCache& cache, Comm& comm, Coordinator* coordinator,
+                      const std::function<void()>& after_step = {});
+
+}  // namespace shardlm
+
+#endif  // SHARDLM_COORDINATOR_COORDINATOR_H_

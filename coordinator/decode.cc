@@ -1,0 +1,120 @@
+#include "coordinator/decode.h"
+
+#include <unistd.h>
+
+#include <chrono>
+#include <fstream>
+
+#include "base/status.h"
+#include "base/text.h"
+#include "coordinator/coordinator.h"
+#include "coordinator/requests.h"
+#include "coordinator/token_codec.h"
+#include "engine/jsonl.h"
+
+namespace shardlm {
+
+absl::Status RunJsonlJob(const char* job, const BatchOptions& options, const std::string& input,
+                         const std::string& output, Model& model, Comm& comm,
+                         const JsonlClient& client) {
+  ASSIGN_OR_RETURN(std::unique_ptr<PagedKvCache> cache, StartUp(options.cache, model, comm));
+  model.Reserve(options.max_batch_tokens);
+
+  // Rank 0 opens the files, reads and validates every request (bad ones get an error line
+  // now) and queues the rest.
+  std::unique_ptr<JsonlWriter> writer;
+  std::unique_ptr<Coordinator> coordinator;
+  int64_t errors = 0, done = 0;
+  absl::Status open_status;
+  if (comm.rank() == 0) {
+    std::ifstream in;
+    open_status = OpenRequestFiles(input, output, &in, &writer);
+    if (open_status.ok()) {
+      const SchedulerOptions scheduler{cache->num_pages(), options.cache.page_size,
+                                       options.max_batch, options.max_batch_tokens};
+      coordinator = std::make_unique<Coordinator>(
+          scheduler, model.dims(), [&](SequenceResult result) -> absl::Status {
+            ++done;
+            return writer->Write(client.result_line(result));
+          });
+      absl::StatusOr<int64_t> read = client.read(in, writer.get(), coordinator.get());
+      open_status = read.status();
+      if (read.ok()) errors = *read;
+    }
+  }
+  RETURN_IF_ERROR(AgreeOnStatus(comm, open_status));
+
+  const auto start = std::chrono::steady_clock::now();
+  auto seconds = [&] {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  };
+  const bool progress = comm.rank() == 0 && (options.progress || isatty(STDERR_FILENO));
+  auto last_progress = start;
+  auto print_progress = [&] {
+    if (!progress ||
+        std::chrono::steady_clock::now() - last_progress < std::chrono::milliseconds(500)) {
+      return;
+    }
+    last_progress = std::chrono::steady_clock::now();
+    std::fprintf(stderr, "\r%s: %lld requests done, %lld tokens generated, %.1f tokens/s   ", job,
+                 static_cast<long long>(done + errors),
+                 static_cast<long long>(coordinator->generated_tokens()),
+                 coordinator->generated_tokens() / std::max(seconds(), 1e-9));
+  };
+  const absl::Status status = RunSteps(model, *cache, comm, coordinator.get(), print_progress);
+  if (comm.rank() == 0) {
+    if (progress) std::fprintf(stderr, "\n");
+    std::fprintf(stderr,
+                 "shardlm %s: %lld requests (%lld errors), %lld tokens generated in %.2f s "
+                 "(%.1f tokens/s), %lld preemptions, free pages %lld/%lld\n",
+                 job, static_cast<long long>(done + errors), static_cast<long long>(errors),
+                 static_cast<long long>(coordinator->generated_tokens()), seconds(),
+                 coordinator->generated_tokens() / std::max(seconds(), 1e-9),
+                 static_cast<long long>(coordinator->total_preemptions()),
+                 static_cast<long long>(coordinator->free_pages()),
+                 static_cast<long long>(coordinator->total_pages()));
+  }
+  return status;
+}
+
+absl::Status RunDecode(const DecodeOptions& options, Model& model, Comm& comm) {
+  const ModelDims& dims = model.dims();
+  std::vector<JsonValue> ids;  // by handle
+  JsonlClient client;
+  client.read = [&](std::istream& in, JsonlWriter* writer,
+                    Coordinator* coordinator) -> absl::StatusOr<int64_t> {
+    RequestReader<DecodeRequest> reader(
+        in, options.input, writer,
+        [&](const JsonObject& object) {
+          return ParseDecodeRequest(object, dims, options.max_new_tokens, options.sampling);
+        },
+        "error");
+    while (true) {
+      ASSIGN_OR_RETURN(std::optional<DecodeRequest> request, reader.Next());
+      if (!request.has_value()) break;
+      SequenceRequest sequence;
+      sequence.prompt = std::move(request->prompt);
+      sequence.max_new_tokens = request->max_new_tokens;
+      sequence.sampling = request->sampling;
+      sequence.stop_ids = std::move(request->stop_ids);
+      coordinator->Submit(static_cast<int64_t>(ids.size()), std::move(sequence));
+      ids.push_back(std::move(request->id));
+    }
+    return reader.errors();
+  };
+  client.result_line = [&](const SequenceResult& result) {
+    JsonLine out;
+    out.Set("id", ids[result.handle])
+        .Set("prompt_tokens", NumberValue(static_cast<double>(result.prompt_len)))
+        .Set("tokens", IntList(result.generated));
+    if (dims.byte_tokenizer) {
+      out.Set("text", StringValue(ReplaceInvalidUtf8(ByteDecode(result.generated))));
+    }
+    out.Set("logprobs", NumberList(result.logprobs))
+        .Set("finish_reason", StringValue(result.finish_reason));
+    return out;
+  };
+  return RunJsonlJob("decode", options.batch, options.input, options.output, model, comm, client);
+}
+
+}  // namespace shardlm

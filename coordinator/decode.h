@@ -1,0 +1,58 @@
+// `shardlm decode` (DESIGN §4–§6): requests from a JSONL file, fed to the coordinator
+// (continuous batching over the paged KV cache on every rank, sampling on rank 0), results
+// written to JSONL as each finishes.
+#ifndef SHARDLM_COORDINATOR_DECODE_H_
+#define SHARDLM_COORDINATOR_DECODE_H_
+
+#include <functional>
+#include <istream>
+#include <string>
+
+#include "absl/status/status.h"
+#include "comm/comm.h"
+#include "coordinator/coordinator.h"
+#include "coordinator/handshake.h"
+#include "coordinator/sampler.h"
+#include "engine/jsonl.h"
+#include "engine/model.h"
+
+namespace shardlm {
+
+// The batching flags `decode` and `score` share.
+struct BatchOptions {
+  CacheOptions cache;
+  int64_t max_batch = 32;          // sequences per step
+  int64_t max_batch_tokens = 512;  // tokens per step, prefill chunks included
+  bool progress = false;
+};
+
+struct DecodeOptions {
+  std::string input;
+  std::string output;
+  BatchOptions batch;
+  int64_t max_new_tokens = 64;  // default of requests that give none
+  SamplingParams sampling;      // defaults of requests that give none
+};
+
+// A JSONL file job's side on rank 0: how request lines become sequences and finished
+// sequences become result lines.
+struct JsonlClient {
+  // Reads every request line: submits the valid ones, writes an error line for each bad one
+  // (the others still run) and returns how many it wrote.
+  std::function<absl::StatusOr<int64_t>(std::istream&, JsonlWriter*, Coordinator*)> read;
+  std::function<JsonLine(const SequenceResult&)> result_line;
+};
+
+// The frame of `decode` and `score`, on every rank: start-up (StartUp), rank 0 opens the
+// files and reads the requests, the step loop, then rank 0's summary line on stderr (and
+// progress while it runs, on a terminal or with --progress).
+absl::Status RunJsonlJob(const char* job, const BatchOptions& options, const std::string& input,
+                         const std::string& output, Model& model, Comm& comm,
+                         const JsonlClient& client);
+
+// Runs the whole job; called by every rank.
+absl::Status RunDecode(const DecodeOptions& options, Model& model, Comm& comm);
+
+}  // namespace shardlm
+
+#endif  // SHARDLM_COORDINATOR_DECODE_H_

@@ -1,0 +1,100 @@
+#include "coordinator/handshake.h"
+
+#include <cmath>
+
+#include "absl/strings/str_format.h"
+#include "base/status.h"
+#include "engine/config.h"
+
+namespace shardlm {
+namespace {
+
+uint64_t ReplicatedWeightsFingerprint(const ModelWeights& w) {
+  uint64_t h = 0xcbf29ce484222325ull;
+  auto mix_bytes = [&h](const void* data, size_t size) {
+    const auto* bytes = static_cast<const unsigned char*>(data);
+    for (size_t i = 0; i < size; ++i) {
+      h ^= bytes[i];
+      h *= 0x100000001b3ull;
+    }
+  };
+  auto mix = [&](const std::vector<float>& v) { mix_bytes(v.data(), v.size() * sizeof(float)); };
+  mix(w.embed_row0);
+  for (const LayerWeights& l : w.layers) {
+    mix(l.attn_norm);
+    mix(l.mlp_norm);
+  }
+  mix(w.final_norm);
+  return h;
+}
+
+std::string BuildId() {
+  return absl::StrCat("shardlm protocol ", kProtocolVersion, " ", __DATE__, " ", __TIME__);
+}
+
+}  // namespace
+
+int64_t PagesForBudget(const ModelDims& dims, const ShardPlan& plan, double kv_cache_mb,
+                       int64_t page_size) {
+  const double page_bytes = static_cast<double>(dims.layers) * page_size *
+                            static_cast<double>(plan.cache_row_floats) * sizeof(float);
+  return static_cast<int64_t>(std::floor(kv_cache_mb * 1024.0 * 1024.0 / page_bytes));
+}
+
+absl::StatusOr<std::unique_ptr<PagedKvCache>> StartUp(const CacheOptions& options,
+                                                      const Model& model, Comm& comm) {
+  const ModelDims& dims = model.dims();
+  // Hello: every rank checks the coordinator's protocol, config and page size.
+  Hello mine;
+  mine.set_protocol_version(kProtocolVersion);
+  mine.set_config_fingerprint(DimsFingerprint(dims));
+  mine.set_num_pages(PagesForBudget(dims, model.plan(), options.kv_cache_mb, options.page_size));
+  mine.set_page_size(options.page_size);
+  mine.set_build(BuildId());
+  mine.set_weights_fingerprint(ReplicatedWeightsFingerprint(model.weights()));
+  Hello coordinator = mine;
+  RETURN_IF_ERROR(BroadcastProto(comm, &coordinator, 0));
+  absl::Status hello_status;
+  if (coordinator.protocol_version() != mine.protocol_version() ||
+      coordinator.build() != mine.build()) {
+    hello_status = absl::FailedPreconditionError(
+        absl::StrCat("binary mismatch: this rank runs \"", mine.build(), "\", rank 0 runs \"",
+                     coordinator.build(), "\"; run the same shardlm build on every host"));
+  } else if (coordinator.config_fingerprint() != mine.config_fingerprint()) {
+    hello_status = absl::FailedPreconditionError(
+        "checkpoint mismatch: this rank's config.json differs from rank 0's; use the same "
+        "checkpoint on every host");
+  } else if (coordinator.weights_fingerprint() != mine.weights_fingerprint()) {
+    hello_status = absl::FailedPreconditionError(
+        "checkpoint mismatch: this rank's weights (embedding, norms) differ from rank 0's under "
+        "the same config.json; use the same checkpoint on every host");
+  } else if (coordinator.page_size() != mine.page_size()) {
+    hello_status = absl::FailedPreconditionError("--page-size differs from rank 0's");
+  }
+  RETURN_IF_ERROR(AgreeOnStatus(comm, hello_status));
+  // The coordinator allocates from the smallest pool of any rank.
+  std::vector<int64_t> neg_pages = {-mine.num_pages()};
+  RETURN_IF_ERROR(comm.AllReduceMax(neg_pages));
+  const int64_t num_pages = -neg_pages[0];
+
+  // One request of the model's maximum length must fit.
+  const int64_t max_len_pages = (dims.max_positions + options.page_size - 1) / options.page_size;
+  if (num_pages < max_len_pages) {
+    const double mb_needed = options.kv_cache_mb * static_cast<double>(max_len_pages) /
+                             std::max<int64_t>(mine.num_pages(), 1);
+    return AgreeOnStatus(
+        comm,
+        absl::ResourceExhaustedError(absl::StrFormat(
+            "--kv-cache-mb %.1f holds %d pages of %d tokens (%d tokens) per rank, but one request "
+            "of the model's maximum length (%d tokens) needs %d pages; use --kv-cache-mb %.1f or "
+            "more",
+            options.kv_cache_mb, num_pages, options.page_size, num_pages * options.page_size,
+            dims.max_positions, max_len_pages, std::ceil(mb_needed * 10) / 10)));
+  }
+  auto cache = std::make_unique<PagedKvCache>(dims.layers, num_pages, options.page_size,
+                                              model.plan().cache_row_floats);
+  RETURN_IF_ERROR(AgreeOnStatus(comm, cache->status()));
+  return cache;
+}
+
+}  // namespace shardlm
