@@ -91,15 +91,16 @@ void GqaAttentionNaive(const GqaShape& shape, const CacheView& cache,
 }
 
 // ---------------------------------------------------------------------------
-// The block: q, k, v projections, RoPE over all d_h channels, the cache write, the kernel,
-// this rank's o_proj.
+// The block: q, k, v projections, each head of q and k RMS-normed when the model has q/k norms
+// (Qwen3), RoPE over all d_h channels, the cache write, the kernel, this rank's o_proj.
 
 namespace {
 
 class GqaBlock final : public AttentionBlock {
  public:
   GqaBlock(const ModelDims& dims, const ShardPlan& plan)
-      : rope_(dims.head_dim, dims.rope_theta, dims.rope_interleave) {
+      : rope_(dims.head_dim, dims.rope_theta, dims.rope_interleave, dims.rope_scaling),
+        rms_eps_(dims.rms_eps) {
     shape_.num_q_heads = plan.q_heads.size();
     shape_.num_kv_heads = plan.cache_heads.size();
     shape_.head_dim = dims.head_dim;
@@ -120,6 +121,10 @@ class GqaBlock final : public AttentionBlock {
     ApplyLinear(xn, n, w.q_proj, q);
     ApplyLinear(xn, n, w.k_proj, k);
     ApplyLinear(xn, n, w.v_proj, v);
+    if (!w.q_norm.empty()) {
+      RmsNorm(q, n * shape_.num_q_heads, dh, dh, w.q_norm.data(), rms_eps_, q);
+      RmsNorm(k, n * shape_.num_kv_heads, dh, dh, w.k_norm.data(), rms_eps_, k);
+    }
     for (int64_t t = 0; t < n; ++t) {
       rope_.Apply(q + t * q_width, shape_.num_q_heads, dh, tokens[t].pos);
       rope_.Apply(k + t * kv_width, shape_.num_kv_heads, dh, tokens[t].pos);
@@ -134,6 +139,7 @@ class GqaBlock final : public AttentionBlock {
  private:
   GqaShape shape_;
   Rope rope_;
+  const double rms_eps_;
   std::vector<float> q_, k_, v_, heads_;
 };
 
@@ -147,6 +153,10 @@ class Gqa final : public AttentionFamily {
     specs->push_back({a + "k_proj", {kv, d}, true});
     specs->push_back({a + "v_proj", {kv, d}, true});
     specs->push_back({a + "o_proj", {d, q}, true});
+    if (dims.qk_norm) {
+      specs->push_back({a + "q_norm.weight", {dims.head_dim}, false});
+      specs->push_back({a + "k_norm.weight", {dims.head_dim}, false});
+    }
   }
 
   absl::StatusOr<std::unique_ptr<AttentionWeights>> Load(WeightSource& load, const ModelDims& dims,
@@ -160,6 +170,10 @@ class Gqa final : public AttentionFamily {
     ASSIGN_OR_RETURN(w->v_proj, load.Rows(a + "v_proj", kv, d, plan.cache_heads.Scaled(dh)));
     ASSIGN_OR_RETURN(w->o_proj, load.Cols(a + "o_proj", d, q, plan.q_heads.Scaled(dh),
                                           /*keep_bias=*/plan.rank == 0));
+    if (dims.qk_norm) {
+      ASSIGN_OR_RETURN(w->q_norm, load.Vector(a + "q_norm.weight", dh));
+      ASSIGN_OR_RETURN(w->k_norm, load.Vector(a + "k_norm.weight", dh));
+    }
     return std::unique_ptr<AttentionWeights>(std::move(w));
   }
 

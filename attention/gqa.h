@@ -13,11 +13,16 @@ namespace shardlm {
 
 // One layer's weights on one rank. Split states (DESIGN §3) beside each; shapes are local.
 struct GqaWeights final : AttentionWeights {
-  Linear q_proj;          // row-sharded by query head [hq_l · d_h, d]
-  Linear k_proj, v_proj;  // row-sharded by KV head [kv_l · d_h, d]
-  Linear o_proj;          // col-sharded [d, hq_l · d_h]; bias on rank 0 only
+  Linear q_proj;                      // row-sharded by query head [hq_l · d_h, d]
+  Linear k_proj, v_proj;              // row-sharded by KV head [kv_l · d_h, d]
+  Linear o_proj;                      // col-sharded [d, hq_l · d_h]; bias on rank 0 only
+  std::vector<float> q_norm, k_norm;  // replicated [d_h] (Qwen3's per-head norms), or empty
   std::vector<const Linear*> Linears() const override {
     return {&q_proj, &k_proj, &v_proj, &o_proj};
+  }
+  int64_t bytes() const override {
+    return AttentionWeights::bytes() +
+           static_cast<int64_t>((q_norm.size() + k_norm.size()) * sizeof(float));
   }
 };
 const AttentionFamily& GqaFamily();

@@ -118,7 +118,7 @@ namespace {
 class GtaBlock final : public AttentionBlock {
  public:
   GtaBlock(const ModelDims& dims, const ShardPlan& plan)
-      : rope_(dims.rope_dim, dims.rope_theta, dims.rope_interleave) {
+      : rope_(dims.rope_dim, dims.rope_theta, dims.rope_interleave, dims.rope_scaling) {
     shape_.num_q_heads = plan.q_heads.size();
     shape_.num_kv_heads = plan.cache_heads.size();
     shape_.head_dim = dims.head_dim;

@@ -255,7 +255,7 @@ namespace {
 class LatentBlock final : public AttentionBlock {
  public:
   LatentBlock(const ModelDims& dims, const ShardPlan& plan)
-      : rope_(dims.rope_dim, dims.rope_theta, dims.rope_interleave),
+      : rope_(dims.rope_dim, dims.rope_theta, dims.rope_interleave, dims.rope_scaling),
         q_lora_rank_(dims.q_lora_rank),
         rms_eps_(dims.rms_eps) {
     shape_.num_q_heads = plan.q_heads.size();

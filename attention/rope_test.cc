@@ -1,5 +1,6 @@
 #include "attention/rope.h"
 
+#include <algorithm>
 #include <cmath>
 #include <vector>
 
@@ -61,6 +62,109 @@ TEST(RopeTest, FastMatchesNaive) {
             }
             for (int64_t i = r; i < stride; ++i) EXPECT_EQ(out[i], in[i]) << "channel " << i;
           }
+        }
+      }
+    }
+  }
+}
+
+// Scaled RoPE: the frequencies per band, each computed here from its definition.
+TEST(RopeTest, ScaledFrequencies) {
+  const int64_t r = 64;
+  const double theta = 500000.0;
+  const std::vector<double> plain = RopeFrequencies(r, theta, {});
+  ASSERT_EQ(plain.size(), 32u);
+  for (int64_t k = 0; k < 32; ++k) EXPECT_DOUBLE_EQ(plain[k], std::pow(theta, -2.0 * k / r));
+
+  RopeScaling linear{.type = RopeScaling::Type::kLinear, .factor = 4.0};
+  const std::vector<double> lin = RopeFrequencies(r, theta, linear);
+  for (int64_t k = 0; k < 32; ++k) EXPECT_DOUBLE_EQ(lin[k], plain[k] / 4.0);
+
+  // llama3 (Llama 3.1/3.2): wavelengths below 8192/4 keep their frequency, above 8192/1 are
+  // divided by the factor, in between a blend weighted by 8192/wavelength.
+  RopeScaling llama3{.type = RopeScaling::Type::kLlama3,
+                     .factor = 32.0,
+                     .low_freq_factor = 1.0,
+                     .high_freq_factor = 4.0,
+                     .original_max_positions = 8192};
+  const std::vector<double> l3 = RopeFrequencies(r, theta, llama3);
+  int high = 0, low = 0, medium = 0;
+  for (int64_t k = 0; k < 32; ++k) {
+    const double wavelen = 2 * M_PI / plain[k];
+    if (wavelen < 8192.0 / 4) {
+      EXPECT_DOUBLE_EQ(l3[k], plain[k]) << k;
+      ++high;
+    } else if (wavelen > 8192.0) {
+      EXPECT_DOUBLE_EQ(l3[k], plain[k] / 32.0) << k;
+      ++low;
+    } else {
+      const double smooth = (8192.0 / wavelen - 1.0) / 3.0;
+      EXPECT_NEAR(l3[k], (1 - smooth) * plain[k] / 32.0 + smooth * plain[k], 1e-15 * plain[k]);
+      ++medium;
+    }
+  }
+  EXPECT_GT(high, 0);
+  EXPECT_GT(low, 0);
+  EXPECT_GT(medium, 0);
+
+  // yarn (DeepSeek V2: factor 40 over 4096 positions, d_r 64, theta 10000): dims below the
+  // beta_fast correction dim keep their frequency, above beta_slow's are divided by factor.
+  RopeScaling yarn{.type = RopeScaling::Type::kYarn,
+                   .factor = 40.0,
+                   .original_max_positions = 4096,
+                   .beta_fast = 32,
+                   .beta_slow = 1};
+  const std::vector<double> base = RopeFrequencies(r, 10000.0, {});
+  const std::vector<double> y = RopeFrequencies(r, 10000.0, yarn);
+  auto dim_of = [&](double rotations) {
+    return r * std::log(4096 / (rotations * 2 * M_PI)) / (2 * std::log(10000.0));
+  };
+  const double lo = std::floor(dim_of(32)), hi = std::ceil(dim_of(1));
+  ASSERT_LT(lo, hi);
+  for (int64_t k = 0; k < 32; ++k) {
+    const double ramp = std::clamp((k - lo) / (hi - lo), 0.0, 1.0);
+    EXPECT_NEAR(y[k], base[k] / 40.0 * ramp + base[k] * (1 - ramp), 1e-15 * base[k]) << k;
+  }
+  EXPECT_DOUBLE_EQ(y[0], base[0]);
+  EXPECT_DOUBLE_EQ(y[31], base[31] / 40.0);
+}
+
+// The fast path with scaling (and yarn's cos/sin factor) against the naive formula.
+TEST(RopeTest, ScaledFastMatchesNaive) {
+  const RopeScaling scalings[] = {{.type = RopeScaling::Type::kLinear, .factor = 2.0},
+                                  {.type = RopeScaling::Type::kLlama3,
+                                   .factor = 8.0,
+                                   .low_freq_factor = 1.0,
+                                   .high_freq_factor = 4.0,
+                                   .original_max_positions = 64},
+                                  {.type = RopeScaling::Type::kYarn,
+                                   .factor = 4.0,
+                                   .original_max_positions = 32,
+                                   .attention_factor = 1.1386}};
+  for (const RopeScaling& scaling : scalings) {
+    for (const bool interleave : {false, true}) {
+      const int64_t r = 16;
+      const Rope rope(r, 10000.0, interleave, scaling);
+      for (const int64_t pos : {0, 3, 50, 1000}) {
+        SCOPED_TRACE(absl::StrFormat("%s interleave=%d pos=%d", RopeScalingName(scaling.type),
+                                     interleave, pos));
+        Rng rng(static_cast<uint64_t>(pos + 7), "rope-scaled");
+        std::vector<float> fast = rng.UniformVector(r, -2, 2);
+        std::vector<float> naive = fast;
+        const std::vector<float> in = fast;
+        rope.Apply(fast.data(), 1, r, pos);
+        RopeNaive(naive.data(), r, pos, 10000.0, interleave, scaling);
+        const double m = scaling.type == RopeScaling::Type::kYarn ? scaling.attention_factor : 1.0;
+        for (int64_t k = 0; k < r / 2; ++k) {
+          const double tol = (5 * kU + pos * 0x1p-51) * m * PairNorm(in.data(), k, r, interleave);
+          const auto [i1, i2] = Pair(k, r, interleave);
+          EXPECT_NEAR(fast[i1], naive[i1], tol);
+          EXPECT_NEAR(fast[i2], naive[i2], tol);
+        }
+        // The rotation (times m) keeps each pair's norm.
+        for (int64_t k = 0; k < r / 2; ++k) {
+          EXPECT_NEAR(PairNorm(naive.data(), k, r, interleave),
+                      m * PairNorm(in.data(), k, r, interleave), 1e-5);
         }
       }
     }

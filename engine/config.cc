@@ -3,10 +3,13 @@
 #include <cmath>
 #include <cstdint>
 #include <fstream>
+#include <map>
+#include <set>
 #include <sstream>
 
 #include "absl/strings/str_join.h"
 #include "base/status.h"
+#include "base/text.h"
 #include "engine/jsonl.h"
 #include "google/protobuf/struct.pb.h"
 #include "google/protobuf/util/json_util.h"
@@ -30,6 +33,213 @@ absl::StatusOr<int64_t> AsInt(const Value& v, const std::string& source, const s
   return static_cast<int64_t>(v.number_value());
 }
 
+// yarn's magnitude correction: 0.1 · mscale · ln(factor) + 1 for factor > 1, else 1.
+double YarnMscale(double factor, double mscale) {
+  return factor <= 1.0 ? 1.0 : 0.1 * mscale * std::log(factor) + 1.0;
+}
+
+// A key of a Hugging Face config: absent and JSON null read the same.
+const Value* Key(const Struct& root, const std::string& key) {
+  const auto it = root.fields().find(key);
+  if (it == root.fields().end() || it->second.kind_case() == Value::kNullValue) return nullptr;
+  return &it->second;
+}
+
+absl::StatusOr<std::string> KeyString(const Struct& root, const std::string& key,
+                                      const std::string& source) {
+  const Value* v = Key(root, key);
+  if (v == nullptr) return std::string();
+  if (v->kind_case() != Value::kStringValue) {
+    return ConfigError(source, absl::StrCat("\"", key, "\" must be a string"));
+  }
+  return v->string_value();
+}
+
+// The Hugging Face architectures ShardLM runs, by `architectures[0]` (or `model_type`).
+enum class Arch { kOwn, kLlama, kMistral, kQwen2, kQwen3, kDeepseek };
+
+constexpr const char* kSupportedArchitectures =
+    "LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, "
+    "DeepseekV2ForCausalLM, DeepseekV3ForCausalLM (dense layers)";
+
+absl::StatusOr<Arch> RecognizeArch(const Struct& root, const std::string& source) {
+  std::string name;
+  if (const Value* list = Key(root, "architectures")) {
+    if (list->kind_case() != Value::kListValue || list->list_value().values_size() != 1 ||
+        list->list_value().values(0).kind_case() != Value::kStringValue) {
+      return ConfigError(source, "\"architectures\" must be a list of one string");
+    }
+    name = list->list_value().values(0).string_value();
+  }
+  ASSIGN_OR_RETURN(const std::string model_type, KeyString(root, "model_type", source));
+  if (name.empty() && model_type.empty()) return Arch::kOwn;  // ShardLM's own configs
+  static const std::pair<const char*, Arch> kByName[] = {
+      {"LlamaForCausalLM", Arch::kLlama},         {"MistralForCausalLM", Arch::kMistral},
+      {"Qwen2ForCausalLM", Arch::kQwen2},         {"Qwen3ForCausalLM", Arch::kQwen3},
+      {"DeepseekV2ForCausalLM", Arch::kDeepseek}, {"DeepseekV3ForCausalLM", Arch::kDeepseek}};
+  static const std::pair<const char*, Arch> kByType[] = {
+      {"llama", Arch::kLlama}, {"mistral", Arch::kMistral},      {"qwen2", Arch::kQwen2},
+      {"qwen3", Arch::kQwen3}, {"deepseek_v2", Arch::kDeepseek}, {"deepseek_v3", Arch::kDeepseek}};
+  for (const auto& [n, arch] : kByName) {
+    if (name == n) return arch;
+  }
+  if (name.empty()) {
+    for (const auto& [t, arch] : kByType) {
+      if (model_type == t) return arch;
+    }
+  }
+  return ConfigError(
+      source, absl::StrCat("architecture \"", Printable(name.empty() ? model_type : name),
+                           "\" is not supported (supported: ", kSupportedArchitectures, ")"));
+}
+
+// Rewrites a Hugging Face config of a recognised architecture into ShardLM's keys (the
+// family, RoPE pairing, q/k norms, the window that applies), and rejects every key that
+// changes the math in a way the engine does not implement, naming it.
+absl::Status NormalizeHfConfig(Struct& root, const std::string& source) {
+  ASSIGN_OR_RETURN(const Arch arch, RecognizeArch(root, source));
+  auto& fields = *root.mutable_fields();
+  auto set_bool = [&](const char* key, bool v) { fields[key].set_bool_value(v); };
+  auto unsupported = [&](const std::string& key, const std::string& why) {
+    return ConfigError(source, absl::StrCat("\"", key, "\" ", why, " is not supported"));
+  };
+  if (arch != Arch::kOwn) {
+    if (fields.contains("attention_type")) {
+      return ConfigError(source,
+                         "\"attention_type\" is ShardLM's own key; a Hugging Face "
+                         "config names its architecture instead");
+    }
+    ASSIGN_OR_RETURN(const std::string act, KeyString(root, "hidden_act", source));
+    if (!act.empty() && act != "silu") {
+      return unsupported("hidden_act", absl::StrCat("\"", Printable(act), "\" (only silu)"));
+    }
+    for (const char* key : {"attn_logit_softcapping", "final_logit_softcapping", "no_rope_layers",
+                            "num_experts", "moe_intermediate_size"}) {
+      if (Key(root, key) != nullptr) return unsupported(key, "(a feature this engine lacks)");
+    }
+    if (const Value* f = Key(root, "partial_rotary_factor");
+        f != nullptr && !(f->kind_case() == Value::kNumberValue && f->number_value() == 1.0)) {
+      return unsupported("partial_rotary_factor", "other than 1");
+    }
+    if (const Value* types = Key(root, "layer_types")) {
+      if (types->kind_case() != Value::kListValue) {
+        return ConfigError(source, "\"layer_types\" must be a list");
+      }
+      for (const Value& t : types->list_value().values()) {
+        if (t.string_value() != "full_attention") {
+          return unsupported("layer_types",
+                             absl::StrCat("with \"", Printable(t.string_value()), "\" layers"));
+        }
+      }
+    }
+  }
+  switch (arch) {
+    case Arch::kOwn:
+      break;
+    case Arch::kLlama:
+      if (Key(root, "sliding_window") != nullptr) {
+        return unsupported("sliding_window", "on a Llama model (Hugging Face's Llama ignores it)");
+      }
+      break;
+    case Arch::kMistral:
+      break;  // a uniform sliding_window, when set
+    case Arch::kQwen2:
+    case Arch::kQwen3: {
+      // Qwen's window applies only with use_sliding_window, to layers >= max_window_layers.
+      const Value* use = Key(root, "use_sliding_window");
+      const bool sliding = use != nullptr && use->bool_value();
+      if (sliding) {
+        const Value* mwl = Key(root, "max_window_layers");
+        const double first = mwl == nullptr ? 0 : mwl->number_value();
+        const Value* layers = Key(root, "num_hidden_layers");
+        if (first > 0 && (layers == nullptr || first < layers->number_value())) {
+          return unsupported("max_window_layers",
+                             "with use_sliding_window (a window on some layers only)");
+        }
+        if (first > 0) fields.erase("sliding_window");  // no layer slides
+      } else {
+        fields.erase("sliding_window");
+      }
+      if (arch == Arch::kQwen3) set_bool("qk_norm", true);
+      break;
+    }
+    case Arch::kDeepseek: {
+      if (const Value* experts = Key(root, "n_routed_experts")) {
+        const Value* dense = Key(root, "first_k_dense_replace");
+        const Value* layers = Key(root, "num_hidden_layers");
+        if (experts->number_value() > 0 && (dense == nullptr || layers == nullptr ||
+                                            dense->number_value() < layers->number_value())) {
+          return ConfigError(source,
+                             "mixture-of-experts layers are not supported "
+                             "(n_routed_experts is set and first_k_dense_replace < "
+                             "num_hidden_layers)");
+        }
+      }
+      fields["attention_type"].set_string_value("mla");
+      fields["num_latent_heads"].set_number_value(1);
+      // DeepSeek's MLA rotates interleaved pairs (V3 configs say so with rope_interleave).
+      if (Key(root, "rope_interleave") == nullptr) set_bool("rope_interleave", true);
+      fields.erase("head_dim");  // DeepSeek V3 writes qk_rope_head_dim there
+      // DeepSeek scales the softmax by mscale(factor, mscale_all_dim)² under yarn.
+      if (const Value* scaling = Key(root, "rope_scaling");
+          scaling != nullptr && scaling->kind_case() == Value::kStructValue) {
+        const auto& rs = scaling->struct_value().fields();
+        const auto all_dim = rs.find("mscale_all_dim");
+        const auto factor = rs.find("factor");
+        const Value* nope = Key(root, "qk_nope_head_dim");
+        const Value* rope = Key(root, "qk_rope_head_dim");
+        if (all_dim != rs.end() && all_dim->second.number_value() != 0 && factor != rs.end() &&
+            nope != nullptr && rope != nullptr) {
+          const double m =
+              YarnMscale(factor->second.number_value(), all_dim->second.number_value());
+          fields["softmax_scale"].set_number_value(
+              m * m / std::sqrt(nope->number_value() + rope->number_value()));
+        }
+      }
+      break;
+    }
+  }
+  // rope_scaling: {"type" | "rope_type": ..., per-type keys}; "default" means none.
+  if (const Value* scaling = Key(root, "rope_scaling")) {
+    if (scaling->kind_case() != Value::kStructValue) {
+      return ConfigError(source, "\"rope_scaling\" must be an object");
+    }
+    Struct rs = scaling->struct_value();
+    auto& rf = *rs.mutable_fields();
+    if (auto t = rf.find("type"); t != rf.end()) {
+      if (!rf.contains("rope_type")) rf["rope_type"] = t->second;
+      rf.erase("type");
+    }
+    const std::string type = rf.contains("rope_type") ? rf["rope_type"].string_value() : "";
+    static const std::map<std::string, std::set<std::string>> kKeys = {
+        {"default", {"rope_type"}},
+        {"linear", {"rope_type", "factor"}},
+        {"llama3",
+         {"rope_type", "factor", "low_freq_factor", "high_freq_factor",
+          "original_max_position_embeddings"}},
+        {"yarn",
+         {"rope_type", "factor", "original_max_position_embeddings", "beta_fast", "beta_slow",
+          "mscale", "mscale_all_dim", "attention_factor", "truncate"}}};
+    const auto allowed = kKeys.find(type);
+    if (allowed == kKeys.end()) {
+      return unsupported("rope_scaling", absl::StrCat("of type \"", Printable(type),
+                                                      "\" (supported: linear, llama3, yarn)"));
+    }
+    for (const auto& [key, value] : rf) {
+      if (!allowed->second.contains(key)) {
+        return unsupported(absl::StrCat("rope_scaling.", key),
+                           absl::StrCat("for rope type ", type));
+      }
+    }
+    if (type == "default") {
+      fields.erase("rope_scaling");
+    } else {
+      *fields["rope_scaling"].mutable_struct_value() = rs;
+    }
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 absl::StatusOr<ModelConfig> ParseModelConfig(const std::string& json, const std::string& source) {
@@ -39,7 +249,8 @@ absl::StatusOr<ModelConfig> ParseModelConfig(const std::string& json, const std:
   Struct root;
   auto parsed = google::protobuf::util::JsonStringToMessage(json, &root);
   if (!parsed.ok()) {
-    return ConfigError(source, absl::StrCat("not a valid JSON object: ", parsed.message().ToString()));
+    return ConfigError(source,
+                       absl::StrCat("not a valid JSON object: ", parsed.message().ToString()));
   }
   // eos_token_id: int, list of ints, or null.
   std::vector<int64_t> eos;
@@ -57,6 +268,7 @@ absl::StatusOr<ModelConfig> ParseModelConfig(const std::string& json, const std:
     }
     fields->erase(it);
   }
+  RETURN_IF_ERROR(NormalizeHfConfig(root, source));
   std::string rest;
   if (!google::protobuf::util::MessageToJsonString(root, &rest).ok()) {
     return ConfigError(source, "cannot re-serialize JSON");
@@ -89,6 +301,70 @@ absl::StatusOr<ModelConfig> ReadModelConfig(const std::string& model_dir) {
   return ParseModelConfig(text.str(), path);
 }
 
+namespace {
+
+absl::StatusOr<RopeScaling> ResolveRopeScaling(const ModelConfig& config, int64_t max_positions,
+                                               const std::string& source) {
+  const RopeScalingConfig& c = config.rope_scaling();
+  RopeScaling r;
+  const std::string& type = c.rope_type();
+  auto bad = [&](const std::string& what) {
+    return ConfigError(source, absl::StrCat("rope_scaling (", type, "): ", what));
+  };
+  if (type == "linear") {
+    r.type = RopeScaling::Type::kLinear;
+  } else if (type == "llama3") {
+    r.type = RopeScaling::Type::kLlama3;
+  } else if (type == "yarn") {
+    r.type = RopeScaling::Type::kYarn;
+  } else {
+    return bad("unknown type; supported: linear, llama3, yarn");
+  }
+  if (!c.has_factor() || !(c.factor() > 0) || !std::isfinite(c.factor())) {
+    return bad("needs a positive \"factor\"");
+  }
+  r.factor = c.factor();
+  r.original_max_positions = c.has_original_max_position_embeddings()
+                                 ? c.original_max_position_embeddings()
+                                 : max_positions;
+  if (r.original_max_positions <= 0) {
+    return bad("\"original_max_position_embeddings\" must be positive");
+  }
+  if (r.type == RopeScaling::Type::kLlama3) {
+    if (!c.has_low_freq_factor() || !c.has_high_freq_factor() ||
+        !c.has_original_max_position_embeddings()) {
+      return bad("needs low_freq_factor, high_freq_factor and original_max_position_embeddings");
+    }
+    r.low_freq_factor = c.low_freq_factor();
+    r.high_freq_factor = c.high_freq_factor();
+    if (!(r.low_freq_factor > 0) || !(r.high_freq_factor > r.low_freq_factor)) {
+      return bad("needs 0 < low_freq_factor < high_freq_factor");
+    }
+  }
+  if (r.type == RopeScaling::Type::kYarn) {
+    if (c.has_beta_fast()) r.beta_fast = c.beta_fast();
+    if (c.has_beta_slow()) r.beta_slow = c.beta_slow();
+    if (c.has_truncate()) r.truncate = c.truncate();
+    if (!(r.beta_fast > 0) || !(r.beta_slow > 0)) return bad("beta_fast and beta_slow must be > 0");
+    // transformers' _compute_yarn_parameters: the given attention_factor, else the ratio of
+    // the two mscales when both are set, else mscale(factor).
+    if (c.has_attention_factor()) {
+      r.attention_factor = c.attention_factor();
+    } else if (c.mscale() != 0 && c.mscale_all_dim() != 0) {
+      r.attention_factor =
+          YarnMscale(r.factor, c.mscale()) / YarnMscale(r.factor, c.mscale_all_dim());
+    } else {
+      r.attention_factor = YarnMscale(r.factor, 1.0);
+    }
+    if (!(r.attention_factor > 0) || !std::isfinite(r.attention_factor)) {
+      return bad("attention factor must be positive");
+    }
+  }
+  return r;
+}
+
+}  // namespace
+
 absl::StatusOr<ModelDims> ResolveDims(const ModelConfig& c, const std::string& source) {
   ModelDims d;
   auto require_positive = [&](bool has, int64_t value, const char* key) -> absl::Status {
@@ -115,13 +391,20 @@ absl::StatusOr<ModelDims> ResolveDims(const ModelConfig& c, const std::string& s
 
   // Attention family.
   const int64_t h_kv_given = c.has_num_key_value_heads() ? c.num_key_value_heads() : h_q;
-  std::string type = c.has_attention_type() ? c.attention_type() : (h_kv_given == h_q ? "mha" : "gqa");
-  if (type == "mha") d.type = AttentionType::kMha;
-  else if (type == "mqa") d.type = AttentionType::kMqa;
-  else if (type == "gqa") d.type = AttentionType::kGqa;
-  else if (type == "gta") d.type = AttentionType::kGta;
-  else if (type == "mla") d.type = AttentionType::kMla;
-  else if (type == "gla") d.type = AttentionType::kGla;
+  std::string type =
+      c.has_attention_type() ? c.attention_type() : (h_kv_given == h_q ? "mha" : "gqa");
+  if (type == "mha")
+    d.type = AttentionType::kMha;
+  else if (type == "mqa")
+    d.type = AttentionType::kMqa;
+  else if (type == "gqa")
+    d.type = AttentionType::kGqa;
+  else if (type == "gta")
+    d.type = AttentionType::kGta;
+  else if (type == "mla")
+    d.type = AttentionType::kMla;
+  else if (type == "gla")
+    d.type = AttentionType::kGla;
   else {
     return ConfigError(source, absl::StrCat("unknown attention_type \"", type,
                                             "\"; expected one of mha, mqa, gqa, gta, mla, gla"));
@@ -131,11 +414,13 @@ absl::StatusOr<ModelDims> ResolveDims(const ModelConfig& c, const std::string& s
     int64_t h_kv = c.has_num_key_value_heads() ? c.num_key_value_heads()
                                                : (d.type == AttentionType::kMqa ? 1 : h_q);
     if (h_kv <= 0) {
-      return ConfigError(source, absl::StrCat("\"num_key_value_heads\" must be positive, got ", h_kv));
+      return ConfigError(source,
+                         absl::StrCat("\"num_key_value_heads\" must be positive, got ", h_kv));
     }
     if (d.type == AttentionType::kMha && h_kv != h_q) {
-      return ConfigError(source, absl::StrCat("mha needs num_key_value_heads == num_attention_heads (",
-                                              h_q, "), got ", h_kv));
+      return ConfigError(source,
+                         absl::StrCat("mha needs num_key_value_heads == num_attention_heads (", h_q,
+                                      "), got ", h_kv));
     }
     if (d.type == AttentionType::kMqa && h_kv != 1) {
       return ConfigError(source, absl::StrCat("mqa needs num_key_value_heads == 1, got ", h_kv));
@@ -167,8 +452,8 @@ absl::StatusOr<ModelDims> ResolveDims(const ModelConfig& c, const std::string& s
       d.rope_dim = d.head_dim;
     }
   } else {
-    const int64_t h_c = c.has_num_latent_heads() ? c.num_latent_heads()
-                                                 : (d.type == AttentionType::kMla ? 1 : 0);
+    const int64_t h_c =
+        c.has_num_latent_heads() ? c.num_latent_heads() : (d.type == AttentionType::kMla ? 1 : 0);
     if (d.type == AttentionType::kMla && h_c != 1) {
       return ConfigError(source, absl::StrCat("mla has one latent head; num_latent_heads=", h_c,
                                               " (use attention_type gla)"));
@@ -212,7 +497,8 @@ absl::StatusOr<ModelDims> ResolveDims(const ModelConfig& c, const std::string& s
   d.rope_interleave = c.rope_interleave();
   d.sliding_window = c.has_sliding_window() ? c.sliding_window() : 0;
   if (d.sliding_window < 0) {
-    return ConfigError(source, absl::StrCat("\"sliding_window\" must be >= 0, got ", d.sliding_window));
+    return ConfigError(source,
+                       absl::StrCat("\"sliding_window\" must be >= 0, got ", d.sliding_window));
   }
   d.max_positions = c.has_max_position_embeddings() ? c.max_position_embeddings() : 4096;
   if (d.max_positions <= 0) {
@@ -222,8 +508,17 @@ absl::StatusOr<ModelDims> ResolveDims(const ModelConfig& c, const std::string& s
   const double default_scale = 1.0 / std::sqrt(static_cast<double>(d.QkHeadDim()));
   d.softmax_scale = c.has_softmax_scale() ? c.softmax_scale() : default_scale;
   if (!(d.softmax_scale > 0) || !std::isfinite(d.softmax_scale)) {
-    return ConfigError(source, absl::StrCat("\"softmax_scale\" must be positive, got ",
-                                            d.softmax_scale));
+    return ConfigError(source,
+                       absl::StrCat("\"softmax_scale\" must be positive, got ", d.softmax_scale));
+  }
+  if (c.has_rope_scaling()) {
+    ASSIGN_OR_RETURN(d.rope_scaling, ResolveRopeScaling(c, d.max_positions, source));
+  }
+  d.qk_norm = c.qk_norm();
+  if (d.qk_norm && !IsGqaLike(d.type)) {
+    return ConfigError(source, absl::StrCat("q/k norms (qk_norm) are implemented for MHA, MQA "
+                                            "and GQA only, not ",
+                                            AttentionTypeName(d.type)));
   }
   d.tie_word_embeddings = c.tie_word_embeddings();
   d.bos_token_id = c.has_bos_token_id() ? c.bos_token_id() : -1;
@@ -233,8 +528,8 @@ absl::StatusOr<ModelDims> ResolveDims(const ModelConfig& c, const std::string& s
   }
   for (int64_t id : c.eos_token_ids()) {
     if (id < 0 || id >= d.vocab) {
-      return ConfigError(source, absl::StrCat("eos_token_id=", id, " is outside the vocabulary of ",
-                                              d.vocab));
+      return ConfigError(
+          source, absl::StrCat("eos_token_id=", id, " is outside the vocabulary of ", d.vocab));
     }
     d.eos_token_ids.push_back(id);
   }
@@ -244,8 +539,8 @@ absl::StatusOr<ModelDims> ResolveDims(const ModelConfig& c, const std::string& s
                                               "\"; only \"bytes\" is built in"));
     }
     if (d.vocab < 256) {
-      return ConfigError(source, absl::StrCat("the bytes tokenizer needs vocab_size >= 256, got ",
-                                              d.vocab));
+      return ConfigError(
+          source, absl::StrCat("the bytes tokenizer needs vocab_size >= 256, got ", d.vocab));
     }
     d.byte_tokenizer = true;
   }
@@ -280,7 +575,11 @@ uint64_t DimsFingerprint(const ModelDims& d) {
       "|", d.nope_dim, "|", d.v_head_dim, "|", d.q_lora_rank, "|", d.sliding_window, "|",
       d.max_positions, "|", d.rms_eps, "|", d.rope_theta, "|", d.softmax_scale, "|",
       d.rope_interleave, "|", d.tie_word_embeddings, "|", d.bos_token_id, "|",
-      absl::StrJoin(d.eos_token_ids, ","), "|", d.byte_tokenizer);
+      RopeScalingName(d.rope_scaling.type), "|", d.rope_scaling.factor, "|",
+      d.rope_scaling.low_freq_factor, "|", d.rope_scaling.high_freq_factor, "|",
+      d.rope_scaling.original_max_positions, "|", d.rope_scaling.beta_fast, "|",
+      d.rope_scaling.beta_slow, "|", d.rope_scaling.truncate, "|", d.rope_scaling.attention_factor,
+      "|", d.qk_norm, "|", absl::StrJoin(d.eos_token_ids, ","), "|", d.byte_tokenizer);
   uint64_t h = 0xcbf29ce484222325ull;
   for (char ch : text) {
     h ^= static_cast<unsigned char>(ch);

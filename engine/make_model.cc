@@ -26,14 +26,52 @@ struct Preset {
 // Tiny and small presets have odd MLP widths and vocabularies so uneven splits
 // are always exercised; the paper presets follow Zadouri, Strauss & Dao (2025).
 constexpr Preset kPresets[] = {
-    {"tiny", 64, 101, 2, 259, 4, 16, 512, 2, 2, 8, 32, 2, 16, 8, 16, 16, 24, true,
-     "2 layers, d 64, 4 heads of 16 (tests)"},
-    {"small", 256, 683, 4, 1001, 8, 32, 2048, 2, 2, 16, 128, 2, 64, 16, 32, 32, 0, false,
-     "4 layers, d 256, 8 heads of 32"},
-    {"paper-m", 1024, 2816, 24, 32000, 16, 64, 32768, 4, 4, 32, 256, 2, 128, 32, 64, 64, 0, false,
-     "24 layers, d 1024, 16 heads of 64: GQA-4, GTA-4 (d_r 32), MLA 256, GLA-2 2x128"},
-    {"paper-xl", 2048, 5632, 24, 32000, 16, 128, 32768, 4, 4, 64, 512, 2, 256, 64, 128, 128, 0,
-     false, "24 layers, d 2048, 16 heads of 128: GQA-4, GTA-4 (d_r 64), MLA 512, GLA-2 2x256"},
+    {"tiny", 64, 101, 2,  259, 4,  16, 512, 2,    2,
+     8,      32, 2,   16, 8,   16, 16, 24,  true, "2 layers, d 64, 4 heads of 16 (tests)"},
+    {"small", 256, 683, 4,  1001, 8,  32, 2048, 2,     2,
+     16,      128, 2,   64, 16,   32, 32, 0,    false, "4 layers, d 256, 8 heads of 32"},
+    {"paper-m", 1024,
+     2816,      24,
+     32000,     16,
+     64,        32768,
+     4,         4,
+     32,        256,
+     2,         128,
+     32,        64,
+     64,        0,
+     false,     "24 layers, d 1024, 16 heads of 64: GQA-4, GTA-4 (d_r 32), MLA 256, GLA-2 2x128"},
+    {"paper-xl", 2048,
+     5632,       24,
+     32000,      16,
+     128,        32768,
+     4,          4,
+     64,         512,
+     2,          256,
+     64,         128,
+     128,        0,
+     false,      "24 layers, d 2048, 16 heads of 128: GQA-4, GTA-4 (d_r 64), MLA 512, GLA-2 2x256"},
+    // Llama-3.2-1B's shapes (its config.json); the other families at the same width.
+    {"llama-3.2-1b",
+     2048,
+     8192,
+     16,
+     128256,
+     32,
+     64,
+     131072,
+     8,
+     8,
+     32,
+     512,
+     2,
+     256,
+     32,
+     64,
+     64,
+     0,
+     false,
+     "Llama-3.2-1B: 16 layers, d 2048, 32 heads of 64, GQA-8, MLP 8192, vocab 128256, tied, "
+     "llama3 RoPE scaling"},
 };
 
 const Preset* FindPreset(const std::string& name) {
@@ -44,7 +82,8 @@ const Preset* FindPreset(const std::string& name) {
 }
 
 // Fills a tensor with deterministic values: each tensor has its own stream.
-std::vector<float> Uniform(uint64_t seed, const std::string& name, int64_t count, float lo, float hi) {
+std::vector<float> Uniform(uint64_t seed, const std::string& name, int64_t count, float lo,
+                           float hi) {
   Rng rng(seed, name);
   return rng.UniformVector(static_cast<size_t>(count), lo, hi);
 }
@@ -62,8 +101,8 @@ absl::StatusOr<ModelConfig> PresetConfig(const std::string& preset, const std::s
   if (p == nullptr) {
     std::vector<std::string> names;
     for (const Preset& q : kPresets) names.push_back(q.name);
-    return absl::InvalidArgumentError(absl::StrCat("unknown preset \"", preset,
-                                                   "\"; presets: ", absl::StrJoin(names, ", ")));
+    return absl::InvalidArgumentError(
+        absl::StrCat("unknown preset \"", preset, "\"; presets: ", absl::StrJoin(names, ", ")));
   }
   ModelConfig c;
   c.set_hidden_size(p->hidden);
@@ -82,7 +121,7 @@ absl::StatusOr<ModelConfig> PresetConfig(const std::string& preset, const std::s
   c.set_attention_type(attention);
   if (attention == "mha" || attention == "mqa" || attention == "gqa" || attention == "gta") {
     c.set_head_dim(p->head_dim);
-    const int64_t kv = attention == "mha" ? p->heads
+    const int64_t kv = attention == "mha"   ? p->heads
                        : attention == "mqa" ? 1
                        : attention == "gqa" ? p->gqa_kv
                                             : p->gta_kv;
@@ -101,6 +140,20 @@ absl::StatusOr<ModelConfig> PresetConfig(const std::string& preset, const std::s
     return absl::InvalidArgumentError(absl::StrCat(
         "unknown attention \"", attention, "\"; expected one of mha, mqa, gqa, gta, mla, gla"));
   }
+  if (preset == "llama-3.2-1b") {
+    // The rest of Llama-3.2-1B's config: theta, llama3 RoPE scaling, tied embeddings, ids.
+    c.set_rope_theta(500000.0);
+    c.set_tie_word_embeddings(true);
+    c.set_bos_token_id(128000);
+    c.clear_eos_token_ids();
+    for (int32_t eos : {128001, 128008, 128009}) c.add_eos_token_ids(eos);
+    RopeScalingConfig* scaling = c.mutable_rope_scaling();
+    scaling->set_rope_type("llama3");
+    scaling->set_factor(32.0);
+    scaling->set_low_freq_factor(1.0);
+    scaling->set_high_freq_factor(4.0);
+    scaling->set_original_max_position_embeddings(8192);
+  }
   return c;
 }
 
@@ -117,7 +170,8 @@ absl::Status MakeModel(const MakeModelOptions& options, const std::string& out_d
 
   std::error_code ec;
   std::filesystem::create_directories(out_dir, ec);
-  if (ec) return absl::PermissionDeniedError(absl::StrCat("cannot create ", out_dir, ": ", ec.message()));
+  if (ec)
+    return absl::PermissionDeniedError(absl::StrCat("cannot create ", out_dir, ": ", ec.message()));
 
   // Scales keep activations O(1): weights U(±sqrt(3/fan_in)) have unit gain;
   // the two residual branches are damped by 1/sqrt(2·layers); logits get std ~2.

@@ -12,7 +12,9 @@
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
 #include <set>
+#include <sstream>
 #include <string_view>
 #include <tuple>
 #include <utility>
@@ -128,7 +130,6 @@ std::string JsonQuote(std::string_view s) {
   out += '"';
   return out;
 }
-
 
 }  // namespace
 
@@ -393,19 +394,68 @@ absl::Status SafetensorsFile::ReadBlock(const TensorInfo& tensor, int64_t row_be
   return absl::OkStatus();
 }
 
+namespace {
+
+constexpr const char* kIndexName = "model.safetensors.index.json";
+
+// The index of a sharded checkpoint: {"metadata": …, "weight_map": {tensor: file}}. Returns
+// the map; files must be plain names in the directory.
+absl::StatusOr<std::map<std::string, std::string, std::less<>>> ReadIndex(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) return absl::NotFoundError(absl::StrCat("cannot open ", path));
+  std::stringstream text;
+  text << in.rdbuf();
+  if (in.bad()) return absl::DataLossError(absl::StrCat("cannot read ", path));
+  RETURN_IF_ERROR(CheckJsonNesting(text.str(), 16));
+  google::protobuf::Struct root;
+  if (!google::protobuf::util::JsonStringToMessage(text.str(), &root).ok()) {
+    return absl::InvalidArgumentError(absl::StrCat(path, ": not a valid JSON object"));
+  }
+  const auto it = root.fields().find("weight_map");
+  if (it == root.fields().end() ||
+      it->second.kind_case() != google::protobuf::Value::kStructValue) {
+    return absl::InvalidArgumentError(absl::StrCat(path, ": no \"weight_map\" object"));
+  }
+  std::map<std::string, std::string, std::less<>> map;
+  for (const auto& [tensor, file] : it->second.struct_value().fields()) {
+    const std::string& name = file.string_value();
+    if (file.kind_case() != google::protobuf::Value::kStringValue || name.empty() ||
+        name.find('/') != std::string::npos || name == "." || name == "..") {
+      return absl::InvalidArgumentError(
+          absl::StrCat(path, ": tensor \"", Printable(tensor), "\" maps to a bad file name"));
+    }
+    map.emplace(tensor, name);
+  }
+  if (map.empty()) return absl::InvalidArgumentError(absl::StrCat(path, ": empty weight_map"));
+  return map;
+}
+
+}  // namespace
+
 absl::StatusOr<std::unique_ptr<SafetensorsDir>> SafetensorsDir::Open(const std::string& dir) {
   namespace fs = std::filesystem;
   std::error_code ec;
   std::vector<std::string> paths;
-  for (fs::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
-    // Non-regular entries with the suffix are kept so that Open names them.
-    if (it->path().extension() == ".safetensors") paths.push_back(it->path().string());
-  }
-  if (ec) {
-    return absl::Status(ec == std::errc::no_such_file_or_directory
-                            ? absl::StatusCode::kNotFound
-                            : absl::StatusCode::kInvalidArgument,
-                        absl::StrCat("cannot list checkpoint directory ", dir, ": ", ec.message()));
+  // A sharded checkpoint as published: its index names the files (other *.safetensors in the
+  // directory, such as a consolidated copy, are not part of it) and the file of every tensor.
+  const std::string index_path = dir + "/" + kIndexName;
+  std::map<std::string, std::string, std::less<>> index;
+  if (fs::exists(index_path, ec)) {
+    ASSIGN_OR_RETURN(index, ReadIndex(index_path));
+    std::set<std::string> files;
+    for (const auto& [tensor, file] : index) files.insert(file);
+    for (const std::string& file : files) paths.push_back(dir + "/" + file);
+  } else {
+    for (fs::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
+      // Non-regular entries with the suffix are kept so that Open names them.
+      if (it->path().extension() == ".safetensors") paths.push_back(it->path().string());
+    }
+    if (ec) {
+      return absl::Status(
+          ec == std::errc::no_such_file_or_directory ? absl::StatusCode::kNotFound
+                                                     : absl::StatusCode::kInvalidArgument,
+          absl::StrCat("cannot list checkpoint directory ", dir, ": ", ec.message()));
+    }
   }
   if (paths.empty()) return absl::NotFoundError(absl::StrCat("no *.safetensors file in ", dir));
   std::sort(paths.begin(), paths.end());
@@ -415,7 +465,16 @@ absl::StatusOr<std::unique_ptr<SafetensorsDir>> SafetensorsDir::Open(const std::
   for (const std::string& path : paths) {
     ASSIGN_OR_RETURN(auto file, SafetensorsFile::Open(path));
     const size_t file_index = result->files_.size();
+    const std::string file_name = fs::path(path).filename().string();
     for (const TensorInfo& t : file->tensors()) {
+      if (!index.empty()) {
+        const auto listed = index.find(t.name);
+        if (listed == index.end() || listed->second != file_name) {
+          return absl::InvalidArgumentError(absl::StrCat(
+              index_path, ": tensor \"", Printable(t.name), "\" is in ", file_name, " but ",
+              listed == index.end() ? "not in the index" : "the index says " + listed->second));
+        }
+      }
       const auto [it, inserted] =
           result->tensors_.try_emplace(t.name, std::make_pair(file_index, &t));
       if (!inserted) {
@@ -426,6 +485,12 @@ absl::StatusOr<std::unique_ptr<SafetensorsDir>> SafetensorsDir::Open(const std::
       result->used_.emplace(t.name, false);
     }
     result->files_.push_back(std::move(file));
+  }
+  for (const auto& [tensor, file] : index) {
+    if (!result->tensors_.contains(tensor)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(index_path, ": tensor \"", Printable(tensor), "\" is not in ", file));
+    }
   }
   return result;
 }
@@ -475,12 +540,12 @@ absl::StatusOr<DType> SafetensorsDir::StoredDType(std::string_view name) const {
 }
 
 absl::Status SafetensorsDir::ReadBits16(std::string_view name,
-                                        std::span<const int64_t> expected_shape,
-                                        int64_t row_begin, int64_t row_end, int64_t col_begin,
-                                        int64_t col_end, uint16_t* out) {
+                                        std::span<const int64_t> expected_shape, int64_t row_begin,
+                                        int64_t row_end, int64_t col_begin, int64_t col_end,
+                                        uint16_t* out) {
   ASSIGN_OR_RETURN(const auto where, Lookup(name, expected_shape));
-  RETURN_IF_ERROR(files_[where.first]->ReadBits16(*where.second, row_begin, row_end, col_begin,
-                                                  col_end, out));
+  RETURN_IF_ERROR(
+      files_[where.first]->ReadBits16(*where.second, row_begin, row_end, col_begin, col_end, out));
   MarkUsed(name);
   return absl::OkStatus();
 }

@@ -560,7 +560,11 @@ TEST_F(SafetensorsTest, DirMergesFilesAndTracksUse) {
   ASSERT_TRUE(WriteSafetensors(Path("model-00002-of-00002.safetensors"), second).ok());
   ASSERT_TRUE(WriteSafetensors(Path("model-00001-of-00002.safetensors"), first).ok());
   WriteFileBytes(Path("config.json"), "{}");
-  WriteFileBytes(Path("model.safetensors.index.json"), "{}");
+  WriteFileBytes(Path("model.safetensors.index.json"),
+                 absl::StrCat(R"({"metadata": {"total_size": 8236}, "weight_map": {"x": )",
+                              R"("model-00001-of-00002.safetensors", "y": )",
+                              R"("model-00001-of-00002.safetensors", ")", q_name,
+                              R"(": "model-00002-of-00002.safetensors"}})"));
 
   auto dir_or = SafetensorsDir::Open(dir_);
   ASSERT_TRUE(dir_or.ok()) << dir_or.status();
@@ -600,6 +604,55 @@ TEST_F(SafetensorsTest, DirMergesFilesAndTracksUse) {
   EXPECT_EQ(block[0], 10);
   EXPECT_EQ(block[5 * 63 + 4], 63 * 32 + 14);
   EXPECT_TRUE(dir.Unused().empty());
+}
+
+// A sharded checkpoint as published: the index names the files and each tensor's file; other
+// *.safetensors files in the directory are not part of it; disagreements are errors.
+TEST_F(SafetensorsTest, DirFollowsTheIndex) {
+  const std::vector<float> v = {1, 2};
+  const TensorToWrite a[] = {{"a.weight", DType::kF32, {2}, v}};
+  const TensorToWrite b[] = {{"b.weight", DType::kF32, {2}, v}};
+  ASSERT_TRUE(WriteSafetensors(Path("model-00001-of-00002.safetensors"), a).ok());
+  ASSERT_TRUE(WriteSafetensors(Path("model-00002-of-00002.safetensors"), b).ok());
+  // A consolidated copy beside the shards, as some repositories ship: not loaded.
+  const TensorToWrite both[] = {{"a.weight", DType::kF32, {2}, v},
+                                {"b.weight", DType::kF32, {2}, v}};
+  ASSERT_TRUE(WriteSafetensors(Path("consolidated.safetensors"), both).ok());
+  auto index = [&](const std::string& map) {
+    WriteFileBytes(Path("model.safetensors.index.json"),
+                   absl::StrCat(R"({"metadata": {}, "weight_map": {)", map, "}}"));
+  };
+  index(R"("a.weight": "model-00001-of-00002.safetensors",
+           "b.weight": "model-00002-of-00002.safetensors")");
+  auto d = SafetensorsDir::Open(dir_);
+  ASSERT_TRUE(d.ok()) << d.status();
+  EXPECT_EQ((*d)->Unused(), (std::vector<std::string>{"a.weight", "b.weight"}));
+
+  const std::pair<std::string, std::string> cases[] = {
+      // The index puts a tensor in the wrong file.
+      {R"("a.weight": "model-00002-of-00002.safetensors",
+          "b.weight": "model-00002-of-00002.safetensors")",
+       "tensor \"a.weight\" is not in model-00002-of-00002.safetensors"},
+      // A tensor of a listed file that the index does not list.
+      {R"("a.weight": "consolidated.safetensors")",
+       "tensor \"b.weight\" is in consolidated.safetensors but not in the index"},
+      // A listed file that does not exist.
+      {R"("a.weight": "model-00001-of-00002.safetensors",
+          "b.weight": "model-00002-of-00002.safetensors", "c.weight": "model-3.safetensors")",
+       "model-3.safetensors"},
+      // File names stay inside the directory.
+      {R"("a.weight": "../model-00001-of-00002.safetensors")", "bad file name"},
+  };
+  for (const auto& [map, needle] : cases) {
+    index(map);
+    d = SafetensorsDir::Open(dir_);
+    ASSERT_FALSE(d.ok()) << map;
+    EXPECT_TRUE(Contains(d.status().message(), needle)) << d.status().message();
+  }
+  WriteFileBytes(Path("model.safetensors.index.json"), R"({"metadata": {}})");
+  d = SafetensorsDir::Open(dir_);
+  ASSERT_FALSE(d.ok());
+  EXPECT_TRUE(Contains(d.status().message(), "no \"weight_map\"")) << d.status().message();
 }
 
 TEST_F(SafetensorsTest, DirErrors) {

@@ -204,7 +204,7 @@ const std::vector<Command>& Commands() {
       {"make-model",
        "write a deterministic random checkpoint",
        {{"attention", true, "mha | mqa | gqa | gta | mla | gla (default gqa)"},
-        {"preset", true, "tiny | small | paper-m | paper-xl (default tiny)"},
+        {"preset", true, "tiny | small | paper-m | paper-xl | llama-3.2-1b (default tiny)"},
         {"seed", true, "random seed (default 0)"},
         {"dtype", true, "F32 | BF16 | F16 (default F32)"},
         {"out", true, "output directory"},

@@ -7,6 +7,20 @@
 
 namespace shardlm {
 
+const char* RopeScalingName(RopeScaling::Type type) {
+  switch (type) {
+    case RopeScaling::Type::kNone:
+      return "none";
+    case RopeScaling::Type::kLinear:
+      return "linear";
+    case RopeScaling::Type::kLlama3:
+      return "llama3";
+    case RopeScaling::Type::kYarn:
+      return "yarn";
+  }
+  return "?";
+}
+
 const char* AttentionTypeName(AttentionType type) {
   switch (type) {
     case AttentionType::kMha:

@@ -62,7 +62,50 @@ PRESETS = {
              "kv_lora_rank": 16, "qk_nope_head_dim": 8, "qk_rope_head_dim": 8,
              "v_head_dim": 8, "q_lora_rank": None, "softmax_scale": 0.2},
             {"kv_a_layernorm": True, "bias": ["kv_b_proj"]}),
+    # Checkpoints in Hugging Face's published layouts, recognised by "architectures".
+    # Llama 3.2 style: llama3 RoPE scaling whose bands fall inside 128 positions, tied
+    # embeddings, sharded over two files with model.safetensors.index.json.
+    "hf_llama3": ({"architectures": ["LlamaForCausalLM"], "model_type": "llama",
+                   "num_attention_heads": 4, "num_key_value_heads": 2, "rope_theta": 500000.0,
+                   "hidden_act": "silu", "tie_word_embeddings": True, "attention_bias": False,
+                   "rope_scaling": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                                    "high_freq_factor": 4.0,
+                                    "original_max_position_embeddings": 16}},
+                  {"files": 2}),
+    # Mistral: a uniform sliding window, one KV head, linear RoPE scaling in the old "type" key.
+    "hf_mistral": ({"architectures": ["MistralForCausalLM"], "model_type": "mistral",
+                    "num_attention_heads": 4, "num_key_value_heads": 1, "sliding_window": 6,
+                    "rope_scaling": {"type": "linear", "factor": 2.0}}, {}),
+    # Qwen2: q/k/v biases; sliding_window present but off (use_sliding_window false).
+    "hf_qwen2": ({"architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2",
+                  "num_attention_heads": 4, "num_key_value_heads": 2, "rope_theta": 1000000.0,
+                  "use_sliding_window": False, "sliding_window": 4, "max_window_layers": 2},
+                 {"bias": ["q_proj", "k_proj", "v_proj"]}),
+    # Qwen3: per-head q/k RMSNorm, head_dim 12 (not hidden / heads), tied, three files.
+    "hf_qwen3": ({"architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3",
+                  "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 12,
+                  "tie_word_embeddings": True, "attention_bias": False},
+                 {"files": 3}),
+    # DeepSeek V2, dense: MLA with q LoRA, interleaved RoPE by default, yarn with
+    # DeepSeek's softmax correction (mscale_all_dim).
+    "hf_deepseek_v2": ({"architectures": ["DeepseekV2ForCausalLM"], "model_type": "deepseek_v2",
+                        "num_attention_heads": 4, "num_key_value_heads": 4, "kv_lora_rank": 24,
+                        "qk_nope_head_dim": 8, "qk_rope_head_dim": 4, "v_head_dim": 12,
+                        "q_lora_rank": 16, "n_routed_experts": None,
+                        "rope_scaling": {"type": "yarn", "factor": 4.0,
+                                         "original_max_position_embeddings": 32,
+                                         "beta_fast": 32, "beta_slow": 1, "mscale": 0.707,
+                                         "mscale_all_dim": 0.707}},
+                       {"kv_a_layernorm": True, "files": 2}),
 }
+
+
+def family(cfg):
+    """The attention family a config describes (its own key, or the architecture's)."""
+    arch = (cfg.get("architectures") or [None])[0]
+    if arch in ("DeepseekV2ForCausalLM", "DeepseekV3ForCausalLM"):
+        return "mla"
+    return cfg.get("attention_type") or "gqa"
 
 
 def preset_config(name):
@@ -76,7 +119,8 @@ def tensor_shapes(cfg, opts):
     """Ordered {name: shape} of every tensor a checkpoint with this config holds."""
     d, ff, V = cfg["hidden_size"], cfg["intermediate_size"], cfg["vocab_size"]
     h_q = cfg["num_attention_heads"]
-    attn = cfg.get("attention_type") or "gqa"
+    attn = family(cfg)
+    qk_norm = (cfg.get("architectures") or [None])[0] == "Qwen3ForCausalLM"
     bias = set(opts.get("bias", []))
     shapes = {"model.embed_tokens.weight": [V, d]}
 
@@ -101,6 +145,9 @@ def tensor_shapes(cfg, opts):
                 lin(f"{A}.k_proj", "k_proj", h_kv * d_h, d)
                 lin(f"{A}.v_proj", "v_proj", h_kv * d_h, d)
             lin(f"{A}.o_proj", "o_proj", d, h_q * d_h)
+            if qk_norm:
+                shapes[f"{A}.q_norm.weight"] = [d_h]
+                shapes[f"{A}.k_norm.weight"] = [d_h]
         else:
             h_c = cfg.get("num_latent_heads") or 1
             d_c, d_n = cfg["kv_lora_rank"], cfg["qk_nope_head_dim"]
@@ -194,17 +241,25 @@ def write_checkpoint(out_dir, cfg, tensors, dtype="f32", files=1):
     with open(os.path.join(out_dir, "config.json"), "w") as f:
         json.dump(cfg, f, indent=1)
     names = list(tensors)
+    weight_map = {}
     for k in range(files):
         part = {n: tensors[n] for n in names[k::files]}
         fname = "model.safetensors" if files == 1 else f"model-{k + 1:05d}-of-{files:05d}.safetensors"
         write_safetensors(os.path.join(out_dir, fname), part, dtype,
                           metadata={"format": "pt", "writer": "make_tiny_ckpt"})
+        weight_map.update({n: fname for n in part})
+    if files > 1:
+        # As Hugging Face publishes sharded checkpoints.
+        size = sum(t.size * (4 if dtype == "f32" else 2) for t in tensors.values())
+        with open(os.path.join(out_dir, "model.safetensors.index.json"), "w") as f:
+            json.dump({"metadata": {"total_size": int(size)}, "weight_map": weight_map}, f,
+                      indent=1)
 
 
 def make_preset(out_dir, name, dtype="f32", seed=0, files=1):
     cfg, opts = preset_config(name)
     tensors = random_tensors(cfg, opts, seed + 1000 * sorted(PRESETS).index(name))
-    write_checkpoint(out_dir, cfg, tensors, dtype, files)
+    write_checkpoint(out_dir, cfg, tensors, dtype, max(files, opts.get("files", 1)))
     return cfg, tensors
 
 

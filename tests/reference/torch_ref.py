@@ -102,8 +102,15 @@ def read_safetensors(path):
 
 
 def load_checkpoint_tensors(model_dir):
-    """All tensors of all *.safetensors files in a directory, as float64 torch tensors."""
-    files = sorted(glob.glob(os.path.join(model_dir, "*.safetensors")))
+    """All tensors of the checkpoint, as float64 torch tensors: the files that
+    model.safetensors.index.json names (its weight_map), else every *.safetensors file."""
+    index_path = os.path.join(model_dir, "model.safetensors.index.json")
+    if os.path.exists(index_path):
+        with open(index_path) as f:
+            weight_map = json.load(f)["weight_map"]
+        files = sorted({os.path.join(model_dir, v) for v in weight_map.values()})
+    else:
+        files = sorted(glob.glob(os.path.join(model_dir, "*.safetensors")))
     if not files:
         raise RefError(f"{model_dir}: no *.safetensors files")
     tensors = {}
@@ -123,6 +130,89 @@ def _none_if_zero(v):
     return None if v in (None, 0) else v
 
 
+def hf_to_spec(c):
+    """A Hugging Face config of a supported architecture in the keys of DESIGN §6, as
+    transformers' modeling code reads it: Llama/Mistral as GQA, Qwen2 with its window only under
+    use_sliding_window, Qwen3 with per-head q/k norms, DeepSeek V2/V3 (dense) as MLA with
+    interleaved RoPE and its yarn softmax correction."""
+    arch = (c.get("architectures") or [None])[0]
+    if arch is None:
+        return c
+    c = dict(c)
+    if arch in ("LlamaForCausalLM", "MistralForCausalLM"):
+        pass
+    elif arch in ("Qwen2ForCausalLM", "Qwen3ForCausalLM"):
+        if not c.get("use_sliding_window"):
+            c.pop("sliding_window", None)
+        if arch == "Qwen3ForCausalLM":
+            c["qk_norm"] = True
+    elif arch in ("DeepseekV2ForCausalLM", "DeepseekV3ForCausalLM"):
+        if c.get("n_routed_experts") and c.get("first_k_dense_replace", 0) < c["num_hidden_layers"]:
+            raise RefError("config.json: mixture-of-experts layers")
+        c["attention_type"] = "mla"
+        c["num_latent_heads"] = 1
+        c.setdefault("rope_interleave", True)
+        c.pop("head_dim", None)
+        rs = c.get("rope_scaling") or {}
+        scale = (c["qk_nope_head_dim"] + c["qk_rope_head_dim"]) ** -0.5
+        if rs.get("mscale_all_dim"):
+            m = yarn_get_mscale(rs["factor"], rs["mscale_all_dim"])
+            scale = scale * m * m
+        c["softmax_scale"] = scale
+    else:
+        raise RefError(f"config.json: architecture {arch} not supported by the reference")
+    return c
+
+
+def yarn_get_mscale(scale, mscale=1.0):
+    return 1.0 if scale <= 1 else 0.1 * mscale * math.log(scale) + 1.0
+
+
+def rope_inv_freq(r, theta, scaling):
+    """The RoPE frequencies [r/2] and the cos/sin multiplier, as transformers'
+    modeling_rope_utils computes them for rope_type default, linear, llama3 and yarn."""
+    inv_freq = 1.0 / (theta ** (torch.arange(0, r, 2, dtype=DTYPE) / r))
+    if not scaling:
+        return inv_freq, 1.0
+    kind = scaling.get("rope_type", scaling.get("type"))
+    factor = scaling["factor"]
+    if kind == "linear":
+        return inv_freq / factor, 1.0
+    if kind == "llama3":
+        low, high = scaling["low_freq_factor"], scaling["high_freq_factor"]
+        old = scaling["original_max_position_embeddings"]
+        wavelen = 2 * math.pi / inv_freq
+        out = torch.where(wavelen > old / low, inv_freq / factor, inv_freq)
+        smooth = (old / wavelen - low) / (high - low)
+        smoothed = (1 - smooth) * out / factor + smooth * out
+        medium = ~(wavelen < old / high) & ~(wavelen > old / low)
+        return torch.where(medium, smoothed, out), 1.0
+    if kind == "yarn":
+        old = scaling.get("original_max_position_embeddings")
+        if old is None:
+            raise RefError("config.json: yarn without original_max_position_embeddings")
+        mscale, mscale_all = scaling.get("mscale"), scaling.get("mscale_all_dim")
+        att = scaling.get("attention_factor")
+        if att is None:
+            att = (yarn_get_mscale(factor, mscale) / yarn_get_mscale(factor, mscale_all)
+                   if mscale and mscale_all else yarn_get_mscale(factor))
+        beta_fast, beta_slow = scaling.get("beta_fast") or 32, scaling.get("beta_slow") or 1
+
+        def corr_dim(n_rot):
+            return (r * math.log(old / (n_rot * 2 * math.pi))) / (2 * math.log(theta))
+        lo, hi = corr_dim(beta_fast), corr_dim(beta_slow)
+        if scaling.get("truncate", True):
+            lo, hi = math.floor(lo), math.ceil(hi)
+        lo, hi = max(lo, 0), min(hi, r - 1)
+        if lo == hi:
+            hi += 0.001
+        ramp = ((torch.arange(r // 2, dtype=DTYPE) - lo) / (hi - lo)).clamp(0, 1)
+        extrapolation = 1 - ramp
+        freq_inter = inv_freq / factor
+        return freq_inter * (1 - extrapolation) + inv_freq * extrapolation, att
+    raise RefError(f"config.json: rope_scaling type {kind} not supported by the reference")
+
+
 class Config:
     """The config.json keys of DESIGN §6 with their defaults, validated."""
 
@@ -130,6 +220,7 @@ class Config:
     def from_dict(c):
         self = Config()
         self.raw = dict(c)
+        c = hf_to_spec(c)
 
         def need(key):
             if c.get(key) is None:
@@ -156,8 +247,8 @@ class Config:
                 raise RefError(f"config.json: sliding_window {self.window} < 0")
         self.softmax_scale = c.get("softmax_scale")
         self.tokenizer = c.get("tokenizer")
-        if c.get("rope_scaling") not in (None, {}):
-            warn("config has rope_scaling; it is not part of the spec and is ignored")
+        self.rope_scaling = c.get("rope_scaling") or None
+        self.qk_norm = bool(c.get("qk_norm") or False)
 
         h_kv = c.get("num_key_value_heads")
         attn = c.get("attention_type")
@@ -239,7 +330,7 @@ def rms_norm(x, w, eps):
     return w * x / torch.sqrt((x * x).mean(dim=-1, keepdim=True) + eps)
 
 
-def rope(x, positions, theta, interleave):
+def rope(x, positions, theta, interleave, scaling=None):
     """Rotate the last dim (r channels) of x [T, ..., r]; positions [T].
 
     theta_k = theta^(-2k/r), k < r/2; angle = p * theta_k.
@@ -247,11 +338,10 @@ def rope(x, positions, theta, interleave):
     (x1, x2) -> (x1 cos - x2 sin, x2 cos + x1 sin).
     """
     r = x.shape[-1]
-    k = torch.arange(r // 2, dtype=DTYPE)
-    inv_freq = theta ** (-2.0 * k / r)                              # [r/2]
+    inv_freq, mscale = rope_inv_freq(r, theta, scaling)            # [r/2]
     ang = positions.to(DTYPE)[:, None] * inv_freq[None, :]          # [T, r/2]
     ang = ang.reshape(ang.shape[0], *([1] * (x.dim() - 2)), r // 2)  # broadcast over heads
-    cos, sin = torch.cos(ang), torch.sin(ang)
+    cos, sin = torch.cos(ang) * mscale, torch.sin(ang) * mscale
     if interleave:
         x1, x2 = x[..., 0::2], x[..., 1::2]
         y1, y2 = x1 * cos - x2 * sin, x2 * cos + x1 * sin
@@ -346,6 +436,9 @@ class Model:
                 self._expect_linear(f"{A}.k_proj", c.h_kv * c.d_h, c.d)
                 self._expect_linear(f"{A}.v_proj", c.h_kv * c.d_h, c.d)
                 self._expect_linear(f"{A}.o_proj", c.d, c.h_q * c.d_h)
+                if c.qk_norm:
+                    self._expect(f"{A}.q_norm.weight", [c.d_h])
+                    self._expect(f"{A}.k_norm.weight", [c.d_h])
             elif c.attn == "gta":
                 self._expect_linear(f"{A}.q_proj", c.h_q * c.d_h, c.d)
                 self._expect_linear(f"{A}.kv_proj", c.h_kv * c.d_h, c.d)
@@ -379,8 +472,11 @@ class Model:
         q = self.linear(x, f"{A}.q_proj").view(T, c.h_q, c.d_h)
         k = self.linear(x, f"{A}.k_proj").view(T, c.h_kv, c.d_h)
         v = self.linear(x, f"{A}.v_proj").view(T, c.h_kv, c.d_h)
-        q = rope(q, pos, c.rope_theta, c.rope_interleave)
-        k = rope(k, pos, c.rope_theta, c.rope_interleave)
+        if c.qk_norm:  # Qwen3: each head RMS-normed over d_h before RoPE
+            q = rms_norm(q, self.t[f"{A}.q_norm.weight"], c.eps)
+            k = rms_norm(k, self.t[f"{A}.k_norm.weight"], c.eps)
+        q = rope(q, pos, c.rope_theta, c.rope_interleave, c.rope_scaling)
+        k = rope(k, pos, c.rope_theta, c.rope_interleave, c.rope_scaling)
         # Expand KV heads to query heads: contiguous groups, head i -> i // g.
         k = k.repeat_interleave(g, dim=1)
         v = v.repeat_interleave(g, dim=1)
@@ -400,8 +496,8 @@ class Model:
         q = self.linear(x, f"{A}.q_proj").view(T, c.h_q, c.d_h)
         kv = self.linear(x, f"{A}.kv_proj").view(T, c.h_kv, c.d_h)
         kr = self.linear(x, f"{A}.k_rope_proj")                        # [T, d_r]
-        q = torch.cat([q[..., :dn], rope(q[..., dn:], pos, c.rope_theta, c.rope_interleave)], -1)
-        kr = rope(kr, pos, c.rope_theta, c.rope_interleave)
+        q = torch.cat([q[..., :dn], rope(q[..., dn:], pos, c.rope_theta, c.rope_interleave, c.rope_scaling)], -1)
+        kr = rope(kr, pos, c.rope_theta, c.rope_interleave, c.rope_scaling)
         k = torch.cat([kv[..., :dn], kr[:, None, :].expand(T, c.h_kv, c.d_r)], -1)
         v = kv
         k = k.repeat_interleave(g, dim=1)
@@ -426,11 +522,11 @@ class Model:
             qa = rms_norm(qa, self.t[f"{A}.q_a_layernorm.weight"], c.eps)
             q = self.linear(qa, f"{A}.q_b_proj")
         q = q.view(T, c.h_q, c.d_n + c.d_r)
-        q = torch.cat([q[..., :c.d_n], rope(q[..., c.d_n:], pos, c.rope_theta, c.rope_interleave)], -1)
+        q = torch.cat([q[..., :c.d_n], rope(q[..., c.d_n:], pos, c.rope_theta, c.rope_interleave, c.rope_scaling)], -1)
 
         ckv = self.linear(x, f"{A}.kv_a_proj_with_mqa")               # [T, h_c*d_c + d_r]
         lat = ckv[:, : c.h_c * c.d_c].reshape(T, c.h_c, c.d_c)
-        kr = rope(ckv[:, c.h_c * c.d_c:], pos, c.rope_theta, c.rope_interleave)  # [T, d_r]
+        kr = rope(ckv[:, c.h_c * c.d_c:], pos, c.rope_theta, c.rope_interleave, c.rope_scaling)  # [T, d_r]
         w_norm = self.t.get(f"{A}.kv_a_layernorm.weight")
         if w_norm is not None:
             # per-latent-head RMSNorm, each chunk with its own weight slice
