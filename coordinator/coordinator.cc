@@ -44,6 +44,7 @@ absl::Status Coordinator::AfterStep(const std::vector<float>& logits) {
   int64_t row = 0;
   for (const ScheduledSeq& s : slices_) {
     Sequence* seq = s.seq;
+    computed_tokens_ += s.count;
     // Prompt logprobs: position p predicts prompt token p + 1. Indexed by position, so a
     // preempted sequence's recomputation overwrites the same entries.
     if (s.score_tokens > 0) {

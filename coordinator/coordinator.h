@@ -65,6 +65,7 @@ class Coordinator {
   absl::Status AfterStep(const std::vector<float>& logits);
 
   int64_t generated_tokens() const { return generated_tokens_; }
+  int64_t computed_tokens() const { return computed_tokens_; }  // through the forward pass
   int64_t free_pages() const { return scheduler_.free_pages(); }
   int64_t total_pages() const { return total_pages_; }
   int64_t total_preemptions() const { return scheduler_.total_preemptions(); }
@@ -81,6 +82,7 @@ class Coordinator {
   std::unordered_map<int64_t, std::vector<double>> prompt_logprobs_;
   std::vector<ScheduledSeq> slices_;  // of the last plan
   int64_t generated_tokens_ = 0;
+  int64_t computed_tokens_ = 0;
 };
 
 // Every rank's side of a step: block tables over its own pool, the ragged batch, the

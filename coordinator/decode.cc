@@ -50,26 +50,33 @@ absl::Status RunJsonlJob(const char* job, const BatchOptions& options, const std
   };
   const bool progress = comm.rank() == 0 && (options.progress || isatty(STDERR_FILENO));
   auto last_progress = start;
+  auto tokens = [&] {
+    return client.count_generated ? coordinator->generated_tokens()
+                                  : coordinator->computed_tokens();
+  };
+  const char* counted = client.count_generated ? "generated" : "scored";
   auto print_progress = [&] {
     if (!progress ||
         std::chrono::steady_clock::now() - last_progress < std::chrono::milliseconds(500)) {
       return;
     }
     last_progress = std::chrono::steady_clock::now();
-    std::fprintf(stderr, "\r%s: %lld requests done, %lld tokens generated, %.1f tokens/s   ", job,
-                 static_cast<long long>(done + errors),
-                 static_cast<long long>(coordinator->generated_tokens()),
-                 coordinator->generated_tokens() / std::max(seconds(), 1e-9));
+    std::fprintf(stderr, "\r%s: %lld requests done, %lld tokens %s, %.1f tokens/s   ", job,
+                 static_cast<long long>(done + errors), static_cast<long long>(tokens()), counted,
+                 tokens() / std::max(seconds(), 1e-9));
   };
   const absl::Status status = RunSteps(model, *cache, comm, coordinator.get(), print_progress);
   if (comm.rank() == 0) {
     if (progress) std::fprintf(stderr, "\n");
+  }
+  // The summary of a job that ran to its end; an error is the job's one message instead.
+  if (comm.rank() == 0 && status.ok()) {
     std::fprintf(stderr,
-                 "shardlm %s: %lld requests (%lld errors), %lld tokens generated in %.2f s "
+                 "shardlm %s: %lld requests (%lld errors), %lld tokens %s in %.2f s "
                  "(%.1f tokens/s), %lld preemptions, free pages %lld/%lld\n",
                  job, static_cast<long long>(done + errors), static_cast<long long>(errors),
-                 static_cast<long long>(coordinator->generated_tokens()), seconds(),
-                 coordinator->generated_tokens() / std::max(seconds(), 1e-9),
+                 static_cast<long long>(tokens()), counted, seconds(),
+                 tokens() / std::max(seconds(), 1e-9),
                  static_cast<long long>(coordinator->total_preemptions()),
                  static_cast<long long>(coordinator->free_pages()),
                  static_cast<long long>(coordinator->total_pages()));

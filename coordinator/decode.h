@@ -41,6 +41,8 @@ struct JsonlClient {
   // (the others still run) and returns how many it wrote.
   std::function<absl::StatusOr<int64_t>(std::istream&, JsonlWriter*, Coordinator*)> read;
   std::function<JsonLine(const SequenceResult&)> result_line;
+  // What the summary line counts: tokens "generated" (decode) or "scored" (score).
+  bool count_generated = true;
 };
 
 // The frame of `decode` and `score`, on every rank: start-up (StartUp), rank 0 opens the

@@ -41,6 +41,7 @@ absl::Status RunScore(const ScoreOptions& options, Model& model, Comm& comm) {
                                           : std::exp(-sum / static_cast<double>(logprobs.size()))));
     return out;
   };
+  client.count_generated = false;
   return RunJsonlJob("score", options.batch, options.input, options.output, model, comm, client);
 }
 
