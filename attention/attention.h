@@ -76,6 +76,9 @@ class AttentionBlock {
   // caller all-reduces it). `w` is the weights struct of this block's family.
   virtual void Forward(const AttentionWeights& w, const float* xn,
                        std::span<const QueryToken> tokens, const CacheView& cache, float* out) = 0;
+  // Grows the kernels' per-thread scratch on every compute thread (start-up, after
+  // SetComputeThreads), so that decode steps do not allocate.
+  virtual void Reserve() = 0;
 };
 
 // A family: the checkpoint layout of its attention tensors, loading a rank's shard, and the

@@ -286,8 +286,11 @@ DecodeKernels PortableKernels() {
 }
 
 void SetDecodeIsa(Isa isa) {
-  ActiveKernels() =
-      isa == Isa::kAvx512 && Cpu().avx512 ? Avx512Kernels() : PortableKernels();
+  ActiveKernels() = isa == Isa::kAvx512 && Cpu().avx512 ? Avx512Kernels() : PortableKernels();
+}
+
+void DecodeAttentionReserve(int64_t h_q, int64_t v_len) {
+  OnEveryComputeThread([h_q, v_len] { ThreadItemScratch().Reserve(h_q, v_len); });
 }
 
 const char* DecodeIsaName() { return ActiveKernels().name; }

@@ -76,6 +76,10 @@ void DecodeAttention(const CacheView& cache, std::span<const QueryToken> tokens,
 // (AVX-512 or portable) and the CPU runs. By default BestIsa(); tests compare levels.
 // Not thread-safe; set before decoding.
 void SetDecodeIsa(Isa isa);
+
+// Grows every compute thread's per-item scratch for calls with up to h_q query heads and
+// values of v_len floats, so that decode steps do not allocate (call at start-up).
+void DecodeAttentionReserve(int64_t h_q, int64_t v_len);
 const char* DecodeIsaName();
 
 // Calls f(first_row, t0, n) for each maximal run of consecutive positions

@@ -136,6 +136,10 @@ class GqaBlock final : public AttentionBlock {
     ApplyLinear(heads, n, w.o_proj, out);  // partial sum over this rank's heads
   }
 
+  void Reserve() override {
+    attention_internal::DecodeAttentionReserve(shape_.num_q_heads, shape_.head_dim);
+  }
+
  private:
   GqaShape shape_;
   Rope rope_;

@@ -151,6 +151,10 @@ class GtaBlock final : public AttentionBlock {
     ApplyLinear(heads, n, w.o_proj, out);
   }
 
+  void Reserve() override {
+    attention_internal::DecodeAttentionReserve(shape_.num_q_heads, shape_.head_dim);
+  }
+
  private:
   GtaShape shape_;
   Rope rope_;

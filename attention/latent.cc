@@ -304,6 +304,10 @@ class LatentBlock final : public AttentionBlock {
     ApplyLinear(heads, n, w.o_proj, out);
   }
 
+  void Reserve() override {
+    attention_internal::DecodeAttentionReserve(shape_.num_q_heads, shape_.latent_dim);
+  }
+
  private:
   LatentShape shape_;
   Rope rope_;

@@ -147,4 +147,20 @@ void ParallelFor(int64_t n, int64_t align, absl::FunctionRef<void(int64_t, int64
   });
 }
 
+void OnEveryComputeThread(absl::FunctionRef<void()> fn) {
+  fn();
+  ThreadPool& pool = ComputePool();
+  const int threads = pool.size();
+  if (threads == 1) return;
+  // One task per thread: each task waits until all have started, so no thread can run two,
+  // and every thread runs one. The caller takes a task as well; the extra call there is
+  // harmless for idempotent work.
+  std::atomic<int> started{0};
+  pool.Run(threads, [&](int64_t) {
+    fn();
+    started.fetch_add(1);
+    while (started.load() < threads) std::this_thread::yield();
+  });
+}
+
 }  // namespace shardlm

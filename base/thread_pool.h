@@ -73,6 +73,13 @@ int AutoComputeThreads();
 // calls this a few hundred times per step).
 void ParallelFor(int64_t n, int64_t align, absl::FunctionRef<void(int64_t, int64_t)> fn);
 
+// Runs fn once on the calling thread and once on every thread of the compute pool: for
+// start-up work that must happen on each thread, such as growing thread-local scratch so that
+// the decode loop never allocates. (The pool hands tasks to whichever thread asks first, so a
+// thread that is slow to wake may run none of a step's tasks for a while; its scratch would
+// otherwise first grow mid-decode.)
+void OnEveryComputeThread(absl::FunctionRef<void()> fn);
+
 }  // namespace shardlm
 
 #endif  // SHARDLM_BASE_THREAD_POOL_H_

@@ -5,7 +5,10 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdlib>
+#include <mutex>
+#include <set>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "gtest/gtest.h"
@@ -99,6 +102,26 @@ TEST(AutoComputeThreadsTest, SplitsThisProcessCpusOverTheHostRanks) {
   } else {
     unsetenv("OMPI_COMM_WORLD_LOCAL_SIZE");
   }
+}
+
+// Start-up work reaches the calling thread and every pool thread, whatever their timing.
+TEST(ThreadPoolTest, OnEveryComputeThreadReachesEachThread) {
+  for (const int threads : {1, 2, 3, 5}) {
+    SetComputeThreads(threads);
+    std::mutex mu;
+    std::set<std::thread::id> seen;
+    for (int rep = 0; rep < 20; ++rep) {
+      seen.clear();
+      OnEveryComputeThread([&] {
+        std::lock_guard<std::mutex> lock(mu);
+        seen.insert(std::this_thread::get_id());
+      });
+      // The pool's threads plus the caller (which runs tasks of its own pool too).
+      EXPECT_GE(seen.size(), static_cast<size_t>(threads)) << threads;
+      EXPECT_TRUE(seen.contains(std::this_thread::get_id()));
+    }
+  }
+  SetComputeThreads(1);
 }
 
 }  // namespace

@@ -29,6 +29,7 @@ void Model::Reserve(int64_t max_tokens) {
   const int64_t widest = std::max({dims_.hidden, dims_.intermediate, dims_.q_lora_rank,
                                    dims_.num_heads * std::max(dims_.QkHeadDim(), dims_.VHeadDim())});
   SkinnyMatMulReserve(max_tokens, widest);
+  attention_->Reserve();
 }
 
 absl::Status Model::Forward(const ForwardBatch& batch, PagedKvCache& cache, Comm& comm,

@@ -57,8 +57,9 @@ class Model {
   absl::Status Forward(const ForwardBatch& batch, PagedKvCache& cache, Comm& comm,
                        std::vector<float>* logits);
 
-  // Allocates the matmul scratch for batches of up to `max_tokens` tokens, so the
-  // step loop does not allocate it later (call once at start-up).
+  // Allocates the matmul scratch for batches of up to `max_tokens` tokens and the attention
+  // kernels' per-thread scratch, on every compute thread, so the step loop does not allocate
+  // them later (call once at start-up, after SetComputeThreads).
   void Reserve(int64_t max_tokens);
 
   const ModelDims& dims() const { return dims_; }

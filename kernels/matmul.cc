@@ -304,18 +304,7 @@ void SkinnyMatMulReserve(int64_t max_n, int64_t max_in) {
   CHECK_GE(max_in, 0);
   using matmul_internal::kKBlock;
   const int64_t floats = max_n * ((max_in + kKBlock - 1) / kKBlock) * kKBlock;
-  matmul_internal::Scratch(floats);
-  ThreadPool& pool = ComputePool();
-  const int threads = pool.size();
-  if (threads == 1) return;
-  // One task per thread: the pool hands tasks to whichever thread asks first, so each task
-  // waits until all have started; no thread can then run two, and every thread runs one.
-  std::atomic<int> started{0};
-  pool.Run(threads, [&](int64_t) {
-    matmul_internal::Scratch(floats);
-    started.fetch_add(1);
-    while (started.load() < threads) std::this_thread::yield();
-  });
+  OnEveryComputeThread([floats] { matmul_internal::Scratch(floats); });
 }
 
 void SkinnyMatMulNaive(const float* x, int64_t n, int64_t x_stride, DType w_type, const void* w,
