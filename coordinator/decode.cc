@@ -17,6 +17,7 @@ namespace shardlm {
 absl::Status RunJsonlJob(const char* job, const BatchOptions& options, const std::string& input,
                          const std::string& output, Model& model, Comm& comm,
                          const JsonlClient& client) {
+  if (options.max_model_len > 0) model.CapContext(options.max_model_len);
   ASSIGN_OR_RETURN(std::unique_ptr<PagedKvCache> cache, StartUp(options.cache, model, comm));
   model.Reserve(options.max_batch_tokens);
 

@@ -21,6 +21,9 @@ namespace shardlm {
 // The batching flags `decode` and `score` share.
 struct BatchOptions {
   CacheOptions cache;
+  // Caps the context (prompt plus generated tokens) below the model's max_position_embeddings,
+  // as vLLM's --max-model-len does; 0: the model's own.
+  int64_t max_model_len = 0;
   int64_t max_batch = 32;          // sequences per step
   int64_t max_batch_tokens = 512;  // tokens per step, prefill chunks included
   bool progress = false;

@@ -47,8 +47,9 @@ absl::StatusOr<ScoreRequest> ParseScoreRequest(const JsonObject& object, const M
   ASSIGN_OR_RETURN(request.id, GetId(*id));
   ASSIGN_OR_RETURN(request.tokens, RequestTokens(object, dims));
   if (static_cast<int64_t>(request.tokens.size()) > dims.max_positions) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        request.tokens.size(), " tokens exceed max_position_embeddings=", dims.max_positions));
+    return absl::InvalidArgumentError(
+        absl::StrCat(request.tokens.size(), " tokens exceed the context length ",
+                     dims.max_positions, " (max_position_embeddings, or --max-model-len)"));
   }
   return request;
 }
@@ -66,9 +67,9 @@ absl::StatusOr<DecodeRequest> ParseDecodeRequest(const JsonObject& object, const
   ASSIGN_OR_RETURN(r.prompt, RequestTokens(object, dims));
   const int64_t prompt_len = static_cast<int64_t>(r.prompt.size());
   if (prompt_len >= dims.max_positions) {
-    return absl::InvalidArgumentError(absl::StrCat("prompt of ", prompt_len,
-                                                   " tokens leaves no room to generate within ",
-                                                   "max_position_embeddings=", dims.max_positions));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "prompt of ", prompt_len, " tokens leaves no room to generate within the context length ",
+        dims.max_positions, " (max_position_embeddings, or --max-model-len)"));
   }
   r.max_new_tokens = default_max_new_tokens;
   r.sampling = default_sampling;

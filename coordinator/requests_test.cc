@@ -27,7 +27,7 @@ TEST(RequestsTest, ScoreRequest) {
   EXPECT_EQ(r->tokens, (std::vector<int32_t>{256, 'a', 'b'}));
   EXPECT_EQ(IdKey(r->id), "n:3");
   r = ParseScoreRequest(Parse(R"({"id": 3, "tokens": [1, 2, 3, 4, 5, 6, 7, 8, 9]})"), SmallModel());
-  EXPECT_NE(r.status().message().find("exceed max_position_embeddings=8"), std::string::npos)
+  EXPECT_NE(r.status().message().find("exceed the context length 8"), std::string::npos)
       << r.status();
 }
 

@@ -4,13 +4,14 @@
 #ifndef SHARDLM_ENGINE_MODEL_H_
 #define SHARDLM_ENGINE_MODEL_H_
 
+#include <algorithm>
 #include <memory>
 #include <string>
 #include <vector>
 
+#include "attention/attention.h"
 #include "attention/kv_cache.h"
 #include "comm/comm.h"
-#include "attention/attention.h"
 #include "engine/weights.h"
 #include "shard/shard.h"
 
@@ -29,8 +30,8 @@ struct ForwardStats {
   int64_t forwards = 0;
   int64_t allreduce_calls = 0;
   int64_t allreduce_bytes = 0;
-  int64_t allreduce_ns = 0;        // wall time inside AllReduceSum (includes waiting for peers)
-  double gather_seconds = 0.0;     // wall time inside the logits Gatherv (not the LM-head matmul)
+  int64_t allreduce_ns = 0;     // wall time inside AllReduceSum (includes waiting for peers)
+  double gather_seconds = 0.0;  // wall time inside the logits Gatherv (not the LM-head matmul)
   // When set (the bench does, for its timed steps), the wall time of every AllReduceSum call
   // in order, so that the ranks can compare call by call (see bench.cc, TimeForward). Off by
   // default: a decode job's forward passes would grow it without bound.
@@ -63,6 +64,11 @@ class Model {
   void Reserve(int64_t max_tokens);
 
   const ModelDims& dims() const { return dims_; }
+  // Caps the context length below max_position_embeddings (--max-model-len); every rank must
+  // apply the same cap (the Hello's config fingerprint covers it).
+  void CapContext(int64_t max_positions) {
+    dims_.max_positions = std::min(dims_.max_positions, max_positions);
+  }
   const ShardPlan& plan() const { return plan_; }
   const ModelWeights& weights() const { return weights_; }
   ForwardStats& stats() { return stats_; }

@@ -55,6 +55,7 @@ absl::Status ParseBatchOptions(const Flags& flags, BatchOptions* o) {
   ASSIGN_OR_RETURN(o->cache.kv_cache_mb, flags.Double("kv-cache-mb", 256, 1e-6, 1e9));
   ASSIGN_OR_RETURN(o->max_batch, flags.Int("max-batch", 32, 1, 1 << 16));
   ASSIGN_OR_RETURN(o->max_batch_tokens, flags.Int("max-batch-tokens", 512, 1, 1 << 20));
+  ASSIGN_OR_RETURN(o->max_model_len, flags.Int("max-model-len", 0, 0, INT32_MAX));
   o->progress = flags.Bool("progress");
   return absl::OkStatus();
 }
@@ -170,6 +171,8 @@ const std::vector<Command>& Commands() {
         {"kv-cache-mb", true, "KV cache per rank in MiB (default 256)"},
         {"max-batch", true, "sequences per step (default 32)"},
         {"max-batch-tokens", true, "tokens per step, prefill chunks included (default 512)"},
+        {"max-model-len", true,
+         "cap the context (prompt + generated tokens) below max_position_embeddings"},
         {"threads", true,
          "compute threads per rank (default 1), or auto: this host's cores / its ranks"},
         {"bf16-math", true,
@@ -188,6 +191,8 @@ const std::vector<Command>& Commands() {
         {"kv-cache-mb", true, "KV cache per rank in MiB (default 256)"},
         {"max-batch", true, "sequences per step (default 32)"},
         {"max-batch-tokens", true, "tokens per step, prefill chunks included (default 512)"},
+        {"max-model-len", true,
+         "cap the context (prompt + generated tokens) below max_position_embeddings"},
         {"max-new-tokens", true, "default for requests without max_new_tokens (default 64)"},
         {"temperature", true, "default sampling temperature (default 0: greedy)"},
         {"top-k", true, "default top-k (default 0: off)"},

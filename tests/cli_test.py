@@ -205,6 +205,22 @@ class StartupErrors(unittest.TestCase):
                  os.path.join(WORK, "x.jsonl"), "--kv-cache-mb", "0.01"], np=2)
         self.assertOneError(r, "maximum length (512 tokens)", "use --kv-cache-mb")
 
+    def test_max_model_len_caps_the_context(self):
+        # A budget too small for the model's 512 positions runs once the context is capped;
+        # a request longer than the cap gets its own error line.
+        model = make_model("gqa", "--attention", "gqa")
+        out = os.path.join(WORK, "capped.jsonl")
+        r = run(["decode", "--model", model, "--prompts", PROMPTS, "--output", out,
+                 "--kv-cache-mb", "0.05", "--max-model-len", "48", "--max-new-tokens", "4"], np=2)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        with open(out) as f:
+            results = {json.loads(l)["id"]: json.loads(l) for l in f}
+        self.assertIn("context length 48", results["long"]["error"])
+        done = [v for v in results.values() if v["finish_reason"] != "error"]
+        self.assertGreater(len(done), 0)
+        for v in done:
+            self.assertLessEqual(v["prompt_tokens"] + len(v["tokens"]), 48)
+
     def test_cache_beyond_memory(self):
         # 10^9 MiB per rank is past any address space: a clear error, not std::bad_alloc.
         model = make_model("gqa", "--attention", "gqa")
