@@ -1,5 +1,6 @@
 #include "engine/config.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <fstream>
@@ -242,17 +243,11 @@ absl::Status NormalizeHfConfig(Struct& root, const std::string& source) {
 
 }  // namespace
 
-absl::StatusOr<ModelConfig> ParseModelConfig(const std::string& json, const std::string& source) {
-  if (absl::Status depth = CheckJsonDepth(json); !depth.ok()) {
-    return ConfigError(source, absl::StrCat("not a valid JSON object: ", depth.message()));
-  }
-  Struct root;
-  auto parsed = google::protobuf::util::JsonStringToMessage(json, &root);
-  if (!parsed.ok()) {
-    return ConfigError(source,
-                       absl::StrCat("not a valid JSON object: ", parsed.message().ToString()));
-  }
-  // eos_token_id: int, list of ints, or null.
+namespace {
+
+// Removes "eos_token_id" (an int, a list of ints, or null) from `root` and returns its ids,
+// each checked to fit in 32 bits like every other id.
+absl::StatusOr<std::vector<int64_t>> TakeEosIds(Struct& root, const std::string& source) {
   std::vector<int64_t> eos;
   auto fields = root.mutable_fields();
   if (auto it = fields->find("eos_token_id"); it != fields->end()) {
@@ -268,6 +263,39 @@ absl::StatusOr<ModelConfig> ParseModelConfig(const std::string& json, const std:
     }
     fields->erase(it);
   }
+  for (int64_t id : eos) {
+    if (id < INT32_MIN || id > INT32_MAX) {
+      return ConfigError(source, absl::StrCat("eos_token_id=", id, " does not fit in 32 bits"));
+    }
+  }
+  return eos;
+}
+
+absl::StatusOr<Struct> ParseJsonRoot(const std::string& json, const std::string& source) {
+  if (absl::Status depth = CheckJsonDepth(json); !depth.ok()) {
+    return ConfigError(source, absl::StrCat("not a valid JSON object: ", depth.message()));
+  }
+  Struct root;
+  auto parsed = google::protobuf::util::JsonStringToMessage(json, &root);
+  if (!parsed.ok()) {
+    return ConfigError(source,
+                       absl::StrCat("not a valid JSON object: ", parsed.message().ToString()));
+  }
+  return root;
+}
+
+// The eos ids of generation_config.json.
+absl::StatusOr<std::vector<int64_t>> ParseEosIds(const std::string& json,
+                                                 const std::string& source) {
+  ASSIGN_OR_RETURN(Struct root, ParseJsonRoot(json, source));
+  return TakeEosIds(root, source);
+}
+
+}  // namespace
+
+absl::StatusOr<ModelConfig> ParseModelConfig(const std::string& json, const std::string& source) {
+  ASSIGN_OR_RETURN(Struct root, ParseJsonRoot(json, source));
+  ASSIGN_OR_RETURN(const std::vector<int64_t> eos, TakeEosIds(root, source));
   RETURN_IF_ERROR(NormalizeHfConfig(root, source));
   std::string rest;
   if (!google::protobuf::util::MessageToJsonString(root, &rest).ok()) {
@@ -281,11 +309,6 @@ absl::StatusOr<ModelConfig> ParseModelConfig(const std::string& json, const std:
     return ConfigError(source, absl::StrCat("bad value: ", status.message().ToString()));
   }
   for (int64_t id : eos) {
-    // The proto field is int32 like every other id; a wider value must not wrap
-    // around into the vocabulary.
-    if (id < INT32_MIN || id > INT32_MAX) {
-      return ConfigError(source, absl::StrCat("eos_token_id=", id, " does not fit in 32 bits"));
-    }
     config.add_eos_token_ids(static_cast<int32_t>(id));
   }
   return config;
@@ -298,7 +321,24 @@ absl::StatusOr<ModelConfig> ReadModelConfig(const std::string& model_dir) {
   std::stringstream text;
   text << in.rdbuf();
   if (in.bad()) return absl::DataLossError(absl::StrCat("cannot read ", path));
-  return ParseModelConfig(text.str(), path);
+  ASSIGN_OR_RETURN(ModelConfig config, ParseModelConfig(text.str(), path));
+  // generation_config.json's eos_token_id (an instruct model's end-of-turn ids) ends
+  // generation too, as in Hugging Face's generate() and vLLM.
+  const std::string gen_path = model_dir + "/generation_config.json";
+  std::ifstream gen(gen_path);
+  if (gen) {
+    std::stringstream gen_text;
+    gen_text << gen.rdbuf();
+    if (gen.bad()) return absl::DataLossError(absl::StrCat("cannot read ", gen_path));
+    ASSIGN_OR_RETURN(const std::vector<int64_t> eos, ParseEosIds(gen_text.str(), gen_path));
+    for (const int64_t id : eos) {
+      if (std::find(config.eos_token_ids().begin(), config.eos_token_ids().end(), id) ==
+          config.eos_token_ids().end()) {
+        config.add_eos_token_ids(static_cast<int32_t>(id));
+      }
+    }
+  }
+  return config;
 }
 
 namespace {

@@ -1,6 +1,8 @@
 #include "engine/config.h"
 
 #include <cmath>
+#include <filesystem>
+#include <fstream>
 
 #include "gtest/gtest.h"
 
@@ -91,6 +93,28 @@ TEST(ConfigTest, PublishedConfigsResolve) {
   EXPECT_DOUBLE_EQ(deepseek->rope_scaling.attention_factor, 1.0);  // equal mscales
   const double m = 0.1 * 0.707 * std::log(40.0) + 1.0;
   EXPECT_NEAR(deepseek->softmax_scale, m * m / std::sqrt(24.0), 1e-12);
+}
+
+// An instruct model's end-of-turn ids come from generation_config.json, joined to config.json's.
+TEST(ConfigTest, GenerationConfigAddsEosIds) {
+  const std::string dir = absl::StrCat(::testing::TempDir(), "/gen_config_test");
+  std::filesystem::create_directories(dir);
+  auto write = [&](const std::string& name, const std::string& text) {
+    std::ofstream(dir + "/" + name) << text;
+  };
+  write("config.json", absl::StrCat("{", kBase, R"(, "eos_token_id": 7})"));
+  write("generation_config.json", R"({"bos_token_id": 1, "eos_token_id": [7, 9, 12],
+                                      "do_sample": true, "temperature": 0.6})");
+  auto config = ReadModelConfig(dir);
+  ASSERT_TRUE(config.ok()) << config.status();
+  auto d = ResolveDims(*config, "config.json");
+  ASSERT_TRUE(d.ok()) << d.status();
+  EXPECT_EQ(d->eos_token_ids, (std::vector<int64_t>{7, 9, 12}));
+  write("generation_config.json", R"({"eos_token_id": "x"})");
+  config = ReadModelConfig(dir);
+  ASSERT_FALSE(config.ok());
+  EXPECT_NE(config.status().message().find("generation_config.json"), std::string::npos);
+  std::filesystem::remove_all(dir);
 }
 
 // A key that changes the math and is not implemented is an error that names it.
