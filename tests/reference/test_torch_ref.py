@@ -41,11 +41,53 @@ TOL = 1e-10  # float64 vs float64: only summation order differs
 # The independent numpy reference (loops; absorbed latent attention).
 # ---------------------------------------------------------------------------
 
-def np_rope(x, p, theta, interleave):
+def np_rope_freqs(r, theta, scaling):
+    """RoPE frequencies and the cos/sin multiplier, one pair at a time, from the definitions of
+    transformers' rope types (linear, llama3, yarn)."""
+    freqs = [theta ** (-2.0 * k / r) for k in range(r // 2)]
+    if not scaling:
+        return np.array(freqs), 1.0
+    kind = scaling.get("rope_type") or scaling.get("type")
+    f = scaling["factor"]
+    out, mult = [], 1.0
+    if kind == "linear":
+        out = [w / f for w in freqs]
+    elif kind == "llama3":
+        old = scaling["original_max_position_embeddings"]
+        lo_f, hi_f = scaling["low_freq_factor"], scaling["high_freq_factor"]
+        for w in freqs:
+            wavelen = 2 * math.pi / w
+            if wavelen < old / hi_f:
+                out.append(w)
+            elif wavelen > old / lo_f:
+                out.append(w / f)
+            else:
+                t = (old / wavelen - lo_f) / (hi_f - lo_f)
+                out.append((1 - t) * w / f + t * w)
+    elif kind == "yarn":
+        old = scaling["original_max_position_embeddings"]
+        dim_at = lambda rot: r * math.log(old / (rot * 2 * math.pi)) / (2 * math.log(theta))
+        lo = max(math.floor(dim_at(scaling.get("beta_fast", 32))), 0)
+        hi = min(math.ceil(dim_at(scaling.get("beta_slow", 1))), r - 1)
+        if lo == hi:
+            hi += 0.001
+        for k, w in enumerate(freqs):
+            ramp = min(max((k - lo) / (hi - lo), 0.0), 1.0)
+            out.append(w / f * ramp + w * (1 - ramp))
+        ms = lambda m: 1.0 if f <= 1 else 0.1 * m * math.log(f) + 1.0
+        m1, m2 = scaling.get("mscale"), scaling.get("mscale_all_dim")
+        mult = ms(m1) / ms(m2) if m1 and m2 else ms(1.0)
+    else:
+        raise ValueError(kind)
+    return np.array(out), mult
+
+
+def np_rope(x, p, theta, interleave, scaling=None):
     """Rotate vector x (r channels) to position p using complex numbers."""
     r = len(x)
-    ang = p * theta ** (-2.0 * np.arange(r // 2) / r)
-    e = np.exp(1j * ang)
+    freqs, mult = np_rope_freqs(r, theta, scaling)
+    ang = p * freqs
+    e = mult * np.exp(1j * ang)
     out = np.empty(r)
     if interleave:
         z = (x[0::2] + 1j * x[1::2]) * e
@@ -66,6 +108,9 @@ def np_softmax_weights(scores):
 def naive_logits(cfg, W, tokens):
     """Logits [T, V] from config dict + {name: float64 array}, written from DESIGN §2."""
     W = {k: np.asarray(v, dtype=np.float64) for k, v in W.items()}
+    cfg = tr.hf_to_spec(cfg)  # a published architecture in the spec's keys
+    scaling = cfg.get("rope_scaling") or None
+    qk_norm = bool(cfg.get("qk_norm"))
     eps = cfg.get("rms_norm_eps") or 1e-6
     theta = cfg.get("rope_theta") or 10000.0
     inter = bool(cfg.get("rope_interleave"))
@@ -97,10 +142,13 @@ def naive_logits(cfg, W, tokens):
                 d_r = cfg.get("qk_rope_head_dim") or d_h // 2
                 dn = d_h - d_r
                 kv = [lin(A + ".kv_proj", x) for x in u]
-                kr = [np_rope(lin(A + ".k_rope_proj", u[s]), s, theta, inter) for s in range(T)]
+                kr = [np_rope(lin(A + ".k_rope_proj", u[s]), s, theta, inter, scaling) for s in range(T)]
             else:
                 ks = [lin(A + ".k_proj", x) for x in u]
                 vs = [lin(A + ".v_proj", x) for x in u]
+                if qk_norm:  # Qwen3: every KV head RMS-normed over d_h
+                    ks = [np.concatenate([norm(k[j * d_h:(j + 1) * d_h], W[A + ".k_norm.weight"])
+                                          for j in range(h_kv)]) for k in ks]
             for p in range(T):
                 qall = lin(A + ".q_proj", u[p])
                 heads = []
@@ -110,12 +158,14 @@ def naive_logits(cfg, W, tokens):
                     sl = slice(j * d_h, (j + 1) * d_h)
                     vis = visible(p)
                     if attn == "gta":
-                        qn, qr = q[:dn], np_rope(q[dn:], p, theta, inter)
+                        qn, qr = q[:dn], np_rope(q[dn:], p, theta, inter, scaling)
                         sc = [scale * (qn @ kv[s][sl][:dn] + qr @ kr[s]) for s in vis]
                         vals = [kv[s][sl] for s in vis]
                     else:
-                        qr = np_rope(q, p, theta, inter)
-                        sc = [scale * (qr @ np_rope(ks[s][sl], s, theta, inter)) for s in vis]
+                        if qk_norm:
+                            q = norm(q, W[A + ".q_norm.weight"])
+                        qr = np_rope(q, p, theta, inter, scaling)
+                        sc = [scale * (qr @ np_rope(ks[s][sl], s, theta, inter, scaling)) for s in vis]
                         vals = [vs[s][sl] for s in vis]
                     w = np_softmax_weights(sc)
                     heads.append(sum(wt * v for wt, v in zip(w, vals)))
@@ -137,7 +187,7 @@ def naive_logits(cfg, W, tokens):
                     cj = norm(cj, W[A + ".kv_a_layernorm.weight"][j * d_c:(j + 1) * d_c])
                 cs.append(cj)
             lat.append(cs)
-            kr.append(np_rope(ckv[h_c * d_c:], s, theta, inter))
+            kr.append(np_rope(ckv[h_c * d_c:], s, theta, inter, scaling))
         Wb = W[A + ".kv_b_proj.weight"]
         bb = W.get(A + ".kv_b_proj.bias")
         for p in range(T):
@@ -149,7 +199,7 @@ def naive_logits(cfg, W, tokens):
             for i in range(h_q):
                 j = i // g
                 q = qall[i * (d_n + d_r):(i + 1) * (d_n + d_r)]
-                qn, qr = q[:d_n], np_rope(q[d_n:], p, theta, inter)
+                qn, qr = q[:d_n], np_rope(q[d_n:], p, theta, inter, scaling)
                 rows = Wb[i * (d_n + d_v):(i + 1) * (d_n + d_v)]
                 W_UK, W_UV = rows[:d_n], rows[d_n:]
                 qt = W_UK.T @ qn                       # q~ (d_c); b_K only shifts all scores equally
