@@ -1,0 +1,104 @@
+#include "tokenizer/tokenizer.h"
+
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "base/text.h"
+#include "gtest/gtest.h"
+
+namespace shardlm {
+namespace {
+
+// A hand-made byte-level BPE: merges by rank, a template that adds <s>, added tokens with
+// lstrip/rstrip, NFC and Replace normalizers.
+TEST(TokenizerTest, TinyBpeEncodesAndDecodes) {
+  auto tok = Tokenizer::Load(SHARDLM_TOKENIZER_TESTDATA "/tiny");
+  ASSERT_TRUE(tok.ok()) << tok.status();
+  // "ab ab": "ab" merges to 3; " ab" is Ġ a b → Ġ ab → Ġab (4).
+  EXPECT_EQ((*tok)->Encode("ab ab", false), (std::vector<int32_t>{3, 4}));
+  EXPECT_EQ((*tok)->Encode("ab ab", true), (std::vector<int32_t>{9, 3, 4}));
+  // The tab becomes a space (Replace) before splitting.
+  EXPECT_EQ((*tok)->Encode("ab\tab", false), (std::vector<int32_t>{3, 4}));
+  // e + combining acute composes (NFC) to é, whose bytes C3 A9 are Ã © in byte-level form,
+  // merged to id 12.
+  EXPECT_EQ((*tok)->Encode("e\xCC\x81", false), (std::vector<int32_t>{12}));
+  // An added token with lstrip/rstrip takes the spaces beside it.
+  EXPECT_EQ((*tok)->Encode("ab <eot> ab", false), (std::vector<int32_t>{3, 10, 3}));
+  EXPECT_EQ((*tok)->Decode({{3, 4, 6}}, false), "ab ab!");
+  EXPECT_EQ((*tok)->Decode({{9, 3, 10}}, true), "ab");
+  EXPECT_EQ((*tok)->Decode({{9, 3, 10}}, false), "<s>ab<eot>");
+  EXPECT_EQ((*tok)->TokenId("Ġab"), 4);
+  EXPECT_EQ((*tok)->TokenId("zz"), -1);
+  EXPECT_EQ((*tok)->vocab_size(), 13);
+}
+
+// Streaming never cuts a character: é is two byte-level tokens (Ã, ©); the first waits.
+TEST(TokenizerTest, StreamHoldsBackHalfCharacters) {
+  auto tok = Tokenizer::Load(SHARDLM_TOKENIZER_TESTDATA "/tiny");
+  ASSERT_TRUE(tok.ok()) << tok.status();
+  StreamDecoder stream(**tok, true);
+  EXPECT_EQ(stream.Next(3), "ab");
+  EXPECT_EQ(stream.Next(8), "");  // the first byte of é
+  EXPECT_EQ(stream.Next(11), "\xC3\xA9");
+  EXPECT_EQ(stream.Next(9), "");  // special, skipped
+  EXPECT_EQ(stream.Next(6), "!");
+  EXPECT_EQ(stream.Next(8), "");
+  EXPECT_EQ(stream.Finish(), "\xEF\xBF\xBD");  // a cut character at the end becomes U+FFFD
+
+  auto bytes = Tokenizer::Bytes(256);
+  StreamDecoder byte_stream(*bytes, false);
+  const std::string euro = "\xE2\x82\xAC";
+  std::string out;
+  for (unsigned char c : euro) {
+    const std::string piece = byte_stream.Next(c);
+    EXPECT_TRUE(IsValidUtf8(piece));
+    out += piece;
+  }
+  out += byte_stream.Finish();
+  EXPECT_EQ(out, euro);
+}
+
+TEST(TokenizerTest, BytesTokenizer) {
+  auto bytes = Tokenizer::Bytes(256);
+  EXPECT_EQ(bytes->Encode("hi", true), (std::vector<int32_t>{256, 'h', 'i'}));
+  EXPECT_EQ(bytes->Encode("hi", false), (std::vector<int32_t>{'h', 'i'}));
+  EXPECT_EQ(bytes->Decode({{256, 'h', 'i', 257}}, false), "hi");
+}
+
+// Every component the loader does not implement is an error that names it.
+TEST(TokenizerTest, UnsupportedPiecesAreNamed) {
+  const std::string model = R"("model": {"type": "BPE", "vocab": {"a": 0}, "merges": []})";
+  const std::pair<std::string, std::string> cases[] = {
+      {R"({"model": {"type": "WordPiece", "vocab": {}}})", "model type \"WordPiece\""},
+      {absl::StrCat("{", model, R"(, "normalizer": {"type": "Lowercase"}})"),
+       "normalizer type \"Lowercase\""},
+      {absl::StrCat("{", model, R"(, "pre_tokenizer": {"type": "BertPreTokenizer"}})"),
+       "pre_tokenizer type \"BertPreTokenizer\""},
+      {absl::StrCat("{", model, R"(, "post_processor": {"type": "RobertaProcessing"}})"),
+       "post_processor type \"RobertaProcessing\""},
+      {absl::StrCat("{", model, R"(, "decoder": {"type": "WordPiece"}})"),
+       "decoder type \"WordPiece\""},
+      {absl::StrCat("{", model, R"(, "pre_tokenizer": {"type": "Split", "pattern": {"Regex": "("},
+           "behavior": "Isolated"}})"),
+       "does not compile"},
+      {R"({"model": {"type": "BPE", "vocab": {"a": 0}, "merges": ["a b"]}})",
+       "not in the vocabulary"},
+      {R"({"model": {"type": "BPE", "vocab": {"a": 0}, "merges": [], "dropout": 0.1}})",
+       "BPE dropout"},
+      {"not json", "not a valid JSON object"},
+      {R"({"model": {"type": "BPE", "vocab": {"a": "zero"}}})", "tokenizer.json"},
+  };
+  for (const auto& [json, needle] : cases) {
+    auto tok = Tokenizer::FromJson(json, "", "tokenizer.json");
+    ASSERT_FALSE(tok.ok()) << json;
+    EXPECT_NE(tok.status().message().find(needle), std::string::npos)
+        << tok.status().message() << "\n  wanted: " << needle;
+  }
+  auto missing = Tokenizer::Load("/nonexistent");
+  ASSERT_FALSE(missing.ok());
+  EXPECT_NE(missing.status().message().find("/nonexistent/tokenizer.json"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace shardlm
