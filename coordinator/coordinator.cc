@@ -1,11 +1,19 @@
 #include "coordinator/coordinator.h"
 
+#include <algorithm>
+
 #include "base/status.h"
+#include "base/text.h"
 
 namespace shardlm {
 
-Coordinator::Coordinator(const SchedulerOptions& options, const ModelDims& dims, Sink sink)
-    : dims_(dims), scheduler_(options), sink_(std::move(sink)), total_pages_(options.num_pages) {}
+Coordinator::Coordinator(const SchedulerOptions& options, const ModelDims& dims, Sink sink,
+                         const Tokenizer* tokenizer)
+    : dims_(dims),
+      tokenizer_(tokenizer),
+      scheduler_(options),
+      sink_(std::move(sink)),
+      total_pages_(options.num_pages) {}
 
 void Coordinator::Submit(int64_t handle, SequenceRequest request) {
   auto seq = std::make_unique<Sequence>();
@@ -23,6 +31,10 @@ void Coordinator::Submit(int64_t handle, SequenceRequest request) {
     prompt_logprobs_[handle].assign(static_cast<size_t>(seq->prompt_len - 1), 0.0);
   }
   seq->sampler = std::make_unique<Sampler>(request.sampling);
+  if (tokenizer_ != nullptr && request.max_new_tokens > 0) {
+    texts_[handle].stream =
+        std::make_unique<StreamDecoder>(*tokenizer_, /*skip_special_tokens=*/true);
+  }
   requests_.emplace(handle, std::move(request));
   scheduler_.Enqueue(std::move(seq));
 }
@@ -62,7 +74,23 @@ absl::Status Coordinator::AfterStep(const std::vector<float>& logits) {
       seq->tokens.push_back(sample.token);
       seq->logprobs.push_back(sample.logprob);
       ++generated_tokens_;
-      if (request.stop_ids.count(sample.token)) {
+      bool stop_string = false;
+      if (auto it = texts_.find(seq->request_index); it != texts_.end()) {
+        Text& t = it->second;
+        const std::string piece = t.stream->Next(sample.token);
+        // A stop string that ends in the new piece; the text keeps what came before it.
+        size_t longest = 0;
+        for (const std::string& stop : request.stop) longest = std::max(longest, stop.size());
+        const size_t from = t.text.size() >= longest ? t.text.size() - longest + 1 : 0;
+        t.text += piece;
+        for (const std::string& stop : request.stop) {
+          if (const size_t at = t.text.find(stop, from); at != std::string::npos) {
+            t.text.resize(at);
+            stop_string = true;
+          }
+        }
+      }
+      if (stop_string || request.stop_ids.count(sample.token)) {
         RETURN_IF_ERROR(Finish(seq, "stop"));
       } else if (seq->generated() >= request.max_new_tokens ||
                  static_cast<int64_t>(seq->tokens.size()) >= dims_.max_positions) {
@@ -88,6 +116,16 @@ absl::Status Coordinator::Finish(Sequence* seq, const char* reason) {
     prompt_logprobs_.erase(it);
   }
   result.finish_reason = reason;
+  if (auto it = texts_.find(result.handle); it != texts_.end()) {
+    result.has_text = true;
+    result.text = std::move(it->second.text);
+    // Held-back bytes belong to the text unless a stop string cut it.
+    const bool cut = !requests_.at(result.handle).stop.empty() && std::string(reason) == "stop" &&
+                     !requests_.at(result.handle).stop_ids.count(result.generated.back());
+    if (!cut) result.text += it->second.stream->Finish();
+    result.text = ReplaceInvalidUtf8(result.text);
+    texts_.erase(it);
+  }
   requests_.erase(result.handle);
   return sink_(std::move(result));
 }

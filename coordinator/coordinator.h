@@ -14,6 +14,7 @@
 #include <functional>
 #include <memory>
 #include <set>
+#include <string>
 #include <unordered_map>
 #include <vector>
 
@@ -24,6 +25,7 @@
 #include "coordinator/scheduler.h"
 #include "engine/model.h"
 #include "proto/shardlm.pb.h"
+#include "tokenizer/tokenizer.h"
 
 namespace shardlm {
 
@@ -33,7 +35,8 @@ struct SequenceRequest {
   int64_t max_new_tokens = 0;    // 0: prefill only, nothing is generated (`score`)
   bool prompt_logprobs = false;  // log p(prompt_t | prompt_<t) for t ≥ 1
   SamplingParams sampling;
-  std::set<int32_t> stop_ids;  // generation ends after sampling one of these
+  std::set<int32_t> stop_ids;     // generation ends after sampling one of these
+  std::vector<std::string> stop;  // ... or once the text contains one of these (not kept)
 };
 
 // A finished sequence.
@@ -44,6 +47,10 @@ struct SequenceResult {
   std::vector<double> logprobs;         // of each generated token, unmodified distribution
   std::vector<double> prompt_logprobs;  // [prompt_len − 1] when asked, else empty
   const char* finish_reason = "";       // "stop", "length", or "prompt" (prefill only)
+  // The generated text (special tokens skipped, cut before a stop string, invalid UTF-8
+  // replaced), when the coordinator has a tokenizer.
+  bool has_text = false;
+  std::string text;
 };
 
 // Rank 0's state: sequences, scheduler, sampling. Free of MPI.
@@ -51,7 +58,9 @@ class Coordinator {
  public:
   // Receives every finished sequence; an error stops the job.
   using Sink = std::function<absl::Status(SequenceResult)>;
-  Coordinator(const SchedulerOptions& options, const ModelDims& dims, Sink sink);
+  // `tokenizer` (may be null) turns generated tokens into text, for results and stop strings.
+  Coordinator(const SchedulerOptions& options, const ModelDims& dims, Sink sink,
+              const Tokenizer* tokenizer = nullptr);
 
   // Queues a sequence. The caller has validated it; one sequence of the model's maximum
   // length always fits (checked at start-up).
@@ -73,13 +82,21 @@ class Coordinator {
  private:
   absl::Status Finish(Sequence* seq, const char* reason);
 
+  // A generating sequence's text so far, when there is a tokenizer.
+  struct Text {
+    std::unique_ptr<StreamDecoder> stream;
+    std::string text;
+  };
+
   const ModelDims& dims_;
+  const Tokenizer* tokenizer_;
   Scheduler scheduler_;
   Sink sink_;
   const int64_t total_pages_;
   // Per sequence (by Sequence::request_index = the client's handle): the request.
   std::unordered_map<int64_t, SequenceRequest> requests_;
   std::unordered_map<int64_t, std::vector<double>> prompt_logprobs_;
+  std::unordered_map<int64_t, Text> texts_;
   std::vector<ScheduledSeq> slices_;  // of the last plan
   int64_t generated_tokens_ = 0;
   int64_t computed_tokens_ = 0;

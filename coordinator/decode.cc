@@ -24,21 +24,31 @@ absl::Status RunJsonlJob(const char* job, const BatchOptions& options, const std
   // Rank 0 opens the files, reads and validates every request (bad ones get an error line
   // now) and queues the rest.
   std::unique_ptr<JsonlWriter> writer;
+  std::unique_ptr<Tokenizer> tokenizer;
   std::unique_ptr<Coordinator> coordinator;
   int64_t errors = 0, done = 0;
   absl::Status open_status;
   if (comm.rank() == 0) {
     std::ifstream in;
-    open_status = OpenRequestFiles(input, output, &in, &writer);
+    absl::StatusOr<std::unique_ptr<Tokenizer>> loaded =
+        LoadModelTokenizer(options.model_dir, model.dims());
+    open_status = loaded.status();
+    if (open_status.ok()) {
+      tokenizer = std::move(*loaded);
+      open_status = OpenRequestFiles(input, output, &in, &writer);
+    }
     if (open_status.ok()) {
       const SchedulerOptions scheduler{cache->num_pages(), options.cache.page_size,
                                        options.max_batch, options.max_batch_tokens};
       coordinator = std::make_unique<Coordinator>(
-          scheduler, model.dims(), [&](SequenceResult result) -> absl::Status {
+          scheduler, model.dims(),
+          [&](SequenceResult result) -> absl::Status {
             ++done;
             return writer->Write(client.result_line(result));
-          });
-      absl::StatusOr<int64_t> read = client.read(in, writer.get(), coordinator.get());
+          },
+          tokenizer.get());
+      absl::StatusOr<int64_t> read =
+          client.read(in, writer.get(), coordinator.get(), tokenizer.get());
       open_status = read.status();
       if (read.ok()) errors = *read;
     }
@@ -89,12 +99,13 @@ absl::Status RunDecode(const DecodeOptions& options, Model& model, Comm& comm) {
   const ModelDims& dims = model.dims();
   std::vector<JsonValue> ids;  // by handle
   JsonlClient client;
-  client.read = [&](std::istream& in, JsonlWriter* writer,
-                    Coordinator* coordinator) -> absl::StatusOr<int64_t> {
+  client.read = [&](std::istream& in, JsonlWriter* writer, Coordinator* coordinator,
+                    const Tokenizer* tokenizer) -> absl::StatusOr<int64_t> {
     RequestReader<DecodeRequest> reader(
         in, options.input, writer,
         [&](const JsonObject& object) {
-          return ParseDecodeRequest(object, dims, options.max_new_tokens, options.sampling);
+          return ParseDecodeRequest(object, dims, options.max_new_tokens, options.sampling,
+                                    tokenizer);
         },
         "error");
     while (true) {
@@ -105,6 +116,7 @@ absl::Status RunDecode(const DecodeOptions& options, Model& model, Comm& comm) {
       sequence.max_new_tokens = request->max_new_tokens;
       sequence.sampling = request->sampling;
       sequence.stop_ids = std::move(request->stop_ids);
+      sequence.stop = std::move(request->stop);
       coordinator->Submit(static_cast<int64_t>(ids.size()), std::move(sequence));
       ids.push_back(std::move(request->id));
     }
@@ -115,9 +127,7 @@ absl::Status RunDecode(const DecodeOptions& options, Model& model, Comm& comm) {
     out.Set("id", ids[result.handle])
         .Set("prompt_tokens", NumberValue(static_cast<double>(result.prompt_len)))
         .Set("tokens", IntList(result.generated));
-    if (dims.byte_tokenizer) {
-      out.Set("text", StringValue(ReplaceInvalidUtf8(ByteDecode(result.generated))));
-    }
+    if (result.has_text) out.Set("text", StringValue(result.text));
     out.Set("logprobs", NumberList(result.logprobs))
         .Set("finish_reason", StringValue(result.finish_reason));
     return out;

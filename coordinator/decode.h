@@ -20,6 +20,7 @@ namespace shardlm {
 
 // The batching flags `decode` and `score` share.
 struct BatchOptions {
+  std::string model_dir;  // rank 0 loads the tokenizer from it
   CacheOptions cache;
   // Caps the context (prompt plus generated tokens) below the model's max_position_embeddings,
   // as vLLM's --max-model-len does; 0: the model's own.
@@ -42,7 +43,9 @@ struct DecodeOptions {
 struct JsonlClient {
   // Reads every request line: submits the valid ones, writes an error line for each bad one
   // (the others still run) and returns how many it wrote.
-  std::function<absl::StatusOr<int64_t>(std::istream&, JsonlWriter*, Coordinator*)> read;
+  std::function<absl::StatusOr<int64_t>(std::istream&, JsonlWriter*, Coordinator*,
+                                        const Tokenizer*)>
+      read;
   std::function<JsonLine(const SequenceResult&)> result_line;
   // What the summary line counts: tokens "generated" (decode) or "scored" (score).
   bool count_generated = true;

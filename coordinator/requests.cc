@@ -5,8 +5,8 @@
 
 namespace shardlm {
 
-absl::StatusOr<std::vector<int32_t>> RequestTokens(const JsonObject& request,
-                                                   const ModelDims& dims) {
+absl::StatusOr<std::vector<int32_t>> RequestTokens(const JsonObject& request, const ModelDims& dims,
+                                                   const Tokenizer* tokenizer) {
   const JsonValue* tokens = FindField(request, "tokens");
   const JsonValue* prompt = FindField(request, "prompt");
   const JsonValue* text = FindField(request, "text");
@@ -19,12 +19,16 @@ absl::StatusOr<std::vector<int32_t>> RequestTokens(const JsonObject& request,
     ASSIGN_OR_RETURN(ids, GetIntList(*tokens, "tokens"));
   } else {
     const char* key = prompt != nullptr ? "prompt" : "text";
-    if (!dims.byte_tokenizer) {
+    if (tokenizer == nullptr && !dims.byte_tokenizer) {
       return absl::InvalidArgumentError(absl::StrCat(
           "\"", key, "\" needs a model with a tokenizer; this one takes \"tokens\" only"));
     }
     ASSIGN_OR_RETURN(std::string s, GetString(prompt != nullptr ? *prompt : *text, key));
-    ids = ByteEncode(s, dims.bos_token_id);
+    if (tokenizer != nullptr) {
+      for (const int32_t id : tokenizer->Encode(s, /*add_special_tokens=*/true)) ids.push_back(id);
+    } else {
+      ids = ByteEncode(s, dims.bos_token_id);
+    }
   }
   if (ids.empty()) return absl::InvalidArgumentError("empty prompt");
   std::vector<int32_t> out;
@@ -39,13 +43,14 @@ absl::StatusOr<std::vector<int32_t>> RequestTokens(const JsonObject& request,
   return out;
 }
 
-absl::StatusOr<ScoreRequest> ParseScoreRequest(const JsonObject& object, const ModelDims& dims) {
+absl::StatusOr<ScoreRequest> ParseScoreRequest(const JsonObject& object, const ModelDims& dims,
+                                               const Tokenizer* tokenizer) {
   RETURN_IF_ERROR(CheckKnownFields(object, {"id", "tokens", "text", "prompt"}));
   ScoreRequest request;
   const JsonValue* id = FindField(object, "id");
   if (id == nullptr) return absl::InvalidArgumentError("missing \"id\"");
   ASSIGN_OR_RETURN(request.id, GetId(*id));
-  ASSIGN_OR_RETURN(request.tokens, RequestTokens(object, dims));
+  ASSIGN_OR_RETURN(request.tokens, RequestTokens(object, dims, tokenizer));
   if (static_cast<int64_t>(request.tokens.size()) > dims.max_positions) {
     return absl::InvalidArgumentError(
         absl::StrCat(request.tokens.size(), " tokens exceed the context length ",
@@ -56,15 +61,16 @@ absl::StatusOr<ScoreRequest> ParseScoreRequest(const JsonObject& object, const M
 
 absl::StatusOr<DecodeRequest> ParseDecodeRequest(const JsonObject& object, const ModelDims& dims,
                                                  int64_t default_max_new_tokens,
-                                                 const SamplingParams& default_sampling) {
+                                                 const SamplingParams& default_sampling,
+                                                 const Tokenizer* tokenizer) {
   RETURN_IF_ERROR(
       CheckKnownFields(object, {"id", "prompt", "text", "tokens", "max_new_tokens", "temperature",
-                                "top_k", "top_p", "seed", "stop_token_ids"}));
+                                "top_k", "top_p", "seed", "stop_token_ids", "stop"}));
   DecodeRequest r;
   const JsonValue* id = FindField(object, "id");
   if (id == nullptr) return absl::InvalidArgumentError("missing \"id\"");
   ASSIGN_OR_RETURN(r.id, GetId(*id));
-  ASSIGN_OR_RETURN(r.prompt, RequestTokens(object, dims));
+  ASSIGN_OR_RETURN(r.prompt, RequestTokens(object, dims, tokenizer));
   const int64_t prompt_len = static_cast<int64_t>(r.prompt.size());
   if (prompt_len >= dims.max_positions) {
     return absl::InvalidArgumentError(absl::StrCat(
@@ -110,6 +116,26 @@ absl::StatusOr<DecodeRequest> ParseDecodeRequest(const JsonObject& object, const
             absl::StrCat("stop token id ", t, " is outside the vocabulary [0, ", dims.vocab, ")"));
       }
       r.stop_ids.insert(static_cast<int32_t>(t));
+    }
+  }
+  if (const JsonValue* v = FindField(object, "stop")) {
+    // A string or a list of strings (as OpenAI's "stop"), each non-empty; at most 16.
+    if (v->kind_case() == JsonValue::kStringValue) {
+      r.stop.push_back(v->string_value());
+    } else if (v->kind_case() == JsonValue::kListValue) {
+      for (const JsonValue& e : v->list_value().values()) {
+        ASSIGN_OR_RETURN(std::string stop, GetString(e, "stop"));
+        r.stop.push_back(std::move(stop));
+      }
+    } else {
+      return absl::InvalidArgumentError("\"stop\" must be a string or a list of strings");
+    }
+    if (r.stop.size() > 16) return absl::InvalidArgumentError("\"stop\" has more than 16 strings");
+    for (const std::string& stop : r.stop) {
+      if (stop.empty()) return absl::InvalidArgumentError("\"stop\" strings must not be empty");
+    }
+    if (!r.stop.empty() && tokenizer == nullptr && !dims.byte_tokenizer) {
+      return absl::InvalidArgumentError("\"stop\" needs a model with a tokenizer");
     }
   }
   return r;

@@ -17,14 +17,17 @@
 #include "coordinator/sampler.h"
 #include "engine/jsonl.h"
 #include "shard/dims.h"
+#include "tokenizer/tokenizer.h"
 
 namespace shardlm {
 
 // The request's tokens: "tokens" used exactly as given, or "prompt"/"text"
 // tokenized (byte tokenizer) with bos_token_id in front. Exactly one of them;
 // non-empty; every id inside the vocabulary.
-absl::StatusOr<std::vector<int32_t>> RequestTokens(const JsonObject& request,
-                                                   const ModelDims& dims);
+// `tokenizer` (rank 0's, from the model directory) encodes text with the special tokens its
+// files add (BOS, …); without one, a model with "tokenizer": "bytes" uses the byte codec.
+absl::StatusOr<std::vector<int32_t>> RequestTokens(const JsonObject& request, const ModelDims& dims,
+                                                   const Tokenizer* tokenizer = nullptr);
 
 // Distinct keys for string ids and integer ids ("7" and 7 are different ids).
 std::string IdKey(const JsonValue& id);
@@ -37,7 +40,8 @@ struct ScoreRequest {
   JsonValue id;
   std::vector<int32_t> tokens;
 };
-absl::StatusOr<ScoreRequest> ParseScoreRequest(const JsonObject& object, const ModelDims& dims);
+absl::StatusOr<ScoreRequest> ParseScoreRequest(const JsonObject& object, const ModelDims& dims,
+                                               const Tokenizer* tokenizer = nullptr);
 
 // A validated `decode` line; fields it omits take the job's defaults.
 struct DecodeRequest {
@@ -45,11 +49,13 @@ struct DecodeRequest {
   std::vector<int32_t> prompt;
   int64_t max_new_tokens = 0;
   SamplingParams sampling;
-  std::set<int32_t> stop_ids;  // EOS ids and the request's stop_token_ids
+  std::set<int32_t> stop_ids;     // EOS ids and the request's stop_token_ids
+  std::vector<std::string> stop;  // "stop": strings that end generation, matched on the text
 };
 absl::StatusOr<DecodeRequest> ParseDecodeRequest(const JsonObject& object, const ModelDims& dims,
                                                  int64_t default_max_new_tokens,
-                                                 const SamplingParams& default_sampling);
+                                                 const SamplingParams& default_sampling,
+                                                 const Tokenizer* tokenizer = nullptr);
 
 // Rank 0's two files for `decode` and `score`: opens the requests for reading
 // and creates (truncates) the results file. Errors name the file.

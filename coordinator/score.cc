@@ -11,11 +11,12 @@ absl::Status RunScore(const ScoreOptions& options, Model& model, Comm& comm) {
   const ModelDims& dims = model.dims();
   std::vector<JsonValue> ids;  // by handle
   JsonlClient client;
-  client.read = [&](std::istream& in, JsonlWriter* writer,
-                    Coordinator* coordinator) -> absl::StatusOr<int64_t> {
-    RequestReader<ScoreRequest> reader(
-        in, options.input, writer,
-        [&dims](const JsonObject& object) { return ParseScoreRequest(object, dims); });
+  client.read = [&](std::istream& in, JsonlWriter* writer, Coordinator* coordinator,
+                    const Tokenizer* tokenizer) -> absl::StatusOr<int64_t> {
+    RequestReader<ScoreRequest> reader(in, options.input, writer,
+                                       [&dims, tokenizer](const JsonObject& object) {
+                                         return ParseScoreRequest(object, dims, tokenizer);
+                                       });
     while (true) {
       ASSIGN_OR_RETURN(std::optional<ScoreRequest> request, reader.Next());
       if (!request.has_value()) break;

@@ -1,11 +1,18 @@
-// The built-in byte tokenizer (config "tokenizer": "bytes"): token id = byte
-// value, 0..255; text gets bos_token_id in front (DESIGN §6).
+// Rank 0's tokenizer for a model: tokenizer.json (tokenizer/) when the directory has one, the
+// built-in byte codec for configs with "tokenizer": "bytes" (token id = byte value, 0..255;
+// text gets bos_token_id in front, DESIGN §6), else none (requests then give "tokens").
 #ifndef SHARDLM_COORDINATOR_TOKEN_CODEC_H_
 #define SHARDLM_COORDINATOR_TOKEN_CODEC_H_
 
 #include <cstdint>
+#include <filesystem>
+#include <memory>
 #include <string>
 #include <vector>
+
+#include "absl/status/statusor.h"
+#include "shard/dims.h"
+#include "tokenizer/tokenizer.h"
 
 namespace shardlm {
 
@@ -17,13 +24,15 @@ inline std::vector<int64_t> ByteEncode(const std::string& text, int64_t bos_toke
   return ids;
 }
 
-// Ids above 255 (BOS, EOS, …) are not text and are dropped.
-inline std::string ByteDecode(const std::vector<int32_t>& ids) {
-  std::string text;
-  for (int32_t id : ids) {
-    if (id >= 0 && id < 256) text.push_back(static_cast<char>(id));
+// Null (and OK) when the model has no tokenizer.
+inline absl::StatusOr<std::unique_ptr<Tokenizer>> LoadModelTokenizer(const std::string& model_dir,
+                                                                     const ModelDims& dims) {
+  if (dims.byte_tokenizer) return Tokenizer::Bytes(static_cast<int32_t>(dims.bos_token_id));
+  std::error_code ec;
+  if (!std::filesystem::exists(model_dir + "/tokenizer.json", ec)) {
+    return std::unique_ptr<Tokenizer>();
   }
-  return text;
+  return Tokenizer::Load(model_dir);
 }
 
 }  // namespace shardlm

@@ -12,6 +12,7 @@
 #include "comm/watchdog.h"
 #include "coordinator/decode.h"
 #include "coordinator/score.h"
+#include "coordinator/tokenize.h"
 #include "engine/config.h"
 #include "engine/make_model.h"
 #include "engine/model.h"
@@ -27,6 +28,7 @@ constexpr char kUsage[] =
     "commands:\n"
     "  decode       generate continuations of prompts (JSONL in, JSONL out)\n"
     "  score        per-token logprobs of sequences (JSONL in, JSONL out)\n"
+    "  tokenize     text to token ids and back with a model's tokenizer\n"
     "  make-model   write a deterministic random checkpoint\n"
     "  inspect      print a model's parameters, shard plan and cache bytes per rank\n"
     "  bench        decode step time vs the bandwidth roofline, cache bytes and capacity per rank\n"
@@ -51,6 +53,7 @@ absl::Status SetCompute(const Flags& flags, Comm& comm) {
 
 // The batching flags `decode` and `score` share.
 absl::Status ParseBatchOptions(const Flags& flags, BatchOptions* o) {
+  ASSIGN_OR_RETURN(o->model_dir, flags.Required("model"));
   ASSIGN_OR_RETURN(o->cache.page_size, flags.Int("page-size", 16, 1, 1 << 20));
   ASSIGN_OR_RETURN(o->cache.kv_cache_mb, flags.Double("kv-cache-mb", 256, 1e-6, 1e9));
   ASSIGN_OR_RETURN(o->max_batch, flags.Int("max-batch", 32, 1, 1 << 16));
@@ -89,6 +92,15 @@ absl::Status RunDecodeCommand(const Flags& flags, Comm& comm) {
   auto model = Model::Load(model_dir, comm.rank(), comm.size());
   RETURN_IF_ERROR(AgreeOnStatus(comm, model.status()));
   return RunDecode(options, **model, comm);
+}
+
+absl::Status RunTokenizeCommand(const Flags& flags, Comm& comm) {
+  TokenizeOptions options;
+  ASSIGN_OR_RETURN(options.model_dir, flags.Required("model"));
+  ASSIGN_OR_RETURN(options.input, flags.Required("input"));
+  ASSIGN_OR_RETURN(options.output, flags.Required("output"));
+  options.add_special_tokens = flags.Bool("add-special-tokens");
+  return AgreeOnStatus(comm, comm.rank() == 0 ? RunTokenize(options) : absl::OkStatus());
 }
 
 absl::Status RunBenchCommand(const Flags& flags, Comm& comm) {
@@ -221,6 +233,15 @@ const std::vector<Command>& Commands() {
         {"no-biases", false, "omit the preset's optional biases"},
         {"help", false, "this message"}},
        RunMakeModel},
+      {"tokenize",
+       "text to token ids and back with a model's tokenizer (no weights needed)",
+       {{"model", true, "model directory (config.json + tokenizer.json)"},
+        {"input", true, "JSONL {\"id\", \"text\"} or {\"id\", \"tokens\"}"},
+        {"output", true, "JSONL {\"id\", \"tokens\"} or {\"id\", \"text\"}"},
+        {"add-special-tokens", false,
+         "encode with the tokenizer's special tokens (BOS, …); decode keeps them"},
+        {"help", false, "this message"}},
+       RunTokenizeCommand},
       {"inspect",
        "parameters, shard plan and cache bytes per rank",
        {{"model", true, "checkpoint directory"},
