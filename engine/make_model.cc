@@ -141,7 +141,9 @@ absl::StatusOr<ModelConfig> PresetConfig(const std::string& preset, const std::s
         "unknown attention \"", attention, "\"; expected one of mha, mqa, gqa, gta, mla, gla"));
   }
   if (preset == "llama-3.2-1b") {
-    // The rest of Llama-3.2-1B's config: theta, llama3 RoPE scaling, tied embeddings, ids.
+    // The rest of Llama-3.2-1B's config: theta, llama3 RoPE scaling, tied embeddings, ids; its
+    // vocabulary is Llama 3's, so the tokenizer is a tokenizer.json put beside the weights.
+    c.clear_tokenizer();
     c.set_rope_theta(500000.0);
     c.set_tie_word_embeddings(true);
     c.set_bos_token_id(128000);
