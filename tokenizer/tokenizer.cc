@@ -686,8 +686,10 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> JsonTokenizer::Build(const Json& j, c
   if (model.contains("dropout") && !model["dropout"].is_null()) {
     return Unsupported(source, "BPE dropout");
   }
-  for (const auto& [token, id] : model.at("vocab").items()) {
-    t->vocab_[token] = id.get<int32_t>();
+  const Json& vocab = model.at("vocab");
+  t->vocab_.reserve(vocab.size() + 1024);
+  for (const auto& [token, id] : vocab.items()) {
+    t->vocab_.emplace(token, id.get<int32_t>());
   }
   for (const Json& a : j.value("added_tokens", Json::array())) {
     AddedToken added{a.at("content").get<std::string>(), a.at("id").get<int32_t>(),
@@ -713,7 +715,10 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> JsonTokenizer::Build(const Json& j, c
     if (id >= 0) t->id_to_token_[id] = token;
   }
   int32_t rank = 0;
-  for (const Json& m : model.value("merges", Json::array())) {
+  const Json no_merges = Json::array();
+  const Json& merges = model.contains("merges") ? model["merges"] : no_merges;
+  t->merges_.reserve(merges.size());
+  for (const Json& m : merges) {
     std::string left, right;
     if (m.is_string()) {
       const std::string s = m.get<std::string>();
