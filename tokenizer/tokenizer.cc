@@ -13,6 +13,7 @@
 #include <unordered_set>
 #include <utility>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_replace.h"
 #include "base/status.h"
@@ -633,13 +634,6 @@ struct AddedToken {
   bool special = false, lstrip = false, rstrip = false, single_word = false;
 };
 
-struct PairHash {
-  size_t operator()(const std::pair<int32_t, int32_t>& p) const {
-    return std::hash<uint64_t>()((static_cast<uint64_t>(p.first) << 32) ^
-                                 static_cast<uint32_t>(p.second));
-  }
-};
-
 class JsonTokenizer final : public Tokenizer {
  public:
   static absl::StatusOr<std::unique_ptr<Tokenizer>> Build(const Json& j, const Json& config,
@@ -649,7 +643,7 @@ class JsonTokenizer final : public Tokenizer {
   std::string Decode(std::span<const int32_t> ids, bool skip_special_tokens) const override;
   int64_t vocab_size() const override { return vocab_size_; }
   int32_t TokenId(std::string_view token) const override {
-    const auto it = vocab_.find(std::string(token));
+    const auto it = vocab_.find(absl::string_view(token.data(), token.size()));
     return it == vocab_.end() ? -1 : it->second;
   }
 
@@ -657,9 +651,9 @@ class JsonTokenizer final : public Tokenizer {
   void EncodeWord(const std::string& word, std::vector<int32_t>* ids) const;
   void EncodeSegment(std::string segment, std::vector<int32_t>* ids) const;
 
-  std::unordered_map<std::string, int32_t> vocab_;  // model vocabulary and added tokens
+  absl::flat_hash_map<std::string, int32_t> vocab_;  // model vocabulary and added tokens
   std::vector<std::string> id_to_token_;
-  std::unordered_map<std::pair<int32_t, int32_t>, std::pair<int32_t, int32_t>, PairHash>
+  absl::flat_hash_map<std::pair<int32_t, int32_t>, std::pair<int32_t, int32_t>>
       merges_;                                         // (left id, right id) → (rank, merged id)
   std::vector<AddedToken> added_;                      // longest content first
   std::vector<const AddedToken*> added_by_byte_[256];  // by first byte, longest first
@@ -673,7 +667,7 @@ class JsonTokenizer final : public Tokenizer {
   std::string continuing_prefix_, end_suffix_;
   bool clean_up_spaces_ = false;
   int64_t vocab_size_ = 0;
-  mutable std::unordered_map<std::string, std::vector<int32_t>> cache_;  // word → ids
+  mutable absl::flat_hash_map<std::string, std::vector<int32_t>> cache_;  // word → ids
 };
 
 absl::StatusOr<std::unique_ptr<Tokenizer>> JsonTokenizer::Build(const Json& j, const Json& config,
@@ -718,27 +712,32 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> JsonTokenizer::Build(const Json& j, c
   const Json no_merges = Json::array();
   const Json& merges = model.contains("merges") ? model["merges"] : no_merges;
   t->merges_.reserve(merges.size());
+  std::string joined;  // left + right, reused
   for (const Json& m : merges) {
-    std::string left, right;
+    absl::string_view left, right;
     if (m.is_string()) {
-      const std::string s = m.get<std::string>();
+      const std::string& s = m.get_ref<const std::string&>();
       const size_t space = s.find(' ', 1);
       if (space == std::string::npos) {
         return absl::InvalidArgumentError(
             absl::StrCat(source, ": bad merge \"", Printable(s), "\""));
       }
-      left = s.substr(0, space);
-      right = s.substr(space + 1);
+      left = absl::string_view(s.data(), space);
+      right = absl::string_view(s.data() + space + 1, s.size() - space - 1);
     } else {
-      left = m.at(0).get<std::string>();
-      right = m.at(1).get<std::string>();
+      const std::string& l = m.at(0).get_ref<const std::string&>();
+      const std::string& r = m.at(1).get_ref<const std::string&>();
+      left = absl::string_view(l.data(), l.size());
+      right = absl::string_view(r.data(), r.size());
     }
-    const auto l = t->vocab_.find(left), r = t->vocab_.find(right),
-               merged = t->vocab_.find(left + right);
+    joined.assign(left.data(), left.size());
+    joined.append(right.data(), right.size());
+    const auto l = t->vocab_.find(left), r = t->vocab_.find(right), merged = t->vocab_.find(joined);
     if (l == t->vocab_.end() || r == t->vocab_.end() || merged == t->vocab_.end()) {
-      return absl::InvalidArgumentError(absl::StrCat(source, ": merge \"", Printable(left), " ",
-                                                     Printable(right),
-                                                     "\" has a part not in the vocabulary"));
+      return absl::InvalidArgumentError(
+          absl::StrCat(source, ": merge \"", Printable(std::string_view(left.data(), left.size())),
+                       " ", Printable(std::string_view(right.data(), right.size())),
+                       "\" has a part not in the vocabulary"));
     }
     t->merges_.emplace(std::make_pair(l->second, r->second),
                        std::make_pair(rank++, merged->second));
