@@ -140,6 +140,25 @@ absl::StatusOr<std::unique_ptr<Regex>> Pattern(const Json& p, const std::string&
   return absl::InvalidArgumentError(absl::StrCat(source, ": a pattern needs String or Regex"));
 }
 
+// The parts of a Sequence component: each built by `make`; null parts (JSON null) are skipped.
+template <typename T, typename Make>
+absl::StatusOr<std::vector<std::unique_ptr<T>>> MakeParts(const Json& list, const Make& make,
+                                                          const std::string& source) {
+  std::vector<std::unique_ptr<T>> parts;
+  for (const Json& item : list) {
+    ASSIGN_OR_RETURN(std::unique_ptr<T> part, make(item, source));
+    if (part != nullptr) parts.push_back(std::move(part));
+  }
+  return parts;
+}
+
+// Metaspace's prepend_scheme, or what the older add_prefix_space means.
+std::string MetaspaceScheme(const Json& j) {
+  std::string scheme = j.value("prepend_scheme", "");
+  if (scheme.empty()) scheme = j.value("add_prefix_space", true) ? "always" : "never";
+  return scheme;
+}
+
 // ---------------------------------------------------------------------------
 // Normalizers: text → text.
 
@@ -218,11 +237,8 @@ absl::StatusOr<std::unique_ptr<Normalizer>> MakeNormalizer(const Json& j,
         new ReplaceNormalizer(std::move(pattern), j.at("content").get<std::string>()));
   }
   if (type == "Sequence") {
-    std::vector<std::unique_ptr<Normalizer>> parts;
-    for (const Json& n : j.at("normalizers")) {
-      ASSIGN_OR_RETURN(auto part, MakeNormalizer(n, source));
-      if (part != nullptr) parts.push_back(std::move(part));
-    }
+    ASSIGN_OR_RETURN(auto parts,
+                     MakeParts<Normalizer>(j.at("normalizers"), MakeNormalizer, source));
     return std::unique_ptr<Normalizer>(new SequenceNormalizer(std::move(parts)));
   }
   return Unsupported(source, absl::StrCat("normalizer type \"", Printable(type), "\""));
@@ -441,8 +457,7 @@ absl::StatusOr<std::unique_ptr<PreTokenizer>> MakePreTokenizer(const Json& j,
         new ByteLevelPreTokenizer(j.value("add_prefix_space", true), std::move(regex)));
   }
   if (type == "Metaspace") {
-    std::string scheme = j.value("prepend_scheme", "");
-    if (scheme.empty()) scheme = j.value("add_prefix_space", true) ? "always" : "never";
+    const std::string scheme = MetaspaceScheme(j);
     if (scheme != "always" && scheme != "first" && scheme != "never") {
       return Unsupported(source, absl::StrCat("Metaspace prepend_scheme \"", scheme, "\""));
     }
@@ -456,11 +471,8 @@ absl::StatusOr<std::unique_ptr<PreTokenizer>> MakePreTokenizer(const Json& j,
         new SplitPreTokenizer(std::move(regex), SplitBehavior::kIsolated, false));
   }
   if (type == "Sequence") {
-    std::vector<std::unique_ptr<PreTokenizer>> parts;
-    for (const Json& p : j.at("pretokenizers")) {
-      ASSIGN_OR_RETURN(auto part, MakePreTokenizer(p, source));
-      if (part != nullptr) parts.push_back(std::move(part));
-    }
+    ASSIGN_OR_RETURN(auto parts,
+                     MakeParts<PreTokenizer>(j.at("pretokenizers"), MakePreTokenizer, source));
     return std::unique_ptr<PreTokenizer>(new SequencePreTokenizer(std::move(parts)));
   }
   return Unsupported(source, absl::StrCat("pre_tokenizer type \"", Printable(type), "\""));
@@ -609,17 +621,11 @@ absl::StatusOr<std::unique_ptr<Decoder>> MakeDecoder(const Json& j, const std::s
         new StripDecoder(j.value("content", " "), j.value("start", 0), j.value("stop", 0)));
   }
   if (type == "Metaspace") {
-    std::string scheme = j.value("prepend_scheme", "");
-    if (scheme.empty()) scheme = j.value("add_prefix_space", true) ? "always" : "never";
-    return std::unique_ptr<Decoder>(
-        new MetaspaceDecoder(j.value("replacement", "\xE2\x96\x81"), scheme != "never"));
+    return std::unique_ptr<Decoder>(new MetaspaceDecoder(j.value("replacement", "\xE2\x96\x81"),
+                                                         MetaspaceScheme(j) != "never"));
   }
   if (type == "Sequence") {
-    std::vector<std::unique_ptr<Decoder>> parts;
-    for (const Json& d : j.at("decoders")) {
-      ASSIGN_OR_RETURN(auto part, MakeDecoder(d, source));
-      if (part != nullptr) parts.push_back(std::move(part));
-    }
+    ASSIGN_OR_RETURN(auto parts, MakeParts<Decoder>(j.at("decoders"), MakeDecoder, source));
     return std::unique_ptr<Decoder>(new SequenceDecoder(std::move(parts)));
   }
   return Unsupported(source, absl::StrCat("decoder type \"", Printable(type), "\""));
