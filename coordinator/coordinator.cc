@@ -78,16 +78,16 @@ absl::Status Coordinator::AfterStep(const std::vector<float>& logits) {
       if (auto it = texts_.find(seq->request_index); it != texts_.end()) {
         Text& t = it->second;
         const std::string piece = t.stream->Next(sample.token);
-        // A stop string that ends in the new piece; the text keeps what came before it.
+        // The earliest stop string that ends in the new piece; the text keeps what is before it.
         size_t longest = 0;
         for (const std::string& stop : request.stop) longest = std::max(longest, stop.size());
         const size_t from = t.text.size() >= longest ? t.text.size() - longest + 1 : 0;
         t.text += piece;
-        for (const std::string& stop : request.stop) {
-          if (const size_t at = t.text.find(stop, from); at != std::string::npos) {
-            t.text.resize(at);
-            stop_string = true;
-          }
+        size_t cut = std::string::npos;
+        for (const std::string& stop : request.stop) cut = std::min(cut, t.text.find(stop, from));
+        if (cut != std::string::npos) {
+          t.text.resize(cut);
+          t.cut = stop_string = true;
         }
       }
       if (stop_string || request.stop_ids.count(sample.token)) {
@@ -120,9 +120,7 @@ absl::Status Coordinator::Finish(Sequence* seq, const char* reason) {
     result.has_text = true;
     result.text = std::move(it->second.text);
     // Held-back bytes belong to the text unless a stop string cut it.
-    const bool cut = !requests_.at(result.handle).stop.empty() && std::string(reason) == "stop" &&
-                     !requests_.at(result.handle).stop_ids.count(result.generated.back());
-    if (!cut) result.text += it->second.stream->Finish();
+    if (!it->second.cut) result.text += it->second.stream->Finish();
     result.text = ReplaceInvalidUtf8(result.text);
     texts_.erase(it);
   }

@@ -86,6 +86,7 @@ class Coordinator {
   struct Text {
     std::unique_ptr<StreamDecoder> stream;
     std::string text;
+    bool cut = false;  // a stop string ended it
   };
 
   const ModelDims& dims_;
