@@ -95,10 +95,11 @@ class TextInTextOut(unittest.TestCase):
         stop = next((text[i:i + 3] for i in range(2, len(text) - 3) if text[i:i + 3].strip()), None)
         self.assertIsNotNone(stop, f"16 random tokens gave too little text: {text!r}")
         first = text.find(stop)
-        # Listed after a later one and a missing one, the earliest match still ends the text.
-        later = text[first + 1:first + 6]
+        # Whatever the list order, the earliest match of any of them ends the text.
+        stops = [text[first + 1:first + 6], "never appears", stop]
+        first = min(text.find(x) for x in stops if x in text)
         got = self.decode("stop", [{"id": "a", "prompt": PROMPTS[0], "max_new_tokens": 16,
-                                    "stop": [later, "never appears", stop]}])["a"]
+                                    "stop": stops}])["a"]
         self.assertEqual(got["finish_reason"], "stop")
         self.assertEqual(got["text"], text[:first])
         self.assertLessEqual(len(got["tokens"]), len(base["a"]["tokens"]))
