@@ -290,46 +290,31 @@ void SplitPiece(const std::string& s, const Regex& regex, SplitBehavior behavior
         if (!m) out->push_back(std::move(t));
       }
       return;
-    case SplitBehavior::kMergedWithPrevious: {
-      Pieces merged;
-      bool prev_plain = false;
-      for (auto& [t, m] : parts) {
-        if (m && prev_plain && !merged.empty()) {
-          merged.back() += t;
-        } else {
-          merged.push_back(std::move(t));
-        }
-        prev_plain = !m;
-      }
-      for (auto& t : merged) out->push_back(std::move(t));
-      return;
-    }
-    case SplitBehavior::kMergedWithNext: {
-      Pieces merged;
-      bool prev_delim = false;
-      for (auto& [t, m] : parts) {
-        if (!m && prev_delim && !merged.empty()) {
-          merged.back() += t;
-        } else {
-          merged.push_back(std::move(t));
-        }
-        prev_delim = m;
-      }
-      for (auto& t : merged) out->push_back(std::move(t));
-      return;
-    }
+    case SplitBehavior::kMergedWithPrevious:
+    case SplitBehavior::kMergedWithNext:
     case SplitBehavior::kContiguous: {
-      Pieces merged;
+      // Whether a part joins the piece before it: a delimiter after plain text (previous), plain
+      // text after a delimiter (next), a delimiter after a delimiter (contiguous).
+      auto joins = [behavior](bool delim, bool prev_delim) {
+        switch (behavior) {
+          case SplitBehavior::kMergedWithPrevious:
+            return delim && !prev_delim;
+          case SplitBehavior::kMergedWithNext:
+            return !delim && prev_delim;
+          default:
+            return delim && prev_delim;
+        }
+      };
+      const size_t first = out->size();  // pieces of earlier calls are not joined
       bool prev_delim = false;
       for (auto& [t, m] : parts) {
-        if (m && prev_delim && !merged.empty()) {
-          merged.back() += t;
+        if (out->size() > first && joins(m, prev_delim)) {
+          out->back() += t;
         } else {
-          merged.push_back(std::move(t));
+          out->push_back(std::move(t));
         }
         prev_delim = m;
       }
-      for (auto& t : merged) out->push_back(std::move(t));
       return;
     }
   }

@@ -66,6 +66,37 @@ TEST(TokenizerTest, BytesTokenizer) {
   EXPECT_EQ(bytes->Decode({{256, 'h', 'i', 257}}, false), "hi");
 }
 
+// Split behaviours, on the example of the tokenizers library's documentation
+// ("the-final--countdown", delimiter "-"): each piece is a whole vocabulary entry.
+TEST(TokenizerTest, SplitBehaviours) {
+  const std::vector<std::string> vocab = {"the",    "-",      "final",      "countdown", "the-",
+                                          "final-", "-final", "-countdown", "--"};
+  std::string vocab_json;
+  for (size_t i = 0; i < vocab.size(); ++i) {
+    absl::StrAppend(&vocab_json, i ? ", " : "", "\"", vocab[i], "\": ", i);
+  }
+  auto ids = [&](const std::string& behavior) {
+    const std::string json = absl::StrCat(
+        R"({"model": {"type": "BPE", "ignore_merges": true, "merges": [], "vocab": {)", vocab_json,
+        R"(}}, "pre_tokenizer": {"type": "Split", "pattern": {"String": "-"}, "behavior": ")",
+        behavior, R"("}})");
+    auto tok = Tokenizer::FromJson(json, "", "split");
+    EXPECT_TRUE(tok.ok()) << tok.status();
+    std::vector<std::string> pieces;
+    if (!tok.ok()) return pieces;
+    for (const int32_t id : (*tok)->Encode("the-final--countdown", false)) {
+      pieces.push_back(vocab[id]);
+    }
+    return pieces;
+  };
+  using V = std::vector<std::string>;
+  EXPECT_EQ(ids("Removed"), (V{"the", "final", "countdown"}));
+  EXPECT_EQ(ids("Isolated"), (V{"the", "-", "final", "-", "-", "countdown"}));
+  EXPECT_EQ(ids("MergedWithPrevious"), (V{"the-", "final-", "-", "countdown"}));
+  EXPECT_EQ(ids("MergedWithNext"), (V{"the", "-final", "-", "-countdown"}));
+  EXPECT_EQ(ids("Contiguous"), (V{"the", "-", "final", "--", "countdown"}));
+}
+
 // Every component the loader does not implement is an error that names it.
 TEST(TokenizerTest, UnsupportedPiecesAreNamed) {
   const std::string model = R"("model": {"type": "BPE", "vocab": {"a": 0}, "merges": []})";
