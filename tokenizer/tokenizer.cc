@@ -14,6 +14,7 @@
 #include <utility>
 
 #include "absl/container/flat_hash_map.h"
+#include "absl/functional/function_ref.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_replace.h"
 #include "base/status.h"
@@ -620,9 +621,25 @@ absl::StatusOr<std::unique_ptr<Decoder>> MakeDecoder(const Json& j, const std::s
 // The tokenizer.json tokenizer.
 
 struct AddedToken {
-  std::string content;
+  std::string content;  // what is matched: the normalized content for a `normalized` token
   int32_t id = 0;
-  bool special = false, lstrip = false, rstrip = false, single_word = false;
+  bool special = false, lstrip = false, rstrip = false, single_word = false, normalized = false;
+};
+
+// Added tokens of one kind (matched on the raw text, or on the normalized text), longest first,
+// indexed by their first byte.
+struct AddedTable {
+  std::vector<AddedToken> tokens;
+  std::vector<const AddedToken*> by_byte[256];
+
+  void Index() {
+    std::stable_sort(tokens.begin(), tokens.end(), [](const auto& a, const auto& b) {
+      return a.content.size() > b.content.size();
+    });
+    for (const AddedToken& a : tokens) {
+      if (!a.content.empty()) by_byte[static_cast<unsigned char>(a.content[0])].push_back(&a);
+    }
+  }
 };
 
 class JsonTokenizer final : public Tokenizer {
@@ -640,14 +657,21 @@ class JsonTokenizer final : public Tokenizer {
 
  private:
   void EncodeWord(const std::string& word, std::vector<int32_t>* ids) const;
-  void EncodeSegment(std::string segment, std::vector<int32_t>* ids) const;
+  // Pre-tokenizes and encodes normalized text that holds no added token.
+  void EncodeNormalized(std::string segment, std::vector<int32_t>* ids) const;
+  // Appends the ids of `table`'s tokens found in `text` and hands the text between them to
+  // `between` (leftmost match, longest at a position; lstrip/rstrip take the whitespace beside
+  // a match into it).
+  void SplitOnAdded(std::string_view text, const AddedTable& table, std::vector<int32_t>* ids,
+                    absl::FunctionRef<void(std::string)> between) const;
 
   absl::flat_hash_map<std::string, int32_t> vocab_;  // model vocabulary and added tokens
   std::vector<std::string> id_to_token_;
   absl::flat_hash_map<std::pair<int32_t, int32_t>, std::pair<int32_t, int32_t>>
       merges_;                                         // (left id, right id) → (rank, merged id)
-  std::vector<AddedToken> added_;                      // longest content first
-  std::vector<const AddedToken*> added_by_byte_[256];  // by first byte, longest first
+  // As the tokenizers library: tokens with `normalized: false` are found in the raw text first,
+  // then the text between them is normalized and the `normalized: true` tokens are found in it.
+  AddedTable raw_added_, normalized_added_;
   std::unordered_set<int32_t> special_ids_;
   std::unique_ptr<Normalizer> normalizer_;
   std::unique_ptr<PreTokenizer> pre_tokenizer_;
@@ -677,20 +701,16 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> JsonTokenizer::Build(const Json& j, c
     t->vocab_.emplace(token, id.get<int32_t>());
   }
   for (const Json& a : j.value("added_tokens", Json::array())) {
+    const bool special = a.value("special", false);
     AddedToken added{a.at("content").get<std::string>(), a.at("id").get<int32_t>(),
-                     a.value("special", false),          a.value("lstrip", false),
-                     a.value("rstrip", false),           a.value("single_word", false)};
+                     special,
+                     a.value("lstrip", false),
+                     a.value("rstrip", false),
+                     a.value("single_word", false),
+                     a.value("normalized", !special)};
     t->vocab_[added.content] = added.id;
     if (added.special) t->special_ids_.insert(added.id);
-    t->added_.push_back(std::move(added));
-  }
-  std::stable_sort(t->added_.begin(), t->added_.end(), [](const auto& a, const auto& b) {
-    return a.content.size() > b.content.size();
-  });
-  for (const AddedToken& a : t->added_) {
-    if (!a.content.empty()) {
-      t->added_by_byte_[static_cast<unsigned char>(a.content[0])].push_back(&a);
-    }
+    (added.normalized ? t->normalized_added_ : t->raw_added_).tokens.push_back(std::move(added));
   }
   int32_t max_id = -1;
   for (const auto& [token, id] : t->vocab_) max_id = std::max(max_id, id);
@@ -749,6 +769,12 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> JsonTokenizer::Build(const Json& j, c
   ASSIGN_OR_RETURN(t->normalizer_, MakeNormalizer(j.value("normalizer", Json()), source));
   ASSIGN_OR_RETURN(t->pre_tokenizer_, MakePreTokenizer(j.value("pre_tokenizer", Json()), source));
   ASSIGN_OR_RETURN(t->decoder_, MakeDecoder(j.value("decoder", Json()), source));
+  // A `normalized` token is looked for in normalized text as its own content normalized.
+  for (AddedToken& a : t->normalized_added_.tokens) {
+    if (t->normalizer_ != nullptr) t->normalizer_->Apply(a.content);
+  }
+  t->raw_added_.Index();
+  t->normalized_added_.Index();
 
   // Post-processor: the ids a sequence gets around it.
   std::function<absl::Status(const Json&)> post = [&](const Json& p) -> absl::Status {
@@ -869,9 +895,8 @@ void JsonTokenizer::EncodeWord(const std::string& word, std::vector<int32_t>* id
   if (cache_.size() < (1u << 20)) cache_.emplace(word, std::move(symbols));
 }
 
-void JsonTokenizer::EncodeSegment(std::string segment, std::vector<int32_t>* ids) const {
+void JsonTokenizer::EncodeNormalized(std::string segment, std::vector<int32_t>* ids) const {
   if (segment.empty()) return;
-  if (normalizer_ != nullptr) normalizer_->Apply(segment);
   Pieces pieces;
   pieces.push_back(std::move(segment));
   if (pre_tokenizer_ != nullptr) pieces = pre_tokenizer_->Apply(std::move(pieces));
@@ -887,24 +912,14 @@ bool IsWordChar(uint32_t cp) {
          (cat >= UTF8PROC_CATEGORY_MN && cat <= UTF8PROC_CATEGORY_ME);
 }
 
-std::vector<int32_t> JsonTokenizer::Encode(std::string_view raw, bool add_special_tokens) const {
-  // The library works on Unicode strings: bytes that are not UTF-8 become U+FFFD first (the
-  // regexes then run without rechecking the encoding).
-  std::string valid;
-  std::string_view text = raw;
-  if (!IsValidUtf8(raw)) {
-    valid = ReplaceInvalidUtf8(raw);
-    text = valid;
-  }
-  std::vector<int32_t> ids;
-  if (add_special_tokens) ids = prefix_ids_;
-  // Added tokens first, leftmost, longest at a position; lstrip/rstrip take the whitespace
-  // beside a match into it.
+void JsonTokenizer::SplitOnAdded(std::string_view text, const AddedTable& table,
+                                 std::vector<int32_t>* ids,
+                                 absl::FunctionRef<void(std::string)> between) const {
   std::string pending;
   size_t i = 0;
   while (i < text.size()) {
     const AddedToken* hit = nullptr;
-    for (const AddedToken* candidate : added_by_byte_[static_cast<unsigned char>(text[i])]) {
+    for (const AddedToken* candidate : table.by_byte[static_cast<unsigned char>(text[i])]) {
       const AddedToken& a = *candidate;
       if (text.compare(i, a.content.size(), a.content) != 0) continue;
       if (a.single_word) {
@@ -922,7 +937,7 @@ std::vector<int32_t> JsonTokenizer::Encode(std::string_view raw, bool add_specia
     if (hit == nullptr) {
       // Up to the next byte that starts some added token.
       size_t next = i + 1;
-      while (next < text.size() && added_by_byte_[static_cast<unsigned char>(text[next])].empty()) {
+      while (next < text.size() && table.by_byte[static_cast<unsigned char>(text[next])].empty()) {
         ++next;
       }
       pending.append(text.substr(i, next - i));
@@ -934,15 +949,33 @@ std::vector<int32_t> JsonTokenizer::Encode(std::string_view raw, bool add_specia
         pending.pop_back();
       }
     }
-    EncodeSegment(std::move(pending), &ids);
+    if (!pending.empty()) between(std::move(pending));
     pending.clear();
-    ids.push_back(hit->id);
+    ids->push_back(hit->id);
     i += hit->content.size();
     if (hit->rstrip) {
       while (i < text.size() && IsSpace(static_cast<unsigned char>(text[i]))) ++i;
     }
   }
-  EncodeSegment(std::move(pending), &ids);
+  if (!pending.empty()) between(std::move(pending));
+}
+
+std::vector<int32_t> JsonTokenizer::Encode(std::string_view raw, bool add_special_tokens) const {
+  // The library works on Unicode strings: bytes that are not UTF-8 become U+FFFD first (the
+  // regexes then run without rechecking the encoding).
+  std::string valid;
+  std::string_view text = raw;
+  if (!IsValidUtf8(raw)) {
+    valid = ReplaceInvalidUtf8(raw);
+    text = valid;
+  }
+  std::vector<int32_t> ids;
+  if (add_special_tokens) ids = prefix_ids_;
+  SplitOnAdded(text, raw_added_, &ids, [&](std::string segment) {
+    if (normalizer_ != nullptr) normalizer_->Apply(segment);
+    SplitOnAdded(segment, normalized_added_, &ids,
+                 [&](std::string piece) { EncodeNormalized(std::move(piece), &ids); });
+  });
   if (add_special_tokens) ids.insert(ids.end(), suffix_ids_.begin(), suffix_ids_.end());
   return ids;
 }

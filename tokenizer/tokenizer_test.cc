@@ -97,6 +97,29 @@ TEST(TokenizerTest, SplitBehaviours) {
   EXPECT_EQ(ids("Contiguous"), (V{"the", "-", "final", "--", "countdown"}));
 }
 
+// As the tokenizers library: an added token with `normalized: false` is found in the raw text;
+// one with `normalized: true` is found in the normalized text, as its content normalized.
+TEST(TokenizerTest, NormalizedAddedTokensMatchTheNormalizedText) {
+  const std::string e_acute = "\xC3\xA9", e_combining = "e\xCC\x81";  // é: NFC and NFD
+  auto encode = [&](bool normalized, std::string_view text) {
+    const std::string json = absl::StrCat(
+        R"({"normalizer": {"type": "NFC"}, "added_tokens": [{"id": 3, "content": ")", e_combining,
+        R"(", "special": false, "normalized": )", normalized ? "true" : "false",
+        R"(}], "model": {"type": "BPE", "merges": [], "vocab": {"e": 0, ")", e_acute,
+        R"(": 1, ")", "\xCC\x81", R"(": 2}}})");
+    auto tok = Tokenizer::FromJson(json, "", "normalized");
+    EXPECT_TRUE(tok.ok()) << tok.status();
+    return tok.ok() ? (*tok)->Encode(text, false) : std::vector<int32_t>{};
+  };
+  using V = std::vector<int32_t>;
+  // normalized: the token's content becomes "é" (NFC), which both spellings normalize to.
+  EXPECT_EQ(encode(true, e_combining), (V{3}));
+  EXPECT_EQ(encode(true, e_acute), (V{3}));
+  // not normalized: only the raw decomposed spelling is the token; "é" goes to the model.
+  EXPECT_EQ(encode(false, e_combining), (V{3}));
+  EXPECT_EQ(encode(false, e_acute), (V{1}));
+}
+
 // Every component the loader does not implement is an error that names it.
 TEST(TokenizerTest, UnsupportedPiecesAreNamed) {
   const std::string model = R"("model": {"type": "BPE", "vocab": {"a": 0}, "merges": []})";
