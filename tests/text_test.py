@@ -18,9 +18,9 @@ import unittest
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "reference"))
 import make_tiny_ckpt as mk  # noqa: E402
+from jobs import mpirun, read_jsonl  # noqa: E402
 
 SHARDLM = WORK = None
-ENV = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
 CACHE = os.environ.get("SHARDLM_NPM_CACHE", os.path.expanduser("~/.cache/shardlm/npm"))
 MODULES = os.path.join(CACHE, "node_modules")
 TOKDIR = os.path.join(MODULES, "@lenml", "tokenizer-llama3", "models")
@@ -38,16 +38,7 @@ def js(expr_lines):
 
 
 def run(cmd, np=1):
-    full = ["mpirun", "--oversubscribe", "--bind-to", "none", "-q", "-np", str(np), SHARDLM] + cmd
-    r = subprocess.run(full, capture_output=True, text=True, timeout=300, env=ENV)
-    if r.returncode != 0:
-        raise AssertionError(f"{' '.join(full)} failed:\n{r.stderr}")
-    return r
-
-
-def read_jsonl(path):
-    with open(path) as f:
-        return {json.loads(l)["id"]: json.loads(l) for l in f}
+    return mpirun(SHARDLM, cmd, np)
 
 
 class TextInTextOut(unittest.TestCase):

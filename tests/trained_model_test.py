@@ -14,35 +14,19 @@ usage: trained_model_test.py SHARDLM MODEL_DIR WORKDIR
 import json
 import math
 import os
-import subprocess
 import sys
 import unittest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "training"))
 import brown  # noqa: E402
+from jobs import mpirun, read_jsonl, write_jsonl  # noqa: E402
 
 SHARDLM = MODEL = WORK = None
-ENV = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
 
 
 def run(cmd, np=1):
-    full = ["mpirun", "--oversubscribe", "--bind-to", "none", "-q", "-np", str(np), SHARDLM] + cmd
-    r = subprocess.run(full, capture_output=True, text=True, timeout=900, env=ENV)
-    if r.returncode != 0:
-        raise AssertionError(f"{' '.join(full)} failed:\n{r.stderr}")
-    return r
-
-
-def write_jsonl(path, rows):
-    with open(path, "w") as f:
-        for r in rows:
-            f.write(json.dumps(r) + "\n")
-
-
-def read_jsonl(path):
-    with open(path) as f:
-        return {json.loads(l)["id"]: json.loads(l) for l in f}
+    return mpirun(SHARDLM, cmd, np, timeout=900)
 
 
 class TrainedModel(unittest.TestCase):

@@ -623,7 +623,7 @@ absl::StatusOr<std::unique_ptr<Decoder>> MakeDecoder(const Json& j, const std::s
 struct AddedToken {
   std::string content;  // what is matched: the normalized content for a `normalized` token
   int32_t id = 0;
-  bool special = false, lstrip = false, rstrip = false, single_word = false, normalized = false;
+  bool special = false, lstrip = false, rstrip = false, single_word = false;
 };
 
 // Added tokens of one kind (matched on the raw text, or on the normalized text), longest first,
@@ -701,16 +701,13 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> JsonTokenizer::Build(const Json& j, c
     t->vocab_.emplace(token, id.get<int32_t>());
   }
   for (const Json& a : j.value("added_tokens", Json::array())) {
-    const bool special = a.value("special", false);
     AddedToken added{a.at("content").get<std::string>(), a.at("id").get<int32_t>(),
-                     special,
-                     a.value("lstrip", false),
-                     a.value("rstrip", false),
-                     a.value("single_word", false),
-                     a.value("normalized", !special)};
+                     a.value("special", false),          a.value("lstrip", false),
+                     a.value("rstrip", false),           a.value("single_word", false)};
     t->vocab_[added.content] = added.id;
     if (added.special) t->special_ids_.insert(added.id);
-    (added.normalized ? t->normalized_added_ : t->raw_added_).tokens.push_back(std::move(added));
+    const bool normalized = a.value("normalized", !added.special);
+    (normalized ? t->normalized_added_ : t->raw_added_).tokens.push_back(std::move(added));
   }
   int32_t max_id = -1;
   for (const auto& [token, id] : t->vocab_) max_id = std::max(max_id, id);

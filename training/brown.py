@@ -218,7 +218,6 @@ class Tokenizer:
         return b"".join(self.id_to_bytes[i] for i in ids).decode("utf-8", errors="replace")
 
     def tokenizer_json(self):
-        vocab = {s: i for s, i in self.vocab.items()}
         return {
             "version": "1.0",
             "truncation": None,
@@ -238,7 +237,7 @@ class Tokenizer:
             "model": {"type": "BPE", "dropout": None, "unk_token": None,
                       "continuing_subword_prefix": None, "end_of_word_suffix": None,
                       "fuse_unk": False, "byte_fallback": False, "ignore_merges": False,
-                      "vocab": vocab, "merges": [[a, b] for a, b in self.merges]},
+                      "vocab": self.vocab, "merges": [[a, b] for a, b in self.merges]},
         }
 
     @staticmethod

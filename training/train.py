@@ -13,7 +13,6 @@ import argparse
 import json
 import math
 import os
-import struct
 import sys
 import time
 
@@ -21,8 +20,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+sys.path.insert(0, os.path.join(HERE, "..", "tests", "reference"))
 import brown  # noqa: E402
+import make_tiny_ckpt  # noqa: E402  (its safetensors writer)
 
 SHAPE = dict(hidden_size=256, intermediate_size=640, num_hidden_layers=6, num_attention_heads=8,
              num_key_value_heads=4, head_dim=32, rope_theta=10000.0, rms_norm_eps=1e-5)
@@ -114,22 +116,6 @@ def bf16_round_(model):
             p.copy_(p.to(torch.bfloat16).float())
 
 
-def write_safetensors_bf16(path, tensors):
-    header, blobs, off = {"__metadata__": {"format": "pt"}}, [], 0
-    for name, a in tensors.items():
-        raw = torch.from_numpy(np.ascontiguousarray(a)).to(torch.bfloat16).view(torch.int16).numpy().tobytes()
-        header[name] = {"dtype": "BF16", "shape": list(a.shape), "data_offsets": [off, off + len(raw)]}
-        blobs.append(raw)
-        off += len(raw)
-    hb = json.dumps(header).encode()
-    hb += b" " * ((-len(hb)) % 8)
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(hb)))
-        f.write(hb)
-        for b in blobs:
-            f.write(b)
-
-
 @torch.no_grad()
 def evaluate(model, tok, chunks):
     """Sum of -log p over every chunk's tokens 1..n-1, the token count and their bytes."""
@@ -146,7 +132,6 @@ def evaluate(model, tok, chunks):
 
 def export(model, tok, out, result):
     """The Hugging Face style directory."""
-    nparams = result["parameters"]
     cfg = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": tok.vocab_size,
            **SHAPE, "max_position_embeddings": SEQ, "tie_word_embeddings": True,
            "eos_token_id": tok.eos_id, "hidden_act": "silu", "attention_bias": False,
@@ -161,7 +146,8 @@ def export(model, tok, out, result):
         json.dump({"tokenizer_class": "PreTrainedTokenizerFast", "eos_token": brown.EOS,
                    "bos_token": None, "add_bos_token": False, "model_max_length": SEQ,
                    "clean_up_tokenization_spaces": False}, f, indent=2)
-    write_safetensors_bf16(os.path.join(out, "model.safetensors"), model.hf_tensors())
+    make_tiny_ckpt.write_safetensors(os.path.join(out, "model.safetensors"), model.hf_tensors(),
+                                     "bf16", metadata={"format": "pt"})
     with open(os.path.join(out, "training.json"), "w") as f:
         json.dump(result, f, indent=2)
 
@@ -205,7 +191,7 @@ def main():
                             lr=args.lr, betas=(0.9, 0.95), eps=1e-8)
     warmup = max(1, args.steps // 30)
     gen = torch.Generator().manual_seed(args.seed)
-    curve = []
+    train_curve, eval_curve = [], []  # (step, loss)
     for step in range(1, args.steps + 1):
         lr = args.lr * (step / warmup if step <= warmup else
                         0.1 + 0.45 * (1 + math.cos(math.pi * (step - warmup) / (args.steps - warmup))))
@@ -220,7 +206,7 @@ def main():
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
-        curve.append((step, loss.item()))
+        train_curve.append((step, loss.item()))
         if step % 10 == 0 or step == 1:
             say(f"step {step:5d}  loss {loss.item():.4f}  lr {lr:.2e}  {time.time() - t0:7.1f} s")
         if step % 100 == 0 or step == args.steps:
@@ -228,7 +214,7 @@ def main():
             nll, n, nb = evaluate(model, tok, heldout[:32])
             say(f"step {step:5d}  held-out (32 chunks) loss {nll / n:.4f}  "
                 f"bits/byte {nll / math.log(2) / nb:.3f}")
-            curve.append((step, None, nll / n))
+            eval_curve.append((step, nll / n))
             model.train()
 
     bf16_round_(model)
@@ -251,10 +237,8 @@ def main():
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
         fig, ax = plt.subplots(figsize=(6, 3.5))
-        tr = [(s, l) for s, l, *_ in curve if l is not None]
-        ax.plot([s for s, _ in tr], [l for _, l in tr], lw=0.6, label="train (batch)")
-        ev = [(c[0], c[2]) for c in curve if len(c) == 3]
-        ax.plot([s for s, _ in ev], [l for _, l in ev], "o-", label="held-out (32 chunks)")
+        ax.plot(*zip(*train_curve), lw=0.6, label="train (batch)")
+        ax.plot(*zip(*eval_curve), "o-", label="held-out (32 chunks)")
         ax.set_xlabel("step")
         ax.set_ylabel("loss (nats/token)")
         ax.set_title(f"Brown GQA {nparams / 1e6:.1f} M: training loss")

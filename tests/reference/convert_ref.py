@@ -31,7 +31,6 @@ Writes a ShardLM-native config (attention_type, latent dims) and F32 safetensors
 import argparse
 import json
 import os
-import struct
 import sys
 
 import numpy as np
@@ -39,27 +38,12 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import make_tiny_ckpt as mk  # noqa: E402
+import torch_ref  # noqa: E402
 
 
-def read_safetensors(path):
-    with open(path, "rb") as f:
-        n = struct.unpack("<Q", f.read(8))[0]
-        header = json.loads(f.read(n))
-        data = f.read()
-    out = {}
-    for name, t in header.items():
-        if name == "__metadata__":
-            continue
-        a, b = t["data_offsets"]
-        raw = data[a:b]
-        if t["dtype"] == "BF16":
-            arr = (np.frombuffer(raw, "<u2").astype(np.uint32) << 16).view(np.float32)
-        elif t["dtype"] == "F16":
-            arr = np.frombuffer(raw, "<f2").astype(np.float32)
-        else:
-            arr = np.frombuffer(raw, "<f4").astype(np.float32)
-        out[name] = arr.reshape(t["shape"]).astype(np.float64)
-    return out
+def read_checkpoint(model_dir):
+    """Every tensor as float64 numpy (torch_ref's reader: index files, BF16/F16/F32, checks)."""
+    return {k: v.numpy() for k, v in torch_ref.load_checkpoint_tensors(model_dir).items()}
 
 
 def convert_layer(Wq, Wk, Wv, hq, hkv, dh, hc, rank, dr):
@@ -153,7 +137,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
     with open(os.path.join(args.model, "config.json")) as f:
         cfg = json.load(f)
-    W = read_safetensors(os.path.join(args.model, "model.safetensors"))
+    W = read_checkpoint(args.model)
     dh = cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]
     new, out = convert(cfg, W, args.attention, args.latent_heads, args.kv_lora_rank,
                        args.rope_dim or dh)
