@@ -564,6 +564,12 @@ std::vector<std::string> SafetensorsDir::Unused() const {
   return unused;
 }
 
+std::vector<std::string> SafetensorsDir::Names() const {
+  std::vector<std::string> names;
+  for (const auto& [name, where] : tensors_) names.push_back(name);
+  return names;
+}
+
 int64_t SafetensorsDir::TotalElements() const {
   int64_t total = 0;
   for (const auto& [name, where] : tensors_) total += where.second->NumElements();

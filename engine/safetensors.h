@@ -98,6 +98,8 @@ class SafetensorsDir {
   void MarkUsed(std::string_view name);
   // Tensor names never passed to Read/MarkUsed, sorted (to report extra tensors).
   std::vector<std::string> Unused() const;
+  // Every tensor name, sorted.
+  std::vector<std::string> Names() const;
   // Total number of elements over every tensor of every file.
   int64_t TotalElements() const;
 

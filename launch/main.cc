@@ -14,6 +14,7 @@
 #include "coordinator/score.h"
 #include "coordinator/tokenize.h"
 #include "engine/config.h"
+#include "engine/convert.h"
 #include "engine/make_model.h"
 #include "engine/model.h"
 #include "launch/bench_flags.h"
@@ -30,6 +31,7 @@ constexpr char kUsage[] =
     "  score        per-token logprobs of sequences (JSONL in, JSONL out)\n"
     "  tokenize     text to token ids and back with a model's tokenizer\n"
     "  make-model   write a deterministic random checkpoint\n"
+    "  convert      rewrite a GQA checkpoint as MLA or GLA (latent KV cache)\n"
     "  inspect      print a model's parameters, shard plan and cache bytes per rank\n"
     "  bench        decode step time vs the bandwidth roofline, cache bytes and capacity per rank\n"
     "  help         this message; `shardlm COMMAND --help` for a command's flags\n";
@@ -127,6 +129,22 @@ absl::Status RunMakeModel(const Flags& flags, Comm& comm) {
   absl::Status status = comm.rank() == 0 ? MakeModel(options, out) : absl::OkStatus();
   RETURN_IF_ERROR(AgreeOnStatus(comm, status));
   if (comm.rank() == 0) std::printf("wrote %s\n", out.c_str());
+  return absl::OkStatus();
+}
+
+absl::Status RunConvert(const Flags& flags, Comm& comm) {
+  ConvertOptions options;
+  ASSIGN_OR_RETURN(options.model_dir, flags.Required("model"));
+  ASSIGN_OR_RETURN(options.out_dir, flags.Required("out"));
+  ASSIGN_OR_RETURN(options.attention, flags.Required("attention"));
+  ASSIGN_OR_RETURN(options.latent_heads, flags.Int("latent-heads", 2, 1, 1 << 16));
+  RETURN_IF_ERROR(flags.Required("kv-lora-rank").status());
+  ASSIGN_OR_RETURN(options.kv_lora_rank, flags.Int("kv-lora-rank", 0, 1, 1 << 20));
+  ASSIGN_OR_RETURN(options.rope_dim, flags.Int("rope-dim", 0, 0, 1 << 16));
+  ASSIGN_OR_RETURN(options.dtype, ParseDType(flags.String("dtype", "F32")));
+  absl::Status status = comm.rank() == 0 ? Convert(options) : absl::OkStatus();
+  RETURN_IF_ERROR(AgreeOnStatus(comm, status));
+  if (comm.rank() == 0) std::printf("wrote %s\n", options.out_dir.c_str());
   return absl::OkStatus();
 }
 
@@ -233,6 +251,18 @@ const std::vector<Command>& Commands() {
         {"no-biases", false, "omit the preset's optional biases"},
         {"help", false, "this message"}},
        RunMakeModel},
+      {"convert",
+       "rewrite a GQA checkpoint as MLA or GLA (docs/CONVERSION.md)",
+       {{"model", true, "the GQA (or MHA/MQA) checkpoint directory"},
+        {"attention", true, "mla | gla"},
+        {"latent-heads", true, "GLA latent heads h_c; must divide the KV groups (default 2)"},
+        {"kv-lora-rank", true, "latent width d_c per latent head"},
+        {"rope-dim", true, "width d_r of the shared RoPE key (default: head_dim)"},
+        {"dtype", true, "F32 | BF16 | F16 for the new attention tensors (default F32; the "
+                        "others keep their dtype)"},
+        {"out", true, "output directory"},
+        {"help", false, "this message"}},
+       RunConvert},
       {"tokenize",
        "text to token ids and back with a model's tokenizer (no weights needed)",
        {{"model", true, "model directory (config.json + tokenizer.json)"},

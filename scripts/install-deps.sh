@@ -5,6 +5,8 @@ packages=(
   build-essential cmake ninja-build pkg-config
   libopenmpi-dev openmpi-bin
   libopenblas-dev
+  # LAPACK's C interface: SVD and eigendecompositions of `shardlm convert`.
+  liblapacke-dev
   libprotobuf-dev protobuf-compiler
   libabsl-dev
   libgtest-dev libgmock-dev

@@ -20,7 +20,8 @@ Per layer, with h_kv KV groups of head dim d_h (RoPE pairs (k, k + d_h/2), rotat
    query's unchanged channels (d_n = d_h: the query's nope part is the original q_h).
 3. The latent. Latent head j (GLA: the groups its query heads read; MLA: all) compresses its
    groups' residual keys and values, M_j = [K_res of its groups; V of its groups], by SVD:
-   M_j ≈ U S Vᵀ, kv_a rows = Vᵀ_R (the latent, rank R = kv_lora_rank), kv_b = U_R S_R. At full
+   M_j ≈ U S Vᵀ, kv_a rows = Vᵀ_R (the latent, rank R = kv_lora_rank), kv_b = U_R S_R (signs
+   fixed: each row of Vᵀ has its largest-magnitude entry positive). At full
    rank the latent reproduces M_j exactly. No kv_a_layernorm (the layout allows its absence; a
    norm would rescale every token's latent).
 4. Scale: softmax_scale = 1/sqrt(d_h), as the source.
@@ -77,6 +78,10 @@ def convert_layer(Wq, Wk, Wv, hq, hkv, dh, hc, rank, dr):
         gs = range(j * groups_per_latent, (j + 1) * groups_per_latent)
         M = np.concatenate([Kres[x] for x in gs] + [V[x] for x in gs])  # [2·|gs|·dh, d]
         U, S, Vt = np.linalg.svd(M, full_matrices=False)
+        # Singular vectors are defined up to sign: each Vt row's largest-|entry| positive
+        # (U's column flipped with it), as shardlm convert does.
+        sign = np.where(Vt[np.arange(S.size), np.argmax(np.abs(Vt), axis=1)] < 0, -1.0, 1.0)
+        Vt, U = Vt * sign[:, None], U * sign[None, :]
         r = min(rank, S.size)
         A = np.zeros((rank, d))
         A[:r] = Vt[:r]
