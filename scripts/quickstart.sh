@@ -1,15 +1,18 @@
 #!/usr/bin/env bash
-# Fresh machine to first results: install the Debian packages, build, and decode the
-# example prompts with the built-in trained model (models/brown-gqa, a 5 M-parameter
-# Llama-style GQA model trained on the Brown corpus by training/train.py) on 2 MPI
-# ranks, each holding half of the query heads and half of the KV groups; print the results.
+# Fresh machine to first results: install the Debian packages, build, convert the built-in
+# trained model (models/brown-gqa, a 5 M-parameter Llama-style GQA model trained on the Brown
+# corpus by training/train.py) to GLA-2 with `shardlm convert` (models/default), and decode the
+# example prompts on 2 MPI ranks, each holding half of the query heads and one of the two
+# latent heads; print the results.
 #   scripts/quickstart.sh [extra decode flags]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
 cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release > /dev/null
 cmake --build build -j 2
-model=models/brown-gqa
+model=models/default
+build/launch/shardlm convert --model models/brown-gqa --attention gla --latent-heads 2 \
+  --kv-lora-rank 32 --rope-dim 32 --out "$model"
 mkdir -p out
 launch/shardlm-run -np 2 decode --model "$model" --prompts examples/prompts.jsonl \
   --output out/example-results.jsonl --progress "$@"
