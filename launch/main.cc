@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "absl/strings/str_join.h"
+#include "base/malloc_tuning.h"
 #include "base/status.h"
 #include "base/thread_pool.h"
 #include "bench/bench.h"
@@ -285,6 +286,7 @@ const std::vector<Command>& Commands() {
 }
 
 int Main(int argc, char** argv) {
+  TuneMalloc();
   MpiSession mpi(&argc, &argv);
   auto comm = MpiComm::World();
   const bool rank0 = comm->rank() == 0;

@@ -8,6 +8,7 @@
 #include <sstream>
 #include <string>
 
+#include "base/malloc_tuning.h"
 #include "tokenizer/tokenizer.h"
 
 int main(int argc, char** argv) {
@@ -15,6 +16,7 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "usage: %s MODEL_DIR TEXT_FILE...\n", argv[0]);
     return 2;
   }
+  shardlm::TuneMalloc();  // as the shardlm executable does
   using Clock = std::chrono::steady_clock;
   auto seconds = [](Clock::time_point a) {
     return std::chrono::duration<double>(Clock::now() - a).count();

@@ -120,6 +120,22 @@ TEST(TokenizerTest, NormalizedAddedTokensMatchTheNormalizedText) {
   EXPECT_EQ(encode(false, e_acute), (V{1}));
 }
 
+// The vocabulary and merges are streamed past the document tree (a SAX reader): the same
+// tokenizer whichever way the merges are written, and whatever else surrounds them.
+TEST(TokenizerTest, StreamedTablesReadAsWritten) {
+  const std::string rest = R"("type": "BPE", "vocab": {"a": 0, "b": 1, "ab": 2, "x": 9, "x": 3})";
+  for (const std::string merges : {R"(["a b"])", R"([["a", "b"]])"}) {
+    const std::string json =
+        absl::StrCat(R"({"version": "1.0", "added_tokens": [], "vocab": {"zz": 7}, "model": {)",
+                     rest, R"(, "merges": )", merges, R"(, "dropout": null}, "merges": [1]})");
+    auto tok = Tokenizer::FromJson(json, "", "tokenizer.json");
+    ASSERT_TRUE(tok.ok()) << tok.status();
+    EXPECT_EQ((*tok)->Encode("abxab", false), (std::vector<int32_t>{2, 3, 2})) << merges;
+    EXPECT_EQ((*tok)->TokenId("x"), 3);  // a repeated key: the last one counts
+    EXPECT_EQ((*tok)->TokenId("zz"), -1);  // "vocab" outside "model" is not the vocabulary
+  }
+}
+
 // Every component the loader does not implement is an error that names it.
 TEST(TokenizerTest, UnsupportedPiecesAreNamed) {
   const std::string model = R"("model": {"type": "BPE", "vocab": {"a": 0}, "merges": []})";
@@ -141,7 +157,23 @@ TEST(TokenizerTest, UnsupportedPiecesAreNamed) {
       {R"({"model": {"type": "BPE", "vocab": {"a": 0}, "merges": [], "dropout": 0.1}})",
        "BPE dropout"},
       {"not json", "not a valid JSON object"},
-      {R"({"model": {"type": "BPE", "vocab": {"a": "zero"}}})", "tokenizer.json"},
+      {R"({"model": {"type": "BPE", "vocab": {"a": "zero"}}})", "the id of \"a\" must be an integer"},
+      {R"({"model": {"type": "BPE", "vocab": {"a": 1.5}}})", "the id of \"a\" must be an integer"},
+      {R"({"model": {"type": "BPE", "vocab": {"a": 4294967296}}})", "beyond 32 bits"},
+      {R"({"model": {"type": "BPE", "vocab": ["a"]}})", "model.vocab must be an object"},
+      {R"({"model": {"type": "BPE", "merges": []}})", "model.vocab is missing"},
+      {R"({"model": {"type": "BPE", "vocab": {"a": 0}, "merges": "a a"}})",
+       "model.merges must be an array"},
+      {R"({"model": {"type": "BPE", "vocab": {"a": 0}, "merges": [1]}})", "a pair of strings"},
+      {R"({"model": {"type": "BPE", "vocab": {"a": 0}, "merges": [["a"]]}})", "a pair of strings"},
+      {R"({"model": {"type": "BPE", "vocab": {"a": 0}, "merges": [["a", "a", "a"]]}})",
+       "a pair of strings"},
+      {R"({"model": {"type": "BPE", "vocab": {"a": 0}, "merges": [[["a"]]]}})",
+       "a pair of strings"},
+      {R"({"model": {"type": "BPE", "vocab": {"a": 0}, "merges": [{"a": 0}]}})",
+       "a pair of strings"},
+      {R"({"model": {"type": "BPE", "vocab": {"a": 0}, "merges": ["ab"]}})", "bad merge \"ab\""},
+      {R"({"model": {"type": "BPE", "vocab": {"a": 0}}} trailing)", "not a valid JSON object"},
   };
   for (const auto& [json, needle] : cases) {
     auto tok = Tokenizer::FromJson(json, "", "tokenizer.json");
