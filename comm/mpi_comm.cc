@@ -1,5 +1,8 @@
 #include "comm/mpi_comm.h"
 
+#include <time.h>
+
+#include <chrono>
 #include <climits>
 
 #include "base/status.h"
@@ -50,6 +53,23 @@ absl::Status MpiComm::Check(int code, const char* what) const {
       absl::StrCat("rank ", rank_, " of ", size_, ": ", what, " failed: ", std::string(text, len)));
 }
 
+absl::Status MpiComm::WaitPolitely(MPI_Request* request, const char* what) const {
+  // Spin first: inside a job the next message is microseconds away and a sleep would add its
+  // wake-up latency to every step. Past a millisecond the root is waiting for work (a server
+  // between requests): poll with short sleeps, so the idle ranks leave their cores alone.
+  const auto spin_until = std::chrono::steady_clock::now() + std::chrono::milliseconds(1);
+  int done = 0;
+  long sleep_ns = 20'000;
+  while (true) {
+    RETURN_IF_ERROR(Check(MPI_Test(request, &done, MPI_STATUS_IGNORE), what));
+    if (done) return absl::OkStatus();
+    if (std::chrono::steady_clock::now() < spin_until) continue;
+    const timespec pause = {0, sleep_ns};
+    nanosleep(&pause, nullptr);
+    sleep_ns = std::min(sleep_ns * 2, 500'000L);
+  }
+}
+
 absl::Status MpiComm::AllReduceSum(std::span<float> data) {
   if (size_ == 1 || data.empty()) return absl::OkStatus();
   // MPI counts are int; activations stay far below 2^31 elements.
@@ -72,8 +92,13 @@ absl::Status MpiComm::Broadcast(std::string* bytes, int root) {
   }
   if (size_ == 1) return absl::OkStatus();
   // Framing: an int64 length, then the bytes.
+  // The length goes first, non-blocking on every rank (blocking and non-blocking collectives
+  // do not match each other): a rank waiting for the root's next message does not spin.
   int64_t length = static_cast<int64_t>(bytes->size());
-  RETURN_IF_ERROR(Check(MPI_Bcast(&length, 1, MPI_INT64_T, root, comm_), "MPI_Bcast(length)"));
+  MPI_Request request;
+  RETURN_IF_ERROR(
+      Check(MPI_Ibcast(&length, 1, MPI_INT64_T, root, comm_, &request), "MPI_Ibcast(length)"));
+  RETURN_IF_ERROR(WaitPolitely(&request, "MPI_Ibcast(length)"));
   if (length < 0 || length > INT_MAX) {
     return absl::InvalidArgumentError(absl::StrCat("broadcast of ", length, " bytes"));
   }

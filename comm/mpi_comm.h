@@ -42,6 +42,8 @@ class MpiComm final : public Comm {
  private:
   explicit MpiComm(MPI_Comm comm);
   absl::Status Check(int code, const char* what) const;
+  // Completes a non-blocking operation: spins briefly, then sleeps between polls.
+  absl::Status WaitPolitely(MPI_Request* request, const char* what) const;
 
   MPI_Comm comm_;
   int rank_ = 0;

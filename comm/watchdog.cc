@@ -276,7 +276,24 @@ void Watchdog::Quit(int code, const std::string& message) {
   ExitAfterSections(code, message, kSectionWait);
 }
 
+void Watchdog::SetStopHandler(std::function<void(int sig)> handler) {
+  std::lock_guard<std::mutex> lock(stop_mu_);
+  stop_handler_ = std::move(handler);
+}
+
 void Watchdog::HandleSignal(int sig) {
+  std::function<void(int)> handler;
+  {
+    std::lock_guard<std::mutex> lock(stop_mu_);
+    if (stop_handler_ && !stop_handled_) {
+      stop_handled_ = true;
+      handler = stop_handler_;
+    }
+  }
+  if (handler) {
+    handler(sig);
+    return;
+  }
   Broadcast(std::string{'S', static_cast<char>(sig)});
   Quit(128 + sig, rank_ == 0 ? absl::StrCat(label_, ": stopped by ", SignalName(sig)) : "");
 }

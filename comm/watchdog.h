@@ -42,7 +42,9 @@
 #define SHARDLM_COMM_WATCHDOG_H_
 
 #include <chrono>
+#include <functional>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <thread>
 #include <vector>
@@ -67,12 +69,18 @@ class Watchdog {
   // quietly instead of reporting it as a death.
   void Reported();
 
+  // A job that stops gracefully (`serve` drains its requests): the first SIGINT/SIGTERM
+  // calls `handler` (on the watchdog thread) instead of ending the job, and tells no peer; a
+  // second one ends the job as usual. Null restores the default.
+  void SetStopHandler(std::function<void(int sig)> handler);
+
  private:
   struct Peer;
   Watchdog(int rank, int size, std::string label);
   void Loop();
   void Stop(char goodbye);  // main thread: ask the loop to send `goodbye` and end
-  [[noreturn]] void HandleSignal(int sig);
+  // Ends the job, unless a stop handler takes the first signal (then it returns).
+  void HandleSignal(int sig);
   void HandlePeerEnd(Peer& peer, bool host_gone);
   void HandlePeerStatus(Peer& peer, char code, int sig);
   void OnHello(Peer& peer);  // a complete hello line arrived
@@ -97,6 +105,9 @@ class Watchdog {
   Rank1 rank1_ = Rank1::kNoLink;
   std::string dead_rank0_, dead_rank1_;                     // Peer::Name() of each once it died
   std::chrono::steady_clock::time_point verdict_deadline_;  // see kVerdictWait
+  std::mutex stop_mu_;
+  std::function<void(int)> stop_handler_;  // guarded by stop_mu_
+  bool stop_handled_ = false;              // the handler had its signal
   std::thread thread_;
 };
 

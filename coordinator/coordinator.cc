@@ -6,6 +6,24 @@
 #include "base/text.h"
 
 namespace shardlm {
+namespace {
+
+// The length of the longest end of `text` that is a proper prefix of a stop string: text a
+// streaming client must not see yet, since the next token may complete the stop string.
+size_t HeldForStop(std::string_view text, const std::vector<std::string>& stops) {
+  size_t held = 0;
+  for (const std::string& stop : stops) {
+    for (size_t k = std::min(stop.size() - (stop.empty() ? 0 : 1), text.size()); k > held; --k) {
+      if (text.substr(text.size() - k) == std::string_view(stop).substr(0, k)) {
+        held = k;
+        break;
+      }
+    }
+  }
+  return held;
+}
+
+}  // namespace
 
 Coordinator::Coordinator(const SchedulerOptions& options, const ModelDims& dims, Sink sink,
                          const Tokenizer* tokenizer)
@@ -90,6 +108,18 @@ absl::Status Coordinator::AfterStep(const std::vector<float>& logits) {
           t.cut = stop_string = true;
         }
       }
+      if (token_sink_) {
+        std::string_view piece;
+        if (auto it = texts_.find(seq->request_index); it != texts_.end()) {
+          Text& t = it->second;
+          const size_t safe = t.cut ? t.text.size() : t.text.size() - HeldForStop(t.text, request.stop);
+          if (safe > t.streamed) {
+            piece = std::string_view(t.text).substr(t.streamed, safe - t.streamed);
+            t.streamed = safe;
+          }
+        }
+        token_sink_(seq->request_index, sample.token, sample.logprob, piece);
+      }
       if (stop_string || request.stop_ids.count(sample.token)) {
         RETURN_IF_ERROR(Finish(seq, "stop"));
       } else if (seq->generated() >= request.max_new_tokens ||
@@ -104,8 +134,18 @@ absl::Status Coordinator::AfterStep(const std::vector<float>& logits) {
   return absl::OkStatus();
 }
 
+absl::StatusOr<bool> Coordinator::Cancel(int64_t handle, const char* reason) {
+  std::unique_ptr<Sequence> seq = scheduler_.Remove(handle);
+  if (seq == nullptr) return false;
+  RETURN_IF_ERROR(Deliver(std::move(seq), reason));
+  return true;
+}
+
 absl::Status Coordinator::Finish(Sequence* seq, const char* reason) {
-  std::unique_ptr<Sequence> done = scheduler_.Finish(seq);
+  return Deliver(scheduler_.Finish(seq), reason);
+}
+
+absl::Status Coordinator::Deliver(std::unique_ptr<Sequence> done, const char* reason) {
   SequenceResult result;
   result.handle = done->request_index;
   result.prompt_len = done->prompt_len;
@@ -155,7 +195,8 @@ absl::Status StepRunner::Run(const StepPlan& plan, std::vector<float>* logits) {
 }
 
 absl::Status RunSteps(Model& model, PagedKvCache& cache, Comm& comm, Coordinator* coordinator,
-                      const std::function<void()>& after_step) {
+                      const std::function<void()>& after_step,
+                      const std::function<absl::Status()>& before_plan) {
   CHECK_EQ(comm.rank() == 0, coordinator != nullptr);
   StepRunner runner(model, cache, comm);
   StepPlan plan;
@@ -164,6 +205,7 @@ absl::Status RunSteps(Model& model, PagedKvCache& cache, Comm& comm, Coordinator
   absl::Status local_error;  // rank 0's own failure: broadcast a shutdown, then report
   while (true) {
     if (coordinator != nullptr) {
+      if (local_error.ok() && before_plan) local_error = before_plan();
       if (local_error.ok()) {
         coordinator->Plan(&plan);
       } else {

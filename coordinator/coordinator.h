@@ -46,7 +46,8 @@ struct SequenceResult {
   std::vector<int32_t> generated;
   std::vector<double> logprobs;         // of each generated token, unmodified distribution
   std::vector<double> prompt_logprobs;  // [prompt_len − 1] when asked, else empty
-  const char* finish_reason = "";       // "stop", "length", or "prompt" (prefill only)
+  // "stop", "length", "prompt" (prefill only), or the reason given to Cancel.
+  const char* finish_reason = "";
   // The generated text (special tokens skipped, cut before a stop string, invalid UTF-8
   // replaced), when the coordinator has a tokenizer.
   bool has_text = false;
@@ -62,10 +63,24 @@ class Coordinator {
   Coordinator(const SchedulerOptions& options, const ModelDims& dims, Sink sink,
               const Tokenizer* tokenizer = nullptr);
 
+  // Receives each generated token as it is sampled (streaming clients): its logprob and the
+  // text it completes — held back while it may be part of a character still incomplete or the
+  // start of a stop string, so the concatenated pieces are always a prefix of the final text
+  // (the Sink's SequenceResult::text; what they lack is delivered there).
+  using TokenSink =
+      std::function<void(int64_t handle, int32_t token, double logprob, std::string_view text)>;
+  void SetTokenSink(TokenSink sink) { token_sink_ = std::move(sink); }
+
   // Queues a sequence. The caller has validated it; one sequence of the model's maximum
   // length always fits (checked at start-up).
   void Submit(int64_t handle, SequenceRequest request);
+  // Ends a queued or running sequence now (its pages free for the next plan): the Sink gets
+  // what it generated so far with `reason` as finish_reason. False when there is no such
+  // sequence (it finished already). Call between steps.
+  absl::StatusOr<bool> Cancel(int64_t handle, const char* reason);
   bool Idle() const { return scheduler_.Idle(); }
+  int64_t running() const { return scheduler_.running(); }
+  int64_t waiting() const { return scheduler_.waiting(); }
 
   // Plans the next step into `plan`: a shutdown plan once idle.
   void Plan(StepPlan* plan);
@@ -81,18 +96,22 @@ class Coordinator {
 
  private:
   absl::Status Finish(Sequence* seq, const char* reason);
+  // Hands a removed sequence to the Sink.
+  absl::Status Deliver(std::unique_ptr<Sequence> done, const char* reason);
 
   // A generating sequence's text so far, when there is a tokenizer.
   struct Text {
     std::unique_ptr<StreamDecoder> stream;
     std::string text;
-    bool cut = false;  // a stop string ended it
+    bool cut = false;      // a stop string ended it
+    size_t streamed = 0;   // bytes of `text` the TokenSink has had
   };
 
   const ModelDims& dims_;
   const Tokenizer* tokenizer_;
   Scheduler scheduler_;
   Sink sink_;
+  TokenSink token_sink_;
   const int64_t total_pages_;
   // Per sequence (by Sequence::request_index = the client's handle): the request.
   std::unordered_map<int64_t, SequenceRequest> requests_;
@@ -120,11 +139,14 @@ class StepRunner {
   ForwardBatch batch_;
 };
 
-// The loop, on every rank: rank 0 passes its coordinator (others nullptr) and `after_step`
-// (progress output; may be empty). Ends when the coordinator is idle, or at once on any
-// rank's error (rank 0's own errors are broadcast as a shutdown first, so no rank hangs).
+// The loop, on every rank: rank 0 passes its coordinator (others nullptr), `after_step`
+// (progress output) and `before_plan` (a live client's turn between steps: submit new
+// requests, cancel, wait while there is nothing to do), both optional. Ends when the
+// coordinator is idle at planning time, or at once on any rank's error (rank 0's own errors,
+// `before_plan`'s too, are broadcast as a shutdown first, so no rank hangs).
 absl::Status RunSteps(Model& model, PagedKvCache& cache, Comm& comm, Coordinator* coordinator,
-                      const std::function<void()>& after_step = {});
+                      const std::function<void()>& after_step = {},
+                      const std::function<absl::Status()>& before_plan = {});
 
 }  // namespace shardlm
 

@@ -126,4 +126,18 @@ std::unique_ptr<Sequence> Scheduler::Finish(Sequence* seq) {
   return done;
 }
 
+std::unique_ptr<Sequence> Scheduler::Remove(int64_t request_index) {
+  auto match = [request_index](const auto& p) { return p->request_index == request_index; };
+  if (auto it = std::find_if(running_.begin(), running_.end(), match); it != running_.end()) {
+    return Finish(it->get());
+  }
+  if (auto it = std::find_if(waiting_.begin(), waiting_.end(), match); it != waiting_.end()) {
+    std::unique_ptr<Sequence> seq = std::move(*it);
+    waiting_.erase(it);
+    Release(seq.get());  // a preempted sequence holds no pages, but keep the invariant local
+    return seq;
+  }
+  return nullptr;
+}
+
 }  // namespace shardlm

@@ -71,11 +71,15 @@ class Scheduler {
   void Computed(const std::vector<ScheduledSeq>& slices);
   // Removes a finished running sequence, frees its pages and returns it.
   std::unique_ptr<Sequence> Finish(Sequence* seq);
+  // Removes the sequence of request `request_index`, running or waiting (its pages freed, its
+  // admission released in the next plan); null when there is none.
+  std::unique_ptr<Sequence> Remove(int64_t request_index);
 
   bool Idle() const { return running_.empty() && waiting_.empty(); }
   int64_t free_pages() const { return static_cast<int64_t>(free_.size()); }
   int64_t total_preemptions() const { return total_preemptions_; }
   int64_t running() const { return static_cast<int64_t>(running_.size()); }
+  int64_t waiting() const { return static_cast<int64_t>(waiting_.size()); }
 
  private:
   void Preempt(size_t running_index);

@@ -160,5 +160,34 @@ TEST(SchedulerTest, PreemptsTheNewestAndRecomputesIt) {
   EXPECT_EQ(plan.released_size(), 1);
 }
 
+// A cancelled request leaves wherever it is: running (its pages free at once, its admission
+// released in the next plan) or waiting; an unknown one is no-op.
+TEST(SchedulerTest, RemoveTakesRunningAndWaitingSequences) {
+  Scheduler scheduler({/*num_pages=*/4, /*page_size=*/2, /*max_batch=*/1, /*max_batch_tokens=*/100});
+  scheduler.Enqueue(MakeSeq(0, 3));
+  scheduler.Enqueue(MakeSeq(1, 3));
+  StepPlan plan;
+  auto step = ScheduleStep(scheduler, &plan);
+  ASSERT_EQ(step.size(), 1u);  // max_batch 1: request 1 waits
+  scheduler.Computed(step);
+  const int64_t admitted = step[0].seq->seq_id;
+  EXPECT_EQ(scheduler.free_pages(), 2);
+  EXPECT_EQ(scheduler.waiting(), 1);
+  auto waiting = scheduler.Remove(1);
+  ASSERT_NE(waiting, nullptr);
+  EXPECT_EQ(waiting->request_index, 1);
+  EXPECT_EQ(scheduler.waiting(), 0);
+  auto running = scheduler.Remove(0);
+  ASSERT_NE(running, nullptr);
+  EXPECT_EQ(scheduler.free_pages(), 4);
+  EXPECT_TRUE(scheduler.Idle());
+  EXPECT_EQ(scheduler.Remove(0), nullptr);
+  EXPECT_EQ(scheduler.Remove(7), nullptr);
+  scheduler.Enqueue(MakeSeq(2, 1));
+  step = ScheduleStep(scheduler, &plan);
+  ASSERT_EQ(plan.released_size(), 1);  // the removed admission, dropped by the workers
+  EXPECT_EQ(plan.released(0), admitted);
+}
+
 }  // namespace
 }  // namespace shardlm

@@ -20,6 +20,7 @@
 #include "engine/model.h"
 #include "launch/bench_flags.h"
 #include "launch/flags.h"
+#include "serve/server.h"
 #include "shard/shard.h"
 
 namespace shardlm {
@@ -30,12 +31,16 @@ constexpr char kUsage[] =
     "commands:\n"
     "  decode       generate continuations of prompts (JSONL in, JSONL out)\n"
     "  score        per-token logprobs of sequences (JSONL in, JSONL out)\n"
+    "  serve        an OpenAI-compatible HTTP server (completions, streaming) on rank 0\n"
     "  tokenize     text to token ids and back with a model's tokenizer\n"
     "  make-model   write a deterministic random checkpoint\n"
     "  convert      rewrite a GQA checkpoint as MLA or GLA (latent KV cache)\n"
     "  inspect      print a model's parameters, shard plan and cache bytes per rank\n"
     "  bench        decode step time vs the bandwidth roofline, cache bytes and capacity per rank\n"
     "  help         this message; `shardlm COMMAND --help` for a command's flags\n";
+
+// The job's watchdog, for commands that stop gracefully on a signal (serve).
+Watchdog* g_watchdog = nullptr;
 
 struct Command {
   const char* name;
@@ -95,6 +100,25 @@ absl::Status RunDecodeCommand(const Flags& flags, Comm& comm) {
   auto model = Model::Load(model_dir, comm.rank(), comm.size());
   RETURN_IF_ERROR(AgreeOnStatus(comm, model.status()));
   return RunDecode(options, **model, comm);
+}
+
+absl::Status RunServeCommand(const Flags& flags, Comm& comm) {
+  ServeOptions options;
+  RETURN_IF_ERROR(ParseBatchOptions(flags, &options.batch));
+  options.host = flags.String("host", "127.0.0.1");
+  ASSIGN_OR_RETURN(int64_t port, flags.Int("port", 8000, 0, 65535));
+  options.port = static_cast<int>(port);
+  options.api_key = flags.String("api-key", "");
+  options.served_model_name = flags.String("served-model-name", "");
+  ASSIGN_OR_RETURN(options.max_waiting, flags.Int("max-waiting", 256, 1, 1 << 20));
+  ASSIGN_OR_RETURN(options.max_body_bytes, flags.Int("max-body-bytes", 1 << 20, 1, 1LL << 32));
+  ASSIGN_OR_RETURN(options.drain_seconds, flags.Double("drain-seconds", 30, 0, 86400));
+  ASSIGN_OR_RETURN(int64_t http_threads, flags.Int("http-threads", 0, 0, 4096));
+  options.http_threads = static_cast<int>(http_threads);
+  RETURN_IF_ERROR(SetCompute(flags, comm));
+  auto model = Model::Load(options.batch.model_dir, comm.rank(), comm.size());
+  RETURN_IF_ERROR(AgreeOnStatus(comm, model.status()));
+  return RunServe(options, **model, comm, g_watchdog);
 }
 
 absl::Status RunTokenizeCommand(const Flags& flags, Comm& comm) {
@@ -237,6 +261,31 @@ const std::vector<Command>& Commands() {
         {"progress", false, "print progress to stderr"},
         {"help", false, "this message"}},
        RunDecodeCommand},
+      {"serve",
+       "an OpenAI-compatible HTTP server on rank 0: POST /v1/completions (stream or not), GET "
+       "/v1/models, /health, /metrics; requests join the running batch between steps",
+       {{"model", true, "checkpoint directory with its tokenizer"},
+        {"host", true, "address to listen on (default 127.0.0.1)"},
+        {"port", true, "port (default 8000; 0: any free port, printed at start)"},
+        {"api-key", true, "require Authorization: Bearer KEY on /v1/ (default: none)"},
+        {"served-model-name", true, "the name clients give as \"model\" (default: the directory's)"},
+        {"max-waiting", true, "accepted requests without a first token; beyond, 429 (default 256)"},
+        {"max-body-bytes", true, "largest request body (default 1 MiB; beyond, 413)"},
+        {"drain-seconds", true,
+         "after SIGTERM/SIGINT: finish running requests this long, then cut them (default 30)"},
+        {"http-threads", true, "HTTP worker threads (default max-waiting + max-batch + 8)"},
+        {"page-size", true, "KV cache page size in tokens (default 16)"},
+        {"kv-cache-mb", true, "KV cache per rank in MiB (default 256)"},
+        {"max-batch", true, "sequences per step (default 32)"},
+        {"max-batch-tokens", true, "tokens per step, prefill chunks included (default 512)"},
+        {"max-model-len", true,
+         "cap the context (prompt + generated tokens) below max_position_embeddings"},
+        {"threads", true,
+         "compute threads per rank (default 1), or auto: this host's cores / its ranks"},
+        {"bf16-math", true, "BF16 weights: exact (default) or dot (see decode --help)"},
+        {"progress", false, "unused (decode's flag, accepted for symmetry)"},
+        {"help", false, "this message"}},
+       RunServeCommand},
       {"make-model",
        "write a deterministic random checkpoint",
        {{"attention", true, "mha | mqa | gqa | gta | mla | gla (default gqa)"},
@@ -316,6 +365,7 @@ int Main(int argc, char** argv) {
   }
   // From here a dead rank or SIGINT/SIGTERM ends the job with one message.
   auto watchdog = Watchdog::Start(*comm, absl::StrCat("shardlm ", command->name));
+  g_watchdog = watchdog.get();
   const absl::Status status = command->run(*flags, *comm);
   if (status.ok()) return 0;
   if (IsAgreed(status)) {

