@@ -83,6 +83,7 @@ class FrontEnd {
            int64_t total_pages, int ranks)
       : options_(options), dims_(dims), tokenizer_(tokenizer), total_pages_(total_pages),
         ranks_(ranks), created_(static_cast<int64_t>(std::time(nullptr))) {
+    free_pages_ = total_pages;
     served_model_ = options.served_model_name;
     if (served_model_.empty()) {
       served_model_ =
@@ -239,43 +240,51 @@ void FrontEnd::Cancel(int64_t handle) {
 }
 
 absl::Status FrontEnd::BeforePlan(Coordinator& coordinator) {
-  std::deque<Submit> submits;
-  std::vector<int64_t> cancels;
-  bool stopping = false, past_deadline = false;
-  {
-    std::unique_lock<std::mutex> lock(mu_);
-    while (true) {
-      submits.swap(submits_);
-      cancels.swap(cancels_);
-      if (!submits.empty() || !cancels.empty() || !coordinator.Idle() || stopping_) break;
-      wake_.wait_for(lock, std::chrono::milliseconds(250));
+  auto publish = [&] {
+    running_ = coordinator.running();
+    queued_ = coordinator.waiting();
+    free_pages_ = coordinator.free_pages();
+    preemptions_ = coordinator.total_preemptions();
+  };
+  while (true) {
+    publish();
+    std::deque<Submit> submits;
+    std::vector<int64_t> cancels;
+    bool stopping = false, past_deadline = false;
+    {
+      std::unique_lock<std::mutex> lock(mu_);
+      while (true) {
+        submits.swap(submits_);
+        cancels.swap(cancels_);
+        if (!submits.empty() || !cancels.empty() || !coordinator.Idle() || stopping_) break;
+        wake_.wait_for(lock, std::chrono::milliseconds(250));
+      }
+      stopping = stopping_;
+      past_deadline = stopping_ && Clock::now() >= drain_deadline_;
     }
-    stopping = stopping_;
-    past_deadline = stopping_ && Clock::now() >= drain_deadline_;
-  }
-  for (Submit& s : submits) {
-    prompt_tokens_ += static_cast<int64_t>(s.sequence.prompt.size());
-    channels_[s.handle] = std::move(s.channel);
-    coordinator.Submit(s.handle, std::move(s.sequence));
-  }
-  for (int64_t handle : cancels) {
-    if (channels_.count(handle) == 0) continue;  // finished meanwhile
-    ASSIGN_OR_RETURN(bool removed, coordinator.Cancel(handle, "abort"));
-    if (removed) ++cancelled_;
-  }
-  if (stopping && past_deadline) {
-    std::vector<int64_t> open;
-    for (const auto& [handle, channel] : channels_) open.push_back(handle);
-    for (int64_t handle : open) {
+    for (Submit& s : submits) {
+      prompt_tokens_ += static_cast<int64_t>(s.sequence.prompt.size());
+      channels_[s.handle] = std::move(s.channel);
+      coordinator.Submit(s.handle, std::move(s.sequence));
+    }
+    for (int64_t handle : cancels) {
+      if (channels_.count(handle) == 0) continue;  // finished meanwhile
       ASSIGN_OR_RETURN(bool removed, coordinator.Cancel(handle, "abort"));
       if (removed) ++cancelled_;
     }
+    if (past_deadline) {
+      std::vector<int64_t> open;
+      for (const auto& [handle, channel] : channels_) open.push_back(handle);
+      for (int64_t handle : open) {
+        ASSIGN_OR_RETURN(bool removed, coordinator.Cancel(handle, "abort"));
+        if (removed) ++cancelled_;
+      }
+    }
+    publish();
+    // Work to plan, or the end (an idle coordinator plans the shutdown); cancellations may
+    // have left nothing to do: wait again.
+    if (!coordinator.Idle() || stopping) return absl::OkStatus();
   }
-  running_ = coordinator.running();
-  queued_ = coordinator.waiting();
-  free_pages_ = coordinator.free_pages();
-  preemptions_ = coordinator.total_preemptions();
-  return absl::OkStatus();
 }
 
 void FrontEnd::OnToken(int64_t handle, int32_t token, double logprob, std::string_view text) {

@@ -1,0 +1,315 @@
+#!/usr/bin/env python3
+"""`shardlm serve` driven by real clients: the official `openai` npm package and curl.
+
+- completions through the OpenAI client, streaming and not, greedy and sampled, with stop
+  strings and logprobs: the same tokens and text as `shardlm decode` at TP 1 and TP 2;
+- errors with OpenAI bodies: 400 naming the field, 404 unknown model, 413 too large a body,
+  401 without the API key; /health, /v1/models, /metrics;
+- a client that leaves mid-stream is cancelled and its pages are free within a step (metrics);
+- a full waiting queue answers 429;
+- SIGTERM drains: a running request finishes, the process exits 0; past --drain-seconds the
+  request is cut ("abort") and the process still exits 0.
+
+usage: serve_test.py SHARDLM TRAINED_MODEL_DIR WORKDIR
+(the npm packages come from scripts/install-deps.sh, into SHARDLM_NPM_CACHE)
+"""
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+import unittest
+import urllib.error
+import urllib.request
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+from jobs import ENV, mpirun, read_jsonl, write_jsonl  # noqa: E402
+
+SHARDLM = TRAINED = WORK = None
+NPM = os.environ.get("SHARDLM_NPM_CACHE", os.path.expanduser("~/.cache/shardlm/npm"))
+PROMPTS = [
+    ("city", "In the city of New York, the mayor"),
+    ("jury", "The jury said that"),
+    ("science", "The results of the experiment show"),
+    ("cold", "It was a cold morning, and"),
+]
+
+
+class Server:
+    """A `shardlm serve` on a free port; `np` 0 runs the binary alone (no mpirun)."""
+
+    def __init__(self, model, np, *flags):
+        cmd = [SHARDLM, "serve", "--model", model, "--port", "0", *flags]
+        if np > 0:
+            cmd = ["mpirun", "--oversubscribe", "--bind-to", "none", "-q", "-np", str(np)] + cmd
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     text=True, env=ENV)
+        self.stderr = []
+        threading.Thread(target=lambda: self.stderr.extend(self.proc.stderr), daemon=True).start()
+        deadline = time.time() + 120
+        self.url = None
+        while time.time() < deadline:
+            line = self.proc.stdout.readline()
+            if not line:
+                break
+            m = re.search(r"listening on (http://[\d.]+:\d+)", line)
+            if m:
+                self.url = m.group(1)
+                break
+        if self.url is None:
+            self.proc.kill()
+            raise AssertionError(f"server did not start: {''.join(self.stderr)}")
+
+    def stop(self, timeout=60, signal_it=True):
+        if signal_it and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            code = self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            raise AssertionError("server did not stop after SIGTERM")
+        time.sleep(0.2)
+        self.proc.stdout.close()
+        return code, "".join(self.stderr)
+
+    def get(self, path, key=None):
+        req = urllib.request.Request(self.url + path)
+        if key:
+            req.add_header("Authorization", f"Bearer {key}")
+        try:
+            with urllib.request.urlopen(req, timeout=30) as r:
+                return r.status, r.read().decode()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read().decode()
+
+    def metric(self, name):
+        _, text = self.get("/metrics")
+        m = re.search(rf"^{name} (\S+)$", text, re.M)
+        return float(m.group(1)) if m else None
+
+
+def curl(url, body=None, headers=(), stream=False):
+    """(status, body) of a curl request (POST when `body` is given)."""
+    cmd = ["curl", "-s", "-o", "-", "-w", "\n%{http_code}", url]
+    if stream:
+        cmd.insert(1, "-N")
+    for h in headers:
+        cmd += ["-H", h]
+    if body is not None:
+        cmd += ["-H", "Content-Type: application/json", "--data-binary", "@-"]
+    r = subprocess.run(cmd, input=body if isinstance(body, str) else None, capture_output=True,
+                       text=True, timeout=60)
+    out, _, code = r.stdout.rpartition("\n")
+    return int(code), out
+
+
+def openai_client(url, requests, model, key=None):
+    job = os.path.join(WORK, "job.json")
+    with open(job, "w") as f:
+        json.dump({"base_url": url + "/v1", "api_key": key, "model": model,
+                   "requests": requests}, f)
+    r = subprocess.run(["node", os.path.join(HERE, "serve", "openai_client.cjs"), NPM, job],
+                       capture_output=True, text=True, timeout=300)
+    if r.returncode != 0:
+        raise AssertionError(f"openai client failed:\n{r.stderr}")
+    return {json.loads(l)["id"]: json.loads(l) for l in r.stdout.splitlines()}
+
+
+def slow_model():
+    """A random GLA model slow enough (~4 ms a token) to act on a request while it runs."""
+    path = os.path.join(WORK, "slow")
+    if not os.path.exists(os.path.join(path, "config.json")):
+        mpirun(SHARDLM, ["make-model", "--preset", "small", "--attention", "gla",
+                         "--intermediate-size", "8192", "--out", path])
+    return path
+
+
+class Serve(unittest.TestCase):
+    def requests(self):
+        out = []
+        for pid, prompt in PROMPTS:
+            out.append({"id": f"{pid}-greedy", "prompt": prompt, "max_tokens": 24,
+                        "temperature": 0})
+            out.append({"id": f"{pid}-sampled", "prompt": prompt, "max_tokens": 24,
+                        "temperature": 0.8, "top_p": 0.9, "seed": 11})
+        out.append({"id": "stop", "prompt": "The jury said that", "max_tokens": 40,
+                    "temperature": 0, "stop": [","]})
+        out.append({"id": "logprobs", "prompt": "The jury said that", "max_tokens": 8,
+                    "temperature": 0, "logprobs": 0})
+        return out
+
+    def decode_reference(self, requests):
+        rows = []
+        for r in requests:
+            row = {"id": r["id"], "prompt": r["prompt"], "max_new_tokens": r["max_tokens"],
+                   "temperature": r["temperature"]}
+            for k in ("top_p", "seed", "stop"):
+                if k in r:
+                    row[k] = r[k]
+            rows.append(row)
+        inp, out = os.path.join(WORK, "decode.in.jsonl"), os.path.join(WORK, "decode.jsonl")
+        write_jsonl(inp, rows)
+        mpirun(SHARDLM, ["decode", "--model", TRAINED, "--prompts", inp, "--output", out])
+        return read_jsonl(out)
+
+    def test_openai_client_equals_decode_at_tp1_and_tp2(self):
+        requests = self.requests()
+        want = self.decode_reference(requests)
+        for np in (1, 2):
+            server = Server(TRAINED, np)
+            try:
+                for stream in (False, True):
+                    got = openai_client(server.url,
+                                        [dict(r, stream=stream) for r in requests],
+                                        os.path.basename(TRAINED))
+                    for r in requests:
+                        g, w = got[r["id"]], want[r["id"]]
+                        where = f"np {np} stream {stream} {r['id']}"
+                        self.assertNotIn("error", g, where)
+                        self.assertEqual(g["text"], w["text"], where)
+                        self.assertEqual(g["finish_reason"], w["finish_reason"], where)
+                        self.assertEqual(g["usage"]["completion_tokens"], len(w["tokens"]), where)
+                        self.assertEqual(g["usage"]["prompt_tokens"], w["prompt_tokens"], where)
+                        if stream and r["id"].endswith("greedy"):
+                            self.assertGreater(g["chunks"], 1, where)
+                    lp = got["logprobs"]["logprobs"]
+                    self.assertEqual(len(lp), 8)
+                    for a, b in zip(lp, want["logprobs"]["logprobs"]):
+                        self.assertAlmostEqual(a, b, places=4)
+                self.assertEqual(server.metric("shardlm_kv_pages_used"), 0)
+                self.assertEqual(server.metric("shardlm_requests_finished_total"),
+                                 2 * len(requests))
+            finally:
+                code, err = server.stop()
+            self.assertIn("stopped", err)
+
+    def test_errors_health_models_and_metrics(self):
+        server = Server(TRAINED, 1, "--max-body-bytes", "2000")
+        keyed = Server(TRAINED, 1, "--api-key", "sesame")
+        try:
+            url = server.url + "/v1/completions"
+            cases = [
+                ("{", 400, None),
+                ('{"prompt": "x", "max_tokens": "many"}', 400, "max_tokens"),
+                ('{"prompt": "x", "temprature": 0}', 400, "temprature"),
+                ('{"prompt": "x", "max_tokens": 1000}', 400, "max_tokens"),
+                ('{"model": "gpt-4", "prompt": "x"}', 404, "model"),
+                (json.dumps({"prompt": "x" * 5000}), 413, None),
+            ]
+            for body, status, param in cases:
+                code, out = curl(url, body)
+                self.assertEqual(code, status, body[:60])
+                err = json.loads(out)["error"]
+                self.assertTrue(err["message"])
+                if param:
+                    self.assertEqual(err["param"], param)
+            self.assertEqual(server.get("/health")[0], 200)
+            code, out = server.get("/v1/models")
+            self.assertEqual(json.loads(out)["data"][0]["id"], os.path.basename(TRAINED))
+            code, out = curl(keyed.url + "/v1/completions", '{"prompt": "x"}')
+            self.assertEqual(code, 401)
+            self.assertEqual(json.loads(out)["error"]["type"], "authentication_error")
+            code, _ = curl(keyed.url + "/v1/completions", '{"prompt": "x", "max_tokens": 2}',
+                           ["Authorization: Bearer sesame"])
+            self.assertEqual(code, 200)
+            self.assertEqual(keyed.get("/health")[0], 200)  # unauthenticated
+            got = openai_client(keyed.url, [{"id": 0, "prompt": "x", "max_tokens": 2}],
+                                os.path.basename(TRAINED))
+            self.assertEqual(got[0]["error"]["status"], 401)
+            got = openai_client(keyed.url, [{"id": 0, "prompt": "x", "max_tokens": 2}],
+                                os.path.basename(TRAINED), key="sesame")
+            self.assertEqual(got[0]["usage"]["completion_tokens"], 2)
+            _, text = server.get("/metrics")
+            for name in ("shardlm_requests_running", "shardlm_kv_pages_free",
+                         "shardlm_time_to_first_token_seconds_bucket",
+                         "shardlm_inter_token_latency_seconds_count"):
+                self.assertIn(name, text)
+        finally:
+            server.stop()
+            keyed.stop()
+
+    def wait_for(self, server, name, value, timeout=20):
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if server.metric(name) == value:
+                return
+            time.sleep(0.05)
+        self.fail(f"{name} never became {value} (last {server.metric(name)})")
+
+    def start_stream(self, server, max_tokens):
+        body = json.dumps({"prompt": "hello", "max_tokens": max_tokens, "temperature": 0,
+                           "stream": True})
+        proc = subprocess.Popen(["curl", "-s", "-N", server.url + "/v1/completions", "-H",
+                                 "Content-Type: application/json", "-d", body],
+                                stdout=subprocess.PIPE, text=True)
+        first = proc.stdout.readline()
+        self.assertTrue(first.startswith("data: "), first)
+        return proc
+
+    def test_a_client_that_leaves_is_cancelled_and_its_pages_freed(self):
+        server = Server(slow_model(), 2)
+        try:
+            proc = self.start_stream(server, 1500)
+            self.assertGreater(server.metric("shardlm_kv_pages_used"), 0)
+            proc.kill()
+            proc.wait()
+            proc.stdout.close()
+            self.wait_for(server, "shardlm_kv_pages_used", 0)
+            self.assertEqual(server.metric("shardlm_requests_cancelled_total"), 1)
+            self.assertEqual(server.metric("shardlm_requests_running"), 0)
+        finally:
+            server.stop()
+
+    def test_a_full_queue_answers_429(self):
+        server = Server(slow_model(), 1, "--max-batch", "1", "--max-waiting", "2")
+        procs = []
+        try:
+            procs.append(self.start_stream(server, 1500))  # running
+            body = json.dumps({"prompt": "hi", "max_tokens": 100, "temperature": 0,
+                               "stream": True})
+            for _ in range(2):  # queued behind it: max-batch 1
+                procs.append(subprocess.Popen(
+                    ["curl", "-s", "-N", server.url + "/v1/completions", "-d", body],
+                    stdout=subprocess.DEVNULL))
+            self.wait_for(server, "shardlm_requests_waiting", 2)
+            code, out = curl(server.url + "/v1/completions", body)
+            self.assertEqual(code, 429)
+            self.assertEqual(json.loads(out)["error"]["type"], "rate_limit_error")
+            self.assertEqual(server.metric("shardlm_requests_rejected_total"), 1)
+        finally:
+            for p in procs:
+                p.kill()
+                p.wait()
+                if p.stdout:
+                    p.stdout.close()
+            self.wait_for(server, "shardlm_kv_pages_used", 0)
+            server.stop()
+
+    def test_sigterm_drains_then_cuts(self):
+        for drain, max_tokens, reason in (("30", 300, "length"), ("0.3", 1900, "abort")):
+            server = Server(slow_model(), 0, "--drain-seconds", drain)
+            proc = self.start_stream(server, max_tokens)
+            server.proc.send_signal(signal.SIGTERM)
+            out = proc.stdout.read()
+            proc.stdout.close()
+            proc.wait()
+            code, err = server.stop(signal_it=False)
+            self.assertEqual(code, 0, err)
+            self.assertIn("draining", err)
+            self.assertIn("data: [DONE]", out)
+            last = json.loads(out.strip().split("\n\n")[-2][len("data: "):])
+            self.assertEqual(last["choices"][0]["finish_reason"], reason, drain)
+            done = last["usage"]["completion_tokens"]
+            if reason == "length":
+                self.assertEqual(done, max_tokens)
+            else:
+                self.assertLess(done, max_tokens)
+
+
+if __name__ == "__main__":
+    SHARDLM, TRAINED, WORK = sys.argv[1:4]
+    os.makedirs(WORK, exist_ok=True)
+    unittest.main(argv=sys.argv[:1] + sys.argv[4:], verbosity=2)
