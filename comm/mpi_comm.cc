@@ -1,5 +1,6 @@
 #include "comm/mpi_comm.h"
 
+#include <sched.h>
 #include <time.h>
 
 #include <chrono>
@@ -54,19 +55,24 @@ absl::Status MpiComm::Check(int code, const char* what) const {
 }
 
 absl::Status MpiComm::WaitPolitely(MPI_Request* request, const char* what) const {
-  // Spin first: inside a job the next message is microseconds away and a sleep would add its
-  // wake-up latency to every step. Past a millisecond the root is waiting for work (a server
-  // between requests): poll with short sleeps, so the idle ranks leave their cores alone.
-  const auto spin_until = std::chrono::steady_clock::now() + std::chrono::milliseconds(1);
+  // Spin first (yielding, for ranks that share cores): inside a job the next message is
+  // microseconds to a few milliseconds away (rank 0 sampling a large vocabulary) and a sleep
+  // would add its wake-up latency to the step. Past 2 ms the root is most likely waiting for
+  // work (a server between requests): poll with sleeps of at most 200 µs, so idle ranks leave
+  // their cores alone at the cost of at most that much latency on the next step.
+  const auto spin_until = std::chrono::steady_clock::now() + std::chrono::milliseconds(2);
   int done = 0;
   long sleep_ns = 20'000;
   while (true) {
     RETURN_IF_ERROR(Check(MPI_Test(request, &done, MPI_STATUS_IGNORE), what));
     if (done) return absl::OkStatus();
-    if (std::chrono::steady_clock::now() < spin_until) continue;
+    if (std::chrono::steady_clock::now() < spin_until) {
+      sched_yield();
+      continue;
+    }
     const timespec pause = {0, sleep_ns};
     nanosleep(&pause, nullptr);
-    sleep_ns = std::min(sleep_ns * 2, 500'000L);
+    sleep_ns = std::min(sleep_ns * 2, 200'000L);
   }
 }
 

@@ -1,6 +1,7 @@
 #include "serve/server.h"
 
 #include <httplib.h>
+#include <sys/socket.h>
 
 #include <atomic>
 #include <chrono>
@@ -175,6 +176,15 @@ absl::Status FrontEnd::Listen() {
   server_.set_read_timeout(10);
   server_.set_write_timeout(10);
   Routes();
+  // SO_REUSEADDR (a restarted server binds at once), not the library's default SO_REUSEPORT
+  // (which would let a second server share the port instead of failing); keep the socket to
+  // raise its listen backlog below.
+  int listen_fd = -1;
+  server_.set_socket_options([&listen_fd](int sock) {
+    int yes = 1;
+    setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof(yes));
+    listen_fd = sock;
+  });
   if (options_.port == 0) {
     port_ = server_.bind_to_any_port(options_.host);
     if (port_ <= 0) {
@@ -188,6 +198,10 @@ absl::Status FrontEnd::Listen() {
     }
     port_ = options_.port;
   }
+  // The library listens with a backlog of 5: a burst of clients connecting at once (32 in the
+  // load benchmark) overflows it and the kernel drops SYNs, which clients retry after 1 s.
+  // listen() again on the bound socket only raises the backlog.
+  if (listen_fd >= 0) ::listen(listen_fd, 1024);
   thread_ = std::thread([this] { server_.listen_after_bind(); });
   std::printf("shardlm serve: listening on http://%s:%d (model \"%s\", %d ranks, context %lld)\n",
               options_.host.c_str(), port_, served_model_.c_str(), ranks_,
