@@ -11,6 +11,8 @@ packages=(
   libabsl-dev
   libgtest-dev libgmock-dev
   python3 python3-numpy python3-torch python3-matplotlib
+  # The reference renderer of chat templates in the tests (jinja2, as transformers uses it).
+  python3-jinja2
   # The HTTP server of `shardlm serve` (cpp-httplib, with the OpenSSL headers its flags need).
   libcpp-httplib-dev libssl-dev zlib1g-dev libbrotli-dev
   # Tokenizers: regexes, NFC, JSON.

@@ -1,0 +1,98 @@
+#include "tokenizer/chat_template.h"
+
+#include "gtest/gtest.h"
+
+namespace shardlm {
+namespace {
+
+using Json = ChatTemplate::Json;
+
+std::string Render(const std::string& source, const Json& context = Json::object()) {
+  auto t = ChatTemplate::Parse(source);
+  if (!t.ok()) return "PARSE ERROR: " + std::string(t.status().message());
+  auto out = (*t)->Render(context);
+  if (!out.ok()) return "RENDER ERROR: " + std::string(out.status().message());
+  return *out;
+}
+
+TEST(ChatTemplateTest, ExpressionsAndStatements) {
+  EXPECT_EQ(Render("a{{ 1 + 2 * 3 }}b"), "a7b");
+  EXPECT_EQ(Render("{{ 7 // 2 }} {{ -7 // 2 }} {{ 7 % 3 }} {{ 7 / 2 }} {{ 2 ** 3 }}"), "3 -4 1 3.5 8");
+  EXPECT_EQ(Render("{{ 'a' ~ 1 ~ none }}"), "a1None");
+  EXPECT_EQ(Render("{{ 'x' if flag else 'y' }}", {{"flag", true}}), "x");
+  EXPECT_EQ(Render("{{ 'x' if flag }}|", Json::object()), "|");
+  EXPECT_EQ(Render("{{ [1, 'a', none, true] }} {{ {'k': 1} }}"), "[1, 'a', None, True] {'k': 1}");
+  EXPECT_EQ(Render("{{ 1.0 }} {{ 0.5 }} {{ true }}"), "1.0 0.5 True");
+  EXPECT_EQ(Render("{% if a %}A{% elif b %}B{% else %}C{% endif %}", {{"b", 1}}), "B");
+  EXPECT_EQ(Render("{% for x in xs %}{{ loop.index0 }}{{ x }}{% if not loop.last %},{% endif %}"
+                   "{% endfor %}",
+                   {{"xs", {"a", "b", "c"}}}),
+            "0a,1b,2c");
+  EXPECT_EQ(Render("{% for x in xs if x > 1 %}{{ x }}/{{ loop.length }} {% else %}none{% endfor %}",
+                   {{"xs", {1, 2, 3}}}),
+            "2/2 3/2 ");
+  EXPECT_EQ(Render("{% for x in xs %}{% else %}empty{% endfor %}", {{"xs", Json::array()}}), "empty");
+  EXPECT_EQ(Render("{% for k, v in d.items() %}{{ k }}={{ v }};{% endfor %}", {{"d", {{"a", 1}, {"b", 2}}}}),
+            "a=1;b=2;");
+  // Scoping: a set inside a loop stays there; a namespace carries values out.
+  EXPECT_EQ(Render("{% set x = 1 %}{% for i in [1, 2] %}{% set x = 5 %}{% endfor %}{{ x }}"), "1");
+  EXPECT_EQ(Render("{% set ns = namespace(n=0) %}{% for i in [1, 2, 3] %}{% set ns.n = ns.n + i %}"
+                   "{% endfor %}{{ ns.n }}"),
+            "6");
+  EXPECT_EQ(Render("{{ xs[::-1] }} {{ xs[1:] }} {{ xs[-1] }} {{ 'abc'[1] }} {{ 'héllo'[1:3] }}",
+                   {{"xs", {1, 2, 3}}}),
+            "[3, 2, 1] [2, 3] 3 b él");
+  EXPECT_EQ(Render("{{ m.role }}{{ m['role'] }}{{ m.missing is defined }}{{ m.content is none }}",
+                   {{"m", {{"role", "user"}, {"content", nullptr}}}}),
+            "useruserFalseTrue");
+  EXPECT_EQ(Render("{{ 'b' in 'abc' }}{{ 2 not in [1, 2] }}{{ 'k' in {'k': 1} }}"), "TrueFalseTrue");
+}
+
+TEST(ChatTemplateTest, FiltersTestsAndMethods) {
+  EXPECT_EQ(Render("{{ '  x \n' | trim }}|{{ xs | length }}|{{ 'ab' | upper }}|{{ xs | join('-') }}",
+                   {{"xs", {1, 2}}}),
+            "x|2|AB|1-2");
+  EXPECT_EQ(Render("{{ v | tojson }}", {{"v", {{"a", {1, "é\n"}}, {"b", nullptr}}}}),
+            R"({"a": [1, "é\n"], "b": null})");
+  EXPECT_EQ(Render("{{ v | tojson(indent=2) }}", {{"v", {{"a", 1}}}}), "{\n  \"a\": 1\n}");
+  EXPECT_EQ(Render("{{ missing | default('d') }}{{ xs | first }}{{ xs | last }}", {{"xs", {1, 2}}}),
+            "d12");
+  EXPECT_EQ(Render("{{ 3 is odd }}{{ 'a' is string }}{{ x is mapping }}{{ 1 is not number }}",
+                   {{"x", Json::object()}}),
+            "TrueTrueTrueFalse");
+  EXPECT_EQ(Render("{{ ' a b '.strip() }}|{{ 'xxhixx'.strip('x') }}|{{ 'a,b,,c'.split(',') }}|"
+                   "{{ ' a  b '.split() }}|{{ 'ab'.startswith('a') }}{{ 'ab'.endswith('a') }}|"
+                   "{{ 'a<think>b</think>c'.split('</think>')[-1] }}|{{ '\\n\\nx'.lstrip('\\n') }}"),
+            "a b|hi|['a', 'b', '', 'c']|['a', 'b']|TrueFalse|c|x");
+  EXPECT_EQ(Render("{{ d.get('a') }}{{ d.get('z', 'no') }}{{ d.keys() | list }}", {{"d", {{"a", 1}}}}),
+            "1no['a']");
+}
+
+TEST(ChatTemplateTest, WhitespaceControlTrimAndLstripBlocks) {
+  // trim_blocks: the newline after a block tag goes; lstrip_blocks: indentation before it.
+  EXPECT_EQ(Render("{% if true %}\n  yes\n{% endif %}\nend"), "  yes\nend");
+  EXPECT_EQ(Render("a\n    {% if true %}b{% endif %}"), "a\nb");
+  EXPECT_EQ(Render("a  {% if true %}b{% endif %}"), "a  b");  // not at a line start
+  EXPECT_EQ(Render("a {{- ' b ' -}} c"), "a b c");
+  EXPECT_EQ(Render("x\n{%- if true -%}\n  y  \n{%- endif %}"), "xy");
+  EXPECT_EQ(Render("{# comment #}\nz"), "z");
+  EXPECT_EQ(Render("{{ 'a' }}\n{{ 'b' }}"), "a\nb");  // expressions keep their newline
+}
+
+TEST(ChatTemplateTest, ErrorsNameTheConstruct) {
+  EXPECT_NE(Render("{% macro m() %}{% endmacro %}").find("'macro' tag is not supported"), std::string::npos);
+  EXPECT_NE(Render("{{ x | wordcount }}").find("filter 'wordcount'"), std::string::npos);
+  EXPECT_NE(Render("{{ x is divisibleby(3) }}").find("test 'divisibleby'"), std::string::npos);
+  EXPECT_NE(Render("{{ x.format(1) }}").find("method .format()"), std::string::npos);
+  EXPECT_NE(Render("{{ cycler() }}").find("function cycler()"), std::string::npos);
+  EXPECT_NE(Render("{% if x %}").find("ends before {% endif %}"), std::string::npos);
+  EXPECT_NE(Render("{% endfor %}").find("without its opening tag"), std::string::npos);
+  EXPECT_NE(Render("{{ 'a' ").find("not closed"), std::string::npos);
+  EXPECT_NE(Render("{{ raise_exception('Roles must alternate') }}").find("Roles must alternate"),
+            std::string::npos);
+  EXPECT_NE(Render("{{ 'a' + 1 }}").find("RENDER ERROR"), std::string::npos);
+  EXPECT_NE(Render("{{ x.y }}").find("undefined"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace shardlm
