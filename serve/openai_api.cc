@@ -4,6 +4,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "base/text.h"
+#include "base/status.h"
 #include "nlohmann/json.hpp"
 
 namespace shardlm {
@@ -54,17 +55,51 @@ std::string ApiError::Body() const {
   return Json{{"error", e}}.dump(-1, ' ', false, Json::error_handler_t::replace);
 }
 
-absl::StatusOr<CompletionRequest> ParseCompletionRequest(std::string_view body,
-                                                         const ApiLimits& limits,
-                                                         const Encoder& encode,
-                                                         const Decoder& decode, ApiError* error) {
+namespace {
+
+constexpr const char* kChatFields[] = {
+    "model",          "messages",    "max_tokens",       "max_completion_tokens",
+    "temperature",    "top_p",       "top_k",            "seed",
+    "stop",           "stop_token_ids", "logprobs",      "top_logprobs",
+    "stream",         "stream_options", "n",             "user",
+    "presence_penalty", "frequency_penalty", "logit_bias", "tools",
+    "tool_choice",    "parallel_tool_calls",
+};
+
+// A message's content as text: a string, null, or a list of {"type": "text", "text"} parts.
+absl::StatusOr<std::string> MessageText(const Json& content, size_t index, ApiError* error) {
+  const std::string param = absl::StrCat("messages[", index, "].content");
+  if (content.is_null()) return std::string();
+  if (content.is_string()) return content.get<std::string>();
+  if (!content.is_array()) return WrongType(error, param, content, "a string or a list of parts");
+  std::string text;
+  for (const Json& part : content) {
+    if (!part.is_object() || part.value("type", "") != "text" || !part.contains("text") ||
+        !part["text"].is_string()) {
+      return Fail(error, param, "only text content parts ({\"type\": \"text\", \"text\"}) are supported");
+    }
+    text += part["text"].get<std::string>();
+  }
+  return text;
+}
+
+}  // namespace
+
+static absl::StatusOr<CompletionRequest> ParseRequest(std::string_view body, bool chat,
+                                                      const ApiLimits& limits,
+                                                      const Encoder& encode,
+                                                      const Decoder& decode, ApiError* error) {
   const ModelDims& dims = *limits.dims;
   const Json j = Json::parse(body, nullptr, /*allow_exceptions=*/false);
   if (j.is_discarded()) return Fail(error, "", "the request body is not valid JSON");
   if (!j.is_object()) return Fail(error, "", "the request body must be a JSON object");
   for (const auto& [key, value] : j.items()) {
     bool known = false;
-    for (const char* k : kKnownFields) known = known || key == k;
+    if (chat) {
+      for (const char* k : kChatFields) known = known || key == k;
+    } else {
+      for (const char* k : kKnownFields) known = known || key == k;
+    }
     if (!known) return Fail(error, key, absl::StrCat("unknown field \"", Printable(key), "\""));
   }
   auto get = [&](const char* key) -> const Json* {
@@ -133,6 +168,58 @@ absl::StatusOr<CompletionRequest> ParseCompletionRequest(std::string_view body,
     return WrongType(error, "stream_options", *v, "an object");
   }
 
+  r.chat = chat;
+  std::vector<int32_t>& ids = r.sequence.prompt;
+  if (chat) {
+    // The messages through the model's chat template, with the generation prompt; the text it
+    // gives is tokenized without adding special tokens (the template writes them), as
+    // transformers' apply_chat_template does.
+    if (limits.chat_template == nullptr) {
+      return Fail(error, "messages",
+                  "this model has no chat template (tokenizer_config.json \"chat_template\"); "
+                  "use /v1/completions",
+                  400);
+    }
+    const Json* messages = get("messages");
+    if (messages == nullptr) return Fail(error, "messages", "\"messages\" is required");
+    if (!messages->is_array() || messages->empty()) {
+      return Fail(error, "messages", "\"messages\" must be a non-empty list");
+    }
+    ChatTemplate::Json context = ChatTemplate::Json::object();
+    ChatTemplate::Json list = ChatTemplate::Json::array();
+    for (size_t i = 0; i < messages->size(); ++i) {
+      const Json& m = (*messages)[i];
+      const std::string param = absl::StrCat("messages[", i, "]");
+      if (!m.is_object()) return WrongType(error, param, m, "an object");
+      if (!m.contains("role") || !m["role"].is_string()) {
+        return Fail(error, param + ".role", "each message needs a \"role\" string");
+      }
+      ChatTemplate::Json message = ChatTemplate::Json::parse(m.dump());
+      if ((!m.contains("content") || m["content"].is_null()) && m["role"] != "assistant") {
+        return Fail(error, param + ".content",
+                    "a message needs \"content\" (only an assistant's may be null)");
+      }
+      if (m.contains("content")) {
+        ASSIGN_OR_RETURN(std::string text, MessageText(m["content"], i, error));
+        message["content"] = m["content"].is_null() ? ChatTemplate::Json() : ChatTemplate::Json(text);
+      } else {
+        message["content"] = ChatTemplate::Json();
+      }
+      list.push_back(std::move(message));
+    }
+    context["messages"] = std::move(list);
+    context["add_generation_prompt"] = true;
+    context["bos_token"] = limits.bos_token;
+    context["eos_token"] = limits.eos_token;
+    if (const Json* tools = get("tools")) {
+      if (!tools->is_array()) return WrongType(error, "tools", *tools, "a list");
+      context["tools"] = ChatTemplate::Json::parse(tools->dump());
+    }
+    absl::StatusOr<std::string> rendered = limits.chat_template->Render(context);
+    if (!rendered.ok()) return Fail(error, "messages", std::string(rendered.status().message()));
+    r.prompt_text = *rendered;
+    ids = limits.encode_raw(r.prompt_text);
+  } else {
   // The prompt: text, or token ids; a list of one of either (the API's batch form, one entry).
   const Json* prompt = get("prompt");
   if (prompt == nullptr) return Fail(error, "prompt", "\"prompt\" is required");
@@ -142,7 +229,6 @@ absl::StatusOr<CompletionRequest> ParseCompletionRequest(std::string_view body,
   } else if (p->is_array() && !p->empty() && !(*p)[0].is_number_integer()) {
     return Fail(error, "prompt", "one prompt per request: \"prompt\" has several");
   }
-  std::vector<int32_t>& ids = r.sequence.prompt;
   if (p->is_string()) {
     r.prompt_text = p->get<std::string>();
     ids = encode(r.prompt_text);
@@ -160,19 +246,24 @@ absl::StatusOr<CompletionRequest> ParseCompletionRequest(std::string_view body,
   } else {
     return WrongType(error, "prompt", *p, "a string or token ids");
   }
-  if (ids.empty()) return Fail(error, "prompt", "\"prompt\" is empty");
+  }
+  const char* prompt_param = chat ? "messages" : "prompt";
+  if (ids.empty()) return Fail(error, prompt_param, "the prompt is empty");
   const int64_t prompt_len = static_cast<int64_t>(ids.size());
   if (prompt_len >= dims.max_positions) {
-    return Fail(error, "prompt",
+    return Fail(error, prompt_param,
                 absl::StrCat("the prompt has ", prompt_len, " tokens; the context length is ",
                              dims.max_positions, " and at least one token must be generated"));
   }
 
-  int64_t max_tokens = 16;  // OpenAI's default for completions
-  RETURN_IF_ERROR(get_int("max_tokens", 1, INT32_MAX, &max_tokens));
+  // OpenAI's default for completions is 16; chat completions run to the end of the context.
+  int64_t max_tokens = chat ? dims.max_positions - prompt_len : 16;
+  const char* max_key = chat && get("max_completion_tokens") != nullptr ? "max_completion_tokens"
+                                                                       : "max_tokens";
+  RETURN_IF_ERROR(get_int(max_key, 1, INT32_MAX, &max_tokens));
   if (prompt_len + max_tokens > dims.max_positions) {
-    return Fail(error, "max_tokens",
-                absl::StrCat("\"max_tokens\" ", max_tokens, " plus the prompt's ", prompt_len,
+    return Fail(error, max_key,
+                absl::StrCat("\"", max_key, "\" ", max_tokens, " plus the prompt's ", prompt_len,
                              " tokens exceed the context length ", dims.max_positions));
   }
   r.sequence.max_new_tokens = max_tokens;
@@ -217,8 +308,19 @@ absl::StatusOr<CompletionRequest> ParseCompletionRequest(std::string_view body,
     }
   }
   int64_t logprobs = -1;
-  if (const Json* v = get("logprobs"); v != nullptr && v->is_boolean()) {
-    logprobs = v->get<bool>() ? 0 : -1;  // the chat API's form
+  if (chat) {
+    bool want = false;
+    RETURN_IF_ERROR(get_bool("logprobs", &want));
+    int64_t top = 0;
+    RETURN_IF_ERROR(get_int("top_logprobs", 0, 20, &top));
+    if (top > 0) {
+      return Fail(error, "top_logprobs",
+                  "alternatives to the sampled tokens are not computed: \"top_logprobs\" must be "
+                  "0 or absent");
+    }
+    logprobs = want ? 0 : -1;
+  } else if (const Json* v = get("logprobs"); v != nullptr && v->is_boolean()) {
+    logprobs = v->get<bool>() ? 0 : -1;
   } else {
     RETURN_IF_ERROR(get_int("logprobs", 0, 5, &logprobs));
   }
@@ -228,9 +330,24 @@ absl::StatusOr<CompletionRequest> ParseCompletionRequest(std::string_view body,
                 "(the sampled tokens' logprobs) or absent");
   }
   r.logprobs = logprobs == 0;
-  RETURN_IF_ERROR(get_bool("echo", &r.echo));
+  if (!chat) RETURN_IF_ERROR(get_bool("echo", &r.echo));
   RETURN_IF_ERROR(get_bool("stream", &r.stream));
+  if (const Json* v = get("tool_choice"); v != nullptr && !(v->is_string() && (*v == "none" || *v == "auto"))) {
+    return Fail(error, "tool_choice", "\"tool_choice\" may be \"auto\" or \"none\" (tool calls are not parsed out)");
+  }
   return r;
+}
+
+absl::StatusOr<CompletionRequest> ParseCompletionRequest(std::string_view body,
+                                                         const ApiLimits& limits,
+                                                         const Encoder& encode,
+                                                         const Decoder& decode, ApiError* error) {
+  return ParseRequest(body, /*chat=*/false, limits, encode, decode, error);
+}
+
+absl::StatusOr<CompletionRequest> ParseChatRequest(std::string_view body, const ApiLimits& limits,
+                                                   const Decoder& decode, ApiError* error) {
+  return ParseRequest(body, /*chat=*/true, limits, limits.encode_raw, decode, error);
 }
 
 namespace {
@@ -267,8 +384,35 @@ std::string Dump(const Json& j) {
 
 }  // namespace
 
+// The chat API's logprobs: {"content": [{"token", "logprob", "bytes", "top_logprobs": []}]}.
+Json ChatLogprobs(const std::vector<int32_t>& tokens, const std::vector<double>& logprobs,
+                  const Decoder& decode) {
+  Json content = Json::array();
+  for (size_t i = 0; i < tokens.size(); ++i) {
+    const std::string piece = decode({tokens[i]});
+    Json bytes = Json::array();
+    for (unsigned char c : piece) bytes.push_back(c);
+    content.push_back({{"token", piece}, {"logprob", logprobs[i]}, {"bytes", bytes},
+                       {"top_logprobs", Json::array()}});
+  }
+  return {{"content", content}};
+}
+
 std::string CompletionBody(const ResponseHeader& header, const CompletionRequest& request,
                            const SequenceResult& result, const Decoder& decode) {
+  if (request.chat) {
+    Json choice = {{"index", 0},
+                   {"message", {{"role", "assistant"}, {"content", result.text}}},
+                   {"logprobs", nullptr},
+                   {"finish_reason", result.finish_reason}};
+    if (request.logprobs) choice["logprobs"] = ChatLogprobs(result.generated, result.logprobs, decode);
+    return Dump({{"id", header.id},
+                 {"object", "chat.completion"},
+                 {"created", header.created},
+                 {"model", header.model},
+                 {"choices", Json::array({choice})},
+                 {"usage", Usage(result)}});
+  }
   const std::string prefix = request.echo ? request.prompt_text : std::string();
   Json choice = {{"index", 0},
                  {"text", prefix + result.text},
@@ -288,24 +432,43 @@ std::string CompletionBody(const ResponseHeader& header, const CompletionRequest
 std::string CompletionChunk(const ResponseHeader& header, const CompletionRequest& request,
                             std::string_view text, const std::vector<StreamedToken>& tokens,
                             const SequenceResult* result, const Decoder& decode) {
-  Json choice = {{"index", 0}, {"text", std::string(text)}, {"logprobs", nullptr}};
-  choice["finish_reason"] = result != nullptr ? Json(result->finish_reason) : Json(nullptr);
-  if (request.logprobs && !tokens.empty()) {
-    std::vector<int32_t> ids;
-    std::vector<double> values;
-    for (const StreamedToken& t : tokens) {
-      ids.push_back(t.token);
-      values.push_back(t.logprob);
-    }
-    choice["logprobs"] = Logprobs(ids, values, 0, decode);
+  std::vector<int32_t> ids;
+  std::vector<double> values;
+  for (const StreamedToken& t : tokens) {
+    ids.push_back(t.token);
+    values.push_back(t.logprob);
   }
+  Json choice = {{"index", 0}, {"logprobs", nullptr}};
+  if (request.chat) {
+    choice["delta"] = text.empty() && result != nullptr ? Json::object()
+                                                        : Json{{"content", std::string(text)}};
+    if (request.logprobs && !ids.empty()) choice["logprobs"] = ChatLogprobs(ids, values, decode);
+  } else {
+    choice["text"] = std::string(text);
+    if (request.logprobs && !ids.empty()) choice["logprobs"] = Logprobs(ids, values, 0, decode);
+  }
+  choice["finish_reason"] = result != nullptr ? Json(result->finish_reason) : Json(nullptr);
   Json chunk = {{"id", header.id},
-                {"object", "text_completion"},
+                {"object", request.chat ? "chat.completion.chunk" : "text_completion"},
                 {"created", header.created},
                 {"model", header.model},
                 {"choices", Json::array({choice})}};
   if (result != nullptr) chunk["usage"] = Usage(*result);
   return absl::StrCat("data: ", Dump(chunk), "\n\n");
+}
+
+std::string ChatRoleChunk(const ResponseHeader& header) {
+  Json choice = {{"index", 0},
+                 {"delta", {{"role", "assistant"}, {"content", ""}}},
+                 {"logprobs", nullptr},
+                 {"finish_reason", nullptr}};
+  return absl::StrCat("data: ",
+                      Dump({{"id", header.id},
+                            {"object", "chat.completion.chunk"},
+                            {"created", header.created},
+                            {"model", header.model},
+                            {"choices", Json::array({choice})}}),
+                      "\n\n");
 }
 
 std::string ModelsBody(const std::string& served_model, int64_t created, int64_t max_model_len) {

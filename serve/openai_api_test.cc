@@ -133,5 +133,78 @@ TEST(OpenAiApiTest, ResponsesHaveTheApiShape) {
   EXPECT_EQ(last["usage"]["completion_tokens"], 2);
 }
 
+TEST(OpenAiApiTest, ChatRendersTheTemplate) {
+  Fixture f;
+  auto t = ChatTemplate::Parse(
+      "{{ bos_token }}{% for m in messages %}<{{ m.role }}>{{ m.content }}{% endfor %}"
+      "{% if add_generation_prompt %}<assistant>{% endif %}");
+  ASSERT_TRUE(t.ok());
+  f.limits.chat_template = t->get();
+  f.limits.bos_token = "^";
+  f.limits.encode_raw = f.encode;
+  ApiError e;
+  auto r = ParseChatRequest(
+      R"({"messages": [{"role": "system", "content": "s"},
+                       {"role": "user", "content": [{"type": "text", "text": "a"},
+                                                    {"type": "text", "text": "b"}]}],
+          "max_completion_tokens": 4, "logprobs": true, "stream": true})",
+      f.limits, f.decode, &e);
+  ASSERT_TRUE(r.ok()) << e.message;
+  EXPECT_TRUE(r->chat);
+  EXPECT_EQ(r->prompt_text, "^<system>s<user>ab<assistant>");
+  EXPECT_EQ(r->sequence.prompt.size(), r->prompt_text.size());
+  EXPECT_EQ(r->sequence.max_new_tokens, 4);
+  EXPECT_TRUE(r->logprobs && r->stream);
+  // Without max_tokens a chat runs to the end of the context.
+  r = ParseChatRequest(R"({"messages": [{"role": "user", "content": "x"}]})", f.limits, f.decode, &e);
+  ASSERT_TRUE(r.ok()) << e.message;
+  EXPECT_EQ(r->sequence.max_new_tokens, 64 - static_cast<int64_t>(r->sequence.prompt.size()));
+  const std::pair<std::string, std::string> bad[] = {
+      {R"({"messages": []})", "messages"},
+      {R"({"messages": [{"content": "x"}]})", "messages[0].role"},
+      {R"({"messages": [{"role": "user"}]})", "messages[0].content"},
+      {R"({"messages": [{"role": "user", "content": [{"type": "image_url"}]}]})",
+       "messages[0].content"},
+      {R"({"messages": [{"role": "user", "content": "x"}], "top_logprobs": 2})", "top_logprobs"},
+      {R"({"messages": [{"role": "user", "content": "x"}], "prompt": "x"})", "prompt"},
+      {R"({"messages": [{"role": "user", "content": "x"}], "tool_choice": "required"})",
+       "tool_choice"},
+  };
+  for (const auto& [body, param] : bad) {
+    ApiError err;
+    EXPECT_FALSE(ParseChatRequest(body, f.limits, f.decode, &err).ok()) << body;
+    EXPECT_EQ(err.param, param) << body << ": " << err.message;
+  }
+  // A model without a template.
+  f.limits.chat_template = nullptr;
+  ApiError err;
+  EXPECT_FALSE(ParseChatRequest(R"({"messages": [{"role": "user", "content": "x"}]})", f.limits,
+                                f.decode, &err)
+                   .ok());
+  EXPECT_NE(err.message.find("no chat template"), std::string::npos);
+
+  SequenceResult result;
+  result.prompt_len = 3;
+  result.generated = {'o', 'k'};
+  result.logprobs = {-1, -2};
+  result.text = "ok";
+  result.finish_reason = "stop";
+  const ResponseHeader h{"chatcmpl-1", 1, "tiny"};
+  CompletionRequest chat;
+  chat.chat = true;
+  chat.logprobs = true;
+  const Json body = Json::parse(CompletionBody(h, chat, result, f.decode));
+  EXPECT_EQ(body["object"], "chat.completion");
+  EXPECT_EQ(body["choices"][0]["message"]["role"], "assistant");
+  EXPECT_EQ(body["choices"][0]["message"]["content"], "ok");
+  EXPECT_EQ(body["choices"][0]["logprobs"]["content"][1]["token"], "k");
+  const Json role = Json::parse(ChatRoleChunk(h).substr(6));
+  EXPECT_EQ(role["choices"][0]["delta"]["role"], "assistant");
+  const Json last = Json::parse(CompletionChunk(h, chat, "", {}, &result, f.decode).substr(6));
+  EXPECT_EQ(last["object"], "chat.completion.chunk");
+  EXPECT_TRUE(last["choices"][0]["delta"].empty());
+  EXPECT_EQ(last["choices"][0]["finish_reason"], "stop");
+}
+
 }  // namespace
 }  // namespace shardlm

@@ -81,8 +81,9 @@ struct Channel {
 class FrontEnd {
  public:
   FrontEnd(const ServeOptions& options, const ModelDims& dims, const Tokenizer& tokenizer,
-           int64_t total_pages, int ranks)
-      : options_(options), dims_(dims), tokenizer_(tokenizer), total_pages_(total_pages),
+           ModelChatTemplate chat, int64_t total_pages, int ranks)
+      : options_(options), dims_(dims), tokenizer_(tokenizer), chat_(std::move(chat)),
+        total_pages_(total_pages),
         ranks_(ranks), created_(static_cast<int64_t>(std::time(nullptr))) {
     free_pages_ = total_pages;
     served_model_ = options.served_model_name;
@@ -99,6 +100,13 @@ class FrontEnd {
     }
     limits_.dims = &dims_;
     limits_.served_model = served_model_;
+    limits_.chat_template = chat_.chat_template.get();
+    limits_.bos_token = chat_.bos_token;
+    limits_.eos_token = chat_.eos_token;
+    limits_.encode_raw = [this](const std::string& text) {
+      std::lock_guard<std::mutex> lock(tokenizer_mu_);
+      return tokenizer_.Encode(text, /*add_special_tokens=*/false);
+    };
   }
 
   // Binds the port and starts serving on a thread of its own.
@@ -115,7 +123,7 @@ class FrontEnd {
 
  private:
   void Routes();
-  void Completions(const httplib::Request& req, httplib::Response& res);
+  void Completions(const httplib::Request& req, httplib::Response& res, bool chat);
   std::string Metrics();
   void Cancel(int64_t handle);
   std::vector<int32_t> Encode(const std::string& text) {
@@ -129,6 +137,7 @@ class FrontEnd {
   const ServeOptions& options_;
   const ModelDims& dims_;
   const Tokenizer& tokenizer_;
+  const ModelChatTemplate chat_;
   const int64_t total_pages_;
   const int ranks_;
   const int64_t created_;
@@ -377,25 +386,25 @@ void FrontEnd::Routes() {
     res.set_content(Metrics(), "text/plain; version=0.0.4");
   });
   server_.Post("/v1/completions", [this](const httplib::Request& req, httplib::Response& res) {
-    Completions(req, res);
+    Completions(req, res, /*chat=*/false);
   });
-  server_.Post("/v1/chat/completions", [](const httplib::Request&, httplib::Response& res) {
-    Reply(res, ApiError{404,
-                        "chat completions need the model's chat template, which this build "
-                        "cannot render yet; use /v1/completions",
-                        "not_found_error", ""});
+  server_.Post("/v1/chat/completions", [this](const httplib::Request& req, httplib::Response& res) {
+    Completions(req, res, /*chat=*/true);
   });
 }
 
-void FrontEnd::Completions(const httplib::Request& req, httplib::Response& res) {
+void FrontEnd::Completions(const httplib::Request& req, httplib::Response& res, bool chat) {
   if (draining_) {
     Reply(res, ApiError{503, "the server is shutting down", "server_error", ""});
     return;
   }
   ApiError error;
-  absl::StatusOr<CompletionRequest> parsed = ParseCompletionRequest(
-      req.body, limits_, [this](const std::string& text) { return Encode(text); },
-      [this](const std::vector<int32_t>& ids) { return Decode(ids); }, &error);
+  auto decode_ids = [this](const std::vector<int32_t>& ids) { return Decode(ids); };
+  absl::StatusOr<CompletionRequest> parsed =
+      chat ? ParseChatRequest(req.body, limits_, decode_ids, &error)
+           : ParseCompletionRequest(
+                 req.body, limits_, [this](const std::string& text) { return Encode(text); },
+                 decode_ids, &error);
   if (!parsed.ok()) {
     Reply(res, error);
     return;
@@ -419,7 +428,8 @@ void FrontEnd::Completions(const httplib::Request& req, httplib::Response& res) 
     submits_.push_back({handle, request->sequence, channel});
   }
   wake_.notify_all();
-  const ResponseHeader header{absl::StrCat("cmpl-", created_, "-", handle), created_, served_model_};
+  const ResponseHeader header{absl::StrCat(chat ? "chatcmpl-" : "cmpl-", created_, "-", handle),
+                              created_, served_model_};
   auto decode = [this](const std::vector<int32_t>& ids) { return Decode(ids); };
 
   if (!request->stream) {
@@ -460,9 +470,14 @@ void FrontEnd::Completions(const httplib::Request& req, httplib::Response& res) 
           return false;
         }
         auto write = [&](const std::string& event) { return sink.write(event.data(), event.size()); };
-        if (request->echo && !state->echoed) {
+        if ((request->echo || request->chat) && !state->echoed) {
+          // The first event: the echoed prompt, or the chat stream's assistant role.
           state->echoed = true;
-          if (!write(CompletionChunk(header, *request, request->prompt_text, {}, nullptr, decode))) {
+          const std::string first =
+              request->chat ? ChatRoleChunk(header)
+                            : CompletionChunk(header, *request, request->prompt_text, {}, nullptr,
+                                              decode);
+          if (!write(first)) {
             Cancel(handle);
             return false;
           }
@@ -555,8 +570,15 @@ absl::Status RunServe(const ServeOptions& options, Model& model, Comm& comm, Wat
     }
     if (start.ok()) {
       tokenizer = std::move(*loaded);
-      front = std::make_unique<FrontEnd>(options, model.dims(), *tokenizer, cache->num_pages(),
-                                         comm.size());
+      // A chat template with a construct the renderer lacks is a start-up error naming it.
+      absl::StatusOr<ModelChatTemplate> chat = LoadChatTemplate(options.batch.model_dir);
+      start = chat.status();
+      if (start.ok()) {
+        front = std::make_unique<FrontEnd>(options, model.dims(), *tokenizer, std::move(*chat),
+                                           cache->num_pages(), comm.size());
+      }
+    }
+    if (start.ok()) {
       const SchedulerOptions scheduler{cache->num_pages(), options.batch.cache.page_size,
                                        options.batch.max_batch, options.batch.max_batch_tokens};
       coordinator = std::make_unique<Coordinator>(

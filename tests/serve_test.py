@@ -8,7 +8,11 @@
 - a client that leaves mid-stream is cancelled and its pages are free within a step (metrics);
 - a full waiting queue answers 429;
 - SIGTERM drains: a running request finishes, the process exits 0; past --drain-seconds the
-  request is cut ("abort") and the process still exits 0.
+  request is cut ("abort") and the process still exits 0;
+- chat completions on a model with Llama 3's tokenizer and chat template: the conversation as
+  jinja2 renders the template (transformers' settings), tokenized without adding special tokens,
+  gives the same tokens and text as /v1/completions on those ids, streaming and not, TP 1 and 2;
+  a template the renderer cannot run is a start-up error naming the construct.
 
 usage: serve_test.py SHARDLM TRAINED_MODEL_DIR WORKDIR
 (the npm packages come from scripts/install-deps.sh, into SHARDLM_NPM_CACHE)
@@ -26,6 +30,10 @@ import urllib.error
 import urllib.request
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "reference"))
+sys.path.insert(0, os.path.join(HERE, "tokenizer"))
+import chat_templates  # noqa: E402
+import make_tiny_ckpt as mk  # noqa: E402
 from jobs import ENV, mpirun, read_jsonl, write_jsonl  # noqa: E402
 
 SHARDLM = TRAINED = WORK = None
@@ -124,6 +132,23 @@ def slow_model():
     if not os.path.exists(os.path.join(path, "config.json")):
         mpirun(SHARDLM, ["make-model", "--preset", "small", "--attention", "gla",
                          "--intermediate-size", "8192", "--out", path])
+    return path
+
+
+def llama3_model():
+    """Small random weights behind Llama 3's vocabulary, tokenizer and chat template."""
+    path = os.path.join(WORK, "llama3-chat")
+    if not os.path.exists(os.path.join(path, "config.json")):
+        cfg = dict(mk._BASE, architectures=["LlamaForCausalLM"], model_type="llama",
+                   vocab_size=128256, bos_token_id=128000, eos_token_id=128001,
+                   num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True,
+                   rope_theta=500000.0, max_position_embeddings=256)
+        del cfg["tokenizer"]
+        mk.write_checkpoint(path, cfg, mk.random_tensors(cfg, {}, 7), "bf16")
+        tokdir = os.path.join(NPM, "node_modules", "@lenml", "tokenizer-llama3", "models")
+        for f in ("tokenizer.json", "tokenizer_config.json"):
+            with open(os.path.join(tokdir, f), "rb") as a, open(os.path.join(path, f), "wb") as b:
+                b.write(a.read())
     return path
 
 
@@ -307,6 +332,79 @@ class Serve(unittest.TestCase):
                 self.assertEqual(done, max_tokens)
             else:
                 self.assertLess(done, max_tokens)
+
+
+class Chat(unittest.TestCase):
+    CONVERSATIONS = [
+        [{"role": "user", "content": "Hello there"}],
+        [{"role": "system", "content": "Be brief.\n"},
+         {"role": "user", "content": [{"type": "text", "text": "Grüße "},
+                                      {"type": "text", "text": "👩‍💻 and  spaces "}]}],
+        [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."},
+         {"role": "user", "content": "Count to three."}],
+    ]
+
+    def test_chat_equals_completions_on_the_rendered_template(self):
+        model = llama3_model()
+        with open(os.path.join(model, "tokenizer_config.json")) as f:
+            config = json.load(f)
+        env = chat_templates.hf_environment()
+        rendered = [env.from_string(config["chat_template"]).render(
+            messages=[dict(m, content=m["content"] if isinstance(m["content"], str)
+                           else "".join(p["text"] for p in m["content"])) for m in conv],
+            add_generation_prompt=True, bos_token=config["bos_token"],
+            eos_token=config["eos_token"]) for conv in self.CONVERSATIONS]
+        inp, out = os.path.join(WORK, "chat-tok.in.jsonl"), os.path.join(WORK, "chat-tok.jsonl")
+        write_jsonl(inp, [{"id": i, "text": t} for i, t in enumerate(rendered)])
+        mpirun(SHARDLM, ["tokenize", "--model", model, "--input", inp, "--output", out])
+        ids = read_jsonl(out)
+        for np in (1, 2):
+            server = Server(model, np)
+            try:
+                name = os.path.basename(model)
+                plain = openai_client(server.url, [
+                    {"id": i, "prompt": ids[i]["tokens"], "max_tokens": 10, "temperature": 0}
+                    for i in range(len(rendered))], name)
+                for stream in (False, True):
+                    chats = openai_chat(server.url, [
+                        {"id": i, "messages": conv, "max_tokens": 10, "temperature": 0,
+                         "stream": stream} for i, conv in enumerate(self.CONVERSATIONS)], name)
+                    for i in range(len(rendered)):
+                        where = f"np {np} stream {stream} conversation {i}"
+                        self.assertNotIn("error", chats[i], where)
+                        self.assertEqual(chats[i]["usage"]["prompt_tokens"], len(ids[i]["tokens"]),
+                                         where)
+                        self.assertEqual(chats[i]["text"], plain[i]["text"], where)
+                        self.assertEqual(chats[i]["finish_reason"], plain[i]["finish_reason"], where)
+                        if stream:
+                            self.assertEqual(chats[i]["role"], "assistant", where)
+                code, body = curl(server.url + "/v1/chat/completions",
+                                  json.dumps({"messages": [{"role": "user"}]}))
+                self.assertEqual(code, 400)
+                self.assertEqual(json.loads(body)["error"]["param"], "messages[0].content")
+            finally:
+                server.stop()
+
+    def test_a_template_it_cannot_render_stops_the_start(self):
+        model = os.path.join(WORK, "llama3-badtemplate")
+        os.makedirs(model, exist_ok=True)
+        src = llama3_model()
+        for f in ("config.json", "model.safetensors", "tokenizer.json"):
+            if not os.path.exists(os.path.join(model, f)):
+                os.symlink(os.path.join(src, f), os.path.join(model, f))
+        with open(os.path.join(src, "tokenizer_config.json")) as f:
+            config = json.load(f)
+        config["chat_template"] = "{% macro hi() %}hi{% endmacro %}{{ hi() }}"
+        with open(os.path.join(model, "tokenizer_config.json"), "w") as f:
+            json.dump(config, f)
+        r = subprocess.run([SHARDLM, "serve", "--model", model, "--port", "0"],
+                           capture_output=True, text=True, timeout=120, env=ENV)
+        self.assertNotEqual(r.returncode, 0)
+        self.assertIn("'macro' tag is not supported", r.stderr)
+
+
+def openai_chat(url, requests, model):
+    return openai_client(url, [dict(r, chat=True) for r in requests], model)
 
 
 if __name__ == "__main__":

@@ -1725,7 +1725,8 @@ absl::StatusOr<std::string> ChatTemplate::Render(const Json& context) const {
   return out;
 }
 
-absl::StatusOr<std::unique_ptr<ChatTemplate>> LoadChatTemplate(const std::string& model_dir) {
+absl::StatusOr<ModelChatTemplate> LoadChatTemplate(const std::string& model_dir) {
+  ModelChatTemplate out;
   std::string source;
   const std::string config_path = model_dir + "/tokenizer_config.json";
   if (std::ifstream in(config_path); in) {
@@ -1735,27 +1736,38 @@ absl::StatusOr<std::unique_ptr<ChatTemplate>> LoadChatTemplate(const std::string
     if (config.is_discarded()) {
       return absl::InvalidArgumentError(absl::StrCat(config_path, " is not valid JSON"));
     }
-    if (config.is_object() && config.contains("chat_template")) {
-      const Json& t = config["chat_template"];
-      if (t.is_string()) {
-        source = t.get<std::string>();
-      } else if (t.is_array()) {
-        for (const Json& entry : t) {
-          if (entry.is_object() && entry.value("name", "") == "default" && entry.contains("template") &&
-              entry["template"].is_string()) {
-            source = entry["template"].get<std::string>();
-          }
+    if (config.is_object()) {
+      // "bos_token": "<s>" or {"content": "<s>", …} (AddedToken's form).
+      for (auto [key, dst] : {std::pair{"bos_token", &out.bos_token}, std::pair{"eos_token", &out.eos_token}}) {
+        if (!config.contains(key)) continue;
+        const Json& v = config[key];
+        if (v.is_string()) *dst = v.get<std::string>();
+        if (v.is_object() && v.contains("content") && v["content"].is_string()) {
+          *dst = v["content"].get<std::string>();
         }
-        if (source.empty()) {
-          return absl::InvalidArgumentError(
-              absl::StrCat(config_path, ": chat_template has no \"default\" entry"));
+      }
+      if (config.contains("chat_template")) {
+        const Json& t = config["chat_template"];
+        if (t.is_string()) {
+          source = t.get<std::string>();
+        } else if (t.is_array()) {
+          for (const Json& entry : t) {
+            if (entry.is_object() && entry.value("name", "") == "default" &&
+                entry.contains("template") && entry["template"].is_string()) {
+              source = entry["template"].get<std::string>();
+            }
+          }
+          if (source.empty()) {
+            return absl::InvalidArgumentError(
+                absl::StrCat(config_path, ": chat_template has no \"default\" entry"));
+          }
         }
       }
     }
   }
   if (source.empty()) {
     std::ifstream in(model_dir + "/chat_template.jinja");
-    if (!in) return std::unique_ptr<ChatTemplate>();
+    if (!in) return out;
     std::stringstream text;
     text << in.rdbuf();
     source = text.str();
@@ -1764,7 +1776,8 @@ absl::StatusOr<std::unique_ptr<ChatTemplate>> LoadChatTemplate(const std::string
   if (!t.ok()) {
     return absl::InvalidArgumentError(absl::StrCat(model_dir, ": ", t.status().message()));
   }
-  return t;
+  out.chat_template = std::move(*t);
+  return out;
 }
 
 }  // namespace shardlm

@@ -46,9 +46,13 @@ class ChatTemplate {
 };
 
 // The template of a model directory: tokenizer_config.json's "chat_template" (a string, or the
-// list form [{"name", "template"}] whose "default" entry is taken), else chat_template.jinja;
-// null when there is none.
-absl::StatusOr<std::unique_ptr<ChatTemplate>> LoadChatTemplate(const std::string& model_dir);
+// list form [{"name", "template"}] whose "default" entry is taken), else chat_template.jinja
+// (null when there is none); and the bos_token / eos_token strings templates print.
+struct ModelChatTemplate {
+  std::unique_ptr<ChatTemplate> chat_template;
+  std::string bos_token, eos_token;
+};
+absl::StatusOr<ModelChatTemplate> LoadChatTemplate(const std::string& model_dir);
 
 }  // namespace shardlm
 
