@@ -21,6 +21,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -256,10 +257,11 @@ class Serve(unittest.TestCase):
             server.stop()
             keyed.stop()
 
-    def wait_for(self, server, name, value, timeout=20):
+    def wait_for(self, server, name, value, timeout=20, at_least=False):
         deadline = time.time() + timeout
         while time.time() < deadline:
-            if server.metric(name) == value:
+            m = server.metric(name)
+            if m == value or (at_least and m is not None and m >= value):
                 return
             time.sleep(0.05)
         self.fail(f"{name} never became {value} (last {server.metric(name)})")
@@ -311,6 +313,33 @@ class Serve(unittest.TestCase):
                 if p.stdout:
                     p.stdout.close()
             self.wait_for(server, "shardlm_kv_pages_used", 0)
+            server.stop()
+
+    def test_a_client_that_does_not_read_stalls_nobody(self):
+        server = Server(slow_model(), 1)
+        slow = socket.socket()
+        try:
+            slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            host, port = server.url[len("http://"):].split(":")
+            slow.connect((host, int(port)))
+            body = json.dumps({"prompt": "hello", "max_tokens": 1500, "temperature": 0,
+                               "stream": True})
+            slow.sendall((f"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: "
+                          f"application/json\r\nContent-Length: {len(body)}\r\n\r\n{body}")
+                         .encode())
+            self.wait_for(server, "shardlm_requests_running", 1)
+            start = time.time()
+            code, out = curl(server.url + "/v1/completions",
+                             '{"prompt": "hi", "max_tokens": 20, "temperature": 0}')
+            self.assertEqual(code, 200)
+            self.assertEqual(json.loads(out)["usage"]["completion_tokens"], 20)
+            self.assertLess(time.time() - start, 20)
+            # The unread stream is generated to its end all the same: the step loop never waits
+            # for a client.
+            self.wait_for(server, "shardlm_requests_finished_total", 2, timeout=60)
+            self.assertGreaterEqual(server.metric("shardlm_generation_tokens_total"), 21)
+        finally:
+            slow.close()
             server.stop()
 
     def test_sigterm_drains_then_cuts(self):
