@@ -7,7 +7,7 @@
 #   scripts/fuzz.sh [SECONDS]      # per target; default 60
 #
 # Environment: FUZZ_BUILD_DIR (default build-fuzz), FUZZ_TARGETS (default
-# "safetensors config request"), FUZZ_JOBS (build parallelism, default 2),
+# "safetensors config request openai chat_template"), FUZZ_JOBS (build parallelism, default 2),
 # FUZZ_RSS_MB (-rss_limit_mb, default 2048; the request target's RSS grows
 # about 3 MB/s under ASan, so runs much past 5 minutes need more).
 set -euo pipefail
@@ -18,7 +18,7 @@ if ! [[ "$seconds" =~ ^[0-9]+$ ]] || [ "$seconds" -lt 1 ]; then
   exit 2
 fi
 build=$(realpath -m "${FUZZ_BUILD_DIR:-build-fuzz}")
-targets=(${FUZZ_TARGETS:-safetensors config request})
+targets=(${FUZZ_TARGETS:-safetensors config request openai chat_template})
 for tool in clang clang++; do
   command -v "$tool" >/dev/null || { echo "fuzz: $tool not found; run scripts/install-deps.sh" >&2; exit 2; }
 done

@@ -434,6 +434,12 @@ class ExprParser {
   }
 
   absl::StatusOr<ExprPtr> CondExpr() {
+    // Nesting bound (parentheses, lists, unary operators): no input can exhaust the stack.
+    if (++depth_ > kMaxDepth) return Error("the expression nests too deeply");
+    struct Leave {
+      int& d;
+      ~Leave() { --d; }
+    } leave{depth_};
     ASSIGN_OR_RETURN(ExprPtr left, Or());
     while (IsName("if")) {
       ++p_;
@@ -481,6 +487,11 @@ class ExprParser {
   absl::StatusOr<ExprPtr> Not() {
     if (IsName("not")) {
       ++p_;
+      if (++depth_ > kMaxDepth) return Error("the expression nests too deeply");
+      struct Leave {
+        int& d;
+        ~Leave() { --d; }
+      } leave{depth_};
       ASSIGN_OR_RETURN(ExprPtr inner, Not());
       auto e = Make(Expr::Kind::kNot);
       e->args.push_back(std::move(inner));
@@ -544,6 +555,11 @@ class ExprParser {
     return left;
   }
   absl::StatusOr<ExprPtr> Unary(bool with_filter) {
+    if (++depth_ > kMaxDepth) return Error("the expression nests too deeply");
+    struct Leave {
+      int& d;
+      ~Leave() { --d; }
+    } leave{depth_};
     ExprPtr node;
     if (IsOp("-")) {
       ++p_;
@@ -735,9 +751,11 @@ class ExprParser {
     }
   }
 
+  static constexpr int kMaxDepth = 100;
   std::vector<Token> t_;
   size_t p_ = 0;
   int line_;
+  int depth_ = 0;
 };
 
 // ---------------------------------------------------------------------------
@@ -863,6 +881,11 @@ class TreeBuilder {
  private:
   // Parses statements into `body` until one of `stops` (a block keyword), returned in `stop`.
   absl::Status Body(Node* body, std::vector<std::string_view> stops, std::string* stop) {
+    if (++depth_ > 100) return RenderError("blocks nest more than 100 deep");
+    struct Leave {
+      int& d;
+      ~Leave() { --d; }
+    } leave{depth_};
     while (i_ < s_.size()) {
       const Segment& seg = s_[i_];
       if (seg.kind == Segment::Kind::kText) {
@@ -1011,6 +1034,7 @@ class TreeBuilder {
 
   std::vector<Segment> s_;
   size_t i_ = 0;
+  int depth_ = 0;
   std::unique_ptr<ExprParser> parser_;  // the stop tag's, for `elif` conditions
 };
 
@@ -1022,6 +1046,10 @@ class Renderer {
   explicit Renderer(const Json& context) { scopes_.emplace_back(); for (const auto& [k, v] : context.items()) scopes_[0][k] = Value(v); }
 
   absl::Status Exec(const Node& n, std::string* out) {
+    // A budget, so that no template (loops over range(10**6) inside each other) runs for ever.
+    if (++steps_ > kMaxSteps || out->size() > kMaxOutput) {
+      return RenderError("the template runs too long (over 10 million steps or 64 MB)");
+    }
     switch (n.kind) {
       case Node::Kind::kBody:
         for (const auto& child : n.body) RETURN_IF_ERROR(Exec(*child, out));
@@ -1544,6 +1572,12 @@ class Renderer {
   }
 
   absl::StatusOr<Value> BinaryOp(const std::string& op, const Value& a, const Value& b) {
+    if (op == "~" || op == "+") {
+      const auto size = [](const Value& v) {
+        return v.undefined ? 0 : v.j.is_string() ? v.j.get_ref<const std::string&>().size() : v.j.size();
+      };
+      if (size(a) + size(b) > kMaxOutput) return RenderError("a value grows beyond 64 MB");
+    }
     if (op == "~") return Value(Json(ToStr(a) + ToStr(b)));
     if (op == "in" || op == "not in") {
       ASSIGN_OR_RETURN(bool r, Contains(b, a));
@@ -1610,6 +1644,10 @@ class Renderer {
 
   absl::StatusOr<Value> Eval(const Expr& e) {
     if (++depth_ > 200) return RenderError("expressions nest too deeply");
+    if (++steps_ > kMaxSteps) {
+      --depth_;
+      return RenderError("the template runs too long (over 10 million steps or 64 MB)");
+    }
     struct Leave {
       int& d;
       ~Leave() { --d; }
@@ -1701,8 +1739,11 @@ class Renderer {
     return RenderError("unknown expression");
   }
 
+  static constexpr int64_t kMaxSteps = 10'000'000;
+  static constexpr size_t kMaxOutput = 64u << 20;
   std::vector<std::map<std::string, Value>> scopes_;
   int depth_ = 0;
+  int64_t steps_ = 0;
 };
 
 }  // namespace

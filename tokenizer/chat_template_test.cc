@@ -94,5 +94,25 @@ TEST(ChatTemplateTest, ErrorsNameTheConstruct) {
   EXPECT_NE(Render("{{ x.y }}").find("undefined"), std::string::npos);
 }
 
+// Templates come with model files: none may exhaust the stack, the time or the memory.
+TEST(ChatTemplateTest, BoundsOnNestingStepsAndSize) {
+  std::string deep_expr = "{{ " + std::string(5000, '(') + "1" + std::string(5000, ')') + " }}";
+  EXPECT_NE(Render(deep_expr).find("nests too deeply"), std::string::npos);
+  std::string deep_not = "{{ " ;
+  for (int i = 0; i < 5000; ++i) deep_not += "not ";
+  EXPECT_NE(Render(deep_not + "1 }}").find("nests too deeply"), std::string::npos);
+  std::string deep_blocks;
+  for (int i = 0; i < 5000; ++i) deep_blocks += "{% if 1 %}";
+  EXPECT_NE(Render(deep_blocks).find("nest more than 100 deep"), std::string::npos);
+  EXPECT_NE(Render("{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}")
+                .find("runs too long"),
+            std::string::npos);
+  EXPECT_NE(Render("{% set ns = namespace(s='ab') %}{% for i in range(60) %}{% set ns.s = ns.s + ns.s %}"
+                   "{% endfor %}")
+                .find("beyond 64 MB"),
+            std::string::npos);
+  EXPECT_EQ(Render("{% for i in range(3) %}{{ i }}{% endfor %}"), "012");
+}
+
 }  // namespace
 }  // namespace shardlm
