@@ -6,15 +6,15 @@
 #define SHARDLM_SERVE_OPENAI_API_H_
 
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <string_view>
 #include <vector>
 
 #include "absl/status/statusor.h"
-#include "coordinator/coordinator.h"
+#include "coordinator/sequence.h"
 #include "shard/dims.h"
 #include "tokenizer/chat_template.h"
-#include "tokenizer/tokenizer.h"
 
 namespace shardlm {
 

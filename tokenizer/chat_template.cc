@@ -321,7 +321,19 @@ absl::StatusOr<std::vector<Token>> LexTag(std::string_view s, int line) {
       }
       t.kind = is_float ? Token::Kind::kFloat : Token::Kind::kInt;
       t.text = digits;
-      t.value = is_float ? Json(std::stod(digits)) : Json(std::stoll(digits));
+      if (is_float) {
+        double v = 0.0;
+        const auto r = std::from_chars(digits.data(), digits.data() + digits.size(), v);
+        if (r.ec != std::errc()) return error(absl::StrCat("the number ", digits, " is out of range"));
+        t.value = v;
+      } else {
+        int64_t v = 0;
+        const auto r = std::from_chars(digits.data(), digits.data() + digits.size(), v);
+        if (r.ec != std::errc()) {
+          return error(absl::StrCat("the integer ", digits, " is beyond 64 bits"));
+        }
+        t.value = v;
+      }
       i = j;
     } else if (c == '\'' || c == '"') {
       std::string v;
@@ -1750,20 +1762,30 @@ class Renderer {
 
 ChatTemplate::~ChatTemplate() = default;
 
+// nlohmann-json throws on a type mismatch the checks above missed; the project does not use
+// exceptions elsewhere, so parsing and rendering are the boundary that turns them into a status.
 absl::StatusOr<std::unique_ptr<ChatTemplate>> ChatTemplate::Parse(std::string_view source) {
-  ASSIGN_OR_RETURN(std::vector<Segment> segments, Segments(source));
-  TreeBuilder builder(std::move(segments));
-  ASSIGN_OR_RETURN(std::unique_ptr<Node> root, builder.Build());
-  auto t = std::unique_ptr<ChatTemplate>(new ChatTemplate());
-  t->root_ = std::move(root);
-  return t;
+  try {
+    ASSIGN_OR_RETURN(std::vector<Segment> segments, Segments(source));
+    TreeBuilder builder(std::move(segments));
+    ASSIGN_OR_RETURN(std::unique_ptr<Node> root, builder.Build());
+    auto t = std::unique_ptr<ChatTemplate>(new ChatTemplate());
+    t->root_ = std::move(root);
+    return t;
+  } catch (const std::exception& e) {
+    return RenderError(absl::StrCat("cannot parse: ", e.what()));
+  }
 }
 
 absl::StatusOr<std::string> ChatTemplate::Render(const Json& context) const {
-  Renderer r(context);
-  std::string out;
-  RETURN_IF_ERROR(r.Exec(*root_, &out));
-  return out;
+  try {
+    Renderer r(context);
+    std::string out;
+    RETURN_IF_ERROR(r.Exec(*root_, &out));
+    return out;
+  } catch (const std::exception& e) {
+    return RenderError(absl::StrCat("cannot render: ", e.what()));
+  }
 }
 
 absl::StatusOr<ModelChatTemplate> LoadChatTemplate(const std::string& model_dir) {
