@@ -209,8 +209,10 @@ class Serve(unittest.TestCase):
                 self.assertEqual(server.metric("shardlm_requests_finished_total"),
                                  2 * len(requests))
             finally:
-                code, err = server.stop()
-            self.assertIn("stopped", err)
+                # Under mpirun the ranks' last lines may be lost while mpirun itself ends on the
+                # signal: what must hold is that the job ends (stop() fails otherwise). The drain
+                # and its messages are checked on a single process (test_sigterm_drains_then_cuts).
+                server.stop()
 
     def test_errors_health_models_and_metrics(self):
         server = Server(TRAINED, 1, "--max-body-bytes", "2000")
