@@ -199,8 +199,11 @@ class Serve(unittest.TestCase):
                         self.assertEqual(g["finish_reason"], w["finish_reason"], where)
                         self.assertEqual(g["usage"]["completion_tokens"], len(w["tokens"]), where)
                         self.assertEqual(g["usage"]["prompt_tokens"], w["prompt_tokens"], where)
-                        if stream and r["id"].endswith("greedy"):
-                            self.assertGreater(g["chunks"], 1, where)
+                        if stream:
+                            # Events carry what was sampled since the client's thread last woke:
+                            # on this fast model possibly everything at once. That tokens stream
+                            # while a request runs is checked on the slow model (start_stream).
+                            self.assertGreaterEqual(g["chunks"], 1, where)
                     lp = got["logprobs"]["logprobs"]
                     self.assertEqual(len(lp), 8)
                     for a, b in zip(lp, want["logprobs"]["logprobs"]):
