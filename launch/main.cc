@@ -261,8 +261,8 @@ const std::vector<Command>& Commands() {
             {"seed", true, "default per-request seed (default 0)"}}),
        RunDecodeCommand},
       {"serve",
-       "an OpenAI-compatible HTTP server on rank 0: POST /v1/completions (stream or not), GET "
-       "/v1/models, /health, /metrics; requests join the running batch between steps",
+       "an OpenAI-compatible HTTP server on rank 0: POST /v1/completions and /v1/chat/completions "
+       "(stream or not), GET /v1/models, /health, /metrics; requests join the running batch",
        WithBatchFlags(
            {{"model", true, "checkpoint directory with its tokenizer"},
             {"host", true, "address to listen on (default 127.0.0.1)"},

@@ -236,6 +236,19 @@ std::string Strip(const std::string& s, const Value* chars, bool left, bool righ
   return s.substr(b, e - b);
 }
 
+// One level of a recursion whose depth is bounded (parsing and evaluating nested input).
+class DepthGuard {
+ public:
+  explicit DepthGuard(int& depth) : depth_(++depth) {}
+  ~DepthGuard() { --depth_; }
+  DepthGuard(const DepthGuard&) = delete;
+  DepthGuard& operator=(const DepthGuard&) = delete;
+  bool Exceeds(int max) const { return depth_ > max; }
+
+ private:
+  int& depth_;
+};
+
 // ---------------------------------------------------------------------------
 // Expressions.
 
@@ -447,11 +460,8 @@ class ExprParser {
 
   absl::StatusOr<ExprPtr> CondExpr() {
     // Nesting bound (parentheses, lists, unary operators): no input can exhaust the stack.
-    if (++depth_ > kMaxDepth) return Error("the expression nests too deeply");
-    struct Leave {
-      int& d;
-      ~Leave() { --d; }
-    } leave{depth_};
+    const DepthGuard guard(depth_);
+    if (guard.Exceeds(kMaxDepth)) return Error("the expression nests too deeply");
     ASSIGN_OR_RETURN(ExprPtr left, Or());
     while (IsName("if")) {
       ++p_;
@@ -499,11 +509,8 @@ class ExprParser {
   absl::StatusOr<ExprPtr> Not() {
     if (IsName("not")) {
       ++p_;
-      if (++depth_ > kMaxDepth) return Error("the expression nests too deeply");
-      struct Leave {
-        int& d;
-        ~Leave() { --d; }
-      } leave{depth_};
+      const DepthGuard guard(depth_);
+      if (guard.Exceeds(kMaxDepth)) return Error("the expression nests too deeply");
       ASSIGN_OR_RETURN(ExprPtr inner, Not());
       auto e = Make(Expr::Kind::kNot);
       e->args.push_back(std::move(inner));
@@ -567,11 +574,8 @@ class ExprParser {
     return left;
   }
   absl::StatusOr<ExprPtr> Unary(bool with_filter) {
-    if (++depth_ > kMaxDepth) return Error("the expression nests too deeply");
-    struct Leave {
-      int& d;
-      ~Leave() { --d; }
-    } leave{depth_};
+    const DepthGuard guard(depth_);
+    if (guard.Exceeds(kMaxDepth)) return Error("the expression nests too deeply");
     ExprPtr node;
     if (IsOp("-")) {
       ++p_;
@@ -893,11 +897,8 @@ class TreeBuilder {
  private:
   // Parses statements into `body` until one of `stops` (a block keyword), returned in `stop`.
   absl::Status Body(Node* body, std::vector<std::string_view> stops, std::string* stop) {
-    if (++depth_ > 100) return RenderError("blocks nest more than 100 deep");
-    struct Leave {
-      int& d;
-      ~Leave() { --d; }
-    } leave{depth_};
+    const DepthGuard guard(depth_);
+    if (guard.Exceeds(100)) return RenderError("blocks nest more than 100 deep");
     while (i_ < s_.size()) {
       const Segment& seg = s_[i_];
       if (seg.kind == Segment::Kind::kText) {
@@ -1655,15 +1656,11 @@ class Renderer {
   }
 
   absl::StatusOr<Value> Eval(const Expr& e) {
-    if (++depth_ > 200) return RenderError("expressions nest too deeply");
+    const DepthGuard guard(depth_);
+    if (guard.Exceeds(200)) return RenderError("expressions nest too deeply");
     if (++steps_ > kMaxSteps) {
-      --depth_;
       return RenderError("the template runs too long (over 10 million steps or 64 MB)");
     }
-    struct Leave {
-      int& d;
-      ~Leave() { --d; }
-    } leave{depth_};
     switch (e.kind) {
       case Expr::Kind::kLiteral:
         if (e.name == "undefined") return Value::Undef();
