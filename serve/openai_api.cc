@@ -385,7 +385,7 @@ std::string Dump(const Json& j) {
 }  // namespace
 
 // The chat API's logprobs: {"content": [{"token", "logprob", "bytes", "top_logprobs": []}]}.
-Json ChatLogprobs(const std::vector<int32_t>& tokens, const std::vector<double>& logprobs,
+static Json ChatLogprobs(const std::vector<int32_t>& tokens, const std::vector<double>& logprobs,
                   const Decoder& decode) {
   Json content = Json::array();
   for (size_t i = 0; i < tokens.size(); ++i) {
@@ -398,6 +398,15 @@ Json ChatLogprobs(const std::vector<int32_t>& tokens, const std::vector<double>&
   return {{"content", content}};
 }
 
+// What every response and chunk carries around its one choice.
+static Json Envelope(const ResponseHeader& header, const char* object, Json choice) {
+  return {{"id", header.id},
+          {"object", object},
+          {"created", header.created},
+          {"model", header.model},
+          {"choices", Json::array({std::move(choice)})}};
+}
+
 std::string CompletionBody(const ResponseHeader& header, const CompletionRequest& request,
                            const SequenceResult& result, const Decoder& decode) {
   if (request.chat) {
@@ -406,12 +415,9 @@ std::string CompletionBody(const ResponseHeader& header, const CompletionRequest
                    {"logprobs", nullptr},
                    {"finish_reason", result.finish_reason}};
     if (request.logprobs) choice["logprobs"] = ChatLogprobs(result.generated, result.logprobs, decode);
-    return Dump({{"id", header.id},
-                 {"object", "chat.completion"},
-                 {"created", header.created},
-                 {"model", header.model},
-                 {"choices", Json::array({choice})},
-                 {"usage", Usage(result)}});
+    Json body = Envelope(header, "chat.completion", std::move(choice));
+    body["usage"] = Usage(result);
+    return Dump(body);
   }
   const std::string prefix = request.echo ? request.prompt_text : std::string();
   Json choice = {{"index", 0},
@@ -421,12 +427,9 @@ std::string CompletionBody(const ResponseHeader& header, const CompletionRequest
   if (request.logprobs) {
     choice["logprobs"] = Logprobs(result.generated, result.logprobs, prefix.size(), decode);
   }
-  return Dump({{"id", header.id},
-               {"object", "text_completion"},
-               {"created", header.created},
-               {"model", header.model},
-               {"choices", Json::array({choice})},
-               {"usage", Usage(result)}});
+  Json body = Envelope(header, "text_completion", std::move(choice));
+  body["usage"] = Usage(result);
+  return Dump(body);
 }
 
 std::string CompletionChunk(const ResponseHeader& header, const CompletionRequest& request,
@@ -448,11 +451,8 @@ std::string CompletionChunk(const ResponseHeader& header, const CompletionReques
     if (request.logprobs && !ids.empty()) choice["logprobs"] = Logprobs(ids, values, 0, decode);
   }
   choice["finish_reason"] = result != nullptr ? Json(result->finish_reason) : Json(nullptr);
-  Json chunk = {{"id", header.id},
-                {"object", request.chat ? "chat.completion.chunk" : "text_completion"},
-                {"created", header.created},
-                {"model", header.model},
-                {"choices", Json::array({choice})}};
+  Json chunk = Envelope(header, request.chat ? "chat.completion.chunk" : "text_completion",
+                        std::move(choice));
   if (result != nullptr) chunk["usage"] = Usage(*result);
   return absl::StrCat("data: ", Dump(chunk), "\n\n");
 }
@@ -462,12 +462,7 @@ std::string ChatRoleChunk(const ResponseHeader& header) {
                  {"delta", {{"role", "assistant"}, {"content", ""}}},
                  {"logprobs", nullptr},
                  {"finish_reason", nullptr}};
-  return absl::StrCat("data: ",
-                      Dump({{"id", header.id},
-                            {"object", "chat.completion.chunk"},
-                            {"created", header.created},
-                            {"model", header.model},
-                            {"choices", Json::array({choice})}}),
+  return absl::StrCat("data: ", Dump(Envelope(header, "chat.completion.chunk", std::move(choice))),
                       "\n\n");
 }
 
