@@ -23,6 +23,8 @@ CpuFeatures Detect() {
   cpu.avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
                __builtin_cpu_supports("avx512vl");
   cpu.avx512_bf16 = cpu.avx512 && __builtin_cpu_supports("avx512bf16");
+  cpu.avx512_vnni = cpu.avx512 && __builtin_cpu_supports("avx512vnni");
+  cpu.avx_vnni = cpu.avx2_fma && __builtin_cpu_supports("avxvnni");
 #endif
   return cpu;
 }

@@ -13,6 +13,8 @@ struct CpuFeatures {
   bool avx2_fma = false;     // AVX2 + FMA + F16C
   bool avx512 = false;       // AVX-512 F, BW and VL
   bool avx512_bf16 = false;  // avx512 and AVX512-BF16 (vdpbf16ps)
+  bool avx512_vnni = false;  // avx512 and AVX512-VNNI (vpdpbusd on zmm)
+  bool avx_vnni = false;     // avx2_fma and AVX-VNNI (VEX vpdpbusd on ymm)
 };
 // Detected on first call (x86-64: CPUID; elsewhere: nothing).
 const CpuFeatures& Cpu();

@@ -13,6 +13,7 @@
 #include "base/status.h"
 #include "base/thread_pool.h"
 #include "kernels/matmul_internal.h"
+#include "kernels/matmul_quant_internal.h"
 
 namespace shardlm {
 namespace matmul_internal {
@@ -183,6 +184,26 @@ void Dispatch(Isa path, const float* x, int64_t n, int64_t x_stride, const void*
   }
 }
 
+void RunQuant(QuantKernel kernel, const float* x, int64_t n, int64_t x_stride, DType format,
+              const void* w, int64_t out, int64_t in, const float* bias, float* y,
+              int64_t y_stride) {
+  using namespace matmul_internal;
+  const auto* wq = static_cast<const uint8_t*>(w);
+  switch (kernel) {
+    case QuantKernel::kPortable:
+      SkinnyQuantPortable(format, x, n, x_stride, wq, out, in, bias, y, y_stride);
+      return;
+    case QuantKernel::kAvx2:
+    case QuantKernel::kAvx2Vnni:
+      SkinnyQuantAvx2(kernel == QuantKernel::kAvx2Vnni, format, x, n, x_stride, wq, out, in, bias,
+                      y, y_stride);
+      return;
+    case QuantKernel::kAvx512Vnni:
+      SkinnyQuantAvx512Vnni(format, x, n, x_stride, wq, out, in, bias, y, y_stride);
+      return;
+  }
+}
+
 // The checks and row panels shared by every entry point, then the kernel: the Bf16Math::kDot
 // one for BF16 weights when `dot`, else `path`'s.
 void Run(Isa path, bool dot, const float* x, int64_t n, int64_t x_stride, DType w_type,
@@ -204,6 +225,9 @@ void Run(Isa path, bool dot, const float* x, int64_t n, int64_t x_stride, DType 
   }
   CHECK(x != nullptr && w != nullptr);
   CHECK_MSG(IsaAvailable(path), IsaName(path), " is not supported by this CPU");
+  if (IsBlockQuantized(w_type)) {
+    CHECK_MSG(in % kQuantBlock == 0, DTypeName(w_type), " rows need a multiple of 32 inputs, not ", in);
+  }
   // Prefill-sized n: the kernel streams every x row past every W tile, so once the packed x
   // outgrows L2 (n·in·4 bytes, 32 MiB at n = 1024, in = 8192) it is re-read from L3/DRAM for
   // each 6-row W tile and the kernel runs at a third of sgemm's rate. Row panels of about
@@ -234,7 +258,15 @@ void Run(Isa path, bool dot, const float* x, int64_t n, int64_t x_stride, DType 
     case DType::kF16:
       Dispatch<matmul_internal::F16W>(path, x, n, x_stride, w, out, in, bias, y, y_stride);
       return;
+    case DType::kQ8_0:
+    case DType::kQ4_0:
+      RunQuant(QuantKernelFor(path), x, n, x_stride, w_type, w, out, in, bias, y, y_stride);
+      return;
+    case DType::kI8:
+    case DType::kU8:
+      break;
   }
+  CHECK_MSG(false, DTypeName(w_type), " is not a weight format");
 }
 
 }  // namespace
@@ -293,10 +325,63 @@ void SkinnyMatMulParallel(const float* x, int64_t n, int64_t x_stride, DType w_t
   const Args args{x, n, x_stride, w_type, static_cast<const char*>(w), in, bias, y, y_stride};
   // One captured pointer: the std::function holds it inline, so the call does not allocate.
   ParallelFor(out, kAlign, [p = &args](int64_t begin, int64_t end) {
-    const int64_t row_bytes = p->in * DTypeBytes(p->w_type);
+    const int64_t row_bytes = WeightRowBytes(p->w_type, p->in);
     SkinnyMatMul(p->x, p->n, p->x_stride, p->w_type, p->w + begin * row_bytes, end - begin, p->in,
                  p->bias != nullptr ? p->bias + begin : nullptr, p->y + begin, p->y_stride);
   });
+}
+
+const char* QuantKernelName(QuantKernel kernel) {
+  switch (kernel) {
+    case QuantKernel::kPortable:
+      return "portable";
+    case QuantKernel::kAvx2:
+      return "avx2";
+    case QuantKernel::kAvx2Vnni:
+      return "avx2+vnni";
+    case QuantKernel::kAvx512Vnni:
+      return "avx512+vnni";
+  }
+  return "unknown";
+}
+
+bool QuantKernelAvailable(QuantKernel kernel) {
+  switch (kernel) {
+    case QuantKernel::kPortable:
+      return true;
+    case QuantKernel::kAvx2:
+      return Cpu().avx2_fma;
+    case QuantKernel::kAvx2Vnni:
+      return Cpu().avx2_fma && Cpu().avx_vnni;
+    case QuantKernel::kAvx512Vnni:
+      return Cpu().avx512 && Cpu().avx512_vnni;
+  }
+  return false;
+}
+
+QuantKernel QuantKernelFor(Isa path) {
+  if (path == Isa::kAvx512 && QuantKernelAvailable(QuantKernel::kAvx512Vnni)) {
+    return QuantKernel::kAvx512Vnni;
+  }
+  if (path == Isa::kPortable) return QuantKernel::kPortable;
+  return Cpu().avx_vnni ? QuantKernel::kAvx2Vnni : QuantKernel::kAvx2;
+}
+
+void SkinnyMatMulQuantWithKernel(QuantKernel kernel, const float* x, int64_t n, int64_t x_stride,
+                                 DType format, const void* w, int64_t out, int64_t in,
+                                 const float* bias, float* y, int64_t y_stride) {
+  CHECK(IsBlockQuantized(format));
+  CHECK_MSG(QuantKernelAvailable(kernel), QuantKernelName(kernel), " is not supported by this CPU");
+  CHECK_EQ(in % kQuantBlock, 0);
+  CHECK_GE(n, 0);
+  if (n == 0 || out == 0) return;
+  if (in == 0) {
+    for (int64_t i = 0; i < n; ++i) {
+      for (int64_t o = 0; o < out; ++o) y[i * y_stride + o] = bias != nullptr ? bias[o] : 0.0f;
+    }
+    return;
+  }
+  RunQuant(kernel, x, n, x_stride, format, w, out, in, bias, y, y_stride);
 }
 
 void SkinnyMatMulReserve(int64_t max_n, int64_t max_in) {
@@ -309,6 +394,10 @@ void SkinnyMatMulReserve(int64_t max_n, int64_t max_in) {
 
 void SkinnyMatMulNaive(const float* x, int64_t n, int64_t x_stride, DType w_type, const void* w,
                        int64_t out, int64_t in, const float* bias, float* y, int64_t y_stride) {
+  if (IsBlockQuantized(w_type)) {
+    SkinnyMatMulQuantNaive(x, n, x_stride, w_type, w, out, in, bias, y, y_stride);
+    return;
+  }
   for (int64_t i = 0; i < n; ++i) {
     for (int64_t o = 0; o < out; ++o) {
       double acc = bias != nullptr ? bias[o] : 0.0;

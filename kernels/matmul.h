@@ -31,6 +31,22 @@
 //    buffer of about n·in floats. It grows on demand and is kept, so only a call larger than
 //    every earlier one on its thread allocates; SkinnyMatMulReserve does that up front, on
 //    every thread of the compute pool.
+//
+// Q8_0 and Q4_0 weights (kernels/quant.h; `in` a multiple of 32). Integer dot products, as
+// llama.cpp computes them, with this contract, the same bits on every path:
+//  * x is quantized per row and per block of 32: amax = max|x_k|, id = 127/amax (0 when
+//    amax = 0), q_k = x_k·id rounded to the nearest integer (ties to even), d_x = amax/127,
+//    each operation one f32 rounding. A block with a non-finite x has d_x = NaN, q = 0.
+//  * For weight row o and block b: S_b = Σ q_w·q_x over the block, an exact int32 (Q4_0's
+//    q_w already has its 8 subtracted), and lane b mod 16 of 16 f32 partial sums (from +0)
+//    takes fma(S_b, d_w·d_x, lane), d_w the f16 scale widened and d_w·d_x rounded to f32,
+//    in increasing b. Then the 16-lane tree and the bias as above.
+//  So y depends only on (x row, W row, bias, in): batch-invariant and the same on every
+//  path and thread count. The paths (QuantKernel) differ in speed only: AVX-512 VNNI
+//  vpdpbusd on 64 bytes, AVX2 with AVX-VNNI's 32-byte vpdpbusd, or AVX2 vpmaddubsw.
+//  Per 512 weights and (x row, W row) a path does 8 byte dot-product instructions and one
+//  FMA, and W rows are read once per call as for the other formats: Q4_0 is 0.5625 bytes per
+//  weight, Q8_0 1.0625.
 #ifndef SHARDLM_KERNELS_MATMUL_H_
 #define SHARDLM_KERNELS_MATMUL_H_
 
@@ -117,10 +133,33 @@ void SkinnyMatMulBf16Dot(const float* x, int64_t n, int64_t x_stride, const uint
 // Reference: plain loops, double accumulation starting from the bias, rounded once to float.
 void SkinnyMatMulNaive(const float* x, int64_t n, int64_t x_stride, const float* w, int64_t out,
                        int64_t in, const float* bias, float* y, int64_t y_stride);
-// Same with W of any DType, each weight widened exactly first.
+// Same with W of any DType, each weight widened exactly first (Q8_0 / Q4_0: the bit-exact
+// SkinnyMatMulQuantNaive).
 void SkinnyMatMulNaive(const float* x, int64_t n, int64_t x_stride, DType w_type,
                        const void* w, int64_t out, int64_t in, const float* bias, float* y,
                        int64_t y_stride);
+
+// The kernels for Q8_0 and Q4_0 weights, best first on a CPU that has them all.
+enum class QuantKernel {
+  kPortable,    // plain C++
+  kAvx2,        // AVX2 vpmaddubsw + vpmaddwd
+  kAvx2Vnni,    // AVX2 with AVX-VNNI's vpdpbusd
+  kAvx512Vnni,  // AVX-512 with AVX512-VNNI's vpdpbusd
+};
+const char* QuantKernelName(QuantKernel kernel);  // "portable", "avx2", "avx2+vnni", "avx512+vnni"
+bool QuantKernelAvailable(QuantKernel kernel);
+// The one the Isa path uses for block-quantized weights: kAvx512 → AVX-512 VNNI when the CPU
+// has it, else the AVX2 kernel; kAvx2Fma → AVX2 (with AVX-VNNI when present); portable.
+QuantKernel QuantKernelFor(Isa path);
+// SkinnyMatMul for Q8_0 / Q4_0 `w` (packed rows, kernels/quant.h) on one chosen kernel
+// (tests and benches compare them); CHECKs that it is available.
+void SkinnyMatMulQuantWithKernel(QuantKernel kernel, const float* x, int64_t n, int64_t x_stride,
+                                 DType format, const void* w, int64_t out, int64_t in,
+                                 const float* bias, float* y, int64_t y_stride);
+// Reference for Q8_0 / Q4_0: the contract above in plain loops, element by element (bit-exact).
+void SkinnyMatMulQuantNaive(const float* x, int64_t n, int64_t x_stride, DType format,
+                            const void* w, int64_t out, int64_t in, const float* bias, float* y,
+                            int64_t y_stride);
 
 }  // namespace shardlm
 

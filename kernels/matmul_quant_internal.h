@@ -1,0 +1,155 @@
+// Internals of the block-quantized matmul (kernels/matmul.h, "Q8_0 and Q4_0 weights"): the
+// quantized-x layout, the blocking driver and the per-path entry points. Not for use outside
+// kernels/matmul*.
+//
+// x is quantized once per call, row by row, into `QxRowBytes(in)` bytes per row: per 512-element
+// chunk, 512 quant bytes in the packed-weight order of kernels/quant.h (vector v at byte 64v,
+// block j's piece at 4j within it; zero past the row's last block), then the 16 blocks' f32
+// scales, then 16 int32 "aux" values (Σ of the block's quants times 8, for Q4_0's − 8). A
+// path that multiplies Q8_0 with vpdpbusd wants x unsigned: its x quants are stored + 128.
+//
+// Loop nest (R×C register tile; a K block is up to kQChunksPerBlock chunks):
+//   for each tile of C weight rows                ← W streamed once
+//     for each super-block of ≤ kSuperRows x rows
+//       for each K block                          ← C rows × ≤ 4 chunks of W stay in L1
+//         for each block of R x rows: Tile<R, C>
+// A tile keeps the int32 dot products of its R×C (row, weight row) pairs for one chunk in
+// registers, and folds each chunk into the f32 partial sums in `acc` ([R][C][16], spilled
+// between calls) with the contract's one FMA per block.
+#ifndef SHARDLM_KERNELS_MATMUL_QUANT_INTERNAL_H_
+#define SHARDLM_KERNELS_MATMUL_QUANT_INTERNAL_H_
+
+#include <algorithm>
+#include <array>
+#include <cstdint>
+#include <utility>
+
+#include "base/dtype.h"
+#include "kernels/matmul_internal.h"
+#include "kernels/quant.h"
+
+namespace shardlm::matmul_internal {
+
+inline constexpr int64_t kQxChunkBytes = 512 + 16 * 4 + 16 * 4;
+inline constexpr int kQChunksPerBlock = 4;
+
+inline int64_t QxRowBytes(int64_t in) {
+  return (in + kQuantChunk - 1) / kQuantChunk * kQxChunkBytes;
+}
+// Byte offset of chunk ch's quants in a packed weight row.
+inline int64_t WChunkOffset(DType format, int64_t ch) {
+  return ch * (format == DType::kQ8_0 ? 512 : 256);
+}
+
+// The contract's x quantization of one row (scalar reference and portable path): writes
+// QxRowBytes(in) bytes at dst. `offset128`: store the quants + 128 (as uint8).
+void QuantizeXRowPortable(const float* x, int64_t in, bool offset128, uint8_t* dst);
+// AVX-512 version, same bytes. Only call when Cpu().avx512.
+void QuantizeXRowAvx512(const float* x, int64_t in, bool offset128, uint8_t* dst);
+
+struct QTileArgs {
+  const uint8_t* x;      // quantized x of the block's first row, at the K block's first chunk
+  int64_t x_stride;      // bytes between quantized x rows
+  const uint8_t* w;      // packed row of the tile's first weight row (whole row)
+  int64_t w_stride;      // bytes between packed weight rows
+  int64_t scale_offset;  // byte offset of the scales within a packed row
+  int64_t chunk0;        // index of the K block's first chunk in the row
+  int chunks;            // chunks in this K block
+  int last_blocks;       // blocks of the K block's last chunk (16 unless the row ends there)
+  float* acc;            // [r][C][16] f32 partial sums, row stride C·16
+  int32_t* corr;         // Q8_0 with unsigned x: [C][kQChunksPerBlock][16] 128·Σw per block
+  bool make_corr;        // this call computes `corr` (the K block's first row block) …
+                         // … else reads what the first row block left there
+  int64_t prefetch_offset;  // bytes from this K block's quants to the next chunk to fetch (0: none)
+};
+using QTileFn = void (*)(const QTileArgs& args);
+
+template <class Kernel, DType kFormat, int kR, int kC>
+struct QTileTable {
+  static constexpr int kCount = kR * kC;
+  template <int... kIs>
+  static constexpr std::array<QTileFn, kCount> Make(std::integer_sequence<int, kIs...>) {
+    return {&Kernel::template Tile<kFormat, kIs / kC + 1, kIs % kC + 1, kC>...};
+  }
+  static constexpr std::array<QTileFn, kCount> kFns =
+      Make(std::make_integer_sequence<int, kCount>{});
+  static QTileFn Get(int r, int c) { return kFns[(r - 1) * kC + (c - 1)]; }
+};
+
+// Per-thread scratch for the quantized x (matmul.cc's Scratch, in bytes).
+inline uint8_t* QxScratch(int64_t bytes) {
+  return reinterpret_cast<uint8_t*>(Scratch((bytes + 3) / 4));
+}
+
+template <class Kernel, DType kFormat, int kR, int kC>
+void DriveQuant(const float* x, int64_t n, int64_t x_stride, const uint8_t* w, int64_t out,
+                int64_t in, const float* bias, float* y, int64_t y_stride) {
+  static_assert(kSuperRows % kR == 0);
+  const int64_t qx_row = QxRowBytes(in);
+  uint8_t* qx = QxScratch(n * qx_row);
+  const bool offset128 = Kernel::kUnsignedX && kFormat == DType::kQ8_0;
+  for (int64_t i = 0; i < n; ++i) Kernel::QuantizeX(x + i * x_stride, in, offset128, qx + i * qx_row);
+
+  const int64_t nb = in / kQuantBlock;
+  const int64_t num_chunks = (nb + 15) / 16;
+  const int64_t w_row = WeightRowBytes(kFormat, in);
+  const int64_t scale_offset = QuantBytes(kFormat, in);
+  alignas(64) float acc[kSuperRows * kC * 16];
+  alignas(64) int32_t corr[kC * kQChunksPerBlock * 16];
+  for (int64_t o0 = 0; o0 < out; o0 += kC) {
+    const int c = static_cast<int>(std::min<int64_t>(kC, out - o0));
+    for (int64_t i0 = 0; i0 < n; i0 += kSuperRows) {
+      const int rows = static_cast<int>(std::min<int64_t>(kSuperRows, n - i0));
+      std::fill(acc, acc + rows * kC * 16, 0.0f);
+      for (int64_t ch0 = 0; ch0 < num_chunks; ch0 += kQChunksPerBlock) {
+        QTileArgs args;
+        args.x_stride = qx_row;
+        args.w = w + o0 * w_row;
+        args.w_stride = w_row;
+        args.scale_offset = scale_offset;
+        args.chunk0 = ch0;
+        args.chunks = static_cast<int>(std::min<int64_t>(kQChunksPerBlock, num_chunks - ch0));
+        const int64_t last = ch0 + args.chunks - 1;
+        args.last_blocks = static_cast<int>(std::min<int64_t>(16, nb - last * 16));
+        args.corr = corr;
+        // The next K block of the same rows, or the first one of the next tile.
+        if (ch0 + kQChunksPerBlock < num_chunks) {
+          args.prefetch_offset = WChunkOffset(kFormat, kQChunksPerBlock);
+        } else if (o0 + 2 * kC <= out) {
+          args.prefetch_offset = kC * w_row - WChunkOffset(kFormat, ch0);
+        } else {
+          args.prefetch_offset = 0;
+        }
+        for (int ib = 0; ib < rows; ib += kR) {
+          args.x = qx + (i0 + ib) * qx_row + ch0 * kQxChunkBytes;
+          args.acc = acc + ib * kC * 16;
+          args.make_corr = ib == 0;
+          QTileTable<Kernel, kFormat, kR, kC>::Get(std::min(kR, rows - ib), c)(args);
+        }
+      }
+      for (int ir = 0; ir < rows; ++ir) {
+        float* y_row = y + (i0 + ir) * y_stride + o0;
+        for (int ic = 0; ic < c; ++ic) {
+          const float sum = ReduceLanes<16>(acc + (ir * kC + ic) * 16);
+          y_row[ic] = bias != nullptr ? sum + bias[o0 + ic] : sum;
+        }
+      }
+    }
+  }
+}
+
+// Per-path entry points (matmul_quant.cc, matmul_quant_x86.cc): the driver with the path's
+// kernel, for W in `format` (kQ8_0 or kQ4_0) as packed rows. n, out, in > 0, in % 32 == 0.
+void SkinnyQuantPortable(DType format, const float* x, int64_t n, int64_t x_stride,
+                         const uint8_t* w, int64_t out, int64_t in, const float* bias, float* y,
+                         int64_t y_stride);
+void SkinnyQuantAvx2(bool vnni, DType format, const float* x, int64_t n, int64_t x_stride,
+                     const uint8_t* w, int64_t out, int64_t in, const float* bias, float* y,
+                     int64_t y_stride);
+void SkinnyQuantAvx512Vnni(DType format, const float* x, int64_t n, int64_t x_stride,
+                           const uint8_t* w, int64_t out, int64_t in, const float* bias, float* y,
+                           int64_t y_stride);
+
+}  // namespace shardlm::matmul_internal
+
+#endif  // SHARDLM_KERNELS_MATMUL_QUANT_INTERNAL_H_

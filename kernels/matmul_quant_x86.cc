@@ -1,0 +1,329 @@
+// AVX-512 VNNI and AVX2 (with or without AVX-VNNI) kernels of the block-quantized matmul
+// (kernels/matmul_quant_internal.h). Every path computes each block's dot product as an exact
+// int32 and then the contract's one FMA per block, so they all give the naive reference's bits.
+//
+// Unsigned × signed bytes: vpdpbusd (and vpmaddubsw) multiply an unsigned byte by a signed one.
+//  * Q4_0: the stored nibble q (0…15) is the unsigned side, x the signed one; the − 8 is taken
+//    off afterwards as 8·Σx (the x quantization's aux value).
+//  * Q8_0, AVX-512: x is stored + 128 (unsigned), w is the signed side; 128·Σw is taken off,
+//    Σw being one more vpdpbusd of the weights with ones, done once per chunk and weight row
+//    by the first row block and reused by the others.
+//  * Q8_0, AVX2: |w| is the unsigned side and x takes w's sign (vpsignb): w = −128 gives 128,
+//    which is right as an unsigned byte, and x stays in [−127, 127], so vpmaddubsw's pairs
+//    (≤ 2·128·127) never saturate.
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+
+#include "kernels/matmul_quant_internal.h"
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+
+// GCC 12's unmasked AVX-512 intrinsics pass an "undefined" source vector that trips
+// -Wmaybe-uninitialized once inlined (as in attention/decode_kernels_x86.cc).
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
+
+#define SHARDLM_TARGET_Q512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni")))
+#define SHARDLM_TARGET_Q256 __attribute__((target("avx2,fma,f16c")))
+
+namespace shardlm::matmul_internal {
+
+SHARDLM_TARGET_Q512 void QuantizeXRowAvx512(const float* x, int64_t in, bool offset128,
+                                            uint8_t* dst) {
+  const int64_t nb = in / kQuantBlock;
+  const __m512 inf = _mm512_set1_ps(__builtin_inff());
+  const __m512i pad = _mm512_set1_epi8(offset128 ? static_cast<char>(0x80) : 0);
+  for (int64_t ch = 0; ch * 16 < nb; ++ch) {
+    uint8_t* chunk = dst + ch * kQxChunkBytes;
+    alignas(64) uint8_t natural[512];  // the chunk's quants, block after block
+    alignas(64) float d[16];
+    alignas(64) int32_t aux[16];
+    _mm512_store_ps(d, _mm512_setzero_ps());
+    _mm512_store_si512(aux, _mm512_setzero_si512());
+    for (int i = 0; i < 8; ++i) _mm512_store_si512(natural + 64 * i, pad);
+    const int64_t m = std::min<int64_t>(16, nb - ch * 16);
+    for (int64_t j = 0; j < m; ++j) {
+      const float* xb = x + (ch * 16 + j) * kQuantBlock;
+      const __m512 v0 = _mm512_loadu_ps(xb), v1 = _mm512_loadu_ps(xb + 16);
+      const __m512 a0 = _mm512_abs_ps(v0), a1 = _mm512_abs_ps(v1);
+      // |x| ≥ inf or unordered: a non-finite x.
+      if ((_mm512_cmp_ps_mask(a0, inf, _CMP_NLT_UQ) | _mm512_cmp_ps_mask(a1, inf, _CMP_NLT_UQ)) != 0) {
+        d[j] = __builtin_nanf("");
+        _mm256_store_si256(reinterpret_cast<__m256i*>(natural + 32 * j),
+                           _mm512_castsi512_si256(pad));
+        continue;
+      }
+      const float amax = _mm512_reduce_max_ps(_mm512_max_ps(a0, a1));
+      const float id = amax != 0.0f ? 127.0f / amax : 0.0f;
+      d[j] = amax / 127.0f;
+      const __m512 vid = _mm512_set1_ps(id);
+      const __m512i q0 = _mm512_cvtps_epi32(_mm512_mul_ps(v0, vid));
+      const __m512i q1 = _mm512_cvtps_epi32(_mm512_mul_ps(v1, vid));
+      aux[j] = 8 * _mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1));
+      __m256i bytes = _mm256_inserti128_si256(_mm256_castsi128_si256(_mm512_cvtepi32_epi8(q0)),
+                                              _mm512_cvtepi32_epi8(q1), 1);
+      bytes = _mm256_xor_si256(bytes, _mm512_castsi512_si256(pad));
+      _mm256_store_si256(reinterpret_cast<__m256i*>(natural + 32 * j), bytes);
+    }
+    // Vector v takes dword v of each block: a gather of dwords 8j + v.
+    const __m512i idx = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                                           _mm512_set1_epi32(8));
+    for (int v = 0; v < 8; ++v) {
+      const __m512i g = _mm512_i32gather_epi32(_mm512_add_epi32(idx, _mm512_set1_epi32(v)), natural, 4);
+      _mm512_storeu_si512(chunk + 64 * v, g);
+    }
+    std::memcpy(chunk + 512, d, sizeof(d));
+    std::memcpy(chunk + 512 + 64, aux, sizeof(aux));
+  }
+}
+
+namespace {
+
+struct QuantAvx512Vnni {
+  static constexpr bool kUnsignedX = true;
+  static void QuantizeX(const float* x, int64_t in, bool offset128, uint8_t* dst) {
+    QuantizeXRowAvx512(x, in, offset128, dst);
+  }
+
+  template <DType kFormat, int kR, int kC, int kCStride>
+  SHARDLM_TARGET_Q512 static void Tile(const QTileArgs& t) {
+    const int64_t ws = t.w_stride, xs = t.x_stride, pf = t.prefetch_offset;
+    for (int ch = 0; ch < t.chunks; ++ch) {
+      const int64_t m = ch == t.chunks - 1 ? t.last_blocks : 16;
+      const __mmask64 bm = m == 16 ? ~__mmask64{0} : (__mmask64{1} << (4 * m)) - 1;
+      const int64_t vs = 4 * m;  // bytes of one vector (Q8_0) or nibble group (Q4_0)
+      const uint8_t* wq = t.w + WChunkOffset(kFormat, t.chunk0 + ch);
+      const uint8_t* xc = t.x + ch * kQxChunkBytes;
+      const bool prefetch = pf != 0 && t.make_corr;
+      __m512i s[kR][kC];
+#pragma GCC unroll 8
+      for (int r = 0; r < kR; ++r) {
+#pragma GCC unroll 8
+        for (int c = 0; c < kC; ++c) s[r][c] = _mm512_setzero_si512();
+      }
+      if constexpr (kFormat == DType::kQ8_0) {
+        if (t.make_corr) {
+          const __m512i ones = _mm512_set1_epi8(1);
+#pragma GCC unroll 8
+          for (int c = 0; c < kC; ++c) {
+            __m512i sw = _mm512_setzero_si512();
+#pragma GCC unroll 8
+            for (int v = 0; v < 8; ++v) {
+              sw = _mm512_dpbusd_epi32(sw, ones, _mm512_maskz_loadu_epi8(bm, wq + c * ws + v * vs));
+            }
+            _mm512_store_si512(t.corr + (c * kQChunksPerBlock + ch) * 16, _mm512_slli_epi32(sw, 7));
+          }
+        }
+#pragma GCC unroll 8
+        for (int v = 0; v < 8; ++v) {
+          __m512i wv[kC];
+#pragma GCC unroll 8
+          for (int c = 0; c < kC; ++c) {
+            if (prefetch) _mm_prefetch(reinterpret_cast<const char*>(wq + c * ws + pf + v * 64), _MM_HINT_T0);
+            wv[c] = _mm512_maskz_loadu_epi8(bm, wq + c * ws + v * vs);
+            asm("" : "+v"(wv[c]));
+          }
+#pragma GCC unroll 8
+          for (int r = 0; r < kR; ++r) {
+            __m512i xv = _mm512_load_si512(xc + r * xs + v * 64);
+            asm("" : "+v"(xv));
+#pragma GCC unroll 8
+            for (int c = 0; c < kC; ++c) s[r][c] = _mm512_dpbusd_epi32(s[r][c], xv, wv[c]);
+          }
+        }
+      } else {
+        const __m512i low = _mm512_set1_epi8(0x0f);
+#pragma GCC unroll 4
+        for (int g = 0; g < 4; ++g) {
+#pragma GCC unroll 2
+          for (int half = 0; half < 2; ++half) {
+            __m512i wv[kC];
+#pragma GCC unroll 8
+            for (int c = 0; c < kC; ++c) {
+              if (prefetch && half == 0) {
+                _mm_prefetch(reinterpret_cast<const char*>(wq + c * ws + pf + g * 64), _MM_HINT_T0);
+              }
+              const __m512i raw = _mm512_maskz_loadu_epi8(bm, wq + c * ws + g * vs);
+              wv[c] = _mm512_and_si512(half == 0 ? raw : _mm512_srli_epi16(raw, 4), low);
+              asm("" : "+v"(wv[c]));
+            }
+#pragma GCC unroll 8
+            for (int r = 0; r < kR; ++r) {
+              __m512i xv = _mm512_load_si512(xc + r * xs + (2 * g + half) * 64);
+              asm("" : "+v"(xv));
+#pragma GCC unroll 8
+              for (int c = 0; c < kC; ++c) s[r][c] = _mm512_dpbusd_epi32(s[r][c], wv[c], xv);
+            }
+          }
+        }
+      }
+      // Fold the chunk's block sums into the f32 lanes: one FMA per block.
+      const auto sm = static_cast<__mmask16>(m == 16 ? 0xffffu : (1u << m) - 1);
+#pragma GCC unroll 8
+      for (int c = 0; c < kC; ++c) {
+        const uint8_t* scales = t.w + c * ws + t.scale_offset + 32 * (t.chunk0 + ch);
+        const __m512 dw = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(sm, scales));
+        __m512i off = _mm512_setzero_si512();
+        if constexpr (kFormat == DType::kQ8_0) {
+          off = _mm512_load_si512(t.corr + (c * kQChunksPerBlock + ch) * 16);
+        }
+#pragma GCC unroll 8
+        for (int r = 0; r < kR; ++r) {
+          const __m512 dx = _mm512_load_ps(reinterpret_cast<const float*>(xc + r * xs + 512));
+          if constexpr (kFormat == DType::kQ4_0) off = _mm512_load_si512(xc + r * xs + 576);
+          float* acc = t.acc + (r * kCStride + c) * 16;
+          const __m512 f = _mm512_cvtepi32_ps(_mm512_sub_epi32(s[r][c], off));
+          _mm512_store_ps(acc, _mm512_fmadd_ps(f, _mm512_mul_ps(dw, dx), _mm512_load_ps(acc)));
+        }
+      }
+    }
+  }
+};
+
+// 8 lanes per ymm: a chunk is done as two halves, blocks 0–7 (bytes 0–31 of each vector) and
+// 8–15 (bytes 32–63), each folded into its 8 of the 16 f32 lanes.
+template <bool kVnni>
+struct QuantAvx2 {
+  static constexpr bool kUnsignedX = false;
+  static void QuantizeX(const float* x, int64_t in, bool offset128, uint8_t* dst) {
+    QuantizeXRowPortable(x, in, offset128, dst);
+  }
+
+  // isum += the sum of the 4 products u·s in each dword (u unsigned, s signed bytes; the
+  // pairs never saturate). AVX-VNNI's vpdpbusd is written as assembly so that this function
+  // keeps the plain AVX2 target: it only runs where Cpu().avx_vnni says the CPU has it.
+  SHARDLM_TARGET_Q256 static __m256i Dot(__m256i isum, __m256i u, __m256i s) {
+    if constexpr (kVnni) {
+      asm("%{vex%} vpdpbusd %2, %1, %0" : "+x"(isum) : "x"(u), "x"(s));
+      return isum;
+    } else {
+      const __m256i pairs = _mm256_maddubs_epi16(u, s);
+      return _mm256_add_epi32(isum, _mm256_madd_epi16(pairs, _mm256_set1_epi16(1)));
+    }
+  }
+
+  template <DType kFormat, int kR, int kC, int kCStride>
+  SHARDLM_TARGET_Q256 static void Tile(const QTileArgs& t) {
+    const int64_t ws = t.w_stride, xs = t.x_stride;
+    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    for (int ch = 0; ch < t.chunks; ++ch) {
+      const int64_t m = ch == t.chunks - 1 ? t.last_blocks : 16;
+      const int64_t vs = 4 * m;
+      const uint8_t* wq = t.w + WChunkOffset(kFormat, t.chunk0 + ch);
+      const uint8_t* xc = t.x + ch * kQxChunkBytes;
+      for (int h = 0; h < 2; ++h) {
+        const int mh = static_cast<int>(std::clamp<int64_t>(m - 8 * h, 0, 8));
+        if (mh == 0) break;
+        const __m256i dm = _mm256_cmpgt_epi32(_mm256_set1_epi32(mh), lane);
+        __m256i s[kR][kC];
+        for (int r = 0; r < kR; ++r) {
+          for (int c = 0; c < kC; ++c) s[r][c] = _mm256_setzero_si256();
+        }
+        if constexpr (kFormat == DType::kQ8_0) {
+          for (int v = 0; v < 8; ++v) {
+            __m256i wv[kC], uw[kC];
+            for (int c = 0; c < kC; ++c) {
+              wv[c] = _mm256_maskload_epi32(
+                  reinterpret_cast<const int*>(wq + c * ws + v * vs + 32 * h), dm);
+              uw[c] = _mm256_abs_epi8(wv[c]);
+            }
+            for (int r = 0; r < kR; ++r) {
+              const __m256i xv = _mm256_load_si256(
+                  reinterpret_cast<const __m256i*>(xc + r * xs + v * 64 + 32 * h));
+              for (int c = 0; c < kC; ++c) {
+                const __m256i sx = _mm256_sign_epi8(xv, wv[c]);
+                s[r][c] = Dot(s[r][c], uw[c], sx);
+              }
+            }
+          }
+        } else {
+          const __m256i low = _mm256_set1_epi8(0x0f);
+          for (int g = 0; g < 4; ++g) {
+            for (int half = 0; half < 2; ++half) {
+              __m256i wv[kC];
+              for (int c = 0; c < kC; ++c) {
+                const __m256i raw = _mm256_maskload_epi32(
+                    reinterpret_cast<const int*>(wq + c * ws + g * vs + 32 * h), dm);
+                wv[c] = _mm256_and_si256(half == 0 ? raw : _mm256_srli_epi16(raw, 4), low);
+              }
+              for (int r = 0; r < kR; ++r) {
+                const __m256i xv = _mm256_load_si256(reinterpret_cast<const __m256i*>(
+                    xc + r * xs + (2 * g + half) * 64 + 32 * h));
+                for (int c = 0; c < kC; ++c) {
+                  s[r][c] = Dot(s[r][c], wv[c], xv);
+                }
+              }
+            }
+          }
+        }
+        for (int c = 0; c < kC; ++c) {
+          const uint8_t* scales = t.w + c * ws + t.scale_offset + 32 * (t.chunk0 + ch) + 16 * h;
+          alignas(16) uint16_t sbits[8] = {};
+          if (mh == 8) {
+            std::memcpy(sbits, scales, sizeof(sbits));
+          } else {
+            std::memcpy(sbits, scales, 2 * static_cast<size_t>(mh));
+          }
+          const __m256 dw = _mm256_cvtph_ps(_mm_load_si128(reinterpret_cast<const __m128i*>(sbits)));
+          for (int r = 0; r < kR; ++r) {
+            const __m256 dx =
+                _mm256_load_ps(reinterpret_cast<const float*>(xc + r * xs + 512 + 32 * h));
+            __m256i i32 = s[r][c];
+            if constexpr (kFormat == DType::kQ4_0) {
+              i32 = _mm256_sub_epi32(i32, _mm256_load_si256(reinterpret_cast<const __m256i*>(
+                                              xc + r * xs + 576 + 32 * h)));
+            }
+            float* acc = t.acc + (r * kCStride + c) * 16 + 8 * h;
+            _mm256_store_ps(acc, _mm256_fmadd_ps(_mm256_cvtepi32_ps(i32), _mm256_mul_ps(dw, dx),
+                                                 _mm256_load_ps(acc)));
+          }
+        }
+      }
+    }
+  }
+};
+
+}  // namespace
+
+void SkinnyQuantAvx512Vnni(DType format, const float* x, int64_t n, int64_t x_stride,
+                           const uint8_t* w, int64_t out, int64_t in, const float* bias, float* y,
+                           int64_t y_stride) {
+  if (format == DType::kQ8_0) {
+    DriveQuant<QuantAvx512Vnni, DType::kQ8_0, 4, 6>(x, n, x_stride, w, out, in, bias, y, y_stride);
+  } else {
+    DriveQuant<QuantAvx512Vnni, DType::kQ4_0, 4, 6>(x, n, x_stride, w, out, in, bias, y, y_stride);
+  }
+}
+
+void SkinnyQuantAvx2(bool vnni, DType format, const float* x, int64_t n, int64_t x_stride,
+                     const uint8_t* w, int64_t out, int64_t in, const float* bias, float* y,
+                     int64_t y_stride) {
+  if (vnni) {
+    if (format == DType::kQ8_0) {
+      DriveQuant<QuantAvx2<true>, DType::kQ8_0, 2, 2>(x, n, x_stride, w, out, in, bias, y, y_stride);
+    } else {
+      DriveQuant<QuantAvx2<true>, DType::kQ4_0, 2, 4>(x, n, x_stride, w, out, in, bias, y, y_stride);
+    }
+  } else if (format == DType::kQ8_0) {
+    DriveQuant<QuantAvx2<false>, DType::kQ8_0, 2, 2>(x, n, x_stride, w, out, in, bias, y, y_stride);
+  } else {
+    DriveQuant<QuantAvx2<false>, DType::kQ4_0, 2, 4>(x, n, x_stride, w, out, in, bias, y, y_stride);
+  }
+}
+
+}  // namespace shardlm::matmul_internal
+
+#else  // not x86
+
+namespace shardlm::matmul_internal {
+void QuantizeXRowAvx512(const float*, int64_t, bool, uint8_t*) {}
+void SkinnyQuantAvx512Vnni(DType, const float*, int64_t, int64_t, const uint8_t*, int64_t, int64_t,
+                           const float*, float*, int64_t) {}
+void SkinnyQuantAvx2(bool, DType, const float*, int64_t, int64_t, const uint8_t*, int64_t, int64_t,
+                     const float*, float*, int64_t) {}
+}  // namespace shardlm::matmul_internal
+
+#endif
