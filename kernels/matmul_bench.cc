@@ -1,5 +1,5 @@
 // Micro-benchmark: SkinnyMatMul vs OpenBLAS cblas_sgemm on one decode-sized weight, with W in
-// F32, BF16 and F16.
+// F32, BF16, F16, Q8_0 and Q4_0.
 //
 // W is 8192 × 8192 (256 MiB in F32, 128 MiB in BF16/F16, far beyond L3), so every call streams
 // W from DRAM. The napkin-math bound for one call is max(memory, compute), both measured in
@@ -41,6 +41,7 @@
 #include "base/rng.h"
 #include "base/thread_pool.h"
 #include "kernels/matmul.h"
+#include "kernels/quant.h"
 
 namespace shardlm {
 namespace {
@@ -97,6 +98,34 @@ __attribute__((target("avx512f"))) void FmaProbeAvx512() {
 }
 #endif
 bool HaveFmaProbe() { return Cpu().avx512; }
+
+// The same for the quantized kernels' instruction, AVX512-VNNI vpdpbusd (64 byte products
+// each): its peak rate bounds the Q8_0 / Q4_0 calls' compute.
+#if defined(__x86_64__)
+__attribute__((target("avx512f,avx512bw,avx512vnni"))) void DotProbeAvx512() {
+  __m512i a[kFmaChains];
+#pragma GCC unroll 24
+  for (int j = 0; j < kFmaChains; ++j) a[j] = _mm512_set1_epi32(j);
+  const __m512i u = _mm512_set1_epi8(3), v = _mm512_set1_epi8(-2);
+  for (int64_t it = 0; it < kFmaProbeIters; ++it) {
+#pragma GCC unroll 24
+    for (int j = 0; j < kFmaChains; ++j) a[j] = _mm512_dpbusd_epi32(a[j], u, v);
+  }
+  __m512i sum = a[0];
+#pragma GCC unroll 24
+  for (int j = 1; j < kFmaChains; ++j) sum = _mm512_add_epi32(sum, a[j]);
+  alignas(64) int32_t lanes[16];
+  _mm512_store_si512(lanes, sum);
+  volatile int32_t sink = lanes[0];
+  (void)sink;
+}
+#endif
+bool HaveDotProbe() { return Cpu().avx512_vnni; }
+void DotProbe() {
+#if defined(__x86_64__)
+  DotProbeAvx512();
+#endif
+}
 void FmaProbe() {
 #if defined(__x86_64__)
   FmaProbeAvx512();
@@ -111,17 +140,30 @@ struct Weights {
     f32 = static_cast<float*>(Alloc(count * sizeof(float), huge));
     bf16 = static_cast<uint16_t*>(Alloc(count * sizeof(uint16_t), huge));
     f16 = static_cast<uint16_t*>(Alloc(count * sizeof(uint16_t), huge));
+    q8 = static_cast<uint8_t*>(Alloc(kOut * WeightRowBytes(DType::kQ8_0, kIn), huge));
+    q4 = static_cast<uint8_t*>(Alloc(kOut * WeightRowBytes(DType::kQ4_0, kIn), huge));
     Rng rng(42);
     for (size_t j = 0; j < count; ++j) {
       f32[j] = rng.Uniform(-1.0f, 1.0f);
       bf16[j] = F32ToBf16(f32[j]);
       f16[j] = F32ToF16(f32[j]);
     }
+    std::vector<uint8_t> quants(kIn);
+    std::vector<uint16_t> scales(kIn / 32);
+    for (DType type : {DType::kQ8_0, DType::kQ4_0}) {
+      uint8_t* dst = type == DType::kQ8_0 ? q8 : q4;
+      for (int64_t o = 0; o < kOut; ++o) {
+        QuantizeRow(type, f32 + o * kIn, kIn, quants.data(), scales.data());
+        PackQuantRow(type, quants.data(), scales.data(), kIn, dst + o * WeightRowBytes(type, kIn));
+      }
+    }
   }
   ~Weights() {
     std::free(f32);
     std::free(bf16);
     std::free(f16);
+    std::free(q8);
+    std::free(q4);
   }
   Weights(const Weights&) = delete;
   Weights& operator=(const Weights&) = delete;
@@ -138,17 +180,23 @@ struct Weights {
         return bf16;
       case DType::kF16:
         return f16;
+      case DType::kQ8_0:
+        return q8;
+      case DType::kQ4_0:
+        return q4;
+      default:
+        return nullptr;
     }
-    return nullptr;
   }
   float* f32;
   uint16_t* bf16;
   uint16_t* f16;
+  uint8_t* q8;
+  uint8_t* q4;
 };
 
-double Bytes(DType type) {
-  return static_cast<double>(kOut * kIn * DTypeBytes(type));
-}
+// Bytes of W as stored (the scales included).
+double Bytes(DType type) { return static_cast<double>(kOut * WeightRowBytes(type, kIn)); }
 double GBps(double bytes, double ms) { return bytes / (ms * 1e-3) / 1e9; }
 
 // Prefill: large n on model shapes, F32 W, against cblas_sgemm, in GFLOP/s (2 flops per MAC).
@@ -265,6 +313,8 @@ int Main(int argc, char** argv) {
                                  {DType::kBF16, false, "BF16"},
                                  {DType::kF16, false, "F16"}};
   if (Bf16MathAvailable(Bf16Math::kDot)) formats.push_back({DType::kBF16, true, "BF16dot"});
+  formats.push_back({DType::kQ8_0, false, "Q8_0"});
+  formats.push_back({DType::kQ4_0, false, "Q4_0"});
   const int kFormats = static_cast<int>(formats.size());
   const int64_t ns[] = {1, 2, 4, 8, 16};
   constexpr int kNs = 5;
@@ -290,6 +340,7 @@ int Main(int argc, char** argv) {
                     },
                     {}});
   series.push_back({[&] { ParallelFor(threads, 1, [](int64_t, int64_t) { FmaProbe(); }); }, {}});
+  series.push_back({[&] { ParallelFor(threads, 1, [](int64_t, int64_t) { DotProbe(); }); }, {}});
   for (Isa path : paths) {
     for (const Format& format : formats) {
       for (int64_t n : ns) {
@@ -325,7 +376,7 @@ int Main(int argc, char** argv) {
     for (Series& s : series) s.ms.push_back(TimeMs(s.fn));
   }
   auto median_of = [&](size_t i) { return Median(series[i].ms); };
-  constexpr size_t kFirstPath = 2;
+  constexpr size_t kFirstPath = 3;
   const size_t kPerPath = kFormats * kNs;
   const size_t blas0 = kFirstPath + paths.size() * kPerPath;
   auto skinny_ms = [&](size_t p, int t, int j) { return median_of(kFirstPath + p * kPerPath + t * kNs + j); };
@@ -335,12 +386,17 @@ int Main(int argc, char** argv) {
   // The FMA probe runs kFmaProbeCount FMAs on every thread.
   const double fma_per_ns =
       HaveFmaProbe() ? kFmaProbeCount * threads / (median_of(1) * 1e6) : 0;
+  const double dot_per_ns =
+      HaveDotProbe() ? kFmaProbeCount * threads / (median_of(2) * 1e6) : 0;
   // max(memory, compute) for one call with n rows and W of `type`.
-  // The dot kernel does 32 multiply-adds per instruction, at the FMA's rate.
+  // The dot kernel does 32 multiply-adds per instruction, at the FMA's rate; the quantized
+  // kernels 64 byte products per vpdpbusd, at the measured vpdpbusd rate.
   auto bound_ms = [&](const Format& format, int64_t n) {
     const double mem_ms = Bytes(format.type) / (bandwidth * 1e9) * 1e3;
-    const double macs_per_op = format.dot ? 32.0 : 16.0;
-    const double fma_ms = fma_per_ns > 0 ? n * kOut * kIn / macs_per_op / fma_per_ns * 1e-6 : 0;
+    const bool quant = IsBlockQuantized(format.type);
+    const double macs_per_op = quant ? 64.0 : format.dot ? 32.0 : 16.0;
+    const double rate = quant ? dot_per_ns : fma_per_ns;
+    const double fma_ms = rate > 0 ? n * kOut * kIn / macs_per_op / rate * 1e-6 : 0;
     return std::max(mem_ms, fma_ms);
   };
   std::printf(
@@ -352,6 +408,10 @@ int Main(int argc, char** argv) {
   std::printf("peak 16-lane FMA rate: %.2f per ns over %d thread(s) -> compute bound "
               "n·%lld·%lld/16/rate\n",
               fma_per_ns, threads, static_cast<long long>(kOut), static_cast<long long>(kIn));
+  std::printf("peak vpdpbusd rate: %.2f per ns (Q8_0/Q4_0 compute bound n·%lld·%lld/64/rate); "
+              "quantized kernel %s\n",
+              dot_per_ns, static_cast<long long>(kOut), static_cast<long long>(kIn),
+              QuantKernelName(QuantKernelFor(SelectedMatMulIsa())));
   std::printf("selected path: %s; OpenBLAS %s, %d thread(s); medians of %d interleaved rounds\n\n",
               MatMulIsaName(), OPENBLAS_VERSION, threads, reps);
   std::printf("%-10s %-7s %3s | %9s %7s %8s | %8s %7s | %9s %7s | %7s\n", "path", "W", "n",
