@@ -361,6 +361,12 @@ class Latent final : public AttentionFamily {
     const int64_t per_head = dims.nope_dim + dims.v_head_dim;
     ASSIGN_OR_RETURN(const Linear kv_b,
                      load.Rows(a + "kv_b_proj", h_q * per_head, dc, plan.q_heads.Scaled(per_head)));
+    if (IsBlockQuantized(kv_b.dtype)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          a, "kv_b_proj.weight is ", DTypeName(kv_b.dtype), ": the latent kernels read W_UK "
+          "transposed, across the quantization blocks; keep kv_b_proj in F32, BF16 or F16 "
+          "(shardlm quantize does)"));
+    }
     w->kv_b = SplitKvB(kv_b, dims.nope_dim, dims.v_head_dim);
     ASSIGN_OR_RETURN(w->o_proj, load.Cols(a + "o_proj", d, h_q * dims.v_head_dim,
                                           plan.q_heads.Scaled(dims.v_head_dim),

@@ -8,6 +8,7 @@
 #include "base/rng.h"
 #include "base/status.h"
 #include "engine/config.h"
+#include "engine/quantize.h"
 #include "engine/weights.h"
 
 namespace shardlm {
@@ -160,6 +161,24 @@ absl::StatusOr<ModelConfig> PresetConfig(const std::string& preset, const std::s
 }
 
 absl::Status MakeModel(const MakeModelOptions& options, const std::string& out_dir) {
+  if (options.dtype == DType::kI8 || options.dtype == DType::kU8) {
+    return absl::InvalidArgumentError("make-model: --dtype I8/U8 are quantization parts; use Q8_0 or Q4_0");
+  }
+  if (IsBlockQuantized(options.dtype)) {
+    // The F32 model, then `shardlm quantize` of it (the head and embedding in Q8_0).
+    const std::string staging = out_dir + ".f32-staging";
+    MakeModelOptions f32 = options;
+    f32.dtype = DType::kF32;
+    RETURN_IF_ERROR(MakeModel(f32, staging));
+    QuantizeOptions q;
+    q.model_dir = staging;
+    q.out_dir = out_dir;
+    q.dtype = options.dtype;
+    const absl::Status status = QuantizeModel(q);
+    std::error_code ec;
+    std::filesystem::remove_all(staging, ec);
+    return status;
+  }
   ASSIGN_OR_RETURN(ModelConfig config, PresetConfig(options.preset, options.attention));
   const Preset& preset = *FindPreset(options.preset);
   if (options.layers > 0) config.set_num_hidden_layers(options.layers);

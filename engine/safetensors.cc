@@ -111,6 +111,15 @@ void ConvertToF32(const uint8_t* src, DType dtype, int64_t n, float* out) {
         out[i] = F16ToF32(h);
       }
       return;
+    case DType::kI8:
+      for (int64_t i = 0; i < n; ++i) out[i] = static_cast<int8_t>(src[i]);
+      return;
+    case DType::kU8:
+      for (int64_t i = 0; i < n; ++i) out[i] = src[i];
+      return;
+    case DType::kQ8_0:
+    case DType::kQ4_0:
+      break;  // never a file's element type (ParseDType)
   }
 }
 
@@ -341,6 +350,12 @@ absl::Status SafetensorsFile::ReadBits16(const TensorInfo& tensor, int64_t row_b
   return ReadBlock(tensor, row_begin, row_end, col_begin, col_end, /*to_f32=*/false, out);
 }
 
+absl::Status SafetensorsFile::ReadStored(const TensorInfo& tensor, int64_t row_begin,
+                                         int64_t row_end, int64_t col_begin, int64_t col_end,
+                                         void* out) const {
+  return ReadBlock(tensor, row_begin, row_end, col_begin, col_end, /*to_f32=*/false, out);
+}
+
 absl::Status SafetensorsFile::ReadBlock(const TensorInfo& tensor, int64_t row_begin,
                                         int64_t row_end, int64_t col_begin, int64_t col_end,
                                         bool to_f32, void* out) const {
@@ -539,6 +554,17 @@ absl::StatusOr<DType> SafetensorsDir::StoredDType(std::string_view name) const {
   return it->second.second->dtype;
 }
 
+absl::Status SafetensorsDir::ReadStored(std::string_view name,
+                                        std::span<const int64_t> expected_shape, int64_t row_begin,
+                                        int64_t row_end, int64_t col_begin, int64_t col_end,
+                                        void* out) {
+  ASSIGN_OR_RETURN(const auto where, Lookup(name, expected_shape));
+  RETURN_IF_ERROR(
+      files_[where.first]->ReadStored(*where.second, row_begin, row_end, col_begin, col_end, out));
+  MarkUsed(name);
+  return absl::OkStatus();
+}
+
 absl::Status SafetensorsDir::ReadBits16(std::string_view name,
                                         std::span<const int64_t> expected_shape, int64_t row_begin,
                                         int64_t row_end, int64_t col_begin, int64_t col_end,
@@ -598,7 +624,16 @@ absl::Status WriteSafetensors(const std::string& path, std::span<const TensorToW
         return error(absl::StrCat("invalid shape ", ShapeString(t.shape)));
       }
     }
-    if (elements != static_cast<int64_t>(t.values.size())) {
+    if (!t.raw.empty() || t.dtype == DType::kI8 || t.dtype == DType::kU8) {
+      if (!t.values.empty() || IsBlockQuantized(t.dtype) ||
+          elements * DTypeBytes(t.dtype) != static_cast<int64_t>(t.raw.size())) {
+        return error(absl::StrCat("shape ", ShapeString(t.shape), " of ", DTypeName(t.dtype),
+                                  " needs ", elements, " elements as raw bytes only, not ",
+                                  t.raw.size(), " bytes and ", t.values.size(), " values"));
+      }
+    } else if (IsBlockQuantized(t.dtype)) {
+      return error(absl::StrCat(DTypeName(t.dtype), " is not a file element type"));
+    } else if (elements != static_cast<int64_t>(t.values.size())) {
       return error(absl::StrCat("shape ", ShapeString(t.shape), " has ", elements, " elements but ",
                                 t.values.size(), " values were given"));
     }
@@ -622,6 +657,10 @@ absl::Status WriteSafetensors(const std::string& path, std::span<const TensorToW
   std::vector<uint16_t> staging;
   for (const TensorToWrite& t : tensors) {
     if (!ok) break;
+    if (!t.raw.empty()) {
+      ok = write(t.raw.data(), t.raw.size());
+      continue;
+    }
     if (t.dtype == DType::kF32) {
       ok = write(t.values.data(), t.values.size() * sizeof(float));
       continue;

@@ -55,6 +55,9 @@ class SafetensorsFile {
   // engine keeps 16-bit weights 16-bit). An error for F32 tensors.
   absl::Status ReadBits16(const TensorInfo& tensor, int64_t row_begin, int64_t row_end,
                           int64_t col_begin, int64_t col_end, uint16_t* out) const;
+  // The same block of any tensor as stored (DTypeBytes(dtype) bytes per element).
+  absl::Status ReadStored(const TensorInfo& tensor, int64_t row_begin, int64_t row_end,
+                          int64_t col_begin, int64_t col_end, void* out) const;
 
  private:
   SafetensorsFile() = default;
@@ -94,6 +97,10 @@ class SafetensorsDir {
   absl::Status ReadBits16(std::string_view name, std::span<const int64_t> expected_shape,
                           int64_t row_begin, int64_t row_end, int64_t col_begin, int64_t col_end,
                           uint16_t* out);
+  // As Read, copying the elements as stored, whatever their dtype (SafetensorsFile::ReadStored).
+  absl::Status ReadStored(std::string_view name, std::span<const int64_t> expected_shape,
+                          int64_t row_begin, int64_t row_end, int64_t col_begin, int64_t col_end,
+                          void* out);
   // Marks a tensor as consumed without reading (e.g. a slice another rank owns).
   void MarkUsed(std::string_view name);
   // Tensor names never passed to Read/MarkUsed, sorted (to report extra tensors).
@@ -114,12 +121,18 @@ class SafetensorsDir {
   std::map<std::string, bool, std::less<>> used_;
 };
 
-// A tensor to write: f32 values converted to `dtype`.
+// A tensor to write: f32 values converted to `dtype`, or (when `raw` is not empty) the
+// bytes as stored, elements × DTypeBytes(dtype) of them. I8 and U8 tensors take `raw`.
 struct TensorToWrite {
+  TensorToWrite() = default;
+  TensorToWrite(std::string name, DType dtype, std::vector<int64_t> shape,
+                std::span<const float> values, std::span<const uint8_t> raw = {})
+      : name(std::move(name)), dtype(dtype), shape(std::move(shape)), values(values), raw(raw) {}
   std::string name;
   DType dtype = DType::kF32;
   std::vector<int64_t> shape;
   std::span<const float> values;
+  std::span<const uint8_t> raw;
 };
 // Writes a .safetensors file (tensors in the given order, 8-byte aligned header).
 absl::Status WriteSafetensors(const std::string& path, std::span<const TensorToWrite> tensors);

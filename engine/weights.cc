@@ -2,8 +2,11 @@
 
 #include <cmath>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_join.h"
+#include "base/half.h"
 #include "base/status.h"
+#include "kernels/quant.h"
 
 namespace shardlm {
 
@@ -111,25 +114,88 @@ class ShardLoader final : public WeightSource {
 
  private:
   // Reads the block rows × cols of the 2-D weight `tensor` into rows [row, row + rows.size())
-  // of `lin` (whose out and in are set). The first call fixes lin's dtype: the tensor's.
+  // of `lin` (whose out and in are set). The first call fixes lin's dtype: the tensor's, or
+  // Q8_0 / Q4_0 for an I8 / U8 tensor with its `weight_scale` (kernels/quant.h).
   absl::Status ReadWeight(const std::string& tensor, std::vector<int64_t> shape, Range rows,
                           Range cols, int64_t row, Linear* lin) {
     ASSIGN_OR_RETURN(const DType stored, dir_.StoredDType(tensor));
-    const size_t size = static_cast<size_t>(lin->out * lin->in);
+    const DType format = stored == DType::kI8   ? DType::kQ8_0
+                         : stored == DType::kU8 ? DType::kQ4_0
+                                                : stored;
     if (row == 0) {
-      lin->dtype = stored;
-      if (lin->dtype == DType::kF32) {
-        lin->w.resize(size);
+      lin->dtype = format;
+      if (IsBlockQuantized(format)) {
+        if (lin->in % kQuantBlock != 0) {
+          return absl::InvalidArgumentError(absl::StrCat(
+              tensor, " is ", DTypeName(format), " but this rank's rows have ", lin->in,
+              " columns, not whole blocks of 32"));
+        }
+        lin->wq.resize(static_cast<size_t>(lin->out * WeightRowBytes(format, lin->in)));
+      } else if (format == DType::kF32) {
+        lin->w.resize(static_cast<size_t>(lin->out * lin->in));
       } else {
-        lin->w16.resize(size);
+        lin->w16.resize(static_cast<size_t>(lin->out * lin->in));
       }
     }
+    if (IsBlockQuantized(format)) return ReadQuantized(tensor, format, shape, rows, cols, row, lin);
     if (lin->dtype == DType::kF32) {
       return dir_.Read(tensor, shape, rows.begin, rows.end, cols.begin, cols.end,
                        lin->w.data() + row * lin->in);
     }
     return dir_.ReadBits16(tensor, shape, rows.begin, rows.end, cols.begin, cols.end,
                            lin->w16.data() + row * lin->in);
+  }
+
+  // The quants and scales of a Q8_0 / Q4_0 weight (docs/QUANTIZATION.md), packed row by row.
+  absl::Status ReadQuantized(const std::string& tensor, DType format,
+                             const std::vector<int64_t>& shape, Range rows, Range cols,
+                             int64_t row, Linear* lin) {
+    const int64_t in_total = shape[1];
+    if (in_total % kQuantBlock != 0 || cols.begin % kQuantBlock != 0 ||
+        cols.end % kQuantBlock != 0) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          tensor, " is ", DTypeName(format), " (blocks of 32 columns) but this rank takes its "
+          "columns [", cols.begin, ", ", cols.end, ") of ", in_total,
+          ": a quantized weight can only be split between blocks; use another --tp, or "
+          "quantize a model whose split widths are multiples of 32"));
+    }
+    const std::string scale_name =
+        absl::StrCat(tensor.substr(0, tensor.size() - std::string("weight").size()), "weight_scale");
+    if (!absl::EndsWith(tensor, "weight") || !dir_.Has(scale_name)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          tensor, " is ", DTypeName(format == DType::kQ8_0 ? DType::kI8 : DType::kU8),
+          ", a quantized weight, but ", scale_name, " (its F16 scales) is missing"));
+    }
+    ASSIGN_OR_RETURN(const DType scale_type, dir_.StoredDType(scale_name));
+    if (scale_type != DType::kF16) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(scale_name, " is ", DTypeName(scale_type), "; quantization scales are F16"));
+    }
+    const int64_t per_byte = format == DType::kQ8_0 ? 1 : 2;  // elements per stored byte
+    const int64_t n_rows = rows.size(), n_cols = cols.size();
+    std::vector<uint8_t> quants(static_cast<size_t>(n_rows * n_cols / per_byte));
+    std::vector<uint16_t> scales(static_cast<size_t>(n_rows * n_cols / kQuantBlock));
+    const std::vector<int64_t> quant_shape = {shape[0], in_total / per_byte};
+    const std::vector<int64_t> scale_shape = {shape[0], in_total / kQuantBlock};
+    RETURN_IF_ERROR(dir_.ReadStored(tensor, quant_shape, rows.begin, rows.end,
+                                    cols.begin / per_byte, cols.end / per_byte, quants.data()));
+    RETURN_IF_ERROR(dir_.ReadBits16(scale_name, scale_shape, rows.begin, rows.end,
+                                    cols.begin / kQuantBlock, cols.end / kQuantBlock,
+                                    scales.data()));
+    for (size_t k = 0; k < scales.size(); ++k) {
+      if (!std::isfinite(F16ToF32(scales[k]))) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            scale_name, " has a non-finite scale (row ", rows.begin + k / (n_cols / kQuantBlock),
+            ", block ", cols.begin / kQuantBlock + k % (n_cols / kQuantBlock), ")"));
+      }
+    }
+    const int64_t row_bytes = WeightRowBytes(format, lin->in);
+    for (int64_t r = 0; r < n_rows; ++r) {
+      PackQuantRow(format, quants.data() + r * n_cols / per_byte,
+                   scales.data() + r * n_cols / kQuantBlock, n_cols,
+                   lin->wq.data() + (row + r) * row_bytes);
+    }
+    return absl::OkStatus();
   }
 
   SafetensorsDir& dir_;
@@ -142,11 +208,14 @@ absl::StatusOr<ModelWeights> LoadWeights(SafetensorsDir& dir, const ModelDims& d
   ShardLoader load(dir);
   const int64_t d = dims.hidden;
   ModelWeights w;
-  // Row 0 for the fingerprint; the table itself is read below, this rank's vocab rows only.
+  // Row 0 for the fingerprint (widened or dequantized); the table itself is read below, this
+  // rank's vocab rows only.
   w.embed_row0.resize(static_cast<size_t>(d));
-  const std::vector<int64_t> embed_shape = {dims.vocab, d};
-  RETURN_IF_ERROR(
-      dir.Read("model.embed_tokens.weight", embed_shape, 0, 1, 0, d, w.embed_row0.data()));
+  {
+    ASSIGN_OR_RETURN(const Linear row0,
+                     load.VocabRows("model.embed_tokens.weight", dims.vocab, d, Range{0, 1}));
+    row0.WidenRow(0, w.embed_row0.data());
+  }
   w.layers.resize(static_cast<size_t>(dims.layers));
   for (int64_t i = 0; i < dims.layers; ++i) {
     LayerWeights& l = w.layers[i];

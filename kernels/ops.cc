@@ -6,13 +6,25 @@
 #include "base/half.h"
 #include "base/status.h"
 #include "kernels/matmul.h"
+#include "kernels/quant.h"
 
 namespace shardlm {
 
-float Linear::Weight(int64_t o, int64_t k) const { return ElementToF32(dtype, data(), o * in + k); }
+float Linear::Weight(int64_t o, int64_t k) const {
+  if (IsBlockQuantized(dtype)) {
+    const auto* packed = static_cast<const uint8_t*>(row_data(o));
+    return static_cast<float>(QuantAt(dtype, packed, in, k)) *
+           F16ToF32(ScaleAt(packed, dtype, in, k / kQuantBlock));
+  }
+  return ElementToF32(dtype, data(), o * in + k);
+}
 
 void Linear::WidenRow(int64_t o, float* row) const {
   CHECK(o >= 0 && o < out);
+  if (IsBlockQuantized(dtype)) {
+    DequantizeRow(dtype, static_cast<const uint8_t*>(row_data(o)), in, row);
+    return;
+  }
   if (dtype == DType::kF32) {
     std::copy_n(w.data() + o * in, in, row);
     return;
@@ -22,9 +34,15 @@ void Linear::WidenRow(int64_t o, float* row) const {
 
 void ApplyLinear(const float* x, int64_t n, int64_t x_stride, const Linear& w, float* y,
                  int64_t y_stride) {
-  const bool f32 = w.dtype == DType::kF32;
-  CHECK_EQ(static_cast<int64_t>(f32 ? w.w.size() : w.w16.size()), w.out * w.in);
-  CHECK(f32 ? w.w16.empty() : w.w.empty());
+  if (IsBlockQuantized(w.dtype)) {
+    CHECK_EQ(static_cast<int64_t>(w.wq.size()), w.out * WeightRowBytes(w.dtype, w.in));
+    CHECK(w.w.empty() && w.w16.empty());
+  } else {
+    const bool f32 = w.dtype == DType::kF32;
+    CHECK_EQ(static_cast<int64_t>(f32 ? w.w.size() : w.w16.size()), w.out * w.in);
+    CHECK(f32 ? w.w16.empty() : w.w.empty());
+    CHECK(w.wq.empty());
+  }
   CHECK(w.b.empty() || static_cast<int64_t>(w.b.size()) == w.out);
   // The batch-invariant kernel: a row's result never depends on the rest of the batch, nor
   // on the number of compute threads the outputs are split over.

@@ -11,9 +11,10 @@
 namespace shardlm {
 
 // A linear layer's local shard: y[n, out] = x[n, in] · Wᵀ (+ b).
-// W is kept in the checkpoint's format: f32 in `w`, or bf16/f16 bit patterns in `w16` (decode
-// is bound by reading W, so 16-bit weights are widened in registers, not in memory). Exactly
-// one of the two holds out·in elements, as `dtype` says. The bias is always f32.
+// W is kept in the checkpoint's format: f32 in `w`, bf16/f16 bit patterns in `w16` (decode
+// is bound by reading W, so 16-bit weights are widened in registers, not in memory), or Q8_0 /
+// Q4_0 packed rows in `wq` (kernels/quant.h). Exactly one of the three is non-empty, as `dtype`
+// says. The bias is always f32.
 struct Linear {
   int64_t out = 0;
   int64_t in = 0;
@@ -21,24 +22,26 @@ struct Linear {
   // In cache-line-aligned, huge-page-advised buffers (base/weight_alloc.h).
   WeightVector<float> w;        // [out, in] when dtype == kF32, else empty
   WeightVector<uint16_t> w16;   // [out, in] when dtype is kBF16 or kF16, else empty
+  WeightVector<uint8_t> wq;     // out packed rows when dtype is kQ8_0 or kQ4_0, else empty
   std::vector<float> b;       // [out], or empty when the layer has no bias
 
   // The stored weights, as SkinnyMatMul takes them with `dtype`.
   const void* data() const {
-    return dtype == DType::kF32 ? static_cast<const void*>(w.data()) : w16.data();
+    if (dtype == DType::kF32) return w.data();
+    return IsBlockQuantized(dtype) ? static_cast<const void*>(wq.data()) : w16.data();
   }
-  // Row o of the stored weights (`in` elements of `dtype`).
+  // Row o of the stored weights (WeightRowBytes(dtype, in) bytes).
   const void* row_data(int64_t o) const {
-    return static_cast<const char*>(data()) + o * in * DTypeBytes(dtype);
+    return static_cast<const char*>(data()) + o * WeightRowBytes(dtype, in);
   }
-  // W[o][k] widened to f32 (exact), for references and tests.
+  // W[o][k] widened (or dequantized) to f32, for references and tests.
   float Weight(int64_t o, int64_t k) const;
-  // Row o widened to f32 (exact) into row[0, in): an embedding lookup.
+  // Row o widened (or dequantized) to f32 into row[0, in): an embedding lookup.
   void WidenRow(int64_t o, float* row) const;
   // Resident bytes: what a decode step reads.
   int64_t bytes() const {
     return static_cast<int64_t>(w.size() * sizeof(float) + w16.size() * sizeof(uint16_t) +
-                                b.size() * sizeof(float));
+                                wq.size() + b.size() * sizeof(float));
   }
 };
 

@@ -58,7 +58,7 @@ absl::Status ParseBenchOptions(const Flags& flags, BenchOptions* o) {
   o->spec.attention = flags.String("attention", "gqa");
   ASSIGN_OR_RETURN(o->spec.layers, flags.Int("layers", 0, 0, 1 << 16));
   ASSIGN_OR_RETURN(o->spec.intermediate, flags.Int("intermediate-size", 0, 0, 1 << 24));
-  ASSIGN_OR_RETURN(o->spec.dtype, ParseDType(flags.String("dtype", "F32")));
+  ASSIGN_OR_RETURN(o->spec.dtype, ParseWeightDType(flags.String("dtype", "F32")));
   ASSIGN_OR_RETURN(int64_t seed, flags.Int("seed", 0, 0, INT64_MAX));
   o->spec.seed = static_cast<uint64_t>(seed);
   o->seed = static_cast<uint64_t>(seed);

@@ -16,6 +16,7 @@
 #include "coordinator/tokenize.h"
 #include "engine/config.h"
 #include "engine/convert.h"
+#include "engine/quantize.h"
 #include "engine/make_model.h"
 #include "engine/model.h"
 #include "launch/bench_flags.h"
@@ -35,6 +36,7 @@ constexpr char kUsage[] =
     "  tokenize     text to token ids and back with a model's tokenizer\n"
     "  make-model   write a deterministic random checkpoint\n"
     "  convert      rewrite a GQA checkpoint as MLA or GLA (latent KV cache)\n"
+    "  quantize     rewrite a checkpoint's linear weights as Q8_0 or Q4_0\n"
     "  inspect      print a model's parameters, shard plan and cache bytes per rank\n"
     "  bench        decode step time vs the bandwidth roofline, cache bytes and capacity per rank\n"
     "  help         this message; `shardlm COMMAND --help` for a command's flags\n";
@@ -165,7 +167,7 @@ absl::Status RunMakeModel(const Flags& flags, Comm& comm) {
   options.preset = flags.String("preset", "tiny");
   ASSIGN_OR_RETURN(int64_t seed, flags.Int("seed", 0, 0, INT64_MAX));
   options.seed = static_cast<uint64_t>(seed);
-  ASSIGN_OR_RETURN(options.dtype, ParseDType(flags.String("dtype", "F32")));
+  ASSIGN_OR_RETURN(options.dtype, ParseWeightDType(flags.String("dtype", "F32")));
   ASSIGN_OR_RETURN(options.layers, flags.Int("layers", 0, 0, 1 << 16));
   ASSIGN_OR_RETURN(options.intermediate_size, flags.Int("intermediate-size", 0, 0, 1 << 24));
   ASSIGN_OR_RETURN(options.sliding_window, flags.Int("sliding-window", 0, 0, INT64_MAX));
@@ -188,8 +190,30 @@ absl::Status RunConvert(const Flags& flags, Comm& comm) {
   RETURN_IF_ERROR(flags.Required("kv-lora-rank").status());
   ASSIGN_OR_RETURN(options.kv_lora_rank, flags.Int("kv-lora-rank", 0, 1, 1 << 20));
   ASSIGN_OR_RETURN(options.rope_dim, flags.Int("rope-dim", 0, 0, 1 << 16));
-  ASSIGN_OR_RETURN(options.dtype, ParseDType(flags.String("dtype", "F32")));
+  ASSIGN_OR_RETURN(options.dtype, ParseWeightDType(flags.String("dtype", "F32")));
+  if (IsBlockQuantized(options.dtype)) {
+    return absl::InvalidArgumentError(
+        "convert: --dtype is F32, BF16 or F16; quantize the converted model with shardlm quantize");
+  }
   absl::Status status = comm.rank() == 0 ? Convert(options) : absl::OkStatus();
+  RETURN_IF_ERROR(AgreeOnStatus(comm, status));
+  if (comm.rank() == 0) std::printf("wrote %s\n", options.out_dir.c_str());
+  return absl::OkStatus();
+}
+
+absl::Status RunQuantize(const Flags& flags, Comm& comm) {
+  QuantizeOptions options;
+  ASSIGN_OR_RETURN(options.model_dir, flags.Required("model"));
+  ASSIGN_OR_RETURN(options.out_dir, flags.Required("out"));
+  RETURN_IF_ERROR(flags.Required("dtype").status());
+  ASSIGN_OR_RETURN(options.dtype, ParseWeightDType(flags.String("dtype", "")));
+  const std::string head = flags.String("head-dtype", "q8_0");
+  if (head == "keep") {
+    options.head_dtype = DType::kF32;
+  } else {
+    ASSIGN_OR_RETURN(options.head_dtype, ParseWeightDType(head));
+  }
+  absl::Status status = comm.rank() == 0 ? QuantizeModel(options) : absl::OkStatus();
   RETURN_IF_ERROR(AgreeOnStatus(comm, status));
   if (comm.rank() == 0) std::printf("wrote %s\n", options.out_dir.c_str());
   return absl::OkStatus();
@@ -283,7 +307,8 @@ const std::vector<Command>& Commands() {
        {{"attention", true, "mha | mqa | gqa | gta | mla | gla (default gqa)"},
         {"preset", true, "tiny | small | paper-m | paper-xl | llama-3.2-1b (default tiny)"},
         {"seed", true, "random seed (default 0)"},
-        {"dtype", true, "F32 | BF16 | F16 (default F32)"},
+        {"dtype", true, "F32 | BF16 | F16 | Q8_0 | Q4_0 (default F32; Q*: quantized as by "
+                        "shardlm quantize)"},
         {"out", true, "output directory"},
         {"layers", true, "override the preset's layer count"},
         {"intermediate-size", true, "override the preset's MLP width"},
@@ -305,6 +330,14 @@ const std::vector<Command>& Commands() {
         {"out", true, "output directory"},
         {"help", false, "this message"}},
        RunConvert},
+      {"quantize",
+       "rewrite a checkpoint's linear weights as Q8_0 or Q4_0 (docs/QUANTIZATION.md)",
+       {{"model", true, "the source checkpoint directory (F32, BF16 or F16 weights)"},
+        {"dtype", true, "q8_0 | q4_0 for the layers' linear weights"},
+        {"head-dtype", true, "q8_0 | q4_0 | keep for the embedding and LM head (default q8_0)"},
+        {"out", true, "output directory"},
+        {"help", false, "this message"}},
+       RunQuantize},
       {"tokenize",
        "text to token ids and back with a model's tokenizer (no weights needed)",
        {{"model", true, "model directory (config.json + tokenizer.json)"},
