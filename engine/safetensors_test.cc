@@ -114,7 +114,7 @@ int64_t ReadAll(const SafetensorsFile& file) {
 }
 
 TEST(DTypeTest, NamesSizesAndParsing) {
-  for (DType d : {DType::kF32, DType::kBF16, DType::kF16}) {
+  for (DType d : {DType::kF32, DType::kBF16, DType::kF16, DType::kI8, DType::kU8}) {
     auto parsed = ParseDType(DTypeName(d));
     ASSERT_TRUE(parsed.ok());
     EXPECT_EQ(*parsed, d);
@@ -122,10 +122,47 @@ TEST(DTypeTest, NamesSizesAndParsing) {
   EXPECT_EQ(DTypeBytes(DType::kF32), 4);
   EXPECT_EQ(DTypeBytes(DType::kBF16), 2);
   EXPECT_EQ(DTypeBytes(DType::kF16), 2);
-  const auto bad = ParseDType("I8");
+  EXPECT_EQ(DTypeBytes(DType::kI8), 1);
+  EXPECT_EQ(DTypeBytes(DType::kU8), 1);
+  const auto bad = ParseDType("I16");
   ASSERT_FALSE(bad.ok());
-  EXPECT_TRUE(Contains(bad.status().message(), "I8"));
-  EXPECT_TRUE(Contains(bad.status().message(), "F32, BF16, F16"));
+  EXPECT_TRUE(Contains(bad.status().message(), "I16"));
+  EXPECT_TRUE(Contains(bad.status().message(), "F32, BF16, F16, I8, U8"));
+  // Block formats are weight formats (flags), never a file's element type.
+  EXPECT_FALSE(ParseDType("Q4_0").ok());
+  for (DType d : {DType::kF32, DType::kBF16, DType::kF16, DType::kQ8_0, DType::kQ4_0}) {
+    auto parsed = ParseWeightDType(DTypeName(d));
+    ASSERT_TRUE(parsed.ok()) << DTypeName(d);
+    EXPECT_EQ(*parsed, d);
+  }
+  EXPECT_EQ(*ParseWeightDType("q4_0"), DType::kQ4_0);
+  EXPECT_FALSE(ParseWeightDType("I8").ok());
+  EXPECT_EQ(WeightRowBytes(DType::kQ8_0, 4096), 4096 + 256);  // 34 bytes per 32 weights
+  EXPECT_EQ(WeightRowBytes(DType::kQ4_0, 4096), 2048 + 256);  // 18 bytes per 32 weights
+}
+
+TEST(SafetensorsRawTest, IntegerTensorsRoundTrip) {
+  const std::string path = testing::TempDir() + "/raw_int.safetensors";
+  const std::vector<uint8_t> i8 = {0x80, 0x7f, 0x00, 0xff, 0x01, 0x02};
+  const std::vector<uint8_t> u8 = {1, 2, 3, 250};
+  const TensorToWrite writes[] = {{"q", DType::kI8, {2, 3}, {}, i8}, {"u", DType::kU8, {4}, {}, u8}};
+  ASSERT_TRUE(WriteSafetensors(path, writes).ok());
+  auto file = SafetensorsFile::Open(path);
+  ASSERT_TRUE(file.ok()) << file.status();
+  const TensorInfo* q = (*file)->Find("q");
+  ASSERT_NE(q, nullptr);
+  std::vector<uint8_t> stored(2);
+  ASSERT_TRUE((*file)->ReadStored(*q, 1, 2, 1, 3, stored.data()).ok());
+  EXPECT_EQ(stored, (std::vector<uint8_t>{0x01, 0x02}));
+  std::vector<float> f(6);
+  ASSERT_TRUE((*file)->ReadF32(*q, 0, 2, 0, 3, f.data()).ok());
+  EXPECT_EQ(f, (std::vector<float>{-128, 127, 0, -1, 1, 2}));
+  // I8 needs raw bytes of the right count.
+  const std::vector<float> v(6, 1.0f);
+  const TensorToWrite as_floats[] = {{"q", DType::kI8, {2, 3}, v}};
+  EXPECT_FALSE(WriteSafetensors(path, as_floats).ok());
+  const TensorToWrite short_raw[] = {{"q", DType::kI8, {2, 3}, {}, u8}};
+  EXPECT_FALSE(WriteSafetensors(path, short_raw).ok());
 }
 
 TEST_F(SafetensorsTest, RoundTripAllDtypesAndSubBlocks) {
@@ -349,8 +386,11 @@ TEST(SafetensorsHostileTest, HeaderTable) {
        entry(R"({"dtype":5,"shape":[2],"data_offsets":[0,8]})"),
        {"tensor \"w\"", "dtype"}},
       {"unsupported dtype",
-       entry(R"({"dtype":"I8","shape":[2],"data_offsets":[0,2]})"),
-       {"tensor \"w\"", "I8", "F32, BF16, F16"}},
+       entry(R"({"dtype":"I16","shape":[2],"data_offsets":[0,4]})"),
+       {"tensor \"w\"", "I16", "F32, BF16, F16, I8, U8"}},
+      {"block format is not an element type",
+       entry(R"({"dtype":"Q4_0","shape":[32],"data_offsets":[0,18]})"),
+       {"tensor \"w\"", "Q4_0", "F32, BF16, F16, I8, U8"}},
       {"lowercase dtype",
        entry(R"({"dtype":"f32","shape":[2],"data_offsets":[0,8]})"),
        {"f32", "supported"}},

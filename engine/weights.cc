@@ -125,11 +125,7 @@ class ShardLoader final : public WeightSource {
     if (row == 0) {
       lin->dtype = format;
       if (IsBlockQuantized(format)) {
-        if (lin->in % kQuantBlock != 0) {
-          return absl::InvalidArgumentError(absl::StrCat(
-              tensor, " is ", DTypeName(format), " but this rank's rows have ", lin->in,
-              " columns, not whole blocks of 32"));
-        }
+        RETURN_IF_ERROR(CheckBlockSplit(tensor, format, shape[1], cols));
         lin->wq.resize(static_cast<size_t>(lin->out * WeightRowBytes(format, lin->in)));
       } else if (format == DType::kF32) {
         lin->w.resize(static_cast<size_t>(lin->out * lin->in));
@@ -146,19 +142,26 @@ class ShardLoader final : public WeightSource {
                            lin->w16.data() + row * lin->in);
   }
 
+  // A quantized weight's rows are whole blocks of 32, and a rank's columns too.
+  static absl::Status CheckBlockSplit(const std::string& tensor, DType format, int64_t in_total,
+                                      Range cols) {
+    if (in_total % kQuantBlock == 0 && cols.begin % kQuantBlock == 0 &&
+        cols.end % kQuantBlock == 0) {
+      return absl::OkStatus();
+    }
+    return absl::InvalidArgumentError(absl::StrCat(
+        tensor, " is ", DTypeName(format), " (blocks of 32 columns) but this rank takes its "
+        "columns [", cols.begin, ", ", cols.end, ") of ", in_total,
+        ": a quantized weight can only be split between blocks; use another --tp, or "
+        "quantize a model whose split widths are multiples of 32"));
+  }
+
   // The quants and scales of a Q8_0 / Q4_0 weight (docs/QUANTIZATION.md), packed row by row.
   absl::Status ReadQuantized(const std::string& tensor, DType format,
                              const std::vector<int64_t>& shape, Range rows, Range cols,
                              int64_t row, Linear* lin) {
     const int64_t in_total = shape[1];
-    if (in_total % kQuantBlock != 0 || cols.begin % kQuantBlock != 0 ||
-        cols.end % kQuantBlock != 0) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          tensor, " is ", DTypeName(format), " (blocks of 32 columns) but this rank takes its "
-          "columns [", cols.begin, ", ", cols.end, ") of ", in_total,
-          ": a quantized weight can only be split between blocks; use another --tp, or "
-          "quantize a model whose split widths are multiples of 32"));
-    }
+    RETURN_IF_ERROR(CheckBlockSplit(tensor, format, in_total, cols));
     const std::string scale_name =
         absl::StrCat(tensor.substr(0, tensor.size() - std::string("weight").size()), "weight_scale");
     if (!absl::EndsWith(tensor, "weight") || !dir_.Has(scale_name)) {

@@ -1,9 +1,12 @@
 // `shardlm`: the one executable. Every subcommand runs under `mpirun -np N` or
 // as a single process. Errors end every rank with one message and exit code 1.
 #include <cstdio>
+#include <map>
 #include <string>
 #include <vector>
 
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "base/malloc_tuning.h"
 #include "base/status.h"
@@ -223,8 +226,21 @@ absl::Status Inspect(const std::string& model_dir, int tp) {
   ASSIGN_OR_RETURN(ModelConfig config, ReadModelConfig(model_dir));
   ASSIGN_OR_RETURN(ModelDims dims, ResolveDims(config, model_dir + "/config.json"));
   ASSIGN_OR_RETURN(auto dir, SafetensorsDir::Open(model_dir));
-  // Everything in the checkpoint, optional norms and biases included.
-  const int64_t params = dir->TotalElements();
+  // Everything in the checkpoint, optional norms and biases included: a Q4_0 byte holds two
+  // weights, and quantization scales are not parameters.
+  int64_t params = 0, file_bytes = 0;
+  std::map<std::string, int> formats;  // weight dtype → tensors
+  for (const std::string& name : dir->Names()) {
+    ASSIGN_OR_RETURN(const DType dtype, dir->StoredDType(name));
+    ASSIGN_OR_RETURN(const std::vector<int64_t> shape, dir->Shape(name));
+    int64_t elements = 1;
+    for (int64_t d : shape) elements *= d;
+    file_bytes += elements * DTypeBytes(dtype);
+    if (absl::EndsWith(name, ".weight_scale")) continue;
+    params += dtype == DType::kU8 ? 2 * elements : elements;
+    const DType format = dtype == DType::kI8 ? DType::kQ8_0 : dtype == DType::kU8 ? DType::kQ4_0 : dtype;
+    ++formats[DTypeName(format)];
+  }
   std::printf("model        %s\n", model_dir.c_str());
   std::printf("attention    %s   layers %lld   hidden %lld   heads %lld   %s %lld\n",
               AttentionTypeName(dims.type), static_cast<long long>(dims.layers),
@@ -232,6 +248,9 @@ absl::Status Inspect(const std::string& model_dir, int tp) {
               IsLatent(dims.type) ? "latent heads" : "kv heads",
               static_cast<long long>(dims.num_kv_heads));
   std::printf("parameters   %lld (%.1f M)\n", static_cast<long long>(params), params / 1e6);
+  std::string format_list;
+  for (const auto& [name, count] : formats) absl::StrAppend(&format_list, " ", name, " ×", count);
+  std::printf("tensors     %s; %.1f MiB of data\n", format_list.c_str(), file_bytes / 1048576.0);
   RETURN_IF_ERROR(ValidateTensorParallel(dims, tp));
   std::printf("tensor parallel %d ranks\n", tp);
   std::printf("%-5s %-10s %-10s %-5s %-12s %-12s %-16s %-14s\n", "rank", "q heads",
