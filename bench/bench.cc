@@ -22,6 +22,8 @@
 #include "bench/bandwidth.h"
 #include "coordinator/handshake.h"
 #include "engine/model.h"
+#include "kernels/cpu.h"
+#include "kernels/matmul.h"
 #include "kernels/ops.h"
 #include "engine/safetensors.h"
 #include "google/protobuf/descriptor.h"
@@ -492,6 +494,9 @@ absl::StatusOr<BenchRecord> MeasureDecode(Model& model, Comm& comm, const BenchO
   r.set_bandwidth_source(options.bandwidth_gbs > 0 ? "flag" : "probe");
   r.set_bandwidth_gbs_solo(facts.bandwidth.solo_gbs);
   r.set_host(HostName());
+  r.set_cpu(CpuModelName());
+  r.set_matmul_path(MatMulIsaName());
+  r.set_quant_kernel(QuantKernelName(QuantKernelFor(SelectedMatMulIsa())));
   r.set_page_order(options.shuffle_pages ? "shuffled" : "contiguous");
   r.set_threads(options.threads);
   r.set_bf16_math(Bf16MathName(options.bf16_math));
@@ -516,6 +521,9 @@ void PrintFooter(const BenchOptions& options, const RunFacts& facts, int ranks,
         facts.roofline_gbs, ranks, facts.bandwidth.total_gbs, facts.bandwidth.solo_gbs,
         static_cast<long long>(options.probe_mb), static_cast<long long>(options.probe_passes));
   }
+  std::printf("cpu: %s; matmul path %s, quantized (Q8_0/Q4_0) kernel %s, %d thread(s) per rank\n",
+              CpuModelName().c_str(), MatMulIsaName(),
+              QuantKernelName(QuantKernelFor(SelectedMatMulIsa())), options.threads);
   std::printf(
       "step: median and p90 of %lld timed steps after %lld warm-up, each the slowest "
       "rank after a barrier; bound = read/step/rank / roofline\n",

@@ -1,5 +1,7 @@
 #include "kernels/cpu.h"
 
+#include <cstring>
+
 #if defined(__x86_64__)
 #include <cpuid.h>
 #endif
@@ -34,6 +36,25 @@ CpuFeatures Detect() {
 const CpuFeatures& Cpu() {
   static const CpuFeatures cpu = Detect();
   return cpu;
+}
+
+std::string CpuModelName() {
+#if defined(__x86_64__)
+  unsigned regs[12] = {};
+  unsigned max_leaf = 0, ebx = 0, ecx = 0, edx = 0;
+  if (__get_cpuid(0x80000000u, &max_leaf, &ebx, &ecx, &edx) != 0 && max_leaf >= 0x80000004u) {
+    for (unsigned i = 0; i < 3; ++i) {
+      __get_cpuid(0x80000002u + i, &regs[4 * i], &regs[4 * i + 1], &regs[4 * i + 2],
+                  &regs[4 * i + 3]);
+    }
+    char brand[49] = {};
+    std::memcpy(brand, regs, 48);
+    std::string name(brand);
+    const size_t begin = name.find_first_not_of(' '), end = name.find_last_not_of(' ');
+    if (begin != std::string::npos) return name.substr(begin, end - begin + 1);
+  }
+#endif
+  return "unknown";
 }
 
 const char* IsaName(Isa isa) {

@@ -5,6 +5,7 @@
 #ifndef SHARDLM_KERNELS_CPU_H_
 #define SHARDLM_KERNELS_CPU_H_
 
+#include <string>
 #include <vector>
 
 namespace shardlm {
@@ -18,6 +19,9 @@ struct CpuFeatures {
 };
 // Detected on first call (x86-64: CPUID; elsewhere: nothing).
 const CpuFeatures& Cpu();
+// The CPU's brand string (CPUID leaves 0x80000002–4), e.g. "AMD EPYC 9R45", for benchmark
+// records; "unknown" where CPUID has none.
+std::string CpuModelName();
 
 // Instruction-set levels of the kernels, lowest first. A kernel family implements some of
 // them; asked for a level it lacks, it runs the best one it has below it.

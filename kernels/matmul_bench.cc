@@ -19,7 +19,10 @@
 // --prefill instead times large n (128…1024) on model-sized F32 shapes against cblas_sgemm,
 // in GFLOP/s (prefill and scoring run whole prompts through the same kernel).
 //
+// --formats F32,Q4_0 times only those weight formats (the first one is the ratio base).
+//
 //   matmul_bench [--all-paths] [--hugepages] [--reps N] [--threads T] [--prefill]
+//                [--formats LIST]
 #include <cblas.h>
 #include <sys/mman.h>
 
@@ -37,6 +40,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/str_split.h"
 #include "base/half.h"
 #include "base/rng.h"
 #include "base/thread_pool.h"
@@ -268,6 +272,7 @@ int Prefill(int reps, int threads) {
 
 int Main(int argc, char** argv) {
   bool all_paths = false, huge = false, prefill = false;
+  std::string only;
   int reps = 7, threads = 1;
   for (int a = 1; a < argc; ++a) {
     if (std::strcmp(argv[a], "--all-paths") == 0) {
@@ -278,11 +283,14 @@ int Main(int argc, char** argv) {
       prefill = true;
     } else if (std::strcmp(argv[a], "--reps") == 0 && a + 1 < argc) {
       reps = std::max(1, std::atoi(argv[++a]));
+    } else if (std::strcmp(argv[a], "--formats") == 0 && a + 1 < argc) {
+      only = argv[++a];
     } else if (std::strcmp(argv[a], "--threads") == 0 && a + 1 < argc) {
       threads = std::max(1, std::atoi(argv[++a]));
     } else {
       std::fprintf(stderr,
-                   "usage: %s [--all-paths] [--hugepages] [--reps N] [--threads T] [--prefill]\n",
+                   "usage: %s [--all-paths] [--hugepages] [--reps N] [--threads T] [--prefill] "
+                   "[--formats F32,BF16,…]\n",
                    argv[0]);
       return 2;
     }
@@ -315,6 +323,19 @@ int Main(int argc, char** argv) {
   if (Bf16MathAvailable(Bf16Math::kDot)) formats.push_back({DType::kBF16, true, "BF16dot"});
   formats.push_back({DType::kQ8_0, false, "Q8_0"});
   formats.push_back({DType::kQ4_0, false, "Q4_0"});
+  if (!only.empty()) {
+    std::vector<Format> chosen;
+    for (const Format& f : formats) {
+      for (absl::string_view name : absl::StrSplit(only, ',')) {
+        if (name == f.name) chosen.push_back(f);
+      }
+    }
+    if (chosen.empty()) {
+      std::fprintf(stderr, "--formats: none of F32, BF16, F16, BF16dot, Q8_0, Q4_0 given\n");
+      return 2;
+    }
+    formats = chosen;
+  }
   const int kFormats = static_cast<int>(formats.size());
   const int64_t ns[] = {1, 2, 4, 8, 16};
   constexpr int kNs = 5;
@@ -412,6 +433,7 @@ int Main(int argc, char** argv) {
               "quantized kernel %s\n",
               dot_per_ns, static_cast<long long>(kOut), static_cast<long long>(kIn),
               QuantKernelName(QuantKernelFor(SelectedMatMulIsa())));
+  std::printf("cpu: %s\n", CpuModelName().c_str());
   std::printf("selected path: %s; OpenBLAS %s, %d thread(s); medians of %d interleaved rounds\n\n",
               MatMulIsaName(), OPENBLAS_VERSION, threads, reps);
   std::printf("%-10s %-7s %3s | %9s %7s %8s | %8s %7s | %9s %7s | %7s\n", "path", "W", "n",
@@ -431,11 +453,11 @@ int Main(int argc, char** argv) {
     }
     for (int t = 0; t < kFormats; ++t) {
       std::printf(
-          "%-10s %-7s t(n=16)/t(n=1) %.2f;  n=1: %.1f GB/s = %.0f%% of read, time %.2fx F32's\n",
+          "%-10s %-7s t(n=16)/t(n=1) %.2f;  n=1: %.1f GB/s = %.0f%% of read, time %.2fx %s's\n",
           IsaName(paths[p]), formats[t].name, skinny_ms(p, t, kNs - 1) / skinny_ms(p, t, 0),
           GBps(Bytes(formats[t].type), skinny_ms(p, t, 0)),
           100 * GBps(Bytes(formats[t].type), skinny_ms(p, t, 0)) / bandwidth,
-          skinny_ms(p, t, 0) / skinny_ms(p, 0, 0));
+          skinny_ms(p, t, 0) / skinny_ms(p, 0, 0), formats[0].name);
     }
     std::printf("sgemm      F32  t(n=16)/t(n=1) %.2f\n\n",
                 median_of(blas0 + kNs - 1) / median_of(blas0));

@@ -90,11 +90,50 @@ struct QuantAvx512Vnni {
 
   template <DType kFormat, int kR, int kC, int kCStride>
   SHARDLM_TARGET_Q512 static void Tile(const QTileArgs& t) {
-    const int64_t ws = t.w_stride, xs = t.x_stride, pf = t.prefetch_offset;
+    // The f32 partial sums stay in registers over the K block when they fit beside the
+    // R·C int32 sums; else each chunk reads and writes them in `acc`.
+    __m512 a[kR][kC];
+    if constexpr (kAccInRegisters<kR, kC>) {
+#pragma GCC unroll 8
+      for (int r = 0; r < kR; ++r) {
+#pragma GCC unroll 8
+        for (int c = 0; c < kC; ++c) a[r][c] = _mm512_load_ps(t.acc + (r * kCStride + c) * 16);
+      }
+    }
     for (int ch = 0; ch < t.chunks; ++ch) {
       const int64_t m = ch == t.chunks - 1 ? t.last_blocks : 16;
-      const __mmask64 bm = m == 16 ? ~__mmask64{0} : (__mmask64{1} << (4 * m)) - 1;
-      const int64_t vs = 4 * m;  // bytes of one vector (Q8_0) or nibble group (Q4_0)
+      if (m == 16) {
+        Chunk<kFormat, kR, kC, kCStride, true>(t, ch, 16, a);
+      } else {
+        Chunk<kFormat, kR, kC, kCStride, false>(t, ch, m, a);
+      }
+    }
+    if constexpr (kAccInRegisters<kR, kC>) {
+#pragma GCC unroll 8
+      for (int r = 0; r < kR; ++r) {
+#pragma GCC unroll 8
+        for (int c = 0; c < kC; ++c) _mm512_store_ps(t.acc + (r * kCStride + c) * 16, a[r][c]);
+      }
+    }
+  }
+  template <int kR, int kC>
+  static constexpr bool kAccInRegisters = kR * kC <= 12;
+
+  // One chunk of m blocks; kFull (m = 16) uses plain loads, the row's last chunk masked ones.
+  template <DType kFormat, int kR, int kC, int kCStride, bool kFull>
+  __attribute__((always_inline)) SHARDLM_TARGET_Q512 static inline void Chunk(
+      const QTileArgs& t, int ch, int64_t m, __m512 (&a)[kR][kC]) {
+    const int64_t ws = t.w_stride, xs = t.x_stride, pf = t.prefetch_offset;
+    {
+      const __mmask64 bm = kFull ? ~__mmask64{0} : (__mmask64{1} << (4 * m)) - 1;
+      const int64_t vs = kFull ? 64 : 4 * m;  // bytes of one vector (Q8_0) or nibble group (Q4_0)
+      const auto load = [bm](const uint8_t* p) {
+        if constexpr (kFull) {
+          return _mm512_loadu_si512(p);
+        } else {
+          return _mm512_maskz_loadu_epi8(bm, p);
+        }
+      };
       const uint8_t* wq = t.w + WChunkOffset(kFormat, t.chunk0 + ch);
       const uint8_t* xc = t.x + ch * kQxChunkBytes;
       const bool prefetch = pf != 0 && t.make_corr;
@@ -112,7 +151,7 @@ struct QuantAvx512Vnni {
             __m512i sw = _mm512_setzero_si512();
 #pragma GCC unroll 8
             for (int v = 0; v < 8; ++v) {
-              sw = _mm512_dpbusd_epi32(sw, ones, _mm512_maskz_loadu_epi8(bm, wq + c * ws + v * vs));
+              sw = _mm512_dpbusd_epi32(sw, ones, load(wq + c * ws + v * vs));
             }
             _mm512_store_si512(t.corr + (c * kQChunksPerBlock + ch) * 16, _mm512_slli_epi32(sw, 7));
           }
@@ -123,7 +162,7 @@ struct QuantAvx512Vnni {
 #pragma GCC unroll 8
           for (int c = 0; c < kC; ++c) {
             if (prefetch) _mm_prefetch(reinterpret_cast<const char*>(wq + c * ws + pf + v * 64), _MM_HINT_T0);
-            wv[c] = _mm512_maskz_loadu_epi8(bm, wq + c * ws + v * vs);
+            wv[c] = load(wq + c * ws + v * vs);
             asm("" : "+v"(wv[c]));
           }
 #pragma GCC unroll 8
@@ -146,7 +185,7 @@ struct QuantAvx512Vnni {
               if (prefetch && half == 0) {
                 _mm_prefetch(reinterpret_cast<const char*>(wq + c * ws + pf + g * 64), _MM_HINT_T0);
               }
-              const __m512i raw = _mm512_maskz_loadu_epi8(bm, wq + c * ws + g * vs);
+              const __m512i raw = load(wq + c * ws + g * vs);
               wv[c] = _mm512_and_si512(half == 0 ? raw : _mm512_srli_epi16(raw, 4), low);
               asm("" : "+v"(wv[c]));
             }
@@ -161,7 +200,7 @@ struct QuantAvx512Vnni {
         }
       }
       // Fold the chunk's block sums into the f32 lanes: one FMA per block.
-      const auto sm = static_cast<__mmask16>(m == 16 ? 0xffffu : (1u << m) - 1);
+      const auto sm = static_cast<__mmask16>(kFull ? 0xffffu : (1u << m) - 1);
 #pragma GCC unroll 8
       for (int c = 0; c < kC; ++c) {
         const uint8_t* scales = t.w + c * ws + t.scale_offset + 32 * (t.chunk0 + ch);
@@ -174,9 +213,13 @@ struct QuantAvx512Vnni {
         for (int r = 0; r < kR; ++r) {
           const __m512 dx = _mm512_load_ps(reinterpret_cast<const float*>(xc + r * xs + 512));
           if constexpr (kFormat == DType::kQ4_0) off = _mm512_load_si512(xc + r * xs + 576);
-          float* acc = t.acc + (r * kCStride + c) * 16;
           const __m512 f = _mm512_cvtepi32_ps(_mm512_sub_epi32(s[r][c], off));
-          _mm512_store_ps(acc, _mm512_fmadd_ps(f, _mm512_mul_ps(dw, dx), _mm512_load_ps(acc)));
+          if constexpr (kAccInRegisters<kR, kC>) {
+            a[r][c] = _mm512_fmadd_ps(f, _mm512_mul_ps(dw, dx), a[r][c]);
+          } else {
+            float* acc = t.acc + (r * kCStride + c) * 16;
+            _mm512_store_ps(acc, _mm512_fmadd_ps(f, _mm512_mul_ps(dw, dx), _mm512_load_ps(acc)));
+          }
         }
       }
     }
@@ -291,10 +334,13 @@ struct QuantAvx2 {
 void SkinnyQuantAvx512Vnni(DType format, const float* x, int64_t n, int64_t x_stride,
                            const uint8_t* w, int64_t out, int64_t in, const float* bias, float* y,
                            int64_t y_stride) {
+  // 4 × 4: the R·C int32 sums, the C weight vectors and the x vector fit the 32 registers
+  // (4 × 6 spilled in Q4_0, whose weights take a load, a shift and two ANDs); at n = 16 it
+  // measured 10–20% faster than 2 × 6 and 2 × 8 (matmul_bench).
   if (format == DType::kQ8_0) {
-    DriveQuant<QuantAvx512Vnni, DType::kQ8_0, 4, 6>(x, n, x_stride, w, out, in, bias, y, y_stride);
+    DriveQuant<QuantAvx512Vnni, DType::kQ8_0, 4, 4>(x, n, x_stride, w, out, in, bias, y, y_stride);
   } else {
-    DriveQuant<QuantAvx512Vnni, DType::kQ4_0, 4, 6>(x, n, x_stride, w, out, in, bias, y, y_stride);
+    DriveQuant<QuantAvx512Vnni, DType::kQ4_0, 4, 4>(x, n, x_stride, w, out, in, bias, y, y_stride);
   }
 }
 
