@@ -68,6 +68,10 @@ namespace {
 // contract's FMA per block, in the driver's loop nest.
 struct QuantPortable {
   static constexpr bool kUnsignedX = false;
+  static constexpr int kReduceGroup = 1;
+  static void ReduceSums(const float* acc, int64_t count, float* sums) {
+    ReduceEach<16>(acc, count, sums);
+  }
   static void QuantizeX(const float* x, int64_t in, bool offset128, uint8_t* dst) {
     QuantizeXRowPortable(x, in, offset128, dst);
   }

@@ -95,12 +95,17 @@ void DriveQuant(const float* x, int64_t n, int64_t x_stride, const uint8_t* w, i
   const int64_t w_row = WeightRowBytes(kFormat, in);
   const int64_t scale_offset = QuantBytes(kFormat, in);
   alignas(64) float acc[kSuperRows * kC * 16];
+  alignas(64) float sums[kSuperRows * kC];
+  static_assert(kSuperRows * kC % Kernel::kReduceGroup == 0);
   alignas(64) int32_t corr[kC * kQChunksPerBlock * 16];
   for (int64_t o0 = 0; o0 < out; o0 += kC) {
     const int c = static_cast<int>(std::min<int64_t>(kC, out - o0));
     for (int64_t i0 = 0; i0 < n; i0 += kSuperRows) {
       const int rows = static_cast<int>(std::min<int64_t>(kSuperRows, n - i0));
-      std::fill(acc, acc + rows * kC * 16, 0.0f);
+      // Zeroed up to whole groups of the kernel's lane reduction (the extra sums are unused).
+      const int64_t slots = (rows * kC + Kernel::kReduceGroup - 1) / Kernel::kReduceGroup *
+                            Kernel::kReduceGroup;
+      std::fill(acc, acc + slots * 16, 0.0f);
       for (int64_t ch0 = 0; ch0 < num_chunks; ch0 += kQChunksPerBlock) {
         QTileArgs args;
         args.x_stride = qx_row;
@@ -129,10 +134,11 @@ void DriveQuant(const float* x, int64_t n, int64_t x_stride, const uint8_t* w, i
           QTileTable<Kernel, kFormat, kR, kC>::Get(std::min(kR, rows - ib), c)(args);
         }
       }
+      Kernel::ReduceSums(acc, slots, sums);
       for (int ir = 0; ir < rows; ++ir) {
         float* y_row = y + (i0 + ir) * y_stride + o0;
         for (int ic = 0; ic < c; ++ic) {
-          const float sum = ReduceLanes<16>(acc + (ir * kC + ic) * 16);
+          const float sum = sums[ir * kC + ic];
           y_row[ic] = bias != nullptr ? sum + bias[o0 + ic] : sum;
         }
       }

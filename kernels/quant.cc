@@ -80,20 +80,33 @@ void PackQuantRow(DType format, const uint8_t* quants, const uint16_t* scales, i
                   uint8_t* dst) {
   CHECK(IsBlockQuantized(format));
   CHECK_EQ(in % kQuantBlock, 0);
-  const int64_t qbytes = QuantBytes(format, in);
-  std::memset(dst, 0, static_cast<size_t>(qbytes));
-  for (int64_t k = 0; k < in; ++k) {
-    const int64_t b = k / kQuantBlock, e = k % kQuantBlock;
-    const QuantSlot slot = SlotOf(format, in, k);
-    if (format == DType::kQ8_0) {
-      dst[slot.byte] = quants[k];
-    } else {
-      const uint8_t pair = quants[b * 16 + e % 16];
-      const uint8_t q = e < 16 ? (pair & 0x0f) : (pair >> 4);
-      dst[slot.byte] |= slot.high ? static_cast<uint8_t>(q << 4) : q;
+  const int64_t nb = in / kQuantBlock;
+  // Block b = 16·ch + j of chunk ch (m blocks): its 4-byte piece v goes to vector v (Q8_0) or
+  // to nibble group v / 2 (Q4_0), at byte 4j; the layout of quant.h, written block by block.
+  for (int64_t ch = 0; ch * 16 < nb; ++ch) {
+    const int64_t m = std::min<int64_t>(16, nb - ch * 16);
+    uint8_t* chunk = dst + ch * ChunkQuantBytes(format, 16);
+    for (int64_t j = 0; j < m; ++j) {
+      const int64_t b = ch * 16 + j;
+      if (format == DType::kQ8_0) {
+        for (int64_t v = 0; v < 8; ++v) {
+          std::memcpy(chunk + v * 4 * m + 4 * j, quants + b * kQuantBlock + 4 * v, 4);
+        }
+        continue;
+      }
+      const uint8_t* pairs = quants + b * 16;  // element e: pairs[e % 16], low half for e < 16
+      const auto q = [pairs](int64_t e) {
+        return static_cast<uint8_t>(e < 16 ? pairs[e] & 0x0f : pairs[e - 16] >> 4);
+      };
+      for (int64_t g = 0; g < 4; ++g) {
+        for (int64_t t = 0; t < 4; ++t) {
+          chunk[g * 4 * m + 4 * j + t] =
+              static_cast<uint8_t>(q(8 * g + t) | (q(8 * g + 4 + t) << 4));
+        }
+      }
     }
   }
-  std::memcpy(dst + qbytes, scales, static_cast<size_t>(in / kQuantBlock) * sizeof(uint16_t));
+  std::memcpy(dst + QuantBytes(format, in), scales, static_cast<size_t>(nb) * sizeof(uint16_t));
 }
 
 int QuantAt(DType format, const uint8_t* packed, int64_t in, int64_t k) {
