@@ -233,10 +233,10 @@ std::string HostName() {
   return name;
 }
 
-// Parameters as `inspect` counts them: every tensor in the checkpoint files.
+// Parameters as `inspect` counts them (SafetensorsDir::Parameters).
 absl::StatusOr<int64_t> CheckpointParameters(const std::string& model_dir) {
   ASSIGN_OR_RETURN(auto dir, SafetensorsDir::Open(model_dir));
-  return dir->TotalElements();
+  return dir->Parameters();
 }
 
 // The llama-bench-style table on stdout: one markdown row per configuration,

@@ -20,6 +20,7 @@
 #include <utility>
 
 #include "absl/strings/escaping.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "base/half.h"
@@ -594,6 +595,16 @@ std::vector<std::string> SafetensorsDir::Names() const {
   std::vector<std::string> names;
   for (const auto& [name, where] : tensors_) names.push_back(name);
   return names;
+}
+
+int64_t SafetensorsDir::Parameters() const {
+  int64_t total = 0;
+  for (const auto& [name, where] : tensors_) {
+    if (absl::EndsWith(name, ".weight_scale")) continue;
+    const TensorInfo& t = *where.second;
+    total += t.dtype == DType::kU8 ? 2 * t.NumElements() : t.NumElements();
+  }
+  return total;
 }
 
 int64_t SafetensorsDir::TotalElements() const {

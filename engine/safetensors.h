@@ -109,6 +109,9 @@ class SafetensorsDir {
   std::vector<std::string> Names() const;
   // Total number of elements over every tensor of every file.
   int64_t TotalElements() const;
+  // The model's parameters: every element, except that a U8 tensor (Q4_0 quants) holds two
+  // per byte and `*.weight_scale` tensors (quantization scales) are not parameters.
+  int64_t Parameters() const;
 
  private:
   // The file index and entry of `name`, after checking its shape equals `expected_shape`.

@@ -228,7 +228,8 @@ absl::Status Inspect(const std::string& model_dir, int tp) {
   ASSIGN_OR_RETURN(auto dir, SafetensorsDir::Open(model_dir));
   // Everything in the checkpoint, optional norms and biases included: a Q4_0 byte holds two
   // weights, and quantization scales are not parameters.
-  int64_t params = 0, file_bytes = 0;
+  const int64_t params = dir->Parameters();
+  int64_t file_bytes = 0;
   std::map<std::string, int> formats;  // weight dtype → tensors
   for (const std::string& name : dir->Names()) {
     ASSIGN_OR_RETURN(const DType dtype, dir->StoredDType(name));
@@ -237,7 +238,6 @@ absl::Status Inspect(const std::string& model_dir, int tp) {
     for (int64_t d : shape) elements *= d;
     file_bytes += elements * DTypeBytes(dtype);
     if (absl::EndsWith(name, ".weight_scale")) continue;
-    params += dtype == DType::kU8 ? 2 * elements : elements;
     const DType format = dtype == DType::kI8 ? DType::kQ8_0 : dtype == DType::kU8 ? DType::kQ4_0 : dtype;
     ++formats[DTypeName(format)];
   }
