@@ -132,8 +132,11 @@ BAD_CHECKPOINTS = [
     ("overlap", lambda m: edit_safetensors(m, overlap_offsets), ["model.safetensors", "overlaps"]),
     ("offsets-out-of-range", lambda m: edit_safetensors(m, offsets_past_end),
      ["model.safetensors", "beyond the"]),
-    ("bad-dtype", lambda m: edit_safetensors(m, set_dtype("model.norm.weight", "I8")),
-     ["unsupported dtype", "I8"]),
+    ("bad-dtype", lambda m: edit_safetensors(m, set_dtype("model.norm.weight", "I16")),
+     ["unsupported dtype", "I16"]),
+    # I8 is a dtype the format has (Q8_0 quants), but not for a norm: its byte count is wrong.
+    ("int-dtype", lambda m: edit_safetensors(m, set_dtype("model.norm.weight", "I8")),
+     ["model.norm.weight", "I8 [64] needs 64 bytes"]),
     ("missing-tensor", lambda m: edit_safetensors(
         m, rename_tensor("model.norm.weight", "model.norm.weight.renamed")),
      ["missing tensor model.norm.weight"]),
