@@ -142,6 +142,16 @@ struct QuantAvx512Vnni {
       const uint8_t* wq = t.w + WChunkOffset(kFormat, t.chunk0 + ch);
       const uint8_t* xc = t.x + ch * kQxChunkBytes;
       const bool prefetch = pf != 0 && t.make_corr;
+      if (prefetch && ch == 0) {
+        // The next K block's scales of the same rows (2 lines; a prefetch past the buffer is
+        // harmless).
+#pragma GCC unroll 8
+        for (int c = 0; c < kC; ++c) {
+          const uint8_t* next = t.w + c * ws + t.scale_offset + 32 * (t.chunk0 + kQChunksPerBlock);
+          _mm_prefetch(reinterpret_cast<const char*>(next), _MM_HINT_T0);
+          _mm_prefetch(reinterpret_cast<const char*>(next + 64), _MM_HINT_T0);
+        }
+      }
       __m512i s[kR][kC];
 #pragma GCC unroll 8
       for (int r = 0; r < kR; ++r) {
