@@ -269,80 +269,107 @@ struct QuantAvx2 {
 
   template <DType kFormat, int kR, int kC, int kCStride>
   SHARDLM_TARGET_Q256 static void Tile(const QTileArgs& t) {
-    const int64_t ws = t.w_stride, xs = t.x_stride;
-    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
     for (int ch = 0; ch < t.chunks; ++ch) {
       const int64_t m = ch == t.chunks - 1 ? t.last_blocks : 16;
-      const int64_t vs = 4 * m;
-      const uint8_t* wq = t.w + WChunkOffset(kFormat, t.chunk0 + ch);
-      const uint8_t* xc = t.x + ch * kQxChunkBytes;
       for (int h = 0; h < 2; ++h) {
         const int mh = static_cast<int>(std::clamp<int64_t>(m - 8 * h, 0, 8));
-        if (mh == 0) break;
-        const __m256i dm = _mm256_cmpgt_epi32(_mm256_set1_epi32(mh), lane);
-        __m256i s[kR][kC];
-        for (int r = 0; r < kR; ++r) {
-          for (int c = 0; c < kC; ++c) s[r][c] = _mm256_setzero_si256();
+        if (mh == 8) {
+          Half<kFormat, kR, kC, kCStride, true>(t, ch, m, h, 8);
+        } else if (mh > 0) {
+          Half<kFormat, kR, kC, kCStride, false>(t, ch, m, h, mh);
         }
-        if constexpr (kFormat == DType::kQ8_0) {
-          for (int v = 0; v < 8; ++v) {
-            __m256i wv[kC], uw[kC];
-            for (int c = 0; c < kC; ++c) {
-              wv[c] = _mm256_maskload_epi32(
-                  reinterpret_cast<const int*>(wq + c * ws + v * vs + 32 * h), dm);
-              uw[c] = _mm256_abs_epi8(wv[c]);
-            }
-            for (int r = 0; r < kR; ++r) {
-              const __m256i xv = _mm256_load_si256(
-                  reinterpret_cast<const __m256i*>(xc + r * xs + v * 64 + 32 * h));
-              for (int c = 0; c < kC; ++c) {
-                const __m256i sx = _mm256_sign_epi8(xv, wv[c]);
-                s[r][c] = Dot(s[r][c], uw[c], sx);
-              }
-            }
-          }
-        } else {
-          const __m256i low = _mm256_set1_epi8(0x0f);
-          for (int g = 0; g < 4; ++g) {
-            for (int half = 0; half < 2; ++half) {
-              __m256i wv[kC];
-              for (int c = 0; c < kC; ++c) {
-                const __m256i raw = _mm256_maskload_epi32(
-                    reinterpret_cast<const int*>(wq + c * ws + g * vs + 32 * h), dm);
-                wv[c] = _mm256_and_si256(half == 0 ? raw : _mm256_srli_epi16(raw, 4), low);
-              }
-              for (int r = 0; r < kR; ++r) {
-                const __m256i xv = _mm256_load_si256(reinterpret_cast<const __m256i*>(
-                    xc + r * xs + (2 * g + half) * 64 + 32 * h));
-                for (int c = 0; c < kC; ++c) {
-                  s[r][c] = Dot(s[r][c], wv[c], xv);
-                }
-              }
-            }
-          }
-        }
+      }
+    }
+  }
+
+  // Half h of chunk ch (m blocks), mh of its blocks present: blocks 8h … 8h + mh − 1 into f32
+  // lanes 8h … 8h + 7. kFull (mh = 8): plain loads; else dword-masked ones.
+  template <DType kFormat, int kR, int kC, int kCStride, bool kFull>
+  __attribute__((always_inline)) SHARDLM_TARGET_Q256 static inline void Half(
+      const QTileArgs& t, int ch, int64_t m, int h, int mh) {
+    const int64_t ws = t.w_stride, xs = t.x_stride;
+    const int64_t vs = kFull && m == 16 ? 64 : 4 * m;  // a full half can sit in a short chunk
+    const uint8_t* wq = t.w + WChunkOffset(kFormat, t.chunk0 + ch);
+    const uint8_t* xc = t.x + ch * kQxChunkBytes;
+    const __m256i dm =
+        _mm256_cmpgt_epi32(_mm256_set1_epi32(mh), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    const auto load = [dm](const uint8_t* p) {
+      if constexpr (kFull) {
+        return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+      } else {
+        return _mm256_maskload_epi32(reinterpret_cast<const int*>(p), dm);
+      }
+    };
+    __m256i s[kR][kC];
+#pragma GCC unroll 8
+    for (int r = 0; r < kR; ++r) {
+#pragma GCC unroll 8
+      for (int c = 0; c < kC; ++c) s[r][c] = _mm256_setzero_si256();
+    }
+    if constexpr (kFormat == DType::kQ8_0) {
+#pragma GCC unroll 8
+      for (int v = 0; v < 8; ++v) {
+        __m256i wv[kC], uw[kC];
+#pragma GCC unroll 8
         for (int c = 0; c < kC; ++c) {
-          const uint8_t* scales = t.w + c * ws + t.scale_offset + 32 * (t.chunk0 + ch) + 16 * h;
-          alignas(16) uint16_t sbits[8] = {};
-          if (mh == 8) {
-            std::memcpy(sbits, scales, sizeof(sbits));
-          } else {
-            std::memcpy(sbits, scales, 2 * static_cast<size_t>(mh));
+          wv[c] = load(wq + c * ws + v * vs + 32 * h);
+          uw[c] = _mm256_abs_epi8(wv[c]);
+        }
+#pragma GCC unroll 8
+        for (int r = 0; r < kR; ++r) {
+          const __m256i xv = _mm256_load_si256(
+              reinterpret_cast<const __m256i*>(xc + r * xs + v * 64 + 32 * h));
+#pragma GCC unroll 8
+          for (int c = 0; c < kC; ++c) s[r][c] = Dot(s[r][c], uw[c], _mm256_sign_epi8(xv, wv[c]));
+        }
+      }
+    } else {
+      const __m256i low = _mm256_set1_epi8(0x0f);
+#pragma GCC unroll 4
+      for (int g = 0; g < 4; ++g) {
+#pragma GCC unroll 2
+        for (int half = 0; half < 2; ++half) {
+          __m256i wv[kC];
+#pragma GCC unroll 8
+          for (int c = 0; c < kC; ++c) {
+            const __m256i raw = load(wq + c * ws + g * vs + 32 * h);
+            wv[c] = _mm256_and_si256(half == 0 ? raw : _mm256_srli_epi16(raw, 4), low);
           }
-          const __m256 dw = _mm256_cvtph_ps(_mm_load_si128(reinterpret_cast<const __m128i*>(sbits)));
+#pragma GCC unroll 8
           for (int r = 0; r < kR; ++r) {
-            const __m256 dx =
-                _mm256_load_ps(reinterpret_cast<const float*>(xc + r * xs + 512 + 32 * h));
-            __m256i i32 = s[r][c];
-            if constexpr (kFormat == DType::kQ4_0) {
-              i32 = _mm256_sub_epi32(i32, _mm256_load_si256(reinterpret_cast<const __m256i*>(
-                                              xc + r * xs + 576 + 32 * h)));
-            }
-            float* acc = t.acc + (r * kCStride + c) * 16 + 8 * h;
-            _mm256_store_ps(acc, _mm256_fmadd_ps(_mm256_cvtepi32_ps(i32), _mm256_mul_ps(dw, dx),
-                                                 _mm256_load_ps(acc)));
+            const __m256i xv = _mm256_load_si256(reinterpret_cast<const __m256i*>(
+                xc + r * xs + (2 * g + half) * 64 + 32 * h));
+#pragma GCC unroll 8
+            for (int c = 0; c < kC; ++c) s[r][c] = Dot(s[r][c], wv[c], xv);
           }
         }
+      }
+    }
+#pragma GCC unroll 8
+    for (int c = 0; c < kC; ++c) {
+      const uint8_t* scales = t.w + c * ws + t.scale_offset + 32 * (t.chunk0 + ch) + 16 * h;
+      __m128i sbits;
+      if constexpr (kFull) {
+        sbits = _mm_loadu_si128(reinterpret_cast<const __m128i*>(scales));
+      } else {
+        // Only the mh scales of the row: no read past its end.
+        alignas(16) uint16_t buf[8] = {};
+        std::memcpy(buf, scales, 2 * static_cast<size_t>(mh));
+        sbits = _mm_load_si128(reinterpret_cast<const __m128i*>(buf));
+      }
+      const __m256 dw = _mm256_cvtph_ps(sbits);
+#pragma GCC unroll 8
+      for (int r = 0; r < kR; ++r) {
+        const __m256 dx =
+            _mm256_load_ps(reinterpret_cast<const float*>(xc + r * xs + 512 + 32 * h));
+        __m256i i32 = s[r][c];
+        if constexpr (kFormat == DType::kQ4_0) {
+          i32 = _mm256_sub_epi32(i32, _mm256_load_si256(reinterpret_cast<const __m256i*>(
+                                          xc + r * xs + 576 + 32 * h)));
+        }
+        float* acc = t.acc + (r * kCStride + c) * 16 + 8 * h;
+        _mm256_store_ps(acc, _mm256_fmadd_ps(_mm256_cvtepi32_ps(i32), _mm256_mul_ps(dw, dx),
+                                             _mm256_load_ps(acc)));
       }
     }
   }
