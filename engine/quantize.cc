@@ -1,9 +1,10 @@
 #include "engine/quantize.h"
 
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <map>
-#include <memory>
+#include <span>
 #include <sstream>
 #include <vector>
 
@@ -81,8 +82,8 @@ absl::Status QuantizeModel(const QuantizeOptions& o) {
     if (IsBlockQuantized(dtype)) targets[name] = dtype;
   }
 
+  // Every written tensor's bytes, one buffer per tensor in `tensors`' order.
   std::vector<std::vector<uint8_t>> bytes;
-  std::vector<std::vector<uint16_t>> scale_store;
   std::vector<TensorToWrite> tensors;
   int64_t quantized = 0, kept = 0;
   for (const std::string& name : dir->Names()) {
@@ -117,10 +118,8 @@ absl::Status QuantizeModel(const QuantizeOptions& o) {
       const std::vector<int64_t> quant_shape = {rows, qb};
       tensors.emplace_back(name, format == DType::kQ8_0 ? DType::kI8 : DType::kU8, quant_shape,
                            std::span<const float>{}, bytes.back());
-      scale_store.push_back(std::move(scales));
-      const auto& s = scale_store.back();
-      bytes.emplace_back(reinterpret_cast<const uint8_t*>(s.data()),
-                         reinterpret_cast<const uint8_t*>(s.data() + s.size()));
+      bytes.emplace_back(reinterpret_cast<const uint8_t*>(scales.data()),
+                         reinterpret_cast<const uint8_t*>(scales.data() + scales.size()));
       const std::string scale_name =
           absl::StrCat(name.substr(0, name.size() - std::string("weight").size()), "weight_scale");
       tensors.emplace_back(scale_name, DType::kF16, std::vector<int64_t>{rows, cols / kQuantBlock},

@@ -1,7 +1,10 @@
 // The block-quantized matmul's portable parts: the x quantization of the contract, the
 // portable kernel, and the naive reference (kernels/matmul.h, "Q8_0 and Q4_0 weights").
+#include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <limits>
+#include <vector>
 
 #include "base/half.h"
 #include "base/status.h"
