@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <filesystem>
 #include <fstream>
 #include <map>
 #include <set>
@@ -312,6 +313,18 @@ absl::StatusOr<ModelConfig> ParseModelConfig(const std::string& json, const std:
     config.add_eos_token_ids(static_cast<int32_t>(id));
   }
   return config;
+}
+
+absl::Status CopyTokenizerFiles(const std::string& model_dir, const std::string& out_dir) {
+  for (const char* f : {"tokenizer.json", "tokenizer_config.json", "generation_config.json"}) {
+    const std::filesystem::path src = std::filesystem::path(model_dir) / f;
+    if (!std::filesystem::exists(src)) continue;
+    std::error_code ec;
+    std::filesystem::copy_file(src, std::filesystem::path(out_dir) / f,
+                               std::filesystem::copy_options::overwrite_existing, ec);
+    if (ec) return absl::InternalError(absl::StrCat("cannot copy ", src.string(), ": ", ec.message()));
+  }
+  return absl::OkStatus();
 }
 
 absl::StatusOr<ModelConfig> ReadModelConfig(const std::string& model_dir) {

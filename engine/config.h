@@ -14,6 +14,9 @@ namespace shardlm {
 // int or a list. `source` names the file in error messages.
 absl::StatusOr<ModelConfig> ParseModelConfig(const std::string& json, const std::string& source);
 absl::StatusOr<ModelConfig> ReadModelConfig(const std::string& model_dir);
+// Copies a model directory's tokenizer files (tokenizer.json, tokenizer_config.json,
+// generation_config.json; those present) into `out_dir`, as `convert` and `quantize` do.
+absl::Status CopyTokenizerFiles(const std::string& model_dir, const std::string& out_dir);
 
 // Fills defaults and checks every relation between the numbers (head counts,
 // dims, family-specific keys). Errors name the key and the value.

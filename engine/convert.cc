@@ -303,14 +303,7 @@ absl::Status Convert(const ConvertOptions& o) {
     out << ModelConfigToJson(target) << "\n";
     if (!out) return absl::InternalError(absl::StrCat("cannot write ", o.out_dir, "/config.json"));
   }
-  for (const char* f : {"tokenizer.json", "tokenizer_config.json", "generation_config.json"}) {
-    const std::filesystem::path src = std::filesystem::path(o.model_dir) / f;
-    if (!std::filesystem::exists(src)) continue;
-    std::filesystem::copy_file(src, std::filesystem::path(o.out_dir) / f,
-                               std::filesystem::copy_options::overwrite_existing, ec);
-    if (ec) return absl::InternalError(absl::StrCat("cannot copy ", src.string(), ": ", ec.message()));
-  }
-  return absl::OkStatus();
+  return CopyTokenizerFiles(o.model_dir, o.out_dir);
 }
 
 }  // namespace shardlm

@@ -143,14 +143,7 @@ absl::Status QuantizeModel(const QuantizeOptions& o) {
   if (ec) return absl::InternalError(absl::StrCat("cannot create ", o.out_dir, ": ", ec.message()));
   RETURN_IF_ERROR(WriteSafetensors(o.out_dir + "/model.safetensors", tensors));
   RETURN_IF_ERROR(WriteConfig(o, quantized, kept));
-  for (const char* f : {"tokenizer.json", "tokenizer_config.json", "generation_config.json"}) {
-    const std::filesystem::path src = std::filesystem::path(o.model_dir) / f;
-    if (!std::filesystem::exists(src)) continue;
-    std::filesystem::copy_file(src, std::filesystem::path(o.out_dir) / f,
-                               std::filesystem::copy_options::overwrite_existing, ec);
-    if (ec) return absl::InternalError(absl::StrCat("cannot copy ", src.string(), ": ", ec.message()));
-  }
-  return absl::OkStatus();
+  return CopyTokenizerFiles(o.model_dir, o.out_dir);
 }
 
 }  // namespace shardlm

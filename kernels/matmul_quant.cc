@@ -119,11 +119,7 @@ struct QuantPortable {
 void SkinnyQuantPortable(DType format, const float* x, int64_t n, int64_t x_stride,
                          const uint8_t* w, int64_t out, int64_t in, const float* bias, float* y,
                          int64_t y_stride) {
-  if (format == DType::kQ8_0) {
-    DriveQuant<QuantPortable, DType::kQ8_0, 4, 4>(x, n, x_stride, w, out, in, bias, y, y_stride);
-  } else {
-    DriveQuant<QuantPortable, DType::kQ4_0, 4, 4>(x, n, x_stride, w, out, in, bias, y, y_stride);
-  }
+  DriveQuantFormat<QuantPortable, 4, 4>(format, x, n, x_stride, w, out, in, bias, y, y_stride);
 }
 
 }  // namespace matmul_internal

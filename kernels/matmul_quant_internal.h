@@ -147,6 +147,18 @@ void DriveQuant(const float* x, int64_t n, int64_t x_stride, const uint8_t* w, i
   }
 }
 
+// DriveQuant for W in `format` (kQ8_0 or kQ4_0), chosen at run time.
+template <class Kernel, int kR, int kC>
+void DriveQuantFormat(DType format, const float* x, int64_t n, int64_t x_stride,
+                      const uint8_t* w, int64_t out, int64_t in, const float* bias, float* y,
+                      int64_t y_stride) {
+  if (format == DType::kQ8_0) {
+    DriveQuant<Kernel, DType::kQ8_0, kR, kC>(x, n, x_stride, w, out, in, bias, y, y_stride);
+  } else {
+    DriveQuant<Kernel, DType::kQ4_0, kR, kC>(x, n, x_stride, w, out, in, bias, y, y_stride);
+  }
+}
+
 // Per-path entry points (matmul_quant.cc, matmul_quant_x86.cc): the driver with the path's
 // kernel, for W in `format` (kQ8_0 or kQ4_0) as packed rows. n, out, in > 0, in % 32 == 0.
 void SkinnyQuantPortable(DType format, const float* x, int64_t n, int64_t x_stride,

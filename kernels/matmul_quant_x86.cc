@@ -383,24 +383,22 @@ void SkinnyQuantAvx512Vnni(DType format, const float* x, int64_t n, int64_t x_st
   // 4 × 4: the R·C int32 sums, the C weight vectors and the x vector fit the 32 registers
   // (4 × 6 spilled in Q4_0, whose weights take a load, a shift and two ANDs); at n = 16 it
   // measured 10–20% faster than 2 × 6 and 2 × 8 (matmul_bench).
-  if (format == DType::kQ8_0) {
-    DriveQuant<QuantAvx512Vnni, DType::kQ8_0, 4, 4>(x, n, x_stride, w, out, in, bias, y, y_stride);
-  } else {
-    DriveQuant<QuantAvx512Vnni, DType::kQ4_0, 4, 4>(x, n, x_stride, w, out, in, bias, y, y_stride);
-  }
+  DriveQuantFormat<QuantAvx512Vnni, 4, 4>(format, x, n, x_stride, w, out, in, bias, y, y_stride);
 }
 
 void SkinnyQuantAvx2(bool vnni, DType format, const float* x, int64_t n, int64_t x_stride,
                      const uint8_t* w, int64_t out, int64_t in, const float* bias, float* y,
                      int64_t y_stride) {
-  if (vnni) {
-    if (format == DType::kQ8_0) {
+  // 16 ymm: Q8_0 2 × 2 (4 sums, 2 weight vectors and their absolute values, x, a sign temp),
+  // Q4_0 2 × 4 (8 sums, 4 weight vectors, x, the nibble mask).
+  if (format == DType::kQ8_0) {
+    if (vnni) {
       DriveQuant<QuantAvx2<true>, DType::kQ8_0, 2, 2>(x, n, x_stride, w, out, in, bias, y, y_stride);
     } else {
-      DriveQuant<QuantAvx2<true>, DType::kQ4_0, 2, 4>(x, n, x_stride, w, out, in, bias, y, y_stride);
+      DriveQuant<QuantAvx2<false>, DType::kQ8_0, 2, 2>(x, n, x_stride, w, out, in, bias, y, y_stride);
     }
-  } else if (format == DType::kQ8_0) {
-    DriveQuant<QuantAvx2<false>, DType::kQ8_0, 2, 2>(x, n, x_stride, w, out, in, bias, y, y_stride);
+  } else if (vnni) {
+    DriveQuant<QuantAvx2<true>, DType::kQ4_0, 2, 4>(x, n, x_stride, w, out, in, bias, y, y_stride);
   } else {
     DriveQuant<QuantAvx2<false>, DType::kQ4_0, 2, 4>(x, n, x_stride, w, out, in, bias, y, y_stride);
   }
