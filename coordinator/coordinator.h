@@ -69,6 +69,9 @@ class Coordinator {
   int64_t free_pages() const { return scheduler_.free_pages(); }
   int64_t total_pages() const { return total_pages_; }
   int64_t total_preemptions() const { return scheduler_.total_preemptions(); }
+  // Prompt tokens taken from the prefix cache at admission, and those computed (Scheduler).
+  int64_t prefix_hit_tokens() const { return scheduler_.prefix_hit_tokens(); }
+  int64_t prefix_miss_tokens() const { return scheduler_.prefix_miss_tokens(); }
 
  private:
   absl::Status Finish(Sequence* seq, const char* reason);

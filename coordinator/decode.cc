@@ -39,7 +39,8 @@ absl::Status RunJsonlJob(const char* job, const BatchOptions& options, const std
     }
     if (open_status.ok()) {
       const SchedulerOptions scheduler{cache->num_pages(), options.cache.page_size,
-                                       options.max_batch, options.max_batch_tokens};
+                                       options.max_batch, options.max_batch_tokens,
+                                       options.prefix_cache};
       coordinator = std::make_unique<Coordinator>(
           scheduler, model.dims(),
           [&](SequenceResult result) -> absl::Status {
@@ -84,11 +85,15 @@ absl::Status RunJsonlJob(const char* job, const BatchOptions& options, const std
   if (comm.rank() == 0 && status.ok()) {
     std::fprintf(stderr,
                  "shardlm %s: %lld requests (%lld errors), %lld tokens %s in %.2f s "
-                 "(%.1f tokens/s), %lld preemptions, free pages %lld/%lld\n",
+                 "(%.1f tokens/s), %lld preemptions, prefix cache %lld of %lld prompt tokens, "
+                 "free pages %lld/%lld\n",
                  job, static_cast<long long>(done + errors), static_cast<long long>(errors),
                  static_cast<long long>(tokens()), counted, seconds(),
                  tokens() / std::max(seconds(), 1e-9),
                  static_cast<long long>(coordinator->total_preemptions()),
+                 static_cast<long long>(coordinator->prefix_hit_tokens()),
+                 static_cast<long long>(coordinator->prefix_hit_tokens() +
+                                        coordinator->prefix_miss_tokens()),
                  static_cast<long long>(coordinator->free_pages()),
                  static_cast<long long>(coordinator->total_pages()));
   }

@@ -27,6 +27,7 @@ struct BatchOptions {
   int64_t max_model_len = 0;
   int64_t max_batch = 32;          // sequences per step
   int64_t max_batch_tokens = 512;  // tokens per step, prefill chunks included
+  bool prefix_cache = true;        // share cached full pages of common prefixes
   bool progress = false;
 };
 

@@ -12,13 +12,86 @@ Scheduler::Scheduler(const SchedulerOptions& options) : options_(options) {
   CHECK_GT(options.max_batch_tokens, 0);
   // Stack of free ids, lowest id on top, so allocation order is deterministic.
   for (int64_t p = options.num_pages - 1; p >= 0; --p) free_.push_back(static_cast<int32_t>(p));
+  pages_.resize(static_cast<size_t>(options.num_pages));
+}
+
+int32_t Scheduler::TakeFreePage() {
+  if (free_.empty()) {
+    CHECK(!evictable_.empty());
+    const int32_t page = evictable_.front();
+    evictable_.pop_front();
+    PageState& state = pages_[page];
+    table_.erase(state.key);
+    state.node = 0;
+    state.key.tokens.clear();
+    free_.push_back(page);
+  }
+  const int32_t page = free_.back();
+  free_.pop_back();
+  DCHECK(pages_[page].refs == 0);
+  pages_[page].refs = 1;
+  return page;
+}
+
+Scheduler::PrefixKey Scheduler::KeyOf(const Sequence& seq, int64_t page_index) const {
+  const int64_t ps = options_.page_size;
+  PrefixKey key;
+  key.parent = page_index == 0 ? 0 : seq.prefix_nodes[page_index - 1];
+  key.tokens.assign(seq.tokens.begin() + page_index * ps,
+                    seq.tokens.begin() + (page_index + 1) * ps);
+  return key;
+}
+
+void Scheduler::MatchPrefix(const Sequence& seq, std::vector<int32_t>* pages) const {
+  pages->clear();
+  // Prompt logprobs need the logits of every prompt position: nothing may be skipped.
+  if (!options_.prefix_cache || seq.score_positions > 0) return;
+  const int64_t ps = options_.page_size;
+  const int64_t last = static_cast<int64_t>(seq.tokens.size()) - 1;  // computed in any case
+  PrefixKey key;
+  for (int64_t k = 0; (k + 1) * ps <= last; ++k) {
+    key.tokens.assign(seq.tokens.begin() + k * ps, seq.tokens.begin() + (k + 1) * ps);
+    const auto it = table_.find(key);
+    if (it == table_.end()) break;
+    pages->push_back(it->second);
+    key.parent = pages_[it->second].node;
+  }
+}
+
+void Scheduler::CachePages(Sequence* seq) {
+  if (!options_.prefix_cache) return;
+  const int64_t ps = options_.page_size;
+  for (int64_t k = static_cast<int64_t>(seq->prefix_nodes.size());
+       (k + 1) * ps <= seq->num_computed; ++k) {
+    PrefixKey key = KeyOf(*seq, k);
+    const auto [it, inserted] = table_.try_emplace(key, seq->pages[k]);
+    // Already cached under another page (two sequences computed the same prefix side by
+    // side): this one stays private and is freed as any other.
+    PageState& cached = pages_[it->second];
+    if (inserted) {
+      cached.node = next_node_++;
+      cached.key = std::move(key);
+    }
+    seq->prefix_nodes.push_back(cached.node);
+  }
 }
 
 void Scheduler::Enqueue(std::unique_ptr<Sequence> seq) { waiting_.push_back(std::move(seq)); }
 
 void Scheduler::Release(Sequence* seq) {
-  for (int32_t page : seq->pages) free_.push_back(page);
+  // Last page first: a prefix's later pages are evicted before the ones it starts with.
+  for (auto it = seq->pages.rbegin(); it != seq->pages.rend(); ++it) {
+    PageState& state = pages_[*it];
+    CHECK_GT(state.refs, 0);
+    if (--state.refs > 0) continue;
+    if (state.node != 0) {
+      state.lru = evictable_.insert(evictable_.end(), *it);
+    } else {
+      free_.push_back(*it);
+    }
+  }
   seq->pages.clear();
+  seq->prefix_nodes.clear();
   if (seq->seq_id >= 0) released_.push_back(seq->seq_id);
   seq->seq_id = -1;
 }
@@ -37,9 +110,9 @@ bool Scheduler::Allocate(Sequence* seq, int64_t tokens, SeqStep* step) {
   const int64_t need = PagesFor(tokens) - static_cast<int64_t>(seq->pages.size());
   if (need > free_pages()) return false;
   for (int64_t i = 0; i < need; ++i) {
-    seq->pages.push_back(free_.back());
-    step->add_new_pages(free_.back());
-    free_.pop_back();
+    const int32_t page = TakeFreePage();
+    seq->pages.push_back(page);
+    step->add_new_pages(page);
   }
   return true;
 }
@@ -98,12 +171,28 @@ void Scheduler::Schedule(StepPlan* plan, std::vector<ScheduledSeq>* slices_out) 
   while (!waiting_.empty() && budget > 0 &&
          static_cast<int64_t>(running_.size()) < options_.max_batch) {
     Sequence* seq = waiting_.front().get();
-    if (PagesFor(static_cast<int64_t>(seq->tokens.size())) > free_pages()) break;
-    const int64_t count = std::min<int64_t>(static_cast<int64_t>(seq->tokens.size()), budget);
+    const int64_t len = static_cast<int64_t>(seq->tokens.size());
+    MatchPrefix(*seq, &matched_);
+    const int64_t shared = static_cast<int64_t>(matched_.size());
+    // Matched pages no one holds count as free but are not free to this sequence.
+    int64_t matched_free = 0;
+    for (int32_t page : matched_) matched_free += pages_[page].refs == 0 ? 1 : 0;
+    if (PagesFor(len) - shared > free_pages() - matched_free) break;
     seq->seq_id = next_seq_id_++;
     SeqStep* step = plan->add_seqs();
     step->set_max_pages(static_cast<int32_t>(seq->pages.capacity()));
-    CHECK(Allocate(seq, count, step));
+    for (int32_t page : matched_) {
+      PageState& state = pages_[page];
+      if (state.refs++ == 0) evictable_.erase(state.lru);
+      seq->pages.push_back(page);
+      seq->prefix_nodes.push_back(state.node);
+      step->add_new_pages(page);
+    }
+    seq->num_computed = shared * options_.page_size;
+    prefix_hit_tokens_ += seq->num_computed;
+    prefix_miss_tokens_ += len - seq->num_computed;
+    const int64_t count = std::min<int64_t>(len - seq->num_computed, budget);
+    CHECK(Allocate(seq, seq->num_computed + count, step));
     add_slice(seq, count, step);
     running_.push_back(std::move(waiting_.front()));
     waiting_.pop_front();
@@ -113,7 +202,10 @@ void Scheduler::Schedule(StepPlan* plan, std::vector<ScheduledSeq>* slices_out) 
 }
 
 void Scheduler::Computed(const std::vector<ScheduledSeq>& slices) {
-  for (const ScheduledSeq& s : slices) s.seq->num_computed = s.start_pos + s.count;
+  for (const ScheduledSeq& s : slices) {
+    s.seq->num_computed = s.start_pos + s.count;
+    CachePages(s.seq);
+  }
 }
 
 std::unique_ptr<Sequence> Scheduler::Finish(Sequence* seq) {

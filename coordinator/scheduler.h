@@ -5,14 +5,25 @@
 // bounded by max_batch_tokens. When a running sequence needs a page and none is
 // free, the newest running sequence is preempted: its pages are freed and it
 // goes back to the front of the queue, to be recomputed later.
+//
+// Prefix cache (DESIGN §4): a full page whose rows are computed is entered in a table under
+// its content: the cache entry of the page before it and the page's tokens, so an entry
+// stands for all tokens up to the end of its page. A sequence admitted later whose tokens
+// start with cached pages takes them by reference (new_pages lists them as any other page;
+// ranks cannot tell) and is prefilled from the first token after them. A page's rows depend
+// only on the tokens up to it, so results do not change. Pages held by no sequence stay
+// cached and count as free; they are evicted least recently released first when a free page
+// is needed.
 #ifndef SHARDLM_COORDINATOR_SCHEDULER_H_
 #define SHARDLM_COORDINATOR_SCHEDULER_H_
 
 #include <cstdint>
 #include <deque>
+#include <list>
 #include <memory>
 #include <vector>
 
+#include "absl/container/flat_hash_map.h"
 #include "coordinator/sampler.h"
 #include "proto/shardlm.pb.h"
 
@@ -23,6 +34,7 @@ struct SchedulerOptions {
   int64_t page_size = 16;
   int64_t max_batch = 32;          // sequences per step
   int64_t max_batch_tokens = 512;  // tokens per step (prefill chunks + decodes)
+  bool prefix_cache = false;       // share cached full pages of common prefixes
 };
 
 // One request's state on the coordinator.
@@ -32,6 +44,9 @@ struct Sequence {
   int64_t prompt_len = 0;
   int64_t num_computed = 0;    // tokens whose KV rows are in the cache
   std::vector<int32_t> pages;  // block table (global page ids)
+  // Prefix-cache entry of each leading full computed page (see Scheduler): what the next
+  // full page's entry is keyed on.
+  std::vector<uint64_t> prefix_nodes;
   int64_t seq_id = -1;         // id of the current admission; -1 while waiting
   int64_t preemptions = 0;
   // Prefill only (`score`): the sequence ends when its prompt is computed, nothing is sampled.
@@ -76,18 +91,55 @@ class Scheduler {
   std::unique_ptr<Sequence> Remove(int64_t request_index);
 
   bool Idle() const { return running_.empty() && waiting_.empty(); }
-  int64_t free_pages() const { return static_cast<int64_t>(free_.size()); }
+  // Pages no sequence holds: never used, or cached and evictable.
+  int64_t free_pages() const { return static_cast<int64_t>(free_.size() + evictable_.size()); }
+  // Prompt tokens of admitted sequences found in the prefix cache (not computed), and the
+  // tokens computed at admission instead (the rest of the prompt; with the cache off, all).
+  int64_t prefix_hit_tokens() const { return prefix_hit_tokens_; }
+  int64_t prefix_miss_tokens() const { return prefix_miss_tokens_; }
+  int64_t cached_pages() const { return static_cast<int64_t>(table_.size()); }
   int64_t total_preemptions() const { return total_preemptions_; }
   int64_t running() const { return static_cast<int64_t>(running_.size()); }
   int64_t waiting() const { return static_cast<int64_t>(waiting_.size()); }
 
  private:
+  // A cached page's key: the entry of the page before it (0 for the first) and its tokens.
+  struct PrefixKey {
+    uint64_t parent = 0;
+    std::vector<int32_t> tokens;
+    bool operator==(const PrefixKey& o) const { return parent == o.parent && tokens == o.tokens; }
+    template <typename H>
+    friend H AbslHashValue(H h, const PrefixKey& k) {
+      return H::combine(std::move(h), k.parent, k.tokens);
+    }
+  };
+  struct PageState {
+    int32_t refs = 0;   // sequences holding the page
+    uint64_t node = 0;  // its prefix-cache entry (unique, never reused), 0 when not cached
+    PrefixKey key;
+    std::list<int32_t>::iterator lru;  // in evictable_ when cached and refs == 0
+  };
+
   void Preempt(size_t running_index);
   void Release(Sequence* seq);
   bool Allocate(Sequence* seq, int64_t tokens, SeqStep* step);
+  // A free page id: a never-used one, else the least recently released cached one.
+  int32_t TakeFreePage();
+  PrefixKey KeyOf(const Sequence& seq, int64_t page_index) const;
+  // Cached pages that start seq's tokens, leaving at least its last token to compute.
+  void MatchPrefix(const Sequence& seq, std::vector<int32_t>* pages) const;
+  // Enters seq's newly full computed pages in the table.
+  void CachePages(Sequence* seq);
 
   SchedulerOptions options_;
-  std::vector<int32_t> free_;                       // free page ids (a stack)
+  std::vector<int32_t> free_;                       // never-used or uncached free ids (a stack)
+  std::vector<PageState> pages_;                    // [num_pages]
+  absl::flat_hash_map<PrefixKey, int32_t> table_;   // cached full pages
+  std::list<int32_t> evictable_;                    // cached, held by none: oldest release first
+  uint64_t next_node_ = 1;
+  int64_t prefix_hit_tokens_ = 0;
+  int64_t prefix_miss_tokens_ = 0;
+  std::vector<int32_t> matched_;                    // MatchPrefix's result, reused
   std::vector<std::unique_ptr<Sequence>> running_;  // admission order, oldest first
   std::deque<std::unique_ptr<Sequence>> waiting_;
   std::vector<int64_t> released_;  // ids to drop in the next plan

@@ -1,5 +1,6 @@
 #include "coordinator/scheduler.h"
 
+#include <map>
 #include <set>
 
 #include "base/rng.h"
@@ -187,6 +188,132 @@ TEST(SchedulerTest, RemoveTakesRunningAndWaitingSequences) {
   step = ScheduleStep(scheduler, &plan);
   ASSERT_EQ(plan.released_size(), 1);  // the removed admission, dropped by the workers
   EXPECT_EQ(plan.released(0), admitted);
+}
+
+// Prefix cache: a simulated cache checks that every row a step reads holds what the
+// sequence's own tokens would put there, and that no step writes a row another live sequence
+// can read. Prompts share prefixes of several lengths (a page boundary or not), some repeat
+// exactly, and the pool is tight, so cached pages are shared, evicted and taken again.
+TEST(SchedulerTest, PrefixCacheSharesOnlyRowsOfTheSameTokens) {
+  for (uint64_t seed : {1, 2, 3}) {
+    for (int64_t page_size : {1, 3, 16}) {
+      Rng rng(seed);
+      SchedulerOptions options{/*num_pages=*/0, page_size, /*max_batch=*/4,
+                               /*max_batch_tokens=*/13, /*prefix_cache=*/true};
+      const int64_t max_len = 70;
+      options.num_pages = (max_len + page_size - 1) / page_size + 2;
+      Scheduler scheduler(options);
+      std::vector<int32_t> common;
+      for (int i = 0; i < 40; ++i) common.push_back(static_cast<int32_t>(rng.Uniform() * 9));
+      std::vector<int64_t> target_new;
+      for (int64_t i = 0; i < 30; ++i) {
+        auto seq = std::make_unique<Sequence>();
+        seq->request_index = i;
+        const int64_t shared = static_cast<int64_t>(rng.Uniform() * 41);
+        seq->tokens.assign(common.begin(), common.begin() + shared);
+        const int64_t own = 1 + static_cast<int64_t>(rng.Uniform() * 10);
+        for (int64_t k = 0; k < own; ++k) seq->tokens.push_back(static_cast<int32_t>(i % 4));
+        seq->prompt_len = static_cast<int64_t>(seq->tokens.size());
+        target_new.push_back(1 + static_cast<int64_t>(rng.Uniform() * 15));
+        scheduler.Enqueue(std::move(seq));
+      }
+      // Row (page, offset) holds the tokens up to its position, as the model would write them.
+      std::map<std::pair<int32_t, int64_t>, std::vector<int32_t>> rows;
+      std::map<int64_t, std::vector<int32_t>> tables;
+      int64_t finished = 0;
+      for (int64_t step = 0; !scheduler.Idle(); ++step) {
+        ASSERT_LT(step, 100000);
+        StepPlan plan;
+        auto slices = ScheduleStep(scheduler, &plan);
+        ASSERT_FALSE(slices.empty());
+        for (int64_t id : plan.released()) ASSERT_EQ(tables.erase(id), 1u);
+        for (const SeqStep& s : plan.seqs()) {
+          auto& table = tables[s.seq_id()];
+          table.insert(table.end(), s.new_pages().begin(), s.new_pages().end());
+        }
+        std::map<int32_t, int> holders;
+        for (const auto& [id, table] : tables) {
+          for (int32_t p : table) ++holders[p];
+        }
+        EXPECT_EQ(static_cast<int64_t>(holders.size()) + scheduler.free_pages(), options.num_pages);
+        for (size_t i = 0; i < slices.size(); ++i) {
+          const Sequence& seq = *slices[i].seq;
+          const auto& table = tables.at(plan.seqs(static_cast<int>(i)).seq_id());
+          for (int64_t pos = 0; pos < slices[i].start_pos; ++pos) {
+            const auto row = rows.find({table[pos / page_size], pos % page_size});
+            ASSERT_NE(row, rows.end()) << "position " << pos << " read before written";
+            ASSERT_TRUE(std::equal(row->second.begin(), row->second.end(), seq.tokens.begin()) &&
+                        static_cast<int64_t>(row->second.size()) == pos + 1)
+                << "position " << pos << " holds another prefix";
+          }
+          for (int64_t pos = slices[i].start_pos; pos < slices[i].start_pos + slices[i].count;
+               ++pos) {
+            const int32_t page = table[pos / page_size];
+            ASSERT_EQ(holders[page], 1) << "a shared page is written";
+            rows[{page, pos % page_size}].assign(seq.tokens.begin(), seq.tokens.begin() + pos + 1);
+          }
+        }
+        scheduler.Computed(slices);
+        for (const ScheduledSeq& s : slices) {
+          if (!s.want_logits) continue;
+          s.seq->tokens.push_back(static_cast<int32_t>(s.seq->tokens.size() % 3));
+          if (s.seq->generated() >= target_new[s.seq->request_index]) {
+            scheduler.Finish(s.seq);
+            ++finished;
+          }
+        }
+      }
+      EXPECT_EQ(finished, 30);
+      EXPECT_EQ(scheduler.free_pages(), options.num_pages);
+      EXPECT_GT(scheduler.prefix_hit_tokens(), 0);
+      EXPECT_GT(scheduler.total_preemptions(), 0) << "budget meant to force preemption";
+    }
+  }
+}
+
+// The exact pages: a second request with the same first 35 tokens takes the first's two full
+// pages of 16 and starts at position 32; its last token is computed even when the whole prompt
+// is cached; evicted pages are those released longest ago, the later pages of a prefix first.
+TEST(SchedulerTest, PrefixCacheTakesFullPagesAndEvictsTheOldest) {
+  Scheduler scheduler({/*num_pages=*/6, /*page_size=*/16, /*max_batch=*/4,
+                       /*max_batch_tokens=*/100, /*prefix_cache=*/true});
+  auto run_alone = [&](std::unique_ptr<Sequence> seq) {
+    scheduler.Enqueue(std::move(seq));
+    StepPlan plan;
+    auto slices = ScheduleStep(scheduler, &plan);
+    EXPECT_EQ(slices.size(), 1u);
+    scheduler.Computed(slices);
+    std::vector<int32_t> pages(plan.seqs(0).new_pages().begin(), plan.seqs(0).new_pages().end());
+    const int64_t start = slices[0].start_pos;
+    scheduler.Finish(slices[0].seq);
+    return std::make_pair(start, pages);
+  };
+  auto make = [](int64_t index, int64_t len, int32_t tail) {
+    auto seq = MakeSeq(index, len);
+    seq->tokens.back() = tail;
+    return seq;
+  };
+  const auto a = run_alone(make(0, 40, 100));  // pages 0, 1, 2; 0 and 1 full
+  EXPECT_EQ(a.first, 0);
+  EXPECT_EQ(a.second, (std::vector<int32_t>{0, 1, 2}));
+  EXPECT_EQ(scheduler.cached_pages(), 2);
+  const auto b = run_alone(make(1, 35, 101));
+  EXPECT_EQ(b.first, 32);
+  EXPECT_EQ(b.second, (std::vector<int32_t>{0, 1, 2}));  // page 2 was free again
+  const auto c = run_alone(make(2, 32, 102));  // whole pages, but the last token is computed
+  EXPECT_EQ(c.first, 16);
+  EXPECT_EQ(c.second[0], 0);
+  EXPECT_EQ(scheduler.prefix_hit_tokens(), 32 + 16);
+  EXPECT_EQ(scheduler.free_pages(), 6);
+  // Six pages with no prefix in common: the cached ones go, page 1 (the later) before page 0.
+  auto other = MakeSeq(3, 96);
+  for (int32_t& t : other->tokens) t += 50;
+  const auto d = run_alone(std::move(other));
+  EXPECT_EQ(d.first, 0);
+  EXPECT_EQ(d.second.size(), 6u);
+  EXPECT_EQ(scheduler.free_pages(), 6);
+  const auto e = run_alone(make(4, 40, 103));
+  EXPECT_EQ(e.first, 0) << "the first prefix was evicted";
 }
 
 }  // namespace

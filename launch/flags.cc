@@ -98,6 +98,14 @@ absl::StatusOr<Bf16Math> Flags::Bf16MathMode() const {
   return Bf16Math::kDot;
 }
 
+absl::StatusOr<bool> Flags::OnOff(const std::string& name, bool fallback) const {
+  const std::string value = String(name, fallback ? "on" : "off");
+  if (value == "on") return true;
+  if (value == "off") return false;
+  return absl::InvalidArgumentError(
+      absl::StrCat("--", name, " must be on or off, got \"", value, "\""));
+}
+
 absl::StatusOr<double> Flags::Double(const std::string& name, double fallback, double min,
                                      double max) const {
   auto it = values_.find(name);

@@ -33,6 +33,8 @@ class Flags {
   absl::StatusOr<double> Double(const std::string& name, double fallback, double min,
                                 double max) const;
   bool Bool(const std::string& name) const { return Has(name); }
+  // --name on|off; `fallback` when absent.
+  absl::StatusOr<bool> OnOff(const std::string& name, bool fallback) const;
   // --threads: an integer in [1, 1024], or "auto" (AutoComputeThreads); 1 when absent.
   absl::StatusOr<int> Threads() const;
   // --bf16-math: "exact" (kExact, the default) or "dot" (kDot, kernels/matmul.h); "dot" is an

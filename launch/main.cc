@@ -72,6 +72,7 @@ absl::Status ParseBatchOptions(const Flags& flags, BatchOptions* o) {
   ASSIGN_OR_RETURN(o->max_batch, flags.Int("max-batch", 32, 1, 1 << 16));
   ASSIGN_OR_RETURN(o->max_batch_tokens, flags.Int("max-batch-tokens", 512, 1, 1 << 20));
   ASSIGN_OR_RETURN(o->max_model_len, flags.Int("max-model-len", 0, 0, INT32_MAX));
+  ASSIGN_OR_RETURN(o->prefix_cache, flags.OnOff("prefix-cache", true));
   o->progress = flags.Bool("progress");
   return absl::OkStatus();
 }
@@ -86,6 +87,8 @@ std::vector<FlagSpec> WithBatchFlags(std::vector<FlagSpec> own,
       {"max-batch-tokens", true, "tokens per step, prefill chunks included (default 512)"},
       {"max-model-len", true,
        "cap the context (prompt + generated tokens) below max_position_embeddings"},
+      {"prefix-cache", true,
+       "on (default) or off: sequences share the cached KV pages of a common prefix"},
       {"threads", true,
        "compute threads per rank (default 1), or auto: this host's cores / its ranks"},
       {"bf16-math", true,

@@ -169,6 +169,7 @@ class FrontEnd {
 
   // Metrics: counters and gauges the step loop publishes.
   std::atomic<int64_t> running_{0}, queued_{0}, free_pages_{0}, preemptions_{0};
+  std::atomic<int64_t> prefix_hit_tokens_{0}, prefix_miss_tokens_{0};
   std::atomic<int64_t> prompt_tokens_{0}, generated_tokens_{0}, finished_{0}, cancelled_{0};
   std::atomic<int64_t> rejected_{0};
   Histogram ttft_{{0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30}};
@@ -268,6 +269,8 @@ absl::Status FrontEnd::BeforePlan(Coordinator& coordinator) {
     queued_ = coordinator.waiting();
     free_pages_ = coordinator.free_pages();
     preemptions_ = coordinator.total_preemptions();
+    prefix_hit_tokens_ = coordinator.prefix_hit_tokens();
+    prefix_miss_tokens_ = coordinator.prefix_miss_tokens();
   };
   while (true) {
     publish();
@@ -536,6 +539,12 @@ std::string FrontEnd::Metrics() {
   gauge("shardlm_preemptions_total", "Sequences preempted (recomputed later).", preemptions_,
         "counter");
   gauge("shardlm_prompt_tokens_total", "Prompt tokens submitted.", prompt_tokens_, "counter");
+  gauge("shardlm_prefix_cache_hit_tokens_total",
+        "Prompt tokens whose KV pages were found in the prefix cache (not computed).",
+        prefix_hit_tokens_, "counter");
+  gauge("shardlm_prefix_cache_miss_tokens_total",
+        "Prompt tokens computed at admission (not found in the prefix cache).",
+        prefix_miss_tokens_, "counter");
   gauge("shardlm_generation_tokens_total", "Tokens generated.", generated_tokens_, "counter");
   gauge("shardlm_requests_finished_total", "Requests finished (any reason).", finished_, "counter");
   gauge("shardlm_requests_cancelled_total",
@@ -580,7 +589,8 @@ absl::Status RunServe(const ServeOptions& options, Model& model, Comm& comm, Wat
     }
     if (start.ok()) {
       const SchedulerOptions scheduler{cache->num_pages(), options.batch.cache.page_size,
-                                       options.batch.max_batch, options.batch.max_batch_tokens};
+                                       options.batch.max_batch, options.batch.max_batch_tokens,
+                                       options.batch.prefix_cache};
       coordinator = std::make_unique<Coordinator>(
           scheduler, model.dims(),
           [f = front.get()](SequenceResult r) { return f->OnResult(std::move(r)); },

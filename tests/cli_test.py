@@ -290,6 +290,13 @@ class StartupErrors(unittest.TestCase):
         self.assertNotEqual(r.returncode, 0)
         self.assertIn('--bf16-math must be exact or dot, got "fast"', r.stderr)
 
+    def test_bad_prefix_cache(self):
+        for command in (["decode", "--prompts", "p", "--output", "o"],
+                        ["serve", "--port", "0"]):
+            r = run([command[0], "--model", "x"] + command[1:] + ["--prefix-cache", "yes"])
+            self.assertNotEqual(r.returncode, 0)
+            self.assertIn('--prefix-cache must be on or off, got "yes"', r.stderr)
+
 
 class Inspect(unittest.TestCase):
     def cache_bytes(self, model, tp):

@@ -153,6 +153,49 @@ class DecodeInvariants(unittest.TestCase):
         self.assertEqual(m.group(1), m.group(2), summary)
         self.assertIdentical(results)
 
+    def test_prefix_cache_keeps_bits(self):
+        """Requests that share prefixes (a long common one, shorter ones among themselves, one
+        prompt that is another's prefix, exact repeats) take cached pages and prefill the rest:
+        every result equals the run with --prefix-cache off, at 1 and 2 ranks, with several
+        page sizes and under preemption; the summary counts the reused tokens."""
+        r = random.Random(9)
+        vocab = min(config()["vocab_size"], 256)
+        common = [r.randrange(vocab) for _ in range(37)]
+        lines = []
+        for i in range(14):
+            if i % 4 == 3:
+                tokens = common[: r.randint(1, len(common))]  # a prefix of the others
+            elif i % 5 == 4:
+                tokens = lines[-1]["tokens"]  # an exact repeat
+            else:
+                tokens = common + [r.randrange(vocab) for _ in range(r.randint(1, 20))]
+            lines.append({"id": f"p{i}", "tokens": tokens, "max_new_tokens": r.randint(1, 20)})
+        prompts = os.path.join(WORK, "prefix.jsonl")
+        with open(prompts, "w") as f:
+            for req in lines:
+                f.write(json.dumps(req) + "\n")
+        c = config()
+        budget = page_budget_mb(-(-c["max_position_embeddings"] // 16) + 2, 16)
+        runs = [(1, ["--page-size", "16", "--max-batch", "3"]),
+                (1, ["--page-size", "3", "--max-batch", "2", "--max-batch-tokens", "11"]),
+                (1, ["--page-size", "16", "--kv-cache-mb", f"{budget:.6f}"])]
+        if c["num_attention_heads"] % 2 == 0:
+            runs.append((2, ["--page-size", "5", "--max-batch", "4"]))
+        for np, flags in runs:
+            tag = f"prefix-np{np}" + "".join(flags)
+            off, off_summary = decode(tag + "-off", prompts, np, "--prefix-cache", "off", *flags)
+            on, on_summary = decode(tag + "-on", prompts, np, *flags)
+            self.assertEqual(set(on), {req["id"] for req in lines})
+            for rid in on:
+                self.assertEqual(on[rid]["tokens"], off[rid]["tokens"], (tag, rid))
+                self.assertEqual(on[rid]["logprobs"], off[rid]["logprobs"], (tag, rid))
+                self.assertEqual(on[rid]["finish_reason"], off[rid]["finish_reason"], (tag, rid))
+            hits = re.search(r"prefix cache (\d+) of (\d+) prompt tokens", on_summary)
+            self.assertGreater(int(hits.group(1)), 0, on_summary)
+            self.assertIn("prefix cache 0 of", off_summary)
+            m = re.search(r"free pages (\d+)/(\d+)", on_summary)
+            self.assertEqual(m.group(1), m.group(2), on_summary)
+
     def test_tensor_parallel_matches_one_rank(self):
         heads = config()["num_attention_heads"]
         for np in (2, 4):
