@@ -59,6 +59,7 @@ class PagedKvCache {
   // OK, or why the pools could not be mapped.
   const absl::Status& status() const { return status_; }
   CacheView Layer(int64_t layer) { return {pools_[layer], num_pages_, page_size_, row_floats_}; }
+  int64_t layers() const { return static_cast<int64_t>(pools_.size()); }
   int64_t num_pages() const { return num_pages_; }
   int64_t page_size() const { return page_size_; }
   int64_t row_floats() const { return row_floats_; }

@@ -1,6 +1,7 @@
 #include "coordinator/coordinator.h"
 
 #include <algorithm>
+#include <cstdio>
 
 #include "base/status.h"
 #include "base/text.h"
@@ -31,7 +32,8 @@ Coordinator::Coordinator(const SchedulerOptions& options, const ModelDims& dims,
       tokenizer_(tokenizer),
       scheduler_(options),
       sink_(std::move(sink)),
-      total_pages_(options.num_pages) {}
+      total_pages_(options.num_pages),
+      total_swap_slots_(options.swap_slots) {}
 
 void Coordinator::Submit(int64_t handle, SequenceRequest request) {
   auto seq = std::make_unique<Sequence>();
@@ -168,7 +170,25 @@ absl::Status Coordinator::Deliver(std::unique_ptr<Sequence> done, const char* re
   return sink_(std::move(result));
 }
 
+void Coordinator::SwapInChecked(std::span<const int64_t> failed) {
+  for (int64_t request : scheduler_.SwapInChecked(failed)) {
+    std::fprintf(stderr,
+                 "shardlm: a swapped KV page of request %lld failed its CRC32C check on the way "
+                 "back; the request is recomputed\n",
+                 static_cast<long long>(request));
+  }
+}
+
 absl::Status StepRunner::Run(const StepPlan& plan, std::vector<float>* logits) {
+  if (plan.swap_out_size() > 0 || plan.swap_in_size() > 0) {
+    CHECK_MSG(swap_ != nullptr, "the plan moves pages to swap but this rank has no swap space");
+    for (const SwapCopy& c : plan.swap_out()) swap_->Out(cache_, c.page(), c.slot());
+    swap_in_failed_.clear();
+    for (const SwapCopy& c : plan.swap_in()) {
+      swap_in_failed_.push_back(swap_->In(cache_, c.slot(), c.page()) ? 0 : 1);
+    }
+    if (!swap_in_failed_.empty()) RETURN_IF_ERROR(comm_.AllReduceMax(swap_in_failed_));
+  }
   for (int64_t id : plan.released()) block_tables_.erase(id);
   for (const SeqStep& s : plan.seqs()) {
     std::vector<int32_t>& table = block_tables_[s.seq_id()];
@@ -194,11 +214,11 @@ absl::Status StepRunner::Run(const StepPlan& plan, std::vector<float>* logits) {
   return model_.Forward(batch_, cache_, comm_, logits);
 }
 
-absl::Status RunSteps(Model& model, PagedKvCache& cache, Comm& comm, Coordinator* coordinator,
-                      const std::function<void()>& after_step,
+absl::Status RunSteps(Model& model, PagedKvCache& cache, KvSwap* swap, Comm& comm,
+                      Coordinator* coordinator, const std::function<void()>& after_step,
                       const std::function<absl::Status()>& before_plan) {
   CHECK_EQ(comm.rank() == 0, coordinator != nullptr);
-  StepRunner runner(model, cache, comm);
+  StepRunner runner(model, cache, swap, comm);
   StepPlan plan;
   std::string wire;  // the plan's bytes, reused
   std::vector<float> logits;
@@ -217,6 +237,7 @@ absl::Status RunSteps(Model& model, PagedKvCache& cache, Comm& comm, Coordinator
     if (plan.shutdown()) break;
     RETURN_IF_ERROR(runner.Run(plan, &logits));
     if (coordinator == nullptr) continue;
+    if (plan.swap_in_size() > 0) coordinator->SwapInChecked(runner.swap_in_failed());
     local_error = coordinator->AfterStep(logits);
     if (after_step) after_step();
   }
@@ -225,6 +246,11 @@ absl::Status RunSteps(Model& model, PagedKvCache& cache, Comm& comm, Coordinator
     local_error =
         absl::InternalError(absl::StrCat("page leak: ", coordinator->free_pages(), " of ",
                                          coordinator->total_pages(), " pages free after the job"));
+  } else if (coordinator != nullptr && local_error.ok() &&
+             coordinator->free_swap_slots() != coordinator->total_swap_slots()) {
+    local_error = absl::InternalError(absl::StrCat("swap slot leak: ", coordinator->free_swap_slots(),
+                                                   " of ", coordinator->total_swap_slots(),
+                                                   " slots free after the job"));
   }
   return AgreeOnStatus(comm, local_error);
 }

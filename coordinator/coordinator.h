@@ -14,12 +14,14 @@
 #include <functional>
 #include <memory>
 #include <set>
+#include <span>
 #include <string>
 #include <unordered_map>
 #include <vector>
 
 #include "absl/status/status.h"
 #include "attention/kv_cache.h"
+#include "attention/kv_swap.h"
 #include "comm/comm.h"
 #include "coordinator/sampler.h"
 #include "coordinator/scheduler.h"
@@ -68,7 +70,15 @@ class Coordinator {
   int64_t computed_tokens() const { return computed_tokens_; }  // through the forward pass
   int64_t free_pages() const { return scheduler_.free_pages(); }
   int64_t total_pages() const { return total_pages_; }
+  int64_t free_swap_slots() const { return scheduler_.free_swap_slots(); }
+  int64_t total_swap_slots() const { return total_swap_slots_; }
   int64_t total_preemptions() const { return scheduler_.total_preemptions(); }
+  int64_t swapped_out() const { return scheduler_.swapped_out(); }
+  int64_t swap_in_failures() const { return scheduler_.swap_in_failures(); }
+  int64_t recomputed_tokens() const { return scheduler_.recomputed_tokens(); }
+  // After a step whose plan had swap_in copies: the ranks' verdicts (Scheduler::SwapInChecked);
+  // each refused copy is reported on stderr.
+  void SwapInChecked(std::span<const int64_t> failed);
   // Prompt tokens taken from the prefix cache at admission, and those computed (Scheduler).
   int64_t prefix_hit_tokens() const { return scheduler_.prefix_hit_tokens(); }
   int64_t prefix_miss_tokens() const { return scheduler_.prefix_miss_tokens(); }
@@ -92,6 +102,7 @@ class Coordinator {
   Sink sink_;
   TokenSink token_sink_;
   const int64_t total_pages_;
+  const int64_t total_swap_slots_;
   // Per sequence (by Sequence::request_index = the client's handle): the request.
   std::unordered_map<int64_t, SequenceRequest> requests_;
   std::unordered_map<int64_t, std::vector<double>> prompt_logprobs_;
@@ -105,15 +116,20 @@ class Coordinator {
 // forward pass. Reuses its buffers: a step of running sequences allocates nothing.
 class StepRunner {
  public:
-  StepRunner(Model& model, PagedKvCache& cache, Comm& comm)
-      : model_(model), cache_(cache), comm_(comm) {}
-  // On rank 0 `logits` becomes [rows, vocab]; elsewhere it is left empty.
+  StepRunner(Model& model, PagedKvCache& cache, KvSwap* swap, Comm& comm)
+      : model_(model), cache_(cache), swap_(swap), comm_(comm) {}
+  // On rank 0 `logits` becomes [rows, vocab]; elsewhere it is left empty. The plan's swap
+  // copies run first; swap_in_failed() then holds, on every rank, which swap_in copies failed
+  // their check on any rank (nonzero), in plan order.
   absl::Status Run(const StepPlan& plan, std::vector<float>* logits);
+  const std::vector<int64_t>& swap_in_failed() const { return swap_in_failed_; }
 
  private:
   Model& model_;
   PagedKvCache& cache_;
+  KvSwap* swap_;  // null: no swap space (the plan then has no copies)
   Comm& comm_;
+  std::vector<int64_t> swap_in_failed_;
   std::unordered_map<int64_t, std::vector<int32_t>> block_tables_;  // by seq_id
   ForwardBatch batch_;
 };
@@ -123,7 +139,8 @@ class StepRunner {
 // requests, cancel, wait while there is nothing to do), both optional. Ends when the
 // coordinator is idle at planning time, or at once on any rank's error (rank 0's own errors,
 // `before_plan`'s too, are broadcast as a shutdown first, so no rank hangs).
-absl::Status RunSteps(Model& model, PagedKvCache& cache, Comm& comm, Coordinator* coordinator,
+absl::Status RunSteps(Model& model, PagedKvCache& cache, KvSwap* swap, Comm& comm,
+                      Coordinator* coordinator,
                       const std::function<void()>& after_step = {},
                       const std::function<absl::Status()>& before_plan = {});
 

@@ -19,6 +19,7 @@ absl::Status RunJsonlJob(const char* job, const BatchOptions& options, const std
                          const JsonlClient& client) {
   if (options.max_model_len > 0) model.CapContext(options.max_model_len);
   ASSIGN_OR_RETURN(std::unique_ptr<PagedKvCache> cache, StartUp(options.cache, model, comm));
+  ASSIGN_OR_RETURN(std::unique_ptr<KvSwap> swap, StartSwap(options.cache, *cache, comm));
   model.Reserve(options.max_batch_tokens);
 
   // Rank 0 opens the files, reads and validates every request (bad ones get an error line
@@ -40,7 +41,7 @@ absl::Status RunJsonlJob(const char* job, const BatchOptions& options, const std
     if (open_status.ok()) {
       const SchedulerOptions scheduler{cache->num_pages(), options.cache.page_size,
                                        options.max_batch, options.max_batch_tokens,
-                                       options.prefix_cache};
+                                       options.prefix_cache, swap ? swap->slots() : 0};
       coordinator = std::make_unique<Coordinator>(
           scheduler, model.dims(),
           [&](SequenceResult result) -> absl::Status {
@@ -77,7 +78,7 @@ absl::Status RunJsonlJob(const char* job, const BatchOptions& options, const std
                  static_cast<long long>(done + errors), static_cast<long long>(tokens()), counted,
                  tokens() / std::max(seconds(), 1e-9));
   };
-  const absl::Status status = RunSteps(model, *cache, comm, coordinator.get(), print_progress);
+  const absl::Status status = RunSteps(model, *cache, swap.get(), comm, coordinator.get(), print_progress);
   if (comm.rank() == 0) {
     if (progress) std::fprintf(stderr, "\n");
   }
@@ -85,12 +86,16 @@ absl::Status RunJsonlJob(const char* job, const BatchOptions& options, const std
   if (comm.rank() == 0 && status.ok()) {
     std::fprintf(stderr,
                  "shardlm %s: %lld requests (%lld errors), %lld tokens %s in %.2f s "
-                 "(%.1f tokens/s), %lld preemptions, prefix cache %lld of %lld prompt tokens, "
+                 "(%.1f tokens/s), %lld preemptions (%lld swapped out, %lld swap-ins refused), "
+                 "%lld tokens recomputed, prefix cache %lld of %lld prompt tokens, "
                  "free pages %lld/%lld\n",
                  job, static_cast<long long>(done + errors), static_cast<long long>(errors),
                  static_cast<long long>(tokens()), counted, seconds(),
                  tokens() / std::max(seconds(), 1e-9),
                  static_cast<long long>(coordinator->total_preemptions()),
+                 static_cast<long long>(coordinator->swapped_out()),
+                 static_cast<long long>(coordinator->swap_in_failures()),
+                 static_cast<long long>(coordinator->recomputed_tokens()),
                  static_cast<long long>(coordinator->prefix_hit_tokens()),
                  static_cast<long long>(coordinator->prefix_hit_tokens() +
                                         coordinator->prefix_miss_tokens()),

@@ -97,4 +97,21 @@ absl::StatusOr<std::unique_ptr<PagedKvCache>> StartUp(const CacheOptions& option
   return cache;
 }
 
+absl::StatusOr<std::unique_ptr<KvSwap>> StartSwap(const CacheOptions& options,
+                                                  const PagedKvCache& cache, Comm& comm) {
+  const double slot_bytes = static_cast<double>(std::max<int64_t>(KvSwap::SlotBytes(cache), 1));
+  auto slots_for = [&](double mb) {
+    return static_cast<int64_t>(std::floor(mb * 1024.0 * 1024.0 / slot_bytes));
+  };
+  std::vector<int64_t> neg_slots = {-slots_for(options.swap_mb),
+                                    options.swap_dir.empty() ? 0 : -slots_for(options.swap_file_mb)};
+  RETURN_IF_ERROR(comm.AllReduceMax(neg_slots));
+  if (neg_slots[0] == 0 && neg_slots[1] == 0) return std::unique_ptr<KvSwap>();
+  absl::StatusOr<std::unique_ptr<KvSwap>> swap =
+      KvSwap::Create(cache, -neg_slots[0], -neg_slots[1], options.swap_dir);
+  RETURN_IF_ERROR(AgreeOnStatus(comm, swap.status()));
+  if (comm.rank() == comm.size() - 1) (*swap)->InjectFault(options.swap_fault);
+  return swap;
+}
+
 }  // namespace shardlm

@@ -6,20 +6,27 @@
 
 #include <cstdint>
 #include <memory>
+#include <string>
 
 #include "absl/status/statusor.h"
 #include "attention/kv_cache.h"
+#include "attention/kv_swap.h"
 #include "comm/comm.h"
 #include "engine/model.h"
 
 namespace shardlm {
 
 // Wire protocol version of Hello and StepPlan (proto/shardlm.proto).
-constexpr int kProtocolVersion = 2;
+constexpr int kProtocolVersion = 3;
 
 struct CacheOptions {
   int64_t page_size = 16;
   double kv_cache_mb = 256.0;  // per rank
+  // Swap space of preempted sequences, per rank: host memory, then a file under swap_dir.
+  double swap_mb = 256.0;
+  std::string swap_dir;        // empty: no file
+  double swap_file_mb = 1024.0;
+  SwapFault swap_fault = SwapFault::kNone;  // tests: injected on the last rank
 };
 
 // Pages of `page_size` tokens that `kv_cache_mb` holds for this rank's row width.
@@ -32,6 +39,12 @@ int64_t PagesForBudget(const ModelDims& dims, const ShardPlan& plan, double kv_c
 // request of the model's maximum length; then the cache is mapped. Errors are agreed.
 absl::StatusOr<std::unique_ptr<PagedKvCache>> StartUp(const CacheOptions& options,
                                                       const Model& model, Comm& comm);
+
+// Called by every rank after StartUp: the swap space for `cache`'s pages, with the slot
+// counts of the smallest budget of any rank (slots differ in size where row widths do); null
+// when swap_mb and the file hold no slot. Errors (an unusable --swap-dir) are agreed.
+absl::StatusOr<std::unique_ptr<KvSwap>> StartSwap(const CacheOptions& options,
+                                                  const PagedKvCache& cache, Comm& comm);
 
 }  // namespace shardlm
 

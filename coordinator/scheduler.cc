@@ -13,6 +13,7 @@ Scheduler::Scheduler(const SchedulerOptions& options) : options_(options) {
   // Stack of free ids, lowest id on top, so allocation order is deterministic.
   for (int64_t p = options.num_pages - 1; p >= 0; --p) free_.push_back(static_cast<int32_t>(p));
   pages_.resize(static_cast<size_t>(options.num_pages));
+  for (int64_t s = options.swap_slots - 1; s >= 0; --s) free_slots_.push_back(s);
 }
 
 int32_t Scheduler::TakeFreePage() {
@@ -96,11 +97,30 @@ void Scheduler::Release(Sequence* seq) {
   seq->seq_id = -1;
 }
 
+void Scheduler::ReleaseSlots(Sequence* seq) {
+  for (int64_t slot : seq->swap_slots) free_slots_.push_back(slot);
+  seq->swap_slots.clear();
+}
+
 void Scheduler::Preempt(size_t running_index) {
   std::unique_ptr<Sequence> victim = std::move(running_[running_index]);
   running_.erase(running_.begin() + static_cast<std::ptrdiff_t>(running_index));
+  // The pages are intact until the step's forward pass, which the ranks run after the copies.
+  const int64_t keep = PagesFor(victim->num_computed);
+  if (keep > 0 && static_cast<int64_t>(free_slots_.size()) >= keep) {
+    for (int64_t k = 0; k < keep; ++k) {
+      SwapCopy* copy = plan_->add_swap_out();
+      copy->set_page(victim->pages[k]);
+      copy->set_slot(free_slots_.back());
+      victim->swap_slots.push_back(free_slots_.back());
+      free_slots_.pop_back();
+    }
+    ++swapped_out_;
+  } else {
+    recomputed_tokens_ += victim->num_computed;
+    victim->num_computed = 0;  // recompute prompt and generated tokens on readmission
+  }
   Release(victim.get());
-  victim->num_computed = 0;  // recompute prompt and generated tokens on readmission
   ++victim->preemptions;
   ++total_preemptions_;
   waiting_.push_front(std::move(victim));
@@ -117,7 +137,32 @@ bool Scheduler::Allocate(Sequence* seq, int64_t tokens, SeqStep* step) {
   return true;
 }
 
+std::vector<int64_t> Scheduler::SwapInChecked(std::span<const int64_t> failed) {
+  std::vector<int64_t> recomputed;
+  size_t op = 0;
+  for (std::unique_ptr<Sequence>& seq : swapping_in_) {
+    bool ok = true;
+    for (size_t k = 0; k < seq->swap_slots.size(); ++k, ++op) {
+      CHECK_LT(op, failed.size());
+      ok = ok && failed[op] == 0;
+    }
+    ReleaseSlots(seq.get());
+    if (!ok) {
+      ++swap_in_failures_;
+      recomputed_tokens_ += seq->num_computed;
+      seq->num_computed = 0;
+      recomputed.push_back(seq->request_index);
+    }
+    ready_.push_back(std::move(seq));
+  }
+  CHECK_EQ(op, failed.size());
+  swapping_in_.clear();
+  return recomputed;
+}
+
 void Scheduler::Schedule(StepPlan* plan, std::vector<ScheduledSeq>* slices_out) {
+  CHECK_MSG(swapping_in_.empty(), "SwapInChecked was not called after the last step");
+  plan_ = plan;
   plan->Clear();
   plan->set_step(next_step_++);
   std::vector<ScheduledSeq>& slices = *slices_out;
@@ -167,11 +212,40 @@ void Scheduler::Schedule(StepPlan* plan, std::vector<ScheduledSeq>* slices_out) 
     add_slice(seq, count, added);
     ++i;
   }
-  // 2. Admissions, first come first served, while the whole sequence fits.
+  // 2. Sequences back from swap (or to recompute after a refused copy): they hold every page
+  // their known tokens need.
+  while (!ready_.empty() && budget > 0 &&
+         static_cast<int64_t>(running_.size()) < options_.max_batch) {
+    Sequence* seq = ready_.front().get();
+    const int64_t count =
+        std::min<int64_t>(static_cast<int64_t>(seq->tokens.size()) - seq->num_computed, budget);
+    seq->seq_id = next_seq_id_++;
+    SeqStep* step = plan->add_seqs();
+    step->set_max_pages(static_cast<int32_t>(seq->pages.capacity()));
+    for (int32_t page : seq->pages) step->add_new_pages(page);
+    CHECK(Allocate(seq, seq->num_computed + count, step));
+    add_slice(seq, count, step);
+    running_.push_back(std::move(ready_.front()));
+    ready_.pop_front();
+  }
+  // 3. Admissions, first come first served, while the whole sequence fits. A swapped-out
+  // sequence takes its pages now and is copied back during this step; it runs from the next.
   while (!waiting_.empty() && budget > 0 &&
          static_cast<int64_t>(running_.size()) < options_.max_batch) {
     Sequence* seq = waiting_.front().get();
     const int64_t len = static_cast<int64_t>(seq->tokens.size());
+    if (!seq->swap_slots.empty()) {
+      if (PagesFor(len) > free_pages()) break;
+      for (int64_t k = 0; k < PagesFor(len); ++k) seq->pages.push_back(TakeFreePage());
+      for (size_t k = 0; k < seq->swap_slots.size(); ++k) {
+        SwapCopy* copy = plan->add_swap_in();
+        copy->set_page(seq->pages[k]);
+        copy->set_slot(seq->swap_slots[k]);
+      }
+      swapping_in_.push_back(std::move(waiting_.front()));
+      waiting_.pop_front();
+      continue;
+    }
     MatchPrefix(*seq, &matched_);
     const int64_t shared = static_cast<int64_t>(matched_.size());
     // Matched pages no one holds count as free but are not free to this sequence.
@@ -199,6 +273,7 @@ void Scheduler::Schedule(StepPlan* plan, std::vector<ScheduledSeq>* slices_out) 
   }
   for (int64_t id : released_) plan->add_released(id);
   released_.clear();
+  plan_ = nullptr;
 }
 
 void Scheduler::Computed(const std::vector<ScheduledSeq>& slices) {
@@ -223,11 +298,15 @@ std::unique_ptr<Sequence> Scheduler::Remove(int64_t request_index) {
   if (auto it = std::find_if(running_.begin(), running_.end(), match); it != running_.end()) {
     return Finish(it->get());
   }
-  if (auto it = std::find_if(waiting_.begin(), waiting_.end(), match); it != waiting_.end()) {
-    std::unique_ptr<Sequence> seq = std::move(*it);
-    waiting_.erase(it);
-    Release(seq.get());  // a preempted sequence holds no pages, but keep the invariant local
-    return seq;
+  CHECK(swapping_in_.empty());  // SwapInChecked runs before the next requests are handled
+  for (auto* queue : {&waiting_, &ready_}) {
+    if (auto it = std::find_if(queue->begin(), queue->end(), match); it != queue->end()) {
+      std::unique_ptr<Sequence> seq = std::move(*it);
+      queue->erase(it);
+      Release(seq.get());  // a ready sequence holds pages; a waiting one may hold swap slots
+      ReleaseSlots(seq.get());
+      return seq;
+    }
   }
   return nullptr;
 }

@@ -4,7 +4,11 @@
 // whole known sequence fits in the free pages; prompts are prefilled in chunks
 // bounded by max_batch_tokens. When a running sequence needs a page and none is
 // free, the newest running sequence is preempted: its pages are freed and it
-// goes back to the front of the queue, to be recomputed later.
+// goes back to the front of the queue. Its computed pages are copied to swap slots in the
+// same step when enough slots are free (StepPlan.swap_out); on readmission they are copied
+// into new pages (swap_in), the ranks check each copy's CRC32C, and the next step resumes the
+// sequence where it stopped — or, when a check failed or there were no slots, recomputes it
+// from its first token.
 //
 // Prefix cache (DESIGN §4): a full page whose rows are computed is entered in a table under
 // its content: the cache entry of the page before it and the page's tokens, so an entry
@@ -21,6 +25,7 @@
 #include <deque>
 #include <list>
 #include <memory>
+#include <span>
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
@@ -35,6 +40,7 @@ struct SchedulerOptions {
   int64_t max_batch = 32;          // sequences per step
   int64_t max_batch_tokens = 512;  // tokens per step (prefill chunks + decodes)
   bool prefix_cache = false;       // share cached full pages of common prefixes
+  int64_t swap_slots = 0;          // pages the swap space holds (0: preemption recomputes)
 };
 
 // One request's state on the coordinator.
@@ -47,6 +53,8 @@ struct Sequence {
   // Prefix-cache entry of each leading full computed page (see Scheduler): what the next
   // full page's entry is keyed on.
   std::vector<uint64_t> prefix_nodes;
+  // While swapped out: the slots holding pages [0, PagesFor(num_computed)), in order.
+  std::vector<int64_t> swap_slots;
   int64_t seq_id = -1;         // id of the current admission; -1 while waiting
   int64_t preemptions = 0;
   // Prefill only (`score`): the sequence ends when its prompt is computed, nothing is sampled.
@@ -84,13 +92,19 @@ class Scheduler {
   void Schedule(StepPlan* plan, std::vector<ScheduledSeq>* slices);
   // Marks the slices of the last step computed (call after the forward pass).
   void Computed(const std::vector<ScheduledSeq>& slices);
+  // The ranks' verdict on the last plan's swap_in copies, in plan order (nonzero: that copy
+  // failed its CRC32C check on some rank). Call after every step whose plan had swap_in
+  // copies. Returns the request indices of the sequences that will be recomputed instead.
+  std::vector<int64_t> SwapInChecked(std::span<const int64_t> failed);
   // Removes a finished running sequence, frees its pages and returns it.
   std::unique_ptr<Sequence> Finish(Sequence* seq);
   // Removes the sequence of request `request_index`, running or waiting (its pages freed, its
   // admission released in the next plan); null when there is none.
   std::unique_ptr<Sequence> Remove(int64_t request_index);
 
-  bool Idle() const { return running_.empty() && waiting_.empty(); }
+  bool Idle() const {
+    return running_.empty() && waiting_.empty() && ready_.empty() && swapping_in_.empty();
+  }
   // Pages no sequence holds: never used, or cached and evictable.
   int64_t free_pages() const { return static_cast<int64_t>(free_.size() + evictable_.size()); }
   // Prompt tokens of admitted sequences found in the prefix cache (not computed), and the
@@ -99,8 +113,16 @@ class Scheduler {
   int64_t prefix_miss_tokens() const { return prefix_miss_tokens_; }
   int64_t cached_pages() const { return static_cast<int64_t>(table_.size()); }
   int64_t total_preemptions() const { return total_preemptions_; }
+  // Preemptions whose pages went to swap; swap-ins refused by a CRC32C check; tokens whose
+  // rows were computed again after a preemption (no swap slots, or a refused swap-in).
+  int64_t swapped_out() const { return swapped_out_; }
+  int64_t swap_in_failures() const { return swap_in_failures_; }
+  int64_t recomputed_tokens() const { return recomputed_tokens_; }
+  int64_t free_swap_slots() const { return static_cast<int64_t>(free_slots_.size()); }
   int64_t running() const { return static_cast<int64_t>(running_.size()); }
-  int64_t waiting() const { return static_cast<int64_t>(waiting_.size()); }
+  int64_t waiting() const {
+    return static_cast<int64_t>(waiting_.size() + ready_.size() + swapping_in_.size());
+  }
 
  private:
   // A cached page's key: the entry of the page before it (0 for the first) and its tokens.
@@ -122,6 +144,7 @@ class Scheduler {
 
   void Preempt(size_t running_index);
   void Release(Sequence* seq);
+  void ReleaseSlots(Sequence* seq);
   bool Allocate(Sequence* seq, int64_t tokens, SeqStep* step);
   // A free page id: a never-used one, else the least recently released cached one.
   int32_t TakeFreePage();
@@ -142,6 +165,15 @@ class Scheduler {
   std::vector<int32_t> matched_;                    // MatchPrefix's result, reused
   std::vector<std::unique_ptr<Sequence>> running_;  // admission order, oldest first
   std::deque<std::unique_ptr<Sequence>> waiting_;
+  // Swapped-out sequences whose copies back run in the last planned step (in swap_in order),
+  // then, checked, those waiting to run again: they hold every page they need.
+  std::vector<std::unique_ptr<Sequence>> swapping_in_;
+  std::deque<std::unique_ptr<Sequence>> ready_;
+  std::vector<int64_t> free_slots_;  // a stack
+  StepPlan* plan_ = nullptr;         // the plan being filled by Schedule
+  int64_t swapped_out_ = 0;
+  int64_t swap_in_failures_ = 0;
+  int64_t recomputed_tokens_ = 0;
   std::vector<int64_t> released_;  // ids to drop in the next plan
   SeqStep step_;                   // a running slice being planned
   int64_t next_seq_id_ = 0;

@@ -68,7 +68,10 @@ int64_t SteadyStateAllocations(const std::string& family, int threads) {
   if (!model.ok()) return -1;
   SetComputeThreads(threads);
   LocalComm comm;
-  auto cache = StartUp(CacheOptions{.page_size = 4, .kv_cache_mb = 16}, **model, comm);
+  CacheOptions cache_options;
+  cache_options.page_size = 4;
+  cache_options.kv_cache_mb = 16;
+  auto cache = StartUp(cache_options, **model, comm);
   EXPECT_TRUE(cache.ok()) << cache.status();
   if (!cache.ok()) return -1;
   (*model)->Reserve(512);
@@ -89,7 +92,7 @@ int64_t SteadyStateAllocations(const std::string& family, int threads) {
     coordinator.Submit(i, std::move(request));
   }
   int step = 0;
-  const absl::Status status = RunSteps(**model, **cache, comm, &coordinator, [&] {
+  const absl::Status status = RunSteps(**model, **cache, nullptr, comm, &coordinator, [&] {
     ++step;
     if (step == kWarmup) {
       g_allocations = 0;

@@ -73,6 +73,10 @@ absl::Status ParseBatchOptions(const Flags& flags, BatchOptions* o) {
   ASSIGN_OR_RETURN(o->max_batch_tokens, flags.Int("max-batch-tokens", 512, 1, 1 << 20));
   ASSIGN_OR_RETURN(o->max_model_len, flags.Int("max-model-len", 0, 0, INT32_MAX));
   ASSIGN_OR_RETURN(o->prefix_cache, flags.OnOff("prefix-cache", true));
+  ASSIGN_OR_RETURN(o->cache.swap_mb, flags.Double("swap-mb", 256, 0, 1e9));
+  o->cache.swap_dir = flags.String("swap-dir", "");
+  ASSIGN_OR_RETURN(o->cache.swap_file_mb, flags.Double("swap-file-mb", 1024, 0, 1e12));
+  ASSIGN_OR_RETURN(o->cache.swap_fault, ParseSwapFault(flags.String("swap-fault", "none")));
   o->progress = flags.Bool("progress");
   return absl::OkStatus();
 }
@@ -89,6 +93,12 @@ std::vector<FlagSpec> WithBatchFlags(std::vector<FlagSpec> own,
        "cap the context (prompt + generated tokens) below max_position_embeddings"},
       {"prefix-cache", true,
        "on (default) or off: sequences share the cached KV pages of a common prefix"},
+      {"swap-mb", true,
+       "host memory per rank for preempted sequences' KV pages (default 256; 0: recompute)"},
+      {"swap-dir", true, "a directory for a swap file beyond --swap-mb (default: none)"},
+      {"swap-file-mb", true, "the swap file's size per rank under --swap-dir (default 1024)"},
+      {"swap-fault", true,
+       "tests only: flip-memory, flip-file or truncate-file after the last rank's next swap-out"},
       {"threads", true,
        "compute threads per rank (default 1), or auto: this host's cores / its ranks"},
       {"bf16-math", true,

@@ -17,6 +17,8 @@ packages=(
   libcpp-httplib-dev libssl-dev zlib1g-dev libbrotli-dev
   # Tokenizers: regexes, NFC, JSON.
   libpcre2-dev libutf8proc-dev nlohmann-json3-dev
+  # CRC32C of swapped KV pages (Intel ISA-L's crc32_iscsi).
+  libisal-dev
   # Fuzzing (scripts/fuzz.sh): clang, libFuzzer + sanitizer runtimes, llvm-symbolizer.
   clang libclang-rt-14-dev llvm
 )

@@ -170,6 +170,7 @@ class FrontEnd {
   // Metrics: counters and gauges the step loop publishes.
   std::atomic<int64_t> running_{0}, queued_{0}, free_pages_{0}, preemptions_{0};
   std::atomic<int64_t> prefix_hit_tokens_{0}, prefix_miss_tokens_{0};
+  std::atomic<int64_t> swapped_out_{0}, swap_in_failures_{0}, recomputed_tokens_{0};
   std::atomic<int64_t> prompt_tokens_{0}, generated_tokens_{0}, finished_{0}, cancelled_{0};
   std::atomic<int64_t> rejected_{0};
   Histogram ttft_{{0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30}};
@@ -271,6 +272,9 @@ absl::Status FrontEnd::BeforePlan(Coordinator& coordinator) {
     preemptions_ = coordinator.total_preemptions();
     prefix_hit_tokens_ = coordinator.prefix_hit_tokens();
     prefix_miss_tokens_ = coordinator.prefix_miss_tokens();
+    swapped_out_ = coordinator.swapped_out();
+    swap_in_failures_ = coordinator.swap_in_failures();
+    recomputed_tokens_ = coordinator.recomputed_tokens();
   };
   while (true) {
     publish();
@@ -536,7 +540,15 @@ std::string FrontEnd::Metrics() {
   gauge("shardlm_kv_pages_total", "KV cache pages per rank.", total_pages_);
   gauge("shardlm_kv_pages_free", "Free KV cache pages.", free_pages_);
   gauge("shardlm_kv_pages_used", "KV cache pages in use.", total_pages_ - free_pages_);
-  gauge("shardlm_preemptions_total", "Sequences preempted (recomputed later).", preemptions_,
+  gauge("shardlm_preemptions_total", "Sequences preempted (swapped out or recomputed later).",
+        preemptions_, "counter");
+  gauge("shardlm_swapped_out_total", "Preempted sequences whose KV pages went to swap.",
+        swapped_out_, "counter");
+  gauge("shardlm_swap_in_failures_total",
+        "Swapped KV pages refused by their CRC32C check on the way back (recomputed instead).",
+        swap_in_failures_, "counter");
+  gauge("shardlm_recomputed_tokens_total",
+        "Tokens whose KV rows were computed again after a preemption.", recomputed_tokens_,
         "counter");
   gauge("shardlm_prompt_tokens_total", "Prompt tokens submitted.", prompt_tokens_, "counter");
   gauge("shardlm_prefix_cache_hit_tokens_total",
@@ -563,6 +575,7 @@ std::string FrontEnd::Metrics() {
 absl::Status RunServe(const ServeOptions& options, Model& model, Comm& comm, Watchdog* watchdog) {
   if (options.batch.max_model_len > 0) model.CapContext(options.batch.max_model_len);
   ASSIGN_OR_RETURN(std::unique_ptr<PagedKvCache> cache, StartUp(options.batch.cache, model, comm));
+  ASSIGN_OR_RETURN(std::unique_ptr<KvSwap> swap, StartSwap(options.batch.cache, *cache, comm));
   model.Reserve(options.batch.max_batch_tokens);
 
   std::unique_ptr<Tokenizer> tokenizer;
@@ -590,7 +603,7 @@ absl::Status RunServe(const ServeOptions& options, Model& model, Comm& comm, Wat
     if (start.ok()) {
       const SchedulerOptions scheduler{cache->num_pages(), options.batch.cache.page_size,
                                        options.batch.max_batch, options.batch.max_batch_tokens,
-                                       options.batch.prefix_cache};
+                                       options.batch.prefix_cache, swap ? swap->slots() : 0};
       coordinator = std::make_unique<Coordinator>(
           scheduler, model.dims(),
           [f = front.get()](SequenceResult r) { return f->OnResult(std::move(r)); },
@@ -615,7 +628,7 @@ absl::Status RunServe(const ServeOptions& options, Model& model, Comm& comm, Wat
   if (comm.rank() == 0) {
     before_plan = [f = front.get(), c = coordinator.get()] { return f->BeforePlan(*c); };
   }
-  const absl::Status status = RunSteps(model, *cache, comm, coordinator.get(), {}, before_plan);
+  const absl::Status status = RunSteps(model, *cache, swap.get(), comm, coordinator.get(), {}, before_plan);
   if (watchdog != nullptr) watchdog->SetStopHandler(nullptr);
   if (front != nullptr) front->Shutdown();
   if (comm.rank() == 0 && status.ok()) std::fprintf(stderr, "shardlm serve: stopped\n");

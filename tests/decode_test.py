@@ -80,18 +80,14 @@ def cpu_has_avx512_bf16():
         return "avx512_bf16" in f.read()
 
 
-def page_budget_mb(pages, page_size):
-    """--kv-cache-mb holding `pages` pages at 1 rank (cache row width from the config)."""
-    c = config()
-    t = c.get("attention_type", "gqa")
-    if t in ("mla", "gla"):
-        row = c.get("num_latent_heads", 1) * c["kv_lora_rank"] + c["qk_rope_head_dim"]
-    elif t == "gta":
-        row = c["num_key_value_heads"] * c["head_dim"] + c.get("qk_rope_head_dim", c["head_dim"] // 2)
-    else:
-        hd = c.get("head_dim", c["hidden_size"] // c["num_attention_heads"])
-        row = 2 * c.get("num_key_value_heads", c["num_attention_heads"]) * hd
-    return (pages + 0.5) * page_size * row * 4 * c["num_hidden_layers"] / 2 ** 20
+def page_budget_mb(pages, page_size, np=1):
+    """--kv-cache-mb holding `pages` pages on every one of np ranks (from `shardlm inspect`: the
+    rank with the widest cache rows has the fewest pages)."""
+    r = subprocess.run([SHARDLM, "inspect", "--model", MODEL, "--tp", str(np)], capture_output=True,
+                       text=True, timeout=120, env=ENV)
+    assert r.returncode == 0, r.stderr
+    per_token = max(int(l.split()[-1]) for l in r.stdout.splitlines() if re.match(r"^\d+\s", l))
+    return (pages + 0.5) * page_size * per_token / 2 ** 20
 
 
 class DecodeInvariants(unittest.TestCase):
@@ -195,6 +191,50 @@ class DecodeInvariants(unittest.TestCase):
             self.assertIn("prefix cache 0 of", off_summary)
             m = re.search(r"free pages (\d+)/(\d+)", on_summary)
             self.assertEqual(m.group(1), m.group(2), on_summary)
+
+    def test_swap_and_its_faults_keep_bits(self):
+        """Preemption under a small KV budget: swapped-out pages come back bit for bit (memory
+        and file slots), and a page corrupted in swap (a flipped bit in memory or in the file, a
+        truncated file) is refused by its CRC32C check and the request recomputed: at 1 and 2
+        ranks every result equals the run without preemption, and the summary counts the swaps,
+        the refusals and the recomputed tokens."""
+        c = config()
+        pages = -(-c["max_position_embeddings"] // 16) + 2
+        nps = (1, 2) if c["num_attention_heads"] % 2 == 0 else (1,)
+        for np in nps:
+            want = self.base if np == 1 else decode("swap-np2-ref", self.prompts, np)[0]
+            budget = f"{page_budget_mb(pages, 16, np):.6f}"
+            for name, flags, refused in (
+                    ("memory", [], False),
+                    ("recompute", ["--swap-mb", "0"], False),
+                    ("flip-memory", ["--swap-fault", "flip-memory"], True),
+                    ("file", ["--swap-mb", "0", "--swap-dir", WORK], False),
+                    ("flip-file", ["--swap-mb", "0", "--swap-dir", WORK, "--swap-fault", "flip-file"], True),
+                    ("truncate-file", ["--swap-mb", "0", "--swap-dir", WORK, "--swap-fault",
+                                       "truncate-file"], True)):
+                tag = f"swap-np{np}-{name}"
+                results, summary = decode(tag, self.prompts, np, "--kv-cache-mb", budget, *flags)
+                m = re.search(r"(\d+) preemptions \((\d+) swapped out, (\d+) swap-ins refused\), "
+                              r"(\d+) tokens recomputed", summary)
+                preempted, swapped, bad, recomputed = map(int, m.groups())
+                self.assertGreater(preempted, 0, (tag, summary))
+                if name == "recompute":
+                    self.assertEqual(swapped, 0, (tag, summary))
+                    self.assertGreater(recomputed, 0, (tag, summary))
+                else:
+                    self.assertEqual(swapped, preempted, (tag, summary))
+                if refused:
+                    self.assertEqual(bad, 1, (tag, summary))
+                    self.assertGreater(recomputed, 0, (tag, summary))
+                elif name != "recompute":
+                    self.assertEqual((bad, recomputed), (0, 0), (tag, summary))
+                m = re.search(r"free pages (\d+)/(\d+)", summary)
+                self.assertEqual(m.group(1), m.group(2), summary)
+                for rid in want:
+                    self.assertEqual(results[rid]["tokens"], want[rid]["tokens"], (tag, rid))
+                    self.assertEqual(results[rid]["logprobs"], want[rid]["logprobs"], (tag, rid))
+        self.assertEqual([f for f in os.listdir(WORK) if f.startswith("shardlm-swap")], [],
+                         "swap files left behind")
 
     def test_tensor_parallel_matches_one_rank(self):
         heads = config()["num_attention_heads"]
