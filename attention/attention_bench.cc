@@ -221,7 +221,7 @@ void RunFamily(const Family& fam, const Options& opt) {
     std::exit(1);
   }
   const CacheView cache = pool_memory.Layer(0);
-  const std::span<float> pool(cache.pool,
+  const std::span<float> pool(reinterpret_cast<float*>(cache.pool),
                               static_cast<size_t>(num_pages * page_size * fam.row_floats));
   FillUniform(pool, 1);
   std::vector<int32_t> ids(static_cast<size_t>(num_pages));

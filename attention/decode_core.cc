@@ -1,6 +1,7 @@
 #include "attention/decode_core.h"
 
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <vector>
 
@@ -16,19 +17,53 @@ constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 // Portable kernels (decode_kernels.h): per (row, head) one fp32 dot product per
 // score part, the GCC vector extension for the weighted sum of values.
 
+// Values [off, off + len) of a row as fp32: the row itself for f32, else widened (and, for
+// int8, multiplied by segment `seg`'s scale) into `buf`.
+template <KvDType D>
+const float* RowPart(const unsigned char* row, int64_t off, int64_t len, int64_t scale_off,
+                     int64_t seg, std::vector<float>& buf) {
+  if constexpr (D == KvDType::kF32) {
+    return reinterpret_cast<const float*>(row) + off;
+  } else {
+    if (static_cast<int64_t>(buf.size()) < len) buf.resize(static_cast<size_t>(len));
+    if constexpr (D == KvDType::kBF16) {
+      for (int64_t i = 0; i < len; ++i) {
+        uint16_t h;
+        std::memcpy(&h, row + 2 * (off + i), sizeof(h));
+        const uint32_t bits = static_cast<uint32_t>(h) << 16;
+        std::memcpy(&buf[i], &bits, sizeof(float));
+      }
+    } else {
+      const float s = KvRowFormat::Scale(row, scale_off, seg);
+      for (int64_t i = 0; i < len; ++i) {
+        buf[i] = static_cast<float>(static_cast<int8_t>(row[off + i])) * s;
+      }
+    }
+    return buf.data();
+  }
+}
+
+template <KvDType D>
 void ScoresPortable(const ScoreArgs& a) {
+  thread_local std::vector<float> buf;
   for (int64_t h = 0; h < a.g; ++h) {
     const float* qa = a.qa + h * a.qa_head;
     const float* qb = a.qb + h * a.qb_head;
     for (int64_t r = 0; r < a.nb; ++r) {
-      float s = Dot(qa, a.rows[r] + a.a_off, a.a_len);
-      if (a.b_len > 0) s += Dot(qb, a.rows[r] + a.b_off, a.b_len);
+      float s = Dot(qa, RowPart<D>(a.rows[r], a.a_off, a.a_len, a.scale_off, a.a_seg, buf),
+                    a.a_len);
+      if (a.b_len > 0) {
+        s += Dot(qb, RowPart<D>(a.rows[r], a.b_off, a.b_len, a.scale_off, a.b_seg, buf),
+                 a.b_len);
+      }
       a.scores[h * kBlock + r] = s;
     }
   }
 }
 
+template <KvDType D>
 void ValuesPortable(const ValueArgs& a) {
+  thread_local std::vector<float> buf;
   for (int64_t h = 0; h < a.g; ++h) {
     float* acc = a.acc + h * a.acc_head;
     const float alpha = a.alpha[h];
@@ -36,7 +71,7 @@ void ValuesPortable(const ValueArgs& a) {
     const float* p = a.p + h * kBlock;
     for (int64_t r = 0; r < a.nb; ++r) {
       const float w = p[r];
-      const float* v = a.rows[r] + a.v_off;
+      const float* v = RowPart<D>(a.rows[r], a.v_off, a.v_len, a.scale_off, a.v_seg, buf);
       int64_t c = 0;
       for (; c + 8 <= a.v_len; c += 8) {
         Vec8 y;
@@ -89,7 +124,7 @@ DecodeKernels& ActiveKernels() {
 // the token over the chunk. Grows to the largest shape seen, then is reused, so
 // steady-state decode does not allocate.
 struct ItemScratch {
-  std::vector<const float*> rows;  // [kChunk]: row pointers of the chunk
+  std::vector<const unsigned char*> rows;  // [kChunk]: row pointers of the chunk
   std::vector<float> acc;          // [h_q, v_len]: Σ e^(s − m) · value
   std::vector<float> max;          // [h_q]: running max m of the scores
   std::vector<float> sum;          // [h_q]: Σ e^(s − m)
@@ -129,13 +164,13 @@ CallScratch& ThreadCallScratch() {
   return scratch;
 }
 
-// Touches the lines of p[0, len) so they are on their way from memory.
+// Touches the lines of bytes [0, len) of p so they are on their way from memory.
 // The empty volatile asm is a side effect: GCC counts prefetches as none, so without it
 // the IPA pass marks PrefetchGroup `const` and deletes its calls (no prefetch at all was in
 // the binary; `objdump -d … | grep prefetch` now finds them).
-inline void PrefetchRange(const float* p, int64_t len) {
-  constexpr int64_t kLineFloats = 64 / sizeof(float);
-  for (int64_t i = 0; i < len; i += kLineFloats) __builtin_prefetch(p + i);
+inline void PrefetchRange(const unsigned char* p, int64_t len) {
+  constexpr int64_t kLine = 64;
+  for (int64_t i = 0; i < len; i += kLine) __builtin_prefetch(p + i);
   if (len > 0) __builtin_prefetch(p + len - 1);
   asm volatile("");
 }
@@ -145,18 +180,21 @@ inline void PrefetchRange(const float* p, int64_t len) {
 // a group's parts of consecutive rows are short runs a row apart (8 KB in the bench's
 // shapes), which the hardware prefetchers do not follow; prefetching them for the next
 // block measured +25% GB/s for GTA at 8k (attention_bench), more with 2 threads.
-inline void PrefetchGroup(const float* row, const RowLayout& lay, int64_t j) {
-  if (lay.a_len > 0) PrefetchRange(row + lay.a_off + j * lay.a_step, lay.a_len);
+// `vb` is the bytes per value; an int8 row's scales are fetched too.
+inline void PrefetchGroup(const unsigned char* row, const RowLayout& lay, int64_t j, int64_t vb,
+                          int64_t scale_off) {
+  if (lay.a_len > 0) PrefetchRange(row + (lay.a_off + j * lay.a_step) * vb, lay.a_len * vb);
   if (lay.b_len > 0 && (lay.b_step != 0 || j == 0)) {
-    PrefetchRange(row + lay.b_off + j * lay.b_step, lay.b_len);
+    PrefetchRange(row + (lay.b_off + j * lay.b_step) * vb, lay.b_len * vb);
   }
   const int64_t a0 = lay.a_off + j * lay.a_step, v0 = lay.v_off + j * lay.v_step;
   if (v0 + lay.v_len <= a0 || v0 >= a0 + lay.a_len) {
-    PrefetchRange(row + v0, lay.v_len);
+    PrefetchRange(row + v0 * vb, lay.v_len * vb);
   } else {  // the value overlaps the key part: prefetch what it adds
-    PrefetchRange(row + std::min(a0, v0),
-                  std::max(a0 + lay.a_len, v0 + lay.v_len) - std::min(a0, v0));
+    PrefetchRange(row + std::min(a0, v0) * vb,
+                  (std::max(a0 + lay.a_len, v0 + lay.v_len) - std::min(a0, v0)) * vb);
   }
+  if (scale_off > 0) __builtin_prefetch(row + scale_off);
 }
 
 // Rows per score call: the block's rows are scored this many at a time for every group
@@ -186,10 +224,19 @@ void RunChunk(const Problem& pb, const QueryToken& token, int64_t t, int64_t c_l
   s.Reserve(pb.h_q, v_len);
 
   const int64_t len = c_hi - c_lo + 1;
-  const float** rows = s.rows.data();
-  ForEachRun(cache, token.block_table, c_lo, c_hi, [&](const float* row, int64_t t0, int64_t n) {
-    for (int64_t i = 0; i < n; ++i) rows[t0 - c_lo + i] = row + i * cache.row_floats;
-  });
+  const unsigned char** rows = s.rows.data();
+  ForEachRun(cache, token.block_table, c_lo, c_hi,
+             [&](const unsigned char* row, int64_t t0, int64_t n) {
+               for (int64_t i = 0; i < n; ++i) rows[t0 - c_lo + i] = row + i * cache.row_bytes;
+             });
+  // The rows' format: bytes per value, and for int8 where each group's parts find their
+  // scales (a part is one segment of the row: a head, a latent head, the RoPE key).
+  const KvDType dtype = cache.dtype();
+  const int kind = static_cast<int>(dtype);
+  const int64_t vb = dtype == KvDType::kF32 ? 4 : dtype == KvDType::kBF16 ? 2 : 1;
+  const KvRowFormat* fmt = dtype == KvDType::kInt8 ? cache.format : nullptr;
+  const int64_t scale_off = fmt != nullptr ? fmt->scale_offset : 0;
+  auto seg = [&](int64_t first) { return fmt != nullptr ? fmt->SegmentOf(first) : 0; };
   std::fill_n(s.acc.data(), pb.h_q * v_len, 0.0f);
   std::fill_n(s.max.data(), pb.h_q, kNegInf);
   std::fill_n(s.sum.data(), pb.h_q, 0.0f);
@@ -214,13 +261,16 @@ void RunChunk(const Problem& pb, const QueryToken& token, int64_t t, int64_t c_l
       sa.a_len = lay.a_len;
       sa.b_off = lay.b_off + j * lay.b_step;
       sa.b_len = lay.b_len;
+      sa.scale_off = scale_off;
+      sa.a_seg = seg(sa.a_off);
+      sa.b_seg = lay.b_len > 0 ? seg(sa.b_off) : 0;
       sa.qa = qa_t + head0 * q.qa_head;
       sa.qa_head = q.qa_head;
       sa.qb = qb_t != nullptr ? qb_t + head0 * q.qb_head : nullptr;
       sa.qb_head = q.qb_head;
       sa.g = g;
       sa.scores = s.scores.data() + head0 * kBlock + r0;
-      kernels.scores(sa);
+      kernels.scores[kind](sa);
     };
     // Each (row, head) dot product is the same arithmetic in any tiling and order, so
     // the two orders below give the same bits.
@@ -240,7 +290,7 @@ void RunChunk(const Problem& pb, const QueryToken& token, int64_t t, int64_t c_l
       // parts of the next block's rows are fetched.
       if (!rows_first) {
         for (int64_t r = b_hi + 1; r < std::min(len, b_hi + 1 + kBlock); ++r) {
-          PrefetchGroup(rows[r], lay, j);
+          PrefetchGroup(rows[r], lay, j, vb, scale_off);
         }
         score(j, 0, nb);
       }
@@ -259,12 +309,14 @@ void RunChunk(const Problem& pb, const QueryToken& token, int64_t t, int64_t c_l
       va.nb = nb;
       va.v_off = lay.v_off + j * lay.v_step;
       va.v_len = v_len;
+      va.scale_off = scale_off;
+      va.v_seg = seg(va.v_off);
       va.p = s.scores.data() + head0 * kBlock;
       va.alpha = s.alpha.data() + head0;
       va.g = g;
       va.acc = s.acc.data() + head0 * v_len;
       va.acc_head = v_len;
-      kernels.values(va);
+      kernels.values[kind](va);
     }
     b_lo = b_hi + 1;
   }
@@ -282,7 +334,13 @@ void RunChunk(const Problem& pb, const QueryToken& token, int64_t t, int64_t c_l
 }  // namespace
 
 DecodeKernels PortableKernels() {
-  return {&ScoresPortable, &SoftmaxPortable, &ValuesPortable, &ExpPortable, "portable"};
+  return {{&ScoresPortable<KvDType::kF32>, &ScoresPortable<KvDType::kBF16>,
+           &ScoresPortable<KvDType::kInt8>},
+          &SoftmaxPortable,
+          {&ValuesPortable<KvDType::kF32>, &ValuesPortable<KvDType::kBF16>,
+           &ValuesPortable<KvDType::kInt8>},
+          &ExpPortable,
+          "portable"};
 }
 
 void SetDecodeIsa(Isa isa) {

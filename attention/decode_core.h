@@ -84,7 +84,7 @@ const char* DecodeIsaName();
 
 // Calls f(first_row, t0, n) for each maximal run of consecutive positions
 // [t0, t0 + n) within [first, last] that share a page; row i of a run is
-// first_row + i·row_floats. Page ids are CHECKed once per run, not per row.
+// first_row + i·row_bytes. Page ids are CHECKed once per run, not per row.
 template <typename F>
 void ForEachRun(const CacheView& cache, std::span<const int32_t> block_table, int64_t first,
                 int64_t last, F&& f) {
@@ -96,7 +96,7 @@ void ForEachRun(const CacheView& cache, std::span<const int32_t> block_table, in
     CHECK_LT(block, static_cast<int64_t>(block_table.size()));
     const int64_t page = block_table[block];
     CHECK_MSG(page >= 0 && page < cache.num_pages, "page ", page, " of ", cache.num_pages);
-    f(cache.pool + (page * cache.page_size + offset) * cache.row_floats, t, n);
+    f(cache.pool + (page * cache.page_size + offset) * cache.row_bytes, t, n);
     t += n;
   }
 }

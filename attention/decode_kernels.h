@@ -15,13 +15,19 @@ namespace shardlm::attention_internal {
 // rescaled once per block. Blocks are aligned to multiples of kBlock positions.
 inline constexpr int64_t kBlock = 16;
 
+// Rows are in the cache's format (attention/kv_cache.h: KvRowFormat), offsets and lengths
+// count values. A kernel reads the stored type directly: f32, bf16 (widened exactly), or
+// int8, each value multiplied by its segment's scale (one fp32 rounding) as it is loaded.
+//
 // scores[h·kBlock + r] = qa_h · rows[r][a_off, +a_len) + qb_h · rows[r][b_off, +b_len)
 // for h < g, r < nb, where qa_h = qa + h·qa_head and qb_h = qb + h·qb_head. The two
-// parts may share partial sums. Unscaled.
+// parts may share partial sums. Unscaled (by the softmax scale).
 struct ScoreArgs {
-  const float* const* rows = nullptr;  // [nb] row pointers
+  const unsigned char* const* rows = nullptr;  // [nb] row pointers
   int64_t nb = 0;
   int64_t a_off = 0, a_len = 0, b_off = 0, b_len = 0;
+  // int8: the scales of the a and b parts are floats a_seg and b_seg at row + scale_off.
+  int64_t scale_off = 0, a_seg = 0, b_seg = 0;
   const float* qa = nullptr;
   int64_t qa_head = 0;
   const float* qb = nullptr;
@@ -34,9 +40,10 @@ struct ScoreArgs {
 // h < g, c < v_len, with acc_h = acc + h·acc_head; the sum runs in row order after
 // the rescale.
 struct ValueArgs {
-  const float* const* rows = nullptr;  // [nb] row pointers
+  const unsigned char* const* rows = nullptr;  // [nb] row pointers
   int64_t nb = 0;
   int64_t v_off = 0, v_len = 0;
+  int64_t scale_off = 0, v_seg = 0;  // int8: the value part's scale, as in ScoreArgs
   const float* p = nullptr;      // [g, kBlock] softmax numerators
   const float* alpha = nullptr;  // [g] rescale of the running sums
   int64_t g = 0;
@@ -61,9 +68,10 @@ struct SoftmaxArgs {
 };
 
 struct DecodeKernels {
-  void (*scores)(const ScoreArgs&);
+  // By the rows' KvDType (kv_cache.h), in its order: f32, bf16, int8.
+  void (*scores[3])(const ScoreArgs&);
   void (*softmax)(const SoftmaxArgs&);
-  void (*values)(const ValueArgs&);
+  void (*values[3])(const ValueArgs&);
   // y[i] = e^x[i], the exp the softmax uses (exposed for its accuracy test).
   void (*exp)(const float* x, int64_t n, float* y);
   const char* name;

@@ -36,12 +36,59 @@ SHARDLM_TARGET_AVX512 inline float ReduceAdd(__m512 v) {
   return _mm_cvtss_f32(s1);
 }
 
+// How a kernel loads 16 consecutive values of a row (kv_cache.h: KvRowFormat) as fp32:
+// f32 as they are, bf16 widened (exact), int8 converted (exact) and multiplied by the row
+// part's scale (kScaled: one rounding, done once per loaded vector for all heads).
+struct F32Rows {
+  static constexpr int64_t kBytes = 4;
+  static constexpr bool kScaled = false;
+  SHARDLM_TARGET_AVX512 static __m512 Load(const unsigned char* p) {
+    return _mm512_loadu_ps(reinterpret_cast<const float*>(p));
+  }
+  SHARDLM_TARGET_AVX512 static __m512 Load(__mmask16 m, const unsigned char* p) {
+    return _mm512_maskz_loadu_ps(m, reinterpret_cast<const float*>(p));
+  }
+};
+struct Bf16Rows {
+  static constexpr int64_t kBytes = 2;
+  static constexpr bool kScaled = false;
+  SHARDLM_TARGET_AVX512 static __m512 Widen(__m256i h) {
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+  }
+  SHARDLM_TARGET_AVX512 static __m512 Load(const unsigned char* p) {
+    return Widen(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+  }
+  SHARDLM_TARGET_AVX512 static __m512 Load(__mmask16 m, const unsigned char* p) {
+    return Widen(_mm256_maskz_loadu_epi16(m, p));
+  }
+};
+struct Int8Rows {
+  static constexpr int64_t kBytes = 1;
+  static constexpr bool kScaled = true;
+  SHARDLM_TARGET_AVX512 static __m512 Widen(__m128i b) {
+    return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(b));
+  }
+  SHARDLM_TARGET_AVX512 static __m512 Load(const unsigned char* p) {
+    return Widen(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  }
+  SHARDLM_TARGET_AVX512 static __m512 Load(__mmask16 m, const unsigned char* p) {
+    return Widen(_mm_maskz_loadu_epi8(m, p));
+  }
+};
+
+// The scale of segment `seg` of an int8 row.
+inline float RowScale(const unsigned char* row, int64_t scale_off, int64_t seg) {
+  float s;
+  __builtin_memcpy(&s, row + scale_off + seg * 4, sizeof(s));
+  return s;
+}
+
 // acc[r][h] += rows[r][off, off + len) ⊙ q_h[0, len), lane-wise, for an R × H tile.
 // Each row vector is loaded once for H heads and each query vector once for R rows.
-template <int R, int H>
-SHARDLM_TARGET_AVX512 inline void DotPart(__m512 (&acc)[R][H], const float* const* rows,
-                                          int64_t off, int64_t len, const float* q,
-                                          int64_t q_head) {
+template <int R, int H, typename Rows>
+SHARDLM_TARGET_AVX512 inline void DotPart(__m512 (&acc)[R][H], const unsigned char* const* rows,
+                                          int64_t off, int64_t len, const __m512 (&scale)[R],
+                                          const float* q, int64_t q_head) {
   int64_t k = 0;
   for (; k + 16 <= len; k += 16) {
     // The empty asm statements keep each loaded vector in a register: without them GCC
@@ -50,7 +97,8 @@ SHARDLM_TARGET_AVX512 inline void DotPart(__m512 (&acc)[R][H], const float* cons
     __m512 x[R];
 #pragma GCC unroll 4
     for (int r = 0; r < R; ++r) {
-      x[r] = _mm512_loadu_ps(rows[r] + off + k);
+      x[r] = Rows::Load(rows[r] + (off + k) * Rows::kBytes);
+      if constexpr (Rows::kScaled) x[r] = _mm512_mul_ps(x[r], scale[r]);
       asm("" : "+v"(x[r]));
     }
 #pragma GCC unroll 4
@@ -65,7 +113,10 @@ SHARDLM_TARGET_AVX512 inline void DotPart(__m512 (&acc)[R][H], const float* cons
     const __mmask16 m = static_cast<__mmask16>((1u << (len - k)) - 1);
     __m512 x[R];
 #pragma GCC unroll 4
-    for (int r = 0; r < R; ++r) x[r] = _mm512_maskz_loadu_ps(m, rows[r] + off + k);
+    for (int r = 0; r < R; ++r) {
+      x[r] = Rows::Load(m, rows[r] + (off + k) * Rows::kBytes);
+      if constexpr (Rows::kScaled) x[r] = _mm512_mul_ps(x[r], scale[r]);
+    }
 #pragma GCC unroll 4
     for (int h = 0; h < H; ++h) {
       const __m512 qv = _mm512_maskz_loadu_ps(m, q + h * q_head + k);
@@ -76,7 +127,7 @@ SHARDLM_TARGET_AVX512 inline void DotPart(__m512 (&acc)[R][H], const float* cons
 }
 
 // Scores of rows [r0, r0 + R) for heads [h0, h0 + H).
-template <int R, int H>
+template <int R, int H, typename Rows>
 SHARDLM_TARGET_AVX512 void ScoreTile(const ScoreArgs& a, int64_t r0, int64_t h0) {
   __m512 acc[R][H];
 #pragma GCC unroll 4
@@ -84,9 +135,23 @@ SHARDLM_TARGET_AVX512 void ScoreTile(const ScoreArgs& a, int64_t r0, int64_t h0)
 #pragma GCC unroll 4
     for (int h = 0; h < H; ++h) acc[r][h] = _mm512_setzero_ps();
   }
-  DotPart<R, H>(acc, a.rows + r0, a.a_off, a.a_len, a.qa + h0 * a.qa_head, a.qa_head);
+  __m512 scale[R];
+#pragma GCC unroll 4
+  for (int r = 0; r < R; ++r) {
+    scale[r] = Rows::kScaled ? _mm512_set1_ps(RowScale(a.rows[r0 + r], a.scale_off, a.a_seg))
+                             : _mm512_setzero_ps();
+  }
+  DotPart<R, H, Rows>(acc, a.rows + r0, a.a_off, a.a_len, scale, a.qa + h0 * a.qa_head,
+                      a.qa_head);
   if (a.b_len > 0) {
-    DotPart<R, H>(acc, a.rows + r0, a.b_off, a.b_len, a.qb + h0 * a.qb_head, a.qb_head);
+    if constexpr (Rows::kScaled) {
+#pragma GCC unroll 4
+      for (int r = 0; r < R; ++r) {
+        scale[r] = _mm512_set1_ps(RowScale(a.rows[r0 + r], a.scale_off, a.b_seg));
+      }
+    }
+    DotPart<R, H, Rows>(acc, a.rows + r0, a.b_off, a.b_len, scale, a.qb + h0 * a.qb_head,
+                        a.qb_head);
   }
   if constexpr (R == 4 && H == 4) {
     // All 16 at once, the same tree as ReduceAdd: element 4h + r of `sums` is acc[r][h], so
@@ -112,20 +177,21 @@ SHARDLM_TARGET_AVX512 void ScoreTile(const ScoreArgs& a, int64_t r0, int64_t h0)
   }
 }
 
-template <int H>
+template <int H, typename Rows>
 SHARDLM_TARGET_AVX512 void ScoreHeads(const ScoreArgs& a, int64_t h0) {
   int64_t r0 = 0;
-  for (; r0 + 4 <= a.nb; r0 += 4) ScoreTile<4, H>(a, r0, h0);
-  for (; r0 < a.nb; ++r0) ScoreTile<1, H>(a, r0, h0);
+  for (; r0 + 4 <= a.nb; r0 += 4) ScoreTile<4, H, Rows>(a, r0, h0);
+  for (; r0 < a.nb; ++r0) ScoreTile<1, H, Rows>(a, r0, h0);
 }
 
+template <typename Rows>
 SHARDLM_TARGET_AVX512 void ScoresAvx512(const ScoreArgs& a) {
   int64_t h0 = 0;
-  for (; h0 + 4 <= a.g; h0 += 4) ScoreHeads<4>(a, h0);
+  for (; h0 + 4 <= a.g; h0 += 4) ScoreHeads<4, Rows>(a, h0);
   switch (a.g - h0) {
-    case 3: ScoreHeads<3>(a, h0); break;
-    case 2: ScoreHeads<2>(a, h0); break;
-    case 1: ScoreHeads<1>(a, h0); break;
+    case 3: ScoreHeads<3, Rows>(a, h0); break;
+    case 2: ScoreHeads<2, Rows>(a, h0); break;
+    case 1: ScoreHeads<1, Rows>(a, h0); break;
     default: break;
   }
 }
@@ -134,8 +200,9 @@ SHARDLM_TARGET_AVX512 void ScoresAvx512(const ScoreArgs& a) {
 // stay in registers while all nb rows are added, each row vector loaded once for H heads and
 // each weight broadcast once for NC column vectors. Every element still adds its rows in row
 // order after the rescale, so NC changes no bit; it gives the FMAs H·NC independent chains
-// (H alone, 4 for GQA-4, left the loop waiting on FMA latency).
-template <int H, int NC>
+// (H alone, 4 for GQA-4, left the loop waiting on FMA latency). An int8 row's scale is folded
+// into the row's weights (p · s, one rounding).
+template <int H, int NC, typename Rows>
 SHARDLM_TARGET_AVX512 inline void ValueTile(const ValueArgs& a, int64_t c, __mmask16 m,
                                             int64_t h0) {
   __m512 acc[H][NC];
@@ -155,11 +222,12 @@ SHARDLM_TARGET_AVX512 inline void ValueTile(const ValueArgs& a, int64_t c, __mma
 #pragma GCC unroll 4
     for (int j = 0; j < NC; ++j) {
       const __mmask16 mj = j == NC - 1 ? m : static_cast<__mmask16>(0xffff);
-      v[j] = _mm512_maskz_loadu_ps(mj, a.rows[r] + a.v_off + c + 16 * j);
+      v[j] = Rows::Load(mj, a.rows[r] + (a.v_off + c + 16 * j) * Rows::kBytes);
     }
+    const float s = Rows::kScaled ? RowScale(a.rows[r], a.scale_off, a.v_seg) : 1.0f;
 #pragma GCC unroll 8
     for (int h = 0; h < H; ++h) {
-      const __m512 w = _mm512_set1_ps(p[h * kBlock + r]);
+      const __m512 w = _mm512_set1_ps(Rows::kScaled ? p[h * kBlock + r] * s : p[h * kBlock + r]);
 #pragma GCC unroll 4
       for (int j = 0; j < NC; ++j) acc[h][j] = _mm512_fmadd_ps(w, v[j], acc[h][j]);
     }
@@ -174,7 +242,7 @@ SHARDLM_TARGET_AVX512 inline void ValueTile(const ValueArgs& a, int64_t c, __mma
   }
 }
 
-template <int H>
+template <int H, typename Rows>
 SHARDLM_TARGET_AVX512 void ValueHeads(const ValueArgs& a, int64_t h0) {
   // Column vectors per tile: 2 for 5–8 heads (the latent families). With ≤ 4 heads (GQA-4,
   // GTA-4), 4 column vectors measured 5% faster for GTA, whose values the score pass has just
@@ -184,24 +252,25 @@ SHARDLM_TARGET_AVX512 void ValueHeads(const ValueArgs& a, int64_t h0) {
   constexpr int NC = H <= 4 ? 1 : 2;
   constexpr __mmask16 kAll = 0xffff;
   int64_t c = 0;
-  for (; c + 16 * NC <= a.v_len; c += 16 * NC) ValueTile<H, NC>(a, c, kAll, h0);
-  for (; c + 16 <= a.v_len; c += 16) ValueTile<H, 1>(a, c, kAll, h0);
+  for (; c + 16 * NC <= a.v_len; c += 16 * NC) ValueTile<H, NC, Rows>(a, c, kAll, h0);
+  for (; c + 16 <= a.v_len; c += 16) ValueTile<H, 1, Rows>(a, c, kAll, h0);
   if (c < a.v_len) {
-    ValueTile<H, 1>(a, c, static_cast<__mmask16>((1u << (a.v_len - c)) - 1), h0);
+    ValueTile<H, 1, Rows>(a, c, static_cast<__mmask16>((1u << (a.v_len - c)) - 1), h0);
   }
 }
 
+template <typename Rows>
 SHARDLM_TARGET_AVX512 void ValuesAvx512(const ValueArgs& a) {
   int64_t h0 = 0;
-  for (; h0 + 8 <= a.g; h0 += 8) ValueHeads<8>(a, h0);
+  for (; h0 + 8 <= a.g; h0 += 8) ValueHeads<8, Rows>(a, h0);
   switch (a.g - h0) {
-    case 7: ValueHeads<7>(a, h0); break;
-    case 6: ValueHeads<6>(a, h0); break;
-    case 5: ValueHeads<5>(a, h0); break;
-    case 4: ValueHeads<4>(a, h0); break;
-    case 3: ValueHeads<3>(a, h0); break;
-    case 2: ValueHeads<2>(a, h0); break;
-    case 1: ValueHeads<1>(a, h0); break;
+    case 7: ValueHeads<7, Rows>(a, h0); break;
+    case 6: ValueHeads<6, Rows>(a, h0); break;
+    case 5: ValueHeads<5, Rows>(a, h0); break;
+    case 4: ValueHeads<4, Rows>(a, h0); break;
+    case 3: ValueHeads<3, Rows>(a, h0); break;
+    case 2: ValueHeads<2, Rows>(a, h0); break;
+    case 1: ValueHeads<1, Rows>(a, h0); break;
     default: break;
   }
 }
@@ -265,7 +334,11 @@ SHARDLM_TARGET_AVX512 void SoftmaxAvx512(const SoftmaxArgs& a) {
 }  // namespace
 
 DecodeKernels Avx512Kernels() {
-  return {&ScoresAvx512, &SoftmaxAvx512, &ValuesAvx512, &ExpAvx512, "avx512"};
+  return {{&ScoresAvx512<F32Rows>, &ScoresAvx512<Bf16Rows>, &ScoresAvx512<Int8Rows>},
+          &SoftmaxAvx512,
+          {&ValuesAvx512<F32Rows>, &ValuesAvx512<Bf16Rows>, &ValuesAvx512<Int8Rows>},
+          &ExpAvx512,
+          "avx512"};
 }
 
 }  // namespace shardlm::attention_internal

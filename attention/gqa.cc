@@ -66,9 +66,10 @@ void GqaAttentionNaive(const GqaShape& shape, const CacheView& cache,
       const int64_t j = i / (h_q / h_kv);
       const float* qi = q + (static_cast<int64_t>(ti) * h_q + i) * d;
       std::vector<double> scores(static_cast<size_t>(n));
+      std::vector<float> row;  // a row's values, decoded from a narrow cache
       double max_score = -std::numeric_limits<double>::infinity();
       for (int64_t t = 0; t < n; ++t) {
-        const float* k = cache.Row(token.block_table, lo + t) + j * d;
+        const float* k = cache.Values(token.block_table, lo + t, row) + j * d;
         double dot = 0.0;
         for (int64_t c = 0; c < d; ++c) dot += static_cast<double>(qi[c]) * k[c];
         scores[t] = static_cast<double>(shape.scale) * dot;
@@ -81,7 +82,7 @@ void GqaAttentionNaive(const GqaShape& shape, const CacheView& cache,
       }
       std::vector<double> acc(static_cast<size_t>(d), 0.0);
       for (int64_t t = 0; t < n; ++t) {
-        const float* v = cache.Row(token.block_table, lo + t) + (h_kv + j) * d;
+        const float* v = cache.Values(token.block_table, lo + t, row) + (h_kv + j) * d;
         for (int64_t c = 0; c < d; ++c) acc[c] += scores[t] / sum * v[c];
       }
       float* oi = out + (static_cast<int64_t>(ti) * h_q + i) * d;
@@ -128,9 +129,10 @@ class GqaBlock final : public AttentionBlock {
     for (int64_t t = 0; t < n; ++t) {
       rope_.Apply(q + t * q_width, shape_.num_q_heads, dh, tokens[t].pos);
       rope_.Apply(k + t * kv_width, shape_.num_kv_heads, dh, tokens[t].pos);
-      float* row = cache.Row(tokens[t].block_table, tokens[t].pos);
+      float* row = Scratch(row_, 2 * kv_width);
       std::copy_n(k + t * kv_width, kv_width, row);
       std::copy_n(v + t * kv_width, kv_width, row + kv_width);
+      cache.Store(tokens[t].block_table, tokens[t].pos, row);
     }
     GqaAttention(shape_, cache, tokens, q, heads);
     ApplyLinear(heads, n, w.o_proj, out);  // partial sum over this rank's heads
@@ -144,7 +146,7 @@ class GqaBlock final : public AttentionBlock {
   GqaShape shape_;
   Rope rope_;
   const double rms_eps_;
-  std::vector<float> q_, k_, v_, heads_;
+  std::vector<float> q_, k_, v_, heads_, row_;
 };
 
 class Gqa final : public AttentionFamily {

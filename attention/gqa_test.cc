@@ -19,6 +19,7 @@ using attention_test::ExpectVaries;
 using attention_test::GuardedBuffer;
 using attention_test::MaxL1;
 using attention_test::MaxRange;
+using attention_test::NarrowCache;
 using attention_test::RaggedSeqLens;
 using attention_test::RaggedTokens;
 using attention_test::SameBytes;
@@ -54,7 +55,7 @@ double GqaTolerance(const GqaShape& shape, TestCache& cache, std::span<const Que
 // Fast vs naive on a ragged batch over shuffled pages; also checks the guards,
 // that outputs are fully written (NaN-initialized bodies) and that the cache is
 // not modified. Returns the worst error / bound.
-double CheckGqaCase(const GqaCase& c) {
+double CheckGqaCase(const GqaCase& c, KvDType dtype = KvDType::kF32) {
   SCOPED_TRACE(absl::StrFormat("d=%d h_q=%d h_kv=%d ctx=%d page=%d window=%d seed=%d", c.head_dim,
                                c.h_q, c.h_kv, c.ctx, c.page_size, c.window, c.seed));
   Rng rng(c.seed, absl::StrFormat("gqa/%d/%d/%d", c.head_dim, c.h_q, c.ctx));
@@ -68,12 +69,23 @@ double CheckGqaCase(const GqaCase& c) {
 
   const std::vector<float> before = cache.pool();
   GuardedBuffer fast(out_floats), naive(out_floats);
-  GqaAttention(shape, cache.view(), tokens, q.data(), fast.data());
-  GqaAttentionNaive(shape, cache.view(), tokens, q.data(), naive.data());
+  double factor = 1.0;
+  if (dtype == KvDType::kF32) {
+    GqaAttention(shape, cache.view(), tokens, q.data(), fast.data());
+    GqaAttentionNaive(shape, cache.view(), tokens, q.data(), naive.data());
+  } else {
+    // Segments: each KV head's K, then each one's V.
+    NarrowCache narrow(cache, dtype, std::vector<int64_t>(2 * c.h_kv, c.head_dim));
+    const std::vector<unsigned char> narrow_before = narrow.pool();
+    GqaAttention(shape, narrow.view(), tokens, q.data(), fast.data());
+    GqaAttentionNaive(shape, narrow.view(), tokens, q.data(), naive.data());
+    EXPECT_TRUE(narrow_before == narrow.pool()) << "the kernel wrote to the cache";
+    factor = attention_test::kNarrowBoundFactor;
+  }
   EXPECT_TRUE(fast.GuardsIntact());
   EXPECT_TRUE(naive.GuardsIntact());
   EXPECT_TRUE(SameBytes(before, cache.pool())) << "the kernel wrote to the cache";
-  return ExpectClose(fast.body(), naive.body(), GqaTolerance(shape, cache, tokens, q),
+  return ExpectClose(fast.body(), naive.body(), factor * GqaTolerance(shape, cache, tokens, q),
                      "fast vs naive");
 }
 
@@ -105,6 +117,38 @@ TEST(GqaTest, FastMatchesNaiveSweep) {
     }
     std::printf("GQA sweep (%s): worst error / derived bound = %.3g\n",
                 attention_internal::DecodeIsaName(), worst);
+  }
+}
+
+// bf16 and int8 caches (--kv-dtype): the kernels read the stored type directly, against the
+// naive reference over the same decoded values, on both builds of the inner kernels.
+TEST(GqaTest, NarrowCacheMatchesNaive) {
+  struct Heads {
+    int64_t q, kv;
+  };
+  const attention_test::RestoreDecodeIsa restore;
+  for (const auto isa : {BestIsa(), Isa::kPortable}) {
+    attention_internal::SetDecodeIsa(isa);
+    for (const KvDType dtype : {KvDType::kBF16, KvDType::kInt8}) {
+      double worst = 0.0;
+      for (const int64_t d : {1, 7, 16, 33, 64}) {
+        for (const Heads heads : {Heads{4, 1}, Heads{6, 2}, Heads{8, 8}}) {
+          for (const int64_t ctx : {1, 17, 600}) {
+            for (const int64_t page : {1, 16}) {
+              for (const int64_t window : {0, 5}) {
+                const uint64_t seed = static_cast<uint64_t>(d + ctx) % 2 + 1;
+                worst = std::max(worst, CheckGqaCase({d, heads.q, heads.kv, ctx, page, window, seed,
+                                                      seed == 1 ? 1.0f : 4.0f},
+                                                     dtype));
+                if (HasFailure()) return;
+              }
+            }
+          }
+        }
+      }
+      std::printf("GQA %s sweep (%s): worst error / derived bound = %.3g\n", KvDTypeName(dtype),
+                  attention_internal::DecodeIsaName(), worst);
+    }
   }
 }
 

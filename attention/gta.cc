@@ -82,9 +82,10 @@ void GtaAttentionNaive(const GtaShape& shape, const CacheView& cache,
       const float* qi = q + (static_cast<int64_t>(ti) * h_q + i) * d;
       std::vector<double> scores(static_cast<size_t>(n));
       std::vector<float> key(static_cast<size_t>(d));
+      std::vector<float> buf;  // a row's values, decoded from a narrow cache
       double max_score = -std::numeric_limits<double>::infinity();
       for (int64_t t = 0; t < n; ++t) {
-        const float* row = cache.Row(token.block_table, lo + t);
+        const float* row = cache.Values(token.block_table, lo + t, buf);
         std::copy_n(row + j * d, d_nope, key.begin());
         std::copy_n(row + h_kv * d, shape.rope_dim, key.begin() + d_nope);
         double dot = 0.0;
@@ -99,7 +100,7 @@ void GtaAttentionNaive(const GtaShape& shape, const CacheView& cache,
       }
       std::vector<double> acc(static_cast<size_t>(d), 0.0);
       for (int64_t t = 0; t < n; ++t) {
-        const float* v = cache.Row(token.block_table, lo + t) + j * d;
+        const float* v = cache.Values(token.block_table, lo + t, buf) + j * d;
         for (int64_t c = 0; c < d; ++c) acc[c] += scores[t] / sum * v[c];
       }
       float* oi = out + (static_cast<int64_t>(ti) * h_q + i) * d;
@@ -143,9 +144,10 @@ class GtaBlock final : public AttentionBlock {
     for (int64_t t = 0; t < n; ++t) {
       rope_.Apply(q + t * q_width + (dh - dr), shape_.num_q_heads, dh, tokens[t].pos);
       rope_.Apply(k_rope + t * dr, 1, dr, tokens[t].pos);
-      float* row = cache.Row(tokens[t].block_table, tokens[t].pos);
+      float* row = Scratch(row_, kv_width + dr);
       std::copy_n(kv + t * kv_width, kv_width, row);
       std::copy_n(k_rope + t * dr, dr, row + kv_width);
+      cache.Store(tokens[t].block_table, tokens[t].pos, row);
     }
     GtaAttention(shape_, cache, tokens, q, heads);
     ApplyLinear(heads, n, w.o_proj, out);
@@ -158,7 +160,7 @@ class GtaBlock final : public AttentionBlock {
  private:
   GtaShape shape_;
   Rope rope_;
-  std::vector<float> q_, kv_, k_rope_, heads_;
+  std::vector<float> q_, kv_, k_rope_, heads_, row_;
 };
 
 class Gta final : public AttentionFamily {

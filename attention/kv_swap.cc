@@ -63,8 +63,7 @@ absl::StatusOr<SwapFault> ParseSwapFault(const std::string& name) {
 }
 
 int64_t KvSwap::SlotBytes(const PagedKvCache& cache) {
-  return static_cast<int64_t>(cache.layers()) * cache.page_size() * cache.row_floats() *
-         static_cast<int64_t>(sizeof(float));
+  return cache.layers() * cache.page_size() * cache.row_bytes();
 }
 
 KvSwap::KvSwap(int64_t slot_bytes, int64_t memory_slots, int64_t file_slots)
@@ -116,7 +115,7 @@ void KvSwap::Out(PagedKvCache& cache, int32_t page, int64_t slot) {
   const int64_t page_bytes = slot_bytes_ / std::max<int64_t>(cache.layers(), 1);
   for (int64_t l = 0; l < cache.layers(); ++l) {
     const CacheView view = cache.Layer(l);
-    std::memcpy(dst + l * page_bytes, view.pool + page * view.page_size * view.row_floats,
+    std::memcpy(dst + l * page_bytes, view.pool + page * view.page_size * view.row_bytes,
                 static_cast<size_t>(page_bytes));
   }
   crc_[slot] = Crc32c(dst, slot_bytes_);
@@ -139,7 +138,7 @@ bool KvSwap::In(PagedKvCache& cache, int64_t slot, int32_t page) {
   const int64_t page_bytes = slot_bytes_ / std::max<int64_t>(cache.layers(), 1);
   for (int64_t l = 0; l < cache.layers(); ++l) {
     const CacheView view = cache.Layer(l);
-    std::memcpy(view.pool + page * view.page_size * view.row_floats, src + l * page_bytes,
+    std::memcpy(view.pool + page * view.page_size * view.row_bytes, src + l * page_bytes,
                 static_cast<size_t>(page_bytes));
   }
   return true;

@@ -11,8 +11,9 @@ namespace {
 void Fill(PagedKvCache& cache, float salt) {
   for (int64_t l = 0; l < cache.layers(); ++l) {
     const CacheView v = cache.Layer(l);
+    float* pool = reinterpret_cast<float*>(v.pool);
     for (int64_t i = 0; i < v.num_pages * v.page_size * v.row_floats; ++i) {
-      v.pool[i] = salt + static_cast<float>(l * 100000 + i);
+      pool[i] = salt + static_cast<float>(l * 100000 + i);
     }
   }
 }
@@ -20,8 +21,8 @@ void Fill(PagedKvCache& cache, float salt) {
 bool PagesEqual(PagedKvCache& a, int32_t pa, PagedKvCache& b, int32_t pb) {
   for (int64_t l = 0; l < a.layers(); ++l) {
     const CacheView x = a.Layer(l), y = b.Layer(l);
-    const int64_t n = x.page_size * x.row_floats;
-    if (std::memcmp(x.pool + pa * n, y.pool + pb * n, static_cast<size_t>(n) * sizeof(float))) {
+    const int64_t n = x.page_size * x.row_bytes;
+    if (std::memcmp(x.pool + pa * n, y.pool + pb * n, static_cast<size_t>(n))) {
       return false;
     }
   }

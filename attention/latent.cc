@@ -165,9 +165,10 @@ void LatentAttentionNaive(const LatentShape& shape, const CacheView& cache,
       std::vector<double> scores(static_cast<size_t>(n));
       std::vector<double> values(static_cast<size_t>(n * d_v));  // [n, d_v]
       std::vector<double> key(static_cast<size_t>(dq));
+      std::vector<float> buf;  // a row's values, decoded from a narrow cache
       double max_score = -std::numeric_limits<double>::infinity();
       for (int64_t t = 0; t < n; ++t) {
-        const float* row = cache.Row(token.block_table, lo + t);
+        const float* row = cache.Values(token.block_table, lo + t, buf);
         const float* c = row + j * d_c;
         for (int64_t r = 0; r < dkv; ++r) {
           double x = b != nullptr ? b[r] : 0.0;
@@ -297,7 +298,7 @@ class LatentBlock final : public AttentionBlock {
         }
       }
       rope_.Apply(row_in + latents, 1, d_r, tokens[t].pos);
-      std::copy_n(row_in, row_width, cache.Row(tokens[t].block_table, tokens[t].pos));
+      cache.Store(tokens[t].block_table, tokens[t].pos, row_in);
     }
     float* heads = Scratch(heads_, n * shape_.num_q_heads * shape_.v_head_dim);
     LatentAttention(shape_, cache, tokens, q, w.kv_b, heads);

@@ -119,7 +119,7 @@ double LatentTolerance(const LatentShape& s, TestCache& cache, std::span<const Q
 }
 
 double CheckLatentCase(const LatentDims& dims, int64_t ctx, int64_t page, int64_t window,
-                       uint64_t seed, bool with_bias) {
+                       uint64_t seed, bool with_bias, KvDType dtype = KvDType::kF32) {
   SCOPED_TRACE(absl::StrFormat(
       "h_q=%d h_c=%d d_c=%d d_n=%d d_r=%d d_v=%d ctx=%d page=%d window=%d seed=%d bias=%d",
       dims.h_q, dims.h_c, dims.d_c, dims.d_n, dims.d_r, dims.d_v, ctx, page, window, seed,
@@ -139,14 +139,21 @@ double CheckLatentCase(const LatentDims& dims, int64_t ctx, int64_t page, int64_
   const std::vector<float> before = cache.pool();
   const int64_t out_floats = nt * dims.h_q * dims.d_v;
   GuardedBuffer fast(out_floats), naive(out_floats);
-  LatentAttention(shape, cache.view(), tokens, q.data(), UpProjection(weights, shape), fast.data());
-  LatentAttentionNaive(shape, cache.view(), tokens, q.data(), weights.kv_b.data(),
-                       weights.bias_or_null(), naive.data());
+  // Segments: each latent head, then the RoPE key.
+  std::vector<int64_t> segments(static_cast<size_t>(dims.h_c), dims.d_c);
+  if (dims.d_r > 0) segments.push_back(dims.d_r);
+  attention_test::NarrowCache narrow(cache, dtype == KvDType::kF32 ? KvDType::kBF16 : dtype,
+                                     segments);
+  const CacheView view = dtype == KvDType::kF32 ? cache.view() : narrow.view();
+  LatentAttention(shape, view, tokens, q.data(), UpProjection(weights, shape), fast.data());
+  LatentAttentionNaive(shape, view, tokens, q.data(), weights.kv_b.data(), weights.bias_or_null(),
+                       naive.data());
   EXPECT_TRUE(fast.GuardsIntact());
   EXPECT_TRUE(naive.GuardsIntact());
   EXPECT_TRUE(SameBytes(before, cache.pool())) << "the kernel wrote to the cache";
-  return ExpectClose(fast.body(), naive.body(), LatentTolerance(shape, cache, tokens, q, weights),
-                     "fast vs naive");
+  const double factor = dtype == KvDType::kF32 ? 1.0 : attention_test::kNarrowBoundFactor;
+  return ExpectClose(fast.body(), naive.body(),
+                     factor * LatentTolerance(shape, cache, tokens, q, weights), "fast vs naive");
 }
 
 TEST(LatentTest, FastMatchesNaiveSweep) {
@@ -173,6 +180,33 @@ TEST(LatentTest, FastMatchesNaiveSweep) {
     }
     std::printf("Latent sweep (%s): worst error / derived bound = %.3g\n",
                 attention_internal::DecodeIsaName(), worst);
+  }
+}
+
+// bf16 and int8 caches, both builds of the inner kernels.
+TEST(LatentTest, NarrowCacheMatchesNaive) {
+  const LatentDims dims_list[] = {
+      {4, 1, 16, 16, 8, 16}, {6, 2, 64, 8, 32, 5}, {8, 1, 64, 16, 32, 16}, {2, 1, 5, 4, 0, 4}};
+  const attention_test::RestoreDecodeIsa restore;
+  for (const auto isa : {BestIsa(), Isa::kPortable}) {
+    attention_internal::SetDecodeIsa(isa);
+    for (const KvDType dtype : {KvDType::kBF16, KvDType::kInt8}) {
+      double worst = 0.0;
+      for (const LatentDims& dims : dims_list) {
+        for (const int64_t ctx : {1, 17, 600}) {
+          for (const int64_t page : {1, 16}) {
+            for (const int64_t window : {0, 5}) {
+              const uint64_t seed = static_cast<uint64_t>(ctx + page) % 2 + 1;
+              worst = std::max(
+                  worst, CheckLatentCase(dims, ctx, page, window, seed, seed == 2, dtype));
+              if (HasFailure()) return;
+            }
+          }
+        }
+      }
+      std::printf("Latent %s sweep (%s): worst error / derived bound = %.3g\n",
+                  KvDTypeName(dtype), attention_internal::DecodeIsaName(), worst);
+    }
   }
 }
 

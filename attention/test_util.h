@@ -16,6 +16,7 @@
 #include "absl/strings/str_format.h"
 #include "attention/decode_core.h"
 #include "attention/kv_cache.h"
+#include "base/status.h"
 #include "base/rng.h"
 #include "gtest/gtest.h"
 
@@ -124,11 +125,13 @@ class TestCache {
     }
   }
 
-  CacheView view() { return {pool_.data(), num_pages_, page_size_, row_floats_}; }
+  CacheView view() { return CacheView::F32(pool_.data(), num_pages_, page_size_, row_floats_); }
   std::span<const int32_t> table(size_t s) const { return tables_[s]; }
   float* Row(size_t s, int64_t pos) { return view().Row(tables_[s], pos); }
   const std::vector<float>& pool() const { return pool_; }
   int64_t row_floats() const { return row_floats_; }
+  int64_t page_size() const { return page_size_; }
+  int64_t num_pages() const { return num_pages_; }
   int64_t seq_len(size_t s) const { return seq_lens_[s]; }
 
   // Largest |value| over the written rows, restricted to floats [begin, end) of a row.
@@ -161,6 +164,41 @@ class TestCache {
   std::vector<float> pool_;  // [num_pages, page_size, row_floats]
   std::vector<std::vector<int32_t>> tables_;
 };
+
+// A TestCache's pool stored in `dtype` (kv_cache.h: KvRowFormat, with one int8 scale per
+// entry of `segments`), same pages and block tables. The rows the TestCache never wrote are
+// NaN there and decode to NaN here, so a kernel reading a row it was not given still
+// returns NaN. A kernel's result on this view is checked against its naive reference on the
+// same view, which decodes every value exactly (in double).
+class NarrowCache {
+ public:
+  NarrowCache(const TestCache& src, KvDType dtype, const std::vector<int64_t>& segments)
+      : src_(src), format_(KvRowFormat::Make(dtype, segments)) {
+    EXPECT_EQ(format_.elems, src.row_floats());
+    const int64_t rows = static_cast<int64_t>(src.pool().size()) / src.row_floats();
+    pool_.resize(static_cast<size_t>(rows * format_.bytes));
+    for (int64_t r = 0; r < rows; ++r) {
+      format_.Store(src.pool().data() + r * src.row_floats(), pool_.data() + r * format_.bytes);
+    }
+  }
+  CacheView view() {
+    return {pool_.data(), src_.num_pages(), src_.page_size(), src_.row_floats(), format_.bytes,
+            &format_};
+  }
+  const std::vector<unsigned char>& pool() const { return pool_; }
+
+ private:
+  const TestCache& src_;
+  KvRowFormat format_;
+  std::vector<unsigned char> pool_;
+};
+
+// Bound of a narrow cache's result against the naive reference over the same decoded values,
+// from the f32 bound of the source rows: decoded values are at most (1 + 2^-8)·max|x| (bf16
+// rounding; int8's q·s ≤ max|x| up to one rounding), and the int8 kernels round each s·q and
+// each softmax weight times s once more (one more u per product in the scores and in the
+// values, against the ≥ 2u the f32 bound already carries per term): 1.5× covers both.
+inline constexpr double kNarrowBoundFactor = 1.5;
 
 // A ragged, prefill-style batch over a TestCache built with seq_lens
 // {ctx, ctx/3 + 1, 1}: sequence 0 is queried at several positions (last, second

@@ -8,6 +8,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <fstream>
 #include <functional>
 #include <numeric>
@@ -65,8 +66,16 @@ void FillSynthetic(PagedKvCache& cache, int64_t layers, uint64_t seed, int rank)
   for (int64_t l = 0; l < layers; ++l) {
     const CacheView view = cache.Layer(l);
     Rng rng(seed, absl::StrCat("bench-cache/", rank, "/", l));
-    const int64_t floats = view.num_pages * view.page_size * view.row_floats;
-    for (int64_t i = 0; i < floats; ++i) view.pool[i] = rng.Uniform(-1.0f, 1.0f);
+    std::vector<float> row(static_cast<size_t>(view.row_floats));
+    for (int64_t r = 0; r < view.num_pages * view.page_size; ++r) {
+      for (float& x : row) x = rng.Uniform(-1.0f, 1.0f);
+      unsigned char* dst = view.pool + r * view.row_bytes;
+      if (view.format == nullptr) {
+        std::memcpy(dst, row.data(), row.size() * sizeof(float));
+      } else {
+        view.format->Store(row.data(), dst);
+      }
+    }
   }
 }
 
@@ -173,10 +182,10 @@ absl::StatusOr<Timing> TimeForward(Model& model, const ForwardBatch& batch, Page
 // through Model::Forward (logits of the last token only, as decode's scheduler
 // asks for), the median of `reps` after one warm-up. Collective.
 absl::StatusOr<double> MeasurePrefill(Model& model, Comm& comm, int64_t tokens, int64_t reps,
-                                      int64_t page_size, uint64_t seed) {
+                                      int64_t page_size, KvDType kv_dtype, uint64_t seed) {
   const ModelDims& dims = model.dims();
   PagedKvCache cache(dims.layers, CeilDiv(tokens, page_size), page_size,
-                     model.plan().cache_row_floats);
+                     CacheRowFormat(dims, model.plan(), kv_dtype));
   RETURN_IF_ERROR(AgreeOnStatus(comm, cache.status()));
   std::vector<int32_t> table(static_cast<size_t>(cache.num_pages()));
   std::iota(table.begin(), table.end(), 0);
@@ -422,7 +431,8 @@ absl::StatusOr<BenchRecord> MeasureDecode(Model& model, Comm& comm, const BenchO
   const int64_t pages_per_seq = CeilDiv(L, page_size);
   const int64_t num_pages = B * pages_per_seq;
   // The timed pool holds exactly the B contexts: its size is the allocation.
-  PagedKvCache cache(dims.layers, num_pages, page_size, model.plan().cache_row_floats);
+  PagedKvCache cache(dims.layers, num_pages, page_size,
+                     CacheRowFormat(dims, model.plan(), options.kv_dtype));
   RETURN_IF_ERROR(AgreeOnStatus(comm, cache.status()));
   FillSynthetic(cache, dims.layers, options.seed, comm.rank());
   const std::vector<int32_t> pages = PageOrder(num_pages, options.shuffle_pages, options.seed);
@@ -489,6 +499,7 @@ absl::StatusOr<BenchRecord> MeasureDecode(Model& model, Comm& comm, const BenchO
   r.set_allreduce_ms_per_step(1e3 * timing.allreduce_seconds_per_step);
   r.set_gather_share(timing.gather_share);
   r.set_kv_cache_mb(options.kv_cache_mb);
+  r.set_kv_dtype(KvDTypeName(options.kv_dtype));
   r.set_budget_pages(facts.budget_pages);
   r.set_capacity_sequences(facts.budget_pages / pages_per_seq);
   r.set_bandwidth_source(options.bandwidth_gbs > 0 ? "flag" : "probe");
@@ -680,7 +691,7 @@ absl::Status RunBench(const BenchOptions& options, Comm& comm) {
   if (facts.prefill_tokens > 0) {
     ASSIGN_OR_RETURN(facts.prefill_tokens_per_s,
                      MeasurePrefill(model, comm, facts.prefill_tokens, options.prefill_reps,
-                                    options.page_size, options.seed));
+                                    options.page_size, options.kv_dtype, options.seed));
     ASSIGN_OR_RETURN(std::vector<int64_t> flops_all,
                      AllRanks(comm, LayerLinearFlopsPerToken(model.weights())));
     facts.prefill_gflops =
@@ -703,7 +714,8 @@ absl::Status RunBench(const BenchOptions& options, Comm& comm) {
   facts.max_weight_bytes = MaxOf(weights_all);
   ASSIGN_OR_RETURN(
       std::vector<int64_t> budget_all,
-      AllRanks(comm, PagesForBudget(dims, model.plan(), options.kv_cache_mb, options.page_size)));
+      AllRanks(comm, PagesForBudget(dims, model.plan(), options.kv_cache_mb, options.page_size,
+                                    options.kv_dtype)));
   facts.budget_pages = MinOf(budget_all);  // what decode's coordinator allocates from
 
   const std::vector<Column> columns =
@@ -713,7 +725,9 @@ absl::Status RunBench(const BenchOptions& options, Comm& comm) {
   for (int64_t L : options.contexts) {
     for (int64_t B : options.batches) {
       const double pool_mb = static_cast<double>(dims.layers) * B * CeilDiv(L, options.page_size) *
-                             options.page_size * model.plan().cache_row_floats * sizeof(float) /
+                             options.page_size *
+                             static_cast<double>(
+                                 CacheRowFormat(dims, model.plan(), options.kv_dtype).bytes) /
                              kMiB;
       if (pool_mb > options.max_pool_mb) {  // same on every rank: rows are equally wide
         skipped.push_back(

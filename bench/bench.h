@@ -12,6 +12,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "attention/kv_cache.h"
 #include "bench/bench_model.h"
 #include "comm/comm.h"
 #include "kernels/matmul.h"
@@ -34,6 +35,7 @@ struct BenchOptions {
   int64_t page_size = 16;
   bool shuffle_pages = true;    // sequences' pages scattered over the pool (else back to back)
   double kv_cache_mb = 1024.0;  // capacity budget per rank
+  KvDType kv_dtype = KvDType::kF32;  // the cache's values (--kv-dtype)
   double max_pool_mb = 8192.0;  // skip configurations whose timed pool exceeds this per rank
   int64_t prefill_tokens = 512;
   int64_t prefill_reps = 3;

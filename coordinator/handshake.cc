@@ -34,10 +34,17 @@ std::string BuildId() {
 
 }  // namespace
 
+KvRowFormat CacheRowFormat(const ModelDims& dims, const ShardPlan& plan, KvDType dtype) {
+  const std::vector<int64_t> segments = dims.CacheRowSegments(plan.cache_heads.size());
+  KvRowFormat format = KvRowFormat::Make(dtype, segments);
+  CHECK_EQ(format.elems, plan.cache_row_floats);
+  return format;
+}
+
 int64_t PagesForBudget(const ModelDims& dims, const ShardPlan& plan, double kv_cache_mb,
-                       int64_t page_size) {
+                       int64_t page_size, KvDType dtype) {
   const double page_bytes = static_cast<double>(dims.layers) * page_size *
-                            static_cast<double>(plan.cache_row_floats) * sizeof(float);
+                            static_cast<double>(CacheRowFormat(dims, plan, dtype).bytes);
   return static_cast<int64_t>(std::floor(kv_cache_mb * 1024.0 * 1024.0 / page_bytes));
 }
 
@@ -48,8 +55,10 @@ absl::StatusOr<std::unique_ptr<PagedKvCache>> StartUp(const CacheOptions& option
   Hello mine;
   mine.set_protocol_version(kProtocolVersion);
   mine.set_config_fingerprint(DimsFingerprint(dims));
-  mine.set_num_pages(PagesForBudget(dims, model.plan(), options.kv_cache_mb, options.page_size));
+  mine.set_num_pages(PagesForBudget(dims, model.plan(), options.kv_cache_mb, options.page_size,
+                                    options.kv_dtype));
   mine.set_page_size(options.page_size);
+  mine.set_kv_dtype(KvDTypeName(options.kv_dtype));
   mine.set_build(BuildId());
   mine.set_weights_fingerprint(ReplicatedWeightsFingerprint(model.weights()));
   Hello coordinator = mine;
@@ -70,6 +79,9 @@ absl::StatusOr<std::unique_ptr<PagedKvCache>> StartUp(const CacheOptions& option
         "the same config.json; use the same checkpoint on every host");
   } else if (coordinator.page_size() != mine.page_size()) {
     hello_status = absl::FailedPreconditionError("--page-size differs from rank 0's");
+  } else if (coordinator.kv_dtype() != mine.kv_dtype()) {
+    hello_status = absl::FailedPreconditionError(absl::StrCat(
+        "--kv-dtype ", mine.kv_dtype(), " differs from rank 0's ", coordinator.kv_dtype()));
   }
   RETURN_IF_ERROR(AgreeOnStatus(comm, hello_status));
   // The coordinator allocates from the smallest pool of any rank.
@@ -91,8 +103,9 @@ absl::StatusOr<std::unique_ptr<PagedKvCache>> StartUp(const CacheOptions& option
             options.kv_cache_mb, num_pages, options.page_size, num_pages * options.page_size,
             dims.max_positions, max_len_pages, std::ceil(mb_needed * 10) / 10)));
   }
-  auto cache = std::make_unique<PagedKvCache>(dims.layers, num_pages, options.page_size,
-                                              model.plan().cache_row_floats);
+  auto cache = std::make_unique<PagedKvCache>(
+      dims.layers, num_pages, options.page_size,
+      CacheRowFormat(dims, model.plan(), options.kv_dtype));
   RETURN_IF_ERROR(AgreeOnStatus(comm, cache->status()));
   return cache;
 }

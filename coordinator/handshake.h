@@ -22,6 +22,7 @@ constexpr int kProtocolVersion = 3;
 struct CacheOptions {
   int64_t page_size = 16;
   double kv_cache_mb = 256.0;  // per rank
+  KvDType kv_dtype = KvDType::kF32;
   // Swap space of preempted sequences, per rank: host memory, then a file under swap_dir.
   double swap_mb = 256.0;
   std::string swap_dir;        // empty: no file
@@ -29,9 +30,12 @@ struct CacheOptions {
   SwapFault swap_fault = SwapFault::kNone;  // tests: injected on the last rank
 };
 
-// Pages of `page_size` tokens that `kv_cache_mb` holds for this rank's row width.
+// This rank's cache row layout in `dtype`.
+KvRowFormat CacheRowFormat(const ModelDims& dims, const ShardPlan& plan, KvDType dtype);
+
+// Pages of `page_size` tokens that `kv_cache_mb` holds for this rank's rows in `dtype`.
 int64_t PagesForBudget(const ModelDims& dims, const ShardPlan& plan, double kv_cache_mb,
-                       int64_t page_size);
+                       int64_t page_size, KvDType dtype = KvDType::kF32);
 
 // Called by every rank: rank 0 broadcasts its Hello and every rank checks protocol, build,
 // config and weights fingerprints and page size against its own (a mismatch is an error

@@ -158,6 +158,7 @@ TEST(ConfigTest, FamiliesResolve) {
   ASSERT_TRUE(gta.ok()) << gta.status();
   EXPECT_EQ(gta->rope_dim, 8);  // d_h / 2
   EXPECT_EQ(gta->CacheRowFloats(2), 2 * 16 + 8);
+  EXPECT_EQ(gta->CacheRowSegments(2), (std::vector<int64_t>{16, 16, 8}));
   auto gla = Resolve(absl::StrCat("{", kBase, R"(, "attention_type": "gla", "num_latent_heads": 2,
       "kv_lora_rank": 32, "qk_nope_head_dim": 16, "qk_rope_head_dim": 8, "v_head_dim": 12})"));
   ASSERT_TRUE(gla.ok()) << gla.status();
@@ -165,6 +166,7 @@ TEST(ConfigTest, FamiliesResolve) {
   EXPECT_EQ(gla->VHeadDim(), 12);
   EXPECT_NEAR(gla->softmax_scale, 1 / std::sqrt(24.0), 1e-15);
   EXPECT_EQ(gla->CacheRowFloats(1), 32 + 8);
+  EXPECT_EQ(gla->CacheRowSegments(1), (std::vector<int64_t>{32, 8}));
 }
 
 TEST(ConfigTest, BadConfigsNameTheProblem) {

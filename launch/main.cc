@@ -69,6 +69,7 @@ absl::Status ParseBatchOptions(const Flags& flags, BatchOptions* o) {
   ASSIGN_OR_RETURN(o->model_dir, flags.Required("model"));
   ASSIGN_OR_RETURN(o->cache.page_size, flags.Int("page-size", 16, 1, 1 << 20));
   ASSIGN_OR_RETURN(o->cache.kv_cache_mb, flags.Double("kv-cache-mb", 256, 1e-6, 1e9));
+  ASSIGN_OR_RETURN(o->cache.kv_dtype, ParseKvDType(flags.String("kv-dtype", "f32")));
   ASSIGN_OR_RETURN(o->max_batch, flags.Int("max-batch", 32, 1, 1 << 16));
   ASSIGN_OR_RETURN(o->max_batch_tokens, flags.Int("max-batch-tokens", 512, 1, 1 << 20));
   ASSIGN_OR_RETURN(o->max_model_len, flags.Int("max-model-len", 0, 0, INT32_MAX));
@@ -87,6 +88,8 @@ std::vector<FlagSpec> WithBatchFlags(std::vector<FlagSpec> own,
   const FlagSpec shared[] = {
       {"page-size", true, "KV cache page size in tokens (default 16)"},
       {"kv-cache-mb", true, "KV cache per rank in MiB (default 256)"},
+      {"kv-dtype", true,
+       "KV cache values: f32 (default), bf16, or int8 with a scale per head and row"},
       {"max-batch", true, "sequences per step (default 32)"},
       {"max-batch-tokens", true, "tokens per step, prefill chunks included (default 512)"},
       {"max-model-len", true,
@@ -235,7 +238,7 @@ absl::Status RunQuantize(const Flags& flags, Comm& comm) {
   return absl::OkStatus();
 }
 
-absl::Status Inspect(const std::string& model_dir, int tp) {
+absl::Status Inspect(const std::string& model_dir, int tp, KvDType kv_dtype) {
   ASSIGN_OR_RETURN(ModelConfig config, ReadModelConfig(model_dir));
   ASSIGN_OR_RETURN(ModelDims dims, ResolveDims(config, model_dir + "/config.json"));
   ASSIGN_OR_RETURN(auto dir, SafetensorsDir::Open(model_dir));
@@ -265,14 +268,14 @@ absl::Status Inspect(const std::string& model_dir, int tp) {
   for (const auto& [name, count] : formats) absl::StrAppend(&format_list, " ", name, " ×", count);
   std::printf("tensors     %s; %.1f MiB of data\n", format_list.c_str(), file_bytes / 1048576.0);
   RETURN_IF_ERROR(ValidateTensorParallel(dims, tp));
-  std::printf("tensor parallel %d ranks\n", tp);
+  std::printf("tensor parallel %d ranks; KV cache values %s\n", tp, KvDTypeName(kv_dtype));
   std::printf("%-5s %-10s %-10s %-5s %-12s %-12s %-16s %-14s\n", "rank", "q heads",
               IsLatent(dims.type) ? "latents" : "kv heads", "repl", "mlp cols", "vocab rows",
               "cache B/tok/layer", "cache B/token");
   for (int r = 0; r < tp; ++r) {
     ASSIGN_OR_RETURN(ShardPlan plan, PlanShard(dims, r, tp));
     // The size a real pool of one one-token page gets: the same code as decode.
-    const PagedKvCache probe(dims.layers, 1, 1, plan.cache_row_floats);
+    const PagedKvCache probe(dims.layers, 1, 1, CacheRowFormat(dims, plan, kv_dtype));
     const std::string q = absl::StrCat(plan.q_heads.begin, "-", plan.q_heads.end - 1);
     const std::string kv = absl::StrCat(plan.cache_heads.begin, "-", plan.cache_heads.end - 1);
     const std::string mlp = absl::StrCat(plan.mlp_cols.begin, "-", plan.mlp_cols.end - 1);
@@ -288,8 +291,9 @@ absl::Status Inspect(const std::string& model_dir, int tp) {
 absl::Status RunInspect(const Flags& flags, Comm& comm) {
   ASSIGN_OR_RETURN(std::string model_dir, flags.Required("model"));
   ASSIGN_OR_RETURN(int64_t tp, flags.Int("tp", comm.size(), 1, 4096));
+  ASSIGN_OR_RETURN(KvDType kv_dtype, ParseKvDType(flags.String("kv-dtype", "f32")));
   absl::Status status =
-      comm.rank() == 0 ? Inspect(model_dir, static_cast<int>(tp)) : absl::OkStatus();
+      comm.rank() == 0 ? Inspect(model_dir, static_cast<int>(tp), kv_dtype) : absl::OkStatus();
   return AgreeOnStatus(comm, status);
 }
 
@@ -383,6 +387,7 @@ const std::vector<Command>& Commands() {
        "parameters, shard plan and cache bytes per rank",
        {{"model", true, "checkpoint directory"},
         {"tp", true, "tensor-parallel ranks to plan for (default: this job's size)"},
+        {"kv-dtype", true, "cache values the bytes are counted for: f32 (default), bf16, int8"},
         {"help", false, "this message"}},
        RunInspect},
       {"bench", "decode/prefill speed, bytes per rank vs measured bandwidth, cache capacity",

@@ -73,6 +73,10 @@ struct ModelDims {
   int64_t VHeadDim() const { return IsLatent(type) ? v_head_dim : head_dim; }
   // Cache floats per token per layer for a rank holding `kv_local` KV/latent heads.
   int64_t CacheRowFloats(int64_t kv_local) const;
+  // The same row as segments, in order: each KV head's K and then each one's V (MHA..GQA),
+  // each tied state then the RoPE key (GTA), each latent head then the RoPE key (MLA/GLA).
+  // An int8 cache keeps one scale per segment.
+  std::vector<int64_t> CacheRowSegments(int64_t kv_local) const;
 };
 
 }  // namespace shardlm

@@ -45,6 +45,17 @@ int64_t ModelDims::CacheRowFloats(int64_t kv_local) const {
   return latent_dim * kv_local + rope_dim;                                 // latents + RoPE key
 }
 
+std::vector<int64_t> ModelDims::CacheRowSegments(int64_t kv_local) const {
+  std::vector<int64_t> segments;
+  if (IsGqaLike(type)) {
+    segments.assign(static_cast<size_t>(2 * kv_local), head_dim);
+  } else {
+    segments.assign(static_cast<size_t>(kv_local), type == AttentionType::kGta ? head_dim : latent_dim);
+    if (rope_dim > 0) segments.push_back(rope_dim);
+  }
+  return segments;
+}
+
 Range BalancedRange(int64_t n, int parts, int index) {
   CHECK_GT(parts, 0);
   CHECK(index >= 0 && index < parts);
