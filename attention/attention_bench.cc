@@ -28,6 +28,9 @@
 // from memory however well its reads overlap.
 //
 // usage: attention_bench [--quick] [--hot] [--family=NAME] [--threads=T] [--page-size=N]
+//                        [--kv-dtype=f32|bf16|int8]
+//   --kv-dtype: the cache's values (KvRowFormat); GB/s counts the bytes as stored, so a
+//   narrow cache reads fewer bytes per row (the time is what shrinks).
 //   --quick: 1k and 8k only, fewer repetitions; --family: gqa, gta, mla or gla only;
 //   --threads: that thread count only (default: 1 and 2); --page-size: rows per page
 //   (default 16, as `shardlm decode`)
@@ -181,6 +184,7 @@ Timing Measure(const std::function<void(int)>& kernel, const std::function<float
 struct Family {
   std::string name;
   int64_t row_floats;
+  std::vector<int64_t> segments;  // the row's int8 scale segments (heads, latent heads, RoPE key)
   double fma_per_row;  // multiply-adds per cached row per query token (all local heads)
   int64_t q_floats;    // per token
   int64_t out_floats;  // per token
@@ -205,25 +209,37 @@ struct Options {
   std::string family;  // empty: all
   int threads = 0;     // 0: 1 and 2
   int64_t page_size = kDefaultPageSize;
+  KvDType kv_dtype = KvDType::kF32;
 };
 
 void RunFamily(const Family& fam, const Options& opt) {
   if (!opt.family.empty() && opt.family != fam.name) return;
   const bool quick = opt.quick;
   const int64_t page_size = opt.page_size;
-  const int64_t row_bytes = fam.row_floats * static_cast<int64_t>(sizeof(float));
+  const KvRowFormat format = KvRowFormat::Make(opt.kv_dtype, fam.segments);
+  const int64_t row_bytes = format.bytes;
   const int64_t num_pages = kPoolBytes / (page_size * row_bytes);
   // In huge pages, as decode's pools (a std::vector would sit in 4 KiB pages, which read
   // ~25% slower here even in one contiguous pass).
-  PagedKvCache pool_memory(1, num_pages, page_size, fam.row_floats);
+  PagedKvCache pool_memory(1, num_pages, page_size, format);
   if (!pool_memory.status().ok()) {
     std::fprintf(stderr, "attention_bench: %s\n", pool_memory.status().ToString().c_str());
     std::exit(1);
   }
   const CacheView cache = pool_memory.Layer(0);
+  // The probes read the pool's bytes as floats; the rows are filled through the format.
   const std::span<float> pool(reinterpret_cast<float*>(cache.pool),
-                              static_cast<size_t>(num_pages * page_size * fam.row_floats));
-  FillUniform(pool, 1);
+                              static_cast<size_t>(num_pages * page_size * row_bytes / 4));
+  {
+    std::vector<float> rows(static_cast<size_t>(page_size * fam.row_floats));
+    for (int64_t p = 0; p < num_pages; ++p) {
+      FillUniform(rows, 1 + static_cast<uint64_t>(p));
+      for (int64_t r = 0; r < page_size; ++r) {
+        format.Store(rows.data() + r * fam.row_floats,
+                     cache.pool + (p * page_size + r) * row_bytes);
+      }
+    }
+  }
   std::vector<int32_t> ids(static_cast<size_t>(num_pages));
   for (int64_t i = 0; i < num_pages; ++i) ids[i] = static_cast<int32_t>(i);
   Rng rng(7);
@@ -295,6 +311,13 @@ int main(int argc, char** argv) {
       options.family = arg.substr(9);
     } else if (arg.rfind("--threads=", 0) == 0) {
       options.threads = std::stoi(arg.substr(10));
+    } else if (arg.rfind("--kv-dtype=", 0) == 0) {
+      absl::StatusOr<KvDType> dtype = ParseKvDType(arg.substr(11));
+      if (!dtype.ok()) {
+        std::fprintf(stderr, "attention_bench: %s\n", std::string(dtype.status().message()).c_str());
+        return 2;
+      }
+      options.kv_dtype = *dtype;
     } else if (arg.rfind("--page-size=", 0) == 0) {
       options.page_size = std::stoll(arg.substr(12));
       if (options.page_size < 1 || options.page_size > 4096) {
@@ -304,14 +327,14 @@ int main(int argc, char** argv) {
     } else {
       std::fprintf(stderr,
                    "usage: attention_bench [--quick] [--hot] [--family=NAME] [--threads=T] "
-                   "[--page-size=N]\n");
+                   "[--page-size=N] [--kv-dtype=f32|bf16|int8]\n");
       return 2;
     }
   }
   std::printf(
       "decode attention, one token per sequence, page_size %lld, shuffled pages in huge pages, "
-      "fp32%s\n",
-      static_cast<long long>(options.page_size),
+      "cache %s%s\n",
+      static_cast<long long>(options.page_size), KvDTypeName(options.kv_dtype),
       options.hot ? "; --hot: one table set, rows from the caches" : "");
   std::printf("ms, GB/s, probe, pages: from per-thread CPU time, best of repetitions "
               "(EffectiveSeconds); frac: GB/s / probe; of_pg: GB/s / pages; wall: GB/s by wall "
@@ -325,6 +348,7 @@ int main(int argc, char** argv) {
   {
     GqaShape s{.num_q_heads = 32, .num_kv_heads = 8, .head_dim = 128, .scale = 0.088f};
     RunFamily({"gqa", 2 * s.num_kv_heads * s.head_dim,
+               std::vector<int64_t>(2 * s.num_kv_heads, s.head_dim),
                static_cast<double>(s.num_q_heads * 2 * s.head_dim), s.num_q_heads * s.head_dim,
                s.num_q_heads * s.head_dim,
                [s](const CacheView& c, std::span<const QueryToken> t, const float* q, float* o) {
@@ -336,7 +360,9 @@ int main(int argc, char** argv) {
   {
     GtaShape s{.num_q_heads = 32, .num_kv_heads = 8, .head_dim = 128, .rope_dim = 64,
                .scale = 0.088f};
-    RunFamily({"gta", s.num_kv_heads * s.head_dim + s.rope_dim,
+    std::vector<int64_t> segments(s.num_kv_heads, s.head_dim);
+    segments.push_back(s.rope_dim);
+    RunFamily({"gta", s.num_kv_heads * s.head_dim + s.rope_dim, segments,
                static_cast<double>(s.num_q_heads * 2 * s.head_dim), s.num_q_heads * s.head_dim,
                s.num_q_heads * s.head_dim,
                [s](const CacheView& c, std::span<const QueryToken> t, const float* q, float* o) {
@@ -359,7 +385,9 @@ int main(int argc, char** argv) {
     for (float& w : values) w *= 0.05f;
     kv_b.w.assign(values.begin(), values.end());
     auto up = std::make_shared<LatentUpProjection>(SplitKvB(kv_b, s.nope_dim, s.v_head_dim));
-    RunFamily({h_c == 1 ? "mla" : "gla", s.num_latent_heads * s.latent_dim + s.rope_dim,
+    std::vector<int64_t> segments(s.num_latent_heads, s.latent_dim);
+    segments.push_back(s.rope_dim);
+    RunFamily({h_c == 1 ? "mla" : "gla", s.num_latent_heads * s.latent_dim + s.rope_dim, segments,
                static_cast<double>(s.num_q_heads * (2 * s.latent_dim + s.rope_dim)),
                s.num_q_heads * (s.nope_dim + s.rope_dim), s.num_q_heads * s.v_head_dim,
                [s, up](const CacheView& c, std::span<const QueryToken> t, const float* q,

@@ -97,11 +97,11 @@ absl::StatusOr<std::unique_ptr<PagedKvCache>> StartUp(const CacheOptions& option
     return AgreeOnStatus(
         comm,
         absl::ResourceExhaustedError(absl::StrFormat(
-            "--kv-cache-mb %.1f holds %d pages of %d tokens (%d tokens) per rank, but one request "
-            "of the model's maximum length (%d tokens) needs %d pages; use --kv-cache-mb %.1f or "
+            "--kv-cache-mb %.6g holds %d pages of %d tokens (%d tokens) per rank, but one request "
+            "of the model's maximum length (%d tokens) needs %d pages; use --kv-cache-mb %.6g or "
             "more, or cap the context with --max-model-len",
             options.kv_cache_mb, num_pages, options.page_size, num_pages * options.page_size,
-            dims.max_positions, max_len_pages, std::ceil(mb_needed * 10) / 10)));
+            dims.max_positions, max_len_pages, std::ceil(mb_needed * 1000) / 1000)));
   }
   auto cache = std::make_unique<PagedKvCache>(
       dims.layers, num_pages, options.page_size,

@@ -26,10 +26,9 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "reference"))
 sys.path.insert(0, os.path.join(HERE, "..", "training"))
-import brown  # noqa: E402
 import convert_ref  # noqa: E402
 import torch_ref  # noqa: E402
-from jobs import ENV, mpirun, read_jsonl, write_jsonl  # noqa: E402
+from jobs import ENV, heldout_rows, mpirun, read_jsonl, write_jsonl  # noqa: E402
 
 SHARDLM = TRAINED = WORK = None
 
@@ -127,12 +126,7 @@ class Convert(unittest.TestCase):
             np.testing.assert_allclose(two[0]["logprobs"], one[0]["logprobs"], atol=2e-4)
 
     def test_default_model_keeps_its_perplexity(self):
-        with open(os.path.join(TRAINED, "training.json")) as f:
-            record = json.load(f)
-        tok = brown.Tokenizer.from_file(os.path.join(TRAINED, "tokenizer.json"))
-        _, heldout = brown.split_documents()
-        chunks = brown.chunks(brown.token_stream(tok, heldout), record["seq"])
-        rows = [{"id": i, "tokens": c} for i, c in enumerate(chunks[:record["subset_chunks"]])]
+        rows, record = heldout_rows(TRAINED)
         got_dir, _ = self.convert_both("trained", "gla", 2, 32, 32)
         got = self.score(got_dir, rows, 2)
         nll = -sum(r["sum_logprob"] for r in got.values())

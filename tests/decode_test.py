@@ -80,11 +80,11 @@ def cpu_has_avx512_bf16():
         return "avx512_bf16" in f.read()
 
 
-def page_budget_mb(pages, page_size, np=1):
+def page_budget_mb(pages, page_size, np=1, kv_dtype="f32"):
     """--kv-cache-mb holding `pages` pages on every one of np ranks (from `shardlm inspect`: the
     rank with the widest cache rows has the fewest pages)."""
-    r = subprocess.run([SHARDLM, "inspect", "--model", MODEL, "--tp", str(np)], capture_output=True,
-                       text=True, timeout=120, env=ENV)
+    r = subprocess.run([SHARDLM, "inspect", "--model", MODEL, "--tp", str(np), "--kv-dtype",
+                        kv_dtype], capture_output=True, text=True, timeout=120, env=ENV)
     assert r.returncode == 0, r.stderr
     per_token = max(int(l.split()[-1]) for l in r.stdout.splitlines() if re.match(r"^\d+\s", l))
     return (pages + 0.5) * page_size * per_token / 2 ** 20
@@ -235,6 +235,35 @@ class DecodeInvariants(unittest.TestCase):
                     self.assertEqual(results[rid]["logprobs"], want[rid]["logprobs"], (tag, rid))
         self.assertEqual([f for f in os.listdir(WORK) if f.startswith("shardlm-swap")], [],
                          "swap files left behind")
+
+    def test_narrow_kv_cache_keeps_the_invariants(self):
+        """--kv-dtype bf16 and int8: results are their own (the cache is really narrow) but stay
+        bit-identical across batching, page sizes, prefix sharing and preemption with swap, and
+        greedy tokens at 2 ranks equal those at 1."""
+        c = config()
+        pages = -(-c["max_position_embeddings"] // 16) + 2
+        for dtype in ("bf16", "int8"):
+            budget = page_budget_mb(pages, 16, 1, dtype)
+            base, _ = decode(f"kv-{dtype}", self.prompts, 1, "--kv-dtype", dtype)
+            self.assertNotEqual([base[r]["logprobs"] for r in self.base],
+                                [self.base[r]["logprobs"] for r in self.base], dtype)
+            for flags in (["--page-size", "3", "--max-batch", "5"],
+                          ["--max-batch", "3", "--max-batch-tokens", "8", "--prefix-cache", "off"],
+                          ["--kv-cache-mb", f"{budget:.6f}"]):
+                tag = f"kv-{dtype}" + "".join(flags)
+                results, summary = decode(tag, self.prompts, 1, "--kv-dtype", dtype, *flags)
+                if "--kv-cache-mb" in flags:
+                    self.assertNotIn(" 0 preemptions", summary)
+                for rid in base:
+                    self.assertEqual(results[rid]["tokens"], base[rid]["tokens"], (tag, rid))
+                    self.assertEqual(results[rid]["logprobs"], base[rid]["logprobs"], (tag, rid))
+            if c["num_attention_heads"] % 2 == 0:
+                tp2, _ = decode(f"kv-{dtype}-np2", self.prompts, 2, "--kv-dtype", dtype)
+                small, _ = decode(f"kv-{dtype}-np2-small", self.prompts, 2, "--kv-dtype", dtype,
+                                  "--page-size", "3", "--max-batch", "5")
+                for rid in base:
+                    self.assertEqual(tp2[rid]["tokens"], base[rid]["tokens"], (dtype, rid))
+                    self.assertEqual(small[rid]["logprobs"], tp2[rid]["logprobs"], (dtype, rid))
 
     def test_tensor_parallel_matches_one_rank(self):
         heads = config()["num_attention_heads"]

@@ -26,3 +26,22 @@ def read_jsonl(path):
     """Output lines by their "id"."""
     with open(path) as f:
         return {json.loads(l)["id"]: json.loads(l) for l in f}
+
+
+def heldout_rows(trained_dir):
+    """The trained model's held-out score rows ({"id", "tokens"}: the chunks its training.json
+    measured `subset_perplexity` on) and that record. Needs training/ on sys.path (brown)."""
+    import brown  # noqa: E402 - the caller puts training/ on the path
+    with open(os.path.join(trained_dir, "training.json")) as f:
+        record = json.load(f)
+    tok = brown.Tokenizer.from_file(os.path.join(trained_dir, "tokenizer.json"))
+    _, heldout = brown.split_documents()
+    chunks = brown.chunks(brown.token_stream(tok, heldout), record["seq"])
+    return [{"id": i, "tokens": c} for i, c in enumerate(chunks[:record["subset_chunks"]])], record
+
+
+def perplexity(results):
+    """exp(mean NLL) over `score` result lines (by id)."""
+    import math
+    nll = -sum(r["sum_logprob"] for r in results.values())
+    return math.exp(nll / sum(len(r["logprobs"]) for r in results.values()))

@@ -24,8 +24,7 @@ import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "training"))
-import brown  # noqa: E402
-from jobs import ENV, mpirun, read_jsonl, write_jsonl  # noqa: E402
+from jobs import ENV, heldout_rows, mpirun, read_jsonl, write_jsonl  # noqa: E402
 
 SHARDLM = TRAINED = WORK = None
 NP_DTYPES = {"F32": np.float32, "BF16": np.uint16, "F16": np.float16, "I8": np.int8,
@@ -153,12 +152,7 @@ class Quantize(unittest.TestCase):
         return math.exp(nll / sum(len(r["logprobs"]) for r in got.values())), got
 
     def test_perplexity_stays_close_to_bf16(self):
-        with open(os.path.join(TRAINED, "training.json")) as f:
-            record = json.load(f)
-        tok = brown.Tokenizer.from_file(os.path.join(TRAINED, "tokenizer.json"))
-        _, heldout = brown.split_documents()
-        chunks = brown.chunks(brown.token_stream(tok, heldout), record["seq"])
-        rows = [{"id": i, "tokens": c} for i, c in enumerate(chunks[:record["subset_chunks"]])]
+        rows, _ = heldout_rows(TRAINED)
         base, _ = self.score(TRAINED, rows, 1)
         for fmt, bound in (("q8_0", 0.01), ("q4_0", 0.05)):
             one, got1 = self.score(self.out[fmt], rows, 1)
