@@ -134,7 +134,10 @@ float ReadPages(const CacheView& cache, std::span<const QueryToken> tokens) {
       const QueryToken& token = tokens[t];
       for (int64_t pos = 0; pos <= token.pos;) {
         const int64_t n = std::min(cache.page_size - pos % cache.page_size, token.pos - pos + 1);
-        sums[t] += ReadProbeRange(cache.Row(token.block_table, pos), n * cache.row_floats);
+        // The rows' bytes, read as floats (rows are padded to 4 bytes).
+        sums[t] += ReadProbeRange(
+            reinterpret_cast<const float*>(cache.RowBytes(token.block_table, pos)),
+            n * cache.row_bytes / 4);
         pos += n;
       }
     }
