@@ -96,11 +96,16 @@ void KvRowFormat::Store(const float* values, unsigned char* row) const {
       for (size_t s = 0; s + 1 < segment_starts.size(); ++s) {
         const int64_t b = segment_starts[s], e = segment_starts[s + 1];
         float amax = 0.0f;
-        for (int64_t i = b; i < e; ++i) amax = std::max(amax, std::fabs(values[i]));
-        // A non-finite value makes the scale non-finite, so the row reads back as NaN (as an
-        // f32 cache would propagate it) rather than as a silently clipped number.
+        bool finite = true;
+        for (int64_t i = b; i < e; ++i) {
+          const float a = std::fabs(values[i]);
+          finite = finite && a <= std::numeric_limits<float>::max();  // false for NaN and inf
+          amax = std::max(amax, a);
+        }
+        // A non-finite value makes the segment read back as NaN (as an f32 cache would
+        // propagate it) rather than as a silently clipped number.
         float scale = amax / 127.0f;
-        if (!std::isfinite(scale)) {
+        if (!finite || !std::isfinite(scale)) {
           std::memset(row + b, 0, static_cast<size_t>(e - b));
           scale = std::numeric_limits<float>::quiet_NaN();
           std::memcpy(row + scale_offset + static_cast<int64_t>(s) * 4, &scale, sizeof(scale));
