@@ -15,7 +15,6 @@
 usage: convert_test.py SHARDLM TRAINED_MODEL_DIR WORKDIR
 """
 import json
-import math
 import os
 import subprocess
 import sys
@@ -28,7 +27,7 @@ sys.path.insert(0, os.path.join(HERE, "reference"))
 sys.path.insert(0, os.path.join(HERE, "..", "training"))
 import convert_ref  # noqa: E402
 import torch_ref  # noqa: E402
-from jobs import ENV, heldout_rows, mpirun, read_jsonl, write_jsonl  # noqa: E402
+from jobs import ENV, heldout_rows, mpirun, perplexity, read_jsonl, write_jsonl  # noqa: E402
 
 SHARDLM = TRAINED = WORK = None
 
@@ -129,8 +128,7 @@ class Convert(unittest.TestCase):
         rows, record = heldout_rows(TRAINED)
         got_dir, _ = self.convert_both("trained", "gla", 2, 32, 32)
         got = self.score(got_dir, rows, 2)
-        nll = -sum(r["sum_logprob"] for r in got.values())
-        ppl = math.exp(nll / sum(len(r["logprobs"]) for r in got.values()))
+        ppl = perplexity(got)
         ratio = ppl / record["subset_perplexity"]
         print(f"GLA-2 R 32 d_r 32: perplexity {ppl:.3f}, {ratio:.4f}x the GQA source")
         self.assertGreater(ratio, 1.0)

@@ -13,7 +13,6 @@
 usage: quantize_test.py SHARDLM TRAINED_MODEL_DIR WORKDIR
 """
 import json
-import math
 import os
 import shutil
 import subprocess
@@ -24,7 +23,7 @@ import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "training"))
-from jobs import ENV, heldout_rows, mpirun, read_jsonl, write_jsonl  # noqa: E402
+from jobs import ENV, heldout_rows, mpirun, perplexity, read_jsonl, write_jsonl  # noqa: E402
 
 SHARDLM = TRAINED = WORK = None
 NP_DTYPES = {"F32": np.float32, "BF16": np.uint16, "F16": np.float16, "I8": np.int8,
@@ -148,8 +147,7 @@ class Quantize(unittest.TestCase):
         write_jsonl(inp, rows)
         mpirun(SHARDLM, ["score", "--model", model, "--input", inp, "--output", out], np=ranks)
         got = read_jsonl(out)
-        nll = -sum(r["sum_logprob"] for r in got.values())
-        return math.exp(nll / sum(len(r["logprobs"]) for r in got.values())), got
+        return perplexity(got), got
 
     def test_perplexity_stays_close_to_bf16(self):
         rows, _ = heldout_rows(TRAINED)

@@ -12,7 +12,6 @@
 usage: trained_model_test.py SHARDLM MODEL_DIR WORKDIR
 """
 import json
-import math
 import os
 import sys
 import unittest
@@ -20,7 +19,7 @@ import unittest
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "training"))
 import brown  # noqa: E402
-from jobs import mpirun, read_jsonl, write_jsonl  # noqa: E402
+from jobs import mpirun, perplexity, read_jsonl, write_jsonl  # noqa: E402
 
 SHARDLM = MODEL = WORK = None
 
@@ -59,10 +58,9 @@ class TrainedModel(unittest.TestCase):
         run(["score", "--model", MODEL, "--input", inp, "--output", out], np)
         got = read_jsonl(out)
         self.assertEqual(len(got), len(self.chunks))
-        nll = -sum(got[i]["sum_logprob"] for i in range(len(self.chunks)))
         n = sum(len(got[i]["logprobs"]) for i in range(len(self.chunks)))
         self.assertEqual(n, sum(len(c) - 1 for c in self.chunks))
-        return math.exp(nll / n), got
+        return perplexity(got), got
 
     def test_score_reproduces_the_training_perplexity(self):
         want = self.record["subset_perplexity"]
