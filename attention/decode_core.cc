@@ -1,7 +1,6 @@
 #include "attention/decode_core.h"
 
 #include <cmath>
-#include <cstring>
 #include <limits>
 #include <vector>
 
@@ -26,19 +25,8 @@ const float* RowPart(const unsigned char* row, int64_t off, int64_t len, int64_t
     return reinterpret_cast<const float*>(row) + off;
   } else {
     if (static_cast<int64_t>(buf.size()) < len) buf.resize(static_cast<size_t>(len));
-    if constexpr (D == KvDType::kBF16) {
-      for (int64_t i = 0; i < len; ++i) {
-        uint16_t h;
-        std::memcpy(&h, row + 2 * (off + i), sizeof(h));
-        const uint32_t bits = static_cast<uint32_t>(h) << 16;
-        std::memcpy(&buf[i], &bits, sizeof(float));
-      }
-    } else {
-      const float s = KvRowFormat::Scale(row, scale_off, seg);
-      for (int64_t i = 0; i < len; ++i) {
-        buf[i] = static_cast<float>(static_cast<int8_t>(row[off + i])) * s;
-      }
-    }
+    const float s = D == KvDType::kInt8 ? KvRowFormat::Scale(row, scale_off, seg) : 1.0f;
+    KvRowFormat::Decode(D, row, off, len, s, buf.data());
     return buf.data();
   }
 }
@@ -233,7 +221,7 @@ void RunChunk(const Problem& pb, const QueryToken& token, int64_t t, int64_t c_l
   // scales (a part is one segment of the row: a head, a latent head, the RoPE key).
   const KvDType dtype = cache.dtype();
   const int kind = static_cast<int>(dtype);
-  const int64_t vb = dtype == KvDType::kF32 ? 4 : dtype == KvDType::kBF16 ? 2 : 1;
+  const int64_t vb = KvValueBytes(dtype);
   const KvRowFormat* fmt = dtype == KvDType::kInt8 ? cache.format : nullptr;
   const int64_t scale_off = fmt != nullptr ? fmt->scale_offset : 0;
   auto seg = [&](int64_t first) { return fmt != nullptr ? fmt->SegmentOf(first) : 0; };

@@ -96,7 +96,7 @@ void ForEachRun(const CacheView& cache, std::span<const int32_t> block_table, in
     CHECK_LT(block, static_cast<int64_t>(block_table.size()));
     const int64_t page = block_table[block];
     CHECK_MSG(page >= 0 && page < cache.num_pages, "page ", page, " of ", cache.num_pages);
-    f(cache.pool + (page * cache.page_size + offset) * cache.row_bytes, t, n);
+    f(cache.Page(page) + offset * cache.row_bytes, t, n);
     t += n;
   }
 }

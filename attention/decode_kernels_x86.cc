@@ -76,7 +76,8 @@ struct Int8Rows {
   }
 };
 
-// The scale of segment `seg` of an int8 row.
+// The scale of segment `seg` of an int8 row: KvRowFormat::Scale with the builtin memcpy, as
+// only intrinsics and plain arithmetic may be inlined into the attributed functions (top).
 inline float RowScale(const unsigned char* row, int64_t scale_off, int64_t seg) {
   float s;
   __builtin_memcpy(&s, row + scale_off + seg * 4, sizeof(s));

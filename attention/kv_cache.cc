@@ -22,13 +22,6 @@ uint16_t ToBf16(float x) {
   bits += 0x7fffu + ((bits >> 16) & 1u);
   return static_cast<uint16_t>(bits >> 16);
 }
-float FromBf16(uint16_t h) {
-  const uint32_t bits = static_cast<uint32_t>(h) << 16;
-  float x;
-  std::memcpy(&x, &bits, sizeof(x));
-  return x;
-}
-
 int64_t RoundUp4(int64_t n) { return (n + 3) / 4 * 4; }
 
 }  // namespace
@@ -61,10 +54,8 @@ KvRowFormat KvRowFormat::Make(KvDType dtype, std::span<const int64_t> segment_le
   f.segment_starts.push_back(f.elems);
   switch (dtype) {
     case KvDType::kF32:
-      f.bytes = f.elems * static_cast<int64_t>(sizeof(float));
-      break;
     case KvDType::kBF16:
-      f.bytes = RoundUp4(f.elems * 2);
+      f.bytes = RoundUp4(f.elems * KvValueBytes(dtype));
       break;
     case KvDType::kInt8:
       f.scale_offset = RoundUp4(f.elems);
@@ -122,26 +113,37 @@ void KvRowFormat::Store(const float* values, unsigned char* row) const {
   }
 }
 
-void KvRowFormat::Load(const unsigned char* row, float* values) const {
+void KvRowFormat::Decode(KvDType dtype, const unsigned char* row, int64_t off, int64_t len,
+                         float scale, float* out) {
   switch (dtype) {
     case KvDType::kF32:
-      std::memcpy(values, row, static_cast<size_t>(elems) * sizeof(float));
+      std::memcpy(out, row + off * 4, static_cast<size_t>(len) * sizeof(float));
       return;
     case KvDType::kBF16:
-      for (int64_t i = 0; i < elems; ++i) {
+      for (int64_t i = 0; i < len; ++i) {
         uint16_t h;
-        std::memcpy(&h, row + 2 * i, sizeof(h));
-        values[i] = FromBf16(h);
+        std::memcpy(&h, row + 2 * (off + i), sizeof(h));
+        const uint32_t bits = static_cast<uint32_t>(h) << 16;
+        std::memcpy(&out[i], &bits, sizeof(float));
       }
       return;
     case KvDType::kInt8:
-      for (size_t s = 0; s + 1 < segment_starts.size(); ++s) {
-        const float scale = Scale(row, scale_offset, static_cast<int64_t>(s));
-        for (int64_t i = segment_starts[s]; i < segment_starts[s + 1]; ++i) {
-          values[i] = scale * static_cast<float>(static_cast<int8_t>(row[i]));
-        }
+      for (int64_t i = 0; i < len; ++i) {
+        out[i] = static_cast<float>(static_cast<int8_t>(row[off + i])) * scale;
       }
       return;
+  }
+}
+
+void KvRowFormat::Load(const unsigned char* row, float* values) const {
+  if (dtype != KvDType::kInt8) {
+    Decode(dtype, row, 0, elems, 1.0f, values);
+    return;
+  }
+  for (size_t s = 0; s + 1 < segment_starts.size(); ++s) {
+    const int64_t b = segment_starts[s];
+    Decode(dtype, row, b, segment_starts[s + 1] - b,
+           Scale(row, scale_offset, static_cast<int64_t>(s)), values + b);
   }
 }
 

@@ -23,6 +23,10 @@ namespace shardlm {
 enum class KvDType { kF32, kBF16, kInt8 };
 absl::StatusOr<KvDType> ParseKvDType(std::string_view name);  // f32 | bf16 | int8
 const char* KvDTypeName(KvDType dtype);
+// Bytes of one stored value (int8 rows add their scales after the values).
+inline int64_t KvValueBytes(KvDType dtype) {
+  return dtype == KvDType::kF32 ? 4 : dtype == KvDType::kBF16 ? 2 : 1;
+}
 
 // One row's layout: `elems` values of `dtype`, for int8 padded to 4 bytes and followed by the
 // segments' scales. The attention kernels read rows in this layout directly.
@@ -40,6 +44,10 @@ struct KvRowFormat {
   // values[0, elems) into the row's bytes, and back.
   void Store(const float* values, unsigned char* row) const;
   void Load(const unsigned char* row, float* values) const;
+  // Values [off, off + len) of a row stored in `dtype` as f32 into out[0, len); int8 values
+  // are multiplied by `scale` (their segment's: the range must lie in one segment).
+  static void Decode(KvDType dtype, const unsigned char* row, int64_t off, int64_t len,
+                     float scale, float* out);
   // The scale of segment `seg` of an int8 row.
   static float Scale(const unsigned char* row, int64_t scale_offset, int64_t seg) {
     float s;
@@ -64,13 +72,15 @@ struct CacheView {
   }
   KvDType dtype() const { return format == nullptr ? KvDType::kF32 : format->dtype; }
 
+  // The first row of page `page`; its rows follow row_bytes apart.
+  unsigned char* Page(int64_t page) const { return pool + page * page_size * row_bytes; }
   // Row of token `pos` of the sequence whose pages are `block_table`.
   unsigned char* RowBytes(std::span<const int32_t> block_table, int64_t pos) const {
     const int64_t block = pos / page_size;
     DCHECK(block < static_cast<int64_t>(block_table.size()));
     const int64_t page = block_table[block];
     DCHECK(page >= 0 && page < num_pages);
-    return pool + (page * page_size + pos % page_size) * row_bytes;
+    return Page(page) + pos % page_size * row_bytes;
   }
   // The same for an f32 cache.
   float* Row(std::span<const int32_t> block_table, int64_t pos) const {

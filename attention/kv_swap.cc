@@ -5,6 +5,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <climits>
 #include <cstring>
@@ -112,11 +113,9 @@ void KvSwap::Out(PagedKvCache& cache, int32_t page, int64_t slot) {
   CHECK(page >= 0 && page < cache.num_pages());
   const bool in_memory = slot < memory_slots_;
   unsigned char* dst = in_memory ? MemorySlot(slot) : staging_.data();
-  const int64_t page_bytes = slot_bytes_ / std::max<int64_t>(cache.layers(), 1);
+  const int64_t page_bytes = cache.page_size() * cache.row_bytes();
   for (int64_t l = 0; l < cache.layers(); ++l) {
-    const CacheView view = cache.Layer(l);
-    std::memcpy(dst + l * page_bytes, view.pool + page * view.page_size * view.row_bytes,
-                static_cast<size_t>(page_bytes));
+    std::memcpy(dst + l * page_bytes, cache.Layer(l).Page(page), static_cast<size_t>(page_bytes));
   }
   crc_[slot] = Crc32c(dst, slot_bytes_);
   written_[slot] =
@@ -135,11 +134,9 @@ bool KvSwap::In(PagedKvCache& cache, int64_t slot, int32_t page) {
     return false;
   }
   if (Crc32c(src, slot_bytes_) != crc_[slot]) return false;
-  const int64_t page_bytes = slot_bytes_ / std::max<int64_t>(cache.layers(), 1);
+  const int64_t page_bytes = cache.page_size() * cache.row_bytes();
   for (int64_t l = 0; l < cache.layers(); ++l) {
-    const CacheView view = cache.Layer(l);
-    std::memcpy(view.pool + page * view.page_size * view.row_bytes, src + l * page_bytes,
-                static_cast<size_t>(page_bytes));
+    std::memcpy(cache.Layer(l).Page(page), src + l * page_bytes, static_cast<size_t>(page_bytes));
   }
   return true;
 }

@@ -34,13 +34,12 @@ int32_t Scheduler::TakeFreePage() {
   return page;
 }
 
-Scheduler::PrefixKey Scheduler::KeyOf(const Sequence& seq, int64_t page_index) const {
+void Scheduler::SetKey(const Sequence& seq, int64_t page_index, uint64_t parent,
+                       PrefixKey* key) const {
   const int64_t ps = options_.page_size;
-  PrefixKey key;
-  key.parent = page_index == 0 ? 0 : seq.prefix_nodes[page_index - 1];
-  key.tokens.assign(seq.tokens.begin() + page_index * ps,
-                    seq.tokens.begin() + (page_index + 1) * ps);
-  return key;
+  key->parent = parent;
+  key->tokens.assign(seq.tokens.begin() + page_index * ps,
+                     seq.tokens.begin() + (page_index + 1) * ps);
 }
 
 void Scheduler::MatchPrefix(const Sequence& seq, std::vector<int32_t>* pages) const {
@@ -50,12 +49,13 @@ void Scheduler::MatchPrefix(const Sequence& seq, std::vector<int32_t>* pages) co
   const int64_t ps = options_.page_size;
   const int64_t last = static_cast<int64_t>(seq.tokens.size()) - 1;  // computed in any case
   PrefixKey key;
+  uint64_t parent = 0;
   for (int64_t k = 0; (k + 1) * ps <= last; ++k) {
-    key.tokens.assign(seq.tokens.begin() + k * ps, seq.tokens.begin() + (k + 1) * ps);
+    SetKey(seq, k, parent, &key);
     const auto it = table_.find(key);
     if (it == table_.end()) break;
     pages->push_back(it->second);
-    key.parent = pages_[it->second].node;
+    parent = pages_[it->second].node;
   }
 }
 
@@ -64,7 +64,8 @@ void Scheduler::CachePages(Sequence* seq) {
   const int64_t ps = options_.page_size;
   for (int64_t k = static_cast<int64_t>(seq->prefix_nodes.size());
        (k + 1) * ps <= seq->num_computed; ++k) {
-    PrefixKey key = KeyOf(*seq, k);
+    PrefixKey key;
+    SetKey(*seq, k, k == 0 ? 0 : seq->prefix_nodes[k - 1], &key);
     const auto [it, inserted] = table_.try_emplace(key, seq->pages[k]);
     // Already cached under another page (two sequences computed the same prefix side by
     // side): this one stays private and is freed as any other.

@@ -148,7 +148,8 @@ class Scheduler {
   bool Allocate(Sequence* seq, int64_t tokens, SeqStep* step);
   // A free page id: a never-used one, else the least recently released cached one.
   int32_t TakeFreePage();
-  PrefixKey KeyOf(const Sequence& seq, int64_t page_index) const;
+  // The key of seq's page `page_index` after the entry `parent` (0 for the first page).
+  void SetKey(const Sequence& seq, int64_t page_index, uint64_t parent, PrefixKey* key) const;
   // Cached pages that start seq's tokens, leaving at least its last token to compute.
   void MatchPrefix(const Sequence& seq, std::vector<int32_t>* pages) const;
   // Enters seq's newly full computed pages in the table.
