@@ -151,6 +151,12 @@ int Listen(std::string* token, std::string* offer) {
   return fd;
 }
 
+// How a peer's end is described: its process ended, or its host stopped answering.
+const char* Cause(bool host_gone) {
+  return host_gone ? "stopped answering (its host is down or the network to it is lost)"
+                   : "died unexpectedly (killed, or crashed)";
+}
+
 }  // namespace
 
 struct Watchdog::Peer {
@@ -312,12 +318,13 @@ void Watchdog::HandlePeerEnd(Peer& peer, bool host_gone) {
   if (peer.finished) return;  // a goodbye
   if (rank_ == 0) {
     Broadcast("Q");
-    Quit(1, absl::StrCat(label_, ": error: ", peer.Name(),
-                         " died unexpectedly (killed, or crashed); stopped the job"));
+    Quit(1, absl::StrCat(label_, ": error: ", peer.Name(), " ", Cause(host_gone),
+                         "; stopped the job"));
   }
   // Rank 0 died: rank 1 reports. A rank >= 2 that watches rank 1 waits for its
   // 'Q' or its end of stream (see Loop) and reports if rank 1 cannot.
   dead_rank0_ = peer.Name();
+  rank0_host_gone_ = host_gone;
   if (rank_ >= 2 && rank1_ == Rank1::kCanReport) {
     verdict_deadline_ =
         std::chrono::steady_clock::now() + (host_gone ? kVerdictWaitHostGone : kVerdictWait);
@@ -334,9 +341,8 @@ void Watchdog::ReportRank0Death() {
   if (reporter) {
     message = absl::StrCat(label_, ": error: ", dead_rank0_);
     if (!dead_rank1_.empty()) absl::StrAppend(&message, " and ", dead_rank1_);
-    absl::StrAppend(&message,
-                    " died unexpectedly (killed, or crashed); stopped the job; results finished "
-                    "before are in the output file");
+    absl::StrAppend(&message, " ", Cause(rank0_host_gone_),
+                    "; stopped the job; results finished before are in the output file");
   }
   Broadcast("Q");
   Quit(1, message);

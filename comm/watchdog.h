@@ -22,7 +22,8 @@
 //   and nothing more (rank 0 relays what matters to rank 1).
 // Decisions (taken on the watchdog thread; it never calls MPI):
 //   - a peer's stream ends with no status before it: the peer died. Rank 0
-//     reports "rank R (pid P on host H) died …", tells the others to quit, and
+//     reports "rank R (pid P on host H) died …" ("… stopped answering …" when a
+//     keepalive timed out: the host or the network is gone), tells the others to quit, and
 //     every rank exits 1. Rank 1 and ranks >= 2 leave the deaths of ranks >= 1
 //     to rank 0.
 //   - rank 0 died: rank 1 reports it and sends 'Q' on both links. A rank >= 2
@@ -104,6 +105,7 @@ class Watchdog {
   enum class Rank1 { kNoLink, kCanReport, kCannotReport };
   Rank1 rank1_ = Rank1::kNoLink;
   std::string dead_rank0_, dead_rank1_;                     // Peer::Name() of each once it died
+  bool rank0_host_gone_ = false;  // rank 0's host stopped answering (not only its process)
   std::chrono::steady_clock::time_point verdict_deadline_;  // see kVerdictWait
   std::mutex stop_mu_;
   std::function<void(int)> stop_handler_;  // guarded by stop_mu_
