@@ -60,4 +60,13 @@ absl::Status LocalComm::Gatherv(std::span<const float> send, int root, std::vect
   return absl::OkStatus();
 }
 
+absl::StatusOr<std::unique_ptr<Comm>> LocalComm::Split(int color, int) {
+  if (color < 0) return std::unique_ptr<Comm>();
+  return std::unique_ptr<Comm>(new LocalComm());
+}
+
+absl::StatusOr<std::unique_ptr<Mailbox>> LocalComm::OpenMailbox() {
+  return absl::UnimplementedError("a single process has no peer to send messages to");
+}
+
 }  // namespace shardlm

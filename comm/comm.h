@@ -5,14 +5,29 @@
 #define SHARDLM_COMM_COMM_H_
 
 #include <cstdint>
+#include <memory>
 #include <span>
 #include <string>
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "google/protobuf/message_lite.h"
 
 namespace shardlm {
+
+// Point-to-point messages (the control channel between replica leaders, issue 18): bytes,
+// delivered in the order each sender sent them. Send never waits for the receiver.
+class Mailbox {
+ public:
+  virtual ~Mailbox() = default;
+  virtual int rank() const = 0;
+  virtual int size() const = 0;
+  virtual absl::Status Send(int to, std::string bytes) = 0;
+  // The next message from any rank into `*from` and `*bytes`: false at once when none is
+  // waiting and `wait` is false; with `wait`, blocks (politely) until one arrives.
+  virtual absl::StatusOr<bool> Receive(bool wait, int* from, std::string* bytes) = 0;
+};
 
 class Comm {
  public:
@@ -32,6 +47,11 @@ class Comm {
   virtual absl::Status Gatherv(std::span<const float> send, int root, std::vector<float>* recv,
                                std::vector<int>* counts) = 0;
   virtual absl::Status Barrier() = 0;
+  // Collective: the ranks passing the same `color` form a new communicator, ranked by `key`;
+  // a rank passing `color` < 0 takes no part and gets null.
+  virtual absl::StatusOr<std::unique_ptr<Comm>> Split(int color, int key) = 0;
+  // Collective: a Mailbox among this communicator's ranks.
+  virtual absl::StatusOr<std::unique_ptr<Mailbox>> OpenMailbox() = 0;
 };
 
 // Broadcast of a protobuf message from `root` (serialized bytes on the wire). `wire`, when
@@ -60,6 +80,8 @@ class LocalComm final : public Comm {
   absl::Status Gatherv(std::span<const float> send, int root, std::vector<float>* recv,
                        std::vector<int>* counts) override;
   absl::Status Barrier() override { return absl::OkStatus(); }
+  absl::StatusOr<std::unique_ptr<Comm>> Split(int color, int key) override;
+  absl::StatusOr<std::unique_ptr<Mailbox>> OpenMailbox() override;
 };
 
 }  // namespace shardlm

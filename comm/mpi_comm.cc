@@ -34,6 +34,15 @@ std::unique_ptr<MpiComm> MpiComm::World() {
   return std::unique_ptr<MpiComm>(new MpiComm(dup));
 }
 
+absl::StatusOr<std::unique_ptr<Comm>> MpiComm::Split(int color, int key) {
+  MPI_Comm split;
+  RETURN_IF_ERROR(Check(MPI_Comm_split(comm_, color < 0 ? MPI_UNDEFINED : color, key, &split),
+                        "MPI_Comm_split"));
+  if (split == MPI_COMM_NULL) return std::unique_ptr<Comm>();
+  MPI_Comm_set_errhandler(split, MPI_ERRORS_RETURN);
+  return std::unique_ptr<Comm>(new MpiComm(split));
+}
+
 MpiComm::MpiComm(MPI_Comm comm) : comm_(comm) {
   MPI_Comm_rank(comm_, &rank_);
   MPI_Comm_size(comm_, &size_);
@@ -145,5 +154,73 @@ absl::Status MpiComm::Gatherv(std::span<const float> send, int root, std::vector
 }
 
 absl::Status MpiComm::Barrier() { return Check(MPI_Barrier(comm_), "MPI_Barrier"); }
+
+namespace {
+constexpr int kMailboxTag = 18;
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<Mailbox>> MpiComm::OpenMailbox() {
+  MPI_Comm dup;
+  RETURN_IF_ERROR(Check(MPI_Comm_dup(comm_, &dup), "MPI_Comm_dup"));
+  MPI_Comm_set_errhandler(dup, MPI_ERRORS_RETURN);
+  return std::unique_ptr<Mailbox>(new MpiMailbox(std::unique_ptr<MpiComm>(new MpiComm(dup))));
+}
+
+MpiMailbox::~MpiMailbox() {
+  int finalized = 0;
+  MPI_Finalized(&finalized);
+  if (finalized) return;
+  for (Outgoing& out : sending_) {
+    (void)comm_->WaitPolitely(&out.request, "MPI_Isend");
+  }
+}
+
+absl::Status MpiMailbox::ReapSends() {
+  for (auto it = sending_.begin(); it != sending_.end();) {
+    int done = 0;
+    RETURN_IF_ERROR(comm_->Check(MPI_Test(&it->request, &done, MPI_STATUS_IGNORE), "MPI_Isend"));
+    it = done ? sending_.erase(it) : std::next(it);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status MpiMailbox::Send(int to, std::string bytes) {
+  if (to < 0 || to >= size()) {
+    return absl::InvalidArgumentError(absl::StrCat("send to rank ", to, " of ", size()));
+  }
+  CHECK_LE(bytes.size(), static_cast<size_t>(INT_MAX));
+  RETURN_IF_ERROR(ReapSends());
+  Outgoing& out = sending_.emplace_back();
+  out.bytes = std::move(bytes);
+  return comm_->Check(MPI_Isend(out.bytes.data(), static_cast<int>(out.bytes.size()), MPI_BYTE,
+                                to, kMailboxTag, comm_->comm_, &out.request),
+                      "MPI_Isend");
+}
+
+absl::StatusOr<bool> MpiMailbox::Receive(bool wait, int* from, std::string* bytes) {
+  long sleep_ns = 20'000;
+  while (true) {
+    // Sends in flight progress while this rank waits.
+    RETURN_IF_ERROR(ReapSends());
+    int flag = 0;
+    MPI_Status status;
+    RETURN_IF_ERROR(comm_->Check(
+        MPI_Iprobe(MPI_ANY_SOURCE, kMailboxTag, comm_->comm_, &flag, &status), "MPI_Iprobe"));
+    if (flag) {
+      int count = 0;
+      RETURN_IF_ERROR(comm_->Check(MPI_Get_count(&status, MPI_BYTE, &count), "MPI_Get_count"));
+      bytes->resize(static_cast<size_t>(count));
+      *from = status.MPI_SOURCE;
+      RETURN_IF_ERROR(comm_->Check(MPI_Recv(bytes->data(), count, MPI_BYTE, status.MPI_SOURCE,
+                                            kMailboxTag, comm_->comm_, MPI_STATUS_IGNORE),
+                                   "MPI_Recv"));
+      return true;
+    }
+    if (!wait) return false;
+    const timespec pause = {0, sleep_ns};
+    nanosleep(&pause, nullptr);
+    sleep_ns = std::min(sleep_ns * 2, 200'000L);
+  }
+}
 
 }  // namespace shardlm

@@ -5,6 +5,7 @@
 
 #include <mpi.h>
 
+#include <list>
 #include <memory>
 
 #include "comm/comm.h"
@@ -38,6 +39,8 @@ class MpiComm final : public Comm {
   absl::Status Gatherv(std::span<const float> send, int root, std::vector<float>* recv,
                        std::vector<int>* counts) override;
   absl::Status Barrier() override;
+  absl::StatusOr<std::unique_ptr<Comm>> Split(int color, int key) override;  // MPI_Comm_split
+  absl::StatusOr<std::unique_ptr<Mailbox>> OpenMailbox() override;
 
  private:
   explicit MpiComm(MPI_Comm comm);
@@ -49,6 +52,32 @@ class MpiComm final : public Comm {
   int rank_ = 0;
   int size_ = 1;
   std::vector<int> displs_;  // Gatherv's displacements on root, reused
+
+  friend class MpiMailbox;
+};
+
+// Mailbox over a communicator of its own (a duplicate of `comm`'s, so its messages never match
+// a collective's). Sends are non-blocking; the destructor waits for those still in flight.
+class MpiMailbox final : public Mailbox {
+ public:
+  ~MpiMailbox() override;
+
+  int rank() const override { return comm_->rank(); }
+  int size() const override { return comm_->size(); }
+  absl::Status Send(int to, std::string bytes) override;
+  absl::StatusOr<bool> Receive(bool wait, int* from, std::string* bytes) override;
+
+ private:
+  friend class MpiComm;
+  explicit MpiMailbox(std::unique_ptr<MpiComm> comm) : comm_(std::move(comm)) {}
+  absl::Status ReapSends();  // forgets the sends that completed
+
+  struct Outgoing {
+    MPI_Request request;
+    std::string bytes;  // kept alive until the send completes
+  };
+  std::unique_ptr<MpiComm> comm_;
+  std::list<Outgoing> sending_;
 };
 
 }  // namespace shardlm

@@ -5,6 +5,7 @@
 #include <chrono>
 #include <fstream>
 
+#include "absl/strings/str_join.h"
 #include "base/status.h"
 #include "base/text.h"
 #include "coordinator/coordinator.h"
@@ -15,57 +16,76 @@
 namespace shardlm {
 
 absl::Status RunJsonlJob(const char* job, const BatchOptions& options, const std::string& input,
-                         const std::string& output, Model& model, Comm& comm,
+                         const std::string& output, Model& model, const Replicas& replicas,
                          const JsonlClient& client) {
+  Comm& world = replicas.world;
   if (options.max_model_len > 0) model.CapContext(options.max_model_len);
-  ASSIGN_OR_RETURN(std::unique_ptr<PagedKvCache> cache, StartUp(options.cache, model, comm));
-  ASSIGN_OR_RETURN(std::unique_ptr<KvSwap> swap, StartSwap(options.cache, *cache, comm));
+  // The Hello and the page and slot counts are agreed by every rank of every replica.
+  ASSIGN_OR_RETURN(std::unique_ptr<PagedKvCache> cache, StartUp(options.cache, model, world));
+  ASSIGN_OR_RETURN(std::unique_ptr<KvSwap> swap, StartSwap(options.cache, *cache, world));
   model.Reserve(options.max_batch_tokens);
 
-  // Rank 0 opens the files, reads and validates every request (bad ones get an error line
-  // now) and queues the rest.
+  // Every replica's leader runs a coordinator (with the tokenizer, for text and stop strings);
+  // rank 0 also opens the files, reads and validates every request (bad ones get an error
+  // line now) and hands the rest to the replicas.
   std::unique_ptr<JsonlWriter> writer;
   std::unique_ptr<Tokenizer> tokenizer;
   std::unique_ptr<Coordinator> coordinator;
+  std::unique_ptr<ReplicaRouter> router;
+  std::unique_ptr<ReplicaLeader> remote;  // a leader of a replica other than 0
   int64_t errors = 0, done = 0;
   absl::Status open_status;
-  if (comm.rank() == 0) {
+  if (replicas.leader()) {
     std::ifstream in;
     absl::StatusOr<std::unique_ptr<Tokenizer>> loaded =
         LoadModelTokenizer(options.model_dir, model.dims());
     open_status = loaded.status();
     if (open_status.ok()) {
       tokenizer = std::move(*loaded);
-      open_status = OpenRequestFiles(input, output, &in, &writer);
+      if (replicas.client()) open_status = OpenRequestFiles(input, output, &in, &writer);
     }
     if (open_status.ok()) {
       const SchedulerOptions scheduler{cache->num_pages(), options.cache.page_size,
                                        options.max_batch, options.max_batch_tokens,
                                        options.prefix_cache, swap ? swap->slots() : 0};
-      coordinator = std::make_unique<Coordinator>(
-          scheduler, model.dims(),
-          [&](SequenceResult result) -> absl::Status {
-            ++done;
-            return writer->Write(client.result_line(result));
+      Coordinator::Sink sink;
+      if (replicas.client()) {
+        router = std::make_unique<ReplicaRouter>(
+            replicas.leaders, replicas.count, [&](SequenceResult result) -> absl::Status {
+              ++done;
+              return writer->Write(client.result_line(result));
+            });
+        sink = router->LocalSink();
+      } else {
+        remote = std::make_unique<ReplicaLeader>(*replicas.leaders);
+        sink = remote->Sink();
+      }
+      coordinator = std::make_unique<Coordinator>(scheduler, model.dims(), std::move(sink),
+                                                  tokenizer.get());
+      if (router) router->SetLocal(coordinator.get());
+    }
+    if (open_status.ok() && router) {
+      absl::StatusOr<int64_t> read = client.read(
+          in, writer.get(),
+          [&](int64_t handle, SequenceRequest request) {
+            return router->Submit(handle, std::move(request));
           },
           tokenizer.get());
-      absl::StatusOr<int64_t> read =
-          client.read(in, writer.get(), coordinator.get(), tokenizer.get());
       open_status = read.status();
       if (read.ok()) errors = *read;
+      if (open_status.ok()) open_status = router->EndSubmissions();
     }
   }
-  RETURN_IF_ERROR(AgreeOnStatus(comm, open_status));
+  RETURN_IF_ERROR(AgreeOnStatus(world, open_status));
 
   const auto start = std::chrono::steady_clock::now();
   auto seconds = [&] {
     return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   };
-  const bool progress = comm.rank() == 0 && (options.progress || isatty(STDERR_FILENO));
+  const bool progress = world.rank() == 0 && (options.progress || isatty(STDERR_FILENO));
   auto last_progress = start;
   auto tokens = [&] {
-    return client.count_generated ? coordinator->generated_tokens()
-                                  : coordinator->computed_tokens();
+    return client.count_generated ? router->generated_tokens() : router->computed_tokens();
   };
   const char* counted = client.count_generated ? "generated" : "scored";
   auto print_progress = [&] {
@@ -78,38 +98,50 @@ absl::Status RunJsonlJob(const char* job, const BatchOptions& options, const std
                  static_cast<long long>(done + errors), static_cast<long long>(tokens()), counted,
                  tokens() / std::max(seconds(), 1e-9));
   };
-  const absl::Status status = RunSteps(model, *cache, swap.get(), comm, coordinator.get(), print_progress);
-  if (comm.rank() == 0) {
-    if (progress) std::fprintf(stderr, "\n");
+  std::function<absl::Status()> before_plan;
+  if (router) before_plan = [&] { return router->BeforePlan(); };
+  if (remote) before_plan = [&] { return remote->BeforePlan(*coordinator); };
+  absl::Status status = RunSteps(model, *cache, swap.get(), replicas.tp, coordinator.get(),
+                                 print_progress, before_plan);
+  if (remote) {
+    const absl::Status sent = remote->Finish(coordinator.get(), status);
+    return status.ok() ? sent : status;
   }
+  if (world.rank() != 0) return status;
+  if (progress) std::fprintf(stderr, "\n");
+  if (!status.ok()) return status;
   // The summary of a job that ran to its end; an error is the job's one message instead.
-  if (comm.rank() == 0 && status.ok()) {
-    std::fprintf(stderr,
-                 "shardlm %s: %lld requests (%lld errors), %lld tokens %s in %.2f s "
-                 "(%.1f tokens/s), %lld preemptions (%lld swapped out, %lld swap-ins refused), "
-                 "%lld tokens recomputed, prefix cache %lld of %lld prompt tokens, "
-                 "free pages %lld/%lld\n",
-                 job, static_cast<long long>(done + errors), static_cast<long long>(errors),
-                 static_cast<long long>(tokens()), counted, seconds(),
-                 tokens() / std::max(seconds(), 1e-9),
-                 static_cast<long long>(coordinator->total_preemptions()),
-                 static_cast<long long>(coordinator->swapped_out()),
-                 static_cast<long long>(coordinator->swap_in_failures()),
-                 static_cast<long long>(coordinator->recomputed_tokens()),
-                 static_cast<long long>(coordinator->prefix_hit_tokens()),
-                 static_cast<long long>(coordinator->prefix_hit_tokens() +
-                                        coordinator->prefix_miss_tokens()),
-                 static_cast<long long>(coordinator->free_pages()),
-                 static_cast<long long>(coordinator->total_pages()));
-  }
+  ASSIGN_OR_RETURN(const ReplicaCounters all, router->Finish());
+  const int64_t counted_tokens =
+      client.count_generated ? all.generated_tokens() : all.computed_tokens();
+  std::fprintf(stderr,
+               "shardlm %s: %lld requests (%lld errors), %lld tokens %s in %.2f s "
+               "(%.1f tokens/s), %lld preemptions (%lld swapped out, %lld swap-ins refused), "
+               "%lld tokens recomputed, prefix cache %lld of %lld prompt tokens, "
+               "free pages %lld/%lld%s\n",
+               job, static_cast<long long>(done + errors), static_cast<long long>(errors),
+               static_cast<long long>(counted_tokens), counted, seconds(),
+               counted_tokens / std::max(seconds(), 1e-9),
+               static_cast<long long>(all.preemptions()),
+               static_cast<long long>(all.swapped_out()),
+               static_cast<long long>(all.swap_in_failures()),
+               static_cast<long long>(all.recomputed_tokens()),
+               static_cast<long long>(all.prefix_hit_tokens()),
+               static_cast<long long>(all.prefix_hit_tokens() + all.prefix_miss_tokens()),
+               static_cast<long long>(all.free_pages()), static_cast<long long>(all.total_pages()),
+               replicas.count > 1
+                   ? absl::StrCat(", ", replicas.count, " replicas of ", replicas.tp.size(),
+                                  " ranks (requests ", absl::StrJoin(router->assigned(), "/"), ")")
+                         .c_str()
+                   : "");
   return status;
 }
 
-absl::Status RunDecode(const DecodeOptions& options, Model& model, Comm& comm) {
+absl::Status RunDecode(const DecodeOptions& options, Model& model, const Replicas& replicas) {
   const ModelDims& dims = model.dims();
   std::vector<JsonValue> ids;  // by handle
   JsonlClient client;
-  client.read = [&](std::istream& in, JsonlWriter* writer, Coordinator* coordinator,
+  client.read = [&](std::istream& in, JsonlWriter* writer, const JsonlClient::Submit& submit,
                     const Tokenizer* tokenizer) -> absl::StatusOr<int64_t> {
     RequestReader<DecodeRequest> reader(
         in, options.input, writer,
@@ -127,7 +159,7 @@ absl::Status RunDecode(const DecodeOptions& options, Model& model, Comm& comm) {
       sequence.sampling = request->sampling;
       sequence.stop_ids = std::move(request->stop_ids);
       sequence.stop = std::move(request->stop);
-      coordinator->Submit(static_cast<int64_t>(ids.size()), std::move(sequence));
+      RETURN_IF_ERROR(submit(static_cast<int64_t>(ids.size()), std::move(sequence)));
       ids.push_back(std::move(request->id));
     }
     return reader.errors();
@@ -142,7 +174,8 @@ absl::Status RunDecode(const DecodeOptions& options, Model& model, Comm& comm) {
         .Set("finish_reason", StringValue(result.finish_reason));
     return out;
   };
-  return RunJsonlJob("decode", options.batch, options.input, options.output, model, comm, client);
+  return RunJsonlJob("decode", options.batch, options.input, options.output, model, replicas,
+                     client);
 }
 
 }  // namespace shardlm

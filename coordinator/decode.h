@@ -12,6 +12,7 @@
 #include "comm/comm.h"
 #include "coordinator/coordinator.h"
 #include "coordinator/handshake.h"
+#include "coordinator/replicas.h"
 #include "coordinator/sampler.h"
 #include "engine/jsonl.h"
 #include "engine/model.h"
@@ -44,7 +45,8 @@ struct DecodeOptions {
 struct JsonlClient {
   // Reads every request line: submits the valid ones, writes an error line for each bad one
   // (the others still run) and returns how many it wrote.
-  std::function<absl::StatusOr<int64_t>(std::istream&, JsonlWriter*, Coordinator*,
+  using Submit = std::function<absl::Status(int64_t handle, SequenceRequest request)>;
+  std::function<absl::StatusOr<int64_t>(std::istream&, JsonlWriter*, const Submit&,
                                         const Tokenizer*)>
       read;
   std::function<JsonLine(const SequenceResult&)> result_line;
@@ -53,14 +55,14 @@ struct JsonlClient {
 };
 
 // The frame of `decode` and `score`, on every rank: start-up (StartUp), rank 0 opens the
-// files and reads the requests, the step loop, then rank 0's summary line on stderr (and
-// progress while it runs, on a terminal or with --progress).
+// files and reads the requests, each replica's step loop (coordinator/replicas.h), then rank
+// 0's summary line on stderr (and progress while it runs, on a terminal or with --progress).
 absl::Status RunJsonlJob(const char* job, const BatchOptions& options, const std::string& input,
-                         const std::string& output, Model& model, Comm& comm,
+                         const std::string& output, Model& model, const Replicas& replicas,
                          const JsonlClient& client);
 
 // Runs the whole job; called by every rank.
-absl::Status RunDecode(const DecodeOptions& options, Model& model, Comm& comm);
+absl::Status RunDecode(const DecodeOptions& options, Model& model, const Replicas& replicas);
 
 }  // namespace shardlm
 

@@ -17,7 +17,7 @@
 namespace shardlm {
 
 // Wire protocol version of Hello and StepPlan (proto/shardlm.proto).
-constexpr int kProtocolVersion = 3;
+constexpr int kProtocolVersion = 4;
 
 struct CacheOptions {
   int64_t page_size = 16;

@@ -7,11 +7,11 @@
 
 namespace shardlm {
 
-absl::Status RunScore(const ScoreOptions& options, Model& model, Comm& comm) {
+absl::Status RunScore(const ScoreOptions& options, Model& model, const Replicas& replicas) {
   const ModelDims& dims = model.dims();
   std::vector<JsonValue> ids;  // by handle
   JsonlClient client;
-  client.read = [&](std::istream& in, JsonlWriter* writer, Coordinator* coordinator,
+  client.read = [&](std::istream& in, JsonlWriter* writer, const JsonlClient::Submit& submit,
                     const Tokenizer* tokenizer) -> absl::StatusOr<int64_t> {
     RequestReader<ScoreRequest> reader(in, options.input, writer,
                                        [&dims, tokenizer](const JsonObject& object) {
@@ -24,7 +24,7 @@ absl::Status RunScore(const ScoreOptions& options, Model& model, Comm& comm) {
       sequence.prompt = std::move(request->tokens);
       sequence.max_new_tokens = 0;  // prefill only
       sequence.prompt_logprobs = true;
-      coordinator->Submit(static_cast<int64_t>(ids.size()), std::move(sequence));
+      RETURN_IF_ERROR(submit(static_cast<int64_t>(ids.size()), std::move(sequence)));
       ids.push_back(std::move(request->id));
     }
     return reader.errors();
@@ -43,7 +43,8 @@ absl::Status RunScore(const ScoreOptions& options, Model& model, Comm& comm) {
     return out;
   };
   client.count_generated = false;
-  return RunJsonlJob("score", options.batch, options.input, options.output, model, comm, client);
+  return RunJsonlJob("score", options.batch, options.input, options.output, model, replicas,
+                     client);
 }
 
 }  // namespace shardlm

@@ -21,7 +21,7 @@ struct ScoreOptions {
 // Reads `{"id", "tokens" | "text"}` lines on rank 0, runs them through all ranks (batched
 // like decode's prompts) and writes `{"id", "logprobs", "sum_logprob", "perplexity"}` lines
 // as each finishes (an "error" line at once for an invalid request). Called by every rank.
-absl::Status RunScore(const ScoreOptions& options, Model& model, Comm& comm);
+absl::Status RunScore(const ScoreOptions& options, Model& model, const Replicas& replicas);
 
 }  // namespace shardlm
 

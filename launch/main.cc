@@ -114,6 +114,28 @@ std::vector<FlagSpec> WithBatchFlags(std::vector<FlagSpec> own,
   return own;
 }
 
+// --tp: the replicas (coordinator/replicas.h) and this rank's shard of the model in its replica.
+struct ReplicatedModel {
+  ReplicaSplit split;
+  std::unique_ptr<Model> model;
+};
+
+absl::StatusOr<ReplicatedModel> LoadReplicated(const Flags& flags, const std::string& model_dir,
+                                               Comm& comm) {
+  ASSIGN_OR_RETURN(int64_t tp, flags.Int("tp", comm.size(), 1, 1 << 20));
+  ReplicatedModel out;
+  ASSIGN_OR_RETURN(out.split, SplitReplicas(comm, tp));
+  const Replicas replicas = out.split.View(comm);
+  auto model = Model::Load(model_dir, replicas.tp.rank(), replicas.tp.size());
+  RETURN_IF_ERROR(AgreeOnStatus(comm, model.status()));
+  out.model = std::move(*model);
+  return out;
+}
+
+const FlagSpec kTpFlag = {"tp", true,
+                          "ranks per tensor-parallel replica (default: all); mpirun -np T·R runs "
+                          "R replicas of --tp T, each request on the least-loaded"};
+
 absl::Status RunScoreCommand(const Flags& flags, Comm& comm) {
   // Flag errors are the same on every rank: no agreement needed, but harmless.
   ASSIGN_OR_RETURN(std::string model_dir, flags.Required("model"));
@@ -122,9 +144,8 @@ absl::Status RunScoreCommand(const Flags& flags, Comm& comm) {
   ASSIGN_OR_RETURN(options.output, flags.Required("output"));
   RETURN_IF_ERROR(ParseBatchOptions(flags, &options.batch));
   RETURN_IF_ERROR(SetCompute(flags, comm));
-  auto model = Model::Load(model_dir, comm.rank(), comm.size());
-  RETURN_IF_ERROR(AgreeOnStatus(comm, model.status()));
-  return RunScore(options, **model, comm);
+  ASSIGN_OR_RETURN(ReplicatedModel loaded, LoadReplicated(flags, model_dir, comm));
+  return RunScore(options, *loaded.model, loaded.split.View(comm));
 }
 
 absl::Status RunDecodeCommand(const Flags& flags, Comm& comm) {
@@ -140,9 +161,8 @@ absl::Status RunDecodeCommand(const Flags& flags, Comm& comm) {
   ASSIGN_OR_RETURN(int64_t seed, flags.Int("seed", 0, 0, INT64_MAX));
   options.sampling.seed = static_cast<uint64_t>(seed);
   RETURN_IF_ERROR(SetCompute(flags, comm));
-  auto model = Model::Load(model_dir, comm.rank(), comm.size());
-  RETURN_IF_ERROR(AgreeOnStatus(comm, model.status()));
-  return RunDecode(options, **model, comm);
+  ASSIGN_OR_RETURN(ReplicatedModel loaded, LoadReplicated(flags, model_dir, comm));
+  return RunDecode(options, *loaded.model, loaded.split.View(comm));
 }
 
 absl::Status RunServeCommand(const Flags& flags, Comm& comm) {
@@ -305,7 +325,8 @@ const std::vector<Command>& Commands() {
            {{"model", true, "checkpoint directory (config.json + *.safetensors)"},
             {"input", true, "JSONL requests {\"id\", \"tokens\" | \"text\"}"},
             {"output", true,
-             "JSONL results {\"id\", \"logprobs\", \"sum_logprob\", \"perplexity\"}"}}),
+             "JSONL results {\"id\", \"logprobs\", \"sum_logprob\", \"perplexity\"}"},
+            kTpFlag}),
        RunScoreCommand},
       {"decode",
        "generate continuations of prompts (continuous batching, paged KV cache)",
@@ -318,7 +339,8 @@ const std::vector<Command>& Commands() {
             {"temperature", true, "default sampling temperature (default 0: greedy)"},
             {"top-k", true, "default top-k (default 0: off)"},
             {"top-p", true, "default top-p (default 1: off)"},
-            {"seed", true, "default per-request seed (default 0)"}}),
+            {"seed", true, "default per-request seed (default 0)"},
+            kTpFlag}),
        RunDecodeCommand},
       {"serve",
        "an OpenAI-compatible HTTP server on rank 0: POST /v1/completions and /v1/chat/completions "

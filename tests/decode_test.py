@@ -279,6 +279,52 @@ class DecodeInvariants(unittest.TestCase):
                 self.assertEqual(small[rid]["tokens"], results[rid]["tokens"])
                 self.assertEqual(small[rid]["logprobs"], results[rid]["logprobs"])
 
+    def test_replicas_keep_bits(self):
+        # --tp T under -np T·R: R replicas, each request on one of them; every result is the
+        # bits of the same request at --tp T alone (batch invariance makes the split invisible).
+        total = int(re.search(r"(\d+) tokens generated", self.base_summary).group(1))
+        for np, tp in ((2, 1), (4, 1), (4, 2)):
+            if config()["num_attention_heads"] % tp:
+                continue
+            want = self.base if tp == 1 else decode(f"tp{tp}", self.prompts, tp)[0]
+            results, summary = decode(f"replicas{np // tp}x{tp}", self.prompts, np, "--tp", str(tp))
+            self.assertEqual(set(results), set(want))
+            for rid in want:
+                self.assertEqual(results[rid]["tokens"], want[rid]["tokens"], rid)
+                self.assertEqual(results[rid]["logprobs"], want[rid]["logprobs"], rid)
+            m = re.search(r"(\d+) replicas of (\d+) ranks \(requests ([\d/]+)\)", summary)
+            self.assertEqual((int(m.group(1)), int(m.group(2))), (np // tp, tp), summary)
+            per_replica = [int(n) for n in m.group(3).split("/")]
+            self.assertEqual(sum(per_replica), len(want), summary)
+            self.assertGreater(min(per_replica), 0, summary)  # every replica ran requests
+            self.assertIn(f"{total} tokens generated", summary)
+            m = re.search(r"free pages (\d+)/(\d+)", summary)
+            self.assertEqual(m.group(1), m.group(2), summary)
+        # Preempting replicas (a tiny cache each) and score through replicas.
+        max_len_pages = -(-config()["max_position_embeddings"] // 16)
+        mb = page_budget_mb(max_len_pages + 2, 16)
+        results, summary = decode("replicas-preempt", self.prompts, 2, "--tp", "1",
+                                  "--kv-cache-mb", f"{mb:.6f}")
+        self.assertGreater(int(re.search(r"(\d+) preemptions", summary).group(1)), 0, summary)
+        self.assertIdentical(results)
+        score_in = os.path.join(WORK, "replicas-score-in.jsonl")
+        rows = [{"id": rid, "tokens": self.base[rid]["tokens"] + [1, 2, 3]}
+                for rid in sorted(self.base)]
+        with open(score_in, "w") as f:
+            for row in rows:
+                f.write(json.dumps(row) + "\n")
+        scored = {}
+        for np, tp in ((1, 1), (2, 1)):
+            out = os.path.join(WORK, f"replicas-score-{np}.jsonl")
+            cmd = ["mpirun", "--oversubscribe", "--bind-to", "none", "-q", "-np", str(np),
+                   SHARDLM, "score", "--model", MODEL, "--input", score_in, "--output", out,
+                   "--tp", str(tp)]
+            r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=ENV)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            with open(out) as f:
+                scored[np] = {json.loads(l)["id"]: json.loads(l) for l in f}
+        self.assertEqual(scored[2], scored[1])
+
     def test_bf16_dot_math(self):
         """--bf16-math dot: a BF16 checkpoint's results change (x is rounded to bf16) but stay
         batch-invariant, and TP 2 matches TP 1 as in the exact mode; other dtypes keep their

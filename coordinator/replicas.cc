@@ -1,0 +1,303 @@
+#include "coordinator/replicas.h"
+
+#include <set>
+#include <string>
+
+#include "base/status.h"
+
+namespace shardlm {
+namespace {
+
+ReplicaSubmit ToProto(int64_t handle, const SequenceRequest& request) {
+  ReplicaSubmit m;
+  m.set_handle(handle);
+  m.mutable_prompt()->Add(request.prompt.begin(), request.prompt.end());
+  m.set_max_new_tokens(request.max_new_tokens);
+  m.set_prompt_logprobs(request.prompt_logprobs);
+  m.set_temperature(request.sampling.temperature);
+  m.set_top_k(request.sampling.top_k);
+  m.set_top_p(request.sampling.top_p);
+  m.set_seed(request.sampling.seed);
+  m.mutable_stop_ids()->Add(request.stop_ids.begin(), request.stop_ids.end());
+  for (const std::string& stop : request.stop) m.add_stop(stop);
+  return m;
+}
+
+SequenceRequest FromProto(const ReplicaSubmit& m) {
+  SequenceRequest request;
+  request.prompt.assign(m.prompt().begin(), m.prompt().end());
+  request.max_new_tokens = m.max_new_tokens();
+  request.prompt_logprobs = m.prompt_logprobs();
+  request.sampling.temperature = m.temperature();
+  request.sampling.top_k = m.top_k();
+  request.sampling.top_p = m.top_p();
+  request.sampling.seed = m.seed();
+  request.stop_ids.insert(m.stop_ids().begin(), m.stop_ids().end());
+  request.stop.assign(m.stop().begin(), m.stop().end());
+  return request;
+}
+
+ReplicaResult ToProto(const SequenceResult& result) {
+  ReplicaResult m;
+  m.set_handle(result.handle);
+  m.set_prompt_len(result.prompt_len);
+  m.mutable_generated()->Add(result.generated.begin(), result.generated.end());
+  m.mutable_logprobs()->Add(result.logprobs.begin(), result.logprobs.end());
+  m.mutable_prompt_logprobs()->Add(result.prompt_logprobs.begin(), result.prompt_logprobs.end());
+  m.set_finish_reason(result.finish_reason);
+  m.set_has_text(result.has_text);
+  m.set_text(result.text);
+  return m;
+}
+
+// SequenceResult::finish_reason points at a string that outlives it: the reasons a remote
+// replica sent are kept here (a handful: "stop", "length", "prompt", the cancel reasons).
+const char* Interned(const std::string& reason) {
+  static std::set<std::string>* reasons = new std::set<std::string>();
+  return reasons->insert(reason).first->c_str();
+}
+
+SequenceResult FromProto(const ReplicaResult& m) {
+  SequenceResult result;
+  result.handle = m.handle();
+  result.prompt_len = m.prompt_len();
+  result.generated.assign(m.generated().begin(), m.generated().end());
+  result.logprobs.assign(m.logprobs().begin(), m.logprobs().end());
+  result.prompt_logprobs.assign(m.prompt_logprobs().begin(), m.prompt_logprobs().end());
+  result.finish_reason = Interned(m.finish_reason());
+  result.has_text = m.has_text();
+  result.text = m.text();
+  return result;
+}
+
+std::string Serialized(const ReplicaMessage& message) {
+  std::string bytes;
+  CHECK(message.SerializeToString(&bytes));
+  return bytes;
+}
+
+// What a sequence owes its replica: the tokens it may still compute.
+int64_t Cost(const SequenceRequest& request) {
+  return static_cast<int64_t>(request.prompt.size()) + request.max_new_tokens;
+}
+
+}  // namespace
+
+absl::StatusOr<ReplicaSplit> SplitReplicas(Comm& world, int64_t tp) {
+  absl::Status fits;
+  if (tp < 1 || tp > world.size() || world.size() % tp != 0) {
+    fits = absl::InvalidArgumentError(absl::StrCat(
+        "--tp ", tp, " does not divide the job's ", world.size(),
+        " ranks: start T·R ranks (mpirun -np) for R replicas of --tp T ranks each"));
+  }
+  RETURN_IF_ERROR(AgreeOnStatus(world, fits));
+  ReplicaSplit split;
+  split.count = world.size() / static_cast<int>(tp);
+  split.replica = world.rank() / static_cast<int>(tp);
+  if (split.count == 1) return split;  // the job's ranks are the one replica
+  const int tp_rank = world.rank() % static_cast<int>(tp);
+  absl::StatusOr<std::unique_ptr<Comm>> group = world.Split(split.replica, tp_rank);
+  RETURN_IF_ERROR(AgreeOnStatus(world, group.status()));
+  split.tp = std::move(*group);
+  absl::StatusOr<std::unique_ptr<Comm>> leaders = world.Split(tp_rank == 0 ? 0 : -1, split.replica);
+  RETURN_IF_ERROR(AgreeOnStatus(world, leaders.status()));
+  absl::Status mailbox_status;
+  if (*leaders) {
+    absl::StatusOr<std::unique_ptr<Mailbox>> mailbox = (*leaders)->OpenMailbox();
+    mailbox_status = mailbox.status();
+    if (mailbox.ok()) split.leaders = std::move(*mailbox);
+  }
+  RETURN_IF_ERROR(AgreeOnStatus(world, mailbox_status));
+  return split;
+}
+
+ReplicaCounters CountersOf(const Coordinator& c) {
+  ReplicaCounters m;
+  m.set_generated_tokens(c.generated_tokens());
+  m.set_computed_tokens(c.computed_tokens());
+  m.set_preemptions(c.total_preemptions());
+  m.set_swapped_out(c.swapped_out());
+  m.set_swap_in_failures(c.swap_in_failures());
+  m.set_recomputed_tokens(c.recomputed_tokens());
+  m.set_prefix_hit_tokens(c.prefix_hit_tokens());
+  m.set_prefix_miss_tokens(c.prefix_miss_tokens());
+  m.set_free_pages(c.free_pages());
+  m.set_total_pages(c.total_pages());
+  return m;
+}
+
+void AddCounters(const ReplicaCounters& from, ReplicaCounters* to) {
+  to->set_generated_tokens(to->generated_tokens() + from.generated_tokens());
+  to->set_computed_tokens(to->computed_tokens() + from.computed_tokens());
+  to->set_preemptions(to->preemptions() + from.preemptions());
+  to->set_swapped_out(to->swapped_out() + from.swapped_out());
+  to->set_swap_in_failures(to->swap_in_failures() + from.swap_in_failures());
+  to->set_recomputed_tokens(to->recomputed_tokens() + from.recomputed_tokens());
+  to->set_prefix_hit_tokens(to->prefix_hit_tokens() + from.prefix_hit_tokens());
+  to->set_prefix_miss_tokens(to->prefix_miss_tokens() + from.prefix_miss_tokens());
+  to->set_free_pages(to->free_pages() + from.free_pages());
+  to->set_total_pages(to->total_pages() + from.total_pages());
+}
+
+ReplicaRouter::ReplicaRouter(Mailbox* leaders, int replicas, Coordinator::Sink sink)
+    : leaders_(leaders),
+      sink_(std::move(sink)),
+      load_(replicas, 0),
+      assigned_(replicas, 0),
+      done_(replicas, false) {
+  CHECK(replicas == 1 || leaders != nullptr);
+  done_[0] = true;
+}
+
+Coordinator::Sink ReplicaRouter::LocalSink() {
+  return [this](SequenceResult result) { return Delivered(std::move(result)); };
+}
+
+absl::Status ReplicaRouter::Delivered(SequenceResult result) {
+  auto it = owners_.find(result.handle);
+  CHECK(it != owners_.end());
+  load_[it->second.replica] -= it->second.cost;
+  if (it->second.replica != 0) {
+    --remote_outstanding_;
+    remote_generated_ += static_cast<int64_t>(result.generated.size());
+    remote_computed_ += result.prompt_len + static_cast<int64_t>(result.generated.size());
+  }
+  owners_.erase(it);
+  return sink_(std::move(result));
+}
+
+absl::Status ReplicaRouter::Submit(int64_t handle, SequenceRequest request) {
+  int best = 0;
+  for (int r = 1; r < static_cast<int>(load_.size()); ++r) {
+    if (load_[r] < load_[best]) best = r;
+  }
+  const int64_t cost = Cost(request);
+  load_[best] += cost;
+  ++assigned_[best];
+  owners_[handle] = {best, cost};
+  if (best == 0) {
+    local_->Submit(handle, std::move(request));
+    return absl::OkStatus();
+  }
+  ++remote_outstanding_;
+  ReplicaMessage message;
+  *message.mutable_submit() = ToProto(handle, request);
+  return leaders_->Send(best, Serialized(message));
+}
+
+absl::Status ReplicaRouter::EndSubmissions() {
+  ReplicaMessage message;
+  message.set_end(true);
+  for (int r = 1; r < static_cast<int>(load_.size()); ++r) {
+    RETURN_IF_ERROR(leaders_->Send(r, Serialized(message)));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ReplicaRouter::Handle(int from, const std::string& bytes) {
+  ReplicaMessage message;
+  if (!message.ParseFromString(bytes)) {
+    return absl::DataLossError(absl::StrCat("replica ", from, " sent an unreadable message"));
+  }
+  switch (message.kind_case()) {
+    case ReplicaMessage::kResult:
+      if (owners_.find(message.result().handle()) == owners_.end()) {
+        return absl::DataLossError(absl::StrCat("replica ", from,
+                                                " returned a sequence it was not given"));
+      }
+      return Delivered(FromProto(message.result()));
+    case ReplicaMessage::kDone:
+      AddCounters(message.done(), &remote_counters_);
+      done_[from] = true;
+      return absl::OkStatus();
+    case ReplicaMessage::kError:
+      return absl::AbortedError(absl::StrCat("replica ", from, " failed: ", message.error()));
+    default:
+      return absl::DataLossError(absl::StrCat("replica ", from, " sent an unexpected message"));
+  }
+}
+
+absl::Status ReplicaRouter::BeforePlan() {
+  if (leaders_ == nullptr) return absl::OkStatus();
+  int from = 0;
+  std::string bytes;
+  while (true) {
+    const bool wait = local_->Idle() && remote_outstanding_ > 0;
+    ASSIGN_OR_RETURN(bool got, leaders_->Receive(wait, &from, &bytes));
+    if (!got) return absl::OkStatus();
+    RETURN_IF_ERROR(Handle(from, bytes));
+  }
+}
+
+absl::StatusOr<ReplicaCounters> ReplicaRouter::Finish() {
+  ReplicaCounters total = CountersOf(*local_);
+  if (leaders_ != nullptr) {
+    int from = 0;
+    std::string bytes;
+    auto all_done = [this] {
+      for (bool d : done_) {
+        if (!d) return false;
+      }
+      return true;
+    };
+    while (!all_done()) {
+      ASSIGN_OR_RETURN(bool got, leaders_->Receive(true, &from, &bytes));
+      if (got) RETURN_IF_ERROR(Handle(from, bytes));
+    }
+    if (!owners_.empty()) {
+      return absl::InternalError(
+          absl::StrCat(owners_.size(), " sequences never came back from their replicas"));
+    }
+  }
+  AddCounters(remote_counters_, &total);
+  return total;
+}
+
+int64_t ReplicaRouter::generated_tokens() const {
+  return local_->generated_tokens() + remote_generated_;
+}
+
+int64_t ReplicaRouter::computed_tokens() const {
+  return local_->computed_tokens() + remote_computed_;
+}
+
+Coordinator::Sink ReplicaLeader::Sink() {
+  return [this](SequenceResult result) {
+    ReplicaMessage message;
+    *message.mutable_result() = ToProto(result);
+    return leaders_.Send(0, Serialized(message));
+  };
+}
+
+absl::Status ReplicaLeader::BeforePlan(Coordinator& coordinator) {
+  int from = 0;
+  std::string bytes;
+  while (true) {
+    const bool wait = coordinator.Idle() && !ended_;
+    ASSIGN_OR_RETURN(bool got, leaders_.Receive(wait, &from, &bytes));
+    if (!got) return absl::OkStatus();
+    ReplicaMessage message;
+    if (from != 0 || !message.ParseFromString(bytes)) {
+      return absl::DataLossError(absl::StrCat("an unreadable message from replica ", from));
+    }
+    if (message.has_submit()) {
+      coordinator.Submit(message.submit().handle(), FromProto(message.submit()));
+    } else if (message.has_end()) {
+      ended_ = true;
+    } else {
+      return absl::DataLossError("an unexpected message from replica 0");
+    }
+  }
+}
+
+absl::Status ReplicaLeader::Finish(const Coordinator* coordinator, const absl::Status& status) {
+  ReplicaMessage message;
+  if (status.ok() && coordinator != nullptr) {
+    *message.mutable_done() = CountersOf(*coordinator);
+  } else {
+    message.set_error(std::string(status.ok() ? "no coordinator" : status.message()));
+  }
+  return leaders_.Send(0, Serialized(message));
+}
+
+}  // namespace shardlm

@@ -1,0 +1,123 @@
+// Data-parallel replicas (issue 18). `--tp T` under `mpirun -np T·R` runs R copies of a T-rank
+// tensor-parallel group, each with its own weights shard, paged KV cache and step loop: world
+// rank r·T + t is rank t of replica r, and replica r's rank 0 (its "leader") runs its
+// coordinator. World rank 0 — replica 0's leader — is also the job's client: it reads the
+// requests, gives each to the least-loaded replica (by the tokens it still owes: prompt plus
+// max_new_tokens of the sequences it holds) and writes every replica's results as they come.
+//
+// The leaders talk over a Mailbox of their own (proto ReplicaMessage): rank 0 sends `submit`s
+// and, once the client has no more, `end`; a leader sends each `result`, and when its replica is
+// idle after `end` its counters (`done`) — or the error that stopped it (`error`). Replica 0's
+// loop does rank 0's side between its own steps; while replica 0 is idle and another still
+// works, rank 0 waits on the mailbox.
+#ifndef SHARDLM_COORDINATOR_REPLICAS_H_
+#define SHARDLM_COORDINATOR_REPLICAS_H_
+
+#include <cstdint>
+#include <memory>
+#include <unordered_map>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "comm/comm.h"
+#include "coordinator/coordinator.h"
+#include "proto/shardlm.pb.h"
+
+namespace shardlm {
+
+// This rank's place among the replicas. `world` is every rank of the job, `tp` this rank's
+// replica; `leaders` (replica leaders only, when there are several replicas) is the leaders'
+// mailbox, in which replica r is rank r.
+struct Replicas {
+  Comm& world;
+  Comm& tp;
+  Mailbox* leaders = nullptr;
+  int replica = 0;
+  int count = 1;
+
+  bool leader() const { return tp.rank() == 0; }
+  bool client() const { return world.rank() == 0; }
+};
+
+// The communicators behind a Replicas, owned.
+struct ReplicaSplit {
+  std::unique_ptr<Comm> tp;
+  std::unique_ptr<Mailbox> leaders;
+  int replica = 0;
+  int count = 1;
+  // Null tp: one replica, the job's ranks.
+  Replicas View(Comm& world) const {
+    return {world, tp ? *tp : world, leaders.get(), replica, count};
+  }
+};
+
+// Collective over `world`: replicas of `tp` ranks each. An error every rank agrees on when
+// `tp` does not divide the job's ranks.
+absl::StatusOr<ReplicaSplit> SplitReplicas(Comm& world, int64_t tp);
+
+ReplicaCounters CountersOf(const Coordinator& coordinator);
+void AddCounters(const ReplicaCounters& from, ReplicaCounters* to);
+
+// World rank 0's side: submissions go to a replica, every replica's results to `sink`.
+class ReplicaRouter {
+ public:
+  // `leaders` may be null (one replica): everything runs on `local`.
+  ReplicaRouter(Mailbox* leaders, int replicas, Coordinator::Sink sink);
+  // The Sink of replica 0's coordinator (created after the router, given it by SetLocal).
+  Coordinator::Sink LocalSink();
+  void SetLocal(Coordinator* local) { local_ = local; }
+
+  absl::Status Submit(int64_t handle, SequenceRequest request);
+  // No more submissions: every leader may end once idle.
+  absl::Status EndSubmissions();
+  // Between replica 0's steps: hands on the results that arrived; while replica 0 is idle and
+  // another replica still owes results, waits for them. An error a replica sent is returned.
+  absl::Status BeforePlan();
+  // After replica 0's loop: every leader's counters, summed with replica 0's.
+  absl::StatusOr<ReplicaCounters> Finish();
+
+  // Tokens generated (and computed) so far, summed over replicas: replica 0's live counters,
+  // the other replicas' as of their results.
+  int64_t generated_tokens() const;
+  int64_t computed_tokens() const;
+  // Sequences given to each replica.
+  const std::vector<int64_t>& assigned() const { return assigned_; }
+
+ private:
+  absl::Status Delivered(SequenceResult result);
+  absl::Status Handle(int from, const std::string& bytes);
+
+  Mailbox* leaders_;
+  Coordinator::Sink sink_;
+  Coordinator* local_ = nullptr;
+  std::vector<int64_t> load_;      // per replica: the tokens its sequences still owe
+  std::vector<int64_t> assigned_;  // per replica: sequences given to it
+  struct Owner {
+    int replica;
+    int64_t cost;
+  };
+  std::unordered_map<int64_t, Owner> owners_;  // by handle, until its result
+  int64_t remote_outstanding_ = 0;
+  int64_t remote_generated_ = 0, remote_computed_ = 0;
+  std::vector<bool> done_;  // per replica: its counters arrived
+  ReplicaCounters remote_counters_;
+};
+
+// A leader's side (world rank ≠ 0): its coordinator's Sink sends each result to rank 0, and
+// BeforePlan takes rank 0's submissions between steps, waiting while the replica is idle until
+// `end`; Finish then sends the counters, or the error that ended the replica's loop.
+class ReplicaLeader {
+ public:
+  explicit ReplicaLeader(Mailbox& leaders) : leaders_(leaders) {}
+  Coordinator::Sink Sink();
+  absl::Status BeforePlan(Coordinator& coordinator);
+  absl::Status Finish(const Coordinator* coordinator, const absl::Status& status);
+
+ private:
+  Mailbox& leaders_;
+  bool ended_ = false;
+};
+
+}  // namespace shardlm
+
+#endif  // SHARDLM_COORDINATOR_REPLICAS_H_
