@@ -57,7 +57,7 @@ absl::Status RunJsonlJob(const char* job, const BatchOptions& options, const std
             });
         sink = router->LocalSink();
       } else {
-        remote = std::make_unique<ReplicaLeader>(*replicas.leaders);
+        remote = std::make_unique<ReplicaLeader>(*replicas.leaders, /*stream=*/false);
         sink = remote->Sink();
       }
       coordinator = std::make_unique<Coordinator>(scheduler, model.dims(), std::move(sink),

@@ -123,6 +123,8 @@ ReplicaCounters CountersOf(const Coordinator& c) {
   m.set_prefix_miss_tokens(c.prefix_miss_tokens());
   m.set_free_pages(c.free_pages());
   m.set_total_pages(c.total_pages());
+  m.set_running(c.running());
+  m.set_waiting(c.waiting());
   return m;
 }
 
@@ -137,6 +139,8 @@ void AddCounters(const ReplicaCounters& from, ReplicaCounters* to) {
   to->set_prefix_miss_tokens(to->prefix_miss_tokens() + from.prefix_miss_tokens());
   to->set_free_pages(to->free_pages() + from.free_pages());
   to->set_total_pages(to->total_pages() + from.total_pages());
+  to->set_running(to->running() + from.running());
+  to->set_waiting(to->waiting() + from.waiting());
 }
 
 ReplicaRouter::ReplicaRouter(Mailbox* leaders, int replicas, Coordinator::Sink sink)
@@ -144,7 +148,8 @@ ReplicaRouter::ReplicaRouter(Mailbox* leaders, int replicas, Coordinator::Sink s
       sink_(std::move(sink)),
       load_(replicas, 0),
       assigned_(replicas, 0),
-      done_(replicas, false) {
+      done_(replicas, false),
+      counters_(replicas) {
   CHECK(replicas == 1 || leaders != nullptr);
   done_[0] = true;
 }
@@ -185,7 +190,44 @@ absl::Status ReplicaRouter::Submit(int64_t handle, SequenceRequest request) {
   return leaders_->Send(best, Serialized(message));
 }
 
+void ReplicaRouter::SetTokenSink(Coordinator::TokenSink sink) {
+  token_sink_ = sink;
+  local_->SetTokenSink(std::move(sink));
+}
+
+absl::StatusOr<bool> ReplicaRouter::Cancel(int64_t handle, const char* reason) {
+  auto it = owners_.find(handle);
+  if (it == owners_.end()) return false;
+  if (it->second.replica == 0) return local_->Cancel(handle, reason);
+  if (it->second.cancelled) return false;  // asked already
+  it->second.cancelled = true;
+  ReplicaMessage message;
+  message.mutable_cancel()->set_handle(handle);
+  message.mutable_cancel()->set_reason(reason);
+  RETURN_IF_ERROR(leaders_->Send(it->second.replica, Serialized(message)));
+  return true;
+}
+
+absl::Status ReplicaRouter::Poll() {
+  if (leaders_ == nullptr) return absl::OkStatus();
+  int from = 0;
+  std::string bytes;
+  while (true) {
+    ASSIGN_OR_RETURN(bool got, leaders_->Receive(false, &from, &bytes));
+    if (!got) return absl::OkStatus();
+    RETURN_IF_ERROR(Handle(from, bytes));
+  }
+}
+
+ReplicaCounters ReplicaRouter::Live() const {
+  ReplicaCounters total = CountersOf(*local_);
+  for (size_t r = 1; r < counters_.size(); ++r) AddCounters(counters_[r], &total);
+  return total;
+}
+
 absl::Status ReplicaRouter::EndSubmissions() {
+  if (ended_) return absl::OkStatus();
+  ended_ = true;
   ReplicaMessage message;
   message.set_end(true);
   for (int r = 1; r < static_cast<int>(load_.size()); ++r) {
@@ -196,7 +238,7 @@ absl::Status ReplicaRouter::EndSubmissions() {
 
 absl::Status ReplicaRouter::Handle(int from, const std::string& bytes) {
   ReplicaMessage message;
-  if (!message.ParseFromString(bytes)) {
+  if (from <= 0 || from >= static_cast<int>(counters_.size()) || !message.ParseFromString(bytes)) {
     return absl::DataLossError(absl::StrCat("replica ", from, " sent an unreadable message"));
   }
   switch (message.kind_case()) {
@@ -206,8 +248,18 @@ absl::Status ReplicaRouter::Handle(int from, const std::string& bytes) {
                                                 " returned a sequence it was not given"));
       }
       return Delivered(FromProto(message.result()));
+    case ReplicaMessage::kToken: {
+      const ReplicaToken& t = message.token();
+      if (token_sink_ && owners_.count(t.handle()) != 0) {
+        token_sink_(t.handle(), t.token(), t.logprob(), t.text());
+      }
+      return absl::OkStatus();
+    }
+    case ReplicaMessage::kCounters:
+      counters_[from] = message.counters();
+      return absl::OkStatus();
     case ReplicaMessage::kDone:
-      AddCounters(message.done(), &remote_counters_);
+      counters_[from] = message.done();
       done_[from] = true;
       return absl::OkStatus();
     case ReplicaMessage::kError:
@@ -230,7 +282,6 @@ absl::Status ReplicaRouter::BeforePlan() {
 }
 
 absl::StatusOr<ReplicaCounters> ReplicaRouter::Finish() {
-  ReplicaCounters total = CountersOf(*local_);
   if (leaders_ != nullptr) {
     int from = 0;
     std::string bytes;
@@ -249,8 +300,7 @@ absl::StatusOr<ReplicaCounters> ReplicaRouter::Finish() {
           absl::StrCat(owners_.size(), " sequences never came back from their replicas"));
     }
   }
-  AddCounters(remote_counters_, &total);
-  return total;
+  return Live();
 }
 
 int64_t ReplicaRouter::generated_tokens() const {
@@ -269,11 +319,41 @@ Coordinator::Sink ReplicaLeader::Sink() {
   };
 }
 
+Coordinator::TokenSink ReplicaLeader::TokenSink() {
+  if (!stream_) return nullptr;
+  return [this](int64_t handle, int32_t token, double logprob, std::string_view text) {
+    ReplicaMessage message;
+    ReplicaToken* t = message.mutable_token();
+    t->set_handle(handle);
+    t->set_token(token);
+    t->set_logprob(logprob);
+    t->set_text(std::string(text));
+    absl::Status sent = leaders_.Send(0, Serialized(message));
+    if (send_status_.ok()) send_status_ = sent;
+  };
+}
+
+absl::Status ReplicaLeader::SendCounters(const Coordinator& coordinator) {
+  ReplicaMessage message;
+  *message.mutable_counters() = CountersOf(coordinator);
+  std::string bytes = Serialized(message);
+  counters_sent_ = std::chrono::steady_clock::now();
+  if (bytes == last_counters_) return absl::OkStatus();
+  last_counters_ = bytes;
+  return leaders_.Send(0, std::move(bytes));
+}
+
 absl::Status ReplicaLeader::BeforePlan(Coordinator& coordinator) {
+  RETURN_IF_ERROR(send_status_);
+  if (stream_ && std::chrono::steady_clock::now() - counters_sent_ > std::chrono::milliseconds(100)) {
+    RETURN_IF_ERROR(SendCounters(coordinator));
+  }
   int from = 0;
   std::string bytes;
   while (true) {
     const bool wait = coordinator.Idle() && !ended_;
+    // Idle: rank 0's gauges (running, free pages) must not keep this replica's last busy state.
+    if (wait && stream_) RETURN_IF_ERROR(SendCounters(coordinator));
     ASSIGN_OR_RETURN(bool got, leaders_.Receive(wait, &from, &bytes));
     if (!got) return absl::OkStatus();
     ReplicaMessage message;
@@ -282,6 +362,10 @@ absl::Status ReplicaLeader::BeforePlan(Coordinator& coordinator) {
     }
     if (message.has_submit()) {
       coordinator.Submit(message.submit().handle(), FromProto(message.submit()));
+    } else if (message.has_cancel()) {
+      RETURN_IF_ERROR(coordinator
+                          .Cancel(message.cancel().handle(), Interned(message.cancel().reason()))
+                          .status());
     } else if (message.has_end()) {
       ended_ = true;
     } else {

@@ -13,8 +13,10 @@
 #ifndef SHARDLM_COORDINATOR_REPLICAS_H_
 #define SHARDLM_COORDINATOR_REPLICAS_H_
 
+#include <chrono>
 #include <cstdint>
 #include <memory>
+#include <string>
 #include <unordered_map>
 #include <vector>
 
@@ -66,10 +68,23 @@ class ReplicaRouter {
   // The Sink of replica 0's coordinator (created after the router, given it by SetLocal).
   Coordinator::Sink LocalSink();
   void SetLocal(Coordinator* local) { local_ = local; }
+  Coordinator& local() const { return *local_; }
+
+  // Tokens of every replica as they are sampled (a streaming client; the leaders send them
+  // when their ReplicaLeader streams).
+  void SetTokenSink(Coordinator::TokenSink sink);
 
   absl::Status Submit(int64_t handle, SequenceRequest request);
-  // No more submissions: every leader may end once idle.
+  // Coordinator::Cancel on the sequence's replica. For another replica the result (with
+  // `reason`) comes later; true when the sequence had not come back yet and was not cancelled
+  // before.
+  absl::StatusOr<bool> Cancel(int64_t handle, const char* reason);
+  // No more submissions: every leader may end once idle. Once; later calls do nothing.
   absl::Status EndSubmissions();
+  // Every replica is idle: no sequence is out.
+  bool Idle() const { return local_->Idle() && remote_outstanding_ == 0; }
+  // Hands on what arrived from the other replicas, without waiting.
+  absl::Status Poll();
   // Between replica 0's steps: hands on the results that arrived; while replica 0 is idle and
   // another replica still owes results, waits for them. An error a replica sent is returned.
   absl::Status BeforePlan();
@@ -82,6 +97,9 @@ class ReplicaRouter {
   int64_t computed_tokens() const;
   // Sequences given to each replica.
   const std::vector<int64_t>& assigned() const { return assigned_; }
+  // Replica 0's counters now plus the others' latest (streaming leaders send theirs every
+  // 100 ms while they work).
+  ReplicaCounters Live() const;
 
  private:
   absl::Status Delivered(SequenceResult result);
@@ -95,12 +113,15 @@ class ReplicaRouter {
   struct Owner {
     int replica;
     int64_t cost;
+    bool cancelled = false;  // a cancel went to its (other) replica
   };
   std::unordered_map<int64_t, Owner> owners_;  // by handle, until its result
   int64_t remote_outstanding_ = 0;
   int64_t remote_generated_ = 0, remote_computed_ = 0;
   std::vector<bool> done_;  // per replica: its counters arrived
-  ReplicaCounters remote_counters_;
+  std::vector<ReplicaCounters> counters_;  // per replica: the latest it sent
+  Coordinator::TokenSink token_sink_;
+  bool ended_ = false;  // EndSubmissions was called
 };
 
 // A leader's side (world rank ≠ 0): its coordinator's Sink sends each result to rank 0, and
@@ -108,14 +129,24 @@ class ReplicaRouter {
 // `end`; Finish then sends the counters, or the error that ended the replica's loop.
 class ReplicaLeader {
  public:
-  explicit ReplicaLeader(Mailbox& leaders) : leaders_(leaders) {}
+  // `stream`: also send every token as it is sampled, and the counters every 100 ms (serve).
+  ReplicaLeader(Mailbox& leaders, bool stream) : leaders_(leaders), stream_(stream) {}
   Coordinator::Sink Sink();
+  // Null unless streaming.
+  Coordinator::TokenSink TokenSink();
   absl::Status BeforePlan(Coordinator& coordinator);
   absl::Status Finish(const Coordinator* coordinator, const absl::Status& status);
 
  private:
+  // Sends the coordinator's counters unless they are the ones sent last.
+  absl::Status SendCounters(const Coordinator& coordinator);
+
   Mailbox& leaders_;
+  const bool stream_;
+  std::string last_counters_;  // serialized
   bool ended_ = false;
+  absl::Status send_status_;  // of a token send (TokenSink returns nothing)
+  std::chrono::steady_clock::time_point counters_sent_;
 };
 
 }  // namespace shardlm

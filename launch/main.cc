@@ -179,9 +179,8 @@ absl::Status RunServeCommand(const Flags& flags, Comm& comm) {
   ASSIGN_OR_RETURN(int64_t http_threads, flags.Int("http-threads", 0, 0, 4096));
   options.http_threads = static_cast<int>(http_threads);
   RETURN_IF_ERROR(SetCompute(flags, comm));
-  auto model = Model::Load(options.batch.model_dir, comm.rank(), comm.size());
-  RETURN_IF_ERROR(AgreeOnStatus(comm, model.status()));
-  return RunServe(options, **model, comm, g_watchdog);
+  ASSIGN_OR_RETURN(ReplicatedModel loaded, LoadReplicated(flags, options.batch.model_dir, comm));
+  return RunServe(options, *loaded.model, loaded.split.View(comm), g_watchdog);
 }
 
 absl::Status RunTokenizeCommand(const Flags& flags, Comm& comm) {
@@ -357,7 +356,8 @@ const std::vector<Command>& Commands() {
             {"max-body-bytes", true, "largest request body (default 1 MiB; beyond, 413)"},
             {"drain-seconds", true,
              "after SIGTERM/SIGINT: finish running requests this long, then cut them (default 30)"},
-            {"http-threads", true, "HTTP worker threads (default max-waiting + max-batch + 8)"}},
+            {"http-threads", true, "HTTP worker threads (default max-waiting + max-batch + 8)"},
+            kTpFlag},
            "unused (decode's flag, accepted for symmetry)"),
        RunServeCommand},
       {"make-model",

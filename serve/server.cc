@@ -21,6 +21,7 @@
 #include "absl/strings/str_format.h"
 #include "base/status.h"
 #include "coordinator/handshake.h"
+#include "coordinator/replicas.h"
 #include "coordinator/token_codec.h"
 #include "serve/openai_api.h"
 
@@ -117,7 +118,7 @@ class FrontEnd {
   void Shutdown();
 
   // The step loop's side: between steps (may wait for work), per token, per result.
-  absl::Status BeforePlan(Coordinator& coordinator);
+  absl::Status BeforePlan(ReplicaRouter& router);
   void OnToken(int64_t handle, int32_t token, double logprob, std::string_view text);
   absl::Status OnResult(SequenceResult result);
 
@@ -173,6 +174,8 @@ class FrontEnd {
   std::atomic<int64_t> swapped_out_{0}, swap_in_failures_{0}, recomputed_tokens_{0};
   std::atomic<int64_t> prompt_tokens_{0}, generated_tokens_{0}, finished_{0}, cancelled_{0};
   std::atomic<int64_t> rejected_{0};
+  std::mutex replicas_mu_;
+  std::vector<int64_t> replica_requests_;  // guarded by replicas_mu_: ReplicaRouter::assigned
   Histogram ttft_{{0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30}};
   Histogram itl_{{0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1}};
 };
@@ -264,19 +267,24 @@ void FrontEnd::Cancel(int64_t handle) {
   wake_.notify_all();
 }
 
-absl::Status FrontEnd::BeforePlan(Coordinator& coordinator) {
+absl::Status FrontEnd::BeforePlan(ReplicaRouter& router) {
   auto publish = [&] {
-    running_ = coordinator.running();
-    queued_ = coordinator.waiting();
-    free_pages_ = coordinator.free_pages();
-    preemptions_ = coordinator.total_preemptions();
-    prefix_hit_tokens_ = coordinator.prefix_hit_tokens();
-    prefix_miss_tokens_ = coordinator.prefix_miss_tokens();
-    swapped_out_ = coordinator.swapped_out();
-    swap_in_failures_ = coordinator.swap_in_failures();
-    recomputed_tokens_ = coordinator.recomputed_tokens();
+    const ReplicaCounters c = router.Live();
+    running_ = c.running();
+    queued_ = c.waiting();
+    free_pages_ = c.free_pages();
+    preemptions_ = c.preemptions();
+    prefix_hit_tokens_ = c.prefix_hit_tokens();
+    prefix_miss_tokens_ = c.prefix_miss_tokens();
+    swapped_out_ = c.swapped_out();
+    swap_in_failures_ = c.swap_in_failures();
+    recomputed_tokens_ = c.recomputed_tokens();
+    std::lock_guard<std::mutex> lock(replicas_mu_);
+    replica_requests_ = router.assigned();
   };
   while (true) {
+    // Other replicas' tokens and results.
+    RETURN_IF_ERROR(router.Poll());
     publish();
     std::deque<Submit> submits;
     std::vector<int64_t> cancels;
@@ -286,7 +294,12 @@ absl::Status FrontEnd::BeforePlan(Coordinator& coordinator) {
       while (true) {
         submits.swap(submits_);
         cancels.swap(cancels_);
-        if (!submits.empty() || !cancels.empty() || !coordinator.Idle() || stopping_) break;
+        if (!submits.empty() || !cancels.empty() || !router.local().Idle() || stopping_) break;
+        // Only other replicas work: back to their messages within a millisecond.
+        if (!router.Idle()) {
+          wake_.wait_for(lock, std::chrono::milliseconds(1));
+          break;
+        }
         wake_.wait_for(lock, std::chrono::milliseconds(250));
       }
       stopping = stopping_;
@@ -295,25 +308,27 @@ absl::Status FrontEnd::BeforePlan(Coordinator& coordinator) {
     for (Submit& s : submits) {
       prompt_tokens_ += static_cast<int64_t>(s.sequence.prompt.size());
       channels_[s.handle] = std::move(s.channel);
-      coordinator.Submit(s.handle, std::move(s.sequence));
+      RETURN_IF_ERROR(router.Submit(s.handle, std::move(s.sequence)));
     }
     for (int64_t handle : cancels) {
       if (channels_.count(handle) == 0) continue;  // finished meanwhile
-      ASSIGN_OR_RETURN(bool removed, coordinator.Cancel(handle, "abort"));
+      ASSIGN_OR_RETURN(bool removed, router.Cancel(handle, "abort"));
       if (removed) ++cancelled_;
     }
     if (past_deadline) {
       std::vector<int64_t> open;
       for (const auto& [handle, channel] : channels_) open.push_back(handle);
       for (int64_t handle : open) {
-        ASSIGN_OR_RETURN(bool removed, coordinator.Cancel(handle, "abort"));
+        ASSIGN_OR_RETURN(bool removed, router.Cancel(handle, "abort"));
         if (removed) ++cancelled_;
       }
     }
     publish();
-    // Work to plan, or the end (an idle coordinator plans the shutdown); cancellations may
-    // have left nothing to do: wait again.
-    if (!coordinator.Idle() || stopping) return absl::OkStatus();
+    // Work for replica 0 to plan, or the end once every replica is idle (an idle coordinator
+    // plans the shutdown; the other leaders end on `end`). Otherwise (cancellations left
+    // nothing to do, or only other replicas work) wait again.
+    if (!router.local().Idle()) return absl::OkStatus();
+    if (stopping && router.Idle()) return router.EndSubmissions();
   }
 }
 
@@ -537,7 +552,18 @@ std::string FrontEnd::Metrics() {
   gauge("shardlm_requests_waiting",
         "Accepted requests without a first token (queued, or prefilling).", waiting_);
   gauge("shardlm_requests_queued", "Sequences waiting for admission (pages).", queued_);
-  gauge("shardlm_kv_pages_total", "KV cache pages per rank.", total_pages_);
+  gauge("shardlm_kv_pages_total", "KV cache pages per rank (summed over replicas).",
+        total_pages_);
+  {
+    std::lock_guard<std::mutex> lock(replicas_mu_);
+    absl::StrAppend(&out,
+                    "# HELP shardlm_replica_requests_total Requests given to each data-parallel "
+                    "replica (--tp).\n# TYPE shardlm_replica_requests_total counter\n");
+    for (size_t r = 0; r < replica_requests_.size(); ++r) {
+      absl::StrAppend(&out, "shardlm_replica_requests_total{replica=\"", r, "\"} ",
+                      replica_requests_[r], "\n");
+    }
+  }
   gauge("shardlm_kv_pages_free", "Free KV cache pages.", free_pages_);
   gauge("shardlm_kv_pages_used", "KV cache pages in use.", total_pages_ - free_pages_);
   gauge("shardlm_preemptions_total", "Sequences preempted (swapped out or recomputed later).",
@@ -572,17 +598,24 @@ std::string FrontEnd::Metrics() {
 
 }  // namespace
 
-absl::Status RunServe(const ServeOptions& options, Model& model, Comm& comm, Watchdog* watchdog) {
+absl::Status RunServe(const ServeOptions& options, Model& model, const Replicas& replicas,
+                      Watchdog* watchdog) {
+  Comm& world = replicas.world;
   if (options.batch.max_model_len > 0) model.CapContext(options.batch.max_model_len);
-  ASSIGN_OR_RETURN(std::unique_ptr<PagedKvCache> cache, StartUp(options.batch.cache, model, comm));
-  ASSIGN_OR_RETURN(std::unique_ptr<KvSwap> swap, StartSwap(options.batch.cache, *cache, comm));
+  ASSIGN_OR_RETURN(std::unique_ptr<PagedKvCache> cache,
+                   StartUp(options.batch.cache, model, world));
+  ASSIGN_OR_RETURN(std::unique_ptr<KvSwap> swap, StartSwap(options.batch.cache, *cache, world));
   model.Reserve(options.batch.max_batch_tokens);
 
+  // Every replica's leader runs a coordinator with the tokenizer; rank 0 also serves HTTP and
+  // routes the requests to the replicas (coordinator/replicas.h).
   std::unique_ptr<Tokenizer> tokenizer;
   std::unique_ptr<FrontEnd> front;
   std::unique_ptr<Coordinator> coordinator;
+  std::unique_ptr<ReplicaRouter> router;
+  std::unique_ptr<ReplicaLeader> remote;  // a leader of a replica other than 0
   absl::Status start;
-  if (comm.rank() == 0) {
+  if (replicas.leader()) {
     absl::StatusOr<std::unique_ptr<Tokenizer>> loaded =
         LoadModelTokenizer(options.batch.model_dir, model.dims());
     start = loaded.status();
@@ -590,48 +623,58 @@ absl::Status RunServe(const ServeOptions& options, Model& model, Comm& comm, Wat
       start = absl::FailedPreconditionError(
           "serve needs a tokenizer (tokenizer.json, or \"tokenizer\": \"bytes\" in config.json)");
     }
-    if (start.ok()) {
-      tokenizer = std::move(*loaded);
+    if (start.ok()) tokenizer = std::move(*loaded);
+    const SchedulerOptions scheduler{cache->num_pages(), options.batch.cache.page_size,
+                                     options.batch.max_batch, options.batch.max_batch_tokens,
+                                     options.batch.prefix_cache, swap ? swap->slots() : 0};
+    if (start.ok() && replicas.client()) {
       // A chat template with a construct the renderer lacks is a start-up error naming it.
       absl::StatusOr<ModelChatTemplate> chat = LoadChatTemplate(options.batch.model_dir);
       start = chat.status();
       if (start.ok()) {
         front = std::make_unique<FrontEnd>(options, model.dims(), *tokenizer, std::move(*chat),
-                                           cache->num_pages(), comm.size());
+                                           cache->num_pages() * replicas.count, world.size());
+        router = std::make_unique<ReplicaRouter>(
+            replicas.leaders, replicas.count,
+            [f = front.get()](SequenceResult r) { return f->OnResult(std::move(r)); });
+        coordinator = std::make_unique<Coordinator>(scheduler, model.dims(), router->LocalSink(),
+                                                    tokenizer.get());
+        router->SetLocal(coordinator.get());
+        router->SetTokenSink(
+            [f = front.get()](int64_t handle, int32_t token, double logprob, std::string_view text) {
+              f->OnToken(handle, token, logprob, text);
+            });
+        start = front->Listen();
       }
-    }
-    if (start.ok()) {
-      const SchedulerOptions scheduler{cache->num_pages(), options.batch.cache.page_size,
-                                       options.batch.max_batch, options.batch.max_batch_tokens,
-                                       options.batch.prefix_cache, swap ? swap->slots() : 0};
-      coordinator = std::make_unique<Coordinator>(
-          scheduler, model.dims(),
-          [f = front.get()](SequenceResult r) { return f->OnResult(std::move(r)); },
-          tokenizer.get());
-      coordinator->SetTokenSink(
-          [f = front.get()](int64_t handle, int32_t token, double logprob, std::string_view text) {
-            f->OnToken(handle, token, logprob, text);
-          });
-      start = front->Listen();
+    } else if (start.ok()) {
+      remote = std::make_unique<ReplicaLeader>(*replicas.leaders, /*stream=*/true);
+      coordinator = std::make_unique<Coordinator>(scheduler, model.dims(), remote->Sink(),
+                                                  tokenizer.get());
+      coordinator->SetTokenSink(remote->TokenSink());
     }
   }
-  RETURN_IF_ERROR(AgreeOnStatus(comm, start));
+  RETURN_IF_ERROR(AgreeOnStatus(world, start));
   // The first SIGTERM drains instead of ending the job: rank 0 decides, the others follow its
-  // plans until the shutdown one.
+  // plans (and the other replicas its `end`) until the shutdown.
   if (watchdog != nullptr) {
-    watchdog->SetStopHandler(comm.rank() == 0 ? std::function<void(int)>([f = front.get()](int sig) {
-                                                  f->RequestStop(sig);
-                                                })
-                                              : std::function<void(int)>([](int) {}));
+    watchdog->SetStopHandler(world.rank() == 0 ? std::function<void(int)>([f = front.get()](int sig) {
+                                                   f->RequestStop(sig);
+                                                 })
+                                               : std::function<void(int)>([](int) {}));
   }
   std::function<absl::Status()> before_plan;
-  if (comm.rank() == 0) {
-    before_plan = [f = front.get(), c = coordinator.get()] { return f->BeforePlan(*c); };
+  if (router) before_plan = [f = front.get(), r = router.get()] { return f->BeforePlan(*r); };
+  if (remote) before_plan = [l = remote.get(), c = coordinator.get()] { return l->BeforePlan(*c); };
+  absl::Status status = RunSteps(model, *cache, swap.get(), replicas.tp, coordinator.get(), {},
+                                 before_plan);
+  if (remote) {
+    const absl::Status sent = remote->Finish(coordinator.get(), status);
+    if (status.ok()) status = sent;
   }
-  const absl::Status status = RunSteps(model, *cache, swap.get(), comm, coordinator.get(), {}, before_plan);
+  if (router && status.ok()) status = router->Finish().status();
   if (watchdog != nullptr) watchdog->SetStopHandler(nullptr);
   if (front != nullptr) front->Shutdown();
-  if (comm.rank() == 0 && status.ok()) std::fprintf(stderr, "shardlm serve: stopped\n");
+  if (world.rank() == 0 && status.ok()) std::fprintf(stderr, "shardlm serve: stopped\n");
   return status;
 }
 

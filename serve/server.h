@@ -12,6 +12,7 @@
 #include "comm/comm.h"
 #include "comm/watchdog.h"
 #include "coordinator/decode.h"
+#include "coordinator/replicas.h"
 #include "engine/model.h"
 
 namespace shardlm {
@@ -30,7 +31,8 @@ struct ServeOptions {
 
 // Runs the server until SIGTERM/SIGINT (drained) or an error; every rank calls it. `watchdog`
 // is told to hand the first stop signal to the server instead of ending the job.
-absl::Status RunServe(const ServeOptions& options, Model& model, Comm& comm, Watchdog* watchdog);
+absl::Status RunServe(const ServeOptions& options, Model& model, const Replicas& replicas,
+                      Watchdog* watchdog);
 
 }  // namespace shardlm
 

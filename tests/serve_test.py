@@ -96,7 +96,7 @@ class Server:
 
     def metric(self, name):
         _, text = self.get("/metrics")
-        m = re.search(rf"^{name} (\S+)$", text, re.M)
+        m = re.search(rf"^{re.escape(name)} (\S+)$", text, re.M)
         return float(m.group(1)) if m else None
 
 
@@ -184,8 +184,9 @@ class Serve(unittest.TestCase):
     def test_openai_client_equals_decode_at_tp1_and_tp2(self):
         requests = self.requests()
         want = self.decode_reference(requests)
-        for np in (1, 2):
-            server = Server(TRAINED, np)
+        # TP 1, TP 2, and two replicas of TP 1 (the client sends all requests at once).
+        for np, flags in ((1, []), (2, []), (2, ["--tp", "1"])):
+            server = Server(TRAINED, np, *flags)
             try:
                 for stream in (False, True):
                     got = openai_client(server.url,
@@ -193,7 +194,7 @@ class Serve(unittest.TestCase):
                                         os.path.basename(TRAINED))
                     for r in requests:
                         g, w = got[r["id"]], want[r["id"]]
-                        where = f"np {np} stream {stream} {r['id']}"
+                        where = f"np {np} {flags} stream {stream} {r['id']}"
                         self.assertNotIn("error", g, where)
                         self.assertEqual(g["text"], w["text"], where)
                         self.assertEqual(g["finish_reason"], w["finish_reason"], where)
@@ -208,9 +209,14 @@ class Serve(unittest.TestCase):
                     self.assertEqual(len(lp), 8)
                     for a, b in zip(lp, want["logprobs"]["logprobs"]):
                         self.assertAlmostEqual(a, b, places=4)
-                self.assertEqual(server.metric("shardlm_kv_pages_used"), 0)
+                self.wait_for(server, "shardlm_kv_pages_used", 0)
                 self.assertEqual(server.metric("shardlm_requests_finished_total"),
                                  2 * len(requests))
+                if flags:
+                    per_replica = [server.metric(f'shardlm_replica_requests_total{{replica="{r}"}}')
+                                   for r in (0, 1)]
+                    self.assertEqual(sum(per_replica), 2 * len(requests))
+                    self.assertGreater(min(per_replica), 0, per_replica)
             finally:
                 # Under mpirun the ranks' last lines may be lost while mpirun itself ends on the
                 # signal: what must hold is that the job ends (stop() fails otherwise). The drain
@@ -292,6 +298,28 @@ class Serve(unittest.TestCase):
             self.wait_for(server, "shardlm_kv_pages_used", 0)
             self.assertEqual(server.metric("shardlm_requests_cancelled_total"), 1)
             self.assertEqual(server.metric("shardlm_requests_running"), 0)
+        finally:
+            server.stop()
+
+    def test_a_client_that_leaves_is_cancelled_on_its_replica(self):
+        # Two replicas of TP 1: the first stream runs on replica 0, the second on replica 1
+        # (it owes less); the second's client leaves, the first runs on.
+        server = Server(slow_model(), 2, "--tp", "1")
+        try:
+            first = self.start_stream(server, 1500)
+            second = self.start_stream(server, 1500)
+            self.wait_for(server, 'shardlm_replica_requests_total{replica="1"}', 1)
+            second.kill()
+            second.wait()
+            second.stdout.close()
+            self.wait_for(server, "shardlm_requests_cancelled_total", 1)
+            self.wait_for(server, "shardlm_requests_running", 1)
+            self.assertEqual(server.metric("shardlm_requests_finished_total"), 1)
+            first.kill()
+            first.wait()
+            first.stdout.close()
+            self.wait_for(server, "shardlm_kv_pages_used", 0)
+            self.assertEqual(server.metric("shardlm_requests_cancelled_total"), 2)
         finally:
             server.stop()
 
