@@ -371,7 +371,10 @@ class Latent final : public AttentionFamily {
     w->kv_b = SplitKvB(kv_b, dims.nope_dim, dims.v_head_dim);
     ASSIGN_OR_RETURN(w->o_proj, load.Cols(a + "o_proj", d, h_q * dims.v_head_dim,
                                           plan.q_heads.Scaled(dims.v_head_dim),
-                                          /*keep_bias=*/plan.rank == 0));
+                                          // Data-parallel attention: each rank's rows are
+                                          // whole sums, each with the bias once.
+                                          /*keep_bias=*/plan.rank == 0 ||
+                                              plan.data_parallel_attention()));
     return std::unique_ptr<AttentionWeights>(std::move(w));
   }
 

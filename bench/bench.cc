@@ -19,6 +19,7 @@
 #include "absl/strings/str_split.h"
 #include "base/rng.h"
 #include "base/status.h"
+#include "engine/config.h"
 #include "base/thread_pool.h"
 #include "bench/bandwidth.h"
 #include "coordinator/handshake.h"
@@ -197,6 +198,9 @@ absl::StatusOr<double> MeasurePrefill(Model& model, Comm& comm, int64_t tokens, 
     batch.slots.push_back({table, t});
   }
   batch.logit_rows.push_back(static_cast<int32_t>(tokens - 1));
+  if (model.plan().data_parallel_attention() && comm.rank() == 0) {  // rank 0 owns it
+    for (int64_t t = 0; t < tokens; ++t) batch.attention_rows.push_back(static_cast<int32_t>(t));
+  }
   ASSIGN_OR_RETURN(Timing timing, TimeForward(model, batch, cache, comm, 1, reps));
   return static_cast<double>(tokens) / Median(timing.step_seconds);
 }
@@ -265,7 +269,7 @@ std::vector<Column> TableColumns(int label_width) {
       {"model", label_width, true, [](const BenchRecord& r) { return r.model(); }},
       {"params", 7, false,
        [](const BenchRecord& r) { return Fixed(r.parameters() / 1e6, 1) + "M"; }},
-      {"attn", 4, true, [](const BenchRecord& r) { return r.attention(); }},
+      {"attn", 6, true, [](const BenchRecord& r) { return r.attention(); }},
       {"tp", 2, false, [](const BenchRecord& r) { return absl::StrCat(r.tp()); }},
       {"ctx", 6, false, [](const BenchRecord& r) { return absl::StrCat(r.context()); }},
       {"B", 3, false, [](const BenchRecord& r) { return absl::StrCat(r.batch()); }},
@@ -429,16 +433,24 @@ absl::StatusOr<BenchRecord> MeasureDecode(Model& model, Comm& comm, const BenchO
   const ModelDims& dims = model.dims();
   const int64_t page_size = options.page_size;
   const int64_t pages_per_seq = CeilDiv(L, page_size);
-  const int64_t num_pages = B * pages_per_seq;
-  // The timed pool holds exactly the B contexts: its size is the allocation.
+  // Data-parallel attention: sequence b lives on rank b % ranks only.
+  const bool dp = model.plan().data_parallel_attention();
+  auto owned = [&](int64_t b) { return !dp || b % comm.size() == comm.rank(); };
+  int64_t own_seqs = 0;
+  for (int64_t b = 0; b < B; ++b) own_seqs += owned(b) ? 1 : 0;
+  const int64_t num_pages = std::max<int64_t>(own_seqs * pages_per_seq, 1);
+  // The timed pool holds exactly this rank's contexts: its size is the allocation.
   PagedKvCache cache(dims.layers, num_pages, page_size,
                      CacheRowFormat(dims, model.plan(), options.kv_dtype));
   RETURN_IF_ERROR(AgreeOnStatus(comm, cache.status()));
   FillSynthetic(cache, dims.layers, options.seed, comm.rank());
   const std::vector<int32_t> pages = PageOrder(num_pages, options.shuffle_pages, options.seed);
   std::vector<std::vector<int32_t>> tables(static_cast<size_t>(B));  // outlive the batch
-  for (int64_t b = 0; b < B; ++b) {
-    tables[b].assign(pages.begin() + b * pages_per_seq, pages.begin() + (b + 1) * pages_per_seq);
+  for (int64_t b = 0, local = 0; b < B; ++b) {
+    if (!owned(b)) continue;  // another rank's: its slots are not read here
+    tables[b].assign(pages.begin() + local * pages_per_seq,
+                     pages.begin() + (local + 1) * pages_per_seq);
+    ++local;
   }
   Rng token_rng(options.seed, "bench-decode-tokens");
   ForwardBatch batch;
@@ -449,6 +461,7 @@ absl::StatusOr<BenchRecord> MeasureDecode(Model& model, Comm& comm, const BenchO
         static_cast<int32_t>(token_rng.NextU64() % static_cast<uint64_t>(dims.vocab)));
     batch.slots.push_back({tables[b], L - 1});
     batch.logit_rows.push_back(static_cast<int32_t>(b));
+    if (dp && owned(b)) batch.attention_rows.push_back(static_cast<int32_t>(b));
   }
   ASSIGN_OR_RETURN(Timing timing,
                    TimeForward(model, batch, cache, comm, options.warmup, options.steps));
@@ -465,7 +478,7 @@ absl::StatusOr<BenchRecord> MeasureDecode(Model& model, Comm& comm, const BenchO
 
   BenchRecord r;
   r.set_model(facts.label);
-  r.set_attention(AttentionTypeName(dims.type));
+  r.set_attention(dp ? "mla-dp" : AttentionTypeName(dims.type));
   r.set_tp(comm.size());
   r.set_layers(static_cast<int32_t>(dims.layers));
   r.set_hidden_size(static_cast<int32_t>(dims.hidden));
@@ -485,9 +498,11 @@ absl::StatusOr<BenchRecord> MeasureDecode(Model& model, Comm& comm, const BenchO
   r.set_prefill_tokens(static_cast<int32_t>(facts.prefill_tokens));
   r.set_prefill_tokens_per_s(facts.prefill_tokens_per_s);
   r.set_weight_bytes_per_rank(facts.max_weight_bytes);
-  r.set_cache_pages_per_rank(num_pages);
+  ASSIGN_OR_RETURN(std::vector<int64_t> pages_all, AllRanks(comm, num_pages));
+  r.set_cache_pages_per_rank(MaxOf(pages_all));
   r.set_cache_bytes_per_rank(MaxOf(cache_all));
-  r.set_cache_bytes_per_token_per_rank(MaxOf(cache_all) / (num_pages * page_size));
+  // A token's rows on the rank that holds them (every rank under TP, its owner under DP).
+  r.set_cache_bytes_per_token_per_rank(cache_bytes / (num_pages * page_size));
   r.set_bytes_read_per_step_per_rank(read_max);
   r.set_bytes_read_per_step_all_ranks(SumOf(read_all));
   r.set_bandwidth_gbs_per_rank(roofline);
@@ -501,7 +516,8 @@ absl::StatusOr<BenchRecord> MeasureDecode(Model& model, Comm& comm, const BenchO
   r.set_kv_cache_mb(options.kv_cache_mb);
   r.set_kv_dtype(KvDTypeName(options.kv_dtype));
   r.set_budget_pages(facts.budget_pages);
-  r.set_capacity_sequences(facts.budget_pages / pages_per_seq);
+  // Sequences of length L the job holds: under DP every rank holds its own.
+  r.set_capacity_sequences(facts.budget_pages / pages_per_seq * (dp ? comm.size() : 1));
   r.set_bandwidth_source(options.bandwidth_gbs > 0 ? "flag" : "probe");
   r.set_bandwidth_gbs_solo(facts.bandwidth.solo_gbs);
   r.set_host(HostName());
@@ -654,7 +670,14 @@ absl::Status RunBench(const BenchOptions& options, Comm& comm) {
   RunFacts facts;
   ASSIGN_OR_RETURN(std::string model_dir, ResolveModel(options, comm, &facts.label));
   const Clock::time_point load_start = Clock::now();
-  auto loaded = Model::Load(model_dir, comm.rank(), comm.size());
+  // --mla-attention applies to MLA models; other families run tensor-parallel.
+  absl::StatusOr<ModelConfig> config = ReadModelConfig(model_dir);
+  absl::StatusOr<ModelDims> dims_only =
+      config.ok() ? ResolveDims(*config, model_dir) : absl::StatusOr<ModelDims>(config.status());
+  RETURN_IF_ERROR(AgreeOnStatus(comm, dims_only.status()));
+  const AttentionSplit split =
+      dims_only->type == AttentionType::kMla ? options.mla_attention : AttentionSplit::kTensor;
+  auto loaded = Model::Load(model_dir, comm.rank(), comm.size(), split);
   RETURN_IF_ERROR(AgreeOnStatus(comm, loaded.status()));
   Model& model = **loaded;
   const ModelDims& dims = model.dims();
@@ -724,7 +747,10 @@ absl::Status RunBench(const BenchOptions& options, Comm& comm) {
   std::vector<std::string> skipped;
   for (int64_t L : options.contexts) {
     for (int64_t B : options.batches) {
-      const double pool_mb = static_cast<double>(dims.layers) * B * CeilDiv(L, options.page_size) *
+      const int64_t seqs_per_rank =
+          model.plan().data_parallel_attention() ? CeilDiv(B, comm.size()) : B;
+      const double pool_mb = static_cast<double>(dims.layers) * seqs_per_rank *
+                             CeilDiv(L, options.page_size) *
                              options.page_size *
                              static_cast<double>(
                                  CacheRowFormat(dims, model.plan(), options.kv_dtype).bytes) /

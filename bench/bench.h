@@ -17,6 +17,7 @@
 #include "comm/comm.h"
 #include "kernels/matmul.h"
 #include "proto/shardlm.pb.h"
+#include "shard/shard.h"
 
 namespace shardlm {
 
@@ -36,6 +37,9 @@ struct BenchOptions {
   bool shuffle_pages = true;    // sequences' pages scattered over the pool (else back to back)
   double kv_cache_mb = 1024.0;  // capacity budget per rank
   KvDType kv_dtype = KvDType::kF32;  // the cache's values (--kv-dtype)
+  // MLA's attention split (--mla-attention): kData runs data-parallel attention, each rank
+  // holding the whole latents of the sequences b with b % ranks == its rank.
+  AttentionSplit mla_attention = AttentionSplit::kTensor;
   double max_pool_mb = 8192.0;  // skip configurations whose timed pool exceeds this per rank
   int64_t prefill_tokens = 512;
   int64_t prefill_reps = 3;

@@ -11,10 +11,10 @@
 namespace shardlm {
 
 absl::StatusOr<std::unique_ptr<Model>> Model::Load(const std::string& model_dir, int rank,
-                                                   int size) {
+                                                   int size, AttentionSplit attention) {
   ASSIGN_OR_RETURN(ModelConfig config, ReadModelConfig(model_dir));
   ASSIGN_OR_RETURN(ModelDims dims, ResolveDims(config, model_dir + "/config.json"));
-  ASSIGN_OR_RETURN(ShardPlan plan, PlanShard(dims, rank, size));
+  ASSIGN_OR_RETURN(ShardPlan plan, PlanShard(dims, rank, size, attention));
   ASSIGN_OR_RETURN(auto dir, SafetensorsDir::Open(model_dir));
   ASSIGN_OR_RETURN(ModelWeights weights, LoadWeights(*dir, dims, plan));
   return std::unique_ptr<Model>(new Model(std::move(dims), plan, std::move(weights)));
@@ -62,7 +62,11 @@ absl::Status Model::Forward(const ForwardBatch& batch, PagedKvCache& cache, Comm
     // h = x + Attn(RMSNorm(x)): each rank's heads give a partial o_proj sum.
     RmsNorm(x, n, d, d, w.attn_norm.data(), dims_.rms_eps, xn);
     SHARDLM_DUMP(plan_.rank, stats_.forwards, l, "attn_norm", xn, n, d);
-    attention_->Forward(*w.attn, xn, batch.slots, cache.Layer(l), partial);
+    if (plan_.data_parallel_attention()) {
+      AttendOwnedRows(*w.attn, xn, batch, cache.Layer(l), partial);
+    } else {
+      attention_->Forward(*w.attn, xn, batch.slots, cache.Layer(l), partial);
+    }
     RETURN_IF_ERROR(AllReduce(partial, n * d, comm));
     SHARDLM_DUMP(plan_.rank, stats_.forwards, l, "attn_out", partial, n, d);
     for (int64_t i = 0; i < n * d; ++i) x[i] += partial[i];
@@ -86,6 +90,27 @@ absl::Status Model::Forward(const ForwardBatch& batch, PagedKvCache& cache, Comm
   }
   ++stats_.forwards;
   return GatherLogits(head_in, m, comm, logits);
+}
+
+void Model::AttendOwnedRows(const AttentionWeights& w, const float* xn, const ForwardBatch& batch,
+                            const CacheView& cache, float* out) {
+  const int64_t n = static_cast<int64_t>(batch.token_ids.size()), d = dims_.hidden;
+  const int64_t k = static_cast<int64_t>(batch.attention_rows.size());
+  std::fill_n(out, n * d, 0.0f);
+  if (k == 0) return;
+  float* in = Scratch(owned_in_, k * d);
+  float* attended = Scratch(owned_out_, k * d);
+  owned_slots_.clear();
+  for (int64_t i = 0; i < k; ++i) {
+    const int32_t row = batch.attention_rows[i];
+    CHECK(row >= 0 && row < n);
+    std::copy_n(xn + row * d, d, in + i * d);
+    owned_slots_.push_back(batch.slots[row]);
+  }
+  attention_->Forward(w, in, owned_slots_, cache, attended);
+  for (int64_t i = 0; i < k; ++i) {
+    std::copy_n(attended + i * d, d, out + batch.attention_rows[i] * d);
+  }
 }
 
 absl::Status Model::AllReduce(float* partial, int64_t count, Comm& comm) {

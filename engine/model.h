@@ -23,6 +23,10 @@ struct ForwardBatch {
   std::vector<QueryToken> slots;    // [n] where each token's cache row goes (block table,
                                     // position); the block tables must outlive Forward
   std::vector<int32_t> logit_rows;  // batch rows whose logits rank 0 receives, in order
+  // Data-parallel attention only (ShardPlan::attention kData): the rows whose attention this
+  // rank computes — the tokens of the sequences it owns, whose cache rows live in its pool
+  // (the other rows' slots are not read). Every row has exactly one owner.
+  std::vector<int32_t> attention_rows;
 };
 
 // Where a forward pass spent its time; accumulated until Reset.
@@ -49,8 +53,9 @@ class Model {
  public:
   // Reads config.json, validates the split over `size` ranks and loads the
   // shard of `rank`. Errors are local to this rank; callers agree on them.
-  static absl::StatusOr<std::unique_ptr<Model>> Load(const std::string& model_dir, int rank,
-                                                     int size);
+  static absl::StatusOr<std::unique_ptr<Model>> Load(
+      const std::string& model_dir, int rank, int size,
+      AttentionSplit attention = AttentionSplit::kTensor);
 
   // Runs every layer over the batch, writing each token's cache rows. On rank 0
   // `logits` becomes [logit_rows, vocab]; on other ranks it is left empty.
@@ -78,6 +83,10 @@ class Model {
 
   // Vocab-parallel LM head: [m, d] normalized rows → rank 0's [m, vocab].
   absl::Status GatherLogits(const float* hidden, int64_t m, Comm& comm, std::vector<float>* logits);
+  // Data-parallel attention: this rank's rows (batch.attention_rows) through the attention
+  // block, whole; zeros in the other rows of out [n, d], which the all-reduce fills.
+  void AttendOwnedRows(const AttentionWeights& w, const float* xn, const ForwardBatch& batch,
+                       const CacheView& cache, float* out);
   // Sums this rank's partial [n, d] with the other ranks' (timed into stats_).
   absl::Status AllReduce(float* partial, int64_t count, Comm& comm);
 
@@ -89,6 +98,8 @@ class Model {
   // Activations, grown on demand and reused across steps.
   std::vector<float> x_, xn_, partial_, gate_, up_, head_in_, local_logits_, gathered_;
   std::vector<int> gather_counts_;
+  std::vector<float> owned_in_, owned_out_;  // AttendOwnedRows' compacted rows
+  std::vector<QueryToken> owned_slots_;
 };
 
 }  // namespace shardlm

@@ -34,6 +34,10 @@ std::vector<FlagSpec> BenchFlags() {
        "(default shuffled)"},
       {"kv-cache-mb", true, "cache budget per rank for the capacity column, MiB (default 1024)"},
       {"kv-dtype", true, "KV cache values: f32 (default), bf16 or int8"},
+      {"mla-attention", true,
+       "MLA models: tp (default: heads over the ranks, the latent duplicated) or dp "
+       "(data-parallel attention: each rank attends for its own sequences with all heads; the "
+       "MLP stays tensor-parallel)"},
       {"max-pool-mb", true,
        "skip configurations whose timed pool exceeds this per rank (default 8192)"},
       {"prefill-tokens", true,
@@ -81,6 +85,12 @@ absl::Status ParseBenchOptions(const Flags& flags, BenchOptions* o) {
   ASSIGN_OR_RETURN(o->page_size, flags.Int("page-size", 16, 1, 1 << 20));
   ASSIGN_OR_RETURN(o->kv_cache_mb, flags.Double("kv-cache-mb", 1024, 1e-6, 1e9));
   ASSIGN_OR_RETURN(o->kv_dtype, ParseKvDType(flags.String("kv-dtype", "f32")));
+  const std::string split = flags.String("mla-attention", "tp");
+  if (split != "tp" && split != "dp") {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--mla-attention must be tp or dp, got \"", split, "\""));
+  }
+  o->mla_attention = split == "dp" ? AttentionSplit::kData : AttentionSplit::kTensor;
   ASSIGN_OR_RETURN(o->max_pool_mb, flags.Double("max-pool-mb", 8192, 1e-6, 1e9));
   ASSIGN_OR_RETURN(o->prefill_tokens, flags.Int("prefill-tokens", 512, 0, 1 << 20));
   ASSIGN_OR_RETURN(o->prefill_reps, flags.Int("prefill-reps", 3, 1, 1 << 20));

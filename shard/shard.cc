@@ -120,14 +120,42 @@ absl::Status ValidateTensorParallel(const ModelDims& dims, int size) {
                    " ranks: ", why, "; rank counts that work: ", absl::StrJoin(ok, ", ")));
 }
 
-absl::StatusOr<ShardPlan> PlanShard(const ModelDims& dims, int rank, int size) {
-  RETURN_IF_ERROR(ValidateTensorParallel(dims, size));
+const char* AttentionSplitName(AttentionSplit split) {
+  return split == AttentionSplit::kData ? "dp" : "tp";
+}
+
+absl::StatusOr<ShardPlan> PlanShard(const ModelDims& dims, int rank, int size,
+                                    AttentionSplit attention) {
+  if (attention == AttentionSplit::kData) {
+    if (dims.type != AttentionType::kMla) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("data-parallel attention (--mla-attention dp) is for MLA models; this one "
+                       "is ", AttentionTypeName(dims.type)));
+    }
+    if (size < 1 || dims.intermediate < size || dims.vocab < size) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "cannot split this model's MLP (intermediate_size=", dims.intermediate,
+          ") and vocabulary (", dims.vocab, ") over ", size, " ranks"));
+    }
+  } else {
+    RETURN_IF_ERROR(ValidateTensorParallel(dims, size));
+  }
   if (rank < 0 || rank >= size) {
     return absl::InvalidArgumentError(absl::StrCat("rank ", rank, " outside 0..", size - 1));
   }
   ShardPlan plan;
   plan.rank = rank;
   plan.size = size;
+  plan.attention = attention;
+  if (attention == AttentionSplit::kData) {
+    // Every head and the whole latent, for the rows of the sequences this rank owns.
+    plan.q_heads = {0, dims.num_heads};
+    plan.cache_heads = {0, dims.num_kv_heads};
+    plan.mlp_cols = BalancedRange(dims.intermediate, size, rank);
+    plan.vocab_rows = BalancedRange(dims.vocab, size, rank);
+    plan.cache_row_floats = dims.CacheRowFloats(plan.cache_heads.size());
+    return plan;
+  }
   plan.q_heads = BalancedRange(dims.num_heads, size, rank);
   // Query head i reads KV/latent head i / g; the owned KV heads are exactly those
   // read by the owned query heads (contiguous groups).

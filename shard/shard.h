@@ -33,6 +33,14 @@ enum class SplitState {
   kPartialSum,   // activation: every rank holds a partial sum, all-reduce to finish
 };
 
+// How attention is split over the ranks (issue 18). kTensor: heads over the ranks (with their
+// KV groups or latent heads, or MLA's single latent duplicated), every sequence on every rank.
+// kData, MLA only (the GLA paper's data-parallel attention, appendix B.6): every rank holds all
+// heads' attention weights and the whole latents of the sequences it owns, and attends for
+// those rows only; the MLP and the vocabulary stay tensor-parallel.
+enum class AttentionSplit { kTensor, kData };
+const char* AttentionSplitName(AttentionSplit split);  // "tp", "dp"
+
 struct ShardPlan {
   int rank = 0;
   int size = 1;
@@ -43,6 +51,8 @@ struct ShardPlan {
   Range mlp_cols;          // intermediate columns of gate/up, rows of down's input
   Range vocab_rows;        // LM head rows, i.e. the logit slice this rank computes
   int64_t cache_row_floats = 0;  // cache floats per token per layer on this rank
+  AttentionSplit attention = AttentionSplit::kTensor;
+  bool data_parallel_attention() const { return attention == AttentionSplit::kData; }
 };
 
 // OK if the model can be split over `size` ranks; otherwise an InvalidArgument
@@ -52,8 +62,10 @@ absl::Status ValidateTensorParallel(const ModelDims& dims, int size);
 // Rank counts in [1, limit] that ValidateTensorParallel accepts.
 std::vector<int> WorkingRankCounts(const ModelDims& dims, int limit);
 
-// The plan of `rank` of `size`; fails exactly when ValidateTensorParallel does.
-absl::StatusOr<ShardPlan> PlanShard(const ModelDims& dims, int rank, int size);
+// The plan of `rank` of `size`; fails exactly when ValidateTensorParallel does (kTensor), or
+// (kData) for a model that is not MLA or an MLP or vocabulary smaller than `size`.
+absl::StatusOr<ShardPlan> PlanShard(const ModelDims& dims, int rank, int size,
+                                    AttentionSplit attention = AttentionSplit::kTensor);
 
 }  // namespace shardlm
 
