@@ -189,23 +189,32 @@ absl::Status StepRunner::Run(const StepPlan& plan, std::vector<float>* logits) {
     }
     if (!swap_in_failed_.empty()) RETURN_IF_ERROR(comm_.AllReduceMax(swap_in_failed_));
   }
+  // Data-parallel attention: the plan's page ids count every rank's pool, group g's pages
+  // being g·num_pages + this rank's ids (Scheduler page groups).
+  const bool dp = model_.plan().data_parallel_attention();
+  const int32_t group_base = dp ? static_cast<int32_t>(comm_.rank() * cache_.num_pages()) : 0;
   for (int64_t id : plan.released()) block_tables_.erase(id);
   for (const SeqStep& s : plan.seqs()) {
-    std::vector<int32_t>& table = block_tables_[s.seq_id()];
-    if (s.max_pages() > 0) table.reserve(static_cast<size_t>(s.max_pages()));
-    table.insert(table.end(), s.new_pages().begin(), s.new_pages().end());
+    const auto [it, admitted] = block_tables_.try_emplace(s.seq_id());  // a new id: admission
+    SeqPages& pages = it->second;
+    if (admitted) pages.group = s.page_group();
+    if (s.max_pages() > 0) pages.table.reserve(static_cast<size_t>(s.max_pages()));
+    for (int32_t page : s.new_pages()) pages.table.push_back(page - group_base);
   }
   // Block tables do not move during the step (the map's nodes are stable), so the slots'
   // spans into them stay valid.
   batch_.token_ids.clear();
   batch_.slots.clear();
   batch_.logit_rows.clear();
+  batch_.attention_rows.clear();
   for (const SeqStep& s : plan.seqs()) {
-    const std::vector<int32_t>& table = block_tables_.at(s.seq_id());
+    const SeqPages& pages = block_tables_.at(s.seq_id());
+    const bool attends = dp && pages.group == comm_.rank();
     for (int i = 0; i < s.tokens_size(); ++i) {
       const int32_t row = static_cast<int32_t>(batch_.slots.size());
+      if (attends) batch_.attention_rows.push_back(row);
       batch_.token_ids.push_back(s.tokens(i));
-      batch_.slots.push_back({table, s.start_pos() + i});
+      batch_.slots.push_back({pages.table, s.start_pos() + i});
       if (i < s.score_tokens() || (s.want_logits() && i == s.tokens_size() - 1)) {
         batch_.logit_rows.push_back(row);
       }

@@ -130,7 +130,13 @@ class StepRunner {
   KvSwap* swap_;  // null: no swap space (the plan then has no copies)
   Comm& comm_;
   std::vector<int64_t> swap_in_failed_;
-  std::unordered_map<int64_t, std::vector<int32_t>> block_tables_;  // by seq_id
+  // By seq_id: its pages as this rank's page ids, and (data-parallel attention) its page
+  // group, i.e. the rank that holds its rows and attends for them.
+  struct SeqPages {
+    std::vector<int32_t> table;
+    int32_t group = 0;
+  };
+  std::unordered_map<int64_t, SeqPages> block_tables_;
   ForwardBatch batch_;
 };
 

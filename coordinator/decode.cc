@@ -15,6 +15,18 @@
 
 namespace shardlm {
 
+SchedulerOptions SchedulerOptionsFor(const BatchOptions& options, const Model& model,
+                                     const PagedKvCache& cache, const KvSwap* swap) {
+  const int64_t groups = model.plan().data_parallel_attention() ? model.plan().size : 1;
+  return {cache.num_pages() * groups,
+          options.cache.page_size,
+          options.max_batch,
+          options.max_batch_tokens,
+          options.prefix_cache && groups == 1,
+          swap && groups == 1 ? swap->slots() : 0,
+          groups};
+}
+
 absl::Status RunJsonlJob(const char* job, const BatchOptions& options, const std::string& input,
                          const std::string& output, Model& model, const Replicas& replicas,
                          const JsonlClient& client) {
@@ -45,9 +57,7 @@ absl::Status RunJsonlJob(const char* job, const BatchOptions& options, const std
       if (replicas.client()) open_status = OpenRequestFiles(input, output, &in, &writer);
     }
     if (open_status.ok()) {
-      const SchedulerOptions scheduler{cache->num_pages(), options.cache.page_size,
-                                       options.max_batch, options.max_batch_tokens,
-                                       options.prefix_cache, swap ? swap->slots() : 0};
+      const SchedulerOptions scheduler = SchedulerOptionsFor(options, model, *cache, swap.get());
       Coordinator::Sink sink;
       if (replicas.client()) {
         router = std::make_unique<ReplicaRouter>(

@@ -32,6 +32,11 @@ struct BatchOptions {
   bool progress = false;
 };
 
+// The scheduler's options for a job's cache and swap space. Data-parallel attention splits the
+// pages into one group per rank of the replica and runs without prefix cache and swap.
+SchedulerOptions SchedulerOptionsFor(const BatchOptions& options, const Model& model,
+                                     const PagedKvCache& cache, const KvSwap* swap);
+
 struct DecodeOptions {
   std::string input;
   std::string output;

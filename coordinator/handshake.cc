@@ -59,6 +59,7 @@ absl::StatusOr<std::unique_ptr<PagedKvCache>> StartUp(const CacheOptions& option
                                     options.kv_dtype));
   mine.set_page_size(options.page_size);
   mine.set_kv_dtype(KvDTypeName(options.kv_dtype));
+  mine.set_attention_split(AttentionSplitName(model.plan().attention));
   mine.set_build(BuildId());
   mine.set_weights_fingerprint(ReplicatedWeightsFingerprint(model.weights()));
   Hello coordinator = mine;
@@ -79,6 +80,10 @@ absl::StatusOr<std::unique_ptr<PagedKvCache>> StartUp(const CacheOptions& option
         "the same config.json; use the same checkpoint on every host");
   } else if (coordinator.page_size() != mine.page_size()) {
     hello_status = absl::FailedPreconditionError("--page-size differs from rank 0's");
+  } else if (coordinator.attention_split() != mine.attention_split()) {
+    hello_status = absl::FailedPreconditionError(
+        absl::StrCat("--mla-attention ", mine.attention_split(), " differs from rank 0's ",
+                     coordinator.attention_split()));
   } else if (coordinator.kv_dtype() != mine.kv_dtype()) {
     hello_status = absl::FailedPreconditionError(absl::StrCat(
         "--kv-dtype ", mine.kv_dtype(), " differs from rank 0's ", coordinator.kv_dtype()));

@@ -10,14 +10,34 @@ Scheduler::Scheduler(const SchedulerOptions& options) : options_(options) {
   CHECK_GT(options.page_size, 0);
   CHECK_GT(options.max_batch, 0);
   CHECK_GT(options.max_batch_tokens, 0);
-  // Stack of free ids, lowest id on top, so allocation order is deterministic.
-  for (int64_t p = options.num_pages - 1; p >= 0; --p) free_.push_back(static_cast<int32_t>(p));
+  CHECK_GT(options.page_groups, 0);
+  CHECK_EQ(options.num_pages % options.page_groups, 0);
+  CHECK_MSG(options.page_groups == 1 || (!options.prefix_cache && options.swap_slots == 0),
+            "page groups run without the prefix cache and swap");
+  group_pages_ = std::max<int64_t>(options.num_pages / options.page_groups, 1);
+  // Stacks of free ids, lowest id on top, so allocation order is deterministic.
+  free_.resize(static_cast<size_t>(options.page_groups));
+  for (int64_t p = options.num_pages - 1; p >= 0; --p) {
+    free_[GroupOf(static_cast<int32_t>(p))].push_back(static_cast<int32_t>(p));
+  }
   pages_.resize(static_cast<size_t>(options.num_pages));
   for (int64_t s = options.swap_slots - 1; s >= 0; --s) free_slots_.push_back(s);
 }
 
-int32_t Scheduler::TakeFreePage() {
-  if (free_.empty()) {
+int64_t Scheduler::free_pages() const {
+  int64_t free = static_cast<int64_t>(evictable_.size());
+  for (const std::vector<int32_t>& group : free_) free += static_cast<int64_t>(group.size());
+  return free;
+}
+
+int64_t Scheduler::FreeIn(int32_t group) const {
+  return static_cast<int64_t>(free_[group].size()) +
+         (options_.page_groups == 1 ? static_cast<int64_t>(evictable_.size()) : 0);
+}
+
+int32_t Scheduler::TakeFreePage(int32_t group) {
+  std::vector<int32_t>& free = free_[group];
+  if (free.empty()) {  // one group only: the evictable cached pages are all of it
     CHECK(!evictable_.empty());
     const int32_t page = evictable_.front();
     evictable_.pop_front();
@@ -25,10 +45,10 @@ int32_t Scheduler::TakeFreePage() {
     table_.erase(state.key);
     state.node = 0;
     state.key.tokens.clear();
-    free_.push_back(page);
+    free.push_back(page);
   }
-  const int32_t page = free_.back();
-  free_.pop_back();
+  const int32_t page = free.back();
+  free.pop_back();
   DCHECK(pages_[page].refs == 0);
   pages_[page].refs = 1;
   return page;
@@ -89,7 +109,7 @@ void Scheduler::Release(Sequence* seq) {
     if (state.node != 0) {
       state.lru = evictable_.insert(evictable_.end(), *it);
     } else {
-      free_.push_back(*it);
+      free_[GroupOf(*it)].push_back(*it);
     }
   }
   seq->pages.clear();
@@ -129,9 +149,9 @@ void Scheduler::Preempt(size_t running_index) {
 
 bool Scheduler::Allocate(Sequence* seq, int64_t tokens, SeqStep* step) {
   const int64_t need = PagesFor(tokens) - static_cast<int64_t>(seq->pages.size());
-  if (need > free_pages()) return false;
+  if (need > FreeIn(seq->group)) return false;
   for (int64_t i = 0; i < need; ++i) {
-    const int32_t page = TakeFreePage();
+    const int32_t page = TakeFreePage(seq->group);
     seq->pages.push_back(page);
     step->add_new_pages(page);
   }
@@ -197,7 +217,9 @@ void Scheduler::Schedule(StepPlan* plan, std::vector<ScheduledSeq>* slices_out) 
     step.mutable_new_pages()->Reserve(static_cast<int>(PagesFor(count) + 1));
     bool preempted_self = false;
     while (!Allocate(seq, seq->num_computed + count, &step)) {
-      const size_t newest = running_.size() - 1;
+      // The newest sequence newer than this one whose pages would help: of its group.
+      size_t newest = running_.size() - 1;
+      while (newest > i && running_[newest]->group != seq->group) --newest;
       if (newest == i) {
         preempted_self = true;
         break;
@@ -235,7 +257,7 @@ void Scheduler::Schedule(StepPlan* plan, std::vector<ScheduledSeq>* slices_out) 
          static_cast<int64_t>(running_.size()) < options_.max_batch) {
     Sequence* seq = waiting_.front().get();
     const int64_t len = static_cast<int64_t>(seq->tokens.size());
-    if (!seq->swap_slots.empty()) {
+    if (!seq->swap_slots.empty()) {  // one page group (swap is off with several)
       if (PagesFor(len) > free_pages()) break;
       for (int64_t k = 0; k < PagesFor(len); ++k) seq->pages.push_back(TakeFreePage());
       for (size_t k = 0; k < seq->swap_slots.size(); ++k) {
@@ -252,9 +274,15 @@ void Scheduler::Schedule(StepPlan* plan, std::vector<ScheduledSeq>* slices_out) 
     // Matched pages no one holds count as free but are not free to this sequence.
     int64_t matched_free = 0;
     for (int32_t page : matched_) matched_free += pages_[page].refs == 0 ? 1 : 0;
-    if (PagesFor(len) - shared > free_pages() - matched_free) break;
+    // The group with the most free pages (the lowest of equals).
+    seq->group = 0;
+    for (int32_t g = 1; g < static_cast<int32_t>(options_.page_groups); ++g) {
+      if (FreeIn(g) > FreeIn(seq->group)) seq->group = g;
+    }
+    if (PagesFor(len) - shared > FreeIn(seq->group) - matched_free) break;
     seq->seq_id = next_seq_id_++;
     SeqStep* step = plan->add_seqs();
+    step->set_page_group(seq->group);
     step->set_max_pages(static_cast<int32_t>(seq->pages.capacity()));
     for (int32_t page : matched_) {
       PageState& state = pages_[page];

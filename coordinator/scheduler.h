@@ -41,6 +41,11 @@ struct SchedulerOptions {
   int64_t max_batch_tokens = 512;  // tokens per step (prefill chunks + decodes)
   bool prefix_cache = false;       // share cached full pages of common prefixes
   int64_t swap_slots = 0;          // pages the swap space holds (0: preemption recomputes)
+  // Data-parallel attention (ShardPlan kData): the pages split into this many equal groups,
+  // group g being rank g's pool, and each sequence takes all its pages from one group (chosen
+  // at admission: the one with the most free pages). Above 1, prefix_cache and swap_slots
+  // must be off; a sequence needing a page preempts the newest of its own group.
+  int64_t page_groups = 1;
 };
 
 // One request's state on the coordinator.
@@ -50,6 +55,7 @@ struct Sequence {
   int64_t prompt_len = 0;
   int64_t num_computed = 0;    // tokens whose KV rows are in the cache
   std::vector<int32_t> pages;  // block table (global page ids)
+  int32_t group = 0;           // its pages' group (SchedulerOptions::page_groups)
   // Prefix-cache entry of each leading full computed page (see Scheduler): what the next
   // full page's entry is keyed on.
   std::vector<uint64_t> prefix_nodes;
@@ -106,7 +112,7 @@ class Scheduler {
     return running_.empty() && waiting_.empty() && ready_.empty() && swapping_in_.empty();
   }
   // Pages no sequence holds: never used, or cached and evictable.
-  int64_t free_pages() const { return static_cast<int64_t>(free_.size() + evictable_.size()); }
+  int64_t free_pages() const;
   // Prompt tokens of admitted sequences found in the prefix cache (not computed), and the
   // tokens computed at admission instead (the rest of the prompt; with the cache off, all).
   int64_t prefix_hit_tokens() const { return prefix_hit_tokens_; }
@@ -146,8 +152,11 @@ class Scheduler {
   void Release(Sequence* seq);
   void ReleaseSlots(Sequence* seq);
   bool Allocate(Sequence* seq, int64_t tokens, SeqStep* step);
-  // A free page id: a never-used one, else the least recently released cached one.
-  int32_t TakeFreePage();
+  // A free page id of `group`: a never-used one, else the least recently released cached one.
+  int32_t TakeFreePage(int32_t group = 0);
+  int32_t GroupOf(int32_t page) const { return static_cast<int32_t>(page / group_pages_); }
+  // Free pages of `group` (with one group: evictable cached pages included).
+  int64_t FreeIn(int32_t group) const;
   // The key of seq's page `page_index` after the entry `parent` (0 for the first page).
   void SetKey(const Sequence& seq, int64_t page_index, uint64_t parent, PrefixKey* key) const;
   // Cached pages that start seq's tokens, leaving at least its last token to compute.
@@ -156,7 +165,9 @@ class Scheduler {
   void CachePages(Sequence* seq);
 
   SchedulerOptions options_;
-  std::vector<int32_t> free_;                       // never-used or uncached free ids (a stack)
+  int64_t group_pages_ = 0;                         // pages per group
+  // Per group: never-used or uncached free ids (a stack).
+  std::vector<std::vector<int32_t>> free_;
   std::vector<PageState> pages_;                    // [num_pages]
   absl::flat_hash_map<PrefixKey, int32_t> table_;   // cached full pages
   std::list<int32_t> evictable_;                    // cached, held by none: oldest release first

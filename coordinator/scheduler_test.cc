@@ -31,19 +31,27 @@ struct Simulation {
 
   void Run(Scheduler& scheduler, int64_t max_steps = 100000) {
     std::map<int64_t, std::vector<int32_t>> tables;  // what the workers would hold
+    std::map<int64_t, int32_t> groups;               // page group of each admission
     while (!scheduler.Idle() && steps < max_steps) {
       StepPlan plan;
       auto slices = ScheduleStep(scheduler, &plan);
       ASSERT_FALSE(slices.empty()) << "stalled at step " << steps;
       ++steps;
-      for (int64_t id : plan.released()) ASSERT_EQ(tables.erase(id), 1u);
+      for (int64_t id : plan.released()) {
+        ASSERT_EQ(tables.erase(id), 1u);
+        groups.erase(id);
+      }
       int64_t tokens = 0;
       std::set<int32_t> used;
       ASSERT_LE(plan.seqs_size(), options.max_batch);
       for (int i = 0; i < plan.seqs_size(); ++i) {
         const SeqStep& s = plan.seqs(i);
         auto& table = tables[s.seq_id()];
+        groups.try_emplace(s.seq_id(), s.page_group());  // a new seq_id is an admission
         table.insert(table.end(), s.new_pages().begin(), s.new_pages().end());
+        // Page groups: every page of a sequence is in the group its admission named.
+        const int64_t group_pages = options.num_pages / options.page_groups;
+        for (int32_t p : s.new_pages()) ASSERT_EQ(p / group_pages, groups.at(s.seq_id()));
         tokens += s.tokens_size();
         // Every position of the slice has a page.
         ASSERT_GE(static_cast<int64_t>(table.size()) * options.page_size,
@@ -97,6 +105,52 @@ TEST(SchedulerTest, EveryRequestFinishesAndEveryPageReturns) {
       EXPECT_GT(scheduler.total_preemptions(), 0) << "budget meant to force preemption";
     }
   }
+}
+
+TEST(SchedulerTest, PageGroupsKeepEachSequenceInOneGroup) {
+  // Data-parallel attention: one page group per rank, each as tight as the single pool above.
+  for (uint64_t seed : {1, 2, 3}) {
+    for (int64_t groups : {2, 3}) {
+      for (int64_t page_size : {1, 3, 16}) {
+        Rng rng(seed);
+        Simulation sim;
+        sim.options = {/*num_pages=*/0, page_size, /*max_batch=*/6, /*max_batch_tokens=*/13};
+        const int64_t max_len = 60;
+        sim.options.page_groups = groups;
+        sim.options.num_pages = groups * ((max_len + page_size - 1) / page_size + 3);
+        Scheduler scheduler(sim.options);
+        for (int64_t i = 0; i < 30; ++i) {
+          const int64_t prompt = 1 + static_cast<int64_t>(rng.Uniform() * 40);
+          sim.target_new.push_back(1 + static_cast<int64_t>(rng.Uniform() * (max_len - prompt)));
+          scheduler.Enqueue(MakeSeq(i, prompt));
+        }
+        sim.Run(scheduler);
+        EXPECT_EQ(sim.finished, 30);
+        EXPECT_TRUE(scheduler.Idle());
+        EXPECT_EQ(scheduler.free_pages(), sim.options.num_pages);
+        EXPECT_GT(scheduler.total_preemptions(), 0) << "budget meant to force preemption";
+      }
+    }
+  }
+}
+
+TEST(SchedulerTest, PageGroupsAdmitIntoTheFreerGroup) {
+  SchedulerOptions options{/*num_pages=*/20, /*page_size=*/1, /*max_batch=*/8,
+                           /*max_batch_tokens=*/100};
+  options.page_groups = 2;  // pages 0-9 and 10-19
+  Scheduler scheduler(options);
+  scheduler.Enqueue(MakeSeq(0, 6));
+  scheduler.Enqueue(MakeSeq(1, 3));
+  scheduler.Enqueue(MakeSeq(2, 2));
+  StepPlan plan;
+  auto slices = ScheduleStep(scheduler, &plan);
+  ASSERT_EQ(plan.seqs_size(), 3);
+  // 10/10 free: group 0; then 4/10: group 1; then 4/7: group 1 again.
+  EXPECT_EQ(plan.seqs(0).page_group(), 0);
+  EXPECT_EQ(plan.seqs(1).page_group(), 1);
+  EXPECT_EQ(plan.seqs(2).page_group(), 1);
+  EXPECT_EQ(plan.seqs(1).new_pages(0), 10);
+  EXPECT_EQ(scheduler.free_pages(), 20 - 11);
 }
 
 TEST(SchedulerTest, ChunkedPrefillWantsLogitsOnlyAtTheEnd) {

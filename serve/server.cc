@@ -624,16 +624,15 @@ absl::Status RunServe(const ServeOptions& options, Model& model, const Replicas&
           "serve needs a tokenizer (tokenizer.json, or \"tokenizer\": \"bytes\" in config.json)");
     }
     if (start.ok()) tokenizer = std::move(*loaded);
-    const SchedulerOptions scheduler{cache->num_pages(), options.batch.cache.page_size,
-                                     options.batch.max_batch, options.batch.max_batch_tokens,
-                                     options.batch.prefix_cache, swap ? swap->slots() : 0};
+    const SchedulerOptions scheduler =
+        SchedulerOptionsFor(options.batch, model, *cache, swap.get());
     if (start.ok() && replicas.client()) {
       // A chat template with a construct the renderer lacks is a start-up error naming it.
       absl::StatusOr<ModelChatTemplate> chat = LoadChatTemplate(options.batch.model_dir);
       start = chat.status();
       if (start.ok()) {
         front = std::make_unique<FrontEnd>(options, model.dims(), *tokenizer, std::move(*chat),
-                                           cache->num_pages() * replicas.count, world.size());
+                                           scheduler.num_pages * replicas.count, world.size());
         router = std::make_unique<ReplicaRouter>(
             replicas.leaders, replicas.count,
             [f = front.get()](SequenceResult r) { return f->OnResult(std::move(r)); });

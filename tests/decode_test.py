@@ -325,6 +325,36 @@ class DecodeInvariants(unittest.TestCase):
                 scored[np] = {json.loads(l)["id"]: json.loads(l) for l in f}
         self.assertEqual(scored[2], scored[1])
 
+    def test_mla_data_parallel_attention(self):
+        # --mla-attention dp: each sequence's latent on one rank, which attends for it; the MLP
+        # stays tensor-parallel. Greedy tokens equal one rank's (logprobs within TP's rounding);
+        # the bits do not depend on batching, page size or preemption (nor on the rank that owns
+        # a sequence, which all of those change).
+        if config().get("attention_type") != "mla":
+            cmd = ["mpirun", "--oversubscribe", "--bind-to", "none", "-q", "-np", "2", SHARDLM,
+                   "decode", "--model", MODEL, "--prompts", self.prompts, "--output",
+                   os.path.join(WORK, "dp-refused.jsonl"), "--mla-attention", "dp"]
+            r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=ENV)
+            self.assertNotEqual(r.returncode, 0)
+            self.assertIn("is for MLA models", r.stderr)
+            return
+        runs = {}
+        for np in (2, 4):
+            runs[np], summary = decode(f"dp{np}", self.prompts, np, "--mla-attention", "dp")
+            self.assertClose(runs[np])
+            m = re.search(r"free pages (\d+)/(\d+)", summary)
+            self.assertEqual(m.group(1), m.group(2), summary)
+        small, _ = decode("dp2-small", self.prompts, 2, "--mla-attention", "dp", "--page-size",
+                          "3", "--max-batch", "5")
+        self.assertEqual(small, runs[2])
+        # A pool per rank that holds one longest sequence: preemptions (in two pools).
+        max_len_pages = -(-config()["max_position_embeddings"] // 16)
+        mb = page_budget_mb(max_len_pages, 16)
+        tight, summary = decode("dp2-preempt", self.prompts, 2, "--mla-attention", "dp",
+                                "--kv-cache-mb", f"{mb:.6f}")
+        self.assertGreater(int(re.search(r"(\d+) preemptions", summary).group(1)), 0, summary)
+        self.assertEqual(tight, runs[2])
+
     def test_bf16_dot_math(self):
         """--bf16-math dot: a BF16 checkpoint's results change (x is rounded to bf16) but stay
         batch-invariant, and TP 2 matches TP 1 as in the exact mode; other dtypes keep their
