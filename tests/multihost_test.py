@@ -10,7 +10,8 @@ B's daemon through its rsh agent (`plm_rsh_agent`), here a script that enters B'
 namespaces instead of running ssh.
 
 Checks: the two-host output equals the one-host output; another checkpoint or another
-build on host B is refused at start-up by name (the Hello fingerprints); losing host B
+build on host B is refused at start-up by name (the Hello fingerprints); an unreachable host B
+is explained by mpirun (shardlm-run keeps its diagnostics with --hostfile); losing host B
 mid-job (its processes killed, or its link taken down) ends the job within 15 s with one
 message naming host B's rank and host, and the output file keeps every finished result on a
 complete line.
@@ -120,6 +121,19 @@ class TwoHosts:
     def link(self, host, state):
         sh("ip", "-n", self.ns[host], "link", "set", self.veth[host], state)
 
+    def restore_link(self):
+        """Host A's link up again, returning once both ends carry (the next job's daemon on host
+        B must reach mpirun at once, or the launch fails)."""
+        self.link("host-a", "up")
+        deadline = time.time() + 10
+        while time.time() < deadline:
+            states = [sh("ip", "-n", self.ns[h], "-o", "link", "show", "dev", self.veth[h]).stdout
+                      for h in ("host-a", "host-b")]
+            if all("LOWER_UP" in s and "state UP" in s for s in states):
+                return
+            time.sleep(0.1)
+        raise RuntimeError(f"the veth pair did not come back up: {states}")
+
     def host_dir(self, host):
         return os.path.join(self.work, "hosts", host)
 
@@ -218,6 +232,18 @@ class TwoHostTest(unittest.TestCase):
             f.write(binary[:start] + other + binary[start + 8:])
         self.refused("rank 1: binary mismatch")
 
+    def test_unreachable_host_b_is_explained(self):
+        # With --hostfile, shardlm-run keeps mpirun's own diagnostics: a daemon that cannot reach
+        # back to mpirun is named, not a silent non-zero exit.
+        HOSTS.link("host-a", "down")
+        self.addCleanup(HOSTS.restore_link)
+        prompts = os.path.join(WORK, "one.jsonl")
+        jobs.write_jsonl(prompts, [{"id": 0, "tokens": [5, 6], "max_new_tokens": 4}])
+        r = self.run_two_hosts(self.decode_args(prompts, os.path.join(WORK, "none.jsonl")),
+                               timeout=120)
+        self.assertNotEqual(r.returncode, 0, r.stderr)
+        self.assertIn("daemon", r.stderr)
+
     def lose_host_b(self, fault):
         """Starts a long decode, waits for results, applies `fault` and checks the end."""
         prompts = os.path.join(WORK, "many.jsonl")
@@ -231,7 +257,8 @@ class TwoHostTest(unittest.TestCase):
         p = subprocess.Popen(HOSTS.command(self.decode_args(prompts, out, "--max-batch", "4")),
                              stdout=subprocess.DEVNULL, stderr=err, env=HOSTS.env())
         self.addCleanup(lambda: p.poll() is None and (p.kill(), p.wait()))
-        self.addCleanup(HOSTS.link, "host-a", "up")
+        if fault == "link":
+            self.addCleanup(HOSTS.restore_link)
         deadline = time.time() + 240
         while time.time() < deadline and p.poll() is None:
             if os.path.exists(out):
