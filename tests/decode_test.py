@@ -63,6 +63,15 @@ def decode(name, prompts, np=1, *flags):
     return results, summary[0]
 
 
+def attention_family():
+    """The engine's attention family of MODEL (`shardlm inspect`: HF configs such as DeepSeek's
+    name it by model_type, not attention_type)."""
+    r = subprocess.run([SHARDLM, "inspect", "--model", MODEL], capture_output=True, text=True,
+                       timeout=120, env=ENV)
+    assert r.returncode == 0, r.stderr
+    return re.search(r"^attention\s+(\w+)", r.stdout, re.M).group(1)
+
+
 def weights_dtype():
     """The dtype of the checkpoint's tensors (make-model writes one dtype throughout)."""
     import struct
@@ -330,7 +339,7 @@ class DecodeInvariants(unittest.TestCase):
         # stays tensor-parallel. Greedy tokens equal one rank's (logprobs within TP's rounding);
         # the bits do not depend on batching, page size or preemption (nor on the rank that owns
         # a sequence, which all of those change).
-        if config().get("attention_type") != "mla":
+        if attention_family() != "mla":
             cmd = ["mpirun", "--oversubscribe", "--bind-to", "none", "-q", "-np", "2", SHARDLM,
                    "decode", "--model", MODEL, "--prompts", self.prompts, "--output",
                    os.path.join(WORK, "dp-refused.jsonl"), "--mla-attention", "dp"]
