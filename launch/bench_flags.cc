@@ -85,12 +85,7 @@ absl::Status ParseBenchOptions(const Flags& flags, BenchOptions* o) {
   ASSIGN_OR_RETURN(o->page_size, flags.Int("page-size", 16, 1, 1 << 20));
   ASSIGN_OR_RETURN(o->kv_cache_mb, flags.Double("kv-cache-mb", 1024, 1e-6, 1e9));
   ASSIGN_OR_RETURN(o->kv_dtype, ParseKvDType(flags.String("kv-dtype", "f32")));
-  const std::string split = flags.String("mla-attention", "tp");
-  if (split != "tp" && split != "dp") {
-    return absl::InvalidArgumentError(
-        absl::StrCat("--mla-attention must be tp or dp, got \"", split, "\""));
-  }
-  o->mla_attention = split == "dp" ? AttentionSplit::kData : AttentionSplit::kTensor;
+  ASSIGN_OR_RETURN(o->mla_attention, ParseAttentionSplit(flags.String("mla-attention", "tp")));
   ASSIGN_OR_RETURN(o->max_pool_mb, flags.Double("max-pool-mb", 8192, 1e-6, 1e9));
   ASSIGN_OR_RETURN(o->prefill_tokens, flags.Int("prefill-tokens", 512, 0, 1 << 20));
   ASSIGN_OR_RETURN(o->prefill_reps, flags.Int("prefill-reps", 3, 1, 1 << 20));

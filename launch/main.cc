@@ -99,13 +99,13 @@ std::vector<FlagSpec> WithBatchFlags(std::vector<FlagSpec> own,
       {"swap-mb", true,
        "host memory per rank for preempted sequences' KV pages (default 256; 0: recompute)"},
       {"swap-dir", true, "a directory for a swap file beyond --swap-mb (default: none)"},
+      {"swap-file-mb", true, "the swap file's size per rank under --swap-dir (default 1024)"},
+      {"swap-fault", true,
+       "tests only: flip-memory, flip-file or truncate-file after the last rank's next swap-out"},
       {"mla-attention", true,
        "MLA models: tp (default: heads over the ranks, the latent duplicated on each) or dp "
        "(data-parallel attention: each sequence's latent on one rank, which attends for it; "
        "the MLP stays tensor-parallel; runs without prefix cache and swap)"},
-      {"swap-file-mb", true, "the swap file's size per rank under --swap-dir (default 1024)"},
-      {"swap-fault", true,
-       "tests only: flip-memory, flip-file or truncate-file after the last rank's next swap-out"},
       {"threads", true,
        "compute threads per rank (default 1), or auto: this host's cores / its ranks"},
       {"bf16-math", true,
@@ -127,16 +127,11 @@ struct ReplicatedModel {
 absl::StatusOr<ReplicatedModel> LoadReplicated(const Flags& flags, const std::string& model_dir,
                                                Comm& comm) {
   ASSIGN_OR_RETURN(int64_t tp, flags.Int("tp", comm.size(), 1, 1 << 20));
-  const std::string split = flags.String("mla-attention", "tp");
-  if (split != "tp" && split != "dp") {
-    return absl::InvalidArgumentError(
-        absl::StrCat("--mla-attention must be tp or dp, got \"", split, "\""));
-  }
+  ASSIGN_OR_RETURN(AttentionSplit split, ParseAttentionSplit(flags.String("mla-attention", "tp")));
   ReplicatedModel out;
   ASSIGN_OR_RETURN(out.split, SplitReplicas(comm, tp));
   const Replicas replicas = out.split.View(comm);
-  auto model = Model::Load(model_dir, replicas.tp.rank(), replicas.tp.size(),
-                           split == "dp" ? AttentionSplit::kData : AttentionSplit::kTensor);
+  auto model = Model::Load(model_dir, replicas.tp.rank(), replicas.tp.size(), split);
   RETURN_IF_ERROR(AgreeOnStatus(comm, model.status()));
   out.model = std::move(*model);
   return out;

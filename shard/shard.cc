@@ -124,6 +124,13 @@ const char* AttentionSplitName(AttentionSplit split) {
   return split == AttentionSplit::kData ? "dp" : "tp";
 }
 
+absl::StatusOr<AttentionSplit> ParseAttentionSplit(std::string_view name) {
+  if (name == "tp") return AttentionSplit::kTensor;
+  if (name == "dp") return AttentionSplit::kData;
+  return absl::InvalidArgumentError(
+      absl::StrCat("--mla-attention must be tp or dp, got \"", std::string(name), "\""));
+}
+
 absl::StatusOr<ShardPlan> PlanShard(const ModelDims& dims, int rank, int size,
                                     AttentionSplit attention) {
   if (attention == AttentionSplit::kData) {

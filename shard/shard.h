@@ -4,6 +4,7 @@
 #define SHARDLM_SHARD_SHARD_H_
 
 #include <cstdint>
+#include <string_view>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -40,6 +41,8 @@ enum class SplitState {
 // those rows only; the MLP and the vocabulary stay tensor-parallel.
 enum class AttentionSplit { kTensor, kData };
 const char* AttentionSplitName(AttentionSplit split);  // "tp", "dp"
+// The --mla-attention value ("tp" or "dp"); anything else is an error naming the flag.
+absl::StatusOr<AttentionSplit> ParseAttentionSplit(std::string_view name);
 
 struct ShardPlan {
   int rank = 0;
