@@ -44,7 +44,6 @@ absl::Status RunJsonlJob(const char* job, const BatchOptions& options, const std
   std::unique_ptr<Tokenizer> tokenizer;
   std::unique_ptr<Coordinator> coordinator;
   std::unique_ptr<ReplicaRouter> router;
-  std::unique_ptr<ReplicaLeader> remote;  // a leader of a replica other than 0
   int64_t errors = 0, done = 0;
   absl::Status open_status;
   if (replicas.leader()) {
@@ -56,25 +55,16 @@ absl::Status RunJsonlJob(const char* job, const BatchOptions& options, const std
       tokenizer = std::move(*loaded);
       if (replicas.client()) open_status = OpenRequestFiles(input, output, &in, &writer);
     }
-    if (open_status.ok()) {
-      const SchedulerOptions scheduler = SchedulerOptionsFor(options, model, *cache, swap.get());
-      Coordinator::Sink sink;
-      if (replicas.client()) {
-        router = std::make_unique<ReplicaRouter>(
-            replicas.leaders, replicas.count, [&](SequenceResult result) -> absl::Status {
-              ++done;
-              return writer->Write(client.result_line(result));
-            });
-        sink = router->LocalSink();
-      } else {
-        remote = std::make_unique<ReplicaLeader>(*replicas.leaders, /*stream=*/false);
-        sink = remote->Sink();
-      }
-      coordinator = std::make_unique<Coordinator>(scheduler, model.dims(), std::move(sink),
-                                                  tokenizer.get());
-      if (router) router->SetLocal(coordinator.get());
-    }
-    if (open_status.ok() && router) {
+    if (open_status.ok() && replicas.client()) {
+      router = std::make_unique<ReplicaRouter>(
+          replicas.leaders, replicas.count, [&](SequenceResult result) -> absl::Status {
+            ++done;
+            return writer->Write(client.result_line(result));
+          });
+      coordinator = std::make_unique<Coordinator>(
+          SchedulerOptionsFor(options, model, *cache, swap.get()), model.dims(),
+          router->LocalSink(), tokenizer.get());
+      router->SetLocal(coordinator.get());
       absl::StatusOr<int64_t> read = client.read(
           in, writer.get(),
           [&](int64_t handle, SequenceRequest request) {
@@ -87,6 +77,11 @@ absl::Status RunJsonlJob(const char* job, const BatchOptions& options, const std
     }
   }
   RETURN_IF_ERROR(AgreeOnStatus(world, open_status));
+  if (replicas.leader() && !replicas.client()) {
+    return RunReplicaLeader(model, *cache, swap.get(), replicas,
+                            SchedulerOptionsFor(options, model, *cache, swap.get()),
+                            tokenizer.get(), /*stream=*/false);
+  }
 
   const auto start = std::chrono::steady_clock::now();
   auto seconds = [&] {
@@ -110,14 +105,9 @@ absl::Status RunJsonlJob(const char* job, const BatchOptions& options, const std
   };
   std::function<absl::Status()> before_plan;
   if (router) before_plan = [&] { return router->BeforePlan(); };
-  if (remote) before_plan = [&] { return remote->BeforePlan(*coordinator); };
-  absl::Status status = RunSteps(model, *cache, swap.get(), replicas.tp, coordinator.get(),
-                                 print_progress, before_plan);
-  if (remote) {
-    const absl::Status sent = remote->Finish(coordinator.get(), status);
-    return status.ok() ? sent : status;
-  }
-  if (world.rank() != 0) return status;
+  const absl::Status status = RunSteps(model, *cache, swap.get(), replicas.tp, coordinator.get(),
+                                       print_progress, before_plan);
+  if (!replicas.client()) return status;
   if (progress) std::fprintf(stderr, "\n");
   if (!status.ok()) return status;
   // The summary of a job that ran to its end; an error is the job's one message instead.

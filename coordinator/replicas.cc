@@ -1,5 +1,6 @@
 #include "coordinator/replicas.h"
 
+#include <algorithm>
 #include <set>
 #include <string>
 
@@ -129,18 +130,15 @@ ReplicaCounters CountersOf(const Coordinator& c) {
 }
 
 void AddCounters(const ReplicaCounters& from, ReplicaCounters* to) {
-  to->set_generated_tokens(to->generated_tokens() + from.generated_tokens());
-  to->set_computed_tokens(to->computed_tokens() + from.computed_tokens());
-  to->set_preemptions(to->preemptions() + from.preemptions());
-  to->set_swapped_out(to->swapped_out() + from.swapped_out());
-  to->set_swap_in_failures(to->swap_in_failures() + from.swap_in_failures());
-  to->set_recomputed_tokens(to->recomputed_tokens() + from.recomputed_tokens());
-  to->set_prefix_hit_tokens(to->prefix_hit_tokens() + from.prefix_hit_tokens());
-  to->set_prefix_miss_tokens(to->prefix_miss_tokens() + from.prefix_miss_tokens());
-  to->set_free_pages(to->free_pages() + from.free_pages());
-  to->set_total_pages(to->total_pages() + from.total_pages());
-  to->set_running(to->running() + from.running());
-  to->set_waiting(to->waiting() + from.waiting());
+  // Every field is an int64 count that adds up over replicas, a field added later included.
+  const google::protobuf::Reflection& reflection = *to->GetReflection();
+  const google::protobuf::Descriptor& fields = *to->GetDescriptor();
+  for (int i = 0; i < fields.field_count(); ++i) {
+    const google::protobuf::FieldDescriptor* field = fields.field(i);
+    CHECK_EQ(field->cpp_type(), google::protobuf::FieldDescriptor::CPPTYPE_INT64);
+    reflection.SetInt64(to, field,
+                        reflection.GetInt64(*to, field) + reflection.GetInt64(from, field));
+  }
 }
 
 ReplicaRouter::ReplicaRouter(Mailbox* leaders, int replicas, Coordinator::Sink sink)
@@ -208,15 +206,19 @@ absl::StatusOr<bool> ReplicaRouter::Cancel(int64_t handle, const char* reason) {
   return true;
 }
 
-absl::Status ReplicaRouter::Poll() {
+absl::Status ReplicaRouter::Take(const std::function<bool()>& wait) {
   if (leaders_ == nullptr) return absl::OkStatus();
   int from = 0;
   std::string bytes;
   while (true) {
-    ASSIGN_OR_RETURN(bool got, leaders_->Receive(false, &from, &bytes));
+    ASSIGN_OR_RETURN(bool got, leaders_->Receive(wait(), &from, &bytes));
     if (!got) return absl::OkStatus();
     RETURN_IF_ERROR(Handle(from, bytes));
   }
+}
+
+absl::Status ReplicaRouter::Poll() {
+  return Take([] { return false; });
 }
 
 ReplicaCounters ReplicaRouter::Live() const {
@@ -270,35 +272,15 @@ absl::Status ReplicaRouter::Handle(int from, const std::string& bytes) {
 }
 
 absl::Status ReplicaRouter::BeforePlan() {
-  if (leaders_ == nullptr) return absl::OkStatus();
-  int from = 0;
-  std::string bytes;
-  while (true) {
-    const bool wait = local_->Idle() && remote_outstanding_ > 0;
-    ASSIGN_OR_RETURN(bool got, leaders_->Receive(wait, &from, &bytes));
-    if (!got) return absl::OkStatus();
-    RETURN_IF_ERROR(Handle(from, bytes));
-  }
+  return Take([this] { return local_->Idle() && remote_outstanding_ > 0; });
 }
 
 absl::StatusOr<ReplicaCounters> ReplicaRouter::Finish() {
-  if (leaders_ != nullptr) {
-    int from = 0;
-    std::string bytes;
-    auto all_done = [this] {
-      for (bool d : done_) {
-        if (!d) return false;
-      }
-      return true;
-    };
-    while (!all_done()) {
-      ASSIGN_OR_RETURN(bool got, leaders_->Receive(true, &from, &bytes));
-      if (got) RETURN_IF_ERROR(Handle(from, bytes));
-    }
-    if (!owners_.empty()) {
-      return absl::InternalError(
-          absl::StrCat(owners_.size(), " sequences never came back from their replicas"));
-    }
+  RETURN_IF_ERROR(
+      Take([this] { return std::find(done_.begin(), done_.end(), false) != done_.end(); }));
+  if (!owners_.empty()) {
+    return absl::InternalError(
+        absl::StrCat(owners_.size(), " sequences never came back from their replicas"));
   }
   return Live();
 }
@@ -374,14 +356,27 @@ absl::Status ReplicaLeader::BeforePlan(Coordinator& coordinator) {
   }
 }
 
-absl::Status ReplicaLeader::Finish(const Coordinator* coordinator, const absl::Status& status) {
+absl::Status ReplicaLeader::Finish(const Coordinator& coordinator, const absl::Status& status) {
   ReplicaMessage message;
-  if (status.ok() && coordinator != nullptr) {
-    *message.mutable_done() = CountersOf(*coordinator);
+  if (status.ok()) {
+    *message.mutable_done() = CountersOf(coordinator);
   } else {
-    message.set_error(std::string(status.ok() ? "no coordinator" : status.message()));
+    message.set_error(std::string(status.message()));
   }
   return leaders_.Send(0, Serialized(message));
+}
+
+absl::Status RunReplicaLeader(Model& model, PagedKvCache& cache, KvSwap* swap,
+                              const Replicas& replicas, const SchedulerOptions& scheduler,
+                              const Tokenizer* tokenizer, bool stream) {
+  CHECK(replicas.leader() && !replicas.client() && replicas.leaders != nullptr);
+  ReplicaLeader leader(*replicas.leaders, stream);
+  Coordinator coordinator(scheduler, model.dims(), leader.Sink(), tokenizer);
+  coordinator.SetTokenSink(leader.TokenSink());
+  const absl::Status status = RunSteps(model, cache, swap, replicas.tp, &coordinator, {},
+                                       [&] { return leader.BeforePlan(coordinator); });
+  const absl::Status sent = leader.Finish(coordinator, status);
+  return status.ok() ? sent : status;
 }
 
 }  // namespace shardlm

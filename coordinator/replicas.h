@@ -15,6 +15,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <unordered_map>
@@ -104,6 +105,8 @@ class ReplicaRouter {
  private:
   absl::Status Delivered(SequenceResult result);
   absl::Status Handle(int from, const std::string& bytes);
+  // Hands on every message that arrives, waiting for the next one while `wait` holds.
+  absl::Status Take(const std::function<bool()>& wait);
 
   Mailbox* leaders_;
   Coordinator::Sink sink_;
@@ -135,7 +138,7 @@ class ReplicaLeader {
   // Null unless streaming.
   Coordinator::TokenSink TokenSink();
   absl::Status BeforePlan(Coordinator& coordinator);
-  absl::Status Finish(const Coordinator* coordinator, const absl::Status& status);
+  absl::Status Finish(const Coordinator& coordinator, const absl::Status& status);
 
  private:
   // Sends the coordinator's counters unless they are the ones sent last.
@@ -148,6 +151,13 @@ class ReplicaLeader {
   absl::Status send_status_;  // of a token send (TokenSink returns nothing)
   std::chrono::steady_clock::time_point counters_sent_;
 };
+
+// The job of a replica leader other than rank 0, after start-up (every job that runs steps: its
+// cache, swap space and scheduler options as rank 0's): a coordinator behind a ReplicaLeader
+// runs the sequences rank 0 sends until its `end`, then reports. `stream`: as ReplicaLeader.
+absl::Status RunReplicaLeader(Model& model, PagedKvCache& cache, KvSwap* swap,
+                              const Replicas& replicas, const SchedulerOptions& scheduler,
+                              const Tokenizer* tokenizer, bool stream);
 
 }  // namespace shardlm
 

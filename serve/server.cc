@@ -613,7 +613,6 @@ absl::Status RunServe(const ServeOptions& options, Model& model, const Replicas&
   std::unique_ptr<FrontEnd> front;
   std::unique_ptr<Coordinator> coordinator;
   std::unique_ptr<ReplicaRouter> router;
-  std::unique_ptr<ReplicaLeader> remote;  // a leader of a replica other than 0
   absl::Status start;
   if (replicas.leader()) {
     absl::StatusOr<std::unique_ptr<Tokenizer>> loaded =
@@ -624,9 +623,9 @@ absl::Status RunServe(const ServeOptions& options, Model& model, const Replicas&
           "serve needs a tokenizer (tokenizer.json, or \"tokenizer\": \"bytes\" in config.json)");
     }
     if (start.ok()) tokenizer = std::move(*loaded);
-    const SchedulerOptions scheduler =
-        SchedulerOptionsFor(options.batch, model, *cache, swap.get());
     if (start.ok() && replicas.client()) {
+      const SchedulerOptions scheduler =
+          SchedulerOptionsFor(options.batch, model, *cache, swap.get());
       // A chat template with a construct the renderer lacks is a start-up error naming it.
       absl::StatusOr<ModelChatTemplate> chat = LoadChatTemplate(options.batch.model_dir);
       start = chat.status();
@@ -645,11 +644,6 @@ absl::Status RunServe(const ServeOptions& options, Model& model, const Replicas&
             });
         start = front->Listen();
       }
-    } else if (start.ok()) {
-      remote = std::make_unique<ReplicaLeader>(*replicas.leaders, /*stream=*/true);
-      coordinator = std::make_unique<Coordinator>(scheduler, model.dims(), remote->Sink(),
-                                                  tokenizer.get());
-      coordinator->SetTokenSink(remote->TokenSink());
     }
   }
   RETURN_IF_ERROR(AgreeOnStatus(world, start));
@@ -661,16 +655,17 @@ absl::Status RunServe(const ServeOptions& options, Model& model, const Replicas&
                                                  })
                                                : std::function<void(int)>([](int) {}));
   }
-  std::function<absl::Status()> before_plan;
-  if (router) before_plan = [f = front.get(), r = router.get()] { return f->BeforePlan(*r); };
-  if (remote) before_plan = [l = remote.get(), c = coordinator.get()] { return l->BeforePlan(*c); };
-  absl::Status status = RunSteps(model, *cache, swap.get(), replicas.tp, coordinator.get(), {},
-                                 before_plan);
-  if (remote) {
-    const absl::Status sent = remote->Finish(coordinator.get(), status);
-    if (status.ok()) status = sent;
+  absl::Status status;
+  if (replicas.leader() && !replicas.client()) {
+    status = RunReplicaLeader(model, *cache, swap.get(), replicas,
+                              SchedulerOptionsFor(options.batch, model, *cache, swap.get()),
+                              tokenizer.get(), /*stream=*/true);
+  } else {
+    std::function<absl::Status()> before_plan;
+    if (router) before_plan = [f = front.get(), r = router.get()] { return f->BeforePlan(*r); };
+    status = RunSteps(model, *cache, swap.get(), replicas.tp, coordinator.get(), {}, before_plan);
+    if (router && status.ok()) status = router->Finish().status();
   }
-  if (router && status.ok()) status = router->Finish().status();
   if (watchdog != nullptr) watchdog->SetStopHandler(nullptr);
   if (front != nullptr) front->Shutdown();
   if (world.rank() == 0 && status.ok()) std::fprintf(stderr, "shardlm serve: stopped\n");
