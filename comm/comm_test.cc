@@ -2,16 +2,14 @@
 #include <algorithm>
 #include <numeric>
 
-#include "comm/mpi_comm.h"
+#include "comm/mpi_test_main.h"
 #include "gtest/gtest.h"
 
 namespace shardlm {
 namespace {
 
-Comm* g_comm = nullptr;
-
 TEST(MpiCommTest, AllReduceSumAndMax) {
-  Comm& comm = *g_comm;
+  Comm& comm = TestComm();
   const int p = comm.size(), r = comm.rank();
   std::vector<float> data = {1.0f, static_cast<float>(r), static_cast<float>(r * r)};
   ASSERT_TRUE(comm.AllReduceSum(data).ok());
@@ -26,7 +24,7 @@ TEST(MpiCommTest, AllReduceSumAndMax) {
 }
 
 TEST(MpiCommTest, BroadcastFromEveryRoot) {
-  Comm& comm = *g_comm;
+  Comm& comm = TestComm();
   for (int root = 0; root < comm.size(); ++root) {
     std::string bytes = comm.rank() == root ? std::string(1000 + root, 'a' + root) : "junk";
     ASSERT_TRUE(comm.Broadcast(&bytes, root).ok());
@@ -40,7 +38,7 @@ TEST(MpiCommTest, BroadcastFromEveryRoot) {
 }
 
 TEST(MpiCommTest, GathervUnevenSizes) {
-  Comm& comm = *g_comm;
+  Comm& comm = TestComm();
   // Rank r sends r+1 values r*100 + i (rank 0 also tests a zero-size send below).
   std::vector<float> send(comm.rank() + 1);
   for (size_t i = 0; i < send.size(); ++i) send[i] = comm.rank() * 100.0f + i;
@@ -64,7 +62,7 @@ TEST(MpiCommTest, GathervUnevenSizes) {
 }
 
 TEST(MpiCommTest, AgreeOnStatusPicksLowestFailingRank) {
-  Comm& comm = *g_comm;
+  Comm& comm = TestComm();
   EXPECT_TRUE(AgreeOnStatus(comm, absl::OkStatus()).ok());
   // Every rank from `failing` up fails; the lowest of them must win.
   const int failing = comm.size() > 1 ? 1 : 0;
@@ -79,7 +77,7 @@ TEST(MpiCommTest, AgreeOnStatusPicksLowestFailingRank) {
 
 
 TEST(MpiCommTest, SplitFormsGroupsByColor) {
-  Comm& comm = *g_comm;
+  Comm& comm = TestComm();
   const int p = comm.size(), r = comm.rank();
   // Ranks by parity, ranked in reverse; rank 0 of the job takes no part when p > 2.
   const int color = (p > 2 && r == 0) ? -1 : r % 2;
@@ -104,7 +102,7 @@ TEST(MpiCommTest, SplitFormsGroupsByColor) {
 }
 
 TEST(MpiCommTest, MailboxDeliversInOrderPerSender) {
-  Comm& comm = *g_comm;
+  Comm& comm = TestComm();
   const int p = comm.size(), r = comm.rank();
   absl::StatusOr<std::unique_ptr<Mailbox>> mailbox = comm.OpenMailbox();
   ASSERT_TRUE(mailbox.ok()) << mailbox.status();
@@ -148,20 +146,5 @@ TEST(MpiCommTest, MailboxDeliversInOrderPerSender) {
   ASSERT_TRUE(comm.Barrier().ok());
 }
 
-
 }  // namespace
 }  // namespace shardlm
-
-int main(int argc, char** argv) {
-  shardlm::MpiSession mpi(&argc, &argv);
-  ::testing::InitGoogleTest(&argc, argv);
-  auto comm = shardlm::MpiComm::World();
-  shardlm::g_comm = comm.get();
-  // Only rank 0 prints the gtest report; all ranks still fail the exit code.
-  if (comm->rank() != 0) {
-    auto& listeners = ::testing::UnitTest::GetInstance()->listeners();
-    delete listeners.Release(listeners.default_result_printer());
-  }
-  const int result = RUN_ALL_TESTS();
-  return result;
-}

@@ -9,15 +9,13 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
-#include "comm/mpi_comm.h"
+#include "comm/mpi_test_main.h"
 #include "engine/make_model.h"
 #include "engine/model.h"
 #include "gtest/gtest.h"
 
 namespace shardlm {
 namespace {
-
-Comm* g_comm = nullptr;
 
 constexpr int64_t kPageSize = 4;
 const std::vector<int64_t> kPromptLengths = {3, 1, 7, 2, 5};
@@ -60,7 +58,7 @@ std::vector<float> TwoPasses(Model& model, Comm& comm, int shift) {
 }
 
 TEST(DataParallelAttentionTest, MatchesOneRankWhoeverOwnsEachSequence) {
-  Comm& comm = *g_comm;
+  Comm& comm = TestComm();
   const std::string dir = absl::StrCat(::testing::TempDir(), "/dp_attention_mla");
   absl::Status made;
   if (comm.rank() == 0) {
@@ -109,15 +107,3 @@ TEST(DataParallelAttentionTest, RefusesOtherFamilies) {
 
 }  // namespace
 }  // namespace shardlm
-
-int main(int argc, char** argv) {
-  shardlm::MpiSession mpi(&argc, &argv);
-  ::testing::InitGoogleTest(&argc, argv);
-  auto comm = shardlm::MpiComm::World();
-  shardlm::g_comm = comm.get();
-  if (comm->rank() != 0) {
-    auto& listeners = ::testing::UnitTest::GetInstance()->listeners();
-    delete listeners.Release(listeners.default_result_printer());
-  }
-  return RUN_ALL_TESTS();
-}
