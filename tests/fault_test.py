@@ -16,8 +16,11 @@ import sys
 import time
 import unittest
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import jobs  # noqa: E402
+
 SHARDLM = MODEL = WORK = None
-ENV = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
+ENV = jobs.ENV
 STOP_WITHIN = 10.0  # seconds from the fault to mpirun's exit (issue 6)
 # Ranks 0 and 1 dead: rank 2 waits at most 0.5 s for rank 1, then exits within
 # about 1 s (comm/watchdog.h); the rest is slack for a loaded machine.
@@ -82,14 +85,9 @@ class Faults(unittest.TestCase):
             cmd = ["mpirun", "--oversubscribe", "--bind-to", "none"] + (
                 ["-q"] if quiet else []) + ["-np", str(np)] + cmd
         p = self.popen(cmd, name)
-        # Wait for a few finished results, so there is something to keep.
-        deadline = time.time() + 240  # start-up is slow on a loaded machine
-        while time.time() < deadline and p.poll() is None:
-            if os.path.exists(out):
-                with open(out) as f:
-                    if f.read().count("\n") >= 2:
-                        break
-            time.sleep(0.05)
+        # Wait for a few finished results, so there is something to keep (start-up is slow on
+        # a loaded machine: up to 240 s).
+        jobs.wait_for_results(p, out)
         self.assertIsNone(p.poll(), "the job ended before the fault")
         return p, out
 

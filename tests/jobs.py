@@ -16,6 +16,19 @@ def mpirun(shardlm, cmd, np=1, timeout=300):
     return r
 
 
+def wait_for_results(proc, path, count=2, timeout=240):
+    """Waits until the running job `proc` has written `count` result lines to `path` (or it
+    ended, or `timeout` seconds passed: the caller checks proc.poll())."""
+    import time
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        if os.path.exists(path):
+            with open(path) as f:
+                if f.read().count("\n") >= count:
+                    return
+        time.sleep(0.05)
+
+
 def write_jsonl(path, rows):
     with open(path, "w") as f:
         for r in rows:

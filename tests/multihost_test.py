@@ -260,13 +260,7 @@ class TwoHostTest(unittest.TestCase):
         self.addCleanup(lambda: p.poll() is None and (p.kill(), p.wait()))
         if fault == "link":
             self.addCleanup(HOSTS.restore_link)
-        deadline = time.time() + 240
-        while time.time() < deadline and p.poll() is None:
-            if os.path.exists(out):
-                with open(out) as f:
-                    if f.read().count("\n") >= 2:
-                        break
-            time.sleep(0.05)
+        jobs.wait_for_results(p, out)
         self.assertIsNone(p.poll(), "the job ended before the fault")
         ranks_b = HOSTS.pids("host-b", "shardlm")
         self.assertEqual(len(ranks_b), 1, "host B does not run one rank")
