@@ -3,6 +3,7 @@
 #include <map>
 #include <set>
 
+#include "absl/strings/str_cat.h"
 #include "base/rng.h"
 #include "gtest/gtest.h"
 
@@ -84,51 +85,45 @@ struct Simulation {
   }
 };
 
+// `requests` random requests of up to 60 tokens through pools that each hold one of them and
+// 3 pages more (`groups` of them: data-parallel attention's pool per rank): every request
+// finishes, every page returns, and the budget forces preemptions.
+void RunTightWorkload(uint64_t seed, int64_t groups, int64_t page_size, int64_t max_batch,
+                      int64_t requests) {
+  SCOPED_TRACE(absl::StrCat("seed ", seed, ", ", groups, " groups, page size ", page_size));
+  Rng rng(seed);
+  Simulation sim;
+  sim.options = {/*num_pages=*/0, page_size, max_batch, /*max_batch_tokens=*/13};
+  const int64_t max_len = 60;
+  sim.options.page_groups = groups;
+  sim.options.num_pages = groups * ((max_len + page_size - 1) / page_size + 3);
+  Scheduler scheduler(sim.options);
+  for (int64_t i = 0; i < requests; ++i) {
+    const int64_t prompt = 1 + static_cast<int64_t>(rng.Uniform() * 40);
+    sim.target_new.push_back(1 + static_cast<int64_t>(rng.Uniform() * (max_len - prompt)));
+    scheduler.Enqueue(MakeSeq(i, prompt));
+  }
+  sim.Run(scheduler);
+  EXPECT_EQ(sim.finished, requests);
+  EXPECT_TRUE(scheduler.Idle());
+  EXPECT_EQ(scheduler.free_pages(), sim.options.num_pages);
+  EXPECT_GT(scheduler.total_preemptions(), 0) << "budget meant to force preemption";
+}
+
 TEST(SchedulerTest, EveryRequestFinishesAndEveryPageReturns) {
   for (uint64_t seed : {1, 2, 3}) {
     for (int64_t page_size : {1, 3, 16}) {
-      Rng rng(seed);
-      Simulation sim;
-      sim.options = {/*num_pages=*/0, page_size, /*max_batch=*/4, /*max_batch_tokens=*/13};
-      const int64_t max_len = 60;
-      sim.options.num_pages = (max_len + page_size - 1) / page_size + 3;  // tight: preemption
-      Scheduler scheduler(sim.options);
-      for (int64_t i = 0; i < 20; ++i) {
-        const int64_t prompt = 1 + static_cast<int64_t>(rng.Uniform() * 40);
-        sim.target_new.push_back(1 + static_cast<int64_t>(rng.Uniform() * (max_len - prompt)));
-        scheduler.Enqueue(MakeSeq(i, prompt));
-      }
-      sim.Run(scheduler);
-      EXPECT_EQ(sim.finished, 20);
-      EXPECT_TRUE(scheduler.Idle());
-      EXPECT_EQ(scheduler.free_pages(), sim.options.num_pages);
-      EXPECT_GT(scheduler.total_preemptions(), 0) << "budget meant to force preemption";
+      RunTightWorkload(seed, /*groups=*/1, page_size, /*max_batch=*/4, /*requests=*/20);
     }
   }
 }
 
 TEST(SchedulerTest, PageGroupsKeepEachSequenceInOneGroup) {
-  // Data-parallel attention: one page group per rank, each as tight as the single pool above.
+  // Every page of a sequence in the group its admission named: checked by Simulation::Run.
   for (uint64_t seed : {1, 2, 3}) {
     for (int64_t groups : {2, 3}) {
       for (int64_t page_size : {1, 3, 16}) {
-        Rng rng(seed);
-        Simulation sim;
-        sim.options = {/*num_pages=*/0, page_size, /*max_batch=*/6, /*max_batch_tokens=*/13};
-        const int64_t max_len = 60;
-        sim.options.page_groups = groups;
-        sim.options.num_pages = groups * ((max_len + page_size - 1) / page_size + 3);
-        Scheduler scheduler(sim.options);
-        for (int64_t i = 0; i < 30; ++i) {
-          const int64_t prompt = 1 + static_cast<int64_t>(rng.Uniform() * 40);
-          sim.target_new.push_back(1 + static_cast<int64_t>(rng.Uniform() * (max_len - prompt)));
-          scheduler.Enqueue(MakeSeq(i, prompt));
-        }
-        sim.Run(scheduler);
-        EXPECT_EQ(sim.finished, 30);
-        EXPECT_TRUE(scheduler.Idle());
-        EXPECT_EQ(scheduler.free_pages(), sim.options.num_pages);
-        EXPECT_GT(scheduler.total_preemptions(), 0) << "budget meant to force preemption";
+        RunTightWorkload(seed, groups, page_size, /*max_batch=*/6, /*requests=*/30);
       }
     }
   }
