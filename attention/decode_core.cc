@@ -304,6 +304,7 @@ void RunChunk(const Problem& pb, const QueryToken& token, int64_t t, int64_t c_l
       va.g = g;
       va.acc = s.acc.data() + head0 * v_len;
       va.acc_head = v_len;
+      va.values_cached = !rows_first;
       kernels.values[kind](va);
     }
     b_lo = b_hi + 1;

@@ -49,6 +49,9 @@ struct ValueArgs {
   int64_t g = 0;
   float* acc = nullptr;
   int64_t acc_head = 0;
+  // The score pass has just read these values (they are the key: GTA, latent attention), so
+  // they are in L1; else they come from L2 or memory (GQA). Picks the tile width only.
+  bool values_cached = false;
 };
 
 // Online-softmax step of one block for g heads. In: scores[h·kBlock + r] (r < nb)

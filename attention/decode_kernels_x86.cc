@@ -243,20 +243,36 @@ SHARDLM_TARGET_AVX512 inline void ValueTile(const ValueArgs& a, int64_t c, __mma
   }
 }
 
-template <int H, typename Rows>
-SHARDLM_TARGET_AVX512 void ValueHeads(const ValueArgs& a, int64_t h0) {
-  // Column vectors per tile: 2 for 5–8 heads (the latent families). With ≤ 4 heads (GQA-4,
-  // GTA-4), 4 column vectors measured 5% faster for GTA, whose values the score pass has just
-  // brought into L1, but 20% slower for GQA, whose values come from L2 after the rows-first
-  // score pass (attention_bench, 8k): one line per row and tile keeps a stride the L1
-  // prefetcher follows. So they keep 1.
-  constexpr int NC = H <= 4 ? 1 : 2;
+template <int H, int NC, typename Rows>
+SHARDLM_TARGET_AVX512 void ValueColumns(const ValueArgs& a, int64_t h0) {
   constexpr __mmask16 kAll = 0xffff;
   int64_t c = 0;
   for (; c + 16 * NC <= a.v_len; c += 16 * NC) ValueTile<H, NC, Rows>(a, c, kAll, h0);
   for (; c + 16 <= a.v_len; c += 16) ValueTile<H, 1, Rows>(a, c, kAll, h0);
   if (c < a.v_len) {
     ValueTile<H, 1, Rows>(a, c, static_cast<__mmask16>((1u << (a.v_len - c)) - 1), h0);
+  }
+}
+
+template <int H, typename Rows>
+SHARDLM_TARGET_AVX512 void ValueHeads(const ValueArgs& a, int64_t h0) {
+  // Column vectors per tile, as measured at 8k context on one thread with the widths
+  // alternated call by call over cold rows (attention_bench's shapes):
+  // - 5–8 heads (the latent families): 2; 1 is 5–7% slower, 3 and 4 no faster.
+  // - ≤ 4 heads whose values the score pass has just brought into L1 (GTA-4): 2, 6% faster
+  //   than 1 for f32, 10% for bf16 and int8; 4 no faster.
+  // - ≤ 4 heads whose values come from L2 or memory (GQA-4, after the rows-first score pass):
+  //   f32 keeps 1, one line per row and tile, a stride the L1 prefetcher follows (2 and 4
+  //   were 7–10% slower); the narrow rows take 4 (a 64-column tile is one line of int8 or
+  //   two of bf16), 12% faster for int8 and 16% for bf16 than 1.
+  if constexpr (H > 4) {
+    ValueColumns<H, 2, Rows>(a, h0);
+  } else if (a.values_cached) {
+    ValueColumns<H, 2, Rows>(a, h0);
+  } else if constexpr (Rows::kBytes == 4) {
+    ValueColumns<H, 1, Rows>(a, h0);
+  } else {
+    ValueColumns<H, 4, Rows>(a, h0);
   }
 }
 

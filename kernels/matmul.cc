@@ -68,7 +68,11 @@ struct Portable {
     float wf[kC][kLanes];
     for (int r = 0; r < kR; ++r) {
       for (int c = 0; c < kC; ++c) {
-        std::copy_n(t.acc + (r * kCStride + c) * kLanes, kLanes, a[r][c]);
+        if (t.first_block) {
+          std::fill_n(a[r][c], kLanes, 0.0f);
+        } else {
+          std::copy_n(t.acc + (r * kCStride + c) * kLanes, kLanes, a[r][c]);
+        }
       }
     }
     int turn = t.prefetch_phase + 1;
@@ -309,9 +313,9 @@ void SkinnyMatMulParallel(const float* x, int64_t n, int64_t x_stride, DType w_t
     SkinnyMatMul(x, n, x_stride, w_type, w, out, in, bias, y, y_stride);
     return;
   }
-  // Ranges of whole 48-row groups (a multiple of every path's column tile, 4 and 6), so only
+  // Ranges of whole 12-row groups (a multiple of every path's column tile, 4 and 6), so only
   // the last range has a partial tile.
-  constexpr int64_t kAlign = 48;
+  constexpr int64_t kAlign = 12;
   struct Args {
     const float* x;
     int64_t n, x_stride;

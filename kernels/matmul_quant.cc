@@ -72,6 +72,7 @@ namespace {
 struct QuantPortable {
   static constexpr bool kUnsignedX = false;
   static constexpr int kReduceGroup = 1;
+  static constexpr bool kZeroAcc = false;
   static void ReduceSums(const float* acc, int64_t count, float* sums) {
     ReduceEach<16>(acc, count, sums);
   }

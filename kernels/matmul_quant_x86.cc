@@ -86,6 +86,7 @@ struct QuantAvx512Vnni {
   static constexpr bool kUnsignedX = true;
   // The lane tree for 16 sums at once (matmul_x86.cc's, tested bit for bit against ReduceLanes).
   static constexpr int kReduceGroup = 16;
+  static constexpr bool kZeroAcc = true;  // Tile honours QTileArgs::first_block
   static void ReduceSums(const float* acc, int64_t count, float* sums) {
     ReduceSumsAvx512(acc, count, sums);
   }
@@ -102,7 +103,10 @@ struct QuantAvx512Vnni {
 #pragma GCC unroll 8
       for (int r = 0; r < kR; ++r) {
 #pragma GCC unroll 8
-        for (int c = 0; c < kC; ++c) a[r][c] = _mm512_load_ps(t.acc + (r * kCStride + c) * 16);
+        for (int c = 0; c < kC; ++c) {
+          a[r][c] = t.first_block ? _mm512_setzero_ps()
+                                  : _mm512_load_ps(t.acc + (r * kCStride + c) * 16);
+        }
       }
     }
     for (int ch = 0; ch < t.chunks; ++ch) {
@@ -233,7 +237,9 @@ struct QuantAvx512Vnni {
             a[r][c] = _mm512_fmadd_ps(f, _mm512_mul_ps(dw, dx), a[r][c]);
           } else {
             float* acc = t.acc + (r * kCStride + c) * 16;
-            _mm512_store_ps(acc, _mm512_fmadd_ps(f, _mm512_mul_ps(dw, dx), _mm512_load_ps(acc)));
+            const __m512 sum =
+                t.first_block && ch == 0 ? _mm512_setzero_ps() : _mm512_load_ps(acc);
+            _mm512_store_ps(acc, _mm512_fmadd_ps(f, _mm512_mul_ps(dw, dx), sum));
           }
         }
       }
@@ -247,6 +253,7 @@ template <bool kVnni>
 struct QuantAvx2 {
   static constexpr bool kUnsignedX = false;
   static constexpr int kReduceGroup = 1;
+  static constexpr bool kZeroAcc = false;
   static void ReduceSums(const float* acc, int64_t count, float* sums) {
     ReduceEach<16>(acc, count, sums);
   }

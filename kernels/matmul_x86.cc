@@ -96,12 +96,16 @@ struct Avx512 {
   }
 
   // The tile's accumulators from / to the spill buffer (row stride kCStride · 16 floats).
+  // At the row's first K block (TileArgs::first_block) they start at zero instead.
   template <int kR, int kC, int kCStride>
-  SHARDLM_TARGET_AVX512 static void LoadAcc(const float* acc, __m512 (&a)[kR][kC]) {
+  SHARDLM_TARGET_AVX512 static void LoadAcc(const TileArgs& t, __m512 (&a)[kR][kC]) {
 #pragma GCC unroll 8
     for (int r = 0; r < kR; ++r) {
 #pragma GCC unroll 8
-      for (int c = 0; c < kC; ++c) a[r][c] = _mm512_load_ps(acc + (r * kCStride + c) * kLanes);
+      for (int c = 0; c < kC; ++c) {
+        a[r][c] = t.first_block ? _mm512_setzero_ps()
+                                : _mm512_load_ps(t.acc + (r * kCStride + c) * kLanes);
+      }
     }
   }
   template <int kR, int kC, int kCStride>
@@ -122,7 +126,7 @@ struct Avx512 {
     // F32 weights skip the L2 prefetch: no gain measured (see TileArgs).
     const int64_t pf2 = std::is_same_v<Fmt, F32W> ? 0 : t.l2_prefetch_offset;
     __m512 a[kR][kC];
-    LoadAcc<kR, kC, kCStride>(t.acc, a);
+    LoadAcc<kR, kC, kCStride>(t, a);
     int turn = t.prefetch_phase + 1;
     int64_t k = 0;
     for (; k + kLanes <= len; k += kLanes) {
@@ -211,7 +215,7 @@ struct Avx512Bf16Dot {
     const int64_t xs = t.x_stride, ws = t.w_stride, len = t.len, pf = t.prefetch_offset,
                   pf2 = t.l2_prefetch_offset;
     __m512 a[kR][kC];
-    Avx512::LoadAcc<kR, kC, kCStride>(t.acc, a);
+    Avx512::LoadAcc<kR, kC, kCStride>(t, a);
     int turn = t.prefetch_phase + 1;
     int64_t k = 0;
     for (; k + kStep <= len; k += kStep) {
@@ -302,7 +306,10 @@ struct Avx2Fma {
 #pragma GCC unroll 8
     for (int r = 0; r < kR; ++r) {
 #pragma GCC unroll 8
-      for (int c = 0; c < kC; ++c) a[r][c] = _mm256_load_ps(acc + (r * kCStride + c) * kLanes);
+      for (int c = 0; c < kC; ++c) {
+        a[r][c] = t.first_block ? _mm256_setzero_ps()
+                                : _mm256_load_ps(acc + (r * kCStride + c) * kLanes);
+      }
     }
     int turn = t.prefetch_phase + 1;
     int64_t k = 0;

@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "base/half.h"
+#include "base/thread_pool.h"
 #include "base/status.h"
 #include "kernels/matmul.h"
 #include "kernels/quant.h"
@@ -56,16 +57,24 @@ void ApplyLinearNaive(const float* x, int64_t n, int64_t x_stride, const Linear&
                     w.b.empty() ? nullptr : w.b.data(), y, y_stride);
 }
 
+// Elements below which an elementwise op runs on the calling thread: waking the pool costs a
+// few microseconds, about what this many elements of RmsNorm or SiluMul take.
+constexpr int64_t kMinParallelElements = 8192;
+
 void RmsNorm(const float* x, int64_t n, int64_t dim, int64_t stride, const float* gamma, double eps,
              float* y) {
-  for (int64_t i = 0; i < n; ++i) {
-    const float* xi = x + i * stride;
-    float* yi = y + i * stride;
-    float sum_sq = 0.0f;
-    for (int64_t k = 0; k < dim; ++k) sum_sq += xi[k] * xi[k];
-    const float inv = static_cast<float>(1.0 / std::sqrt(sum_sq / dim + eps));
-    for (int64_t k = 0; k < dim; ++k) yi[k] = gamma[k] * (xi[k] * inv);
-  }
+  // Rows are independent, so splitting them over the compute pool changes no bit.
+  const int64_t min_rows = std::max<int64_t>(1, kMinParallelElements / std::max<int64_t>(dim, 1));
+  ParallelFor(n, min_rows, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      const float* xi = x + i * stride;
+      float* yi = y + i * stride;
+      float sum_sq = 0.0f;
+      for (int64_t k = 0; k < dim; ++k) sum_sq += xi[k] * xi[k];
+      const float inv = static_cast<float>(1.0 / std::sqrt(sum_sq / dim + eps));
+      for (int64_t k = 0; k < dim; ++k) yi[k] = gamma[k] * (xi[k] * inv);
+    }
+  });
 }
 
 void RmsNormNaive(const float* x, int64_t n, int64_t dim, int64_t stride, const float* gamma,
@@ -82,10 +91,13 @@ void RmsNormNaive(const float* x, int64_t n, int64_t dim, int64_t stride, const 
 }
 
 void SiluMul(float* gate, const float* up, int64_t count) {
-  for (int64_t i = 0; i < count; ++i) {
-    const float g = gate[i];
-    gate[i] = g / (1.0f + std::exp(-g)) * up[i];
-  }
+  // Elementwise: any split over the compute pool gives the same bits.
+  ParallelFor(count, kMinParallelElements, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      const float g = gate[i];
+      gate[i] = g / (1.0f + std::exp(-g)) * up[i];
+    }
+  });
 }
 
 void SiluMulNaive(float* gate, const float* up, int64_t count) {

@@ -59,13 +59,15 @@ void ApplyLinearNaive(const float* x, int64_t n, int64_t x_stride, const Linear&
                  int64_t y_stride);
 
 // RMSNorm of `n` rows of `dim` floats, `stride` apart: y = γ ⊙ x / sqrt(mean(x²) + eps).
+// Rows are split over the compute pool when there are enough of them (same bits).
 // In place is allowed (y == x).
 void RmsNorm(const float* x, int64_t n, int64_t dim, int64_t stride, const float* gamma,
              double eps, float* y);
 void RmsNormNaive(const float* x, int64_t n, int64_t dim, int64_t stride, const float* gamma,
                   double eps, float* y);
 
-// gate[i] = silu(gate[i]) · up[i] for `count` values.
+// gate[i] = silu(gate[i]) · up[i] for `count` values, split over the compute pool when
+// there are enough (same bits).
 void SiluMul(float* gate, const float* up, int64_t count);
 void SiluMulNaive(float* gate, const float* up, int64_t count);
 

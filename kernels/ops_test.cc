@@ -6,6 +6,7 @@
 
 #include "base/half.h"
 #include "base/rng.h"
+#include "base/thread_pool.h"
 #include "gtest/gtest.h"
 
 namespace shardlm {
@@ -150,6 +151,48 @@ TEST(OpsTest, RmsNormAndSiluMatchNaive) {
       for (int64_t k = 0; k < dim; ++k) EXPECT_NEAR(g[k], g_ref[k], 8 * kEps * (1 + std::fabs(g_ref[k])));
     }
   }
+}
+
+// RmsNorm and SiluMul split their rows or elements over the compute pool once there are
+// enough of them: every thread count gives the bits of one thread, at sizes below, at and
+// across the split threshold (and in place for RmsNorm).
+TEST(OpsTest, RmsNormAndSiluKeepBitsAtAnyThreadCount) {
+  struct Shape {
+    int64_t n, dim;
+  };
+  for (const Shape& shape : {Shape{1, 64}, Shape{3, 2048}, Shape{16, 1024}, Shape{17, 4095}}) {
+    Rng rng(11 + shape.n);
+    const int64_t n = shape.n, dim = shape.dim, stride = dim + 3;
+    const std::vector<float> x = rng.UniformVector(static_cast<size_t>(n * stride), -3, 3);
+    const std::vector<float> gamma = rng.UniformVector(static_cast<size_t>(dim), 0.5f, 1.5f);
+    const std::vector<float> g0 = rng.UniformVector(static_cast<size_t>(n * dim), -8, 8);
+    const std::vector<float> u = rng.UniformVector(static_cast<size_t>(n * dim), -2, 2);
+    std::vector<float> norm_one, silu_one;
+    for (const int threads : {1, 2, 3}) {
+      SetComputeThreads(threads);
+      std::vector<float> norm(x.size(), kGuard);
+      RmsNorm(x.data(), n, dim, stride, gamma.data(), 1e-5, norm.data());
+      std::vector<float> in_place = x;
+      RmsNorm(in_place.data(), n, dim, stride, gamma.data(), 1e-5, in_place.data());
+      std::vector<float> silu = g0;
+      SiluMul(silu.data(), u.data(), n * dim);
+      if (threads == 1) {
+        norm_one = norm;
+        silu_one = silu;
+      }
+      for (int64_t i = 0; i < n; ++i) {
+        for (int64_t k = 0; k < stride; ++k) {
+          const size_t j = static_cast<size_t>(i * stride + k);
+          ASSERT_EQ(norm[j], norm_one[j]) << threads << " threads, row " << i << ", " << k;
+          if (k < dim) {
+            ASSERT_EQ(in_place[j], norm_one[j]) << threads << " threads";
+          }
+        }
+      }
+      ASSERT_EQ(silu, silu_one) << threads << " threads, " << n << " × " << dim;
+    }
+  }
+  SetComputeThreads(1);
 }
 
 }  // namespace
