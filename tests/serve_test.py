@@ -48,14 +48,19 @@ PROMPTS = [
 
 
 class Server:
-    """A `shardlm serve` on a free port; `np` 0 runs the binary alone (no mpirun)."""
+    """A `shardlm serve` on a free port; `np` 0 runs the binary alone (no mpirun). With
+    `run_script`, launch/shardlm-run starts it (in a session of its own, as from a terminal)."""
 
-    def __init__(self, model, np, *flags):
+    def __init__(self, model, np, *flags, run_script=False):
         cmd = [SHARDLM, "serve", "--model", model, "--port", "0", *flags]
-        if np > 0:
+        env = ENV
+        if run_script:
+            cmd = [os.path.join(HERE, "..", "launch", "shardlm-run"), "-np", str(np)] + cmd[1:]
+            env = dict(ENV, SHARDLM_BIN=SHARDLM)
+        elif np > 0:
             cmd = ["mpirun", "--oversubscribe", "--bind-to", "none", "-q", "-np", str(np)] + cmd
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                     text=True, env=ENV)
+                                     text=True, env=env, start_new_session=run_script)
         self.stderr = []
         threading.Thread(target=lambda: self.stderr.extend(self.proc.stderr), daemon=True).start()
         deadline = time.time() + 120
@@ -395,6 +400,26 @@ class Serve(unittest.TestCase):
                 self.assertEqual(done, max_tokens)
             else:
                 self.assertLess(done, max_tokens)
+
+    def test_shardlm_run_drains_on_ctrl_c_and_ends_promptly(self):
+        # launch/shardlm-run at 2 ranks: Ctrl-C (SIGINT to the terminal's process group) drains
+        # the running request to its end, and the job then exits 0 at once. mpirun handling the
+        # signal itself would instead cut the drain, or sleep its SIGKILL timeout once per rank.
+        server = Server(slow_model(), 2, "--drain-seconds", "30", run_script=True)
+        proc = self.start_stream(server, 300)
+        os.killpg(server.proc.pid, signal.SIGINT)
+        out = proc.stdout.read()
+        proc.stdout.close()
+        proc.wait()
+        finished = time.time()
+        code, err = server.stop(timeout=20, signal_it=False)
+        self.assertLess(time.time() - finished, 5, err)
+        self.assertEqual(code, 0, err)
+        self.assertIn("SIGINT: no new requests; draining", err)
+        self.assertIn("shardlm serve: stopped", err)
+        last = json.loads(out.strip().split("\n\n")[-2][len("data: "):])
+        self.assertEqual(last["choices"][0]["finish_reason"], "length")
+        self.assertEqual(last["usage"]["completion_tokens"], 300)
 
 
 class Chat(unittest.TestCase):
