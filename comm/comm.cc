@@ -24,7 +24,7 @@ absl::Status BroadcastProto(Comm& comm, google::protobuf::MessageLite* message, 
   return absl::OkStatus();
 }
 
-absl::Status AgreeOnStatus(Comm& comm, const absl::Status& local) {
+absl::Status AgreeOnStatus(Comm& comm, const absl::Status& local, bool name_rank0) {
   // Max over (size - rank) picks the lowest failing rank.
   std::vector<int64_t> flag = {local.ok() ? 0 : comm.size() - comm.rank()};
   RETURN_IF_ERROR(comm.AllReduceMax(flag));
@@ -39,7 +39,8 @@ absl::Status AgreeOnStatus(Comm& comm, const absl::Status& local) {
   RETURN_IF_ERROR(comm.Broadcast(&message, failing));
   std::vector<int64_t> code_vec = {code};
   RETURN_IF_ERROR(comm.AllReduceMax(code_vec));
-  const std::string prefix = comm.size() > 1 ? absl::StrCat("rank ", failing, ": ") : "";
+  const bool named = comm.size() > 1 && (failing != 0 || name_rank0);
+  const std::string prefix = named ? absl::StrCat("rank ", failing, ": ") : "";
   absl::Status agreed(static_cast<absl::StatusCode>(code_vec[0]), prefix + message);
   agreed.SetPayload(kAgreedPayload, absl::Cord("1"));
   return agreed;

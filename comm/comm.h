@@ -60,9 +60,10 @@ absl::Status BroadcastProto(Comm& comm, google::protobuf::MessageLite* message, 
                             std::string* wire = nullptr);
 
 // Collective agreement on an error: every rank passes its own status; all ranks
-// get the status of the lowest failing rank (message prefixed with "rank N: ")
+// get the status of the lowest failing rank (message prefixed with "rank N: ", except for
+// rank 0 when !name_rank0: an error every rank would give alike, such as a flag's)
 // or OK when every rank succeeded. Must be called by all ranks.
-absl::Status AgreeOnStatus(Comm& comm, const absl::Status& local);
+absl::Status AgreeOnStatus(Comm& comm, const absl::Status& local, bool name_rank0 = true);
 
 // True for a status returned by AgreeOnStatus: every rank holds the same one, so
 // one rank reports it and all exit. Any other error is known to one rank only and

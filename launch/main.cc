@@ -54,12 +54,20 @@ struct Command {
   absl::Status (*run)(const Flags&, Comm&);
 };
 
+// A command's flag values are read before its first collective. Every rank reads the same
+// command line, so all fail alike: the ranks agree on the error and rank 0 prints it once
+// (not as "rank 0: …"; a rank with a command line of its own, an app context, is named).
+absl::Status AgreeOnFlags(Comm& comm, const absl::Status& local) {
+  return AgreeOnStatus(comm, local, /*name_rank0=*/false);
+}
+
 // --threads and --bf16-math. The CPU check of the latter may fail on some ranks only.
 absl::Status SetCompute(const Flags& flags, Comm& comm) {
-  ASSIGN_OR_RETURN(int threads, flags.Threads());
+  absl::StatusOr<int> threads = flags.Threads();
+  RETURN_IF_ERROR(AgreeOnFlags(comm, threads.status()));
   absl::StatusOr<Bf16Math> bf16_math = flags.Bf16MathMode();
   RETURN_IF_ERROR(AgreeOnStatus(comm, bf16_math.status()));
-  SetComputeThreads(threads);
+  SetComputeThreads(*threads);
   SetBf16Math(*bf16_math);
   return absl::OkStatus();
 }
@@ -126,8 +134,13 @@ struct ReplicatedModel {
 
 absl::StatusOr<ReplicatedModel> LoadReplicated(const Flags& flags, const std::string& model_dir,
                                                Comm& comm) {
-  ASSIGN_OR_RETURN(int64_t tp, flags.Int("tp", comm.size(), 1, 1 << 20));
-  ASSIGN_OR_RETURN(AttentionSplit split, ParseAttentionSplit(flags.String("mla-attention", "tp")));
+  int64_t tp = 0;
+  AttentionSplit split = AttentionSplit::kTensor;
+  RETURN_IF_ERROR(AgreeOnFlags(comm, [&]() -> absl::Status {
+    ASSIGN_OR_RETURN(tp, flags.Int("tp", comm.size(), 1, 1 << 20));
+    ASSIGN_OR_RETURN(split, ParseAttentionSplit(flags.String("mla-attention", "tp")));
+    return absl::OkStatus();
+  }()));
   ReplicatedModel out;
   ASSIGN_OR_RETURN(out.split, SplitReplicas(comm, tp));
   const Replicas replicas = out.split.View(comm);
@@ -142,29 +155,35 @@ const FlagSpec kTpFlag = {"tp", true,
                           "R replicas of --tp T, each request on the least-loaded"};
 
 absl::Status RunScoreCommand(const Flags& flags, Comm& comm) {
-  // Flag errors are the same on every rank: no agreement needed, but harmless.
-  ASSIGN_OR_RETURN(std::string model_dir, flags.Required("model"));
+  std::string model_dir;
   ScoreOptions options;
-  ASSIGN_OR_RETURN(options.input, flags.Required("input"));
-  ASSIGN_OR_RETURN(options.output, flags.Required("output"));
-  RETURN_IF_ERROR(ParseBatchOptions(flags, &options.batch));
+  RETURN_IF_ERROR(AgreeOnFlags(comm, [&]() -> absl::Status {
+    ASSIGN_OR_RETURN(model_dir, flags.Required("model"));
+    ASSIGN_OR_RETURN(options.input, flags.Required("input"));
+    ASSIGN_OR_RETURN(options.output, flags.Required("output"));
+    return ParseBatchOptions(flags, &options.batch);
+  }()));
   RETURN_IF_ERROR(SetCompute(flags, comm));
   ASSIGN_OR_RETURN(ReplicatedModel loaded, LoadReplicated(flags, model_dir, comm));
   return RunScore(options, *loaded.model, loaded.split.View(comm));
 }
 
 absl::Status RunDecodeCommand(const Flags& flags, Comm& comm) {
-  ASSIGN_OR_RETURN(std::string model_dir, flags.Required("model"));
+  std::string model_dir;
   DecodeOptions options;
-  ASSIGN_OR_RETURN(options.input, flags.Required("prompts"));
-  ASSIGN_OR_RETURN(options.output, flags.Required("output"));
-  RETURN_IF_ERROR(ParseBatchOptions(flags, &options.batch));
-  ASSIGN_OR_RETURN(options.max_new_tokens, flags.Int("max-new-tokens", 64, 1, 1 << 30));
-  ASSIGN_OR_RETURN(options.sampling.temperature, flags.Double("temperature", 0, 0, 1e4));
-  ASSIGN_OR_RETURN(options.sampling.top_k, flags.Int("top-k", 0, 0, INT64_MAX));
-  ASSIGN_OR_RETURN(options.sampling.top_p, flags.Double("top-p", 1, 1e-9, 1));
-  ASSIGN_OR_RETURN(int64_t seed, flags.Int("seed", 0, 0, INT64_MAX));
-  options.sampling.seed = static_cast<uint64_t>(seed);
+  RETURN_IF_ERROR(AgreeOnFlags(comm, [&]() -> absl::Status {
+    ASSIGN_OR_RETURN(model_dir, flags.Required("model"));
+    ASSIGN_OR_RETURN(options.input, flags.Required("prompts"));
+    ASSIGN_OR_RETURN(options.output, flags.Required("output"));
+    RETURN_IF_ERROR(ParseBatchOptions(flags, &options.batch));
+    ASSIGN_OR_RETURN(options.max_new_tokens, flags.Int("max-new-tokens", 64, 1, 1 << 30));
+    ASSIGN_OR_RETURN(options.sampling.temperature, flags.Double("temperature", 0, 0, 1e4));
+    ASSIGN_OR_RETURN(options.sampling.top_k, flags.Int("top-k", 0, 0, INT64_MAX));
+    ASSIGN_OR_RETURN(options.sampling.top_p, flags.Double("top-p", 1, 1e-9, 1));
+    ASSIGN_OR_RETURN(int64_t seed, flags.Int("seed", 0, 0, INT64_MAX));
+    options.sampling.seed = static_cast<uint64_t>(seed);
+    return absl::OkStatus();
+  }()));
   RETURN_IF_ERROR(SetCompute(flags, comm));
   ASSIGN_OR_RETURN(ReplicatedModel loaded, LoadReplicated(flags, model_dir, comm));
   return RunDecode(options, *loaded.model, loaded.split.View(comm));
@@ -172,17 +191,20 @@ absl::Status RunDecodeCommand(const Flags& flags, Comm& comm) {
 
 absl::Status RunServeCommand(const Flags& flags, Comm& comm) {
   ServeOptions options;
-  RETURN_IF_ERROR(ParseBatchOptions(flags, &options.batch));
-  options.host = flags.String("host", "127.0.0.1");
-  ASSIGN_OR_RETURN(int64_t port, flags.Int("port", 8000, 0, 65535));
-  options.port = static_cast<int>(port);
-  options.api_key = flags.String("api-key", "");
-  options.served_model_name = flags.String("served-model-name", "");
-  ASSIGN_OR_RETURN(options.max_waiting, flags.Int("max-waiting", 256, 1, 1 << 20));
-  ASSIGN_OR_RETURN(options.max_body_bytes, flags.Int("max-body-bytes", 1 << 20, 1, 1LL << 32));
-  ASSIGN_OR_RETURN(options.drain_seconds, flags.Double("drain-seconds", 30, 0, 86400));
-  ASSIGN_OR_RETURN(int64_t http_threads, flags.Int("http-threads", 0, 0, 4096));
-  options.http_threads = static_cast<int>(http_threads);
+  RETURN_IF_ERROR(AgreeOnFlags(comm, [&]() -> absl::Status {
+    RETURN_IF_ERROR(ParseBatchOptions(flags, &options.batch));
+    options.host = flags.String("host", "127.0.0.1");
+    ASSIGN_OR_RETURN(int64_t port, flags.Int("port", 8000, 0, 65535));
+    options.port = static_cast<int>(port);
+    options.api_key = flags.String("api-key", "");
+    options.served_model_name = flags.String("served-model-name", "");
+    ASSIGN_OR_RETURN(options.max_waiting, flags.Int("max-waiting", 256, 1, 1 << 20));
+    ASSIGN_OR_RETURN(options.max_body_bytes, flags.Int("max-body-bytes", 1 << 20, 1, 1LL << 32));
+    ASSIGN_OR_RETURN(options.drain_seconds, flags.Double("drain-seconds", 30, 0, 86400));
+    ASSIGN_OR_RETURN(int64_t http_threads, flags.Int("http-threads", 0, 0, 4096));
+    options.http_threads = static_cast<int>(http_threads);
+    return absl::OkStatus();
+  }()));
   RETURN_IF_ERROR(SetCompute(flags, comm));
   ASSIGN_OR_RETURN(ReplicatedModel loaded, LoadReplicated(flags, options.batch.model_dir, comm));
   return RunServe(options, *loaded.model, loaded.split.View(comm), g_watchdog);
@@ -190,30 +212,37 @@ absl::Status RunServeCommand(const Flags& flags, Comm& comm) {
 
 absl::Status RunTokenizeCommand(const Flags& flags, Comm& comm) {
   TokenizeOptions options;
-  ASSIGN_OR_RETURN(options.model_dir, flags.Required("model"));
-  ASSIGN_OR_RETURN(options.input, flags.Required("input"));
-  ASSIGN_OR_RETURN(options.output, flags.Required("output"));
+  RETURN_IF_ERROR(AgreeOnFlags(comm, [&]() -> absl::Status {
+    ASSIGN_OR_RETURN(options.model_dir, flags.Required("model"));
+    ASSIGN_OR_RETURN(options.input, flags.Required("input"));
+    ASSIGN_OR_RETURN(options.output, flags.Required("output"));
+    return absl::OkStatus();
+  }()));
   options.add_special_tokens = flags.Bool("add-special-tokens");
   return AgreeOnStatus(comm, comm.rank() == 0 ? RunTokenize(options) : absl::OkStatus());
 }
 
 absl::Status RunBenchCommand(const Flags& flags, Comm& comm) {
   BenchOptions options;
-  RETURN_IF_ERROR(AgreeOnStatus(comm, ParseBenchOptions(flags, &options)));
+  RETURN_IF_ERROR(AgreeOnFlags(comm, ParseBenchOptions(flags, &options)));
   return RunBench(options, comm);
 }
 
 absl::Status RunMakeModel(const Flags& flags, Comm& comm) {
   MakeModelOptions options;
-  ASSIGN_OR_RETURN(std::string out, flags.Required("out"));
+  std::string out;
+  RETURN_IF_ERROR(AgreeOnFlags(comm, [&]() -> absl::Status {
+    ASSIGN_OR_RETURN(out, flags.Required("out"));
+    ASSIGN_OR_RETURN(int64_t seed, flags.Int("seed", 0, 0, INT64_MAX));
+    options.seed = static_cast<uint64_t>(seed);
+    ASSIGN_OR_RETURN(options.dtype, ParseWeightDType(flags.String("dtype", "F32")));
+    ASSIGN_OR_RETURN(options.layers, flags.Int("layers", 0, 0, 1 << 16));
+    ASSIGN_OR_RETURN(options.intermediate_size, flags.Int("intermediate-size", 0, 0, 1 << 24));
+    ASSIGN_OR_RETURN(options.sliding_window, flags.Int("sliding-window", 0, 0, INT64_MAX));
+    return absl::OkStatus();
+  }()));
   options.attention = flags.String("attention", "gqa");
   options.preset = flags.String("preset", "tiny");
-  ASSIGN_OR_RETURN(int64_t seed, flags.Int("seed", 0, 0, INT64_MAX));
-  options.seed = static_cast<uint64_t>(seed);
-  ASSIGN_OR_RETURN(options.dtype, ParseWeightDType(flags.String("dtype", "F32")));
-  ASSIGN_OR_RETURN(options.layers, flags.Int("layers", 0, 0, 1 << 16));
-  ASSIGN_OR_RETURN(options.intermediate_size, flags.Int("intermediate-size", 0, 0, 1 << 24));
-  ASSIGN_OR_RETURN(options.sliding_window, flags.Int("sliding-window", 0, 0, INT64_MAX));
   options.rope_interleave = flags.Bool("rope-interleave");
   options.tie_word_embeddings = flags.Bool("tie-embeddings");
   options.no_biases = flags.Bool("no-biases");
@@ -226,18 +255,22 @@ absl::Status RunMakeModel(const Flags& flags, Comm& comm) {
 
 absl::Status RunConvert(const Flags& flags, Comm& comm) {
   ConvertOptions options;
-  ASSIGN_OR_RETURN(options.model_dir, flags.Required("model"));
-  ASSIGN_OR_RETURN(options.out_dir, flags.Required("out"));
-  ASSIGN_OR_RETURN(options.attention, flags.Required("attention"));
-  ASSIGN_OR_RETURN(options.latent_heads, flags.Int("latent-heads", 2, 1, 1 << 16));
-  RETURN_IF_ERROR(flags.Required("kv-lora-rank").status());
-  ASSIGN_OR_RETURN(options.kv_lora_rank, flags.Int("kv-lora-rank", 0, 1, 1 << 20));
-  ASSIGN_OR_RETURN(options.rope_dim, flags.Int("rope-dim", 0, 0, 1 << 16));
-  ASSIGN_OR_RETURN(options.dtype, ParseWeightDType(flags.String("dtype", "F32")));
-  if (IsBlockQuantized(options.dtype)) {
-    return absl::InvalidArgumentError(
-        "convert: --dtype is F32, BF16 or F16; quantize the converted model with shardlm quantize");
-  }
+  RETURN_IF_ERROR(AgreeOnFlags(comm, [&]() -> absl::Status {
+    ASSIGN_OR_RETURN(options.model_dir, flags.Required("model"));
+    ASSIGN_OR_RETURN(options.out_dir, flags.Required("out"));
+    ASSIGN_OR_RETURN(options.attention, flags.Required("attention"));
+    ASSIGN_OR_RETURN(options.latent_heads, flags.Int("latent-heads", 2, 1, 1 << 16));
+    RETURN_IF_ERROR(flags.Required("kv-lora-rank").status());
+    ASSIGN_OR_RETURN(options.kv_lora_rank, flags.Int("kv-lora-rank", 0, 1, 1 << 20));
+    ASSIGN_OR_RETURN(options.rope_dim, flags.Int("rope-dim", 0, 0, 1 << 16));
+    ASSIGN_OR_RETURN(options.dtype, ParseWeightDType(flags.String("dtype", "F32")));
+    if (IsBlockQuantized(options.dtype)) {
+      return absl::InvalidArgumentError(
+          "convert: --dtype is F32, BF16 or F16; quantize the converted model with shardlm "
+          "quantize");
+    }
+    return absl::OkStatus();
+  }()));
   absl::Status status = comm.rank() == 0 ? Convert(options) : absl::OkStatus();
   RETURN_IF_ERROR(AgreeOnStatus(comm, status));
   if (comm.rank() == 0) std::printf("wrote %s\n", options.out_dir.c_str());
@@ -246,16 +279,19 @@ absl::Status RunConvert(const Flags& flags, Comm& comm) {
 
 absl::Status RunQuantize(const Flags& flags, Comm& comm) {
   QuantizeOptions options;
-  ASSIGN_OR_RETURN(options.model_dir, flags.Required("model"));
-  ASSIGN_OR_RETURN(options.out_dir, flags.Required("out"));
-  RETURN_IF_ERROR(flags.Required("dtype").status());
-  ASSIGN_OR_RETURN(options.dtype, ParseWeightDType(flags.String("dtype", "")));
-  const std::string head = flags.String("head-dtype", "q8_0");
-  if (head == "keep") {
-    options.head_dtype = DType::kF32;
-  } else {
-    ASSIGN_OR_RETURN(options.head_dtype, ParseWeightDType(head));
-  }
+  RETURN_IF_ERROR(AgreeOnFlags(comm, [&]() -> absl::Status {
+    ASSIGN_OR_RETURN(options.model_dir, flags.Required("model"));
+    ASSIGN_OR_RETURN(options.out_dir, flags.Required("out"));
+    RETURN_IF_ERROR(flags.Required("dtype").status());
+    ASSIGN_OR_RETURN(options.dtype, ParseWeightDType(flags.String("dtype", "")));
+    const std::string head = flags.String("head-dtype", "q8_0");
+    if (head == "keep") {
+      options.head_dtype = DType::kF32;
+    } else {
+      ASSIGN_OR_RETURN(options.head_dtype, ParseWeightDType(head));
+    }
+    return absl::OkStatus();
+  }()));
   absl::Status status = comm.rank() == 0 ? QuantizeModel(options) : absl::OkStatus();
   RETURN_IF_ERROR(AgreeOnStatus(comm, status));
   if (comm.rank() == 0) std::printf("wrote %s\n", options.out_dir.c_str());
@@ -313,9 +349,15 @@ absl::Status Inspect(const std::string& model_dir, int tp, KvDType kv_dtype) {
 }
 
 absl::Status RunInspect(const Flags& flags, Comm& comm) {
-  ASSIGN_OR_RETURN(std::string model_dir, flags.Required("model"));
-  ASSIGN_OR_RETURN(int64_t tp, flags.Int("tp", comm.size(), 1, 4096));
-  ASSIGN_OR_RETURN(KvDType kv_dtype, ParseKvDType(flags.String("kv-dtype", "f32")));
+  std::string model_dir;
+  int64_t tp = 0;
+  KvDType kv_dtype = KvDType::kF32;
+  RETURN_IF_ERROR(AgreeOnFlags(comm, [&]() -> absl::Status {
+    ASSIGN_OR_RETURN(model_dir, flags.Required("model"));
+    ASSIGN_OR_RETURN(tp, flags.Int("tp", comm.size(), 1, 4096));
+    ASSIGN_OR_RETURN(kv_dtype, ParseKvDType(flags.String("kv-dtype", "f32")));
+    return absl::OkStatus();
+  }()));
   absl::Status status =
       comm.rank() == 0 ? Inspect(model_dir, static_cast<int>(tp), kv_dtype) : absl::OkStatus();
   return AgreeOnStatus(comm, status);

@@ -290,6 +290,34 @@ class StartupErrors(unittest.TestCase):
         self.assertNotEqual(r.returncode, 0)
         self.assertIn('--bf16-math must be exact or dot, got "fast"', r.stderr)
 
+    def test_a_flag_error_is_reported_once(self):
+        # Every rank reads the same command line: at 2 ranks one line, not one per rank, and
+        # not named "rank 0". A rank with a command line of its own (an app context) is named.
+        cases = [
+            (["decode", "--model", "x", "--prompts", "p", "--output", "o", "--max-batch", "0"],
+             "--max-batch must be an integer"),
+            (["decode", "--model", "x", "--output", "o"], "missing required flag --prompts"),
+            (["score", "--model", "x", "--input", "i", "--output", "o", "--threads", "0"],
+             "--threads must be an integer"),
+            (["serve", "--model", "x", "--port", "70000"], "--port must be an integer"),
+            (["make-model", "--out", os.path.join(WORK, "never"), "--layers", "-1"],
+             "--layers must be an integer"),
+            (["quantize", "--model", "x", "--out", "y"], "missing required flag --dtype"),
+            (["inspect", "--model", "x", "--kv-dtype", "int4"], "int4"),
+            (["tokenize", "--model", "x", "--output", "o"], "missing required flag --input"),
+            (["convert", "--model", "x", "--out", "y", "--attention", "gla"],
+             "missing required flag --kv-lora-rank"),
+        ]
+        for args, needle in cases:
+            r = run(args, np=2)
+            self.assertOneError(r, needle)
+            self.assertNotRegex(r.stderr, r"\brank \d+:", args)
+        base = [SHARDLM, "decode", "--model", "x", "--prompts", "p", "--output", "o"]
+        r = subprocess.run(["mpirun", "--oversubscribe", "--bind-to", "none", "-q", "-np", "1"] +
+                           base + [":", "-np", "1"] + base + ["--top-p", "2"],
+                           capture_output=True, text=True, timeout=120, env=ENV)
+        self.assertOneError(r, "rank 1: --top-p must be")
+
     def test_bad_prefix_cache(self):
         for command in (["decode", "--prompts", "p", "--output", "o"],
                         ["serve", "--port", "0"]):
