@@ -63,6 +63,12 @@ static_assert(kKBlock % 16 == 0);
 // (C × in floats, ≤ 192 KiB for C = 6, in = 8192) is re-read from L2 per super-block.
 inline constexpr int kSuperRows = 32;
 
+// Spill-buffer slots of `rows` x rows of a C-column tile that a driver zeroes and the kernel's
+// ReduceSums reads: rows·C rounded up to whole groups of its lane reduction.
+inline int64_t SumSlots(int64_t rows, int64_t cols, int64_t group) {
+  return (rows * cols + group - 1) / group * group;
+}
+
 // Fixed pairwise tree over L partial sums: lane j += lane j + L/2, halving. Shared by every
 // path and every tile; plain float adds, so no compiler may reorder them (no -ffast-math).
 template <int L>
@@ -184,15 +190,14 @@ void Drive(const float* x, int64_t n, int64_t x_stride, const typename Fmt::Elem
   static_assert(kSuperRows * kC % kGroup == 0);
   alignas(64) float acc[kSuperRows * kC * L];
   alignas(64) float sums[kSuperRows * kC];
-  const int64_t max_slots = (std::min<int64_t>(n, kSuperRows) * kC + kGroup - 1) / kGroup * kGroup;
-  std::fill(acc, acc + max_slots * L, 0.0f);
+  std::fill(acc, acc + SumSlots(std::min<int64_t>(n, kSuperRows), kC, kGroup) * L, 0.0f);
   for (int64_t o0 = 0; o0 < out; o0 += kC) {
     const int c = static_cast<int>(std::min<int64_t>(kC, out - o0));
     const typename Fmt::Elem* w_tile = w + o0 * in;
     for (int64_t i0 = 0; i0 < n; i0 += kSuperRows) {
       const int rows = static_cast<int>(std::min<int64_t>(kSuperRows, n - i0));
       const int blocks = (rows + kR - 1) / kR;
-      const int64_t slots = (rows * kC + kGroup - 1) / kGroup * kGroup;
+      const int64_t slots = SumSlots(rows, kC, kGroup);
       if (c < kC) std::fill(acc, acc + slots * L, 0.0f);
       for (int64_t kb = 0; kb < num_kb; ++kb) {
         const int64_t k0 = kb * kKBlock;

@@ -100,9 +100,8 @@ void DriveQuant(const float* x, int64_t n, int64_t x_stride, const uint8_t* w, i
   alignas(64) float sums[kSuperRows * kC];
   static_assert(kSuperRows * kC % Kernel::kReduceGroup == 0);
   alignas(64) int32_t corr[kC * kQChunksPerBlock * 16];
-  const int64_t max_slots = (std::min<int64_t>(n, kSuperRows) * kC + Kernel::kReduceGroup - 1) /
-                            Kernel::kReduceGroup * Kernel::kReduceGroup;
-  std::fill(acc, acc + max_slots * 16, 0.0f);
+  std::fill(acc, acc + SumSlots(std::min<int64_t>(n, kSuperRows), kC, Kernel::kReduceGroup) * 16,
+            0.0f);
   for (int64_t o0 = 0; o0 < out; o0 += kC) {
     const int c = static_cast<int>(std::min<int64_t>(kC, out - o0));
     for (int64_t i0 = 0; i0 < n; i0 += kSuperRows) {
@@ -111,8 +110,7 @@ void DriveQuant(const float* x, int64_t n, int64_t x_stride, const uint8_t* w, i
       // no tile writes them, so they stay as zeroed above). A kernel with kZeroAcc starts the
       // sums of a full tile at zero itself (the same bits: fma(a, b, +0) either way), which
       // spares a memset per tile (4 KiB at n = 16).
-      const int64_t slots = (rows * kC + Kernel::kReduceGroup - 1) / Kernel::kReduceGroup *
-                            Kernel::kReduceGroup;
+      const int64_t slots = SumSlots(rows, kC, Kernel::kReduceGroup);
       const bool tile_zeroes = Kernel::kZeroAcc && c == kC;
       if (!tile_zeroes) std::fill(acc, acc + slots * 16, 0.0f);
       for (int64_t ch0 = 0; ch0 < num_chunks; ch0 += kQChunksPerBlock) {

@@ -4,8 +4,8 @@
 #include <cmath>
 
 #include "base/half.h"
-#include "base/thread_pool.h"
 #include "base/status.h"
+#include "base/thread_pool.h"
 #include "kernels/matmul.h"
 #include "kernels/quant.h"
 
