@@ -37,8 +37,8 @@ SHARDLM_TARGET_AVX512 inline float ReduceAdd(__m512 v) {
 }
 
 // How a kernel loads 16 consecutive values of a row (kv_cache.h: KvRowFormat) as fp32:
-// f32 as they are, bf16 widened (exact), int8 converted (exact) and multiplied by the row
-// part's scale (kScaled: one rounding, done once per loaded vector for all heads).
+// f32 as they are, bf16 widened (exact), int8 converted (exact; kScaled: the row part's scale
+// is applied by the kernel, to the lane sums of a key part and to the weights of a value).
 struct F32Rows {
   static constexpr int64_t kBytes = 4;
   static constexpr bool kScaled = false;
@@ -85,8 +85,9 @@ inline float RowScale(const unsigned char* row, int64_t scale_off, int64_t seg) 
 }
 
 // acc[r][h] += rows[r][off, off + len) ⊙ q_h[0, len), lane-wise, for an R × H tile.
-// Each row vector is loaded once for H heads and each query vector once for R rows.
-template <int R, int H, typename Rows>
+// Each row vector is loaded once for H heads and each query vector once for R rows. With
+// kScale, each loaded vector of a scaled (int8) row is multiplied by its row's scale first.
+template <int R, int H, typename Rows, bool kScale>
 SHARDLM_TARGET_AVX512 inline void DotPart(__m512 (&acc)[R][H], const unsigned char* const* rows,
                                           int64_t off, int64_t len, const __m512 (&scale)[R],
                                           const float* q, int64_t q_head) {
@@ -99,7 +100,7 @@ SHARDLM_TARGET_AVX512 inline void DotPart(__m512 (&acc)[R][H], const unsigned ch
 #pragma GCC unroll 4
     for (int r = 0; r < R; ++r) {
       x[r] = Rows::Load(rows[r] + (off + k) * Rows::kBytes);
-      if constexpr (Rows::kScaled) x[r] = _mm512_mul_ps(x[r], scale[r]);
+      if constexpr (kScale) x[r] = _mm512_mul_ps(x[r], scale[r]);
       asm("" : "+v"(x[r]));
     }
 #pragma GCC unroll 4
@@ -116,7 +117,7 @@ SHARDLM_TARGET_AVX512 inline void DotPart(__m512 (&acc)[R][H], const unsigned ch
 #pragma GCC unroll 4
     for (int r = 0; r < R; ++r) {
       x[r] = Rows::Load(m, rows[r] + (off + k) * Rows::kBytes);
-      if constexpr (Rows::kScaled) x[r] = _mm512_mul_ps(x[r], scale[r]);
+      if constexpr (kScale) x[r] = _mm512_mul_ps(x[r], scale[r]);
     }
 #pragma GCC unroll 4
     for (int h = 0; h < H; ++h) {
@@ -142,17 +143,27 @@ SHARDLM_TARGET_AVX512 void ScoreTile(const ScoreArgs& a, int64_t r0, int64_t h0)
     scale[r] = Rows::kScaled ? _mm512_set1_ps(RowScale(a.rows[r0 + r], a.scale_off, a.a_seg))
                              : _mm512_setzero_ps();
   }
-  DotPart<R, H, Rows>(acc, a.rows + r0, a.a_off, a.a_len, scale, a.qa + h0 * a.qa_head,
-                      a.qa_head);
+  // An int8 row's key part: the integer values times the query, lane by lane, and the lane
+  // sums times the part's scale once (not every loaded vector: 4 multiplies per 16 FMAs).
+  DotPart<R, H, Rows, false>(acc, a.rows + r0, a.a_off, a.a_len, scale, a.qa + h0 * a.qa_head,
+                             a.qa_head);
+  if constexpr (Rows::kScaled) {
+#pragma GCC unroll 4
+    for (int r = 0; r < R; ++r) {
+#pragma GCC unroll 4
+      for (int h = 0; h < H; ++h) acc[r][h] = _mm512_mul_ps(acc[r][h], scale[r]);
+    }
+  }
   if (a.b_len > 0) {
+    // The b part adds to the same lanes, so its values are scaled as they are loaded.
     if constexpr (Rows::kScaled) {
 #pragma GCC unroll 4
       for (int r = 0; r < R; ++r) {
         scale[r] = _mm512_set1_ps(RowScale(a.rows[r0 + r], a.scale_off, a.b_seg));
       }
     }
-    DotPart<R, H, Rows>(acc, a.rows + r0, a.b_off, a.b_len, scale, a.qb + h0 * a.qb_head,
-                        a.qb_head);
+    DotPart<R, H, Rows, Rows::kScaled>(acc, a.rows + r0, a.b_off, a.b_len, scale,
+                                       a.qb + h0 * a.qb_head, a.qb_head);
   }
   if constexpr (R == 4 && H == 4) {
     // All 16 at once, the same tree as ReduceAdd: element 4h + r of `sums` is acc[r][h], so
@@ -327,25 +338,70 @@ SHARDLM_TARGET_AVX512 void ExpAvx512(const float* x, int64_t n, float* y) {
   }
 }
 
-// One vector holds a head's block (nb ≤ kBlock = 16 lanes).
-SHARDLM_TARGET_AVX512 void SoftmaxAvx512(const SoftmaxArgs& a) {
+// The softmax step of heads [h0, h0 + n), n ≤ C (4 or 16), one vector per head's block
+// (nb ≤ kBlock = 16 lanes). The heads' block maxima, their alphas and their block sums each
+// come out of one transposing tree (base/avx512_reduce.h) and one Exp16 for all C heads; one
+// head at a time, each was a chain of dependent shuffles and a broadcast exp of its own (17%
+// of a GQA int8 step). Every head gets the bits of the one-head form: the max is exact, Exp16
+// works lane by lane, each block sum is ReduceAdd's tree, and the running sum is a product
+// then a sum (kept apart: no fused multiply-add).
+template <int C>
+SHARDLM_TARGET_AVX512 void SoftmaxHeads(const SoftmaxArgs& a, int64_t h0, int64_t n) {
   static_assert(kBlock == 16, "one zmm per head and block");
+  static_assert(C == 4 || C == 16);
   const __mmask16 m = static_cast<__mmask16>((1u << a.nb) - 1);
+  const __mmask16 heads = static_cast<__mmask16>((1u << n) - 1);
   const __m512 scale = _mm512_set1_ps(a.scale);
-  for (int64_t h = 0; h < a.g; ++h) {
-    float* sc = a.scores + h * kBlock;
-    const __m512 s = _mm512_mul_ps(_mm512_maskz_loadu_ps(m, sc), scale);
-    const float old = a.max[h];
-    const float block_max = _mm512_mask_reduce_max_ps(m, s);  // lanes ≥ nb are ignored
-    const float m_new = block_max > old ? block_max : old;
-    const __m512 p = _mm512_maskz_mov_ps(m, Exp16(_mm512_sub_ps(s, _mm512_set1_ps(m_new))));
-    _mm512_mask_storeu_ps(sc, m, p);
-    const float alpha =
-        old == -__builtin_inff() ? 0.0f : _mm512_cvtss_f32(Exp16(_mm512_set1_ps(old - m_new)));
-    a.alpha[h] = alpha;
-    a.sum[h] = a.sum[h] * alpha + ReduceAdd(p);
-    a.max[h] = m_new;
+  const __m512 neg_inf = _mm512_set1_ps(-__builtin_inff());
+  // Scaled scores; lanes ≥ nb, and heads ≥ n, are −inf, which no max picks.
+  __m512 s[C];
+#pragma GCC unroll 16
+  for (int h = 0; h < C; ++h) {
+    s[h] = h < n ? _mm512_mask_mul_ps(neg_inf, m,
+                                      _mm512_maskz_loadu_ps(m, a.scores + (h0 + h) * kBlock),
+                                      scale)
+                 : neg_inf;
   }
+  __m512 block_max;
+  if constexpr (C == 16) {
+    block_max = ReduceMax16x16(s);
+  } else {
+    block_max = ReduceMax4x16(s);
+  }
+  // Element h: the running max m, the new one m' = (block max > m ? block max : m).
+  const __m512 old = _mm512_maskz_loadu_ps(heads, a.max + h0);
+  const __m512 m_new = _mm512_max_ps(block_max, old);
+  __m512 p[C];
+#pragma GCC unroll 16
+  for (int h = 0; h < C; ++h) {
+    if (h < n) {
+      const __m512 mh = _mm512_permutexvar_ps(_mm512_set1_epi32(h), m_new);
+      p[h] = _mm512_maskz_mov_ps(m, Exp16(_mm512_sub_ps(s[h], mh)));
+      _mm512_mask_storeu_ps(a.scores + (h0 + h) * kBlock, m, p[h]);
+    } else {
+      p[h] = _mm512_setzero_ps();
+    }
+  }
+  __m512 block_sum;
+  if constexpr (C == 16) {
+    block_sum = ReduceAdd16x16(p);
+  } else {
+    block_sum = ReduceAdd4x16(p);
+  }
+  // alpha = e^(m − m'), 0 where m = −inf (the first block).
+  const __mmask16 seen = _mm512_cmp_ps_mask(old, neg_inf, _CMP_NEQ_UQ);
+  const __m512 alpha = _mm512_maskz_mov_ps(seen, Exp16(_mm512_sub_ps(old, m_new)));
+  __m512 scaled_sum = _mm512_mul_ps(_mm512_maskz_loadu_ps(heads, a.sum + h0), alpha);
+  asm("" : "+v"(scaled_sum));  // keeps the product and the sum two roundings
+  _mm512_mask_storeu_ps(a.sum + h0, heads, _mm512_add_ps(scaled_sum, block_sum));
+  _mm512_mask_storeu_ps(a.alpha + h0, heads, alpha);
+  _mm512_mask_storeu_ps(a.max + h0, heads, m_new);
+}
+
+SHARDLM_TARGET_AVX512 void SoftmaxAvx512(const SoftmaxArgs& a) {
+  int64_t h0 = 0;
+  for (; a.g - h0 >= 8; h0 += 16) SoftmaxHeads<16>(a, h0, a.g - h0 < 16 ? a.g - h0 : 16);
+  for (; h0 < a.g; h0 += 4) SoftmaxHeads<4>(a, h0, a.g - h0 < 4 ? a.g - h0 : 4);
 }
 
 }  // namespace

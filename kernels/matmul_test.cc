@@ -11,6 +11,7 @@
 #include <tuple>
 #include <vector>
 
+#include "base/avx512_reduce.h"
 #include "base/half.h"
 #include "base/rng.h"
 #include "base/thread_pool.h"
@@ -129,6 +130,44 @@ TEST(SkinnyMatMulPaths, VectorLaneReductionIsTheScalarTree) {
     }
   }
 }
+
+#if defined(__x86_64__)
+// base/avx512_reduce.h's trees of 4 and 16 vectors (sums and maxima), stored: [16 | 4] sums,
+// then [16 | 4] maxima.
+__attribute__((target("avx512f"))) void ReduceTrees(const float* acc, float* out) {
+  __m512 v[16];
+  for (int i = 0; i < 16; ++i) v[i] = _mm512_loadu_ps(acc + 16 * i);
+  const __m512 w[4] = {v[0], v[1], v[2], v[3]};
+  _mm512_storeu_ps(out, ReduceAdd16x16(v));
+  _mm512_storeu_ps(out + 16, ReduceAdd4x16(w));
+  _mm512_storeu_ps(out + 32, ReduceMax16x16(v));
+  _mm512_storeu_ps(out + 48, ReduceMax4x16(w));
+}
+
+// The 4-vector tree sums as the 16-vector one and the scalar tree do, bit for bit, and both
+// maxima are the largest lane (the decode softmax reduces 4 or 16 heads' blocks at once).
+TEST(SkinnyMatMulPaths, FourAndSixteenVectorTreesAreTheScalarTree) {
+  if (!Cpu().avx512) GTEST_SKIP() << "no AVX-512 on this CPU";
+  for (uint64_t seed : {1, 2, 3}) {
+    Rng rng(seed);
+    alignas(64) float acc[256];
+    for (float& x : acc) {
+      x = std::ldexp(rng.Uniform(-1.0f, 1.0f), static_cast<int>(rng.Uniform(-40, 40)));
+    }
+    float out[64], ref[16];
+    ReduceTrees(acc, out);
+    matmul_internal::ReduceEach<16>(acc, 16, ref);
+    for (int i = 0; i < 16; ++i) {
+      ASSERT_EQ(std::memcmp(&out[i], &ref[i], sizeof(float)), 0) << "seed " << seed << " " << i;
+      ASSERT_EQ(out[32 + i], *std::max_element(acc + 16 * i, acc + 16 * i + 16));
+      if (i < 4) {
+        ASSERT_EQ(std::memcmp(&out[16 + i], &ref[i], sizeof(float)), 0) << "seed " << seed;
+        ASSERT_EQ(out[48 + i], out[32 + i]);
+      }
+    }
+  }
+}
+#endif
 
 TEST(SkinnyMatMulPaths, SelectedPathIsAvailableAndNamed) {
   const std::vector<Isa> paths = AvailableIsas();
