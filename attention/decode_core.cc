@@ -267,8 +267,24 @@ void RunChunk(const Problem& pb, const QueryToken& token, int64_t t, int64_t c_l
       // the groups inner, so the block is read in address order (rows are contiguous in
       // a page, a group's parts at increasing offsets), a stream the hardware
       // prefetchers follow; the value pass then finds the rows in cache.
+      //
+      // The prefetchers stop at the page's end, though, and a block is at most a page: the
+      // next block's rows are fetched meanwhile, the same rows one block on, a 1/groups
+      // slice of each beside each group's score call (so the prefetches are spread over
+      // the block's arithmetic). At 8k context (attention_bench's shapes, one thread) the
+      // step took 39% less time with int8 rows, 22% less with bf16, 8–10% less with f32;
+      // the whole rows at once (no slices) made bf16 12% slower and int8 only 16% faster.
+      const int64_t slice = (cache.row_bytes + lay.groups - 1) / lay.groups;
       for (int64_t r0 = 0; r0 < nb; r0 += kScoreRows) {
-        for (int64_t j = 0; j < lay.groups; ++j) score(j, r0, std::min(kScoreRows, nb - r0));
+        const int64_t next = std::min(len, b_lo + r0 + kBlock);
+        const int64_t next_end = std::min(len, next + kScoreRows);
+        for (int64_t j = 0; j < lay.groups; ++j) {
+          const int64_t from = j * slice, bytes = std::min(slice, cache.row_bytes - from);
+          for (int64_t r = next; r < next_end && bytes > 0; ++r) {
+            PrefetchRange(rows[r] + from, bytes);
+          }
+          score(j, r0, std::min(kScoreRows, nb - r0));
+        }
       }
     }
     for (int64_t j = 0; j < lay.groups; ++j) {
