@@ -17,10 +17,7 @@ inline constexpr int64_t kBlock = 16;
 
 // Rows are in the cache's format (attention/kv_cache.h: KvRowFormat), offsets and lengths
 // count values. A kernel reads the stored type directly: f32, bf16 (widened exactly), or
-// int8 with its segment's scale s, one fp32 rounding per term either way: the portable
-// kernels multiply each value by s as they load it; the AVX-512 ones multiply the lane sums
-// of a row's first key part by s (its q·k products are then exact before the sums round)
-// and a value row's softmax weight by s.
+// int8, each value multiplied by its segment's scale (one fp32 rounding) as it is loaded.
 //
 // scores[h·kBlock + r] = qa_h · rows[r][a_off, +a_len) + qb_h · rows[r][b_off, +b_len)
 // for h < g, r < nb, where qa_h = qa + h·qa_head and qb_h = qb + h·qb_head. The two

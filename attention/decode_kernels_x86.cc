@@ -37,8 +37,8 @@ SHARDLM_TARGET_AVX512 inline float ReduceAdd(__m512 v) {
 }
 
 // How a kernel loads 16 consecutive values of a row (kv_cache.h: KvRowFormat) as fp32:
-// f32 as they are, bf16 widened (exact), int8 converted (exact; kScaled: the row part's scale
-// is applied by the kernel, to the lane sums of a key part and to the weights of a value).
+// f32 as they are, bf16 widened (exact), int8 converted (exact) and multiplied by the row
+// part's scale (kScaled: one rounding, done once per loaded vector for all heads).
 struct F32Rows {
   static constexpr int64_t kBytes = 4;
   static constexpr bool kScaled = false;
@@ -85,9 +85,8 @@ inline float RowScale(const unsigned char* row, int64_t scale_off, int64_t seg) 
 }
 
 // acc[r][h] += rows[r][off, off + len) ⊙ q_h[0, len), lane-wise, for an R × H tile.
-// Each row vector is loaded once for H heads and each query vector once for R rows. With
-// kScale, each loaded vector of a scaled (int8) row is multiplied by its row's scale first.
-template <int R, int H, typename Rows, bool kScale>
+// Each row vector is loaded once for H heads and each query vector once for R rows.
+template <int R, int H, typename Rows>
 SHARDLM_TARGET_AVX512 inline void DotPart(__m512 (&acc)[R][H], const unsigned char* const* rows,
                                           int64_t off, int64_t len, const __m512 (&scale)[R],
                                           const float* q, int64_t q_head) {
@@ -100,7 +99,7 @@ SHARDLM_TARGET_AVX512 inline void DotPart(__m512 (&acc)[R][H], const unsigned ch
 #pragma GCC unroll 4
     for (int r = 0; r < R; ++r) {
       x[r] = Rows::Load(rows[r] + (off + k) * Rows::kBytes);
-      if constexpr (kScale) x[r] = _mm512_mul_ps(x[r], scale[r]);
+      if constexpr (Rows::kScaled) x[r] = _mm512_mul_ps(x[r], scale[r]);
       asm("" : "+v"(x[r]));
     }
 #pragma GCC unroll 4
@@ -117,7 +116,7 @@ SHARDLM_TARGET_AVX512 inline void DotPart(__m512 (&acc)[R][H], const unsigned ch
 #pragma GCC unroll 4
     for (int r = 0; r < R; ++r) {
       x[r] = Rows::Load(m, rows[r] + (off + k) * Rows::kBytes);
-      if constexpr (kScale) x[r] = _mm512_mul_ps(x[r], scale[r]);
+      if constexpr (Rows::kScaled) x[r] = _mm512_mul_ps(x[r], scale[r]);
     }
 #pragma GCC unroll 4
     for (int h = 0; h < H; ++h) {
@@ -143,27 +142,17 @@ SHARDLM_TARGET_AVX512 void ScoreTile(const ScoreArgs& a, int64_t r0, int64_t h0)
     scale[r] = Rows::kScaled ? _mm512_set1_ps(RowScale(a.rows[r0 + r], a.scale_off, a.a_seg))
                              : _mm512_setzero_ps();
   }
-  // An int8 row's key part: the integer values times the query, lane by lane, and the lane
-  // sums times the part's scale once (not every loaded vector: 4 multiplies per 16 FMAs).
-  DotPart<R, H, Rows, false>(acc, a.rows + r0, a.a_off, a.a_len, scale, a.qa + h0 * a.qa_head,
-                             a.qa_head);
-  if constexpr (Rows::kScaled) {
-#pragma GCC unroll 4
-    for (int r = 0; r < R; ++r) {
-#pragma GCC unroll 4
-      for (int h = 0; h < H; ++h) acc[r][h] = _mm512_mul_ps(acc[r][h], scale[r]);
-    }
-  }
+  DotPart<R, H, Rows>(acc, a.rows + r0, a.a_off, a.a_len, scale, a.qa + h0 * a.qa_head,
+                      a.qa_head);
   if (a.b_len > 0) {
-    // The b part adds to the same lanes, so its values are scaled as they are loaded.
     if constexpr (Rows::kScaled) {
 #pragma GCC unroll 4
       for (int r = 0; r < R; ++r) {
         scale[r] = _mm512_set1_ps(RowScale(a.rows[r0 + r], a.scale_off, a.b_seg));
       }
     }
-    DotPart<R, H, Rows, Rows::kScaled>(acc, a.rows + r0, a.b_off, a.b_len, scale,
-                                       a.qb + h0 * a.qb_head, a.qb_head);
+    DotPart<R, H, Rows>(acc, a.rows + r0, a.b_off, a.b_len, scale, a.qb + h0 * a.qb_head,
+                        a.qb_head);
   }
   if constexpr (R == 4 && H == 4) {
     // All 16 at once, the same tree as ReduceAdd: element 4h + r of `sums` is acc[r][h], so

@@ -195,10 +195,9 @@ class NarrowCache {
 
 // Bound of a narrow cache's result against the naive reference over the same decoded values,
 // from the f32 bound of the source rows: decoded values are at most (1 + 2^-8)·max|x| (bf16
-// rounding; int8's q·s ≤ max|x| up to one rounding), and the int8 kernels round each s·q (or
-// each lane sum of q·k times s) and each softmax weight times s once more (one more u per
-// product in the scores and in the values, against the ≥ 2u the f32 bound already carries per
-// term): 1.5× covers both.
+// rounding; int8's q·s ≤ max|x| up to one rounding), and the int8 kernels round each s·q and
+// each softmax weight times s once more (one more u per product in the scores and in the
+// values, against the ≥ 2u the f32 bound already carries per term): 1.5× covers both.
 inline constexpr double kNarrowBoundFactor = 1.5;
 
 // A ragged, prefill-style batch over a TestCache built with seq_lens
