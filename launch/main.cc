@@ -1,6 +1,7 @@
 // `shardlm`: the one executable. Every subcommand runs under `mpirun -np N` or
 // as a single process. Errors end every rank with one message and exit code 1.
 #include <cstdio>
+#include <functional>
 #include <map>
 #include <string>
 #include <vector>
@@ -47,32 +48,40 @@ constexpr char kUsage[] =
 // The job's watchdog, for commands that stop gracefully on a signal (serve).
 Watchdog* g_watchdog = nullptr;
 
+// What a command does once its flags are read: run on every rank with the job's communicator.
+using Job = std::function<absl::Status(Comm&)>;
+
 struct Command {
   const char* name;
   const char* summary;
   std::vector<FlagSpec> flags;
-  absl::Status (*run)(const Flags&, Comm&);
+  // Reads every flag value the command takes into its Job, and does nothing else (no
+  // collective, no file). Every rank reads the same command line, so all fail alike: Main
+  // agrees on the error before the job starts and rank 0 prints it once (not as "rank 0: …";
+  // a rank that fails alone, e.g. with a command line of its own in an MPI app context, is
+  // named).
+  absl::StatusOr<Job> (*parse)(const Flags&);
 };
 
-// A command's flag values are read before its first collective. Every rank reads the same
-// command line, so all fail alike: the ranks agree on the error and rank 0 prints it once
-// (not as "rank 0: …"; a rank with a command line of its own, an app context, is named).
-absl::Status AgreeOnFlags(Comm& comm, const absl::Status& local) {
-  return AgreeOnStatus(comm, local, /*name_rank0=*/false);
+// --threads and --bf16-math (whose "dot" needs AVX512-BF16 on this rank's CPU).
+struct ComputeOptions {
+  int threads = 1;
+  Bf16Math bf16_math = Bf16Math::kExact;
+};
+
+absl::StatusOr<ComputeOptions> ParseCompute(const Flags& flags) {
+  ComputeOptions o;
+  ASSIGN_OR_RETURN(o.threads, flags.Threads());
+  ASSIGN_OR_RETURN(o.bf16_math, flags.Bf16MathMode());
+  return o;
 }
 
-// --threads and --bf16-math. The CPU check of the latter may fail on some ranks only.
-absl::Status SetCompute(const Flags& flags, Comm& comm) {
-  absl::StatusOr<int> threads = flags.Threads();
-  RETURN_IF_ERROR(AgreeOnFlags(comm, threads.status()));
-  absl::StatusOr<Bf16Math> bf16_math = flags.Bf16MathMode();
-  RETURN_IF_ERROR(AgreeOnStatus(comm, bf16_math.status()));
-  SetComputeThreads(*threads);
-  SetBf16Math(*bf16_math);
-  return absl::OkStatus();
+void SetCompute(const ComputeOptions& o) {
+  SetComputeThreads(o.threads);
+  SetBf16Math(o.bf16_math);
 }
 
-// The batching flags `decode` and `score` share.
+// The batching flags `decode`, `score` and `serve` share.
 absl::Status ParseBatchOptions(const Flags& flags, BatchOptions* o) {
   ASSIGN_OR_RETURN(o->model_dir, flags.Required("model"));
   ASSIGN_OR_RETURN(o->cache.page_size, flags.Int("page-size", 16, 1, 1 << 20));
@@ -90,7 +99,8 @@ absl::Status ParseBatchOptions(const Flags& flags, BatchOptions* o) {
   return absl::OkStatus();
 }
 
-// `own` followed by the flags ParseBatchOptions and SetCompute read (decode, score, serve).
+// `own` followed by the flags ParseBatchOptions, ParseCompute and ParseReplicas read (decode,
+// score, serve).
 std::vector<FlagSpec> WithBatchFlags(std::vector<FlagSpec> own,
                                      const char* progress_help = "print progress to stderr") {
   const FlagSpec shared[] = {
@@ -126,25 +136,35 @@ std::vector<FlagSpec> WithBatchFlags(std::vector<FlagSpec> own,
   return own;
 }
 
-// --tp: the replicas (coordinator/replicas.h) and this rank's shard of the model in its replica.
+// --tp and --mla-attention: how the job's ranks split into replicas and how each holds the
+// model (coordinator/replicas.h), with the compute flags.
+struct ReplicaOptions {
+  int64_t tp = 0;  // ranks per replica; 0: all of the job's
+  AttentionSplit split = AttentionSplit::kTensor;
+  ComputeOptions compute;
+};
+
+absl::StatusOr<ReplicaOptions> ParseReplicas(const Flags& flags) {
+  ReplicaOptions o;
+  ASSIGN_OR_RETURN(o.tp, flags.Int("tp", 0, 1, 1 << 20));
+  ASSIGN_OR_RETURN(o.split, ParseAttentionSplit(flags.String("mla-attention", "tp")));
+  ASSIGN_OR_RETURN(o.compute, ParseCompute(flags));
+  return o;
+}
+
+// The replicas and this rank's shard of the model in its replica.
 struct ReplicatedModel {
   ReplicaSplit split;
   std::unique_ptr<Model> model;
 };
 
-absl::StatusOr<ReplicatedModel> LoadReplicated(const Flags& flags, const std::string& model_dir,
-                                               Comm& comm) {
-  int64_t tp = 0;
-  AttentionSplit split = AttentionSplit::kTensor;
-  RETURN_IF_ERROR(AgreeOnFlags(comm, [&]() -> absl::Status {
-    ASSIGN_OR_RETURN(tp, flags.Int("tp", comm.size(), 1, 1 << 20));
-    ASSIGN_OR_RETURN(split, ParseAttentionSplit(flags.String("mla-attention", "tp")));
-    return absl::OkStatus();
-  }()));
+absl::StatusOr<ReplicatedModel> LoadReplicated(const ReplicaOptions& o,
+                                               const std::string& model_dir, Comm& comm) {
+  SetCompute(o.compute);
   ReplicatedModel out;
-  ASSIGN_OR_RETURN(out.split, SplitReplicas(comm, tp));
+  ASSIGN_OR_RETURN(out.split, SplitReplicas(comm, o.tp > 0 ? o.tp : comm.size()));
   const Replicas replicas = out.split.View(comm);
-  auto model = Model::Load(model_dir, replicas.tp.rank(), replicas.tp.size(), split);
+  auto model = Model::Load(model_dir, replicas.tp.rank(), replicas.tp.size(), o.split);
   RETURN_IF_ERROR(AgreeOnStatus(comm, model.status()));
   out.model = std::move(*model);
   return out;
@@ -154,148 +174,132 @@ const FlagSpec kTpFlag = {"tp", true,
                           "ranks per tensor-parallel replica (default: all); mpirun -np T·R runs "
                           "R replicas of --tp T, each request on the least-loaded"};
 
-absl::Status RunScoreCommand(const Flags& flags, Comm& comm) {
-  std::string model_dir;
+// A command that rank 0 alone carries out (it writes files); the others wait for its status,
+// so a following command sees the files. On success rank 0 prints `done`.
+Job OnRank0(std::function<absl::Status()> work, std::string done = "") {
+  return [work = std::move(work), done = std::move(done)](Comm& comm) -> absl::Status {
+    RETURN_IF_ERROR(AgreeOnStatus(comm, comm.rank() == 0 ? work() : absl::OkStatus()));
+    if (comm.rank() == 0 && !done.empty()) std::printf("%s\n", done.c_str());
+    return absl::OkStatus();
+  };
+}
+
+absl::StatusOr<Job> ParseScoreCommand(const Flags& flags) {
   ScoreOptions options;
-  RETURN_IF_ERROR(AgreeOnFlags(comm, [&]() -> absl::Status {
-    ASSIGN_OR_RETURN(model_dir, flags.Required("model"));
-    ASSIGN_OR_RETURN(options.input, flags.Required("input"));
-    ASSIGN_OR_RETURN(options.output, flags.Required("output"));
-    return ParseBatchOptions(flags, &options.batch);
-  }()));
-  RETURN_IF_ERROR(SetCompute(flags, comm));
-  ASSIGN_OR_RETURN(ReplicatedModel loaded, LoadReplicated(flags, model_dir, comm));
-  return RunScore(options, *loaded.model, loaded.split.View(comm));
+  ASSIGN_OR_RETURN(options.input, flags.Required("input"));
+  ASSIGN_OR_RETURN(options.output, flags.Required("output"));
+  RETURN_IF_ERROR(ParseBatchOptions(flags, &options.batch));
+  ASSIGN_OR_RETURN(ReplicaOptions replicas, ParseReplicas(flags));
+  return Job([options, replicas](Comm& comm) -> absl::Status {
+    ASSIGN_OR_RETURN(ReplicatedModel loaded,
+                     LoadReplicated(replicas, options.batch.model_dir, comm));
+    return RunScore(options, *loaded.model, loaded.split.View(comm));
+  });
 }
 
-absl::Status RunDecodeCommand(const Flags& flags, Comm& comm) {
-  std::string model_dir;
+absl::StatusOr<Job> ParseDecodeCommand(const Flags& flags) {
   DecodeOptions options;
-  RETURN_IF_ERROR(AgreeOnFlags(comm, [&]() -> absl::Status {
-    ASSIGN_OR_RETURN(model_dir, flags.Required("model"));
-    ASSIGN_OR_RETURN(options.input, flags.Required("prompts"));
-    ASSIGN_OR_RETURN(options.output, flags.Required("output"));
-    RETURN_IF_ERROR(ParseBatchOptions(flags, &options.batch));
-    ASSIGN_OR_RETURN(options.max_new_tokens, flags.Int("max-new-tokens", 64, 1, 1 << 30));
-    ASSIGN_OR_RETURN(options.sampling.temperature, flags.Double("temperature", 0, 0, 1e4));
-    ASSIGN_OR_RETURN(options.sampling.top_k, flags.Int("top-k", 0, 0, INT64_MAX));
-    ASSIGN_OR_RETURN(options.sampling.top_p, flags.Double("top-p", 1, 1e-9, 1));
-    ASSIGN_OR_RETURN(int64_t seed, flags.Int("seed", 0, 0, INT64_MAX));
-    options.sampling.seed = static_cast<uint64_t>(seed);
-    return absl::OkStatus();
-  }()));
-  RETURN_IF_ERROR(SetCompute(flags, comm));
-  ASSIGN_OR_RETURN(ReplicatedModel loaded, LoadReplicated(flags, model_dir, comm));
-  return RunDecode(options, *loaded.model, loaded.split.View(comm));
+  ASSIGN_OR_RETURN(options.input, flags.Required("prompts"));
+  ASSIGN_OR_RETURN(options.output, flags.Required("output"));
+  RETURN_IF_ERROR(ParseBatchOptions(flags, &options.batch));
+  ASSIGN_OR_RETURN(options.max_new_tokens, flags.Int("max-new-tokens", 64, 1, 1 << 30));
+  ASSIGN_OR_RETURN(options.sampling.temperature, flags.Double("temperature", 0, 0, 1e4));
+  ASSIGN_OR_RETURN(options.sampling.top_k, flags.Int("top-k", 0, 0, INT64_MAX));
+  ASSIGN_OR_RETURN(options.sampling.top_p, flags.Double("top-p", 1, 1e-9, 1));
+  ASSIGN_OR_RETURN(int64_t seed, flags.Int("seed", 0, 0, INT64_MAX));
+  options.sampling.seed = static_cast<uint64_t>(seed);
+  ASSIGN_OR_RETURN(ReplicaOptions replicas, ParseReplicas(flags));
+  return Job([options, replicas](Comm& comm) -> absl::Status {
+    ASSIGN_OR_RETURN(ReplicatedModel loaded,
+                     LoadReplicated(replicas, options.batch.model_dir, comm));
+    return RunDecode(options, *loaded.model, loaded.split.View(comm));
+  });
 }
 
-absl::Status RunServeCommand(const Flags& flags, Comm& comm) {
+absl::StatusOr<Job> ParseServeCommand(const Flags& flags) {
   ServeOptions options;
-  RETURN_IF_ERROR(AgreeOnFlags(comm, [&]() -> absl::Status {
-    RETURN_IF_ERROR(ParseBatchOptions(flags, &options.batch));
-    options.host = flags.String("host", "127.0.0.1");
-    ASSIGN_OR_RETURN(int64_t port, flags.Int("port", 8000, 0, 65535));
-    options.port = static_cast<int>(port);
-    options.api_key = flags.String("api-key", "");
-    options.served_model_name = flags.String("served-model-name", "");
-    ASSIGN_OR_RETURN(options.max_waiting, flags.Int("max-waiting", 256, 1, 1 << 20));
-    ASSIGN_OR_RETURN(options.max_body_bytes, flags.Int("max-body-bytes", 1 << 20, 1, 1LL << 32));
-    ASSIGN_OR_RETURN(options.drain_seconds, flags.Double("drain-seconds", 30, 0, 86400));
-    ASSIGN_OR_RETURN(int64_t http_threads, flags.Int("http-threads", 0, 0, 4096));
-    options.http_threads = static_cast<int>(http_threads);
-    return absl::OkStatus();
-  }()));
-  RETURN_IF_ERROR(SetCompute(flags, comm));
-  ASSIGN_OR_RETURN(ReplicatedModel loaded, LoadReplicated(flags, options.batch.model_dir, comm));
-  return RunServe(options, *loaded.model, loaded.split.View(comm), g_watchdog);
+  RETURN_IF_ERROR(ParseBatchOptions(flags, &options.batch));
+  options.host = flags.String("host", "127.0.0.1");
+  ASSIGN_OR_RETURN(int64_t port, flags.Int("port", 8000, 0, 65535));
+  options.port = static_cast<int>(port);
+  options.api_key = flags.String("api-key", "");
+  options.served_model_name = flags.String("served-model-name", "");
+  ASSIGN_OR_RETURN(options.max_waiting, flags.Int("max-waiting", 256, 1, 1 << 20));
+  ASSIGN_OR_RETURN(options.max_body_bytes, flags.Int("max-body-bytes", 1 << 20, 1, 1LL << 32));
+  ASSIGN_OR_RETURN(options.drain_seconds, flags.Double("drain-seconds", 30, 0, 86400));
+  ASSIGN_OR_RETURN(int64_t http_threads, flags.Int("http-threads", 0, 0, 4096));
+  options.http_threads = static_cast<int>(http_threads);
+  ASSIGN_OR_RETURN(ReplicaOptions replicas, ParseReplicas(flags));
+  return Job([options, replicas](Comm& comm) -> absl::Status {
+    ASSIGN_OR_RETURN(ReplicatedModel loaded,
+                     LoadReplicated(replicas, options.batch.model_dir, comm));
+    return RunServe(options, *loaded.model, loaded.split.View(comm), g_watchdog);
+  });
 }
 
-absl::Status RunTokenizeCommand(const Flags& flags, Comm& comm) {
+absl::StatusOr<Job> ParseTokenizeCommand(const Flags& flags) {
   TokenizeOptions options;
-  RETURN_IF_ERROR(AgreeOnFlags(comm, [&]() -> absl::Status {
-    ASSIGN_OR_RETURN(options.model_dir, flags.Required("model"));
-    ASSIGN_OR_RETURN(options.input, flags.Required("input"));
-    ASSIGN_OR_RETURN(options.output, flags.Required("output"));
-    return absl::OkStatus();
-  }()));
+  ASSIGN_OR_RETURN(options.model_dir, flags.Required("model"));
+  ASSIGN_OR_RETURN(options.input, flags.Required("input"));
+  ASSIGN_OR_RETURN(options.output, flags.Required("output"));
   options.add_special_tokens = flags.Bool("add-special-tokens");
-  return AgreeOnStatus(comm, comm.rank() == 0 ? RunTokenize(options) : absl::OkStatus());
+  return OnRank0([options] { return RunTokenize(options); });
 }
 
-absl::Status RunBenchCommand(const Flags& flags, Comm& comm) {
+absl::StatusOr<Job> ParseBenchCommand(const Flags& flags) {
   BenchOptions options;
-  RETURN_IF_ERROR(AgreeOnFlags(comm, ParseBenchOptions(flags, &options)));
-  return RunBench(options, comm);
+  RETURN_IF_ERROR(ParseBenchOptions(flags, &options));
+  return Job([options](Comm& comm) { return RunBench(options, comm); });
 }
 
-absl::Status RunMakeModel(const Flags& flags, Comm& comm) {
+absl::StatusOr<Job> ParseMakeModel(const Flags& flags) {
   MakeModelOptions options;
-  std::string out;
-  RETURN_IF_ERROR(AgreeOnFlags(comm, [&]() -> absl::Status {
-    ASSIGN_OR_RETURN(out, flags.Required("out"));
-    ASSIGN_OR_RETURN(int64_t seed, flags.Int("seed", 0, 0, INT64_MAX));
-    options.seed = static_cast<uint64_t>(seed);
-    ASSIGN_OR_RETURN(options.dtype, ParseWeightDType(flags.String("dtype", "F32")));
-    ASSIGN_OR_RETURN(options.layers, flags.Int("layers", 0, 0, 1 << 16));
-    ASSIGN_OR_RETURN(options.intermediate_size, flags.Int("intermediate-size", 0, 0, 1 << 24));
-    ASSIGN_OR_RETURN(options.sliding_window, flags.Int("sliding-window", 0, 0, INT64_MAX));
-    return absl::OkStatus();
-  }()));
+  ASSIGN_OR_RETURN(const std::string out, flags.Required("out"));
+  ASSIGN_OR_RETURN(int64_t seed, flags.Int("seed", 0, 0, INT64_MAX));
+  options.seed = static_cast<uint64_t>(seed);
+  ASSIGN_OR_RETURN(options.dtype, ParseWeightDType(flags.String("dtype", "F32")));
+  ASSIGN_OR_RETURN(options.layers, flags.Int("layers", 0, 0, 1 << 16));
+  ASSIGN_OR_RETURN(options.intermediate_size, flags.Int("intermediate-size", 0, 0, 1 << 24));
+  ASSIGN_OR_RETURN(options.sliding_window, flags.Int("sliding-window", 0, 0, INT64_MAX));
   options.attention = flags.String("attention", "gqa");
   options.preset = flags.String("preset", "tiny");
   options.rope_interleave = flags.Bool("rope-interleave");
   options.tie_word_embeddings = flags.Bool("tie-embeddings");
   options.no_biases = flags.Bool("no-biases");
-  // One writer; the others wait for it so a following command sees the files.
-  absl::Status status = comm.rank() == 0 ? MakeModel(options, out) : absl::OkStatus();
-  RETURN_IF_ERROR(AgreeOnStatus(comm, status));
-  if (comm.rank() == 0) std::printf("wrote %s\n", out.c_str());
-  return absl::OkStatus();
+  return OnRank0([options, out] { return MakeModel(options, out); }, "wrote " + out);
 }
 
-absl::Status RunConvert(const Flags& flags, Comm& comm) {
+absl::StatusOr<Job> ParseConvert(const Flags& flags) {
   ConvertOptions options;
-  RETURN_IF_ERROR(AgreeOnFlags(comm, [&]() -> absl::Status {
-    ASSIGN_OR_RETURN(options.model_dir, flags.Required("model"));
-    ASSIGN_OR_RETURN(options.out_dir, flags.Required("out"));
-    ASSIGN_OR_RETURN(options.attention, flags.Required("attention"));
-    ASSIGN_OR_RETURN(options.latent_heads, flags.Int("latent-heads", 2, 1, 1 << 16));
-    RETURN_IF_ERROR(flags.Required("kv-lora-rank").status());
-    ASSIGN_OR_RETURN(options.kv_lora_rank, flags.Int("kv-lora-rank", 0, 1, 1 << 20));
-    ASSIGN_OR_RETURN(options.rope_dim, flags.Int("rope-dim", 0, 0, 1 << 16));
-    ASSIGN_OR_RETURN(options.dtype, ParseWeightDType(flags.String("dtype", "F32")));
-    if (IsBlockQuantized(options.dtype)) {
-      return absl::InvalidArgumentError(
-          "convert: --dtype is F32, BF16 or F16; quantize the converted model with shardlm "
-          "quantize");
-    }
-    return absl::OkStatus();
-  }()));
-  absl::Status status = comm.rank() == 0 ? Convert(options) : absl::OkStatus();
-  RETURN_IF_ERROR(AgreeOnStatus(comm, status));
-  if (comm.rank() == 0) std::printf("wrote %s\n", options.out_dir.c_str());
-  return absl::OkStatus();
+  ASSIGN_OR_RETURN(options.model_dir, flags.Required("model"));
+  ASSIGN_OR_RETURN(options.out_dir, flags.Required("out"));
+  ASSIGN_OR_RETURN(options.attention, flags.Required("attention"));
+  ASSIGN_OR_RETURN(options.latent_heads, flags.Int("latent-heads", 2, 1, 1 << 16));
+  RETURN_IF_ERROR(flags.Required("kv-lora-rank").status());
+  ASSIGN_OR_RETURN(options.kv_lora_rank, flags.Int("kv-lora-rank", 0, 1, 1 << 20));
+  ASSIGN_OR_RETURN(options.rope_dim, flags.Int("rope-dim", 0, 0, 1 << 16));
+  ASSIGN_OR_RETURN(options.dtype, ParseWeightDType(flags.String("dtype", "F32")));
+  if (IsBlockQuantized(options.dtype)) {
+    return absl::InvalidArgumentError(
+        "convert: --dtype is F32, BF16 or F16; quantize the converted model with shardlm "
+        "quantize");
+  }
+  return OnRank0([options] { return Convert(options); }, "wrote " + options.out_dir);
 }
 
-absl::Status RunQuantize(const Flags& flags, Comm& comm) {
+absl::StatusOr<Job> ParseQuantize(const Flags& flags) {
   QuantizeOptions options;
-  RETURN_IF_ERROR(AgreeOnFlags(comm, [&]() -> absl::Status {
-    ASSIGN_OR_RETURN(options.model_dir, flags.Required("model"));
-    ASSIGN_OR_RETURN(options.out_dir, flags.Required("out"));
-    RETURN_IF_ERROR(flags.Required("dtype").status());
-    ASSIGN_OR_RETURN(options.dtype, ParseWeightDType(flags.String("dtype", "")));
-    const std::string head = flags.String("head-dtype", "q8_0");
-    if (head == "keep") {
-      options.head_dtype = DType::kF32;
-    } else {
-      ASSIGN_OR_RETURN(options.head_dtype, ParseWeightDType(head));
-    }
-    return absl::OkStatus();
-  }()));
-  absl::Status status = comm.rank() == 0 ? QuantizeModel(options) : absl::OkStatus();
-  RETURN_IF_ERROR(AgreeOnStatus(comm, status));
-  if (comm.rank() == 0) std::printf("wrote %s\n", options.out_dir.c_str());
-  return absl::OkStatus();
+  ASSIGN_OR_RETURN(options.model_dir, flags.Required("model"));
+  ASSIGN_OR_RETURN(options.out_dir, flags.Required("out"));
+  RETURN_IF_ERROR(flags.Required("dtype").status());
+  ASSIGN_OR_RETURN(options.dtype, ParseWeightDType(flags.String("dtype", "")));
+  const std::string head = flags.String("head-dtype", "q8_0");
+  if (head == "keep") {
+    options.head_dtype = DType::kF32;
+  } else {
+    ASSIGN_OR_RETURN(options.head_dtype, ParseWeightDType(head));
+  }
+  return OnRank0([options] { return QuantizeModel(options); }, "wrote " + options.out_dir);
 }
 
 absl::Status Inspect(const std::string& model_dir, int tp, KvDType kv_dtype) {
@@ -348,19 +352,15 @@ absl::Status Inspect(const std::string& model_dir, int tp, KvDType kv_dtype) {
   return absl::OkStatus();
 }
 
-absl::Status RunInspect(const Flags& flags, Comm& comm) {
-  std::string model_dir;
-  int64_t tp = 0;
-  KvDType kv_dtype = KvDType::kF32;
-  RETURN_IF_ERROR(AgreeOnFlags(comm, [&]() -> absl::Status {
-    ASSIGN_OR_RETURN(model_dir, flags.Required("model"));
-    ASSIGN_OR_RETURN(tp, flags.Int("tp", comm.size(), 1, 4096));
-    ASSIGN_OR_RETURN(kv_dtype, ParseKvDType(flags.String("kv-dtype", "f32")));
-    return absl::OkStatus();
-  }()));
-  absl::Status status =
-      comm.rank() == 0 ? Inspect(model_dir, static_cast<int>(tp), kv_dtype) : absl::OkStatus();
-  return AgreeOnStatus(comm, status);
+absl::StatusOr<Job> ParseInspect(const Flags& flags) {
+  ASSIGN_OR_RETURN(const std::string model_dir, flags.Required("model"));
+  ASSIGN_OR_RETURN(const int64_t tp, flags.Int("tp", 0, 1, 4096));  // 0: the job's size
+  ASSIGN_OR_RETURN(const KvDType kv_dtype, ParseKvDType(flags.String("kv-dtype", "f32")));
+  return Job([model_dir, tp, kv_dtype](Comm& comm) {
+    const int ranks = tp > 0 ? static_cast<int>(tp) : comm.size();
+    return AgreeOnStatus(
+        comm, comm.rank() == 0 ? Inspect(model_dir, ranks, kv_dtype) : absl::OkStatus());
+  });
 }
 
 const std::vector<Command>& Commands() {
@@ -373,7 +373,7 @@ const std::vector<Command>& Commands() {
             {"output", true,
              "JSONL results {\"id\", \"logprobs\", \"sum_logprob\", \"perplexity\"}"},
             kTpFlag}),
-       RunScoreCommand},
+       ParseScoreCommand},
       {"decode",
        "generate continuations of prompts (continuous batching, paged KV cache)",
        WithBatchFlags(
@@ -387,7 +387,7 @@ const std::vector<Command>& Commands() {
             {"top-p", true, "default top-p (default 1: off)"},
             {"seed", true, "default per-request seed (default 0)"},
             kTpFlag}),
-       RunDecodeCommand},
+       ParseDecodeCommand},
       {"serve",
        "an OpenAI-compatible HTTP server on rank 0: POST /v1/completions and /v1/chat/completions "
        "(stream or not), GET /v1/models, /health, /metrics; requests join the running batch",
@@ -406,7 +406,7 @@ const std::vector<Command>& Commands() {
             {"http-threads", true, "HTTP worker threads (default max-waiting + max-batch + 8)"},
             kTpFlag},
            "unused (decode's flag, accepted for symmetry)"),
-       RunServeCommand},
+       ParseServeCommand},
       {"make-model",
        "write a deterministic random checkpoint",
        {{"attention", true, "mha | mqa | gqa | gta | mla | gla (default gqa)"},
@@ -422,7 +422,7 @@ const std::vector<Command>& Commands() {
         {"tie-embeddings", false, "tie the LM head to the embedding"},
         {"no-biases", false, "omit the preset's optional biases"},
         {"help", false, "this message"}},
-       RunMakeModel},
+       ParseMakeModel},
       {"convert",
        "rewrite a GQA checkpoint as MLA or GLA (docs/CONVERSION.md)",
        {{"model", true, "the GQA (or MHA/MQA) checkpoint directory"},
@@ -434,7 +434,7 @@ const std::vector<Command>& Commands() {
                         "others keep their dtype)"},
         {"out", true, "output directory"},
         {"help", false, "this message"}},
-       RunConvert},
+       ParseConvert},
       {"quantize",
        "rewrite a checkpoint's linear weights as Q8_0 or Q4_0 (docs/QUANTIZATION.md)",
        {{"model", true, "the source checkpoint directory (F32, BF16 or F16 weights)"},
@@ -442,7 +442,7 @@ const std::vector<Command>& Commands() {
         {"head-dtype", true, "q8_0 | q4_0 | keep for the embedding and LM head (default q8_0)"},
         {"out", true, "output directory"},
         {"help", false, "this message"}},
-       RunQuantize},
+       ParseQuantize},
       {"tokenize",
        "text to token ids and back with a model's tokenizer (no weights needed)",
        {{"model", true, "model directory (config.json + tokenizer.json)"},
@@ -451,16 +451,16 @@ const std::vector<Command>& Commands() {
         {"add-special-tokens", false,
          "encode with the tokenizer's special tokens (BOS, …); decode keeps them"},
         {"help", false, "this message"}},
-       RunTokenizeCommand},
+       ParseTokenizeCommand},
       {"inspect",
        "parameters, shard plan and cache bytes per rank",
        {{"model", true, "checkpoint directory"},
         {"tp", true, "tensor-parallel ranks to plan for (default: this job's size)"},
         {"kv-dtype", true, "cache values the bytes are counted for: f32 (default), bf16, int8"},
         {"help", false, "this message"}},
-       RunInspect},
+       ParseInspect},
       {"bench", "decode/prefill speed, bytes per rank vs measured bandwidth, cache capacity",
-       BenchFlags(), RunBenchCommand},
+       BenchFlags(), ParseBenchCommand},
   };
   return commands;
 }
@@ -497,7 +497,9 @@ int Main(int argc, char** argv) {
   // From here a dead rank or SIGINT/SIGTERM ends the job with one message.
   auto watchdog = Watchdog::Start(*comm, absl::StrCat("shardlm ", command->name));
   g_watchdog = watchdog.get();
-  const absl::Status status = command->run(*flags, *comm);
+  absl::StatusOr<Job> job = command->parse(*flags);
+  absl::Status status = AgreeOnStatus(*comm, job.status(), /*name_rank0=*/false);
+  if (status.ok()) status = (*job)(*comm);
   if (status.ok()) return 0;
   if (IsAgreed(status)) {
     // Every rank holds this status: one message, every rank exits 1.
