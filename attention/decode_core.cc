@@ -44,7 +44,7 @@ void ScoresPortable(const ScoreArgs& a) {
         s += Dot(qb, RowPart<D>(a.rows[r], a.b_off, a.b_len, a.scale_off, a.b_seg, buf),
                  a.b_len);
       }
-      a.scores[h * kBlock + r] = s;
+      a.scores[h * a.block + r] = s;
     }
   }
 }
@@ -56,7 +56,7 @@ void ValuesPortable(const ValueArgs& a) {
     float* acc = a.acc + h * a.acc_head;
     const float alpha = a.alpha[h];
     for (int64_t c = 0; c < a.v_len; ++c) acc[c] *= alpha;
-    const float* p = a.p + h * kBlock;
+    const float* p = a.p + h * a.block;
     for (int64_t r = 0; r < a.nb; ++r) {
       const float w = p[r];
       const float* v = RowPart<D>(a.rows[r], a.v_off, a.v_len, a.scale_off, a.v_seg, buf);
@@ -75,7 +75,7 @@ void ValuesPortable(const ValueArgs& a) {
 // The scalar online-softmax step, numerators with std::exp.
 void SoftmaxPortable(const SoftmaxArgs& a) {
   for (int64_t h = 0; h < a.g; ++h) {
-    float* sc = a.scores + h * kBlock;
+    float* sc = a.scores + h * a.block;
     float m = a.max[h];
     for (int64_t r = 0; r < a.nb; ++r) {
       sc[r] *= a.scale;
@@ -116,7 +116,7 @@ struct ItemScratch {
   std::vector<float> acc;          // [h_q, v_len]: Σ e^(s − m) · value
   std::vector<float> max;          // [h_q]: running max m of the scores
   std::vector<float> sum;          // [h_q]: Σ e^(s − m)
-  std::vector<float> scores;       // [h_q, kBlock]: scores, then numerators
+  std::vector<float> scores;       // [h_q, block ≤ kLongBlock]: scores, then numerators
   std::vector<float> alpha;        // [h_q]: e^(m_old − m_new) of the current block
 
   void Reserve(int64_t h_q, int64_t v_len) {
@@ -124,7 +124,7 @@ struct ItemScratch {
     Grow(acc, h_q * v_len);
     Grow(max, h_q);
     Grow(sum, h_q);
-    Grow(scores, h_q * kBlock);
+    Grow(scores, h_q * kLongBlock);
     Grow(alpha, h_q);
   }
   static void Grow(std::vector<float>& v, int64_t n) {
@@ -189,6 +189,25 @@ inline void PrefetchGroup(const unsigned char* row, const RowLayout& lay, int64_
 // before the next rows (see RunChunk); 4 is the AVX-512 score tile's height.
 constexpr int64_t kScoreRows = 4;
 
+// Positions per block. Each block loads, rescales and stores every running sum once and takes
+// one softmax step per head, so a longer block halves that work; but its rows must still be
+// in cache when the value pass reads them again. Measured at 8k context, one thread, 32 rows
+// against 16 alternated call by call (BENCHMARKS, session 14):
+// - Values apart from keys (rows_first: GQA, MHA, MQA): the value pass finds the block's rows
+//   in L2 while the next block's are fetched. GQA 1–9% and MQA 3–5% faster; MHA f32, whose
+//   32 rows are 1 MiB, 24% slower. Long blocks while two of them fit in half of a 1 MiB L2.
+// - The value is the key (GTA, latent): the value pass re-reads a group's parts from L1 right
+//   after scoring them. Long blocks pay where the running sums outgrow half of L1: MLA's 32
+//   heads × 512 floats (64 KB) took 4–9% less time. GTA f32 and bf16 were 12–28% slower, GLA
+//   f32 unchanged.
+int64_t BlockLength(bool rows_first, int64_t row_bytes, int64_t g, int64_t v_len) {
+  constexpr int64_t kL1Half = 24 << 10, kL2Half = 512 << 10;  // bytes
+  const bool longer = rows_first ? 2 * kLongBlock * row_bytes <= kL2Half
+                                 : g * v_len * static_cast<int64_t>(sizeof(float)) > kL1Half;
+  return longer ? kLongBlock : kBlock;
+}
+static_assert(kChunk % kLongBlock == 0, "chunks are cut between blocks");
+
 struct Problem {
   const CacheView* cache;
   const RowLayout* layout;
@@ -235,9 +254,10 @@ void RunChunk(const Problem& pb, const QueryToken& token, int64_t t, int64_t c_l
   // them (GTA, latent attention): that decides the order of the block's passes.
   const int64_t a0 = lay.a_off, v0 = lay.v_off;
   const bool rows_first = v0 + v_len <= a0 || v0 >= a0 + lay.a_len;
-  // Blocks [b_lo, b_hi] relative to c_lo, cut at multiples of kBlock positions.
+  // Blocks [b_lo, b_hi] relative to c_lo, cut at multiples of `block` positions.
+  const int64_t block = BlockLength(rows_first, cache.row_bytes, g, v_len);
   for (int64_t b_lo = 0; b_lo < len;) {
-    const int64_t b_hi = std::min(len - 1, ((c_lo + b_lo) / kBlock + 1) * kBlock - 1 - c_lo);
+    const int64_t b_hi = std::min(len - 1, ((c_lo + b_lo) / block + 1) * block - 1 - c_lo);
     const int64_t nb = b_hi - b_lo + 1;
     // Scores of group j for rows [r0, r0 + n) of the block.
     auto score = [&](int64_t j, int64_t r0, int64_t n) {
@@ -257,7 +277,8 @@ void RunChunk(const Problem& pb, const QueryToken& token, int64_t t, int64_t c_l
       sa.qb = qb_t != nullptr ? qb_t + head0 * q.qb_head : nullptr;
       sa.qb_head = q.qb_head;
       sa.g = g;
-      sa.scores = s.scores.data() + head0 * kBlock + r0;
+      sa.scores = s.scores.data() + head0 * block + r0;
+      sa.block = block;
       kernels.scores[kind](sa);
     };
     // Each (row, head) dot product is the same arithmetic in any tiling and order, so
@@ -276,7 +297,7 @@ void RunChunk(const Problem& pb, const QueryToken& token, int64_t t, int64_t c_l
       // the whole rows at once (no slices) made bf16 12% slower and int8 only 16% faster.
       const int64_t slice = (cache.row_bytes + lay.groups - 1) / lay.groups;
       for (int64_t r0 = 0; r0 < nb; r0 += kScoreRows) {
-        const int64_t next = std::min(len, b_lo + r0 + kBlock);
+        const int64_t next = std::min(len, b_lo + r0 + block);
         const int64_t next_end = std::min(len, next + kScoreRows);
         for (int64_t j = 0; j < lay.groups; ++j) {
           const int64_t from = j * slice, bytes = std::min(slice, cache.row_bytes - from);
@@ -293,13 +314,14 @@ void RunChunk(const Problem& pb, const QueryToken& token, int64_t t, int64_t c_l
       // pass re-reads the same lines while they are still in L1. Meanwhile the group's
       // parts of the next block's rows are fetched.
       if (!rows_first) {
-        for (int64_t r = b_hi + 1; r < std::min(len, b_hi + 1 + kBlock); ++r) {
+        for (int64_t r = b_hi + 1; r < std::min(len, b_hi + 1 + block); ++r) {
           PrefetchGroup(rows[r], lay, j, vb, scale_off);
         }
         score(j, 0, nb);
       }
       SoftmaxArgs sm;
-      sm.scores = s.scores.data() + head0 * kBlock;
+      sm.scores = s.scores.data() + head0 * block;
+      sm.block = block;
       sm.nb = nb;
       sm.g = g;
       sm.scale = pb.scale;
@@ -315,7 +337,8 @@ void RunChunk(const Problem& pb, const QueryToken& token, int64_t t, int64_t c_l
       va.v_len = v_len;
       va.scale_off = scale_off;
       va.v_seg = seg(va.v_off);
-      va.p = s.scores.data() + head0 * kBlock;
+      va.p = s.scores.data() + head0 * block;
+      va.block = block;
       va.alpha = s.alpha.data() + head0;
       va.g = g;
       va.acc = s.acc.data() + head0 * v_len;

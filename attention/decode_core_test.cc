@@ -195,67 +195,83 @@ TEST(DecodeCoreTest, ExpWithinBound) {
 // first block), numerators of at most 1 with exactly 1 at the block's max when that is the
 // new max, and sum' = alpha·sum + Σ numerators.
 TEST(DecodeCoreTest, SoftmaxOfManyHeadsIsEachHeadAlone) {
-  using attention_internal::kBlock;
   attention_internal::DecodeKernels kernels[2] = {
       attention_internal::PortableKernels(),
       Cpu().avx512 ? attention_internal::Avx512Kernels() : attention_internal::PortableKernels()};
   Rng rng(5, "softmax");
   for (const auto& k : kernels) {
-    for (const int64_t g : {1, 2, 3, 4, 5, 7, 8, 9, 15, 16, 17, 20, 31, 32, 33, 40}) {
-      for (int64_t nb = 1; nb <= kBlock; ++nb) {
-        std::vector<float> scores(static_cast<size_t>(g * kBlock)), max(g), sum(g), alpha(g);
-        for (float& x : scores) x = rng.Uniform(-20.0f, 20.0f);
-        for (int64_t h = 0; h < g; ++h) {
-          const bool first = rng.Uniform(0.0f, 1.0f) < 0.3f;
-          max[h] = first ? -std::numeric_limits<float>::infinity() : rng.Uniform(-6.0f, 6.0f);
-          sum[h] = first ? 0.0f : rng.Uniform(1.0f, 50.0f);
-        }
-        const std::vector<float> scores0 = scores, max0 = max, sum0 = sum;
-        const float scale = 0.3f;
-        k.softmax({scores.data(), nb, g, scale, max.data(), sum.data(), alpha.data()});
-        for (int64_t h = 0; h < g; ++h) {
-          std::vector<float> one(scores0.begin() + h * kBlock, scores0.begin() + (h + 1) * kBlock);
-          float m1 = max0[h], s1 = sum0[h], a1 = -1.0f;
-          k.softmax({one.data(), nb, 1, scale, &m1, &s1, &a1});
-          const std::string where = absl::StrFormat("%s g %d nb %d head %d", k.name, g, nb, h);
-          ASSERT_EQ(std::bit_cast<uint32_t>(m1), std::bit_cast<uint32_t>(max[h])) << where;
-          ASSERT_EQ(std::bit_cast<uint32_t>(s1), std::bit_cast<uint32_t>(sum[h])) << where;
-          ASSERT_EQ(std::bit_cast<uint32_t>(a1), std::bit_cast<uint32_t>(alpha[h])) << where;
-          float block_max = -std::numeric_limits<float>::infinity();
-          for (int64_t r = 0; r < nb; ++r) {
-            ASSERT_EQ(std::bit_cast<uint32_t>(one[r]),
-                      std::bit_cast<uint32_t>(scores[h * kBlock + r]))
-                << where << " row " << r;
-            block_max = std::max(block_max, scores0[h * kBlock + r] * scale);
+    for (const int64_t block : {attention_internal::kBlock, attention_internal::kLongBlock}) {
+      for (const int64_t g : {1, 2, 3, 4, 5, 7, 8, 9, 15, 16, 17, 20, 31, 32, 33, 40}) {
+        for (int64_t nb = 1; nb <= block; ++nb) {
+          std::vector<float> scores(static_cast<size_t>(g * block)), max(g), sum(g), alpha(g);
+          for (float& x : scores) x = rng.Uniform(-20.0f, 20.0f);
+          for (int64_t h = 0; h < g; ++h) {
+            const bool first = rng.Uniform(0.0f, 1.0f) < 0.3f;
+            max[h] = first ? -std::numeric_limits<float>::infinity() : rng.Uniform(-6.0f, 6.0f);
+            sum[h] = first ? 0.0f : rng.Uniform(1.0f, 50.0f);
           }
-          // The online-softmax step itself.
-          ASSERT_EQ(max[h], std::max(max0[h], block_max)) << where;
-          // Each e^x is within kExpUlps of exact at its rounded argument, whose rounding (of
-          // the scaled score and of the difference) moves it by up to 2|x|·u.
-          const double u = attention_test::kU, exp_ulps = attention_internal::kExpUlps;
-          double numerators = 0.0, largest = 0.0;
-          for (int64_t r = 0; r < nb; ++r) {
-            const double p = scores[h * kBlock + r];
-            const double x = static_cast<double>(scores0[h * kBlock + r]) * scale - max[h];
-            ASSERT_NEAR(p, std::exp(x), (exp_ulps + 2.0 * std::fabs(x) + 1.0) * u * std::exp(x))
-                << where << " row " << r;
-            numerators += p;
-            largest = std::max(largest, p);
+          const std::vector<float> scores0 = scores, max0 = max, sum0 = sum;
+          const float scale = 0.3f;
+          k.softmax({.scores = scores.data(),
+                     .block = block,
+                     .nb = nb,
+                     .g = g,
+                     .scale = scale,
+                     .max = max.data(),
+                     .sum = sum.data(),
+                     .alpha = alpha.data()});
+          for (int64_t h = 0; h < g; ++h) {
+            std::vector<float> one(scores0.begin() + h * block, scores0.begin() + (h + 1) * block);
+            float m1 = max0[h], s1 = sum0[h], a1 = -1.0f;
+            k.softmax({.scores = one.data(),
+                       .block = block,
+                       .nb = nb,
+                       .g = 1,
+                       .scale = scale,
+                       .max = &m1,
+                       .sum = &s1,
+                       .alpha = &a1});
+            const std::string where =
+                absl::StrFormat("%s block %d g %d nb %d head %d", k.name, block, g, nb, h);
+            ASSERT_EQ(std::bit_cast<uint32_t>(m1), std::bit_cast<uint32_t>(max[h])) << where;
+            ASSERT_EQ(std::bit_cast<uint32_t>(s1), std::bit_cast<uint32_t>(sum[h])) << where;
+            ASSERT_EQ(std::bit_cast<uint32_t>(a1), std::bit_cast<uint32_t>(alpha[h])) << where;
+            float block_max = -std::numeric_limits<float>::infinity();
+            for (int64_t r = 0; r < nb; ++r) {
+              ASSERT_EQ(std::bit_cast<uint32_t>(one[r]),
+                        std::bit_cast<uint32_t>(scores[h * block + r]))
+                  << where << " row " << r;
+              block_max = std::max(block_max, scores0[h * block + r] * scale);
+            }
+            // The online-softmax step itself.
+            ASSERT_EQ(max[h], std::max(max0[h], block_max)) << where;
+            // Each e^x is within kExpUlps of exact at its rounded argument, whose rounding (of
+            // the scaled score and of the difference) moves it by up to 2|x|·u.
+            const double u = attention_test::kU, exp_ulps = attention_internal::kExpUlps;
+            double numerators = 0.0, largest = 0.0;
+            for (int64_t r = 0; r < nb; ++r) {
+              const double p = scores[h * block + r];
+              const double x = static_cast<double>(scores0[h * block + r]) * scale - max[h];
+              ASSERT_NEAR(p, std::exp(x), (exp_ulps + 2.0 * std::fabs(x) + 1.0) * u * std::exp(x))
+                  << where << " row " << r;
+              numerators += p;
+              largest = std::max(largest, p);
+            }
+            ASSERT_LE(largest, 1.0) << where;
+            if (block_max >= max0[h]) {
+              ASSERT_EQ(largest, 1.0) << where;
+            }
+            if (max0[h] == -std::numeric_limits<float>::infinity()) {
+              ASSERT_EQ(alpha[h], 0.0f) << where;
+            } else {
+              const double x = static_cast<double>(max0[h]) - max[h];
+              const double want = std::exp(x);
+              ASSERT_NEAR(alpha[h], want, (exp_ulps + std::fabs(x) + 1.0) * u * want) << where;
+            }
+            // alpha·sum and the block's numerators, summed in fp32 (nb + 1 roundings).
+            const double want_sum = static_cast<double>(alpha[h]) * sum0[h] + numerators;
+            ASSERT_NEAR(sum[h], want_sum, (nb + 2) * u * want_sum) << where;
           }
-          ASSERT_LE(largest, 1.0) << where;
-          if (block_max >= max0[h]) {
-            ASSERT_EQ(largest, 1.0) << where;
-          }
-          if (max0[h] == -std::numeric_limits<float>::infinity()) {
-            ASSERT_EQ(alpha[h], 0.0f) << where;
-          } else {
-            const double x = static_cast<double>(max0[h]) - max[h];
-            const double want = std::exp(x);
-            ASSERT_NEAR(alpha[h], want, (exp_ulps + std::fabs(x) + 1.0) * u * want) << where;
-          }
-          // alpha·sum and the block's numerators, summed in fp32 (nb + 1 roundings).
-          const double want_sum = static_cast<double>(alpha[h]) * sum0[h] + numerators;
-          ASSERT_NEAR(sum[h], want_sum, (nb + 2) * u * want_sum) << where;
         }
       }
     }

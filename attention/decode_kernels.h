@@ -1,5 +1,5 @@
-// Inner kernels of DecodeAttention (decode_core.h) for one block of up to kBlock
-// rows and one group of g query heads, in two builds: AVX-512 (decode_kernels_x86.cc,
+// Inner kernels of DecodeAttention (decode_core.h) for one block of up to kBlock (or
+// kLongBlock) rows and one group of g query heads, in two builds: AVX-512 (decode_kernels_x86.cc,
 // function target attributes, used when kernels/cpu.h reports AVX-512F/BW/VL) and portable
 // (decode_core.cc, GCC vector extension). Each build is deterministic on its own:
 // a fixed summation order that does not depend on where the rows come from.
@@ -12,14 +12,17 @@ namespace shardlm::attention_internal {
 
 // Positions per block inside a chunk (see decode_core.h): the rows of a block are
 // read once from memory for all query heads, and the running softmax state is
-// rescaled once per block. Blocks are aligned to multiples of kBlock positions.
+// rescaled once per block. Blocks are aligned to multiples of their length: kBlock
+// positions, or kLongBlock where the running sums outgrow L1 (decode_core.cc: BlockLength).
+// Each kernel takes the length as `block`, the stride of its [g, block] scores.
 inline constexpr int64_t kBlock = 16;
+inline constexpr int64_t kLongBlock = 32;
 
 // Rows are in the cache's format (attention/kv_cache.h: KvRowFormat), offsets and lengths
 // count values. A kernel reads the stored type directly: f32, bf16 (widened exactly), or
 // int8, each value multiplied by its segment's scale (one fp32 rounding) as it is loaded.
 //
-// scores[h·kBlock + r] = qa_h · rows[r][a_off, +a_len) + qb_h · rows[r][b_off, +b_len)
+// scores[h·block + r] = qa_h · rows[r][a_off, +a_len) + qb_h · rows[r][b_off, +b_len)
 // for h < g, r < nb, where qa_h = qa + h·qa_head and qb_h = qb + h·qb_head. The two
 // parts may share partial sums. Unscaled (by the softmax scale).
 struct ScoreArgs {
@@ -33,10 +36,11 @@ struct ScoreArgs {
   const float* qb = nullptr;
   int64_t qb_head = 0;
   int64_t g = 0;
-  float* scores = nullptr;  // [g, kBlock]
+  float* scores = nullptr;  // [g, block]
+  int64_t block = kBlock;
 };
 
-// acc_h[c] = alpha[h] · acc_h[c] + Σ_{r < nb} p[h·kBlock + r] · rows[r][v_off + c] for
+// acc_h[c] = alpha[h] · acc_h[c] + Σ_{r < nb} p[h·block + r] · rows[r][v_off + c] for
 // h < g, c < v_len, with acc_h = acc + h·acc_head; the sum runs in row order after
 // the rescale.
 struct ValueArgs {
@@ -44,7 +48,8 @@ struct ValueArgs {
   int64_t nb = 0;
   int64_t v_off = 0, v_len = 0;
   int64_t scale_off = 0, v_seg = 0;  // int8: the value part's scale, as in ScoreArgs
-  const float* p = nullptr;      // [g, kBlock] softmax numerators
+  const float* p = nullptr;      // [g, block] softmax numerators
+  int64_t block = kBlock;
   const float* alpha = nullptr;  // [g] rescale of the running sums
   int64_t g = 0;
   float* acc = nullptr;
@@ -54,14 +59,15 @@ struct ValueArgs {
   bool values_cached = false;
 };
 
-// Online-softmax step of one block for g heads. In: scores[h·kBlock + r] (r < nb)
+// Online-softmax step of one block for g heads. In: scores[h·block + r] (r < nb ≤ block)
 // unscaled dot products, max[h] the running max m (−inf before the first block),
-// sum[h] the running Σ e^(s − m). Out: scores[h·kBlock + r] = e^(scale·score − m'),
+// sum[h] the running Σ e^(s − m). Out: scores[h·block + r] = e^(scale·score − m'),
 // the numerators against the new max m' = max(m, max_r scale·score) (the largest
 // is exactly 1), alpha[h] = e^(m − m') (0 when m = −inf), max[h] = m',
 // sum[h] = alpha[h]·sum[h] + Σ_r numerators.
 struct SoftmaxArgs {
-  float* scores = nullptr;  // [g, kBlock]
+  float* scores = nullptr;  // [g, block]
+  int64_t block = kBlock;
   int64_t nb = 0;
   int64_t g = 0;
   float scale = 0.0f;

@@ -164,16 +164,16 @@ SHARDLM_TARGET_AVX512 void ScoreTile(const ScoreArgs& a, int64_t r0, int64_t h0)
       for (int r = 0; r < R; ++r) v[h * R + r] = acc[r][h];
     }
     const __m512 sums = ReduceAdd16x16(v);
-    float* s = a.scores + h0 * kBlock + r0;
+    float* s = a.scores + h0 * a.block + r0;
     _mm_storeu_ps(s, _mm512_extractf32x4_ps(sums, 0));
-    _mm_storeu_ps(s + kBlock, _mm512_extractf32x4_ps(sums, 1));
-    _mm_storeu_ps(s + 2 * kBlock, _mm512_extractf32x4_ps(sums, 2));
-    _mm_storeu_ps(s + 3 * kBlock, _mm512_extractf32x4_ps(sums, 3));
+    _mm_storeu_ps(s + a.block, _mm512_extractf32x4_ps(sums, 1));
+    _mm_storeu_ps(s + 2 * a.block, _mm512_extractf32x4_ps(sums, 2));
+    _mm_storeu_ps(s + 3 * a.block, _mm512_extractf32x4_ps(sums, 3));
   } else {
 #pragma GCC unroll 4
     for (int h = 0; h < H; ++h) {
 #pragma GCC unroll 4
-      for (int r = 0; r < R; ++r) a.scores[(h0 + h) * kBlock + r0 + r] = ReduceAdd(acc[r][h]);
+      for (int r = 0; r < R; ++r) a.scores[(h0 + h) * a.block + r0 + r] = ReduceAdd(acc[r][h]);
     }
   }
 }
@@ -217,7 +217,7 @@ SHARDLM_TARGET_AVX512 inline void ValueTile(const ValueArgs& a, int64_t c, __mma
           _mm512_maskz_loadu_ps(mj, a.acc + (h0 + h) * a.acc_head + c + 16 * j), alpha);
     }
   }
-  const float* p = a.p + h0 * kBlock;
+  const float* p = a.p + h0 * a.block;
   for (int64_t r = 0; r < a.nb; ++r) {
     __m512 v[NC];
 #pragma GCC unroll 4
@@ -228,7 +228,8 @@ SHARDLM_TARGET_AVX512 inline void ValueTile(const ValueArgs& a, int64_t c, __mma
     const float s = Rows::kScaled ? RowScale(a.rows[r], a.scale_off, a.v_seg) : 1.0f;
 #pragma GCC unroll 8
     for (int h = 0; h < H; ++h) {
-      const __m512 w = _mm512_set1_ps(Rows::kScaled ? p[h * kBlock + r] * s : p[h * kBlock + r]);
+      const __m512 w =
+          _mm512_set1_ps(Rows::kScaled ? p[h * a.block + r] * s : p[h * a.block + r]);
 #pragma GCC unroll 4
       for (int j = 0; j < NC; ++j) acc[h][j] = _mm512_fmadd_ps(w, v[j], acc[h][j]);
     }
@@ -327,55 +328,71 @@ SHARDLM_TARGET_AVX512 void ExpAvx512(const float* x, int64_t n, float* y) {
   }
 }
 
-// The softmax step of heads [h0, h0 + n), n ≤ C (4 or 16), one vector per head's block
-// (nb ≤ kBlock = 16 lanes). The heads' block maxima, their alphas and their block sums each
+// The softmax step of heads [h0, h0 + n), n ≤ C (4 or 16), V vectors per head's block
+// (nb ≤ block = 16·V lanes). The heads' block maxima, their alphas and their block sums each
 // come out of one transposing tree (base/avx512_reduce.h) and one Exp16 for all C heads; one
 // head at a time, each was a chain of dependent shuffles and a broadcast exp of its own (17%
-// of a GQA int8 step). Every head gets the bits of the one-head form: the max is exact, Exp16
-// works lane by lane, each block sum is ReduceAdd's tree, and the running sum is a product
-// then a sum (kept apart: no fused multiply-add).
-template <int C>
+// of a GQA int8 step). At V = 1 every head gets the bits of the one-head form: the max is
+// exact, Exp16 works lane by lane, each block sum is ReduceAdd's tree, and the running sum is
+// a product then a sum (kept apart: no fused multiply-add). At V = 2 a head's two vectors
+// are added lane by lane before that tree.
+template <int C, int V>
 SHARDLM_TARGET_AVX512 void SoftmaxHeads(const SoftmaxArgs& a, int64_t h0, int64_t n) {
-  static_assert(kBlock == 16, "one zmm per head and block");
   static_assert(C == 4 || C == 16);
-  const __mmask16 m = static_cast<__mmask16>((1u << a.nb) - 1);
+  static_assert(V == 1 || V == 2);
+  // Lanes r < nb of each head's block, 16 per vector.
+  const uint32_t rows = a.nb >= 32 ? 0xffffffffu : (1u << a.nb) - 1;
+  __mmask16 m[V];
+#pragma GCC unroll 2
+  for (int v = 0; v < V; ++v) m[v] = static_cast<__mmask16>(rows >> (16 * v));
   const __mmask16 heads = static_cast<__mmask16>((1u << n) - 1);
   const __m512 scale = _mm512_set1_ps(a.scale);
   const __m512 neg_inf = _mm512_set1_ps(-__builtin_inff());
   // Scaled scores; lanes ≥ nb, and heads ≥ n, are −inf, which no max picks.
-  __m512 s[C];
+  __m512 s[C][V];
+  __m512 lane_max[C];
 #pragma GCC unroll 16
   for (int h = 0; h < C; ++h) {
-    s[h] = h < n ? _mm512_mask_mul_ps(neg_inf, m,
-                                      _mm512_maskz_loadu_ps(m, a.scores + (h0 + h) * kBlock),
-                                      scale)
-                 : neg_inf;
+#pragma GCC unroll 2
+    for (int v = 0; v < V; ++v) {
+      s[h][v] = h < n ? _mm512_mask_mul_ps(
+                            neg_inf, m[v],
+                            _mm512_maskz_loadu_ps(m[v], a.scores + (h0 + h) * a.block + 16 * v),
+                            scale)
+                      : neg_inf;
+    }
+    lane_max[h] = V == 1 ? s[h][0] : _mm512_max_ps(s[h][0], s[h][V - 1]);
   }
   __m512 block_max;
   if constexpr (C == 16) {
-    block_max = ReduceMax16x16(s);
+    block_max = ReduceMax16x16(lane_max);
   } else {
-    block_max = ReduceMax4x16(s);
+    block_max = ReduceMax4x16(lane_max);
   }
   // Element h: the running max m, the new one m' = (block max > m ? block max : m).
   const __m512 old = _mm512_maskz_loadu_ps(heads, a.max + h0);
   const __m512 m_new = _mm512_max_ps(block_max, old);
-  __m512 p[C];
+  __m512 lane_sum[C];
 #pragma GCC unroll 16
   for (int h = 0; h < C; ++h) {
     if (h < n) {
       const __m512 mh = _mm512_permutexvar_ps(_mm512_set1_epi32(h), m_new);
-      p[h] = _mm512_maskz_mov_ps(m, Exp16(_mm512_sub_ps(s[h], mh)));
-      _mm512_mask_storeu_ps(a.scores + (h0 + h) * kBlock, m, p[h]);
+      __m512 p[V];
+#pragma GCC unroll 2
+      for (int v = 0; v < V; ++v) {
+        p[v] = _mm512_maskz_mov_ps(m[v], Exp16(_mm512_sub_ps(s[h][v], mh)));
+        _mm512_mask_storeu_ps(a.scores + (h0 + h) * a.block + 16 * v, m[v], p[v]);
+      }
+      lane_sum[h] = V == 1 ? p[0] : _mm512_add_ps(p[0], p[V - 1]);
     } else {
-      p[h] = _mm512_setzero_ps();
+      lane_sum[h] = _mm512_setzero_ps();
     }
   }
   __m512 block_sum;
   if constexpr (C == 16) {
-    block_sum = ReduceAdd16x16(p);
+    block_sum = ReduceAdd16x16(lane_sum);
   } else {
-    block_sum = ReduceAdd4x16(p);
+    block_sum = ReduceAdd4x16(lane_sum);
   }
   // alpha = e^(m − m'), 0 where m = −inf (the first block).
   const __mmask16 seen = _mm512_cmp_ps_mask(old, neg_inf, _CMP_NEQ_UQ);
@@ -387,10 +404,20 @@ SHARDLM_TARGET_AVX512 void SoftmaxHeads(const SoftmaxArgs& a, int64_t h0, int64_
   _mm512_mask_storeu_ps(a.max + h0, heads, m_new);
 }
 
-SHARDLM_TARGET_AVX512 void SoftmaxAvx512(const SoftmaxArgs& a) {
+template <int V>
+SHARDLM_TARGET_AVX512 void SoftmaxBlocks(const SoftmaxArgs& a) {
   int64_t h0 = 0;
-  for (; a.g - h0 >= 8; h0 += 16) SoftmaxHeads<16>(a, h0, a.g - h0 < 16 ? a.g - h0 : 16);
-  for (; h0 < a.g; h0 += 4) SoftmaxHeads<4>(a, h0, a.g - h0 < 4 ? a.g - h0 : 4);
+  for (; a.g - h0 >= 8; h0 += 16) SoftmaxHeads<16, V>(a, h0, a.g - h0 < 16 ? a.g - h0 : 16);
+  for (; h0 < a.g; h0 += 4) SoftmaxHeads<4, V>(a, h0, a.g - h0 < 4 ? a.g - h0 : 4);
+}
+
+SHARDLM_TARGET_AVX512 void SoftmaxAvx512(const SoftmaxArgs& a) {
+  static_assert(kBlock == 16 && kLongBlock == 32, "one or two zmm per head and block");
+  if (a.block == kLongBlock) {
+    SoftmaxBlocks<2>(a);
+  } else {
+    SoftmaxBlocks<1>(a);
+  }
 }
 
 }  // namespace
