@@ -174,6 +174,17 @@ const FlagSpec kTpFlag = {"tp", true,
                           "ranks per tensor-parallel replica (default: all); mpirun -np T·R runs "
                           "R replicas of --tp T, each request on the least-loaded"};
 
+// A command that runs on the model as --tp and --mla-attention lay it out (decode, score,
+// serve): every rank loads its shard, then `run(options, model, replicas)`.
+template <typename Options, typename Run>
+Job OnModel(Options options, ReplicaOptions replicas, Run run) {
+  return [options = std::move(options), replicas, run](Comm& comm) -> absl::Status {
+    ASSIGN_OR_RETURN(ReplicatedModel loaded,
+                     LoadReplicated(replicas, options.batch.model_dir, comm));
+    return run(options, *loaded.model, loaded.split.View(comm));
+  };
+}
+
 // A command that rank 0 alone carries out (it writes files); the others wait for its status,
 // so a following command sees the files. On success rank 0 prints `done`.
 Job OnRank0(std::function<absl::Status()> work, std::string done = "") {
@@ -190,11 +201,7 @@ absl::StatusOr<Job> ParseScoreCommand(const Flags& flags) {
   ASSIGN_OR_RETURN(options.output, flags.Required("output"));
   RETURN_IF_ERROR(ParseBatchOptions(flags, &options.batch));
   ASSIGN_OR_RETURN(ReplicaOptions replicas, ParseReplicas(flags));
-  return Job([options, replicas](Comm& comm) -> absl::Status {
-    ASSIGN_OR_RETURN(ReplicatedModel loaded,
-                     LoadReplicated(replicas, options.batch.model_dir, comm));
-    return RunScore(options, *loaded.model, loaded.split.View(comm));
-  });
+  return OnModel(options, replicas, RunScore);
 }
 
 absl::StatusOr<Job> ParseDecodeCommand(const Flags& flags) {
@@ -209,11 +216,7 @@ absl::StatusOr<Job> ParseDecodeCommand(const Flags& flags) {
   ASSIGN_OR_RETURN(int64_t seed, flags.Int("seed", 0, 0, INT64_MAX));
   options.sampling.seed = static_cast<uint64_t>(seed);
   ASSIGN_OR_RETURN(ReplicaOptions replicas, ParseReplicas(flags));
-  return Job([options, replicas](Comm& comm) -> absl::Status {
-    ASSIGN_OR_RETURN(ReplicatedModel loaded,
-                     LoadReplicated(replicas, options.batch.model_dir, comm));
-    return RunDecode(options, *loaded.model, loaded.split.View(comm));
-  });
+  return OnModel(options, replicas, RunDecode);
 }
 
 absl::StatusOr<Job> ParseServeCommand(const Flags& flags) {
@@ -230,11 +233,10 @@ absl::StatusOr<Job> ParseServeCommand(const Flags& flags) {
   ASSIGN_OR_RETURN(int64_t http_threads, flags.Int("http-threads", 0, 0, 4096));
   options.http_threads = static_cast<int>(http_threads);
   ASSIGN_OR_RETURN(ReplicaOptions replicas, ParseReplicas(flags));
-  return Job([options, replicas](Comm& comm) -> absl::Status {
-    ASSIGN_OR_RETURN(ReplicatedModel loaded,
-                     LoadReplicated(replicas, options.batch.model_dir, comm));
-    return RunServe(options, *loaded.model, loaded.split.View(comm), g_watchdog);
-  });
+  return OnModel(options, replicas,
+                 [](const ServeOptions& o, Model& model, const Replicas& replicas) {
+                   return RunServe(o, model, replicas, g_watchdog);
+                 });
 }
 
 absl::StatusOr<Job> ParseTokenizeCommand(const Flags& flags) {
