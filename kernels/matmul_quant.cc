@@ -38,8 +38,9 @@ float QuantizeXBlock(const float* x, int8_t* q) {
 
 namespace matmul_internal {
 
-void QuantizeXRowPortable(const float* x, int64_t in, bool offset128, uint8_t* dst) {
+void QuantizeXRowPortable(const float* x, int64_t in, DType format, uint8_t* dst) {
   const int64_t nb = in / kQuantBlock;
+  const int32_t bias = QuantWeightBias(format);
   std::memset(dst, 0, static_cast<size_t>(QxRowBytes(in)));
   for (int64_t b = 0; b < nb; ++b) {
     int8_t q[kQuantBlock];
@@ -48,21 +49,14 @@ void QuantizeXRowPortable(const float* x, int64_t in, bool offset128, uint8_t* d
     const int64_t j = b % 16;
     int32_t sum = 0;
     for (int64_t e = 0; e < kQuantBlock; ++e) {
-      chunk[(e / 4) * 64 + 4 * j + e % 4] =
-          static_cast<uint8_t>(offset128 ? q[e] + 128 : static_cast<uint8_t>(q[e]));
+      chunk[(e / 4) * 64 + 4 * j + e % 4] = static_cast<uint8_t>(q[e]);
       sum += q[e];
     }
     std::memcpy(chunk + 512 + 4 * j, &d, sizeof(d));
-    const int32_t aux = 8 * sum;
+    const int32_t aux = bias * sum;
     std::memcpy(chunk + 512 + 64 + 4 * j, &aux, sizeof(aux));
   }
-  // Past the last block: quants 0 (or 128 when offset, i.e. 0), scales and aux 0.
-  if (offset128) {
-    for (int64_t b = nb; b < (nb + 15) / 16 * 16; ++b) {
-      uint8_t* chunk = dst + (b / 16) * kQxChunkBytes;
-      for (int64_t e = 0; e < kQuantBlock; ++e) chunk[(e / 4) * 64 + 4 * (b % 16) + e % 4] = 128;
-    }
-  }
+  // Past the last block: quants, scales and aux 0 (from the memset).
 }
 
 namespace {
@@ -70,14 +64,13 @@ namespace {
 // Plain C++: each (row, weight row) pair's block dot products as exact ints, then the
 // contract's FMA per block, in the driver's loop nest.
 struct QuantPortable {
-  static constexpr bool kUnsignedX = false;
   static constexpr int kReduceGroup = 1;
   static constexpr bool kZeroAcc = false;
   static void ReduceSums(const float* acc, int64_t count, float* sums) {
     ReduceEach<16>(acc, count, sums);
   }
-  static void QuantizeX(const float* x, int64_t in, bool offset128, uint8_t* dst) {
-    QuantizeXRowPortable(x, in, offset128, dst);
+  static void QuantizeX(const float* x, int64_t in, DType format, uint8_t* dst) {
+    QuantizeXRowPortable(x, in, format, dst);
   }
 
   template <DType kFormat, int kR, int kC, int kCStride>
@@ -96,7 +89,7 @@ struct QuantPortable {
               const int64_t v = e / 4, byte = 4 * j + e % 4;
               int qw;
               if constexpr (kFormat == DType::kQ8_0) {
-                qw = static_cast<int8_t>(wq[v * 4 * m + byte]);
+                qw = wq[v * 4 * m + byte] - 128;
               } else {
                 const uint8_t pair = wq[(v / 2) * 4 * m + byte];
                 qw = (v % 2 == 1 ? pair >> 4 : pair & 0x0f) - 8;

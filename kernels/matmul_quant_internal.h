@@ -5,8 +5,9 @@
 // x is quantized once per call, row by row, into `QxRowBytes(in)` bytes per row: per 512-element
 // chunk, 512 quant bytes in the packed-weight order of kernels/quant.h (vector v at byte 64v,
 // block j's piece at 4j within it; zero past the row's last block), then the 16 blocks' f32
-// scales, then 16 int32 "aux" values (Σ of the block's quants times 8, for Q4_0's − 8). A
-// path that multiplies Q8_0 with vpdpbusd wants x unsigned: its x quants are stored + 128.
+// scales, then 16 int32 "aux" values: Σ of the block's quants times the bias of the packed
+// weights (8 for Q4_0's q, 128 for Q8_0's q + 128), which a kernel that multiplies the stored
+// (unsigned) weights takes off each block's dot product.
 //
 // Loop nest (R×C register tile; a K block is up to kQChunksPerBlock chunks):
 //   for each tile of C weight rows                ← W streamed once
@@ -42,10 +43,12 @@ inline int64_t WChunkOffset(DType format, int64_t ch) {
 }
 
 // The contract's x quantization of one row (scalar reference and portable path): writes
-// QxRowBytes(in) bytes at dst. `offset128`: store the quants + 128 (as uint8).
-void QuantizeXRowPortable(const float* x, int64_t in, bool offset128, uint8_t* dst);
+// QxRowBytes(in) bytes at dst, for weights in `format` (which sets the aux bias).
+void QuantizeXRowPortable(const float* x, int64_t in, DType format, uint8_t* dst);
 // AVX-512 version, same bytes. Only call when Cpu().avx512.
-void QuantizeXRowAvx512(const float* x, int64_t in, bool offset128, uint8_t* dst);
+void QuantizeXRowAvx512(const float* x, int64_t in, DType format, uint8_t* dst);
+// The aux bias of weights in `format`: 128 for Q8_0, 8 for Q4_0.
+inline int32_t QuantWeightBias(DType format) { return format == DType::kQ8_0 ? 128 : 8; }
 
 struct QTileArgs {
   const uint8_t* x;      // quantized x of the block's first row, at the K block's first chunk
@@ -57,12 +60,10 @@ struct QTileArgs {
   int chunks;            // chunks in this K block
   int last_blocks;       // blocks of the K block's last chunk (16 unless the row ends there)
   float* acc;            // [r][C][16] f32 partial sums, row stride C·16
-  int32_t* corr;         // Q8_0 with unsigned x: [C][kQChunksPerBlock][16] 128·Σw per block
-  bool make_corr;        // this call computes `corr` (the K block's first row block) …
-                         // … else reads what the first row block left there
   bool first_block;      // the row's first K block, for a kernel with kZeroAcc: the partial
                          // sums start at zero, so `acc` is written before it is read
-  int64_t prefetch_offset;  // bytes from this K block's quants to the next chunk to fetch (0: none)
+  int64_t prefetch_offset;  // bytes from this K block's quants to the next chunk to fetch (0:
+                            // none; only the K block's first row block fetches)
 };
 using QTileFn = void (*)(const QTileArgs& args);
 
@@ -89,8 +90,7 @@ void DriveQuant(const float* x, int64_t n, int64_t x_stride, const uint8_t* w, i
   static_assert(kSuperRows % kR == 0);
   const int64_t qx_row = QxRowBytes(in);
   uint8_t* qx = QxScratch(n * qx_row);
-  const bool offset128 = Kernel::kUnsignedX && kFormat == DType::kQ8_0;
-  for (int64_t i = 0; i < n; ++i) Kernel::QuantizeX(x + i * x_stride, in, offset128, qx + i * qx_row);
+  for (int64_t i = 0; i < n; ++i) Kernel::QuantizeX(x + i * x_stride, in, kFormat, qx + i * qx_row);
 
   const int64_t nb = in / kQuantBlock;
   const int64_t num_chunks = (nb + 15) / 16;
@@ -99,7 +99,6 @@ void DriveQuant(const float* x, int64_t n, int64_t x_stride, const uint8_t* w, i
   alignas(64) float acc[kSuperRows * kC * 16];
   alignas(64) float sums[kSuperRows * kC];
   static_assert(kSuperRows * kC % Kernel::kReduceGroup == 0);
-  alignas(64) int32_t corr[kC * kQChunksPerBlock * 16];
   std::fill(acc, acc + SumSlots(std::min<int64_t>(n, kSuperRows), kC, Kernel::kReduceGroup) * 16,
             0.0f);
   for (int64_t o0 = 0; o0 < out; o0 += kC) {
@@ -123,23 +122,21 @@ void DriveQuant(const float* x, int64_t n, int64_t x_stride, const uint8_t* w, i
         args.chunks = static_cast<int>(std::min<int64_t>(kQChunksPerBlock, num_chunks - ch0));
         const int64_t last = ch0 + args.chunks - 1;
         args.last_blocks = static_cast<int>(std::min<int64_t>(16, nb - last * 16));
-        args.corr = corr;
         args.first_block = tile_zeroes && ch0 == 0;
         // The next K block of the same rows, or the first one of the next tile: without it
         // Q8_0 streamed at ~50% of the read bandwidth at n = 1, with it (and the scales'
         // prefetch in the tile) 94–97% beside F32's 97–102%; Q4_0 74–79% (matmul_bench; two K
         // blocks ahead and other tile shapes measured no better).
+        int64_t prefetch_offset = 0;
         if (ch0 + kQChunksPerBlock < num_chunks) {
-          args.prefetch_offset = WChunkOffset(kFormat, kQChunksPerBlock);
+          prefetch_offset = WChunkOffset(kFormat, kQChunksPerBlock);
         } else if (o0 + 2 * kC <= out) {
-          args.prefetch_offset = kC * w_row - WChunkOffset(kFormat, ch0);
-        } else {
-          args.prefetch_offset = 0;
+          prefetch_offset = kC * w_row - WChunkOffset(kFormat, ch0);
         }
         for (int ib = 0; ib < rows; ib += kR) {
           args.x = qx + (i0 + ib) * qx_row + ch0 * kQxChunkBytes;
           args.acc = acc + ib * kC * 16;
-          args.make_corr = ib == 0;
+          args.prefetch_offset = ib == 0 ? prefetch_offset : 0;
           QTileTable<Kernel, kFormat, kR, kC>::Get(std::min(kR, rows - ib), c)(args);
         }
       }

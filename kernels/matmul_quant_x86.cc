@@ -3,14 +3,17 @@
 // int32 and then the contract's one FMA per block, so they all give the naive reference's bits.
 //
 // Unsigned × signed bytes: vpdpbusd (and vpmaddubsw) multiply an unsigned byte by a signed one.
-//  * Q4_0: the stored nibble q (0…15) is the unsigned side, x the signed one; the − 8 is taken
-//    off afterwards as 8·Σx (the x quantization's aux value).
-//  * Q8_0, AVX-512: x is stored + 128 (unsigned), w is the signed side; 128·Σw is taken off,
-//    Σw being one more vpdpbusd of the weights with ones, done once per chunk and weight row
-//    by the first row block and reused by the others.
-//  * Q8_0, AVX2: |w| is the unsigned side and x takes w's sign (vpsignb): w = −128 gives 128,
-//    which is right as an unsigned byte, and x stays in [−127, 127], so vpmaddubsw's pairs
-//    (≤ 2·128·127) never saturate.
+//  * AVX-512 VNNI (both formats) and the AVX2 paths' Q4_0: the stored weight is the unsigned
+//    side, x the signed one: the Q4_0 nibble q (0…15), the Q8_0 byte q + 128 (kernels/quant.h).
+//    The bias, 8·Σx or 128·Σx, comes off each block's sum afterwards: it is the x
+//    quantization's aux value, made once per x row, so it costs nothing per weight. (The
+//    AVX-512 Q8_0 kernel used to store x + 128 and take off 128·Σw instead: one more vpdpbusd
+//    per weight vector, which at n = 1 doubled its vpdpbusd count.)
+//  * The AVX2 paths' Q8_0: vpmaddubsw's pairs of (q + 128)·x (up to 2·255·127) would saturate,
+//    so the weight is unbiased to q first (one XOR); |q| is the unsigned side and x takes q's
+//    sign (vpsignb): q = −128 gives 128, right as an unsigned byte, and x stays in [−127, 127],
+//    so the pairs (≤ 2·128·127) never saturate. AVX-VNNI's vpdpbusd gets the same operands
+//    (taking (q + 128, x) as AVX-512 does would save the XOR, abs and sign there).
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
@@ -31,11 +34,11 @@
 
 namespace shardlm::matmul_internal {
 
-SHARDLM_TARGET_Q512 void QuantizeXRowAvx512(const float* x, int64_t in, bool offset128,
+SHARDLM_TARGET_Q512 void QuantizeXRowAvx512(const float* x, int64_t in, DType format,
                                             uint8_t* dst) {
   const int64_t nb = in / kQuantBlock;
+  const int32_t bias = QuantWeightBias(format);
   const __m512 inf = _mm512_set1_ps(__builtin_inff());
-  const __m512i pad = _mm512_set1_epi8(offset128 ? static_cast<char>(0x80) : 0);
   for (int64_t ch = 0; ch * 16 < nb; ++ch) {
     uint8_t* chunk = dst + ch * kQxChunkBytes;
     alignas(64) uint8_t natural[512];  // the chunk's quants, block after block
@@ -43,7 +46,7 @@ SHARDLM_TARGET_Q512 void QuantizeXRowAvx512(const float* x, int64_t in, bool off
     alignas(64) int32_t aux[16];
     _mm512_store_ps(d, _mm512_setzero_ps());
     _mm512_store_si512(aux, _mm512_setzero_si512());
-    for (int i = 0; i < 8; ++i) _mm512_store_si512(natural + 64 * i, pad);
+    for (int i = 0; i < 8; ++i) _mm512_store_si512(natural + 64 * i, _mm512_setzero_si512());
     const int64_t m = std::min<int64_t>(16, nb - ch * 16);
     for (int64_t j = 0; j < m; ++j) {
       const float* xb = x + (ch * 16 + j) * kQuantBlock;
@@ -52,8 +55,7 @@ SHARDLM_TARGET_Q512 void QuantizeXRowAvx512(const float* x, int64_t in, bool off
       // |x| ≥ inf or unordered: a non-finite x.
       if ((_mm512_cmp_ps_mask(a0, inf, _CMP_NLT_UQ) | _mm512_cmp_ps_mask(a1, inf, _CMP_NLT_UQ)) != 0) {
         d[j] = __builtin_nanf("");
-        _mm256_store_si256(reinterpret_cast<__m256i*>(natural + 32 * j),
-                           _mm512_castsi512_si256(pad));
+        _mm256_store_si256(reinterpret_cast<__m256i*>(natural + 32 * j), _mm256_setzero_si256());
         continue;
       }
       const float amax = _mm512_reduce_max_ps(_mm512_max_ps(a0, a1));
@@ -62,10 +64,9 @@ SHARDLM_TARGET_Q512 void QuantizeXRowAvx512(const float* x, int64_t in, bool off
       const __m512 vid = _mm512_set1_ps(id);
       const __m512i q0 = _mm512_cvtps_epi32(_mm512_mul_ps(v0, vid));
       const __m512i q1 = _mm512_cvtps_epi32(_mm512_mul_ps(v1, vid));
-      aux[j] = 8 * _mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1));
-      __m256i bytes = _mm256_inserti128_si256(_mm256_castsi128_si256(_mm512_cvtepi32_epi8(q0)),
-                                              _mm512_cvtepi32_epi8(q1), 1);
-      bytes = _mm256_xor_si256(bytes, _mm512_castsi512_si256(pad));
+      aux[j] = bias * _mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1));
+      const __m256i bytes = _mm256_inserti128_si256(
+          _mm256_castsi128_si256(_mm512_cvtepi32_epi8(q0)), _mm512_cvtepi32_epi8(q1), 1);
       _mm256_store_si256(reinterpret_cast<__m256i*>(natural + 32 * j), bytes);
     }
     // Vector v takes dword v of each block: a gather of dwords 8j + v.
@@ -83,15 +84,14 @@ SHARDLM_TARGET_Q512 void QuantizeXRowAvx512(const float* x, int64_t in, bool off
 namespace {
 
 struct QuantAvx512Vnni {
-  static constexpr bool kUnsignedX = true;
   // The lane tree for 16 sums at once (matmul_x86.cc's, tested bit for bit against ReduceLanes).
   static constexpr int kReduceGroup = 16;
   static constexpr bool kZeroAcc = true;  // Tile honours QTileArgs::first_block
   static void ReduceSums(const float* acc, int64_t count, float* sums) {
     ReduceSumsAvx512(acc, count, sums);
   }
-  static void QuantizeX(const float* x, int64_t in, bool offset128, uint8_t* dst) {
-    QuantizeXRowAvx512(x, in, offset128, dst);
+  static void QuantizeX(const float* x, int64_t in, DType format, uint8_t* dst) {
+    QuantizeXRowAvx512(x, in, format, dst);
   }
 
   template <DType kFormat, int kR, int kC, int kCStride>
@@ -145,7 +145,7 @@ struct QuantAvx512Vnni {
       };
       const uint8_t* wq = t.w + WChunkOffset(kFormat, t.chunk0 + ch);
       const uint8_t* xc = t.x + ch * kQxChunkBytes;
-      const bool prefetch = pf != 0 && t.make_corr;
+      const bool prefetch = pf != 0;
       if (prefetch && ch == 0) {
         // The next K block's scales of the same rows (2 lines; a prefetch past the buffer is
         // harmless).
@@ -163,18 +163,6 @@ struct QuantAvx512Vnni {
         for (int c = 0; c < kC; ++c) s[r][c] = _mm512_setzero_si512();
       }
       if constexpr (kFormat == DType::kQ8_0) {
-        if (t.make_corr) {
-          const __m512i ones = _mm512_set1_epi8(1);
-#pragma GCC unroll 8
-          for (int c = 0; c < kC; ++c) {
-            __m512i sw = _mm512_setzero_si512();
-#pragma GCC unroll 8
-            for (int v = 0; v < 8; ++v) {
-              sw = _mm512_dpbusd_epi32(sw, ones, load(wq + c * ws + v * vs));
-            }
-            _mm512_store_si512(t.corr + (c * kQChunksPerBlock + ch) * 16, _mm512_slli_epi32(sw, 7));
-          }
-        }
 #pragma GCC unroll 8
         for (int v = 0; v < 8; ++v) {
           __m512i wv[kC];
@@ -189,7 +177,7 @@ struct QuantAvx512Vnni {
             __m512i xv = _mm512_load_si512(xc + r * xs + v * 64);
             asm("" : "+v"(xv));
 #pragma GCC unroll 8
-            for (int c = 0; c < kC; ++c) s[r][c] = _mm512_dpbusd_epi32(s[r][c], xv, wv[c]);
+            for (int c = 0; c < kC; ++c) s[r][c] = _mm512_dpbusd_epi32(s[r][c], wv[c], xv);
           }
         }
       } else {
@@ -224,14 +212,10 @@ struct QuantAvx512Vnni {
       for (int c = 0; c < kC; ++c) {
         const uint8_t* scales = t.w + c * ws + t.scale_offset + 32 * (t.chunk0 + ch);
         const __m512 dw = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(sm, scales));
-        __m512i off = _mm512_setzero_si512();
-        if constexpr (kFormat == DType::kQ8_0) {
-          off = _mm512_load_si512(t.corr + (c * kQChunksPerBlock + ch) * 16);
-        }
 #pragma GCC unroll 8
         for (int r = 0; r < kR; ++r) {
           const __m512 dx = _mm512_load_ps(reinterpret_cast<const float*>(xc + r * xs + 512));
-          if constexpr (kFormat == DType::kQ4_0) off = _mm512_load_si512(xc + r * xs + 576);
+          const __m512i off = _mm512_load_si512(xc + r * xs + 576);
           const __m512 f = _mm512_cvtepi32_ps(_mm512_sub_epi32(s[r][c], off));
           if constexpr (kAccInRegisters<kR, kC>) {
             a[r][c] = _mm512_fmadd_ps(f, _mm512_mul_ps(dw, dx), a[r][c]);
@@ -251,14 +235,13 @@ struct QuantAvx512Vnni {
 // 8–15 (bytes 32–63), each folded into its 8 of the 16 f32 lanes.
 template <bool kVnni>
 struct QuantAvx2 {
-  static constexpr bool kUnsignedX = false;
   static constexpr int kReduceGroup = 1;
   static constexpr bool kZeroAcc = false;
   static void ReduceSums(const float* acc, int64_t count, float* sums) {
     ReduceEach<16>(acc, count, sums);
   }
-  static void QuantizeX(const float* x, int64_t in, bool offset128, uint8_t* dst) {
-    QuantizeXRowPortable(x, in, offset128, dst);
+  static void QuantizeX(const float* x, int64_t in, DType format, uint8_t* dst) {
+    QuantizeXRowPortable(x, in, format, dst);
   }
 
   // isum += the sum of the 4 products u·s in each dword (u unsigned, s signed bytes; the
@@ -314,12 +297,13 @@ struct QuantAvx2 {
       for (int c = 0; c < kC; ++c) s[r][c] = _mm256_setzero_si256();
     }
     if constexpr (kFormat == DType::kQ8_0) {
+      const __m256i bias = _mm256_set1_epi8(static_cast<char>(0x80));
 #pragma GCC unroll 8
       for (int v = 0; v < 8; ++v) {
         __m256i wv[kC], uw[kC];
 #pragma GCC unroll 8
         for (int c = 0; c < kC; ++c) {
-          wv[c] = load(wq + c * ws + v * vs + 32 * h);
+          wv[c] = _mm256_xor_si256(load(wq + c * ws + v * vs + 32 * h), bias);  // q
           uw[c] = _mm256_abs_epi8(wv[c]);
         }
 #pragma GCC unroll 8
@@ -416,7 +400,7 @@ void SkinnyQuantAvx2(bool vnni, DType format, const float* x, int64_t n, int64_t
 #else  // not x86
 
 namespace shardlm::matmul_internal {
-void QuantizeXRowAvx512(const float*, int64_t, bool, uint8_t*) {}
+void QuantizeXRowAvx512(const float*, int64_t, DType, uint8_t*) {}
 void SkinnyQuantAvx512Vnni(DType, const float*, int64_t, int64_t, const uint8_t*, int64_t, int64_t,
                            const float*, float*, int64_t) {}
 void SkinnyQuantAvx2(bool, DType, const float*, int64_t, int64_t, const uint8_t*, int64_t, int64_t,

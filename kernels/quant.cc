@@ -89,8 +89,9 @@ void PackQuantRow(DType format, const uint8_t* quants, const uint16_t* scales, i
     for (int64_t j = 0; j < m; ++j) {
       const int64_t b = ch * 16 + j;
       if (format == DType::kQ8_0) {
-        for (int64_t v = 0; v < 8; ++v) {
-          std::memcpy(chunk + v * 4 * m + 4 * j, quants + b * kQuantBlock + 4 * v, 4);
+        for (int64_t e = 0; e < kQuantBlock; ++e) {
+          const uint8_t q = quants[b * kQuantBlock + e];  // int8 bits
+          chunk[(e / 4) * 4 * m + 4 * j + e % 4] = static_cast<uint8_t>(q ^ 0x80u);  // q + 128
         }
         continue;
       }
@@ -111,7 +112,7 @@ void PackQuantRow(DType format, const uint8_t* quants, const uint16_t* scales, i
 
 int QuantAt(DType format, const uint8_t* packed, int64_t in, int64_t k) {
   const QuantSlot slot = SlotOf(format, in, k);
-  if (format == DType::kQ8_0) return static_cast<int8_t>(packed[slot.byte]);
+  if (format == DType::kQ8_0) return static_cast<int>(packed[slot.byte]) - 128;
   const uint8_t pair = packed[slot.byte];
   return (slot.high ? pair >> 4 : pair & 0x0f) - 8;
 }

@@ -11,7 +11,9 @@
 //    of 512-element chunks (16 blocks), then the row's nb = in/32 f16 scales in block order.
 //    In a chunk of m blocks (16, or fewer in the row's last chunk), the quants are 8 "vectors"
 //    of 4m bytes: bytes 4j … 4j + 3 of vector v are elements 4v … 4v + 3 of the chunk's block j.
-//    Q8_0 stores them as int8 (32m bytes per chunk). Q4_0 stores vectors 2t and 2t + 1 in one
+//    Q8_0 stores them as q + 128 (uint8, 32m bytes per chunk), so that the weights are the
+//    unsigned side of an integer dot product as in Q4_0 (the 128·Σx it adds is taken off
+//    once per block, from the x side). Q4_0 stores vectors 2t and 2t + 1 in one
 //    group of 4m bytes, 2t in the low nibbles and 2t + 1 in the high ones, as q (0…15), not
 //    q − 8 (16m bytes per chunk). So one 64-byte load of a vector gives a 4-byte piece of each
 //    of 16 blocks, and a 32-bit integer dot-product lane (vpdpbusd) sums one block's piece:
