@@ -62,8 +62,11 @@ struct QTileArgs {
   float* acc;            // [r][C][16] f32 partial sums, row stride C·16
   bool first_block;      // the row's first K block, for a kernel with kZeroAcc: the partial
                          // sums start at zero, so `acc` is written before it is read
-  int64_t prefetch_offset;  // bytes from this K block's quants to the next chunk to fetch (0:
-                            // none; only the K block's first row block fetches)
+  // Prefetch of the weights ahead (no effect on results), by the K block's first row block
+  // only: bytes from this K block's quants to those to fetch into L1 (0: none), and to those to
+  // fetch into L2 (0: none).
+  int64_t prefetch_offset;
+  int64_t l2_prefetch_offset;
 };
 using QTileFn = void (*)(const QTileArgs& args);
 
@@ -94,6 +97,7 @@ void DriveQuant(const float* x, int64_t n, int64_t x_stride, const uint8_t* w, i
 
   const int64_t nb = in / kQuantBlock;
   const int64_t num_chunks = (nb + 15) / 16;
+  const int64_t num_kb = (num_chunks + kQChunksPerBlock - 1) / kQChunksPerBlock;
   const int64_t w_row = WeightRowBytes(kFormat, in);
   const int64_t scale_offset = QuantBytes(kFormat, in);
   alignas(64) float acc[kSuperRows * kC * 16];
@@ -123,20 +127,26 @@ void DriveQuant(const float* x, int64_t n, int64_t x_stride, const uint8_t* w, i
         const int64_t last = ch0 + args.chunks - 1;
         args.last_blocks = static_cast<int>(std::min<int64_t>(16, nb - last * 16));
         args.first_block = tile_zeroes && ch0 == 0;
-        // The next K block of the same rows, or the first one of the next tile: without it
-        // Q8_0 streamed at ~50% of the read bandwidth at n = 1, with it (and the scales'
-        // prefetch in the tile) 94–97% beside F32's 97–102%; Q4_0 74–79% (matmul_bench; two K
-        // blocks ahead and other tile shapes measured no better).
-        int64_t prefetch_offset = 0;
-        if (ch0 + kQChunksPerBlock < num_chunks) {
-          prefetch_offset = WChunkOffset(kFormat, kQChunksPerBlock);
-        } else if (o0 + 2 * kC <= out) {
-          prefetch_offset = kC * w_row - WChunkOffset(kFormat, ch0);
-        }
+        // Prefetches, in the streaming order of (tile, K block) pairs: the next K block into
+        // L1 and the one kL2Ahead on into L2 (the same rows, or the next tile's). Without the
+        // L1 prefetch Q8_0 streamed at ~50% of the read bandwidth at n = 1 on a Zen 5 core, with
+        // it 94–97%. On a Zen 4 core that alone left Q8_0 at 50% and Q4_0 at 41–45%: L1 keeps
+        // too few misses in flight for the DRAM latency. Adding the L2 prefetch four blocks on
+        // gave 66–73% and 59–68% (matmul_bench, alternated; 8 blocks on measured no better).
+        constexpr int64_t kL2Ahead = 4;
+        const int64_t kb = ch0 / kQChunksPerBlock;
+        const auto ahead = [&](int64_t d) -> int64_t {
+          const int64_t target = kb + d, tiles = target / num_kb;
+          if (o0 + (tiles + 1) * kC > out) return 0;  // past the last full tile
+          return tiles * kC * w_row +
+                 WChunkOffset(kFormat, (target % num_kb - kb) * kQChunksPerBlock);
+        };
+        const int64_t l1_ahead = ahead(1), l2_ahead = ahead(kL2Ahead);
         for (int ib = 0; ib < rows; ib += kR) {
           args.x = qx + (i0 + ib) * qx_row + ch0 * kQxChunkBytes;
           args.acc = acc + ib * kC * 16;
-          args.prefetch_offset = ib == 0 ? prefetch_offset : 0;
+          args.prefetch_offset = ib == 0 ? l1_ahead : 0;
+          args.l2_prefetch_offset = ib == 0 ? l2_ahead : 0;
           QTileTable<Kernel, kFormat, kR, kC>::Get(std::min(kR, rows - ib), c)(args);
         }
       }

@@ -83,6 +83,15 @@ SHARDLM_TARGET_Q512 void QuantizeXRowAvx512(const float* x, int64_t in, DType fo
 
 namespace {
 
+// The lines at p + l1 into L1 and p + l2 into L2, each when its offset is not 0. The empty
+// volatile asm keeps GCC from deducing that a function made only of prefetches is `const` and
+// deleting its calls (see PrefetchTurn in matmul_x86.cc).
+inline void PrefetchLine(const uint8_t* p, int64_t l1, int64_t l2) {
+  if (l1 != 0) _mm_prefetch(reinterpret_cast<const char*>(p + l1), _MM_HINT_T0);
+  if (l2 != 0) _mm_prefetch(reinterpret_cast<const char*>(p + l2), _MM_HINT_T1);
+  asm volatile("");
+}
+
 struct QuantAvx512Vnni {
   // The lane tree for 16 sums at once (matmul_x86.cc's, tested bit for bit against ReduceLanes).
   static constexpr int kReduceGroup = 16;
@@ -132,7 +141,8 @@ struct QuantAvx512Vnni {
   template <DType kFormat, int kR, int kC, int kCStride, bool kFull>
   __attribute__((always_inline)) SHARDLM_TARGET_Q512 static inline void Chunk(
       const QTileArgs& t, int ch, int64_t m, __m512 (&a)[kR][kC]) {
-    const int64_t ws = t.w_stride, xs = t.x_stride, pf = t.prefetch_offset;
+    const int64_t ws = t.w_stride, xs = t.x_stride, pf = t.prefetch_offset,
+                  pf2 = t.l2_prefetch_offset;
     {
       const __mmask64 bm = kFull ? ~__mmask64{0} : (__mmask64{1} << (4 * m)) - 1;
       const int64_t vs = kFull ? 64 : 4 * m;  // bytes of one vector (Q8_0) or nibble group (Q4_0)
@@ -168,7 +178,7 @@ struct QuantAvx512Vnni {
           __m512i wv[kC];
 #pragma GCC unroll 8
           for (int c = 0; c < kC; ++c) {
-            if (prefetch) _mm_prefetch(reinterpret_cast<const char*>(wq + c * ws + pf + v * 64), _MM_HINT_T0);
+            PrefetchLine(wq + c * ws + v * 64, pf, pf2);
             wv[c] = load(wq + c * ws + v * vs);
             asm("" : "+v"(wv[c]));
           }
@@ -189,9 +199,7 @@ struct QuantAvx512Vnni {
             __m512i wv[kC];
 #pragma GCC unroll 8
             for (int c = 0; c < kC; ++c) {
-              if (prefetch && half == 0) {
-                _mm_prefetch(reinterpret_cast<const char*>(wq + c * ws + pf + g * 64), _MM_HINT_T0);
-              }
+              if (half == 0) PrefetchLine(wq + c * ws + g * 64, pf, pf2);
               const __m512i raw = load(wq + c * ws + g * vs);
               wv[c] = _mm512_and_si512(half == 0 ? raw : _mm512_srli_epi16(raw, 4), low);
               asm("" : "+v"(wv[c]));
