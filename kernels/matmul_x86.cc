@@ -122,9 +122,8 @@ struct Avx512 {
     constexpr int64_t kLine = kLineElems<Fmt>;
     const float* const x = static_cast<const float*>(t.x);
     const Elem* const w = static_cast<const Elem*>(t.w);
-    const int64_t xs = t.x_stride, ws = t.w_stride, len = t.len, pf = t.prefetch_offset;
-    // F32 weights skip the L2 prefetch: no gain measured (see TileArgs).
-    const int64_t pf2 = std::is_same_v<Fmt, F32W> ? 0 : t.l2_prefetch_offset;
+    const int64_t xs = t.x_stride, ws = t.w_stride, len = t.len, pf = t.prefetch_offset,
+                  pf2 = t.l2_prefetch_offset;
     __m512 a[kR][kC];
     LoadAcc<kR, kC, kCStride>(t, a);
     int turn = t.prefetch_phase + 1;
@@ -298,9 +297,8 @@ struct Avx2Fma {
     constexpr int64_t kLine = kLineElems<Fmt>;
     const float* const x = static_cast<const float*>(t.x);
     const Elem* const w = static_cast<const Elem*>(t.w);
-    const int64_t xs = t.x_stride, ws = t.w_stride, len = t.len, pf = t.prefetch_offset;
-    // F32 weights skip the L2 prefetch: no gain measured (see TileArgs).
-    const int64_t pf2 = std::is_same_v<Fmt, F32W> ? 0 : t.l2_prefetch_offset;
+    const int64_t xs = t.x_stride, ws = t.w_stride, len = t.len, pf = t.prefetch_offset,
+                  pf2 = t.l2_prefetch_offset;
     float* const acc = t.acc;
     __m256 a[kR][kC];
 #pragma GCC unroll 8
