@@ -256,7 +256,7 @@ void SkinnyAvx512(const float* x, int64_t n, int64_t x_stride, const typename Fm
 void SkinnyAvx512Bf16Dot(const float* x, int64_t n, int64_t x_stride, const uint16_t* w,
                          int64_t out, int64_t in, const float* bias, float* y, int64_t y_stride);
 // The AVX-512 kernel's lane reduction, for its test against ReduceEach<16>: count (a multiple
-// of 16) accumulators of 16 floats, acc 64-byte aligned. Only call when Cpu().avx512.
+// of 4) accumulators of 16 floats, acc 64-byte aligned. Only call when Cpu().avx512.
 void ReduceSumsAvx512(const float* acc, int64_t count, float* sums);
 // CPUID (and OS register-state) checks for the SIMD paths; false on non-x86 builds. The AVX2
 // path also needs F16C (vcvtph2ps), which every AVX2 CPU has in practice.

@@ -94,7 +94,7 @@ inline void PrefetchLine(const uint8_t* p, int64_t l1, int64_t l2) {
 
 struct QuantAvx512Vnni {
   // The lane tree for 16 sums at once (matmul_x86.cc's, tested bit for bit against ReduceLanes).
-  static constexpr int kReduceGroup = 16;
+  static constexpr int kReduceGroup = 4;  // ReduceSumsAvx512's
   static constexpr bool kZeroAcc = true;  // Tile honours QTileArgs::first_block
   static void ReduceSums(const float* acc, int64_t count, float* sums) {
     ReduceSumsAvx512(acc, count, sums);

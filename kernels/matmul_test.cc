@@ -109,7 +109,7 @@ TEST(SkinnyMatMulPaths, VectorLaneReductionIsTheScalarTree) {
   if (!Cpu().avx512) GTEST_SKIP() << "no AVX-512 on this CPU";
   for (uint64_t seed : {1, 2, 3, 4}) {
     Rng rng(seed);
-    for (int64_t count : {16, 32, 192}) {
+    for (int64_t count : {4, 16, 20, 32, 44, 192}) {
       alignas(64) static float acc[192 * 16];
       for (int64_t i = 0; i < count * 16; ++i) {
         acc[i] = std::ldexp(rng.Uniform(-1.0f, 1.0f), static_cast<int>(rng.Uniform(-40, 40)));
