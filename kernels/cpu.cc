@@ -15,6 +15,22 @@ bool HasF16c() {
   unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
   return __get_cpuid(1, &eax, &ebx, &ecx, &edx) != 0 && (ecx & bit_F16C) != 0;
 }
+
+// "AuthenticAMD" and CPUID leaf 1's family (base + extended when the base is 0xF) is 0x19.
+bool IsAmdFamily19h() {
+  unsigned max_leaf = 0, ebx = 0, ecx = 0, edx = 0;
+  if (__get_cpuid(0, &max_leaf, &ebx, &ecx, &edx) == 0) return false;
+  char vendor[13] = {};
+  std::memcpy(vendor, &ebx, 4);
+  std::memcpy(vendor + 4, &edx, 4);
+  std::memcpy(vendor + 8, &ecx, 4);
+  unsigned eax = 0;
+  if (std::strcmp(vendor, "AuthenticAMD") != 0 || __get_cpuid(1, &eax, &ebx, &ecx, &edx) == 0) {
+    return false;
+  }
+  const unsigned base = (eax >> 8) & 0xf, extended = (eax >> 20) & 0xff;
+  return (base == 0xf ? base + extended : base) == 0x19;
+}
 #endif
 
 CpuFeatures Detect() {
@@ -27,6 +43,7 @@ CpuFeatures Detect() {
   cpu.avx512_bf16 = cpu.avx512 && __builtin_cpu_supports("avx512bf16");
   cpu.avx512_vnni = cpu.avx512 && __builtin_cpu_supports("avx512vnni");
   cpu.avx_vnni = cpu.avx2_fma && __builtin_cpu_supports("avxvnni");
+  cpu.amd_zen4 = cpu.avx512 && IsAmdFamily19h();
 #endif
   return cpu;
 }

@@ -16,6 +16,9 @@ struct CpuFeatures {
   bool avx512_bf16 = false;  // avx512 and AVX512-BF16 (vdpbf16ps)
   bool avx512_vnni = false;  // avx512 and AVX512-VNNI (vpdpbusd on zmm)
   bool avx_vnni = false;     // avx2_fma and AVX-VNNI (VEX vpdpbusd on ymm)
+  // AMD family 19h with AVX-512, i.e. Zen 4 (Zen 3, the same family, has none): tunes how
+  // far ahead the matmul prefetches its weights (kernels/matmul.h, WeightPrefetch).
+  bool amd_zen4 = false;
 };
 // Detected on first call (x86-64: CPUID; elsewhere: nothing).
 const CpuFeatures& Cpu();

@@ -20,9 +20,11 @@
 // in GFLOP/s (prefill and scoring run whole prompts through the same kernel).
 //
 // --formats F32,Q4_0 times only those weight formats (the first one is the ratio base).
+// --weight-prefetch near|far overrides the CPU's choice of how far ahead W is prefetched
+// (kernels/matmul.h, WeightPrefetch), to compare the two.
 //
 //   matmul_bench [--all-paths] [--hugepages] [--reps N] [--threads T] [--prefill]
-//                [--formats LIST]
+//                [--formats LIST] [--weight-prefetch near|far]
 #include <cblas.h>
 #include <sys/mman.h>
 
@@ -287,10 +289,14 @@ int Main(int argc, char** argv) {
       only = argv[++a];
     } else if (std::strcmp(argv[a], "--threads") == 0 && a + 1 < argc) {
       threads = std::max(1, std::atoi(argv[++a]));
+    } else if (std::strcmp(argv[a], "--weight-prefetch") == 0 && a + 1 < argc &&
+               (std::strcmp(argv[a + 1], "near") == 0 || std::strcmp(argv[a + 1], "far") == 0)) {
+      SetWeightPrefetch(std::strcmp(argv[++a], "far") == 0 ? WeightPrefetch::kFar
+                                                           : WeightPrefetch::kNear);
     } else {
       std::fprintf(stderr,
                    "usage: %s [--all-paths] [--hugepages] [--reps N] [--threads T] [--prefill] "
-                   "[--formats F32,BF16,…]\n",
+                   "[--formats F32,BF16,…] [--weight-prefetch near|far]\n",
                    argv[0]);
       return 2;
     }
@@ -434,8 +440,11 @@ int Main(int argc, char** argv) {
               dot_per_ns, static_cast<long long>(kOut), static_cast<long long>(kIn),
               QuantKernelName(QuantKernelFor(SelectedMatMulIsa())));
   std::printf("cpu: %s\n", CpuModelName().c_str());
-  std::printf("selected path: %s; OpenBLAS %s, %d thread(s); medians of %d interleaved rounds\n\n",
-              MatMulIsaName(), OPENBLAS_VERSION, threads, reps);
+  std::printf(
+      "selected path: %s, weight prefetch %s; OpenBLAS %s, %d thread(s); medians of %d "
+      "interleaved rounds\n\n",
+      MatMulIsaName(), WeightPrefetchName(SelectedWeightPrefetch()), OPENBLAS_VERSION, threads,
+      reps);
   std::printf("%-10s %-7s %3s | %9s %7s %8s | %8s %7s | %9s %7s | %7s\n", "path", "W", "n",
               "skinny ms", "GB/s", "of read", "bound ms", "t/bound", "sgemm ms", "GB/s", "speedup");
   for (size_t p = 0; p < paths.size(); ++p) {

@@ -38,6 +38,8 @@
 #include <type_traits>
 #include <utility>
 
+#include "kernels/matmul.h"
+
 namespace shardlm::matmul_internal {
 
 // Weight storage formats, as kernel template tags. `Elem` is the stored element; each kernel
@@ -106,12 +108,11 @@ struct TileArgs {
   // s % prefetch_period == prefetch_phase.
   int64_t prefetch_offset;
   // The same turns also prefetch w[c] + k + l2_prefetch_offset into L2 (0 = none), a few
-  // chunks ahead, so that the L1 prefetch above finds its lines in L2: L1 alone keeps too few
-  // misses in flight to stream W at DRAM speed. How far ahead (Drive) was measured with
-  // matmul_bench: at n = 16 (several row blocks per chunk) two chunks took BF16 13% and the
-  // BF16 dot kernel 15% less time on a Zen 5 core; at n = 1 (one row block) four chunks took
-  // F32 from 50–63% of a plain read to 78–86% and BF16 from 52–54% to 85–90% on a Zen 4 core
-  // (8 and 16 chunks were no better).
+  // chunks ahead, so that the L1 prefetch finds its lines in L2: L1 alone keeps too few
+  // misses in flight to stream W at DRAM speed while the FMAs run (matmul_bench, n = 16, two
+  // chunks ahead: on a Zen 5 core BF16 −13%, the BF16 dot kernel −15%, F32 no change; on a
+  // Zen 4 core F32 −22%). At one row block Drive follows WeightPrefetch (kernels/matmul.h):
+  // the L2 prefetch measured slower there on Zen 5, and on Zen 4 it is the one that pays.
   int64_t l2_prefetch_offset;
   int prefetch_period;
   int prefetch_phase;
@@ -192,6 +193,7 @@ void Drive(const float* x, int64_t n, int64_t x_stride, const typename Fmt::Elem
   alignas(64) float acc[kSuperRows * kC * L];
   alignas(64) float sums[kSuperRows * kC];
   std::fill(acc, acc + SumSlots(std::min<int64_t>(n, kSuperRows), kC, kGroup) * L, 0.0f);
+  const bool far = SelectedWeightPrefetch() == WeightPrefetch::kFar;
   for (int64_t o0 = 0; o0 < out; o0 += kC) {
     const int c = static_cast<int>(std::min<int64_t>(kC, out - o0));
     const typename Fmt::Elem* w_tile = w + o0 * in;
@@ -216,9 +218,17 @@ void Drive(const float* x, int64_t n, int64_t x_stride, const typename Fmt::Elem
           if (o0 + (tiles + 1) * kC > out) return 0;
           return tiles * kC * in + (target - kb) * kKBlock;
         };
-        args.prefetch_offset = ahead(1);
+        if (blocks > 1) {
+          args.prefetch_offset = ahead(1);
+          args.l2_prefetch_offset = ahead(2);
+        } else if (far) {  // matmul_bench at n = 1: 8 or 16 chunks ahead were no better
+          args.prefetch_offset = 0;
+          args.l2_prefetch_offset = ahead(4);
+        } else {
+          args.prefetch_offset = ahead(1);
+          args.l2_prefetch_offset = 0;
+        }
         args.prefetch_period = blocks;
-        args.l2_prefetch_offset = ahead(blocks > 1 ? 2 : 4);
         for (int b = 0; b < blocks; ++b) {
           const int ib = b * kR;
           args.x = x_at(kb, i0 + ib);

@@ -98,6 +98,7 @@ void DriveQuant(const float* x, int64_t n, int64_t x_stride, const uint8_t* w, i
   const int64_t nb = in / kQuantBlock;
   const int64_t num_chunks = (nb + 15) / 16;
   const int64_t num_kb = (num_chunks + kQChunksPerBlock - 1) / kQChunksPerBlock;
+  const bool far = SelectedWeightPrefetch() == WeightPrefetch::kFar;
   const int64_t w_row = WeightRowBytes(kFormat, in);
   const int64_t scale_offset = QuantBytes(kFormat, in);
   alignas(64) float acc[kSuperRows * kC * 16];
@@ -127,13 +128,12 @@ void DriveQuant(const float* x, int64_t n, int64_t x_stride, const uint8_t* w, i
         const int64_t last = ch0 + args.chunks - 1;
         args.last_blocks = static_cast<int>(std::min<int64_t>(16, nb - last * 16));
         args.first_block = tile_zeroes && ch0 == 0;
-        // Prefetches, in the streaming order of (tile, K block) pairs: the next K block into
-        // L1 and the one kL2Ahead on into L2 (the same rows, or the next tile's). Without the
-        // L1 prefetch Q8_0 streamed at ~50% of the read bandwidth at n = 1 on a Zen 5 core, with
-        // it 94–97%. On a Zen 4 core that alone left Q8_0 at 50% and Q4_0 at 41–45%: L1 keeps
-        // too few misses in flight for the DRAM latency. Adding the L2 prefetch four blocks on
-        // gave 66–73% and 59–68% (matmul_bench, alternated; 8 blocks on measured no better).
-        constexpr int64_t kL2Ahead = 4;
+        // Prefetches, in the streaming order of (tile, K block) pairs (the same rows, or the
+        // next tile's): the next K block into L1 and, with WeightPrefetch::kFar, the one four
+        // on into L2. Without the L1 prefetch Q8_0 streamed at ~50% of the read bandwidth at
+        // n = 1 on a Zen 5 core, with it 94–97%. On a Zen 4 core the L1 prefetch alone left
+        // Q8_0 at 50% and Q4_0 at 41–45%, and the L2 one took them to 66–73% and 59–68%
+        // (matmul_bench, alternated; two, three, six or eight blocks on were no better).
         const int64_t kb = ch0 / kQChunksPerBlock;
         const auto ahead = [&](int64_t d) -> int64_t {
           const int64_t target = kb + d, tiles = target / num_kb;
@@ -141,7 +141,7 @@ void DriveQuant(const float* x, int64_t n, int64_t x_stride, const uint8_t* w, i
           return tiles * kC * w_row +
                  WChunkOffset(kFormat, (target % num_kb - kb) * kQChunksPerBlock);
         };
-        const int64_t l1_ahead = ahead(1), l2_ahead = ahead(kL2Ahead);
+        const int64_t l1_ahead = ahead(1), l2_ahead = far ? ahead(4) : 0;
         for (int ib = 0; ib < rows; ib += kR) {
           args.x = qx + (i0 + ib) * qx_row + ch0 * kQxChunkBytes;
           args.acc = acc + ib * kC * 16;

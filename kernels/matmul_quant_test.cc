@@ -245,6 +245,36 @@ TEST(QuantMatMul, ParallelKeepsTheBits) {
   }
 }
 
+// How far ahead W is prefetched (WeightPrefetch) changes no bit: both settings against the
+// naive contract, with the prefetch targets crossing K blocks and tiles (in of 1, 2 and 3 K
+// blocks; out with a partial last tile), at one and several row blocks.
+TEST(QuantMatMul, WeightPrefetchKeepsTheBits) {
+  const WeightPrefetch selected = SelectedWeightPrefetch();
+  for (DType format : {DType::kQ8_0, DType::kQ4_0}) {
+    for (int64_t in : {1024, 4096, 4128}) {
+      const int64_t out = 27;
+      const QuantWeights w = MakeWeights(format, out, in, static_cast<uint64_t>(in));
+      for (int64_t n : {1, 4, 9}) {
+        Rng rng(static_cast<uint64_t>(n));
+        const std::vector<float> x = rng.UniformVector(static_cast<size_t>(n * in), -1.0f, 1.0f);
+        std::vector<float> want(static_cast<size_t>(n * out));
+        SkinnyMatMulQuantNaive(x.data(), n, in, format, w.packed.data(), out, in, nullptr,
+                               want.data(), out);
+        for (WeightPrefetch prefetch : {WeightPrefetch::kNear, WeightPrefetch::kFar}) {
+          SetWeightPrefetch(prefetch);
+          std::vector<float> got(want.size(), -7.0f);
+          SkinnyMatMul(x.data(), n, in, format, w.packed.data(), out, in, nullptr, got.data(),
+                       out);
+          EXPECT_EQ(0, std::memcmp(got.data(), want.data(), got.size() * 4))
+              << DTypeName(format) << " in " << in << " n " << n << " prefetch "
+              << WeightPrefetchName(prefetch);
+        }
+      }
+    }
+  }
+  SetWeightPrefetch(selected);
+}
+
 INSTANTIATE_TEST_SUITE_P(Kernels, QuantMatMulTest, testing::ValuesIn(AvailableCases()),
                          [](const testing::TestParamInfo<KernelCase>& info) {
                            std::string name = std::string(QuantKernelName(info.param.kernel)) + "_" +
