@@ -106,37 +106,24 @@ __attribute__((target("avx512f"))) void FmaProbeAvx512() {
 bool HaveFmaProbe() { return Cpu().avx512; }
 
 // The same for the quantized kernels' instruction, AVX512-VNNI vpdpbusd (64 byte products
-// each): its peak rate bounds the Q8_0 / Q4_0 calls' compute. The chains are 12 named
-// variables with distinct starting values, 2·kFmaProbeIters rounds (kFmaProbeCount in all):
-// written as the FMA probe's array of 24, GCC spilled the accumulators to the stack on every
-// round (vpdpbusd overwrites its accumulator operand), and the probe measured a third to half
-// of the real rate (1.3–1.6 per ns on a Zen 4 core, where this one gives 3.65, the FMA rate).
+// each): its peak rate bounds the Q8_0 / Q4_0 calls' compute. The instruction is written as
+// assembly: with the intrinsic, GCC spilled the accumulators to the stack every round
+// (vpdpbusd overwrites its accumulator operand, and GCC copied each one first), and the probe
+// measured a third to a half of the real rate (1.3–1.6 per ns on a Zen 4 core, where this one
+// gives 3.65, the FMA rate).
 #if defined(__x86_64__)
 __attribute__((target("avx512f,avx512bw,avx512vnni"))) void DotProbeAvx512() {
-  static_assert(kFmaChains == 24);  // 12 chains × twice the rounds
-  __m512i a0 = _mm512_set1_epi32(0), a1 = _mm512_set1_epi32(1), a2 = _mm512_set1_epi32(2),
-          a3 = _mm512_set1_epi32(3), a4 = _mm512_set1_epi32(4), a5 = _mm512_set1_epi32(5),
-          a6 = _mm512_set1_epi32(6), a7 = _mm512_set1_epi32(7), a8 = _mm512_set1_epi32(8),
-          a9 = _mm512_set1_epi32(9), a10 = _mm512_set1_epi32(10), a11 = _mm512_set1_epi32(11);
+  __m512i a[kFmaChains];
+#pragma GCC unroll 24
+  for (int j = 0; j < kFmaChains; ++j) a[j] = _mm512_set1_epi32(j);
   const __m512i u = _mm512_set1_epi8(3), v = _mm512_set1_epi8(-2);
-  for (int64_t it = 0; it < 2 * kFmaProbeIters; ++it) {
-    a0 = _mm512_dpbusd_epi32(a0, u, v);
-    a1 = _mm512_dpbusd_epi32(a1, u, v);
-    a2 = _mm512_dpbusd_epi32(a2, u, v);
-    a3 = _mm512_dpbusd_epi32(a3, u, v);
-    a4 = _mm512_dpbusd_epi32(a4, u, v);
-    a5 = _mm512_dpbusd_epi32(a5, u, v);
-    a6 = _mm512_dpbusd_epi32(a6, u, v);
-    a7 = _mm512_dpbusd_epi32(a7, u, v);
-    a8 = _mm512_dpbusd_epi32(a8, u, v);
-    a9 = _mm512_dpbusd_epi32(a9, u, v);
-    a10 = _mm512_dpbusd_epi32(a10, u, v);
-    a11 = _mm512_dpbusd_epi32(a11, u, v);
+  for (int64_t it = 0; it < kFmaProbeIters; ++it) {
+#pragma GCC unroll 24
+    for (int j = 0; j < kFmaChains; ++j) asm("vpdpbusd %2, %1, %0" : "+v"(a[j]) : "v"(u), "v"(v));
   }
-  const __m512i sum = _mm512_add_epi32(
-      _mm512_add_epi32(_mm512_add_epi32(_mm512_add_epi32(a0, a1), _mm512_add_epi32(a2, a3)),
-                       _mm512_add_epi32(_mm512_add_epi32(a4, a5), _mm512_add_epi32(a6, a7))),
-      _mm512_add_epi32(_mm512_add_epi32(a8, a9), _mm512_add_epi32(a10, a11)));
+  __m512i sum = a[0];
+#pragma GCC unroll 24
+  for (int j = 1; j < kFmaChains; ++j) sum = _mm512_add_epi32(sum, a[j]);
   alignas(64) int32_t lanes[16];
   _mm512_store_si512(lanes, sum);
   volatile int32_t sink = lanes[0];
