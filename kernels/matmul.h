@@ -98,8 +98,8 @@ enum class WeightPrefetch {
   // chunk also into L2 two chunks ahead. Measured on Zen 5 cores, where it streamed W at
   // 94–103% of a plain read at n = 1. The default on every CPU but Zen 4.
   kNear,
-  // The float kernels: kNear's prefetches at several row blocks, and at one row block (n ≤ 4)
-  // into L2 only, four chunks ahead. The quantized kernels: also into L2, four K blocks
+  // The float kernels: kNear's prefetches at several row blocks, and at one row block (n up
+  // to the tile's rows: 4 on AVX-512) into L2 only, four chunks ahead. The quantized kernels: also into L2, four K blocks
   // ahead, beside L1's next one. On a Zen 4 core L1 alone keeps too few misses in flight for
   // the DRAM latency: there the batch-1 decode step of a d 1024, 24-layer model took 31–47%
   // less time than with kNear (F32, BF16, Q8_0, Q4_0 weights; `shardlm bench
