@@ -28,7 +28,8 @@
 // from memory however well its reads overlap.
 //
 // usage: attention_bench [--quick] [--hot] [--family=NAME] [--threads=T] [--page-size=N]
-//                        [--kv-dtype=f32|bf16|int8]
+//                        [--kv-dtype=f32|bf16|int8] [--prefetch=near|far]
+//   --prefetch: overrides the CPU's StreamPrefetch (kernels/cpu.h), to compare the two.
 //   --kv-dtype: the cache's values (KvRowFormat); GB/s counts the bytes as stored, so a
 //   narrow cache reads fewer bytes per row (the time is what shrinks).
 //   --quick: 1k and 8k only, fewer repetitions; --family: gqa, gta, mla or gla only;
@@ -50,6 +51,7 @@
 #include "attention/latent.h"
 #include "base/rng.h"
 #include "base/thread_pool.h"
+#include "kernels/cpu.h"
 
 namespace shardlm {
 namespace {
@@ -321,6 +323,8 @@ int main(int argc, char** argv) {
         return 2;
       }
       options.kv_dtype = *dtype;
+    } else if (arg == "--prefetch=near" || arg == "--prefetch=far") {
+      SetStreamPrefetch(arg == "--prefetch=far" ? StreamPrefetch::kFar : StreamPrefetch::kNear);
     } else if (arg.rfind("--page-size=", 0) == 0) {
       options.page_size = std::stoll(arg.substr(12));
       if (options.page_size < 1 || options.page_size > 4096) {
@@ -330,14 +334,15 @@ int main(int argc, char** argv) {
     } else {
       std::fprintf(stderr,
                    "usage: attention_bench [--quick] [--hot] [--family=NAME] [--threads=T] "
-                   "[--page-size=N] [--kv-dtype=f32|bf16|int8]\n");
+                   "[--page-size=N] [--kv-dtype=f32|bf16|int8] [--prefetch=near|far]\n");
       return 2;
     }
   }
   std::printf(
       "decode attention, one token per sequence, page_size %lld, shuffled pages in huge pages, "
-      "cache %s%s\n",
+      "cache %s, prefetch %s%s\n",
       static_cast<long long>(options.page_size), KvDTypeName(options.kv_dtype),
+      StreamPrefetchName(SelectedStreamPrefetch()),
       options.hot ? "; --hot: one table set, rows from the caches" : "");
   std::printf("ms, GB/s, probe, pages: from per-thread CPU time, best of repetitions "
               "(EffectiveSeconds); frac: GB/s / probe; of_pg: GB/s / pages; wall: GB/s by wall "

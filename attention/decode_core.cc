@@ -6,6 +6,7 @@
 
 #include "attention/attention.h"
 #include "base/thread_pool.h"
+#include "kernels/cpu.h"
 
 namespace shardlm::attention_internal {
 namespace {
@@ -152,14 +153,21 @@ CallScratch& ThreadCallScratch() {
   return scratch;
 }
 
-// Touches the lines of bytes [0, len) of p so they are on their way from memory.
-// The empty volatile asm is a side effect: GCC counts prefetches as none, so without it
-// the IPA pass marks PrefetchGroup `const` and deletes its calls (no prefetch at all was in
-// the binary; `objdump -d … | grep prefetch` now finds them).
-inline void PrefetchRange(const unsigned char* p, int64_t len) {
+// Touches the lines of bytes [0, len) of p so they are on their way from memory: into L1, or
+// into L2 when `l2` (StreamPrefetch::kFar, kernels/cpu.h: on a Zen 4 core the L1 prefetches
+// of the next block left GQA at 42–44% of the page-order probe at 8k and GTA at 28%, the L2
+// ones 62–66% and 52%). The empty volatile asm is a side effect: GCC counts prefetches as
+// none, so without it the IPA pass marks PrefetchGroup `const` and deletes its calls (no
+// prefetch at all was in the binary; `objdump -d … | grep prefetch` now finds them).
+inline void PrefetchRange(const unsigned char* p, int64_t len, bool l2) {
   constexpr int64_t kLine = 64;
-  for (int64_t i = 0; i < len; i += kLine) __builtin_prefetch(p + i);
-  if (len > 0) __builtin_prefetch(p + len - 1);
+  if (l2) {
+    for (int64_t i = 0; i < len; i += kLine) __builtin_prefetch(p + i, 0, 2);
+    if (len > 0) __builtin_prefetch(p + len - 1, 0, 2);
+  } else {
+    for (int64_t i = 0; i < len; i += kLine) __builtin_prefetch(p + i);
+    if (len > 0) __builtin_prefetch(p + len - 1);
+  }
   asm volatile("");
 }
 
@@ -170,19 +178,19 @@ inline void PrefetchRange(const unsigned char* p, int64_t len) {
 // block measured +25% GB/s for GTA at 8k (attention_bench), more with 2 threads.
 // `vb` is the bytes per value; an int8 row's scales are fetched too.
 inline void PrefetchGroup(const unsigned char* row, const RowLayout& lay, int64_t j, int64_t vb,
-                          int64_t scale_off) {
-  if (lay.a_len > 0) PrefetchRange(row + (lay.a_off + j * lay.a_step) * vb, lay.a_len * vb);
+                          int64_t scale_off, bool l2) {
+  if (lay.a_len > 0) PrefetchRange(row + (lay.a_off + j * lay.a_step) * vb, lay.a_len * vb, l2);
   if (lay.b_len > 0 && (lay.b_step != 0 || j == 0)) {
-    PrefetchRange(row + (lay.b_off + j * lay.b_step) * vb, lay.b_len * vb);
+    PrefetchRange(row + (lay.b_off + j * lay.b_step) * vb, lay.b_len * vb, l2);
   }
   const int64_t a0 = lay.a_off + j * lay.a_step, v0 = lay.v_off + j * lay.v_step;
   if (v0 + lay.v_len <= a0 || v0 >= a0 + lay.a_len) {
-    PrefetchRange(row + v0 * vb, lay.v_len * vb);
+    PrefetchRange(row + v0 * vb, lay.v_len * vb, l2);
   } else {  // the value overlaps the key part: prefetch what it adds
     PrefetchRange(row + std::min(a0, v0) * vb,
-                  (std::max(a0 + lay.a_len, v0 + lay.v_len) - std::min(a0, v0)) * vb);
+                  (std::max(a0 + lay.a_len, v0 + lay.v_len) - std::min(a0, v0)) * vb, l2);
   }
-  if (scale_off > 0) __builtin_prefetch(row + scale_off);
+  if (scale_off > 0) PrefetchRange(row + scale_off, 1, l2);
 }
 
 // Rows per score call: the block's rows are scored this many at a time for every group
@@ -225,6 +233,7 @@ void RunChunk(const Problem& pb, const QueryToken& token, int64_t t, int64_t c_l
   const RowLayout& lay = *pb.layout;
   const DecodeQueries& q = *pb.queries;
   const DecodeKernels& kernels = ActiveKernels();
+  const bool l2 = SelectedStreamPrefetch() == StreamPrefetch::kFar;  // PrefetchRange
   const int64_t g = q.g;
   const int64_t v_len = lay.v_len;
   ItemScratch& s = ThreadItemScratch();
@@ -302,7 +311,7 @@ void RunChunk(const Problem& pb, const QueryToken& token, int64_t t, int64_t c_l
         for (int64_t j = 0; j < lay.groups; ++j) {
           const int64_t from = j * slice, bytes = std::min(slice, cache.row_bytes - from);
           for (int64_t r = next; r < next_end && bytes > 0; ++r) {
-            PrefetchRange(rows[r] + from, bytes);
+            PrefetchRange(rows[r] + from, bytes, l2);
           }
           score(j, r0, std::min(kScoreRows, nb - r0));
         }
@@ -315,7 +324,7 @@ void RunChunk(const Problem& pb, const QueryToken& token, int64_t t, int64_t c_l
       // parts of the next block's rows are fetched.
       if (!rows_first) {
         for (int64_t r = b_hi + 1; r < std::min(len, b_hi + 1 + block); ++r) {
-          PrefetchGroup(rows[r], lay, j, vb, scale_off);
+          PrefetchGroup(rows[r], lay, j, vb, scale_off, l2);
         }
         score(j, 0, nb);
       }

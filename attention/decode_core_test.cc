@@ -20,6 +20,7 @@
 #include "base/rng.h"
 #include "base/thread_pool.h"
 #include "gtest/gtest.h"
+#include "kernels/cpu.h"
 
 namespace shardlm {
 namespace {
@@ -137,6 +138,15 @@ TEST(DecodeCoreTest, BitIdenticalAcrossPagesBatchesAndThreads) {
         for (const int64_t page : {1, 5, 64}) {
           ExpectSameBits(ref, RunBatch(fam, values, q, page, 1, in_order, 2),
                          absl::StrFormat("page size %d", page));
+        }
+        {  // how far ahead the next block's rows are prefetched (StreamPrefetch)
+          const StreamPrefetch selected = SelectedStreamPrefetch();
+          for (const StreamPrefetch prefetch : {StreamPrefetch::kNear, StreamPrefetch::kFar}) {
+            SetStreamPrefetch(prefetch);
+            ExpectSameBits(ref, RunBatch(fam, values, q, 16, 1, in_order, 6),
+                           absl::StrFormat("prefetch %s", StreamPrefetchName(prefetch)));
+          }
+          SetStreamPrefetch(selected);
         }
         for (const int threads : {2, 3}) {
           ExpectSameBits(ref, RunBatch(fam, values, q, 16, threads, in_order, 3),

@@ -549,10 +549,10 @@ void PrintFooter(const BenchOptions& options, const RunFacts& facts, int ranks,
         static_cast<long long>(options.probe_mb), static_cast<long long>(options.probe_passes));
   }
   std::printf(
-      "cpu: %s; matmul path %s, quantized (Q8_0/Q4_0) kernel %s, weight prefetch %s, %d "
+      "cpu: %s; matmul path %s, quantized (Q8_0/Q4_0) kernel %s, prefetch %s, %d "
       "thread(s) per rank\n",
       CpuModelName().c_str(), MatMulIsaName(), QuantKernelName(QuantKernelFor(SelectedMatMulIsa())),
-      WeightPrefetchName(SelectedWeightPrefetch()), options.threads);
+      StreamPrefetchName(SelectedStreamPrefetch()), options.threads);
   std::printf(
       "step: median and p90 of %lld timed steps after %lld warm-up, each the slowest "
       "rank after a barrier; bound = read/step/rank / roofline\n",
@@ -666,7 +666,7 @@ std::string RecordJsonLine(const BenchRecord& record) {
 absl::Status RunBench(const BenchOptions& options, Comm& comm) {
   SetComputeThreads(options.threads);
   SetBf16Math(options.bf16_math);
-  SetWeightPrefetch(options.weight_prefetch);
+  SetStreamPrefetch(options.prefetch);
   if (options.probe_only) return AgreeOnStatus(comm, RunProbeOnly(options, comm));
   const bool rank0 = comm.rank() == 0;
 

@@ -1,5 +1,6 @@
 #include "kernels/cpu.h"
 
+#include <atomic>
 #include <cstring>
 
 #if defined(__x86_64__)
@@ -53,6 +54,24 @@ CpuFeatures Detect() {
 const CpuFeatures& Cpu() {
   static const CpuFeatures cpu = Detect();
   return cpu;
+}
+
+namespace {
+std::atomic<StreamPrefetch>& StreamPrefetchSetting() {
+  static std::atomic<StreamPrefetch> setting{Cpu().amd_zen4 ? StreamPrefetch::kFar
+                                                            : StreamPrefetch::kNear};
+  return setting;
+}
+}  // namespace
+
+const char* StreamPrefetchName(StreamPrefetch prefetch) {
+  return prefetch == StreamPrefetch::kFar ? "far" : "near";
+}
+void SetStreamPrefetch(StreamPrefetch prefetch) {
+  StreamPrefetchSetting().store(prefetch, std::memory_order_relaxed);
+}
+StreamPrefetch SelectedStreamPrefetch() {
+  return StreamPrefetchSetting().load(std::memory_order_relaxed);
 }
 
 std::string CpuModelName() {

@@ -169,24 +169,6 @@ void SetBf16Math(Bf16Math math) {
 Bf16Math SelectedBf16Math() { return g_bf16_math.load(std::memory_order_relaxed); }
 
 namespace {
-std::atomic<WeightPrefetch>& WeightPrefetchSetting() {
-  static std::atomic<WeightPrefetch> setting{Cpu().amd_zen4 ? WeightPrefetch::kFar
-                                                            : WeightPrefetch::kNear};
-  return setting;
-}
-}  // namespace
-
-const char* WeightPrefetchName(WeightPrefetch prefetch) {
-  return prefetch == WeightPrefetch::kFar ? "far" : "near";
-}
-void SetWeightPrefetch(WeightPrefetch prefetch) {
-  WeightPrefetchSetting().store(prefetch, std::memory_order_relaxed);
-}
-WeightPrefetch SelectedWeightPrefetch() {
-  return WeightPrefetchSetting().load(std::memory_order_relaxed);
-}
-
-namespace {
 
 // The path's entry point for one weight format.
 template <class Fmt>

@@ -90,27 +90,7 @@ bool Bf16MathAvailable(Bf16Math math);    // kDot: the CPU has AVX512-BF16
 void SetBf16Math(Bf16Math math);
 Bf16Math SelectedBf16Math();  // kExact until SetBf16Math
 
-// How far ahead the SIMD kernels prefetch the weights, process-wide. Results do not depend
-// on it. Chosen on first use from the CPU; the figures are matmul_bench's (W of 8192², and
-// decode steps of a d 1024 model), docs/BENCHMARKS.md has them.
-enum class WeightPrefetch {
-  // Into L1, the next chunk (K block of the tile's rows) ahead; with several row blocks per
-  // chunk also into L2 two chunks ahead. Measured on Zen 5 cores, where it streamed W at
-  // 94–103% of a plain read at n = 1. The default on every CPU but Zen 4.
-  kNear,
-  // The float kernels: kNear's prefetches at several row blocks, and at one row block (n up
-  // to the tile's rows: 4 on AVX-512) into L2 only, four chunks ahead. The quantized kernels: also into L2, four K blocks
-  // ahead, beside L1's next one. On a Zen 4 core L1 alone keeps too few misses in flight for
-  // the DRAM latency: there the batch-1 decode step of a d 1024, 24-layer model took 31–47%
-  // less time than with kNear (F32, BF16, Q8_0, Q4_0 weights; `shardlm bench
-  // --weight-prefetch near|far`, alternated), and the batch-16 step 0–17% less.
-  kFar,
-};
-const char* WeightPrefetchName(WeightPrefetch prefetch);  // "near", "far"
-// Selects the prefetch for every later call (benchmarks and tests compare both); set it
-// before decoding starts, as SetBf16Math.
-void SetWeightPrefetch(WeightPrefetch prefetch);
-WeightPrefetch SelectedWeightPrefetch();  // kFar on Zen 4 (Cpu().amd_zen4), else kNear
+// How far ahead the kernels prefetch the weights: StreamPrefetch (kernels/cpu.h).
 
 // y[i][o] = Σ_k x[i][k]·w[o][k] (+ bias[o]) for i < n, o < out, k < in.
 // x: [n, in] with row stride x_stride; w: [out, in] row-major, contiguous; bias: [out] or

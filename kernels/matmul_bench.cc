@@ -20,11 +20,11 @@
 // in GFLOP/s (prefill and scoring run whole prompts through the same kernel).
 //
 // --formats F32,Q4_0 times only those weight formats (the first one is the ratio base).
-// --weight-prefetch near|far overrides the CPU's choice of how far ahead W is prefetched
-// (kernels/matmul.h, WeightPrefetch), to compare the two.
+// --prefetch near|far overrides the CPU's choice of how far ahead W is prefetched
+// (kernels/cpu.h, StreamPrefetch), to compare the two.
 //
 //   matmul_bench [--all-paths] [--hugepages] [--reps N] [--threads T] [--prefill]
-//                [--formats LIST] [--weight-prefetch near|far]
+//                [--formats LIST] [--prefetch near|far]
 #include <cblas.h>
 #include <sys/mman.h>
 
@@ -293,14 +293,14 @@ int Main(int argc, char** argv) {
       only = argv[++a];
     } else if (std::strcmp(argv[a], "--threads") == 0 && a + 1 < argc) {
       threads = std::max(1, std::atoi(argv[++a]));
-    } else if (std::strcmp(argv[a], "--weight-prefetch") == 0 && a + 1 < argc &&
+    } else if (std::strcmp(argv[a], "--prefetch") == 0 && a + 1 < argc &&
                (std::strcmp(argv[a + 1], "near") == 0 || std::strcmp(argv[a + 1], "far") == 0)) {
-      SetWeightPrefetch(std::strcmp(argv[++a], "far") == 0 ? WeightPrefetch::kFar
-                                                           : WeightPrefetch::kNear);
+      SetStreamPrefetch(std::strcmp(argv[++a], "far") == 0 ? StreamPrefetch::kFar
+                                                           : StreamPrefetch::kNear);
     } else {
       std::fprintf(stderr,
                    "usage: %s [--all-paths] [--hugepages] [--reps N] [--threads T] [--prefill] "
-                   "[--formats F32,BF16,…] [--weight-prefetch near|far]\n",
+                   "[--formats F32,BF16,…] [--prefetch near|far]\n",
                    argv[0]);
       return 2;
     }
@@ -445,9 +445,9 @@ int Main(int argc, char** argv) {
               QuantKernelName(QuantKernelFor(SelectedMatMulIsa())));
   std::printf("cpu: %s\n", CpuModelName().c_str());
   std::printf(
-      "selected path: %s, weight prefetch %s; OpenBLAS %s, %d thread(s); medians of %d "
+      "selected path: %s, prefetch %s; OpenBLAS %s, %d thread(s); medians of %d "
       "interleaved rounds\n\n",
-      MatMulIsaName(), WeightPrefetchName(SelectedWeightPrefetch()), OPENBLAS_VERSION, threads,
+      MatMulIsaName(), StreamPrefetchName(SelectedStreamPrefetch()), OPENBLAS_VERSION, threads,
       reps);
   std::printf("%-10s %-7s %3s | %9s %7s %8s | %8s %7s | %9s %7s | %7s\n", "path", "W", "n",
               "skinny ms", "GB/s", "of read", "bound ms", "t/bound", "sgemm ms", "GB/s", "speedup");

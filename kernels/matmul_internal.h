@@ -38,7 +38,7 @@
 #include <type_traits>
 #include <utility>
 
-#include "kernels/matmul.h"
+#include "kernels/cpu.h"
 
 namespace shardlm::matmul_internal {
 
@@ -111,7 +111,7 @@ struct TileArgs {
   // chunks ahead, so that the L1 prefetch finds its lines in L2: L1 alone keeps too few
   // misses in flight to stream W at DRAM speed while the FMAs run (matmul_bench, n = 16, two
   // chunks ahead: on a Zen 5 core BF16 −13%, the BF16 dot kernel −15%, F32 no change; on a
-  // Zen 4 core F32 −22%). At one row block Drive follows WeightPrefetch (kernels/matmul.h):
+  // Zen 4 core F32 −22%). At one row block Drive follows StreamPrefetch (kernels/cpu.h):
   // the L2 prefetch measured slower there on Zen 5, and on Zen 4 it is the one that pays.
   int64_t l2_prefetch_offset;
   int prefetch_period;
@@ -193,7 +193,7 @@ void Drive(const float* x, int64_t n, int64_t x_stride, const typename Fmt::Elem
   alignas(64) float acc[kSuperRows * kC * L];
   alignas(64) float sums[kSuperRows * kC];
   std::fill(acc, acc + SumSlots(std::min<int64_t>(n, kSuperRows), kC, kGroup) * L, 0.0f);
-  const bool far = SelectedWeightPrefetch() == WeightPrefetch::kFar;
+  const bool far = SelectedStreamPrefetch() == StreamPrefetch::kFar;
   for (int64_t o0 = 0; o0 < out; o0 += kC) {
     const int c = static_cast<int>(std::min<int64_t>(kC, out - o0));
     const typename Fmt::Elem* w_tile = w + o0 * in;

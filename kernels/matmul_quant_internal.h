@@ -98,7 +98,7 @@ void DriveQuant(const float* x, int64_t n, int64_t x_stride, const uint8_t* w, i
   const int64_t nb = in / kQuantBlock;
   const int64_t num_chunks = (nb + 15) / 16;
   const int64_t num_kb = (num_chunks + kQChunksPerBlock - 1) / kQChunksPerBlock;
-  const bool far = SelectedWeightPrefetch() == WeightPrefetch::kFar;
+  const bool far = SelectedStreamPrefetch() == StreamPrefetch::kFar;
   const int64_t w_row = WeightRowBytes(kFormat, in);
   const int64_t scale_offset = QuantBytes(kFormat, in);
   alignas(64) float acc[kSuperRows * kC * 16];
@@ -129,7 +129,7 @@ void DriveQuant(const float* x, int64_t n, int64_t x_stride, const uint8_t* w, i
         args.last_blocks = static_cast<int>(std::min<int64_t>(16, nb - last * 16));
         args.first_block = tile_zeroes && ch0 == 0;
         // Prefetches, in the streaming order of (tile, K block) pairs (the same rows, or the
-        // next tile's): the next K block into L1 and, with WeightPrefetch::kFar, the one four
+        // next tile's): the next K block into L1 and, with StreamPrefetch::kFar, the one four
         // on into L2. Without the L1 prefetch Q8_0 streamed at ~50% of the read bandwidth at
         // n = 1 on a Zen 5 core, with it 94–97%. On a Zen 4 core the L1 prefetch alone left
         // Q8_0 at 50% and Q4_0 at 41–45%, and the L2 one took them to 66–73% and 59–68%

@@ -245,11 +245,11 @@ TEST(QuantMatMul, ParallelKeepsTheBits) {
   }
 }
 
-// How far ahead W is prefetched (WeightPrefetch) changes no bit: both settings against the
+// How far ahead W is prefetched (StreamPrefetch) changes no bit: both settings against the
 // naive contract, with the prefetch targets crossing K blocks and tiles (in of 1, 2 and 3 K
 // blocks; out with a partial last tile), at one and several row blocks.
-TEST(QuantMatMul, WeightPrefetchKeepsTheBits) {
-  const WeightPrefetch selected = SelectedWeightPrefetch();
+TEST(QuantMatMul, StreamPrefetchKeepsTheBits) {
+  const StreamPrefetch selected = SelectedStreamPrefetch();
   for (DType format : {DType::kQ8_0, DType::kQ4_0}) {
     for (int64_t in : {1024, 4096, 4128}) {
       const int64_t out = 27;
@@ -260,19 +260,19 @@ TEST(QuantMatMul, WeightPrefetchKeepsTheBits) {
         std::vector<float> want(static_cast<size_t>(n * out));
         SkinnyMatMulQuantNaive(x.data(), n, in, format, w.packed.data(), out, in, nullptr,
                                want.data(), out);
-        for (WeightPrefetch prefetch : {WeightPrefetch::kNear, WeightPrefetch::kFar}) {
-          SetWeightPrefetch(prefetch);
+        for (StreamPrefetch prefetch : {StreamPrefetch::kNear, StreamPrefetch::kFar}) {
+          SetStreamPrefetch(prefetch);
           std::vector<float> got(want.size(), -7.0f);
           SkinnyMatMul(x.data(), n, in, format, w.packed.data(), out, in, nullptr, got.data(),
                        out);
           EXPECT_EQ(0, std::memcmp(got.data(), want.data(), got.size() * 4))
               << DTypeName(format) << " in " << in << " n " << n << " prefetch "
-              << WeightPrefetchName(prefetch);
+              << StreamPrefetchName(prefetch);
         }
       }
     }
   }
-  SetWeightPrefetch(selected);
+  SetStreamPrefetch(selected);
 }
 
 INSTANTIATE_TEST_SUITE_P(Kernels, QuantMatMulTest, testing::ValuesIn(AvailableCases()),

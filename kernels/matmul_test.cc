@@ -735,11 +735,11 @@ TEST_F(Bf16DotTest, ModeRoutesBf16WeightsOnly) {
   SetComputeThreads(1);
 }
 
-// How far ahead W is prefetched (WeightPrefetch) changes no bit: both settings give the same
+// How far ahead W is prefetched (StreamPrefetch) changes no bit: both settings give the same
 // y, with the prefetch targets crossing K blocks and tiles (the last one partial), at one and
 // several row blocks. (Q8_0 and Q4_0: matmul_quant_test.cc, against the naive contract.)
-TEST(SkinnyMatMulPaths, WeightPrefetchKeepsTheBits) {
-  const WeightPrefetch selected = SelectedWeightPrefetch();
+TEST(SkinnyMatMulPaths, StreamPrefetchKeepsTheBits) {
+  const StreamPrefetch selected = SelectedStreamPrefetch();
   for (DType type : {DType::kF32, DType::kBF16}) {
     for (int64_t in : {300, 1024, 1600}) {
       const int64_t out = 27;
@@ -750,9 +750,9 @@ TEST(SkinnyMatMulPaths, WeightPrefetchKeepsTheBits) {
       for (int64_t n : {1, 4, 9}) {
         const std::vector<float> x = rng.UniformVector(static_cast<size_t>(n * in), -1.0f, 1.0f);
         std::vector<float> near(static_cast<size_t>(n * out), kGuard), far = near;
-        SetWeightPrefetch(WeightPrefetch::kNear);
+        SetStreamPrefetch(StreamPrefetch::kNear);
         SkinnyMatMul(x.data(), n, in, type, w, out, in, nullptr, near.data(), out);
-        SetWeightPrefetch(WeightPrefetch::kFar);
+        SetStreamPrefetch(StreamPrefetch::kFar);
         SkinnyMatMul(x.data(), n, in, type, w, out, in, nullptr, far.data(), out);
         ASSERT_EQ(std::count(near.begin(), near.end(), kGuard), 0);
         EXPECT_EQ(0, std::memcmp(near.data(), far.data(), near.size() * 4))
@@ -760,7 +760,7 @@ TEST(SkinnyMatMulPaths, WeightPrefetchKeepsTheBits) {
       }
     }
   }
-  SetWeightPrefetch(selected);
+  SetStreamPrefetch(selected);
 }
 
 // SkinnyMatMulParallel splits the outputs over the compute pool; every thread count gives the

@@ -47,8 +47,9 @@ std::vector<FlagSpec> BenchFlags() {
        "compute threads per rank (default 1), or auto: this host's cores / its ranks"},
       {"bf16-math", true,
        "BF16 weights: exact (default) or dot (AVX512-BF16, activations rounded to bf16)"},
-      {"weight-prefetch", true,
-       "how far ahead the matmul prefetches weights: near or far (default: this CPU's choice)"},
+      {"prefetch", true,
+       "how far ahead the matmul and attention prefetch from memory: near or far (default: this "
+       "CPU's choice)"},
       {"bandwidth-gbs", true, "roofline per rank in GB/s; skips the probe"},
       {"probe-mb", true, "bandwidth probe buffer per rank, MiB (default 512)"},
       {"probe-passes", true, "bandwidth probe passes, the best counts (default 5)"},
@@ -94,12 +95,12 @@ absl::Status ParseBenchOptions(const Flags& flags, BenchOptions* o) {
   ASSIGN_OR_RETURN(o->threads, flags.Threads());
   ASSIGN_OR_RETURN(o->bf16_math, flags.Bf16MathMode());
   const std::string prefetch =
-      flags.String("weight-prefetch", WeightPrefetchName(SelectedWeightPrefetch()));
+      flags.String("prefetch", StreamPrefetchName(SelectedStreamPrefetch()));
   if (prefetch != "near" && prefetch != "far") {
     return absl::InvalidArgumentError(
-        absl::StrCat("--weight-prefetch must be near or far, got \"", prefetch, "\""));
+        absl::StrCat("--prefetch must be near or far, got \"", prefetch, "\""));
   }
-  o->weight_prefetch = prefetch == "far" ? WeightPrefetch::kFar : WeightPrefetch::kNear;
+  o->prefetch = prefetch == "far" ? StreamPrefetch::kFar : StreamPrefetch::kNear;
   ASSIGN_OR_RETURN(o->bandwidth_gbs, flags.Double("bandwidth-gbs", 0, 0, 1e6));
   ASSIGN_OR_RETURN(o->probe_mb, flags.Int("probe-mb", 512, 1, 1 << 20));
   ASSIGN_OR_RETURN(o->probe_passes, flags.Int("probe-passes", 5, 1, 1000));
