@@ -27,8 +27,8 @@ const CpuFeatures& Cpu();
 std::string CpuModelName();
 
 // How far ahead the kernels prefetch what they stream from memory: the matmul its weights
-// (kernels/matmul*), decode attention the cache rows of its next block (attention/
-// decode_core.cc). Process-wide; results do not depend on it. The figures are in
+// (kernels/matmul*), decode attention the cache rows of its next block
+// (attention/decode_core.cc). Process-wide; results do not depend on it. The figures are in
 // docs/BENCHMARKS.md ("Weights from memory on a Zen 4 core").
 enum class StreamPrefetch {
   // Into L1. The matmul: the next chunk (K block of the tile's rows), and with several row
