@@ -114,7 +114,8 @@ class FrontEnd {
   absl::Status Listen();
   // The first stop signal: stop accepting, let the step loop drain (watchdog thread).
   void RequestStop(int sig);
-  // After the step loop: stop the HTTP server, fail what is still open, join.
+  // After the step loop: fail what is still open, let the open streams write their last
+  // events, stop the HTTP server, join.
   void Shutdown();
 
   // The step loop's side: between steps (may wait for work), per token, per result.
@@ -164,6 +165,10 @@ class FrontEnd {
   std::atomic<bool> draining_{false};
   std::atomic<int64_t> next_handle_{0};
   std::atomic<int64_t> waiting_{0};  // accepted requests without a first token yet
+  // Streaming responses not yet released by the HTTP library (Shutdown waits for them).
+  std::mutex streams_mu_;
+  std::condition_variable streams_cv_;
+  int64_t open_streams_ = 0;
 
   // The step loop's own.
   std::unordered_map<int64_t, std::shared_ptr<Channel>> channels_;
@@ -239,24 +244,33 @@ void FrontEnd::RequestStop(int sig) {
 }
 
 void FrontEnd::Shutdown() {
-  server_.stop();
-  if (thread_.joinable()) {
-    // Handlers still waiting for a result would hold the pool: fail them first.
-    for (auto& [handle, channel] : channels_) {
-      std::lock_guard<std::mutex> lock(channel->mu);
-      channel->failed = true;
-      channel->cv.notify_all();
-    }
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      for (Submit& s : submits_) {
-        std::lock_guard<std::mutex> l(s.channel->mu);
-        s.channel->failed = true;
-        s.channel->cv.notify_all();
-      }
-    }
-    thread_.join();
+  if (!thread_.joinable()) return;
+  // Handlers still waiting for a result would hold the pool: fail them first (a channel
+  // with its result keeps it: the handler sends the result).
+  for (auto& [handle, channel] : channels_) {
+    std::lock_guard<std::mutex> lock(channel->mu);
+    channel->failed = true;
+    channel->cv.notify_all();
   }
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (Submit& s : submits_) {
+      std::lock_guard<std::mutex> l(s.channel->mu);
+      s.channel->failed = true;
+      s.channel->cv.notify_all();
+    }
+  }
+  // The streams write their last events (the result and [DONE], or the error) before the
+  // server stops: the library ends a chunked response at its next turn once stopped, so a
+  // stream whose request had just finished, or been cut by the drain deadline, lost its end
+  // (serve_test saw that once under ASan). Each turn waits at most 100 ms for its channel,
+  // so this takes about that; the bound only guards against a client that stopped reading.
+  {
+    std::unique_lock<std::mutex> lock(streams_mu_);
+    streams_cv_.wait_for(lock, std::chrono::seconds(5), [&] { return open_streams_ == 0; });
+  }
+  server_.stop();
+  thread_.join();
 }
 
 void FrontEnd::Cancel(int64_t handle) {
@@ -472,6 +486,10 @@ void FrontEnd::Completions(const httplib::Request& req, httplib::Response& res, 
   };
   auto state = std::make_shared<StreamState>();
   res.set_header("Cache-Control", "no-cache");
+  {
+    std::lock_guard<std::mutex> lock(streams_mu_);
+    ++open_streams_;
+  }
   res.set_chunked_content_provider(
       "text/event-stream",
       [this, request, channel, state, header, handle, decode](size_t, httplib::DataSink& sink) {
@@ -534,11 +552,13 @@ void FrontEnd::Completions(const httplib::Request& req, httplib::Response& res, 
         }
         return true;
       },
-      [this, channel, handle](bool success) {
+      [this, channel, handle](bool success) {  // the library releases the response
         if (!success) {
           std::lock_guard<std::mutex> lock(channel->mu);
           if (!channel->result.has_value() && !channel->failed) Cancel(handle);
         }
+        std::lock_guard<std::mutex> lock(streams_mu_);
+        if (--open_streams_ == 0) streams_cv_.notify_all();
       });
 }
 
