@@ -43,6 +43,7 @@
 #include <ctime>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -323,8 +324,13 @@ int main(int argc, char** argv) {
         return 2;
       }
       options.kv_dtype = *dtype;
-    } else if (arg == "--prefetch=near" || arg == "--prefetch=far") {
-      SetStreamPrefetch(arg == "--prefetch=far" ? StreamPrefetch::kFar : StreamPrefetch::kNear);
+    } else if (arg.rfind("--prefetch=", 0) == 0) {
+      const std::optional<StreamPrefetch> prefetch = ParseStreamPrefetch(arg.substr(11));
+      if (!prefetch.has_value()) {
+        std::fprintf(stderr, "attention_bench: --prefetch must be near or far\n");
+        return 2;
+      }
+      SetStreamPrefetch(*prefetch);
     } else if (arg.rfind("--page-size=", 0) == 0) {
       options.page_size = std::stoll(arg.substr(12));
       if (options.page_size < 1 || options.page_size > 4096) {

@@ -46,7 +46,7 @@ struct BenchOptions {
   uint64_t seed = 0;  // cache contents, page order and token ids
   int threads = 1;    // compute threads per rank (base/thread_pool.h)
   Bf16Math bf16_math = Bf16Math::kExact;  // how BF16 weights multiply (kernels/matmul.h)
-  StreamPrefetch prefetch = SelectedStreamPrefetch();  // (kernels/matmul.h)
+  StreamPrefetch prefetch = SelectedStreamPrefetch();  // (kernels/cpu.h)
   // The roofline.
   double bandwidth_gbs = 0.0;  // > 0: use this per-rank figure, skip the probe
   int64_t probe_mb = 512;

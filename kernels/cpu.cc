@@ -67,6 +67,12 @@ std::atomic<StreamPrefetch>& StreamPrefetchSetting() {
 const char* StreamPrefetchName(StreamPrefetch prefetch) {
   return prefetch == StreamPrefetch::kFar ? "far" : "near";
 }
+std::optional<StreamPrefetch> ParseStreamPrefetch(std::string_view name) {
+  for (const StreamPrefetch prefetch : {StreamPrefetch::kNear, StreamPrefetch::kFar}) {
+    if (name == StreamPrefetchName(prefetch)) return prefetch;
+  }
+  return std::nullopt;
+}
 void SetStreamPrefetch(StreamPrefetch prefetch) {
   StreamPrefetchSetting().store(prefetch, std::memory_order_relaxed);
 }

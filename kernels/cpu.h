@@ -5,7 +5,9 @@
 #ifndef SHARDLM_KERNELS_CPU_H_
 #define SHARDLM_KERNELS_CPU_H_
 
+#include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace shardlm {
@@ -45,6 +47,8 @@ enum class StreamPrefetch {
   kFar,
 };
 const char* StreamPrefetchName(StreamPrefetch prefetch);  // "near", "far"
+// The setting StreamPrefetchName gives `name`, or nullopt for any other text (flags).
+std::optional<StreamPrefetch> ParseStreamPrefetch(std::string_view name);
 // Selects the prefetch for every later call (benchmarks and tests compare both); set it
 // before decoding starts.
 void SetStreamPrefetch(StreamPrefetch prefetch);

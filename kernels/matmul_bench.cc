@@ -294,9 +294,8 @@ int Main(int argc, char** argv) {
     } else if (std::strcmp(argv[a], "--threads") == 0 && a + 1 < argc) {
       threads = std::max(1, std::atoi(argv[++a]));
     } else if (std::strcmp(argv[a], "--prefetch") == 0 && a + 1 < argc &&
-               (std::strcmp(argv[a + 1], "near") == 0 || std::strcmp(argv[a + 1], "far") == 0)) {
-      SetStreamPrefetch(std::strcmp(argv[++a], "far") == 0 ? StreamPrefetch::kFar
-                                                           : StreamPrefetch::kNear);
+               ParseStreamPrefetch(argv[a + 1]).has_value()) {
+      SetStreamPrefetch(*ParseStreamPrefetch(argv[++a]));
     } else {
       std::fprintf(stderr,
                    "usage: %s [--all-paths] [--hugepages] [--reps N] [--threads T] [--prefill] "

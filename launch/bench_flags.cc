@@ -96,11 +96,12 @@ absl::Status ParseBenchOptions(const Flags& flags, BenchOptions* o) {
   ASSIGN_OR_RETURN(o->bf16_math, flags.Bf16MathMode());
   const std::string prefetch =
       flags.String("prefetch", StreamPrefetchName(SelectedStreamPrefetch()));
-  if (prefetch != "near" && prefetch != "far") {
+  const std::optional<StreamPrefetch> parsed = ParseStreamPrefetch(prefetch);
+  if (!parsed.has_value()) {
     return absl::InvalidArgumentError(
         absl::StrCat("--prefetch must be near or far, got \"", prefetch, "\""));
   }
-  o->prefetch = prefetch == "far" ? StreamPrefetch::kFar : StreamPrefetch::kNear;
+  o->prefetch = *parsed;
   ASSIGN_OR_RETURN(o->bandwidth_gbs, flags.Double("bandwidth-gbs", 0, 0, 1e6));
   ASSIGN_OR_RETURN(o->probe_mb, flags.Int("probe-mb", 512, 1, 1 << 20));
   ASSIGN_OR_RETURN(o->probe_passes, flags.Int("probe-passes", 5, 1, 1000));
