@@ -35,6 +35,7 @@
 #include <algorithm>
 #include <array>
 #include <cstdint>
+#include <cstring>
 #include <type_traits>
 #include <utility>
 
@@ -141,6 +142,27 @@ struct TileTable {
 // only a call larger than every earlier one on this thread allocates. (matmul.cc)
 float* Scratch(int64_t floats);
 
+// The lane sums of a tile column (`rows` x rows × c ≤ kC weight rows, row stride kC in `sums`)
+// into y (row stride y_stride), plus bias (c values, or nullptr). A full column without bias
+// is one fixed-size copy per row (a vector move for kC = 4): the element loop compiled to a
+// variable-length memcpy per row, which took 3–4% of a 512-row Q8_0 matmul and 6–7% after
+// the tile's own costs were cut.
+template <int kC>
+inline void StoreSums(const float* sums, int rows, int c, const float* bias, float* y,
+                      int64_t y_stride) {
+  for (int ir = 0; ir < rows; ++ir) {
+    float* y_row = y + ir * y_stride;
+    if (bias == nullptr && c == kC) {
+      std::memcpy(y_row, sums + ir * kC, sizeof(float) * kC);
+      continue;
+    }
+    for (int ic = 0; ic < c; ++ic) {
+      const float sum = sums[ir * kC + ic];
+      y_row[ic] = bias != nullptr ? sum + bias[ic] : sum;
+    }
+  }
+}
+
 // The loop nest above for one kernel, weight format and register tile shape. Arguments as
 // SkinnyMatMul, already validated; n, out, in > 0.
 template <class Kernel, class Fmt, int kR, int kC>
@@ -239,13 +261,8 @@ void Drive(const float* x, int64_t n, int64_t x_stride, const typename Fmt::Elem
         }
       }
       Kernel::ReduceSums(acc, slots, sums);
-      for (int ir = 0; ir < rows; ++ir) {
-        float* y_row = y + (i0 + ir) * y_stride + o0;
-        for (int ic = 0; ic < c; ++ic) {
-          const float sum = sums[ir * kC + ic];
-          y_row[ic] = bias != nullptr ? sum + bias[o0 + ic] : sum;
-        }
-      }
+      StoreSums<kC>(sums, rows, c, bias != nullptr ? bias + o0 : nullptr,
+                    y + i0 * y_stride + o0, y_stride);
     }
   }
 }

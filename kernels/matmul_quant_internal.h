@@ -151,13 +151,8 @@ void DriveQuant(const float* x, int64_t n, int64_t x_stride, const uint8_t* w, i
         }
       }
       Kernel::ReduceSums(acc, slots, sums);
-      for (int ir = 0; ir < rows; ++ir) {
-        float* y_row = y + (i0 + ir) * y_stride + o0;
-        for (int ic = 0; ic < c; ++ic) {
-          const float sum = sums[ir * kC + ic];
-          y_row[ic] = bias != nullptr ? sum + bias[o0 + ic] : sum;
-        }
-      }
+      StoreSums<kC>(sums, rows, c, bias != nullptr ? bias + o0 : nullptr,
+                    y + i0 * y_stride + o0, y_stride);
     }
   }
 }

@@ -5,7 +5,8 @@
 // Unsigned × signed bytes: vpdpbusd (and vpmaddubsw) multiply an unsigned byte by a signed one.
 //  * AVX-512 VNNI (both formats) and the AVX2 paths' Q4_0: the stored weight is the unsigned
 //    side, x the signed one: the Q4_0 nibble q (0…15), the Q8_0 byte q + 128 (kernels/quant.h).
-//    The bias, 8·Σx or 128·Σx, comes off each block's sum afterwards: it is the x
+//    The bias, 8·Σx or 128·Σx, comes off each block's sum (AVX-512: its int32 sums start at
+//    minus it; AVX2: subtracted afterwards): it is the x
 //    quantization's aux value, made once per x row, so it costs nothing per weight. (The
 //    AVX-512 Q8_0 kernel used to store x + 128 and take off 128·Σw instead: one more vpdpbusd
 //    per weight vector, which at n = 1 doubled its vpdpbusd count.)
@@ -83,12 +84,23 @@ SHARDLM_TARGET_Q512 void QuantizeXRowAvx512(const float* x, int64_t in, DType fo
 
 namespace {
 
-// The lines at p + l1 into L1 and p + l2 into L2, each when its offset is not 0. The empty
-// volatile asm keeps GCC from deducing that a function made only of prefetches is `const` and
-// deleting its calls (see PrefetchTurn in matmul_x86.cc).
+// Whether a tile prefetches weights at all, fixed per call, so that a tile which does not
+// (at n = 512, 7 of a 4 × 4 tile's 8 row blocks) carries no test per line: those tests were
+// about 130 of the ~880 instructions per chunk of a 4 × 4 Q8_0 tile. A tile that prefetches
+// keeps the per-line tests of its two offsets. (Making those compile-time too, one variant per
+// offset pair, let the one-row Q4_0 tile issue its loads and prefetches more densely and
+// made it 15–25% slower from memory at in = 1024 on a Zen 4 core, for reasons not found.)
+enum PrefetchPlan { kPrefetchNone, kPrefetchByArgs };
+
+// The lines at p + l1 into L1 and p + l2 into L2, each when its offset is not 0 (kPlan =
+// kPrefetchByArgs). The empty volatile asm keeps GCC from deducing that a function made only
+// of prefetches is `const` and deleting its calls (see PrefetchTurn in matmul_x86.cc).
+template <PrefetchPlan kPlan>
 inline void PrefetchLine(const uint8_t* p, int64_t l1, int64_t l2) {
-  if (l1 != 0) _mm_prefetch(reinterpret_cast<const char*>(p + l1), _MM_HINT_T0);
-  if (l2 != 0) _mm_prefetch(reinterpret_cast<const char*>(p + l2), _MM_HINT_T1);
+  if constexpr (kPlan == kPrefetchByArgs) {
+    if (l1 != 0) _mm_prefetch(reinterpret_cast<const char*>(p + l1), _MM_HINT_T0);
+    if (l2 != 0) _mm_prefetch(reinterpret_cast<const char*>(p + l2), _MM_HINT_T1);
+  }
   asm volatile("");
 }
 
@@ -105,6 +117,15 @@ struct QuantAvx512Vnni {
 
   template <DType kFormat, int kR, int kC, int kCStride>
   SHARDLM_TARGET_Q512 static void Tile(const QTileArgs& t) {
+    if (t.prefetch_offset == 0 && t.l2_prefetch_offset == 0) {
+      PlannedTile<kFormat, kR, kC, kCStride, kPrefetchNone>(t);
+    } else {
+      PlannedTile<kFormat, kR, kC, kCStride, kPrefetchByArgs>(t);
+    }
+  }
+
+  template <DType kFormat, int kR, int kC, int kCStride, PrefetchPlan kPlan>
+  SHARDLM_TARGET_Q512 static void PlannedTile(const QTileArgs& t) {
     // The f32 partial sums stay in registers over the K block when they fit beside the
     // R·C int32 sums; else each chunk reads and writes them in `acc`.
     __m512 a[kR][kC];
@@ -121,9 +142,9 @@ struct QuantAvx512Vnni {
     for (int ch = 0; ch < t.chunks; ++ch) {
       const int64_t m = ch == t.chunks - 1 ? t.last_blocks : 16;
       if (m == 16) {
-        Chunk<kFormat, kR, kC, kCStride, true>(t, ch, 16, a);
+        Chunk<kFormat, kR, kC, kCStride, true, kPlan>(t, ch, 16, a);
       } else {
-        Chunk<kFormat, kR, kC, kCStride, false>(t, ch, m, a);
+        Chunk<kFormat, kR, kC, kCStride, false, kPlan>(t, ch, m, a);
       }
     }
     if constexpr (kAccInRegisters<kR, kC>) {
@@ -138,7 +159,7 @@ struct QuantAvx512Vnni {
   static constexpr bool kAccInRegisters = kR * kC <= 12;
 
   // One chunk of m blocks; kFull (m = 16) uses plain loads, the row's last chunk masked ones.
-  template <DType kFormat, int kR, int kC, int kCStride, bool kFull>
+  template <DType kFormat, int kR, int kC, int kCStride, bool kFull, PrefetchPlan kPlan>
   __attribute__((always_inline)) SHARDLM_TARGET_Q512 static inline void Chunk(
       const QTileArgs& t, int ch, int64_t m, __m512 (&a)[kR][kC]) {
     const int64_t ws = t.w_stride, xs = t.x_stride, pf = t.prefetch_offset,
@@ -155,8 +176,7 @@ struct QuantAvx512Vnni {
       };
       const uint8_t* wq = t.w + WChunkOffset(kFormat, t.chunk0 + ch);
       const uint8_t* xc = t.x + ch * kQxChunkBytes;
-      const bool prefetch = pf != 0;
-      if (prefetch && ch == 0) {
+      if (kPlan != kPrefetchNone && pf != 0 && ch == 0) {
         // The next K block's scales of the same rows (2 lines; a prefetch past the buffer is
         // harmless).
 #pragma GCC unroll 8
@@ -166,11 +186,32 @@ struct QuantAvx512Vnni {
           _mm_prefetch(reinterpret_cast<const char*>(next + 64), _MM_HINT_T0);
         }
       }
+      // One pointer per weight row and x row, opaque to the compiler: else GCC precomputes
+      // an address for every (row, vector) pair of the unrolled chunk, which do not fit the
+      // general registers, and reloads them from spill slots before each load (at n = 512
+      // that was a third of the 4 × 4 Q8_0 tile's instructions).
+      const uint8_t* wr[kC];
+      const uint8_t* xr[kR];
+#pragma GCC unroll 8
+      for (int c = 0; c < kC; ++c) {
+        wr[c] = wq + c * ws;
+        asm("" : "+r"(wr[c]));
+      }
+#pragma GCC unroll 8
+      for (int r = 0; r < kR; ++r) {
+        xr[r] = xc + r * xs;
+        asm("" : "+r"(xr[r]));
+      }
+      // Each block's int32 sum starts at −aux (the x row's bias term), so the exact sum that
+      // comes out is the block's dot product less the bias: one negation per x row and chunk
+      // instead of one subtraction per (x row, weight row) pair (the same integers).
       __m512i s[kR][kC];
 #pragma GCC unroll 8
       for (int r = 0; r < kR; ++r) {
+        const __m512i neg_aux = _mm512_sub_epi32(
+            _mm512_setzero_si512(), _mm512_load_si512(xr[r] + 576));
 #pragma GCC unroll 8
-        for (int c = 0; c < kC; ++c) s[r][c] = _mm512_setzero_si512();
+        for (int c = 0; c < kC; ++c) s[r][c] = neg_aux;
       }
       if constexpr (kFormat == DType::kQ8_0) {
 #pragma GCC unroll 8
@@ -178,13 +219,13 @@ struct QuantAvx512Vnni {
           __m512i wv[kC];
 #pragma GCC unroll 8
           for (int c = 0; c < kC; ++c) {
-            PrefetchLine(wq + c * ws + v * 64, pf, pf2);
-            wv[c] = load(wq + c * ws + v * vs);
+            PrefetchLine<kPlan>(wr[c] + v * 64, pf, pf2);
+            wv[c] = load(wr[c] + v * vs);
             asm("" : "+v"(wv[c]));
           }
 #pragma GCC unroll 8
           for (int r = 0; r < kR; ++r) {
-            __m512i xv = _mm512_load_si512(xc + r * xs + v * 64);
+            __m512i xv = _mm512_load_si512(xr[r] + v * 64);
             asm("" : "+v"(xv));
 #pragma GCC unroll 8
             for (int c = 0; c < kC; ++c) s[r][c] = _mm512_dpbusd_epi32(s[r][c], wv[c], xv);
@@ -199,14 +240,14 @@ struct QuantAvx512Vnni {
             __m512i wv[kC];
 #pragma GCC unroll 8
             for (int c = 0; c < kC; ++c) {
-              if (half == 0) PrefetchLine(wq + c * ws + g * 64, pf, pf2);
-              const __m512i raw = load(wq + c * ws + g * vs);
+              if (half == 0) PrefetchLine<kPlan>(wr[c] + g * 64, pf, pf2);
+              const __m512i raw = load(wr[c] + g * vs);
               wv[c] = _mm512_and_si512(half == 0 ? raw : _mm512_srli_epi16(raw, 4), low);
               asm("" : "+v"(wv[c]));
             }
 #pragma GCC unroll 8
             for (int r = 0; r < kR; ++r) {
-              __m512i xv = _mm512_load_si512(xc + r * xs + (2 * g + half) * 64);
+              __m512i xv = _mm512_load_si512(xr[r] + (2 * g + half) * 64);
               asm("" : "+v"(xv));
 #pragma GCC unroll 8
               for (int c = 0; c < kC; ++c) s[r][c] = _mm512_dpbusd_epi32(s[r][c], wv[c], xv);
@@ -215,22 +256,23 @@ struct QuantAvx512Vnni {
         }
       }
       // Fold the chunk's block sums into the f32 lanes: one FMA per block.
+      const uint8_t* scale_row = t.w + t.scale_offset + 32 * (t.chunk0 + ch);
+      const bool zero_sums = t.first_block && ch == 0;
+      float* const acc_base = t.acc;
       const auto sm = static_cast<__mmask16>(kFull ? 0xffffu : (1u << m) - 1);
 #pragma GCC unroll 8
       for (int c = 0; c < kC; ++c) {
-        const uint8_t* scales = t.w + c * ws + t.scale_offset + 32 * (t.chunk0 + ch);
+        const uint8_t* scales = scale_row + c * ws;
         const __m512 dw = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(sm, scales));
 #pragma GCC unroll 8
         for (int r = 0; r < kR; ++r) {
-          const __m512 dx = _mm512_load_ps(reinterpret_cast<const float*>(xc + r * xs + 512));
-          const __m512i off = _mm512_load_si512(xc + r * xs + 576);
-          const __m512 f = _mm512_cvtepi32_ps(_mm512_sub_epi32(s[r][c], off));
+          const __m512 dx = _mm512_load_ps(reinterpret_cast<const float*>(xr[r] + 512));
+          const __m512 f = _mm512_cvtepi32_ps(s[r][c]);
           if constexpr (kAccInRegisters<kR, kC>) {
             a[r][c] = _mm512_fmadd_ps(f, _mm512_mul_ps(dw, dx), a[r][c]);
           } else {
-            float* acc = t.acc + (r * kCStride + c) * 16;
-            const __m512 sum =
-                t.first_block && ch == 0 ? _mm512_setzero_ps() : _mm512_load_ps(acc);
+            float* acc = acc_base + (r * kCStride + c) * 16;
+            const __m512 sum = zero_sums ? _mm512_setzero_ps() : _mm512_load_ps(acc);
             _mm512_store_ps(acc, _mm512_fmadd_ps(f, _mm512_mul_ps(dw, dx), sum));
           }
         }
