@@ -5,11 +5,11 @@
 // Unsigned × signed bytes: vpdpbusd (and vpmaddubsw) multiply an unsigned byte by a signed one.
 //  * AVX-512 VNNI (both formats) and the AVX2 paths' Q4_0: the stored weight is the unsigned
 //    side, x the signed one: the Q4_0 nibble q (0…15), the Q8_0 byte q + 128 (kernels/quant.h).
-//    The bias, 8·Σx or 128·Σx, comes off each block's sum (AVX-512: its int32 sums start at
-//    minus it; AVX2: subtracted afterwards): it is the x
-//    quantization's aux value, made once per x row, so it costs nothing per weight. (The
-//    AVX-512 Q8_0 kernel used to store x + 128 and take off 128·Σw instead: one more vpdpbusd
-//    per weight vector, which at n = 1 doubled its vpdpbusd count.)
+//    The bias, 8·Σx or 128·Σx, comes off each block's sum (AVX-512: the int32 sums start at
+//    minus it; AVX2: subtracted afterwards). It is the x quantization's aux value, made once
+//    per x row, so it costs nothing per weight. (The AVX-512 Q8_0 kernel used to store x + 128
+//    and take off 128·Σw instead: one more vpdpbusd per weight vector, which at n = 1 doubled
+//    its vpdpbusd count.)
 //  * The AVX2 paths' Q8_0: vpmaddubsw's pairs of (q + 128)·x (up to 2·255·127) would saturate,
 //    so the weight is unbiased to q first (one XOR); |q| is the unsigned side and x takes q's
 //    sign (vpsignb): q = −128 gives 128, right as an unsigned byte, and x stays in [−127, 127],
