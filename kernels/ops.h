@@ -68,8 +68,16 @@ void RmsNormNaive(const float* x, int64_t n, int64_t dim, int64_t stride, const 
 
 // gate[i] = silu(gate[i]) · up[i] for `count` values, split over the compute pool when
 // there are enough (same bits).
+// silu(g) = g / (1 + exp(−g)) with exp as SiluExp below, in f32.
 void SiluMul(float* gate, const float* up, int64_t count);
-void SiluMulNaive(float* gate, const float* up, int64_t count);
+void SiluMulNaive(float* gate, const float* up, int64_t count);  // in double, with std::exp
+
+// SiluMul's parts, for tests: its f32 exp (about 1 ulp from std::exp; ±inf and NaN as exp
+// gives them), and its two paths, which give the same bits. SiluMulAvx512 only when
+// Cpu().avx512.
+float SiluExp(float x);
+void SiluMulPortable(float* gate, const float* up, int64_t count);
+void SiluMulAvx512(float* gate, const float* up, int64_t count);
 
 }  // namespace shardlm
 

@@ -2,11 +2,14 @@
 
 #include <algorithm>
 #include <cmath>
+#include <iterator>
 #include <limits>
+#include <vector>
 
 #include "base/half.h"
 #include "base/rng.h"
 #include "base/thread_pool.h"
+#include "kernels/cpu.h"
 #include "gtest/gtest.h"
 
 namespace shardlm {
@@ -149,6 +152,84 @@ TEST(OpsTest, RmsNormAndSiluMatchNaive) {
       SiluMul(g.data(), u.data(), dim);
       SiluMulNaive(g_ref.data(), u.data(), dim);
       for (int64_t k = 0; k < dim; ++k) EXPECT_NEAR(g[k], g_ref[k], 8 * kEps * (1 + std::fabs(g_ref[k])));
+    }
+  }
+}
+
+// SiluExp against exp in double: within 2 ulp of the rounded exp wherever that is a normal
+// float, within one subnormal step where it underflows, and ±inf and NaN as exp gives them.
+TEST(OpsTest, SiluExpIsWithinTwoUlpOfExp) {
+  const float denorm = std::numeric_limits<float>::denorm_min();
+  int checked = 0;
+  for (float x = -104.0f; x <= 89.0f; x += 0.0137f) {
+    const float want = static_cast<float>(std::exp(static_cast<double>(x)));
+    const float got = SiluExp(x);
+    if (std::isinf(want)) {
+      ASSERT_TRUE(std::isinf(got) && got > 0) << x;
+    } else if (want < std::numeric_limits<float>::min()) {
+      ASSERT_NEAR(got, want, denorm) << x;
+    } else {
+      const float ulp = std::nextafter(want, INFINITY) - want;
+      ASSERT_NEAR(got, want, 2 * ulp) << x;
+    }
+    ++checked;
+  }
+  EXPECT_GT(checked, 14000);
+  // Round numbers, the ends of the clamp and beyond.
+  for (float x : {0.0f, -0.0f, 1.0f, -1.0f, 0.5f, 10.0f, -10.0f, 88.0f, 88.7f, -87.0f, -103.0f}) {
+    const float want = static_cast<float>(std::exp(static_cast<double>(x)));
+    EXPECT_NEAR(SiluExp(x), want, 2 * (std::nextafter(want, INFINITY) - want) + denorm) << x;
+  }
+  EXPECT_EQ(SiluExp(0.0f), 1.0f);
+  EXPECT_EQ(SiluExp(INFINITY), INFINITY);
+  EXPECT_EQ(SiluExp(200.0f), INFINITY);
+  EXPECT_EQ(SiluExp(-INFINITY), 0.0f);
+  EXPECT_EQ(SiluExp(-200.0f), 0.0f);
+  EXPECT_TRUE(std::isnan(SiluExp(NAN)));
+}
+
+// Values for the SiLU tests: ordinary ones, large ones (exp over- and underflows) and the
+// non-finite ones.
+std::vector<float> SiluInputs(Rng& rng, int64_t count) {
+  std::vector<float> g = rng.UniformVector(static_cast<size_t>(count), -12, 12);
+  const float special[] = {0.0f, -0.0f, 95.0f, -95.0f, 150.0f, -150.0f, 1e30f, -1e30f,
+                           INFINITY, -INFINITY, NAN, 1e-40f, -1e-40f};
+  for (size_t i = 0; i < g.size(); i += 7) g[i] = special[(i / 7) % std::size(special)];
+  return g;
+}
+
+// The AVX-512 path gives the portable path's bits at every length (its masked tail included),
+// and both follow SiluMulNaive.
+TEST(OpsTest, SiluMulPathsGiveTheSameBitsAndFollowNaive) {
+  for (int64_t count : {0, 1, 5, 15, 16, 17, 31, 33, 64, 100, 1000}) {
+    Rng rng(300 + count);
+    const std::vector<float> g = SiluInputs(rng, count);
+    const std::vector<float> u = rng.UniformVector(static_cast<size_t>(count), -2, 2);
+    std::vector<float> portable = g, ref = g;
+    portable.push_back(kGuard);
+    SiluMulPortable(portable.data(), u.data(), count);
+    SiluMulNaive(ref.data(), u.data(), count);
+    for (int64_t i = 0; i < count; ++i) {
+      const float want = ref[i], got = portable[i];
+      if (std::isnan(want)) {
+        EXPECT_TRUE(std::isnan(got)) << g[i];
+      } else if (std::isinf(want)) {
+        EXPECT_EQ(got, want) << g[i] << " · " << u[i];
+      } else {
+        EXPECT_NEAR(got, want, 8 * kEps * (1 + std::fabs(want))) << g[i] << " · " << u[i];
+      }
+    }
+    EXPECT_EQ(portable[count], kGuard);
+    if (!Cpu().avx512) continue;  // only the portable path exists on this CPU
+    std::vector<float> fast = g;
+    fast.push_back(kGuard);
+    SiluMulAvx512(fast.data(), u.data(), count);
+    for (int64_t i = 0; i <= count; ++i) {
+      if (std::isnan(portable[i])) {
+        EXPECT_TRUE(std::isnan(fast[i])) << i;
+      } else {
+        EXPECT_EQ(fast[i], portable[i]) << "element " << i << " of " << count << ": " << g[i];
+      }
     }
   }
 }
