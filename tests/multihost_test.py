@@ -122,17 +122,48 @@ class TwoHosts:
         sh("ip", "-n", self.ns[host], "link", "set", self.veth[host], state)
 
     def restore_link(self):
-        """Host A's link up again, returning once both ends carry (the next job's daemon on host
-        B must reach mpirun at once, or the launch fails)."""
+        """Host A's link up again, returning once both ends carry and a TCP connection from
+        host B to host A goes through (the next job's daemon on host B must reach mpirun at
+        once, or the launch fails: a link that was only "UP" failed the next test once in a
+        few runs with "ORTE was unable to reliably start one or more daemons")."""
         self.link("host-a", "up")
         deadline = time.time() + 10
         while time.time() < deadline:
             states = [sh("ip", "-n", self.ns[h], "-o", "link", "show", "dev", self.veth[h]).stdout
                       for h in ("host-a", "host-b")]
             if all("LOWER_UP" in s and "state UP" in s for s in states):
+                break
+            time.sleep(0.1)
+        else:
+            raise RuntimeError(f"the veth pair did not come back up: {states}")
+        while time.time() < deadline:
+            if self.b_reaches_a():
                 return
             time.sleep(0.1)
-        raise RuntimeError(f"the veth pair did not come back up: {states}")
+        raise RuntimeError("host B cannot connect to host A after the link came back up")
+
+    def b_reaches_a(self):
+        """Whether a TCP connection from host B's namespace to a listener in host A's goes
+        through within a second."""
+        listen = ("import socket, sys\n"
+                  "s = socket.socket(); s.bind((sys.argv[1], 0)); s.listen(1)\n"
+                  "print(s.getsockname()[1], flush=True); s.settimeout(3)\n"
+                  "try:\n    s.accept()\nexcept OSError:\n    pass\n")
+        connect = ("import socket, sys\n"
+                   "socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=1)\n")
+        server = subprocess.Popen(["ip", "netns", "exec", self.ns["host-a"], sys.executable,
+                                   "-c", listen, self.ip["host-a"]],
+                                  stdout=subprocess.PIPE, text=True)
+        try:
+            port = server.stdout.readline().strip()
+            if not port:
+                return False
+            r = sh("ip", "netns", "exec", self.ns["host-b"], sys.executable, "-c", connect,
+                   self.ip["host-a"], port, check=False)
+            return r.returncode == 0
+        finally:
+            server.kill()
+            server.wait()
 
     def host_dir(self, host):
         return os.path.join(self.work, "hosts", host)
