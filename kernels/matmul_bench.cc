@@ -16,8 +16,9 @@
 // puts them in transparent huge pages (madvise), which removes a TLB miss and a stop of the
 // hardware prefetcher every 4 KiB of every weight row.
 //
-// --prefill instead times large n (128…1024) on model-sized F32 shapes against cblas_sgemm,
-// in GFLOP/s (prefill and scoring run whole prompts through the same kernel).
+// --prefill instead times large n (128…1024) on model-sized shapes in GFLOP/s (prefill and
+// scoring run whole prompts through the same kernel): F32 W against cblas_sgemm and the FMA
+// peak, Q8_0 and Q4_0 W against the vpdpbusd peak (--formats picks among the three).
 //
 // --formats F32,Q4_0 times only those weight formats (the first one is the ratio base).
 // --prefetch near|far overrides the CPU's choice of how far ahead W is prefetched
@@ -209,8 +210,10 @@ struct Weights {
 double Bytes(DType type) { return static_cast<double>(kOut * WeightRowBytes(type, kIn)); }
 double GBps(double bytes, double ms) { return bytes / (ms * 1e-3) / 1e9; }
 
-// Prefill: large n on model shapes, F32 W, against cblas_sgemm, in GFLOP/s (2 flops per MAC).
-int Prefill(int reps, int threads) {
+// Prefill: large n on model shapes, in GFLOP/s (2 flops per MAC): F32 W against cblas_sgemm
+// and the FMA peak, Q8_0 / Q4_0 W (the same values, quantized) against the vpdpbusd peak
+// (64 byte products per instruction, 128 flops).
+int Prefill(int reps, int threads, const std::vector<DType>& types) {
   struct Shape {
     int64_t out, in;
   };
@@ -222,56 +225,95 @@ int Prefill(int reps, int threads) {
   const std::vector<float> x = rng.UniformVector(static_cast<size_t>(kMaxPrefillN * kMaxDim), -1, 1);
   std::vector<float> y(static_cast<size_t>(kMaxPrefillN * kMaxDim));
   SkinnyMatMulReserve(kMaxPrefillN, kMaxDim);
+  // Packed rows of w viewed as each shape, per quantized format.
+  std::vector<std::vector<uint8_t>> packed(std::size(shapes) * types.size());
+  for (size_t si = 0; si < std::size(shapes); ++si) {
+    for (size_t ti = 0; ti < types.size(); ++ti) {
+      if (!IsBlockQuantized(types[ti])) continue;
+      const int64_t out = shapes[si].out, in = shapes[si].in;
+      const int64_t row = WeightRowBytes(types[ti], in);
+      std::vector<uint8_t>& dst = packed[si * types.size() + ti];
+      dst.resize(static_cast<size_t>(out * row));
+      std::vector<uint8_t> quants(static_cast<size_t>(in));
+      std::vector<uint16_t> scales(static_cast<size_t>(in / kQuantBlock));
+      for (int64_t o = 0; o < out; ++o) {
+        QuantizeRow(types[ti], w.data() + o * in, in, quants.data(), scales.data());
+        PackQuantRow(types[ti], quants.data(), scales.data(), in, dst.data() + o * row);
+      }
+    }
+  }
   struct Series {
-    Shape shape;
+    size_t shape;
+    size_t type;  // index into types
     int64_t n;
     bool blas;
     std::vector<double> ms;
   };
   std::vector<Series> series;
-  for (const Shape& s : shapes) {
+  for (size_t si = 0; si < std::size(shapes); ++si) {
     for (int64_t n : ns) {
-      series.push_back({s, n, false, {}});
-      series.push_back({s, n, true, {}});
+      for (size_t ti = 0; ti < types.size(); ++ti) {
+        series.push_back({si, ti, n, false, {}});
+        if (types[ti] == DType::kF32) series.push_back({si, ti, n, true, {}});
+      }
     }
   }
   auto run = [&](const Series& s) {
-    const int64_t out = s.shape.out, in = s.shape.in;
+    const int64_t out = shapes[s.shape].out, in = shapes[s.shape].in;
+    const DType type = types[s.type];
     if (s.blas) {
       cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(s.n),
                   static_cast<int>(out), static_cast<int>(in), 1.0f, x.data(),
                   static_cast<int>(in), w.data(), static_cast<int>(in), 0.0f, y.data(),
                   static_cast<int>(out));
-    } else {
+    } else if (type == DType::kF32) {
       SkinnyMatMulParallel(x.data(), s.n, in, DType::kF32, w.data(), out, in, nullptr,
                            y.data(), out);
+    } else {
+      SkinnyMatMulParallel(x.data(), s.n, in, type, packed[s.shape * types.size() + s.type].data(),
+                           out, in, nullptr, y.data(), out);
     }
   };
-  volatile float sink = 0;
-  std::vector<double> fma_ms;
+  std::vector<double> fma_ms, dot_ms;
   for (Series& s : series) run(s);  // warm-up
   for (int r = 0; r < reps; ++r) {
     if (HaveFmaProbe()) fma_ms.push_back(TimeMs([&] { ParallelFor(ComputeThreads(), 1, [](int64_t, int64_t) { FmaProbe(); }); }));
+    if (HaveDotProbe()) dot_ms.push_back(TimeMs([&] { ParallelFor(ComputeThreads(), 1, [](int64_t, int64_t) { DotProbe(); }); }));
     for (Series& s : series) s.ms.push_back(TimeMs([&] { run(s); }));
   }
-  (void)sink;
-  const double peak_gflops =
+  const double fma_gflops =
       fma_ms.empty() ? 0 : kFmaProbeCount * 16 * 2 * threads / (Median(fma_ms) * 1e6);
-  std::printf("prefill: F32 W, %d thread(s), path %s, OpenBLAS %s; medians of %d rounds\n",
-              threads, MatMulIsaName(), OPENBLAS_VERSION, reps);
-  std::printf("peak FMA rate (register-only chains): %.1f GFLOP/s\n\n", peak_gflops);
-  std::printf("%-11s %5s | %10s %8s | %10s %8s | %12s %9s\n", "out x in", "n", "skinny ms",
-              "GFLOP/s", "sgemm ms", "GFLOP/s", "skinny/sgemm", "of peak");
-  for (size_t i = 0; i < series.size(); i += 2) {
+  const double dot_gflops =
+      dot_ms.empty() ? 0 : kFmaProbeCount * 64 * 2 * threads / (Median(dot_ms) * 1e6);
+  std::printf("prefill: %d thread(s), path %s, quantized kernel %s, OpenBLAS %s; cpu: %s; "
+              "medians of %d rounds\n",
+              threads, MatMulIsaName(), QuantKernelName(QuantKernelFor(SelectedMatMulIsa())),
+              OPENBLAS_VERSION, CpuModelName().c_str(), reps);
+  std::printf("peak FMA rate (register-only chains): %.1f GFLOP/s; peak vpdpbusd rate: %.1f "
+              "GFLOP/s (64 byte products each)\n\n",
+              fma_gflops, dot_gflops);
+  std::printf("%-11s %-5s %5s | %10s %8s | %10s %8s | %12s %9s\n", "out x in", "W", "n",
+              "skinny ms", "GFLOP/s", "sgemm ms", "GFLOP/s", "skinny/sgemm", "of peak");
+  for (size_t i = 0; i < series.size(); ++i) {
     const Series& sk = series[i];
-    const Series& bl = series[i + 1];
-    const double flops = 2.0 * sk.n * sk.shape.out * sk.shape.in;
-    const double sk_ms = Median(sk.ms), bl_ms = Median(bl.ms);
-    const double sk_gf = flops / (sk_ms * 1e6), bl_gf = flops / (bl_ms * 1e6);
-    const std::string shape = std::to_string(sk.shape.out) + "x" + std::to_string(sk.shape.in);
-    std::printf("%-11s %5lld | %10.2f %8.1f | %10.2f %8.1f | %11.0f%% %8.0f%%\n", shape.c_str(),
-                static_cast<long long>(sk.n), sk_ms, sk_gf, bl_ms, bl_gf, 100 * sk_gf / bl_gf,
-                peak_gflops > 0 ? 100 * sk_gf / peak_gflops : 0.0);
+    const Series* bl = i + 1 < series.size() && series[i + 1].blas ? &series[i + 1] : nullptr;
+    const Shape& shape = shapes[sk.shape];
+    const DType type = types[sk.type];
+    const double flops = 2.0 * sk.n * shape.out * shape.in;
+    const double sk_ms = Median(sk.ms), sk_gf = flops / (sk_ms * 1e6);
+    const double peak = type == DType::kF32 ? fma_gflops : dot_gflops;
+    const std::string name = std::to_string(shape.out) + "x" + std::to_string(shape.in);
+    if (bl != nullptr) {
+      const double bl_ms = Median(bl->ms), bl_gf = flops / (bl_ms * 1e6);
+      std::printf("%-11s %-5s %5lld | %10.2f %8.1f | %10.2f %8.1f | %11.0f%% %8.0f%%\n",
+                  name.c_str(), DTypeName(type), static_cast<long long>(sk.n), sk_ms, sk_gf,
+                  bl_ms, bl_gf, 100 * sk_gf / bl_gf, peak > 0 ? 100 * sk_gf / peak : 0.0);
+      ++i;
+    } else {
+      std::printf("%-11s %-5s %5lld | %10.2f %8.1f | %10s %8s | %12s %8.0f%%\n", name.c_str(),
+                  DTypeName(type), static_cast<long long>(sk.n), sk_ms, sk_gf, "", "", "",
+                  peak > 0 ? 100 * sk_gf / peak : 0.0);
+    }
   }
   return 0;
 }
@@ -310,7 +352,21 @@ int Main(int argc, char** argv) {
   }
   SetComputeThreads(threads);
   openblas_set_num_threads(threads);
-  if (prefill) return Prefill(reps, threads);
+  if (prefill) {
+    // F32 (against sgemm) and the quantized formats, or those of --formats among them.
+    std::vector<DType> types;
+    for (const auto& [name, type] : {std::pair<const char*, DType>{"F32", DType::kF32},
+                                     {"Q8_0", DType::kQ8_0}, {"Q4_0", DType::kQ4_0}}) {
+      bool chosen = only.empty();
+      for (absl::string_view o : absl::StrSplit(only, ',')) chosen = chosen || o == name;
+      if (chosen) types.push_back(type);
+    }
+    if (types.empty()) {
+      std::fprintf(stderr, "--prefill times F32, Q8_0 and Q4_0: --formats names none of them\n");
+      return 2;
+    }
+    return Prefill(reps, threads, types);
+  }
 
   const Weights weights(huge);
   Rng rng(7);
