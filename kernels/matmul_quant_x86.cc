@@ -89,7 +89,7 @@ namespace {
 // about 130 of the ~880 instructions per chunk of a 4 × 4 Q8_0 tile. A tile that prefetches
 // keeps the per-line tests of its two offsets. (Making those compile-time too, one variant per
 // offset pair, let the one-row Q4_0 tile issue its loads and prefetches more densely and
-// made it 15–25% slower from memory at in = 1024 on a Zen 4 core, for reasons not found.)
+// made it 15–30% slower from memory at in = 1024 on a Zen 4 core, for reasons not found.)
 enum PrefetchPlan { kPrefetchNone, kPrefetchByArgs };
 
 // The lines at p + l1 into L1 and p + l2 into L2, each when its offset is not 0 (kPlan =
