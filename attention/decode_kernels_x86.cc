@@ -336,6 +336,21 @@ SHARDLM_TARGET_AVX512 void ExpAvx512(const float* x, int64_t n, float* y) {
 // exact, Exp16 works lane by lane, each block sum is ReduceAdd's tree, and the running sum is
 // a product then a sum (kept apart: no fused multiply-add). At V = 2 a head's two vectors
 // are added lane by lane before that tree.
+// Element h of the result: the tree maximum (kMax) or sum of v[h]'s 16 lanes, for C = 4 or 16
+// heads (base/avx512_reduce.h).
+template <bool kMax, int C>
+SHARDLM_TARGET_AVX512 inline __m512 ReduceHeads(const __m512 (&v)[C]) {
+  if constexpr (C == 16 && kMax) {
+    return ReduceMax16x16(v);
+  } else if constexpr (C == 16) {
+    return ReduceAdd16x16(v);
+  } else if constexpr (kMax) {
+    return ReduceMax4x16(v);
+  } else {
+    return ReduceAdd4x16(v);
+  }
+}
+
 template <int C, int V>
 SHARDLM_TARGET_AVX512 void SoftmaxHeads(const SoftmaxArgs& a, int64_t h0, int64_t n) {
   static_assert(C == 4 || C == 16);
@@ -363,12 +378,7 @@ SHARDLM_TARGET_AVX512 void SoftmaxHeads(const SoftmaxArgs& a, int64_t h0, int64_
     }
     lane_max[h] = V == 1 ? s[h][0] : _mm512_max_ps(s[h][0], s[h][V - 1]);
   }
-  __m512 block_max;
-  if constexpr (C == 16) {
-    block_max = ReduceMax16x16(lane_max);
-  } else {
-    block_max = ReduceMax4x16(lane_max);
-  }
+  const __m512 block_max = ReduceHeads<true>(lane_max);
   // Element h: the running max m, the new one m' = (block max > m ? block max : m).
   const __m512 old = _mm512_maskz_loadu_ps(heads, a.max + h0);
   const __m512 m_new = _mm512_max_ps(block_max, old);
@@ -388,12 +398,7 @@ SHARDLM_TARGET_AVX512 void SoftmaxHeads(const SoftmaxArgs& a, int64_t h0, int64_
       lane_sum[h] = _mm512_setzero_ps();
     }
   }
-  __m512 block_sum;
-  if constexpr (C == 16) {
-    block_sum = ReduceAdd16x16(lane_sum);
-  } else {
-    block_sum = ReduceAdd4x16(lane_sum);
-  }
+  const __m512 block_sum = ReduceHeads<false>(lane_sum);
   // alpha = e^(m − m'), 0 where m = −inf (the first block).
   const __mmask16 seen = _mm512_cmp_ps_mask(old, neg_inf, _CMP_NEQ_UQ);
   const __m512 alpha = _mm512_maskz_mov_ps(seen, Exp16(_mm512_sub_ps(old, m_new)));
