@@ -321,7 +321,9 @@ class Serve(unittest.TestCase):
             second.stdout.close()
             self.wait_for(server, "shardlm_requests_cancelled_total", 1)
             self.wait_for(server, "shardlm_requests_running", 1)
-            self.assertEqual(server.metric("shardlm_requests_finished_total"), 1)
+            # The cancelled request's result comes back from replica 1 after the cancel is
+            # counted, so its count may lag the two above (it did once in a CI run).
+            self.wait_for(server, "shardlm_requests_finished_total", 1)
             first.kill()
             first.wait()
             first.stdout.close()
