@@ -63,6 +63,14 @@ double TimeMs(const std::function<void()>& fn) {
   return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
 }
 
+// Whether `name` is one of the comma-separated names in `list` (--formats).
+bool Listed(absl::string_view list, absl::string_view name) {
+  for (absl::string_view item : absl::StrSplit(list, ',')) {
+    if (item == name) return true;
+  }
+  return false;
+}
+
 double Median(std::vector<double> v) {
   std::sort(v.begin(), v.end());
   return v[v.size() / 2];
@@ -357,9 +365,7 @@ int Main(int argc, char** argv) {
     std::vector<DType> types;
     for (const auto& [name, type] : {std::pair<const char*, DType>{"F32", DType::kF32},
                                      {"Q8_0", DType::kQ8_0}, {"Q4_0", DType::kQ4_0}}) {
-      bool chosen = only.empty();
-      for (absl::string_view o : absl::StrSplit(only, ',')) chosen = chosen || o == name;
-      if (chosen) types.push_back(type);
+      if (only.empty() || Listed(only, name)) types.push_back(type);
     }
     if (types.empty()) {
       std::fprintf(stderr, "--prefill times F32, Q8_0 and Q4_0: --formats names none of them\n");
@@ -391,9 +397,7 @@ int Main(int argc, char** argv) {
   if (!only.empty()) {
     std::vector<Format> chosen;
     for (const Format& f : formats) {
-      for (absl::string_view name : absl::StrSplit(only, ',')) {
-        if (name == f.name) chosen.push_back(f);
-      }
+      if (Listed(only, f.name)) chosen.push_back(f);
     }
     if (chosen.empty()) {
       std::fprintf(stderr, "--formats: none of F32, BF16, F16, BF16dot, Q8_0, Q4_0 given\n");

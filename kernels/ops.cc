@@ -140,7 +140,7 @@ __attribute__((target("avx512f"))) void SiluMulAvx512(float* gate, const float* 
   using namespace silu_exp;
   const __m512 lo = _mm512_set1_ps(kLo), hi = _mm512_set1_ps(kHi);
   const __m512 one = _mm512_set1_ps(1.0f), log2e = _mm512_set1_ps(kLog2e);
-  const __m512 ln2_hi = _mm512_set1_ps(-kLn2Hi), ln2_lo = _mm512_set1_ps(-kLn2Lo);
+  const __m512 neg_ln2_hi = _mm512_set1_ps(-kLn2Hi), neg_ln2_lo = _mm512_set1_ps(-kLn2Lo);
   const __m512 sign = _mm512_set1_ps(-0.0f);
   for (int64_t i = 0; i < count; i += 16) {
     const int64_t m = std::min<int64_t>(16, count - i);
@@ -151,8 +151,8 @@ __attribute__((target("avx512f"))) void SiluMulAvx512(float* gate, const float* 
     const __m512 x = _mm512_min_ps(hi, _mm512_max_ps(lo, _mm512_xor_ps(g, sign)));
     const __m512 k = _mm512_roundscale_ps(_mm512_mul_ps(x, log2e),
                                           _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m512 r = _mm512_fmadd_ps(k, ln2_hi, x);
-    r = _mm512_fmadd_ps(k, ln2_lo, r);
+    __m512 r = _mm512_fmadd_ps(k, neg_ln2_hi, x);
+    r = _mm512_fmadd_ps(k, neg_ln2_lo, r);
     __m512 p = _mm512_set1_ps(kP[0]);
     for (int j = 1; j < 6; ++j) p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(kP[j]));
     const __m512 y = _mm512_add_ps(_mm512_fmadd_ps(p, _mm512_mul_ps(r, r), r), one);
