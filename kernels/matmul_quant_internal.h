@@ -87,6 +87,46 @@ inline uint8_t* QxScratch(int64_t bytes) {
   return reinterpret_cast<uint8_t*>(Scratch((bytes + 3) / 4));
 }
 
+// The packed weights as DriveQuant streams them, for PrefetchQTurn.
+struct QStream {
+  const uint8_t* w;      // packed rows
+  int64_t w_row;         // bytes per packed row
+  int64_t scale_offset;  // byte offset of the scales within a row
+  int64_t out;           // rows
+  int64_t num_chunks;    // chunks per row
+};
+
+// Row block b of `blocks` (those sharing one K block of a tile) prefetches into L2 the quants
+// and scales of the weight rows c ≡ b (mod blocks) of (tile, K block) pair `target` in
+// streaming order, counted from tile o0's first K block; nothing past the last full tile. Spread over the blocks, the misses
+// overlap all their compute: when the first block issued them (the tile's own L2 prefetch)
+// it stalled on them while the others ran from L1. matmul_bench on a Zen 4 core, W from
+// memory, Q4_0 and Q8_0 at n = 8, 12 and 16, in = 1024 and 4096: 3–17% faster; two K blocks
+// on was faster than one, three, four, eight or sixteen. (Spreading the L1 prefetch of the
+// next K block the same way made Q8_0 at n = 8 12–24% slower: that one stays in the first
+// block's tile, between its loads.)
+template <DType kFormat, int kC>
+inline void PrefetchQTurn(const QStream& s, int64_t o0, int64_t target, int b, int blocks) {
+  const int64_t num_kb = (s.num_chunks + kQChunksPerBlock - 1) / kQChunksPerBlock;
+  const int64_t t0 = o0 + target / num_kb * kC, ch0 = target % num_kb * kQChunksPerBlock;
+  if (t0 + kC > s.out) return;
+  const int64_t quant_bytes =
+      WChunkOffset(kFormat, std::min<int64_t>(kQChunksPerBlock, s.num_chunks - ch0));
+  for (int64_t c = b; c < kC; c += blocks) {
+    const uint8_t* row = s.w + (t0 + c) * s.w_row;
+    const uint8_t* quants = row + WChunkOffset(kFormat, ch0);
+    for (int64_t off = 0; off < quant_bytes; off += 64) {
+      __builtin_prefetch(quants + off, 0, 2);
+    }
+    const uint8_t* scales = row + s.scale_offset + 32 * ch0;  // ≤ 128 bytes
+    __builtin_prefetch(scales, 0, 2);
+    __builtin_prefetch(scales + 64, 0, 2);
+  }
+  // Without it GCC finds the inlined function made only of prefetches `const` and drops it
+  // (as PrefetchTurn in matmul_x86.cc).
+  asm volatile("");
+}
+
 template <class Kernel, DType kFormat, int kR, int kC>
 void DriveQuant(const float* x, int64_t n, int64_t x_stride, const uint8_t* w, int64_t out,
                 int64_t in, const float* bias, float* y, int64_t y_stride) {
@@ -129,11 +169,14 @@ void DriveQuant(const float* x, int64_t n, int64_t x_stride, const uint8_t* w, i
         args.last_blocks = static_cast<int>(std::min<int64_t>(16, nb - last * 16));
         args.first_block = tile_zeroes && ch0 == 0;
         // Prefetches, in the streaming order of (tile, K block) pairs (the same rows, or the
-        // next tile's): the next K block into L1 and, with StreamPrefetch::kFar, the one four
-        // on into L2. Without the L1 prefetch Q8_0 streamed at ~50% of the read bandwidth at
-        // n = 1 on a Zen 5 core, with it 94–97%. On a Zen 4 core the L1 prefetch alone left
-        // Q8_0 at 50% and Q4_0 at 41–45%, and the L2 one took them to 66–73% and 59–68%
-        // (matmul_bench, alternated; two, three, six or eight blocks on were no better).
+        // next tile's). At one row block the tile prefetches as it loads: the next K block
+        // into L1 and, with StreamPrefetch::kFar, the one four on into L2. Without the L1
+        // prefetch Q8_0 streamed at ~50% of the read bandwidth at n = 1 on a Zen 5 core, with
+        // it 94–97%. On a Zen 4 core the L1 prefetch alone left Q8_0 at 50% and Q4_0 at
+        // 41–45%, and the L2 one took them to 66–73% and 59–68% (matmul_bench, alternated;
+        // two, three, six or eight blocks on were no better). With more row blocks, the first
+        // block's tile still prefetches the next K block into L1, and the blocks take turns
+        // at the one two on into L2 (PrefetchQTurn), whatever StreamPrefetch says.
         const int64_t kb = ch0 / kQChunksPerBlock;
         const auto ahead = [&](int64_t d) -> int64_t {
           const int64_t target = kb + d, tiles = target / num_kb;
@@ -141,12 +184,21 @@ void DriveQuant(const float* x, int64_t n, int64_t x_stride, const uint8_t* w, i
           return tiles * kC * w_row +
                  WChunkOffset(kFormat, (target % num_kb - kb) * kQChunksPerBlock);
         };
+        const int blocks = (rows + kR - 1) / kR;
         const int64_t l1_ahead = ahead(1), l2_ahead = far ? ahead(4) : 0;
-        for (int ib = 0; ib < rows; ib += kR) {
+        const QStream stream{w, w_row, scale_offset, out, num_chunks};
+        for (int b = 0; b < blocks; ++b) {
+          const int ib = b * kR;
           args.x = qx + (i0 + ib) * qx_row + ch0 * kQxChunkBytes;
           args.acc = acc + ib * kC * 16;
-          args.prefetch_offset = ib == 0 ? l1_ahead : 0;
-          args.l2_prefetch_offset = ib == 0 ? l2_ahead : 0;
+          if (blocks == 1) {
+            args.prefetch_offset = l1_ahead;
+            args.l2_prefetch_offset = l2_ahead;
+          } else {
+            args.prefetch_offset = b == 0 ? l1_ahead : 0;
+            args.l2_prefetch_offset = 0;
+            PrefetchQTurn<kFormat, kC>(stream, o0, kb + 2, b, blocks);
+          }
           QTileTable<Kernel, kFormat, kR, kC>::Get(std::min(kR, rows - ib), c)(args);
         }
       }
