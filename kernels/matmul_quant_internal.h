@@ -87,38 +87,29 @@ inline uint8_t* QxScratch(int64_t bytes) {
   return reinterpret_cast<uint8_t*>(Scratch((bytes + 3) / 4));
 }
 
-// The packed weights as DriveQuant streams them, for PrefetchQTurn.
-struct QStream {
-  const uint8_t* w;      // packed rows
-  int64_t w_row;         // bytes per packed row
-  int64_t scale_offset;  // byte offset of the scales within a row
-  int64_t out;           // rows
-  int64_t num_chunks;    // chunks per row
+// Where the quants and scales of one (tile, K block) pair's first weight row start, and the
+// quants' length, for PrefetchQTurn; quants == nullptr: nothing to prefetch.
+struct QTarget {
+  const uint8_t* quants = nullptr;
+  const uint8_t* scales = nullptr;
+  int64_t quant_bytes = 0;
 };
 
 // Row block b of `blocks` (those sharing one K block of a tile) prefetches into L2 the quants
-// and scales of the weight rows c ≡ b (mod blocks) of (tile, K block) pair `target` in
-// streaming order, counted from tile o0's first K block; nothing past the last full tile. Spread over the blocks, the misses
-// overlap all their compute: when the first block issued them (the tile's own L2 prefetch)
-// it stalled on them while the others ran from L1. matmul_bench on a Zen 4 core, W from
-// memory, Q4_0 and Q8_0 at n = 8, 12 and 16, in = 1024 and 4096: 3–17% faster; two K blocks
-// on was faster than one, three, four, eight or sixteen. (Spreading the L1 prefetch of the
-// next K block the same way made Q8_0 at n = 8 12–24% slower: that one stays in the first
-// block's tile, between its loads.)
-template <DType kFormat, int kC>
-inline void PrefetchQTurn(const QStream& s, int64_t o0, int64_t target, int b, int blocks) {
-  const int64_t num_kb = (s.num_chunks + kQChunksPerBlock - 1) / kQChunksPerBlock;
-  const int64_t t0 = o0 + target / num_kb * kC, ch0 = target % num_kb * kQChunksPerBlock;
-  if (t0 + kC > s.out) return;
-  const int64_t quant_bytes =
-      WChunkOffset(kFormat, std::min<int64_t>(kQChunksPerBlock, s.num_chunks - ch0));
+// and scales of rows c ≡ b (mod blocks) of the tile's kC rows at `t` (w_row bytes apart).
+// Spread over the blocks, the misses overlap all their compute: when the first block issued
+// them (the tile's own L2 prefetch) it stalled on them while the others ran from L1.
+// matmul_bench on a Zen 4 core, W from memory, Q4_0 and Q8_0 at n = 8, 12 and 16, in = 1024
+// and 4096: 3–17% faster; two K blocks on was faster than one, three, four, eight or
+// sixteen. (Spreading the L1 prefetch of the next K block the same way made Q8_0 at n = 8
+// 12–24% slower: that one stays in the first block's tile, between its loads.)
+template <int kC>
+inline void PrefetchQTurn(const QTarget& t, int64_t w_row, int b, int blocks) {
+  if (t.quants == nullptr) return;
   for (int64_t c = b; c < kC; c += blocks) {
-    const uint8_t* row = s.w + (t0 + c) * s.w_row;
-    const uint8_t* quants = row + WChunkOffset(kFormat, ch0);
-    for (int64_t off = 0; off < quant_bytes; off += 64) {
-      __builtin_prefetch(quants + off, 0, 2);
-    }
-    const uint8_t* scales = row + s.scale_offset + 32 * ch0;  // ≤ 128 bytes
+    const uint8_t* quants = t.quants + c * w_row;
+    for (int64_t off = 0; off < t.quant_bytes; off += 64) __builtin_prefetch(quants + off, 0, 2);
+    const uint8_t* scales = t.scales + c * w_row;  // ≤ 128 bytes
     __builtin_prefetch(scales, 0, 2);
     __builtin_prefetch(scales + 64, 0, 2);
   }
@@ -186,7 +177,14 @@ void DriveQuant(const float* x, int64_t n, int64_t x_stride, const uint8_t* w, i
         };
         const int blocks = (rows + kR - 1) / kR;
         const int64_t l1_ahead = ahead(1), l2_ahead = far ? ahead(4) : 0;
-        const QStream stream{w, w_row, scale_offset, out, num_chunks};
+        QTarget turn;  // for PrefetchQTurn: the pair two on
+        if (const int64_t l2_turn = blocks > 1 ? ahead(2) : 0; l2_turn != 0) {
+          const int64_t ch = (kb + 2) % num_kb * kQChunksPerBlock;
+          turn.quants = w + o0 * w_row + WChunkOffset(kFormat, ch0) + l2_turn;
+          turn.scales = turn.quants - WChunkOffset(kFormat, ch) + scale_offset + 32 * ch;
+          turn.quant_bytes =
+              WChunkOffset(kFormat, std::min<int64_t>(kQChunksPerBlock, num_chunks - ch));
+        }
         for (int b = 0; b < blocks; ++b) {
           const int ib = b * kR;
           args.x = qx + (i0 + ib) * qx_row + ch0 * kQxChunkBytes;
@@ -197,7 +195,7 @@ void DriveQuant(const float* x, int64_t n, int64_t x_stride, const uint8_t* w, i
           } else {
             args.prefetch_offset = b == 0 ? l1_ahead : 0;
             args.l2_prefetch_offset = 0;
-            PrefetchQTurn<kFormat, kC>(stream, o0, kb + 2, b, blocks);
+            PrefetchQTurn<kC>(turn, w_row, b, blocks);
           }
           QTileTable<Kernel, kFormat, kR, kC>::Get(std::min(kR, rows - ib), c)(args);
         }
