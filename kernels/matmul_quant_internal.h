@@ -98,11 +98,13 @@ struct QTarget {
 // Row block b of `blocks` (those sharing one K block of a tile) prefetches into L2 the quants
 // and scales of rows c ≡ b (mod blocks) of the tile's kC rows at `t` (w_row bytes apart).
 // Spread over the blocks, the misses overlap all their compute: when the first block issued
-// them (the tile's own L2 prefetch) it stalled on them while the others ran from L1.
-// matmul_bench on a Zen 4 core, W from memory, Q4_0 and Q8_0 at n = 8, 12 and 16, in = 1024
-// and 4096: 3–17% faster; two K blocks on was faster than one, three, four, eight or
-// sixteen. (Spreading the L1 prefetch of the next K block the same way made Q8_0 at n = 8
-// 12–24% slower: that one stays in the first block's tile, between its loads.)
+// them (the tile's own L2 prefetch) it stalled on them while the others ran from L1. On a Zen
+// 4 core: `matmul_bench --hugepages` (8192², W from memory) Q4_0 at n = 8 from 1.72–1.74 to
+// 1.62 times its bound and Q8_0 at n = 16 from 1.79–1.81 to 1.68–1.72; the batch-16 step of a
+// d 1024 Q4_0 model 7–9% shorter and batch 8 10–14%. Two K blocks on was faster than one,
+// three, four, eight or sixteen. (Spreading the L1 prefetch of the next K block the same way
+// made Q8_0 at n = 8 and in = 1024 12–24% slower: that one stays in the first block's tile,
+// between its loads.)
 template <int kC>
 inline void PrefetchQTurn(const QTarget& t, int64_t w_row, int b, int blocks) {
   if (t.quants == nullptr) return;
