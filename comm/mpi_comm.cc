@@ -130,6 +130,11 @@ absl::Status MpiComm::Gatherv(std::span<const float> send, int root, std::vector
   }
   CHECK_LE(send.size(), static_cast<size_t>(INT_MAX));
   int count = static_cast<int>(send.size());
+  if (size_ == 1) {  // a plain copy, as LocalComm (MPI's took ~1% of a batch-16 decode step)
+    counts->assign(1, count);
+    recv->assign(send.begin(), send.end());
+    return absl::OkStatus();
+  }
   // On root the counts land in *counts and the displacements in displs_, both reused across
   // calls: the step loop gathers logits every step without allocating.
   if (rank_ == root) counts->resize(size_);
