@@ -2,15 +2,18 @@
 // F32, BF16, F16, Q8_0 and Q4_0.
 //
 // W is 8192 × 8192 (256 MiB in F32, 128 MiB in BF16/F16, far beyond L3), so every call streams
-// W from DRAM. The napkin-math bound for one call is max(memory, compute), both measured in
-// this run: memory = bytes(W) / plain-read bandwidth (a read-only loop over the F32 W, split
-// over the same threads), compute = n·in·out MACs / peak 16-lane FMA rate (register-only FMA
-// chains, × threads). They meet where a weight's n FMAs take as long as reading it: for F32,
-// n ≈ 64 B × FMA rate / bandwidth, about 14 on a Zen 5 core; 16-bit weights halve the bytes,
-// so their n = 1 call should take about half the F32 time and meet the compute bound near
-// n = 7. With --threads T the skinny calls split the outputs over T threads
-// (SkinnyMatMulParallel) and OpenBLAS gets T threads. Cores may be shared with other work, so
-// every figure is a median of interleaved rounds: compare ratios within one run.
+// W from DRAM. --shape OUTxIN times another W instead: a model's own shape (1024 inputs for a
+// d 1024 model), or one small enough to stay in the last-level cache, which gives the kernel's
+// rate from cache (the "read" bound is then the cache's). The napkin-math bound for one call
+// is max(memory, compute), both measured in this run: memory = bytes(W) / plain-read
+// bandwidth (a read-only loop over the F32 W, split over the same threads), compute =
+// n·in·out MACs / peak 16-lane FMA rate (register-only FMA chains, × threads). They meet
+// where a weight's n FMAs take as long as reading it: for F32, n ≈ 64 B × FMA rate /
+// bandwidth, about 14 on a Zen 5 core; 16-bit weights halve the bytes, so their n = 1 call
+// should take about half the F32 time and meet the compute bound near n = 7. With --threads T
+// the skinny calls split the outputs over T threads (SkinnyMatMulParallel) and OpenBLAS gets T
+// threads. Cores may be shared with other work, so every figure is a median of interleaved
+// rounds: compare ratios within one run.
 //
 // Weights live in 4 KiB pages by default, as a std::vector in the engine does; --hugepages
 // puts them in transparent huge pages (madvise), which removes a TLB miss and a stop of the
@@ -25,7 +28,7 @@
 // (kernels/cpu.h, StreamPrefetch), to compare the two.
 //
 //   matmul_bench [--all-paths] [--hugepages] [--reps N] [--threads T] [--prefill]
-//                [--formats LIST] [--prefetch near|far]
+//                [--formats LIST] [--prefetch near|far] [--shape OUTxIN]
 #include <cblas.h>
 #include <sys/mman.h>
 
@@ -53,8 +56,9 @@
 namespace shardlm {
 namespace {
 
-constexpr int64_t kOut = 8192;
-constexpr int64_t kIn = 8192;
+// W is out_dim × in_dim: 8192 × 8192 unless --shape says otherwise (set once, in Main).
+int64_t out_dim = 8192;
+int64_t in_dim = 8192;
 constexpr int64_t kMaxN = 16;
 
 double TimeMs(const std::function<void()>& fn) {
@@ -151,29 +155,30 @@ void FmaProbe() {
 #endif
 }
 
-// kOut × kIn weights of every type (the 16-bit ones rounded from the F32 values), 2 MiB
+// out_dim × in_dim weights of every type (the 16-bit ones rounded from the F32 values), 2 MiB
 // aligned; in transparent huge pages if asked (and the kernel allows).
 struct Weights {
   explicit Weights(bool huge) {
-    const size_t count = static_cast<size_t>(kOut * kIn);
+    const size_t count = static_cast<size_t>(out_dim * in_dim);
     f32 = static_cast<float*>(Alloc(count * sizeof(float), huge));
     bf16 = static_cast<uint16_t*>(Alloc(count * sizeof(uint16_t), huge));
     f16 = static_cast<uint16_t*>(Alloc(count * sizeof(uint16_t), huge));
-    q8 = static_cast<uint8_t*>(Alloc(kOut * WeightRowBytes(DType::kQ8_0, kIn), huge));
-    q4 = static_cast<uint8_t*>(Alloc(kOut * WeightRowBytes(DType::kQ4_0, kIn), huge));
+    q8 = static_cast<uint8_t*>(Alloc(out_dim * WeightRowBytes(DType::kQ8_0, in_dim), huge));
+    q4 = static_cast<uint8_t*>(Alloc(out_dim * WeightRowBytes(DType::kQ4_0, in_dim), huge));
     Rng rng(42);
     for (size_t j = 0; j < count; ++j) {
       f32[j] = rng.Uniform(-1.0f, 1.0f);
       bf16[j] = F32ToBf16(f32[j]);
       f16[j] = F32ToF16(f32[j]);
     }
-    std::vector<uint8_t> quants(kIn);
-    std::vector<uint16_t> scales(kIn / 32);
+    std::vector<uint8_t> quants(in_dim);
+    std::vector<uint16_t> scales(in_dim / 32);
     for (DType type : {DType::kQ8_0, DType::kQ4_0}) {
       uint8_t* dst = type == DType::kQ8_0 ? q8 : q4;
-      for (int64_t o = 0; o < kOut; ++o) {
-        QuantizeRow(type, f32 + o * kIn, kIn, quants.data(), scales.data());
-        PackQuantRow(type, quants.data(), scales.data(), kIn, dst + o * WeightRowBytes(type, kIn));
+      for (int64_t o = 0; o < out_dim; ++o) {
+        QuantizeRow(type, f32 + o * in_dim, in_dim, quants.data(), scales.data());
+        PackQuantRow(type, quants.data(), scales.data(), in_dim,
+                     dst + o * WeightRowBytes(type, in_dim));
       }
     }
   }
@@ -187,7 +192,9 @@ struct Weights {
   Weights(const Weights&) = delete;
   Weights& operator=(const Weights&) = delete;
   static void* Alloc(size_t bytes, bool huge) {
-    void* p = std::aligned_alloc(size_t{2} << 20, bytes);
+    constexpr size_t kAlign = size_t{2} << 20;
+    bytes = (bytes + kAlign - 1) / kAlign * kAlign;  // aligned_alloc wants a multiple
+    void* p = std::aligned_alloc(kAlign, bytes);
     if (huge && madvise(p, bytes, MADV_HUGEPAGE) != 0) std::perror("madvise");
     return p;
   }
@@ -215,7 +222,7 @@ struct Weights {
 };
 
 // Bytes of W as stored (the scales included).
-double Bytes(DType type) { return static_cast<double>(kOut * WeightRowBytes(type, kIn)); }
+double Bytes(DType type) { return static_cast<double>(out_dim * WeightRowBytes(type, in_dim)); }
 double GBps(double bytes, double ms) { return bytes / (ms * 1e-3) / 1e9; }
 
 // Prefill: large n on model shapes, in GFLOP/s (2 flops per MAC): F32 W against cblas_sgemm
@@ -327,7 +334,7 @@ int Prefill(int reps, int threads, const std::vector<DType>& types) {
 }
 
 int Main(int argc, char** argv) {
-  bool all_paths = false, huge = false, prefill = false;
+  bool all_paths = false, huge = false, prefill = false, shape_given = false;
   std::string only;
   int reps = 7, threads = 1;
   for (int a = 1; a < argc; ++a) {
@@ -343,19 +350,35 @@ int Main(int argc, char** argv) {
       only = argv[++a];
     } else if (std::strcmp(argv[a], "--threads") == 0 && a + 1 < argc) {
       threads = std::max(1, std::atoi(argv[++a]));
+    } else if (std::strcmp(argv[a], "--shape") == 0 && a + 1 < argc) {
+      long long o = 0, i = 0;
+      char tail = 0;
+      if (std::sscanf(argv[++a], "%lldx%lld%c", &o, &i, &tail) != 2 || o < 1 || i < 32 ||
+          i % 32 != 0 || o > (int64_t{1} << 20) || i > (int64_t{1} << 20)) {
+        std::fprintf(stderr, "--shape wants OUTxIN, IN a multiple of 32 (whole quant blocks), "
+                             "both at most 2^20: got %s\n", argv[a]);
+        return 2;
+      }
+      out_dim = o;
+      in_dim = i;
+      shape_given = true;
     } else if (std::strcmp(argv[a], "--prefetch") == 0 && a + 1 < argc &&
                ParseStreamPrefetch(argv[a + 1]).has_value()) {
       SetStreamPrefetch(*ParseStreamPrefetch(argv[++a]));
     } else {
       std::fprintf(stderr,
                    "usage: %s [--all-paths] [--hugepages] [--reps N] [--threads T] [--prefill] "
-                   "[--formats F32,BF16,…] [--prefetch near|far]\n",
+                   "[--formats F32,BF16,…] [--prefetch near|far] [--shape OUTxIN]\n",
                    argv[0]);
       return 2;
     }
   }
   if (all_paths && threads > 1) {
     std::fprintf(stderr, "--all-paths times each path single-threaded; drop --threads\n");
+    return 2;
+  }
+  if (prefill && shape_given) {
+    std::fprintf(stderr, "--prefill times its own model-sized shapes; drop --shape\n");
     return 2;
   }
   SetComputeThreads(threads);
@@ -376,9 +399,9 @@ int Main(int argc, char** argv) {
 
   const Weights weights(huge);
   Rng rng(7);
-  std::vector<float> x = rng.UniformVector(static_cast<size_t>(kMaxN * kIn), -1.0f, 1.0f);
-  std::vector<float> y(static_cast<size_t>(kMaxN * kOut));
-  SkinnyMatMulReserve(kMaxN, kIn);
+  std::vector<float> x = rng.UniformVector(static_cast<size_t>(kMaxN * in_dim), -1.0f, 1.0f);
+  std::vector<float> y(static_cast<size_t>(kMaxN * out_dim));
+  SkinnyMatMulReserve(kMaxN, in_dim);
 
   std::vector<Isa> paths = {SelectedMatMulIsa()};
   if (all_paths) paths = AvailableIsas();
@@ -421,10 +444,12 @@ int Main(int argc, char** argv) {
   std::vector<float> partial(static_cast<size_t>(threads) * 16);
   series.push_back({[&] {
                       constexpr int64_t kChunk = 1 << 16;
-                      const int64_t chunks = kOut * kIn / kChunk;
+                      const int64_t total = out_dim * in_dim;
+                      const int64_t chunks = (total + kChunk - 1) / kChunk;
                       ParallelFor(chunks, 1, [&](int64_t begin, int64_t end) {
                         partial[static_cast<size_t>(begin * threads / chunks) * 16] =
-                            ReadAll(weights.f32 + begin * kChunk, (end - begin) * kChunk);
+                            ReadAll(weights.f32 + begin * kChunk,
+                                    std::min(end * kChunk, total) - begin * kChunk);
                       });
                       sink = sink + partial[0];
                     },
@@ -438,14 +463,14 @@ int Main(int argc, char** argv) {
         series.push_back({[&, path, format, type, n] {
                             const void* w = weights.Get(type);
                             if (format.dot) {
-                              SkinnyMatMulBf16Dot(x.data(), n, kIn, weights.bf16, kOut, kIn,
-                                                  nullptr, y.data(), kOut);
+                              SkinnyMatMulBf16Dot(x.data(), n, in_dim, weights.bf16, out_dim, in_dim,
+                                                  nullptr, y.data(), out_dim);
                             } else if (paths.size() == 1) {
-                              SkinnyMatMulParallel(x.data(), n, kIn, type, w, kOut, kIn, nullptr,
-                                                   y.data(), kOut);
+                              SkinnyMatMulParallel(x.data(), n, in_dim, type, w, out_dim, in_dim, nullptr,
+                                                   y.data(), out_dim);
                             } else {
-                              SkinnyMatMulWithIsa(path, x.data(), n, kIn, type, w, kOut, kIn,
-                                                   nullptr, y.data(), kOut);
+                              SkinnyMatMulWithIsa(path, x.data(), n, in_dim, type, w, out_dim, in_dim,
+                                                   nullptr, y.data(), out_dim);
                             }
                           },
                           {}});
@@ -455,9 +480,9 @@ int Main(int argc, char** argv) {
   for (int64_t n : ns) {
     series.push_back({[&, n] {
                         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(n),
-                                    static_cast<int>(kOut), static_cast<int>(kIn), 1.0f, x.data(),
-                                    static_cast<int>(kIn), weights.f32, static_cast<int>(kIn),
-                                    0.0f, y.data(), static_cast<int>(kOut));
+                                    static_cast<int>(out_dim), static_cast<int>(in_dim), 1.0f, x.data(),
+                                    static_cast<int>(in_dim), weights.f32, static_cast<int>(in_dim),
+                                    0.0f, y.data(), static_cast<int>(out_dim));
                       },
                       {}});
   }
@@ -486,21 +511,21 @@ int Main(int argc, char** argv) {
     const bool quant = IsBlockQuantized(format.type);
     const double macs_per_op = quant ? 64.0 : format.dot ? 32.0 : 16.0;
     const double rate = quant ? dot_per_ns : fma_per_ns;
-    const double fma_ms = rate > 0 ? n * kOut * kIn / macs_per_op / rate * 1e-6 : 0;
+    const double fma_ms = rate > 0 ? n * out_dim * in_dim / macs_per_op / rate * 1e-6 : 0;
     return std::max(mem_ms, fma_ms);
   };
   std::printf(
       "W %lld x %lld in %s pages (F32 %.0f MiB, BF16/F16 %.0f MiB); plain read of F32 W: "
       "%.2f ms = %.1f GB/s (the bound), %d thread(s)\n",
-      static_cast<long long>(kOut), static_cast<long long>(kIn), huge ? "huge" : "4 KiB",
+      static_cast<long long>(out_dim), static_cast<long long>(in_dim), huge ? "huge" : "4 KiB",
       Bytes(DType::kF32) / (1 << 20), Bytes(DType::kBF16) / (1 << 20), read_ms,
       bandwidth, threads);
   std::printf("peak 16-lane FMA rate: %.2f per ns over %d thread(s) -> compute bound "
               "n·%lld·%lld/16/rate\n",
-              fma_per_ns, threads, static_cast<long long>(kOut), static_cast<long long>(kIn));
+              fma_per_ns, threads, static_cast<long long>(out_dim), static_cast<long long>(in_dim));
   std::printf("peak vpdpbusd rate: %.2f per ns (Q8_0/Q4_0 compute bound n·%lld·%lld/64/rate); "
               "quantized kernel %s\n",
-              dot_per_ns, static_cast<long long>(kOut), static_cast<long long>(kIn),
+              dot_per_ns, static_cast<long long>(out_dim), static_cast<long long>(in_dim),
               QuantKernelName(QuantKernelFor(SelectedMatMulIsa())));
   std::printf("cpu: %s\n", CpuModelName().c_str());
   std::printf(
@@ -537,21 +562,21 @@ int Main(int argc, char** argv) {
 
   // Batch invariance on the big shape: row 5 computed alone vs inside a batch of 16.
   const float* w = weights.f32;
-  std::vector<float> alone(static_cast<size_t>(kOut));
-  const float* x5 = x.data() + 5 * kIn;
-  SkinnyMatMul(x.data(), kMaxN, kIn, w, kOut, kIn, nullptr, y.data(), kOut);
-  SkinnyMatMul(x5, 1, kIn, w, kOut, kIn, nullptr, alone.data(), kOut);
+  std::vector<float> alone(static_cast<size_t>(out_dim));
+  const float* x5 = x.data() + 5 * in_dim;
+  SkinnyMatMul(x.data(), kMaxN, in_dim, w, out_dim, in_dim, nullptr, y.data(), out_dim);
+  SkinnyMatMul(x5, 1, in_dim, w, out_dim, in_dim, nullptr, alone.data(), out_dim);
   const bool skinny_same =
-      std::memcmp(alone.data(), y.data() + 5 * kOut, kOut * sizeof(float)) == 0;
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, kMaxN, kOut, kIn, 1.0f, x.data(), kIn, w,
-              kIn, 0.0f, y.data(), kOut);
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, 1, kOut, kIn, 1.0f, x5, kIn, w, kIn, 0.0f,
-              alone.data(), kOut);
+      std::memcmp(alone.data(), y.data() + 5 * out_dim, out_dim * sizeof(float)) == 0;
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, kMaxN, out_dim, in_dim, 1.0f, x.data(), in_dim, w,
+              in_dim, 0.0f, y.data(), out_dim);
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, 1, out_dim, in_dim, 1.0f, x5, in_dim, w, in_dim, 0.0f,
+              alone.data(), out_dim);
   int64_t blas_diff = 0;
-  for (int64_t o = 0; o < kOut; ++o) blas_diff += alone[o] != y[5 * kOut + o];
+  for (int64_t o = 0; o < out_dim; ++o) blas_diff += alone[o] != y[5 * out_dim + o];
   std::printf("row 5 alone vs in a batch of 16: skinny %s; sgemm %lld of %lld outputs differ\n",
               skinny_same ? "bit-identical" : "DIFFERENT", static_cast<long long>(blas_diff),
-              static_cast<long long>(kOut));
+              static_cast<long long>(out_dim));
   return skinny_same ? 0 : 1;
 }
 
