@@ -23,6 +23,7 @@
 #include <algorithm>
 #include <array>
 #include <cstdint>
+#include <optional>
 #include <utility>
 
 #include "base/dtype.h"
@@ -67,6 +68,11 @@ struct QTileArgs {
   // fetch into L2 (0: none).
   int64_t prefetch_offset;
   int64_t l2_prefetch_offset;
+  // The same two pairs' scales: bytes from this K block's scales to theirs (0: none). The
+  // scales sit at the row's end, so in streaming order they are not a fixed offset from the
+  // quants: at one K block per row (in ≤ 2048) the next pair's are the next tile's.
+  int64_t scale_prefetch_offset;
+  int64_t l2_scale_prefetch_offset;
 };
 using QTileFn = void (*)(const QTileArgs& args);
 
@@ -171,19 +177,34 @@ void DriveQuant(const float* x, int64_t n, int64_t x_stride, const uint8_t* w, i
         // block's tile still prefetches the next K block into L1, and the blocks take turns
         // at the one two on into L2 (PrefetchQTurn), whatever StreamPrefetch says.
         const int64_t kb = ch0 / kQChunksPerBlock;
+        // The (tile, K block) pair d on: tiles of kC rows down, and its K block; nullopt
+        // past the last full tile. Quants and scales are prefetched as offsets from this K
+        // block's (of the same row c), the scales' apart because they sit at the row's end.
+        const auto pair_ahead = [&](int64_t d) -> std::optional<std::pair<int64_t, int64_t>> {
+          int64_t target = kb + d, tiles = 0;
+          for (; target >= num_kb; target -= num_kb) ++tiles;  // d is small: no division
+          if (o0 + (tiles + 1) * kC > out) return std::nullopt;
+          return std::pair{tiles, target};
+        };
         const auto ahead = [&](int64_t d) -> int64_t {
-          const int64_t target = kb + d, tiles = target / num_kb;
-          if (o0 + (tiles + 1) * kC > out) return 0;  // past the last full tile
-          return tiles * kC * w_row +
-                 WChunkOffset(kFormat, (target % num_kb - kb) * kQChunksPerBlock);
+          const auto p = pair_ahead(d);
+          return p ? p->first * kC * w_row +
+                         WChunkOffset(kFormat, (p->second - kb) * kQChunksPerBlock)
+                   : 0;
+        };
+        const auto scale_ahead = [&](int64_t d) -> int64_t {
+          const auto p = pair_ahead(d);
+          return p ? p->first * kC * w_row + 32 * (p->second - kb) * kQChunksPerBlock : 0;
         };
         const int blocks = (rows + kR - 1) / kR;
         const int64_t l1_ahead = ahead(1), l2_ahead = far ? ahead(4) : 0;
+        const int64_t l1_scales = scale_ahead(1), l2_scales = far ? scale_ahead(4) : 0;
         QTarget turn;  // for PrefetchQTurn: the pair two on
-        if (const int64_t l2_turn = blocks > 1 ? ahead(2) : 0; l2_turn != 0) {
-          const int64_t ch = (kb + 2) % num_kb * kQChunksPerBlock;
-          turn.quants = w + o0 * w_row + WChunkOffset(kFormat, ch0) + l2_turn;
-          turn.scales = turn.quants - WChunkOffset(kFormat, ch) + scale_offset + 32 * ch;
+        if (const auto p = blocks > 1 ? pair_ahead(2) : std::nullopt; p) {
+          const int64_t ch = p->second * kQChunksPerBlock;
+          const uint8_t* row = w + (o0 + p->first * kC) * w_row;
+          turn.quants = row + WChunkOffset(kFormat, ch);
+          turn.scales = row + scale_offset + 32 * ch;
           turn.quant_bytes =
               WChunkOffset(kFormat, std::min<int64_t>(kQChunksPerBlock, num_chunks - ch));
         }
@@ -194,9 +215,13 @@ void DriveQuant(const float* x, int64_t n, int64_t x_stride, const uint8_t* w, i
           if (blocks == 1) {
             args.prefetch_offset = l1_ahead;
             args.l2_prefetch_offset = l2_ahead;
+            args.scale_prefetch_offset = l1_scales;
+            args.l2_scale_prefetch_offset = l2_scales;
           } else {
             args.prefetch_offset = b == 0 ? l1_ahead : 0;
             args.l2_prefetch_offset = 0;
+            args.scale_prefetch_offset = b == 0 ? l1_scales : 0;
+            args.l2_scale_prefetch_offset = 0;
             PrefetchQTurn<kC>(turn, w_row, b, blocks);
           }
           QTileTable<Kernel, kFormat, kR, kC>::Get(std::min(kR, rows - ib), c)(args);

@@ -176,14 +176,22 @@ struct QuantAvx512Vnni {
       };
       const uint8_t* wq = t.w + WChunkOffset(kFormat, t.chunk0 + ch);
       const uint8_t* xc = t.x + ch * kQxChunkBytes;
-      if (kPlan != kPrefetchNone && pf != 0 && ch == 0) {
-        // The next K block's scales of the same rows (2 lines; a prefetch past the buffer is
-        // harmless).
+      if (kPlan != kPrefetchNone && ch == 0) {
+        // The scales of the pairs the quants are prefetched for (up to 128 bytes: 2 lines,
+        // or 3 when they straddle; a prefetch past the buffer is harmless).
+        const int64_t s1 = t.scale_prefetch_offset, s2 = t.l2_scale_prefetch_offset;
 #pragma GCC unroll 8
         for (int c = 0; c < kC; ++c) {
-          const uint8_t* next = t.w + c * ws + t.scale_offset + 32 * (t.chunk0 + kQChunksPerBlock);
-          _mm_prefetch(reinterpret_cast<const char*>(next), _MM_HINT_T0);
-          _mm_prefetch(reinterpret_cast<const char*>(next + 64), _MM_HINT_T0);
+          const char* here =
+              reinterpret_cast<const char*>(t.w + c * ws + t.scale_offset + 32 * t.chunk0);
+          if (s1 != 0) {
+            _mm_prefetch(here + s1, _MM_HINT_T0);
+            _mm_prefetch(here + s1 + 64, _MM_HINT_T0);
+          }
+          if (s2 != 0) {
+            _mm_prefetch(here + s2, _MM_HINT_T1);
+            _mm_prefetch(here + s2 + 64, _MM_HINT_T1);
+          }
         }
       }
       // One pointer per weight row and x row, opaque to the compiler: else GCC precomputes
