@@ -237,7 +237,8 @@ int Prefill(int reps, int threads, const std::vector<DType>& types) {
   constexpr int64_t kMaxPrefillN = 1024, kMaxDim = 8192;
   Rng rng(11);
   const std::vector<float> w = rng.UniformVector(static_cast<size_t>(8192 * 2048), -1, 1);
-  const std::vector<float> x = rng.UniformVector(static_cast<size_t>(kMaxPrefillN * kMaxDim), -1, 1);
+  const std::vector<float> x =
+      rng.UniformVector(static_cast<size_t>(kMaxPrefillN * kMaxDim), -1, 1);
   std::vector<float> y(static_cast<size_t>(kMaxPrefillN * kMaxDim));
   SkinnyMatMulReserve(kMaxPrefillN, kMaxDim);
   // Packed rows of w viewed as each shape, per quantized format.
@@ -292,8 +293,14 @@ int Prefill(int reps, int threads, const std::vector<DType>& types) {
   std::vector<double> fma_ms, dot_ms;
   for (Series& s : series) run(s);  // warm-up
   for (int r = 0; r < reps; ++r) {
-    if (HaveFmaProbe()) fma_ms.push_back(TimeMs([&] { ParallelFor(ComputeThreads(), 1, [](int64_t, int64_t) { FmaProbe(); }); }));
-    if (HaveDotProbe()) dot_ms.push_back(TimeMs([&] { ParallelFor(ComputeThreads(), 1, [](int64_t, int64_t) { DotProbe(); }); }));
+    if (HaveFmaProbe()) {
+      fma_ms.push_back(
+          TimeMs([&] { ParallelFor(ComputeThreads(), 1, [](int64_t, int64_t) { FmaProbe(); }); }));
+    }
+    if (HaveDotProbe()) {
+      dot_ms.push_back(
+          TimeMs([&] { ParallelFor(ComputeThreads(), 1, [](int64_t, int64_t) { DotProbe(); }); }));
+    }
     for (Series& s : series) s.ms.push_back(TimeMs([&] { run(s); }));
   }
   const double fma_gflops =
@@ -463,14 +470,14 @@ int Main(int argc, char** argv) {
         series.push_back({[&, path, format, type, n] {
                             const void* w = weights.Get(type);
                             if (format.dot) {
-                              SkinnyMatMulBf16Dot(x.data(), n, in_dim, weights.bf16, out_dim, in_dim,
-                                                  nullptr, y.data(), out_dim);
+                              SkinnyMatMulBf16Dot(x.data(), n, in_dim, weights.bf16, out_dim,
+                                                  in_dim, nullptr, y.data(), out_dim);
                             } else if (paths.size() == 1) {
-                              SkinnyMatMulParallel(x.data(), n, in_dim, type, w, out_dim, in_dim, nullptr,
-                                                   y.data(), out_dim);
-                            } else {
-                              SkinnyMatMulWithIsa(path, x.data(), n, in_dim, type, w, out_dim, in_dim,
+                              SkinnyMatMulParallel(x.data(), n, in_dim, type, w, out_dim, in_dim,
                                                    nullptr, y.data(), out_dim);
+                            } else {
+                              SkinnyMatMulWithIsa(path, x.data(), n, in_dim, type, w, out_dim,
+                                                  in_dim, nullptr, y.data(), out_dim);
                             }
                           },
                           {}});
@@ -480,9 +487,10 @@ int Main(int argc, char** argv) {
   for (int64_t n : ns) {
     series.push_back({[&, n] {
                         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(n),
-                                    static_cast<int>(out_dim), static_cast<int>(in_dim), 1.0f, x.data(),
-                                    static_cast<int>(in_dim), weights.f32, static_cast<int>(in_dim),
-                                    0.0f, y.data(), static_cast<int>(out_dim));
+                                    static_cast<int>(out_dim), static_cast<int>(in_dim), 1.0f,
+                                    x.data(), static_cast<int>(in_dim), weights.f32,
+                                    static_cast<int>(in_dim), 0.0f, y.data(),
+                                    static_cast<int>(out_dim));
                       },
                       {}});
   }
@@ -501,7 +509,9 @@ int Main(int argc, char** argv) {
   constexpr size_t kFirstPath = 3;
   const size_t kPerPath = kFormats * kNs;
   const size_t blas0 = kFirstPath + paths.size() * kPerPath;
-  auto skinny_ms = [&](size_t p, int t, int j) { return median_of(kFirstPath + p * kPerPath + t * kNs + j); };
+  auto skinny_ms = [&](size_t p, int t, int j) {
+    return median_of(kFirstPath + p * kPerPath + t * kNs + j);
+  };
 
   const double read_ms = median_of(0);
   const double bandwidth = GBps(Bytes(DType::kF32), read_ms);  // GB/s
@@ -575,10 +585,10 @@ int Main(int argc, char** argv) {
   SkinnyMatMul(x5, 1, in_dim, w, out_dim, in_dim, nullptr, alone.data(), out_dim);
   const bool skinny_same =
       std::memcmp(alone.data(), y.data() + 5 * out_dim, out_dim * sizeof(float)) == 0;
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, kMaxN, out_dim, in_dim, 1.0f, x.data(), in_dim, w,
-              in_dim, 0.0f, y.data(), out_dim);
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, 1, out_dim, in_dim, 1.0f, x5, in_dim, w, in_dim, 0.0f,
-              alone.data(), out_dim);
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, kMaxN, out_dim, in_dim, 1.0f, x.data(),
+              in_dim, w, in_dim, 0.0f, y.data(), out_dim);
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, 1, out_dim, in_dim, 1.0f, x5, in_dim, w,
+              in_dim, 0.0f, alone.data(), out_dim);
   int64_t blas_diff = 0;
   for (int64_t o = 0; o < out_dim; ++o) blas_diff += alone[o] != y[5 * out_dim + o];
   std::printf("row 5 alone vs in a batch of 16: skinny %s; sgemm %lld of %lld outputs differ\n",
