@@ -177,8 +177,9 @@ struct QuantAvx512Vnni {
       const uint8_t* wq = t.w + WChunkOffset(kFormat, t.chunk0 + ch);
       const uint8_t* xc = t.x + ch * kQxChunkBytes;
       if (kPlan != kPrefetchNone && ch == 0) {
-        // The scales of the pairs the quants are prefetched for (up to 128 bytes: 2 lines,
-        // or 3 when they straddle; a prefetch past the buffer is harmless).
+        // The scales of the pairs the quants are prefetched for: 128 bytes at most, the two
+        // lines from their start (a third line, where rows are not line-aligned, is left to
+        // the loads; a prefetch past the buffer is harmless).
         const int64_t s1 = t.scale_prefetch_offset, s2 = t.l2_scale_prefetch_offset;
 #pragma GCC unroll 8
         for (int c = 0; c < kC; ++c) {
