@@ -61,10 +61,22 @@ int64_t out_dim = 8192;
 int64_t in_dim = 8192;
 constexpr int64_t kMaxN = 16;
 
+// Mean time of back-to-back calls of fn, at least one and at least 2 ms in all. A call that
+// streams W from memory takes longer than that alone; a W that fits in the last-level cache
+// (--shape) needs the repeats to be read from there: after a single untimed call, a 16 MiB F32
+// W at n = 1 took 148 ps per weight, and back to back 73 (ggml's test-backend-ops also times
+// repeated calls).
 double TimeMs(const std::function<void()>& fn) {
+  constexpr double kMinMs = 2.0;
   const auto t0 = std::chrono::steady_clock::now();
-  fn();
-  return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+  double ms = 0;
+  int calls = 0;
+  do {
+    fn();
+    ++calls;
+    ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+  } while (ms < kMinMs);
+  return ms / calls;
 }
 
 // Whether `name` is one of the comma-separated names in `list` (--formats).
@@ -495,10 +507,10 @@ int Main(int argc, char** argv) {
                       {}});
   }
   for (Series& s : series) s.fn();  // warm-up: page faults, code, x in cache
-  // Each timed call follows an untimed one of the same series: with a W that fits in the
-  // last-level cache (--shape) the call then finds its W there, not evicted by the other
-  // formats' W read since its last turn (which made n = 1, each format's first call, 2–2.5×
-  // slower than n = 2 at 2048²); with W far beyond the cache it changes nothing.
+  // Each timing follows an untimed call of the same series, so that a W which fits in the
+  // last-level cache (--shape) is not timed right after the other formats' W evicted it
+  // (which made n = 1, each format's first call, 2–2.5× slower than n = 2 at 2048²); with W
+  // far beyond the cache it changes nothing.
   for (int r = 0; r < reps; ++r) {
     for (Series& s : series) {
       s.fn();
