@@ -3,17 +3,17 @@
 //
 // W is 8192 × 8192 (256 MiB in F32, 128 MiB in BF16/F16, far beyond L3), so every call streams
 // W from DRAM. --shape OUTxIN times another W instead: a model's own shape (1024 inputs for a
-// d 1024 model), or one small enough to stay in the last-level cache, which gives the kernel's
-// rate from cache (the "read" bound is then the cache's). The napkin-math bound for one call
-// is max(memory, compute), both measured in this run: memory = bytes(W) / plain-read
-// bandwidth (a read-only loop over the F32 W, split over the same threads), compute =
-// n·in·out MACs / peak 16-lane FMA rate (register-only FMA chains, × threads). They meet
-// where a weight's n FMAs take as long as reading it: for F32, n ≈ 64 B × FMA rate /
-// bandwidth, about 14 on a Zen 5 core; 16-bit weights halve the bytes, so their n = 1 call
-// should take about half the F32 time and meet the compute bound near n = 7. With --threads T
-// the skinny calls split the outputs over T threads (SkinnyMatMulParallel) and OpenBLAS gets T
-// threads. Cores may be shared with other work, so every figure is a median of interleaved
-// rounds: compare ratios within one run.
+// d 1024 model), or one small enough to stay in the last-level cache; with --from-cache, which
+// times back-to-back calls, the latter gives the kernel's rate from cache (the "read" bound is
+// then the cache's). The napkin-math bound for one call is max(memory, compute), both
+// measured in this run: memory = bytes(W) / plain-read bandwidth (a read-only loop over the
+// F32 W, split over the same threads), compute = n·in·out MACs / peak 16-lane FMA rate
+// (register-only FMA chains, × threads). They meet where a weight's n FMAs take as long as
+// reading it: for F32, n ≈ 64 B × FMA rate / bandwidth, about 14 on a Zen 5 core; 16-bit
+// weights halve the bytes, so their n = 1 call should take about half the F32 time and meet
+// the compute bound near n = 7. With --threads T the skinny calls split the outputs over T
+// threads (SkinnyMatMulParallel) and OpenBLAS gets T threads. Cores may be shared with other
+// work, so every figure is a median of interleaved rounds: compare ratios within one run.
 //
 // Weights live in 4 KiB pages by default, as a std::vector in the engine does; --hugepages
 // puts them in transparent huge pages (madvise), which removes a TLB miss and a stop of the
@@ -28,7 +28,7 @@
 // (kernels/cpu.h, StreamPrefetch), to compare the two.
 //
 //   matmul_bench [--all-paths] [--hugepages] [--reps N] [--threads T] [--prefill]
-//                [--formats LIST] [--prefetch near|far] [--shape OUTxIN]
+//                [--formats LIST] [--prefetch near|far] [--shape OUTxIN] [--from-cache]
 #include <cblas.h>
 #include <sys/mman.h>
 
@@ -61,12 +61,18 @@ int64_t out_dim = 8192;
 int64_t in_dim = 8192;
 constexpr int64_t kMaxN = 16;
 
-// Mean time of back-to-back calls of fn, at least one and at least 2 ms in all. A call that
-// streams W from memory takes longer than that alone; a W that fits in the last-level cache
-// (--shape) needs the repeats to be read from there: after a single untimed call, a 16 MiB F32
-// W at n = 1 took 148 ps per weight, and back to back 73 (ggml's test-backend-ops also times
-// repeated calls).
+// Time of one call of fn.
 double TimeMs(const std::function<void()>& fn) {
+  const auto t0 = std::chrono::steady_clock::now();
+  fn();
+  return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+}
+
+// --from-cache: the mean of back-to-back calls of fn filling at least 2 ms (at least one), as
+// ggml's test-backend-ops times its cases. A W that fits in the last-level cache stays there
+// across the calls; at 2048² F32, n = 1, that took 82–91 ps per weight where one call after
+// the other formats' calls took 148.
+double TimeRepeatedMs(const std::function<void()>& fn) {
   constexpr double kMinMs = 2.0;
   const auto t0 = std::chrono::steady_clock::now();
   double ms = 0;
@@ -353,7 +359,7 @@ int Prefill(int reps, int threads, const std::vector<DType>& types) {
 }
 
 int Main(int argc, char** argv) {
-  bool all_paths = false, huge = false, prefill = false, shape_given = false;
+  bool all_paths = false, huge = false, prefill = false, shape_given = false, from_cache = false;
   std::string only;
   int reps = 7, threads = 1;
   for (int a = 1; a < argc; ++a) {
@@ -369,6 +375,8 @@ int Main(int argc, char** argv) {
       only = argv[++a];
     } else if (std::strcmp(argv[a], "--threads") == 0 && a + 1 < argc) {
       threads = std::max(1, std::atoi(argv[++a]));
+    } else if (std::strcmp(argv[a], "--from-cache") == 0) {
+      from_cache = true;
     } else if (std::strcmp(argv[a], "--shape") == 0 && a + 1 < argc) {
       long long o = 0, i = 0;
       char tail = 0;
@@ -387,7 +395,7 @@ int Main(int argc, char** argv) {
     } else {
       std::fprintf(stderr,
                    "usage: %s [--all-paths] [--hugepages] [--reps N] [--threads T] [--prefill] "
-                   "[--formats F32,BF16,…] [--prefetch near|far] [--shape OUTxIN]\n",
+                   "[--formats F32,BF16,…] [--prefetch near|far] [--shape OUTxIN] [--from-cache]\n",
                    argv[0]);
       return 2;
     }
@@ -396,8 +404,9 @@ int Main(int argc, char** argv) {
     std::fprintf(stderr, "--all-paths times each path single-threaded; drop --threads\n");
     return 2;
   }
-  if (prefill && shape_given) {
-    std::fprintf(stderr, "--prefill times its own model-sized shapes; drop --shape\n");
+  if (prefill && (shape_given || from_cache)) {
+    std::fprintf(stderr,
+                 "--prefill times its own model-sized shapes; drop --shape and --from-cache\n");
     return 2;
   }
   SetComputeThreads(threads);
@@ -507,14 +516,18 @@ int Main(int argc, char** argv) {
                       {}});
   }
   for (Series& s : series) s.fn();  // warm-up: page faults, code, x in cache
-  // Each timing follows an untimed call of the same series, so that a W which fits in the
-  // last-level cache (--shape) is not timed right after the other formats' W evicted it
-  // (which made n = 1, each format's first call, 2–2.5× slower than n = 2 at 2048²); with W
-  // far beyond the cache it changes nothing.
+  // By default each timing is one call, after the other series' calls: with the formats' W
+  // together far beyond the last-level cache (the 8192² default), every call streams its W
+  // from memory. --from-cache times each series after an untimed call of its own, as the mean
+  // of back-to-back calls (TimeRepeatedMs): a W that fits in the cache is then read from it.
   for (int r = 0; r < reps; ++r) {
     for (Series& s : series) {
-      s.fn();
-      s.ms.push_back(TimeMs(s.fn));
+      if (from_cache) {
+        s.fn();
+        s.ms.push_back(TimeRepeatedMs(s.fn));
+      } else {
+        s.ms.push_back(TimeMs(s.fn));
+      }
     }
   }
   auto median_of = [&](size_t i) { return Median(series[i].ms); };
