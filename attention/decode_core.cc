@@ -265,9 +265,6 @@ void RunChunk(const Problem& pb, const QueryToken& token, int64_t t, int64_t c_l
   const bool rows_first = v0 + v_len <= a0 || v0 >= a0 + lay.a_len;
   // Blocks [b_lo, b_hi] relative to c_lo, cut at multiples of `block` positions.
   const int64_t block = BlockLength(rows_first, cache.row_bytes, g, v_len);
-  if (rows_first && getenv("PF0")) {
-    for (int64_t r = 0; r < std::min(len, block); ++r) PrefetchRange(rows[r], cache.row_bytes, l2);
-  }
   for (int64_t b_lo = 0; b_lo < len;) {
     const int64_t b_hi = std::min(len - 1, ((c_lo + b_lo) / block + 1) * block - 1 - c_lo);
     const int64_t nb = b_hi - b_lo + 1;
