@@ -98,6 +98,10 @@ class AttentionFamily {
       const std::string& prefix) const = 0;
   virtual std::unique_ptr<AttentionBlock> MakeBlock(const ModelDims& dims,
                                                     const ShardPlan& plan) const = 0;
+  // Multiply-adds of the decode kernel per query token and cached position it attends to,
+  // over this rank's query heads (the score dot products and the value sums): the attention
+  // arithmetic of `shardlm bench`'s compute bound.
+  virtual int64_t DecodeMacsPerPosition(const ModelDims& dims, const ShardPlan& plan) const = 0;
 };
 
 // Grow-only scratch buffer: blocks reuse it across steps instead of allocating.

@@ -183,6 +183,9 @@ class Gqa final : public AttentionFamily {
     return std::unique_ptr<AttentionWeights>(std::move(w));
   }
 
+  int64_t DecodeMacsPerPosition(const ModelDims& dims, const ShardPlan& plan) const override {
+    return static_cast<int64_t>(plan.q_heads.size()) * 2 * dims.head_dim;  // q·k, p·v
+  }
   std::unique_ptr<AttentionBlock> MakeBlock(const ModelDims& dims,
                                             const ShardPlan& plan) const override {
     return std::make_unique<GqaBlock>(dims, plan);

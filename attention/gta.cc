@@ -189,6 +189,10 @@ class Gta final : public AttentionFamily {
     return std::unique_ptr<AttentionWeights>(std::move(w));
   }
 
+  int64_t DecodeMacsPerPosition(const ModelDims& dims, const ShardPlan& plan) const override {
+    // q · [tied | k_rope] over d_h, then p · tied over d_h.
+    return static_cast<int64_t>(plan.q_heads.size()) * 2 * dims.head_dim;
+  }
   std::unique_ptr<AttentionBlock> MakeBlock(const ModelDims& dims,
                                             const ShardPlan& plan) const override {
     return std::make_unique<GtaBlock>(dims, plan);

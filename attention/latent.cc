@@ -378,6 +378,10 @@ class Latent final : public AttentionFamily {
     return std::unique_ptr<AttentionWeights>(std::move(w));
   }
 
+  int64_t DecodeMacsPerPosition(const ModelDims& dims, const ShardPlan& plan) const override {
+    // Absorbed: q̃ · latent + q_rope · k_rope, then p · latent.
+    return static_cast<int64_t>(plan.q_heads.size()) * (2 * dims.latent_dim + dims.rope_dim);
+  }
   std::unique_ptr<AttentionBlock> MakeBlock(const ModelDims& dims,
                                             const ShardPlan& plan) const override {
     return std::make_unique<LatentBlock>(dims, plan);

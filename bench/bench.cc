@@ -23,10 +23,12 @@
 #include "bench/bandwidth.h"
 #include "coordinator/handshake.h"
 #include "engine/config.h"
+#include "attention/attention.h"
 #include "engine/model.h"
 #include "kernels/cpu.h"
 #include "kernels/matmul.h"
 #include "kernels/ops.h"
+#include "kernels/peak_probe.h"
 #include "engine/safetensors.h"
 #include "google/protobuf/descriptor.h"
 #include "google/protobuf/util/json_util.h"
@@ -217,6 +219,45 @@ int64_t LayerLinearFlopsPerToken(const ModelWeights& weights) {
   return 2 * macs;
 }
 
+// A step's arithmetic on this rank and its time at the measured peaks (BenchRecord's compute
+// bound): `rows` tokens through every linear (an attention linear: `attention_rows`, the
+// rank's own under data-parallel attention), each of the `attention_rows` attending over L
+// positions. ms is 0 when a rate the step needs is 0 (the CPU lacks the probe).
+struct StepArithmetic {
+  int64_t matmul_macs = 0;
+  int64_t attention_macs = 0;
+  double ms = 0.0;
+};
+StepArithmetic MeasureStepArithmetic(const Model& model, double fma_per_ns, double fold_per_ns,
+                                     int64_t rows, int64_t attention_rows, int64_t L) {
+  StepArithmetic a;
+  double ns = 0.0;
+  bool known = true;
+  // Instructions per multiply-add and their rate, by the path the weights take.
+  const auto add = [&](const Linear& w, int64_t n) {
+    const int64_t macs = n * w.out * w.in;
+    a.matmul_macs += macs;
+    const bool quant = IsBlockQuantized(w.dtype);
+    const bool dot = w.dtype == DType::kBF16 && SelectedBf16Math() == Bf16Math::kDot;
+    const double rate = quant ? fold_per_ns : fma_per_ns;
+    known = known && (macs == 0 || rate > 0);
+    if (rate > 0) ns += static_cast<double>(macs) / (quant ? 64 : dot ? 32 : 16) / rate;
+  };
+  const ModelWeights& weights = model.weights();
+  for (const LayerWeights& layer : weights.layers) {
+    for (const Linear* w : layer.attn->Linears()) add(*w, attention_rows);
+    for (const Linear* w : {&layer.gate, &layer.up, &layer.down}) add(*w, rows);
+  }
+  add(weights.lm_head, rows);
+  const ModelDims& dims = model.dims();
+  a.attention_macs = attention_rows * L * dims.layers *
+                     AttentionFamily::Of(dims.type).DecodeMacsPerPosition(dims, model.plan());
+  known = known && fma_per_ns > 0;
+  if (fma_per_ns > 0) ns += static_cast<double>(a.attention_macs) / 16 / fma_per_ns;
+  a.ms = known ? ns * 1e-6 : 0.0;
+  return a;
+}
+
 // OpenBLAS sgemm GFLOP/s on [m, k] x [k, n] (B stored [n, k], as weights are) with the
 // compute pool's thread count: the GEMM rate prefill is compared with. Best of `reps`
 // after one warm-up.
@@ -276,6 +317,8 @@ std::vector<Column> TableColumns(int label_width) {
       {"step ms", 8, false, [](const BenchRecord& r) { return Fixed(r.step_ms_median(), 2); }},
       {"p90 ms", 8, false, [](const BenchRecord& r) { return Fixed(r.step_ms_p90(), 2); }},
       {"bound ms", 8, false, [](const BenchRecord& r) { return Fixed(r.bound_step_ms(), 2); }},
+      {"compute ms", 10, false,
+       [](const BenchRecord& r) { return Fixed(r.compute_bound_step_ms(), 2); }},
       {"tok/s", 8, false, [](const BenchRecord& r) { return Fixed(r.tokens_per_s(), 1); }},
       {"pp tok/s", 8, false,
        [](const BenchRecord& r) { return Fixed(r.prefill_tokens_per_s(), 1); }},
@@ -384,6 +427,9 @@ struct RunFacts {
   int64_t embed_row_bytes = 0;        // one row of it
   int64_t max_weight_bytes = 0;       // over ranks
   int64_t budget_pages = 0;           // PagesForBudget, min over ranks
+  // Arithmetic peaks (kernels/peak_probe.h) per ns over a rank's threads, min over ranks.
+  double fma_per_ns = 0.0;
+  double quant_fold_per_ns = 0.0;
 };
 
 // The model directory: --model, or the preset written once by rank 0 into the
@@ -473,6 +519,10 @@ absl::StatusOr<BenchRecord> MeasureDecode(Model& model, Comm& comm, const BenchO
   ASSIGN_OR_RETURN(std::vector<int64_t> cache_all, AllRanks(comm, cache_bytes));
   ASSIGN_OR_RETURN(std::vector<int64_t> read_all, AllRanks(comm, read_bytes));
   const int64_t read_max = MaxOf(read_all);
+  const StepArithmetic arithmetic = MeasureStepArithmetic(
+      model, facts.fma_per_ns, facts.quant_fold_per_ns, B, dp ? own_seqs : B, L);
+  ASSIGN_OR_RETURN(std::vector<int64_t> compute_ns_all,
+                   AllRanks(comm, static_cast<int64_t>(std::llround(arithmetic.ms * 1e6))));
   const double median_s = Median(timing.step_seconds);
   const double roofline = facts.roofline_gbs;
 
@@ -515,6 +565,11 @@ absl::StatusOr<BenchRecord> MeasureDecode(Model& model, Comm& comm, const BenchO
   r.set_gather_share(timing.gather_share);
   r.set_kv_cache_mb(options.kv_cache_mb);
   r.set_kv_dtype(KvDTypeName(options.kv_dtype));
+  r.set_matmul_macs_per_step_per_rank(arithmetic.matmul_macs);
+  r.set_attention_macs_per_step_per_rank(arithmetic.attention_macs);
+  r.set_fma_per_ns(facts.fma_per_ns);
+  r.set_quant_fold_per_ns(facts.quant_fold_per_ns);
+  r.set_compute_bound_step_ms(static_cast<double>(MaxOf(compute_ns_all)) / 1e6);
   r.set_budget_pages(facts.budget_pages);
   // Sequences of length L the job holds: under DP every rank holds its own.
   r.set_capacity_sequences(facts.budget_pages / pages_per_seq * (dp ? comm.size() : 1));
@@ -562,6 +617,11 @@ void PrintFooter(const BenchOptions& options, const RunFacts& facts, int ranks,
       "B contexts' pages (%s over the pool); context = synthetic rows 0..L-2, the step "
       "writes row L-1\n",
       facts.embed_bytes / kMiB, options.shuffle_pages ? "shuffled" : "contiguous");
+  std::printf(
+      "compute: a step's multiply-adds at the measured peaks per rank (kernels/peak_probe.h): "
+      "%.2f G 16-lane FMAs/s (F32, F16, BF16 weights; attention), %.2f G vpdpbusd/s with the "
+      "quantized kernels' fold (Q8_0, Q4_0)\n",
+      facts.fma_per_ns, facts.quant_fold_per_ns);
   if (facts.prefill_tokens > 0) {
     std::printf("pp: one %lld-token chunk from position 0, median of %lld\n",
                 static_cast<long long>(facts.prefill_tokens),
@@ -712,6 +772,16 @@ absl::Status RunBench(const BenchOptions& options, Comm& comm) {
         facts.bandwidth,
         ProbeBandwidth({options.probe_mb, static_cast<int>(options.probe_passes)}, comm));
     facts.roofline_gbs = facts.bandwidth.PerRankGbs();
+  }
+  // The arithmetic peaks, every rank at once (ranks on one host share its cores), as picoops
+  // per ns so that AllRanks can take them.
+  for (auto [probe, rate] : {std::pair{PeakProbe::kFma, &facts.fma_per_ns},
+                             std::pair{PeakProbe::kQuantFold, &facts.quant_fold_per_ns}}) {
+    RETURN_IF_ERROR(comm.Barrier());
+    const double mine = MeasurePeakRate(probe, 3);
+    ASSIGN_OR_RETURN(std::vector<int64_t> all,
+                     AllRanks(comm, static_cast<int64_t>(std::llround(mine * 1e6))));
+    *rate = static_cast<double>(MinOf(all)) / 1e6;
   }
   facts.prefill_tokens = std::min(options.prefill_tokens, dims.max_positions);
   if (facts.prefill_tokens > 0) {

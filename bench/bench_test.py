@@ -147,6 +147,24 @@ def check_record(r, config, np_, family):
     check(0 <= transfer <= r["allreduce_share"] + 1e-12,
           f"{tag}: transfer share {transfer} vs all-reduce share {r['allreduce_share']}")
     check(i("prefill_tokens") == PREFILL and r["prefill_tokens_per_s"] > 0, f"{tag}: prefill")
+    # The compute bound: the attention's multiply-adds from the config (DESIGN §2), the
+    # matmuls' from the weights; at the measured FMA rate for this F32 model. The bound is the
+    # slowest rank's, and rank 0 (the largest vocab slice) is it.
+    h_q = config["num_attention_heads"] // np_
+    if config["attention_type"] in ("mla", "gla"):
+        per_position = h_q * (2 * config["kv_lora_rank"] + config["qk_rope_head_dim"])
+    else:
+        per_position = h_q * 2 * config["head_dim"]
+    attn_macs = i("attention_macs_per_step_per_rank")
+    check(attn_macs == batch * ctx * layers * per_position, f"{tag}: attention MACs {attn_macs}")
+    matmul_macs = i("matmul_macs_per_step_per_rank")
+    check(matmul_macs >= batch * vocab_rank0 * d, f"{tag}: matmul MACs {matmul_macs}")
+    fma = r.get("fma_per_ns", 0.0)
+    if fma > 0:
+        # Rounded to whole ns across ranks; the max over ranks is at least rank 0's.
+        got, expect = r["compute_bound_step_ms"], (matmul_macs + attn_macs) / 16 / fma / 1e6
+        ok = got >= expect - 1e-6 if np_ > 1 else abs(got - expect) <= 1e-6
+        check(ok, f"{tag}: compute bound {got} ms, rank 0's arithmetic {expect} ms")
     check(i("parameters") > 0 and r["host"] != "", f"{tag}: provenance")
 
 

@@ -8,10 +8,11 @@
 // then the cache's). The napkin-math bound for one call is max(memory, compute), both
 // measured in this run: memory = bytes(W) / plain-read bandwidth (a read-only loop over the
 // F32 W, split over the same threads), compute = n·in·out MACs / peak 16-lane FMA rate
-// (register-only FMA chains, × threads). They meet where a weight's n FMAs take as long as
-// reading it: for F32, n ≈ 64 B × FMA rate / bandwidth, about 14 on a Zen 5 core; 16-bit
-// weights halve the bytes, so their n = 1 call should take about half the F32 time and meet
-// the compute bound near n = 7. With --threads T the skinny calls split the outputs over T
+// (register-only FMA chains, × threads); for Q8_0 and Q4_0 n·in·out / 64 / the rate of
+// vpdpbusd with the kernels' fold (kernels/peak_probe.h; t/vpdp: against vpdpbusd alone).
+// They meet where a weight's n FMAs take as long as reading it: for F32, n ≈ 64 B × FMA rate
+// / bandwidth, about 14 on a Zen 5 core; 16-bit weights halve the bytes, so their n = 1 call
+// should take about half the F32 time and meet the compute bound near n = 7. With --threads T the skinny calls split the outputs over T
 // threads (SkinnyMatMulParallel) and OpenBLAS gets T threads. Cores may be shared with other
 // work, so every figure is a median of interleaved rounds: compare ratios within one run.
 //
@@ -21,7 +22,8 @@
 //
 // --prefill instead times large n (128…1024) on model-sized shapes in GFLOP/s (prefill and
 // scoring run whole prompts through the same kernel): F32 W against cblas_sgemm and the FMA
-// peak, Q8_0 and Q4_0 W against the vpdpbusd peak (--formats picks among the three).
+// peak, Q8_0 and Q4_0 W against the vpdpbusd peak with the quantized kernels' fold
+// (kernels/peak_probe.h; --formats picks among the three).
 //
 // --formats F32,Q4_0 times only those weight formats (the first one is the ratio base).
 // --prefetch near|far overrides the CPU's choice of how far ahead W is prefetched
@@ -31,10 +33,6 @@
 //                [--formats LIST] [--prefetch near|far] [--shape OUTxIN] [--from-cache]
 #include <cblas.h>
 #include <sys/mman.h>
-
-#if defined(__x86_64__)
-#include <immintrin.h>
-#endif
 
 #include <algorithm>
 #include <chrono>
@@ -46,11 +44,13 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "base/half.h"
 #include "base/rng.h"
 #include "base/thread_pool.h"
 #include "kernels/matmul.h"
+#include "kernels/peak_probe.h"
 #include "kernels/quant.h"
 
 namespace shardlm {
@@ -108,69 +108,6 @@ float ReadAll(const float* w, int64_t size) {
   float total = 0;
   for (float v : s) total += v;
   return total;
-}
-
-// Register-only 16-lane FMA chains, to measure this core's peak FMA rate: 24 independent
-// chains (FMA latency 4 × 2 pipes needs ≥ 8 in flight), kFmaProbeCount FMAs in all.
-constexpr int kFmaChains = 24;
-constexpr int64_t kFmaProbeIters = 2'000'000;
-constexpr double kFmaProbeCount = kFmaChains * static_cast<double>(kFmaProbeIters);
-#if defined(__x86_64__)
-__attribute__((target("avx512f"))) void FmaProbeAvx512() {
-  __m512 a[kFmaChains];
-#pragma GCC unroll 24
-  for (int j = 0; j < kFmaChains; ++j) a[j] = _mm512_set1_ps(static_cast<float>(j));
-  const __m512 m = _mm512_set1_ps(0.999f), c = _mm512_set1_ps(1e-3f);
-  for (int64_t it = 0; it < kFmaProbeIters; ++it) {
-#pragma GCC unroll 24
-    for (int j = 0; j < kFmaChains; ++j) a[j] = _mm512_fmadd_ps(a[j], m, c);
-  }
-  __m512 sum = a[0];
-#pragma GCC unroll 24
-  for (int j = 1; j < kFmaChains; ++j) sum = _mm512_add_ps(sum, a[j]);
-  alignas(64) float lanes[16];
-  _mm512_store_ps(lanes, sum);
-  volatile float sink = lanes[0];  // keeps the chains alive
-  (void)sink;
-}
-#endif
-bool HaveFmaProbe() { return Cpu().avx512; }
-
-// The same for the quantized kernels' instruction, AVX512-VNNI vpdpbusd (64 byte products
-// each): its peak rate bounds the Q8_0 / Q4_0 calls' compute. The instruction is written as
-// assembly: with the intrinsic, GCC spilled the accumulators to the stack every round
-// (vpdpbusd overwrites its accumulator operand, and GCC copied each one first), and the probe
-// measured a third to a half of the real rate (1.3–1.6 per ns on a Zen 4 core, where this one
-// gives 3.65, the FMA rate).
-#if defined(__x86_64__)
-__attribute__((target("avx512f,avx512bw,avx512vnni"))) void DotProbeAvx512() {
-  __m512i a[kFmaChains];
-#pragma GCC unroll 24
-  for (int j = 0; j < kFmaChains; ++j) a[j] = _mm512_set1_epi32(j);
-  const __m512i u = _mm512_set1_epi8(3), v = _mm512_set1_epi8(-2);
-  for (int64_t it = 0; it < kFmaProbeIters; ++it) {
-#pragma GCC unroll 24
-    for (int j = 0; j < kFmaChains; ++j) asm("vpdpbusd %2, %1, %0" : "+v"(a[j]) : "v"(u), "v"(v));
-  }
-  __m512i sum = a[0];
-#pragma GCC unroll 24
-  for (int j = 1; j < kFmaChains; ++j) sum = _mm512_add_epi32(sum, a[j]);
-  alignas(64) int32_t lanes[16];
-  _mm512_store_si512(lanes, sum);
-  volatile int32_t sink = lanes[0];
-  (void)sink;
-}
-#endif
-bool HaveDotProbe() { return Cpu().avx512_vnni; }
-void DotProbe() {
-#if defined(__x86_64__)
-  DotProbeAvx512();
-#endif
-}
-void FmaProbe() {
-#if defined(__x86_64__)
-  FmaProbeAvx512();
-#endif
 }
 
 // out_dim × in_dim weights of every type (the 16-bit ones rounded from the F32 values), 2 MiB
@@ -308,30 +245,35 @@ int Prefill(int reps, int threads, const std::vector<DType>& types) {
                            out, in, nullptr, y.data(), out);
     }
   };
-  std::vector<double> fma_ms, dot_ms;
+  constexpr PeakProbe kProbes[] = {PeakProbe::kFma, PeakProbe::kDot, PeakProbe::kQuantFold};
+  std::vector<double> probe_ms[3];
   for (Series& s : series) run(s);  // warm-up
   for (int r = 0; r < reps; ++r) {
-    if (HaveFmaProbe()) {
-      fma_ms.push_back(
-          TimeMs([&] { ParallelFor(ComputeThreads(), 1, [](int64_t, int64_t) { FmaProbe(); }); }));
-    }
-    if (HaveDotProbe()) {
-      dot_ms.push_back(
-          TimeMs([&] { ParallelFor(ComputeThreads(), 1, [](int64_t, int64_t) { DotProbe(); }); }));
+    for (int p = 0; p < 3; ++p) {
+      if (!HavePeakProbe(kProbes[p])) continue;
+      probe_ms[p].push_back(TimeMs([&] {
+        ParallelFor(ComputeThreads(), 1, [&](int64_t, int64_t) { RunPeakProbe(kProbes[p]); });
+      }));
     }
     for (Series& s : series) s.ms.push_back(TimeMs([&] { run(s); }));
   }
-  const double fma_gflops =
-      fma_ms.empty() ? 0 : kFmaProbeCount * 16 * 2 * threads / (Median(fma_ms) * 1e6);
-  const double dot_gflops =
-      dot_ms.empty() ? 0 : kFmaProbeCount * 64 * 2 * threads / (Median(dot_ms) * 1e6);
-  std::printf("prefill: %d thread(s), path %s, quantized kernel %s, OpenBLAS %s; cpu: %s; "
-              "medians of %d rounds\n",
-              threads, MatMulIsaName(), QuantKernelName(QuantKernelFor(SelectedMatMulIsa())),
-              OPENBLAS_VERSION, CpuModelName().c_str(), reps);
-  std::printf("peak FMA rate (register-only chains): %.1f GFLOP/s; peak vpdpbusd rate: %.1f "
-              "GFLOP/s (64 byte products each)\n\n",
-              fma_gflops, dot_gflops);
+  // GFLOP/s: 2 per multiply-add, 16 per FMA and 64 per vpdpbusd.
+  const auto gflops = [&](int p, double macs) {
+    return probe_ms[p].empty()
+               ? 0
+               : PeakProbeCount(kProbes[p]) * macs * 2 * threads / (Median(probe_ms[p]) * 1e6);
+  };
+  const double fma_gflops = gflops(0, 16), dot_gflops = gflops(1, 64), fold_gflops = gflops(2, 64);
+  std::printf(
+      "prefill: %d thread(s), path %s, quantized kernel %s, OpenBLAS %s; cpu: %s; "
+      "medians of %d rounds\n",
+      threads, MatMulIsaName(), QuantKernelName(QuantKernelFor(SelectedMatMulIsa())),
+      OPENBLAS_VERSION, CpuModelName().c_str(), reps);
+  std::printf(
+      "peak FMA rate (register-only chains): %.1f GFLOP/s; peak vpdpbusd rate: %.1f "
+      "GFLOP/s alone (64 byte products each), %.1f with the quantized kernels' fold "
+      "(kernels/peak_probe.h: Q8_0 and Q4_0 \"of peak\" is against this one)\n\n",
+      fma_gflops, dot_gflops, fold_gflops);
   std::printf("%-11s %-5s %5s | %10s %8s | %10s %8s | %12s %9s\n", "out x in", "W", "n",
               "skinny ms", "GFLOP/s", "sgemm ms", "GFLOP/s", "skinny/sgemm", "of peak");
   for (size_t i = 0; i < series.size(); ++i) {
@@ -341,7 +283,7 @@ int Prefill(int reps, int threads, const std::vector<DType>& types) {
     const DType type = types[sk.type];
     const double flops = 2.0 * sk.n * shape.out * shape.in;
     const double sk_ms = Median(sk.ms), sk_gf = flops / (sk_ms * 1e6);
-    const double peak = type == DType::kF32 ? fma_gflops : dot_gflops;
+    const double peak = type == DType::kF32 ? fma_gflops : fold_gflops;
     const std::string name = std::to_string(shape.out) + "x" + std::to_string(shape.in);
     if (bl != nullptr) {
       const double bl_ms = Median(bl->ms), bl_gf = flops / (bl_ms * 1e6);
@@ -482,8 +424,12 @@ int Main(int argc, char** argv) {
                       sink = sink + partial[0];
                     },
                     {}});
-  series.push_back({[&] { ParallelFor(threads, 1, [](int64_t, int64_t) { FmaProbe(); }); }, {}});
-  series.push_back({[&] { ParallelFor(threads, 1, [](int64_t, int64_t) { DotProbe(); }); }, {}});
+  constexpr PeakProbe kProbes[] = {PeakProbe::kFma, PeakProbe::kDot, PeakProbe::kQuantFold};
+  for (PeakProbe probe : kProbes) {
+    series.push_back(
+        {[&, probe] { ParallelFor(threads, 1, [&](int64_t, int64_t) { RunPeakProbe(probe); }); },
+         {}});
+  }
   for (Isa path : paths) {
     for (const Format& format : formats) {
       for (int64_t n : ns) {
@@ -531,7 +477,7 @@ int Main(int argc, char** argv) {
     }
   }
   auto median_of = [&](size_t i) { return Median(series[i].ms); };
-  constexpr size_t kFirstPath = 3;
+  constexpr size_t kFirstPath = 4;
   const size_t kPerPath = kFormats * kNs;
   const size_t blas0 = kFirstPath + paths.size() * kPerPath;
   auto skinny_ms = [&](size_t p, int t, int j) {
@@ -540,19 +486,23 @@ int Main(int argc, char** argv) {
 
   const double read_ms = median_of(0);
   const double bandwidth = GBps(Bytes(DType::kF32), read_ms);  // GB/s
-  // The FMA probe runs kFmaProbeCount FMAs on every thread.
-  const double fma_per_ns =
-      HaveFmaProbe() ? kFmaProbeCount * threads / (median_of(1) * 1e6) : 0;
-  const double dot_per_ns =
-      HaveDotProbe() ? kFmaProbeCount * threads / (median_of(2) * 1e6) : 0;
-  // max(memory, compute) for one call with n rows and W of `type`.
-  // The dot kernel does 32 multiply-adds per instruction, at the FMA's rate; the quantized
-  // kernels 64 byte products per vpdpbusd, at the measured vpdpbusd rate.
-  auto bound_ms = [&](const Format& format, int64_t n) {
+  // Each probe runs PeakProbeCount of its instruction on every thread.
+  const auto rate_per_ns = [&](size_t i) {
+    return HavePeakProbe(kProbes[i])
+               ? PeakProbeCount(kProbes[i]) * threads / (median_of(1 + i) * 1e6)
+               : 0;
+  };
+  const double fma_per_ns = rate_per_ns(0), dot_per_ns = rate_per_ns(1),
+               fold_per_ns = rate_per_ns(2);
+  // max(memory, compute) for one call with n rows and W of `type`. The dot kernel does 32
+  // multiply-adds per instruction, at the FMA's rate; the quantized kernels 64 byte products
+  // per vpdpbusd, at the rate of the probe with their fold (`alone`: of vpdpbusd alone, the
+  // bound earlier tables used).
+  auto bound_ms = [&](const Format& format, int64_t n, bool alone = false) {
     const double mem_ms = Bytes(format.type) / (bandwidth * 1e9) * 1e3;
     const bool quant = IsBlockQuantized(format.type);
     const double macs_per_op = quant ? 64.0 : format.dot ? 32.0 : 16.0;
-    const double rate = quant ? dot_per_ns : fma_per_ns;
+    const double rate = quant ? (alone ? dot_per_ns : fold_per_ns) : fma_per_ns;
     const double fma_ms = rate > 0 ? n * out_dim * in_dim / macs_per_op / rate * 1e-6 : 0;
     return std::max(mem_ms, fma_ms);
   };
@@ -560,34 +510,41 @@ int Main(int argc, char** argv) {
       "W %lld x %lld in %s pages (F32 %.0f MiB, BF16/F16 %.0f MiB); plain read of F32 W: "
       "%.2f ms = %.1f GB/s (the bound), %d thread(s)\n",
       static_cast<long long>(out_dim), static_cast<long long>(in_dim), huge ? "huge" : "4 KiB",
-      Bytes(DType::kF32) / (1 << 20), Bytes(DType::kBF16) / (1 << 20), read_ms,
-      bandwidth, threads);
-  std::printf("peak 16-lane FMA rate: %.2f per ns over %d thread(s) -> compute bound "
-              "n·%lld·%lld/16/rate\n",
-              fma_per_ns, threads, static_cast<long long>(out_dim), static_cast<long long>(in_dim));
-  std::printf("peak vpdpbusd rate: %.2f per ns (Q8_0/Q4_0 compute bound n·%lld·%lld/64/rate); "
-              "quantized kernel %s\n",
-              dot_per_ns, static_cast<long long>(out_dim), static_cast<long long>(in_dim),
-              QuantKernelName(QuantKernelFor(SelectedMatMulIsa())));
+      Bytes(DType::kF32) / (1 << 20), Bytes(DType::kBF16) / (1 << 20), read_ms, bandwidth, threads);
+  std::printf(
+      "peak 16-lane FMA rate: %.2f per ns over %d thread(s) -> compute bound "
+      "n·%lld·%lld/16/rate\n",
+      fma_per_ns, threads, static_cast<long long>(out_dim), static_cast<long long>(in_dim));
+  std::printf(
+      "peak vpdpbusd rate: %.2f per ns with the quantized kernels' fold, %.2f alone "
+      "(Q8_0/Q4_0 compute bound n·%lld·%lld/64/rate, t/bound with the fold, t/vpdp "
+      "alone); quantized kernel %s\n",
+      fold_per_ns, dot_per_ns, static_cast<long long>(out_dim), static_cast<long long>(in_dim),
+      QuantKernelName(QuantKernelFor(SelectedMatMulIsa())));
   std::printf("cpu: %s\n", CpuModelName().c_str());
   std::printf(
       "selected path: %s, prefetch %s; OpenBLAS %s, %d thread(s); medians of %d "
       "interleaved rounds\n\n",
       MatMulIsaName(), StreamPrefetchName(SelectedStreamPrefetch()), OPENBLAS_VERSION, threads,
       reps);
-  std::printf("%-10s %-7s %3s | %9s %7s %8s | %8s %7s | %9s %7s | %7s\n", "path", "W", "n",
-              "skinny ms", "GB/s", "of read", "bound ms", "t/bound", "sgemm ms", "GB/s", "speedup");
+  std::printf("%-10s %-7s %3s | %9s %7s %8s | %8s %7s %6s | %9s %7s | %7s\n", "path", "W", "n",
+              "skinny ms", "GB/s", "of read", "bound ms", "t/bound", "t/vpdp", "sgemm ms", "GB/s",
+              "speedup");
   for (size_t p = 0; p < paths.size(); ++p) {
     for (int t = 0; t < kFormats; ++t) {
       const DType type = formats[t].type;
       for (int j = 0; j < kNs; ++j) {
         const double ms = skinny_ms(p, t, j), blas_ms = median_of(blas0 + j);
         const double gbps = GBps(Bytes(type), ms);
-        std::printf("%-10s %-7s %3lld | %9.2f %7.1f %7.0f%% | %8.2f %7.2f | %9.2f %7.1f | %6.2fx\n",
-                    IsaName(paths[p]), formats[t].name, static_cast<long long>(ns[j]), ms,
-                    gbps, 100 * gbps / bandwidth, bound_ms(formats[t], ns[j]),
-                    ms / bound_ms(formats[t], ns[j]), blas_ms,
-                    GBps(Bytes(DType::kF32), blas_ms), blas_ms / ms);
+        const std::string vpdp =
+            IsBlockQuantized(type)
+                ? absl::StrFormat("%6.2f", ms / bound_ms(formats[t], ns[j], /*alone=*/true))
+                : std::string(6, ' ');
+        std::printf(
+            "%-10s %-7s %3lld | %9.2f %7.1f %7.0f%% | %8.2f %7.2f %s | %9.2f %7.1f | %6.2fx\n",
+            IsaName(paths[p]), formats[t].name, static_cast<long long>(ns[j]), ms, gbps,
+            100 * gbps / bandwidth, bound_ms(formats[t], ns[j]), ms / bound_ms(formats[t], ns[j]),
+            vpdp.c_str(), blas_ms, GBps(Bytes(DType::kF32), blas_ms), blas_ms / ms);
       }
     }
     for (int t = 0; t < kFormats; ++t) {
