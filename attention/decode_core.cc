@@ -2,6 +2,8 @@
 
 #include <cmath>
 #include <limits>
+#include <tuple>
+#include <utility>
 #include <vector>
 
 #include "attention/attention.h"
@@ -113,15 +115,16 @@ DecodeKernels& ActiveKernels() {
 // the token over the chunk. Grows to the largest shape seen, then is reused, so
 // steady-state decode does not allocate.
 struct ItemScratch {
-  std::vector<const unsigned char*> rows;  // [kChunk]: row pointers of the chunk
-  std::vector<float> acc;          // [h_q, v_len]: Σ e^(s − m) · value
-  std::vector<float> max;          // [h_q]: running max m of the scores
-  std::vector<float> sum;          // [h_q]: Σ e^(s − m)
-  std::vector<float> scores;       // [h_q, block ≤ kLongBlock]: scores, then numerators
-  std::vector<float> alpha;        // [h_q]: e^(m_old − m_new) of the current block
+  // [kChunk + kLongBlock]: row pointers of the chunk, then of the next item's first block
+  std::vector<const unsigned char*> rows;
+  std::vector<float> acc;     // [h_q, v_len]: Σ e^(s − m) · value
+  std::vector<float> max;     // [h_q]: running max m of the scores
+  std::vector<float> sum;     // [h_q]: Σ e^(s − m)
+  std::vector<float> scores;  // [h_q, block ≤ kLongBlock]: scores, then numerators
+  std::vector<float> alpha;   // [h_q]: e^(m_old − m_new) of the current block
 
   void Reserve(int64_t h_q, int64_t v_len) {
-    if (rows.size() < static_cast<size_t>(kChunk)) rows.resize(kChunk);
+    if (rows.size() < static_cast<size_t>(kChunk + kLongBlock)) rows.resize(kChunk + kLongBlock);
     Grow(acc, h_q * v_len);
     Grow(max, h_q);
     Grow(sum, h_q);
@@ -224,11 +227,19 @@ struct Problem {
   int64_t h_q;
 };
 
+// The work item a thread runs next, whose first rows RunChunk prefetches during its own last
+// block (token == nullptr: none).
+struct NextItem {
+  const QueryToken* token = nullptr;
+  int64_t c_lo = 0, c_hi = -1;
+};
+
 // One work item: token `t`, positions [c_lo, c_hi] (one chunk). Writes each head's
 // normalized output to dst + i·dst_head and, when lse != nullptr, its log-sum-exp
 // to lse[i·lse_head].
 void RunChunk(const Problem& pb, const QueryToken& token, int64_t t, int64_t c_lo, int64_t c_hi,
-              float* dst, int64_t dst_head, float* lse, int64_t lse_head) {
+              const NextItem& next_item, float* dst, int64_t dst_head, float* lse,
+              int64_t lse_head) {
   const CacheView& cache = *pb.cache;
   const RowLayout& lay = *pb.layout;
   const DecodeQueries& q = *pb.queries;
@@ -245,6 +256,20 @@ void RunChunk(const Problem& pb, const QueryToken& token, int64_t t, int64_t c_l
              [&](const unsigned char* row, int64_t t0, int64_t n) {
                for (int64_t i = 0; i < n; ++i) rows[t0 - c_lo + i] = row + i * cache.row_bytes;
              });
+  // Whole-block prefetches run a block ahead, so the last block would fetch nothing and the
+  // next item's first block would start cold (at context 256, one of its 8 blocks): the
+  // prefetch loops below run on past `len` into the next item's first rows.
+  int64_t ahead_len = len;
+  if (next_item.token != nullptr) {
+    const int64_t n = std::min(kLongBlock, next_item.c_hi - next_item.c_lo + 1);
+    ForEachRun(cache, next_item.token->block_table, next_item.c_lo, next_item.c_lo + n - 1,
+               [&](const unsigned char* row, int64_t t0, int64_t n_run) {
+                 for (int64_t i = 0; i < n_run; ++i) {
+                   rows[len + t0 - next_item.c_lo + i] = row + i * cache.row_bytes;
+                 }
+               });
+    ahead_len += n;
+  }
   // The rows' format: bytes per value, and for int8 where each group's parts find their
   // scales (a part is one segment of the row: a head, a latent head, the RoPE key).
   const KvDType dtype = cache.dtype();
@@ -306,8 +331,8 @@ void RunChunk(const Problem& pb, const QueryToken& token, int64_t t, int64_t c_l
       // the whole rows at once (no slices) made bf16 12% slower and int8 only 16% faster.
       const int64_t slice = (cache.row_bytes + lay.groups - 1) / lay.groups;
       for (int64_t r0 = 0; r0 < nb; r0 += kScoreRows) {
-        const int64_t next = std::min(len, b_lo + r0 + block);
-        const int64_t next_end = std::min(len, next + kScoreRows);
+        const int64_t next = std::min(ahead_len, b_lo + r0 + block);
+        const int64_t next_end = std::min(ahead_len, next + kScoreRows);
         for (int64_t j = 0; j < lay.groups; ++j) {
           const int64_t from = j * slice, bytes = std::min(slice, cache.row_bytes - from);
           for (int64_t r = next; r < next_end && bytes > 0; ++r) {
@@ -323,7 +348,7 @@ void RunChunk(const Problem& pb, const QueryToken& token, int64_t t, int64_t c_l
       // pass re-reads the same lines while they are still in L1. Meanwhile the group's
       // parts of the next block's rows are fetched.
       if (!rows_first) {
-        for (int64_t r = b_hi + 1; r < std::min(len, b_hi + 1 + block); ++r) {
+        for (int64_t r = b_hi + 1; r < std::min(ahead_len, b_hi + 1 + block); ++r) {
           PrefetchGroup(rows[r], lay, j, vb, scale_off, l2);
         }
         score(j, 0, nb);
@@ -424,6 +449,11 @@ void DecodeAttention(const CacheView& cache, std::span<const QueryToken> tokens,
   if (static_cast<int64_t>(cs.parts.size()) < part_floats) cs.parts.resize(part_floats);
   if (static_cast<int64_t>(cs.lses.size()) < lse_floats) cs.lses.resize(lse_floats);
 
+  // Positions [c_lo, c_hi] of chunk c of token t.
+  const auto bounds = [&](int64_t t, int64_t c) {
+    return std::pair{std::max(tokens[t].Lo(window), (cs.first_chunk[t] + c) * kChunk),
+                     std::min(tokens[t].pos, (cs.first_chunk[t] + c + 1) * kChunk - 1)};
+  };
   // Each item writes only its own slots, so the schedule cannot change a bit.
   ParallelFor(items, 1, [&](int64_t begin, int64_t end) {
     int64_t t = std::upper_bound(cs.item_begin.begin(), cs.item_begin.end(), begin) -
@@ -433,13 +463,18 @@ void DecodeAttention(const CacheView& cache, std::span<const QueryToken> tokens,
       const QueryToken& token = tokens[t];
       const int64_t c = item - cs.item_begin[t];  // chunk index within the token
       const int64_t chunks = cs.item_begin[t + 1] - cs.item_begin[t];
-      const int64_t c_lo = std::max(token.Lo(window), (cs.first_chunk[t] + c) * kChunk);
-      const int64_t c_hi = std::min(token.pos, (cs.first_chunk[t] + c + 1) * kChunk - 1);
+      const auto [c_lo, c_hi] = bounds(t, c);
+      NextItem next;
+      if (item + 1 < end) {
+        const int64_t nt = item + 1 < cs.item_begin[t + 1] ? t : t + 1;
+        next.token = &tokens[nt];
+        std::tie(next.c_lo, next.c_hi) = bounds(nt, item + 1 - cs.item_begin[nt]);
+      }
       if (chunks == 1) {
-        RunChunk(pb, token, t, c_lo, c_hi, out + t * out_token, out_head, nullptr, 0);
+        RunChunk(pb, token, t, c_lo, c_hi, next, out + t * out_token, out_head, nullptr, 0);
       } else {
         const int64_t lse_base = cs.part_begin[t] / v_len;  // [h_q, chunks] per token
-        RunChunk(pb, token, t, c_lo, c_hi, cs.parts.data() + cs.part_begin[t] + c * v_len,
+        RunChunk(pb, token, t, c_lo, c_hi, next, cs.parts.data() + cs.part_begin[t] + c * v_len,
                  chunks * v_len, cs.lses.data() + lse_base + c, chunks);
       }
     }
