@@ -17,13 +17,13 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "attention/attention.h"
 #include "base/rng.h"
 #include "base/status.h"
 #include "base/thread_pool.h"
 #include "bench/bandwidth.h"
 #include "coordinator/handshake.h"
 #include "engine/config.h"
-#include "attention/attention.h"
 #include "engine/model.h"
 #include "kernels/cpu.h"
 #include "kernels/matmul.h"
@@ -773,8 +773,8 @@ absl::Status RunBench(const BenchOptions& options, Comm& comm) {
         ProbeBandwidth({options.probe_mb, static_cast<int>(options.probe_passes)}, comm));
     facts.roofline_gbs = facts.bandwidth.PerRankGbs();
   }
-  // The arithmetic peaks, every rank at once (ranks on one host share its cores), as picoops
-  // per ns so that AllRanks can take them.
+  // The arithmetic peaks, every rank at once (ranks on one host share its cores), passed to
+  // AllRanks as integers in millionths per ns.
   for (auto [probe, rate] : {std::pair{PeakProbe::kFma, &facts.fma_per_ns},
                              std::pair{PeakProbe::kQuantFold, &facts.quant_fold_per_ns}}) {
     RETURN_IF_ERROR(comm.Barrier());

@@ -442,7 +442,7 @@ void SkinnyQuantAvx512Vnni(DType format, const float* x, int64_t n, int64_t x_st
   }
   // A single Q8_0 row, where the weights are prefetched far ahead (StreamPrefetch::kFar, the
   // Zen 4 choice): 1 × 1, W read row after row in address order (DriveQuant's kOneRow). The
-  // paper-m Q8_0 batch-1 step (24 layers, d 1024) took 14.4–15.6 ms against 20.3–21.0 in
+  // paper-m Q8_0 batch-1 step (24 layers, d 1024) took 13.4–13.7 ms against 20.1–21.0 in
   // 1 × 4 on a Zen 4 core. Q4_0 rows are half as long, and there the 1 × 1 tile's fixed
   // costs per row left it at 11 GB/s. Where near prefetch is chosen (a Zen 5 core measured
   // 94–97% of a plain read in 1 × 4) the 4 × 4 shape stays.
