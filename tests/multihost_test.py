@@ -105,28 +105,29 @@ class TwoHosts:
         r = sh("ip", "netns", "pids", self.ns[host], check=False)
         out = []
         for pid in map(int, r.stdout.split()):
+            comm = self.comm(pid)
             try:
-                with open(f"/proc/{pid}/comm") as f:
-                    comm = f.read().strip()
                 with open(f"/proc/{pid}/stat") as f:
                     state = f.read().rsplit(")", 1)[1].split()[0]
             except OSError:
                 continue
-            if state != "Z" and (name is None or comm == name):
+            if comm is not None and state != "Z" and (name is None or comm == name):
                 out.append(pid)
         return out
 
     @staticmethod
-    def names(pids):
-        """The command names of `pids` (for messages; a process that has gone shows "?")."""
-        out = []
-        for pid in pids:
-            try:
-                with open(f"/proc/{pid}/comm") as f:
-                    out.append(f"{pid} {f.read().strip()}")
-            except OSError:
-                out.append(f"{pid} ?")
-        return out
+    def comm(pid):
+        """The command name of `pid`, or None when it has gone."""
+        try:
+            with open(f"/proc/{pid}/comm") as f:
+                return f.read().strip()
+        except OSError:
+            return None
+
+    @classmethod
+    def names(cls, pids):
+        """`pid name` of each of `pids`, for messages ("?" for a process that has gone)."""
+        return [f"{pid} {cls.comm(pid) or '?'}" for pid in pids]
 
     def kill(self, host, name=None):
         for pid in self.pids(host, name):
