@@ -252,22 +252,22 @@ void RunChunk(const Problem& pb, const QueryToken& token, int64_t t, int64_t c_l
 
   const int64_t len = c_hi - c_lo + 1;
   const unsigned char** rows = s.rows.data();
-  ForEachRun(cache, token.block_table, c_lo, c_hi,
-             [&](const unsigned char* row, int64_t t0, int64_t n) {
-               for (int64_t i = 0; i < n; ++i) rows[t0 - c_lo + i] = row + i * cache.row_bytes;
-             });
+  // The row pointers of positions [lo, hi] of `tok`, from dst on.
+  const auto gather_rows = [&](const QueryToken& tok, int64_t lo, int64_t hi,
+                               const unsigned char** dst) {
+    ForEachRun(cache, tok.block_table, lo, hi,
+               [&](const unsigned char* row, int64_t t0, int64_t n) {
+                 for (int64_t i = 0; i < n; ++i) dst[t0 - lo + i] = row + i * cache.row_bytes;
+               });
+  };
+  gather_rows(token, c_lo, c_hi, rows);
   // Whole-block prefetches run a block ahead, so the last block would fetch nothing and the
   // next item's first block would start cold (at context 256, one of its 8 blocks): the
   // prefetch loops below run on past `len` into the next item's first rows.
   int64_t ahead_len = len;
   if (next_item.token != nullptr) {
     const int64_t n = std::min(kLongBlock, next_item.c_hi - next_item.c_lo + 1);
-    ForEachRun(cache, next_item.token->block_table, next_item.c_lo, next_item.c_lo + n - 1,
-               [&](const unsigned char* row, int64_t t0, int64_t n_run) {
-                 for (int64_t i = 0; i < n_run; ++i) {
-                   rows[len + t0 - next_item.c_lo + i] = row + i * cache.row_bytes;
-                 }
-               });
+    gather_rows(*next_item.token, next_item.c_lo, next_item.c_lo + n - 1, rows + len);
     ahead_len += n;
   }
   // The rows' format: bytes per value, and for int8 where each group's parts find their

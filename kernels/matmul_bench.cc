@@ -12,9 +12,10 @@
 // vpdpbusd with the kernels' fold (kernels/peak_probe.h; t/vpdp: against vpdpbusd alone).
 // They meet where a weight's n FMAs take as long as reading it: for F32, n ≈ 64 B × FMA rate
 // / bandwidth, about 14 on a Zen 5 core; 16-bit weights halve the bytes, so their n = 1 call
-// should take about half the F32 time and meet the compute bound near n = 7. With --threads T the skinny calls split the outputs over T
-// threads (SkinnyMatMulParallel) and OpenBLAS gets T threads. Cores may be shared with other
-// work, so every figure is a median of interleaved rounds: compare ratios within one run.
+// should take about half the F32 time and meet the compute bound near n = 7. With --threads T
+// the skinny calls split the outputs over T threads (SkinnyMatMulParallel) and OpenBLAS gets
+// T threads. Cores may be shared with other work, so every figure is a median of interleaved
+// rounds: compare ratios within one run.
 //
 // Weights live in 4 KiB pages by default, as a std::vector in the engine does; --hugepages
 // puts them in transparent huge pages (madvise), which removes a TLB miss and a stop of the
@@ -41,6 +42,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <functional>
+#include <iterator>
 #include <string>
 #include <vector>
 
@@ -109,6 +111,9 @@ float ReadAll(const float* w, int64_t size) {
   for (float v : s) total += v;
   return total;
 }
+
+// The arithmetic peaks both modes time beside the kernels (kernels/peak_probe.h), in this order.
+constexpr PeakProbe kProbes[] = {PeakProbe::kFma, PeakProbe::kDot, PeakProbe::kQuantFold};
 
 // out_dim × in_dim weights of every type (the 16-bit ones rounded from the F32 values), 2 MiB
 // aligned; in transparent huge pages if asked (and the kernel allows).
@@ -245,11 +250,10 @@ int Prefill(int reps, int threads, const std::vector<DType>& types) {
                            out, in, nullptr, y.data(), out);
     }
   };
-  constexpr PeakProbe kProbes[] = {PeakProbe::kFma, PeakProbe::kDot, PeakProbe::kQuantFold};
-  std::vector<double> probe_ms[3];
+  std::vector<double> probe_ms[std::size(kProbes)];
   for (Series& s : series) run(s);  // warm-up
   for (int r = 0; r < reps; ++r) {
-    for (int p = 0; p < 3; ++p) {
+    for (size_t p = 0; p < std::size(kProbes); ++p) {
       if (!HavePeakProbe(kProbes[p])) continue;
       probe_ms[p].push_back(TimeMs([&] {
         ParallelFor(ComputeThreads(), 1, [&](int64_t, int64_t) { RunPeakProbe(kProbes[p]); });
@@ -258,7 +262,7 @@ int Prefill(int reps, int threads, const std::vector<DType>& types) {
     for (Series& s : series) s.ms.push_back(TimeMs([&] { run(s); }));
   }
   // GFLOP/s: 2 per multiply-add, 16 per FMA and 64 per vpdpbusd.
-  const auto gflops = [&](int p, double macs) {
+  const auto gflops = [&](size_t p, double macs) {
     return probe_ms[p].empty()
                ? 0
                : PeakProbeCount(kProbes[p]) * macs * 2 * threads / (Median(probe_ms[p]) * 1e6);
@@ -424,7 +428,6 @@ int Main(int argc, char** argv) {
                       sink = sink + partial[0];
                     },
                     {}});
-  constexpr PeakProbe kProbes[] = {PeakProbe::kFma, PeakProbe::kDot, PeakProbe::kQuantFold};
   for (PeakProbe probe : kProbes) {
     series.push_back(
         {[&, probe] { ParallelFor(threads, 1, [&](int64_t, int64_t) { RunPeakProbe(probe); }); },
