@@ -16,6 +16,11 @@
 // several repetitions (the machine is shared). `fma/B` is the arithmetic per
 // cache byte: where it is high (MLA: all 32 heads dot and accumulate the whole
 // 512-float latent of every row) the kernel is FMA-bound before memory-bound.
+// `of_fma` is that arithmetic per second against the FMA peak of the same threads
+// (kernels/peak_probe.h, a register-only loop of 16-lane FMAs, measured right after each
+// configuration): the bound of issue 16's target 4 for MLA and GLA. It counts the dot
+// products and weighted sums of the cached rows only (not the softmax, nor the per-token
+// W_UK/W_UV absorption, which is timed).
 //
 // Consecutive repetitions use disjoint block tables (≥ 256 MB apart in total),
 // so no repetition finds its rows in the last-level cache, as in a real step
@@ -53,6 +58,7 @@
 #include "base/rng.h"
 #include "base/thread_pool.h"
 #include "kernels/cpu.h"
+#include "kernels/peak_probe.h"
 
 namespace shardlm {
 namespace {
@@ -289,12 +295,17 @@ void RunFamily(const Family& fam, const Options& opt) {
         const double probe = static_cast<double>(kProbeFloats) * sizeof(float) / t.probe_s / 1e9;
         const double pages = static_cast<double>(bytes) / t.pages_s / 1e9;
         const double wall_gbps = static_cast<double>(bytes) / t.kernel_wall_s / 1e9;
+        const double fma_per_byte = fam.fma_per_row / static_cast<double>(row_bytes);
+        // zmm FMAs per ns: the multiply-adds over 16 lanes.
+        const double fma_rate = static_cast<double>(bytes) * fma_per_byte / 16 / t.kernel_s / 1e9;
+        const double fma_peak = MeasurePeakRate(PeakProbe::kFma, 5);
         std::printf(
-            "%-4s %7lld %5lld %7d %9.1f %9.3f %8.2f %8.2f %6.0f%% %8.2f %6.0f%% %6.2f %8.2f\n",
+            "%-4s %7lld %5lld %7d %9.1f %9.3f %8.2f %8.2f %6.0f%% %8.2f %6.0f%% %6.2f %6.0f%% "
+            "%8.2f\n",
             fam.name.c_str(), static_cast<long long>(ctx), static_cast<long long>(batch), threads,
             static_cast<double>(bytes) / 1e6, t.kernel_s * 1e3, gbps, probe, 100.0 * gbps / probe,
-            pages, 100.0 * gbps / pages, fam.fma_per_row / static_cast<double>(row_bytes),
-            wall_gbps);
+            pages, 100.0 * gbps / pages, fma_per_byte,
+            fma_peak > 0.0 ? 100.0 * fma_rate / fma_peak : 0.0, wall_gbps);
         std::fflush(stdout);
       }
     }
@@ -346,16 +357,17 @@ int main(int argc, char** argv) {
   }
   std::printf(
       "decode attention, one token per sequence, page_size %lld, shuffled pages in huge pages, "
-      "cache %s, prefetch %s%s\n",
+      "cache %s, prefetch %s, CPU \"%s\"%s\n",
       static_cast<long long>(options.page_size), KvDTypeName(options.kv_dtype),
-      StreamPrefetchName(SelectedStreamPrefetch()),
+      StreamPrefetchName(SelectedStreamPrefetch()), CpuModelName().c_str(),
       options.hot ? "; --hot: one table set, rows from the caches" : "");
-  std::printf("ms, GB/s, probe, pages: from per-thread CPU time, best of repetitions "
-              "(EffectiveSeconds); frac: GB/s / probe; of_pg: GB/s / pages; wall: GB/s by wall "
-              "clock\n");
-  std::printf("%-4s %7s %5s %7s %9s %9s %8s %8s %7s %8s %7s %6s %8s\n", "fam", "context",
+  std::printf(
+      "ms, GB/s, probe, pages: from per-thread CPU time, best of repetitions "
+      "(EffectiveSeconds); frac: GB/s / probe; of_pg: GB/s / pages; of_fma: multiply-adds "
+      "per second / the FMA peak of the same threads; wall: GB/s by wall clock\n");
+  std::printf("%-4s %7s %5s %7s %9s %9s %8s %8s %7s %8s %7s %6s %7s %8s\n", "fam", "context",
               "batch", "threads", "cache_MB", "ms", "GB/s", "probe", "frac", "pages", "of_pg",
-              "fma/B", "wall");
+              "fma/B", "of_fma", "wall");
 
   // GQA, paper-m-like: h_q 32, h_kv 8, d_h 128. Per row and query head: d_h for the
   // score, d_h for the value.

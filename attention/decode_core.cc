@@ -122,14 +122,16 @@ struct ItemScratch {
   std::vector<float> sum;     // [h_q]: Σ e^(s − m)
   std::vector<float> scores;  // [h_q, block ≤ kLongBlock]: scores, then numerators
   std::vector<float> alpha;   // [h_q]: e^(m_old − m_new) of the current block
+  std::vector<float> qt;      // [groups, a_len + b_len, g rounded up to 16]: ScoreArgs::qt
 
-  void Reserve(int64_t h_q, int64_t v_len) {
+  void Reserve(int64_t h_q, int64_t v_len, int64_t qt_floats) {
     if (rows.size() < static_cast<size_t>(kChunk + kLongBlock)) rows.resize(kChunk + kLongBlock);
     Grow(acc, h_q * v_len);
     Grow(max, h_q);
     Grow(sum, h_q);
     Grow(scores, h_q * kLongBlock);
     Grow(alpha, h_q);
+    Grow(qt, qt_floats);
   }
   static void Grow(std::vector<float>& v, int64_t n) {
     if (static_cast<int64_t>(v.size()) < n) v.resize(static_cast<size_t>(n));
@@ -196,6 +198,32 @@ inline void PrefetchGroup(const unsigned char* row, const RowLayout& lay, int64_
   if (scale_off > 0) PrefetchRange(row + scale_off, 1, l2);
 }
 
+// Query heads per group from which the scores are computed with the heads in lanes
+// (DecodeKernels::lane_scores), where the kernel set has them. Below it the lane-sum tiles
+// stay: a group of 8 heads would leave half of each lane vector idle.
+constexpr int64_t kMinLaneHeads = 16;
+
+int64_t RoundUp16(int64_t n) { return (n + 15) / 16 * 16; }
+
+// Floats of ItemScratch::qt for `groups` groups of g heads with q_len query floats each (0
+// where the lane scores are not used).
+int64_t LaneQueryFloats(int64_t groups, int64_t g, int64_t q_len) {
+  return g >= kMinLaneHeads ? groups * RoundUp16(g) * q_len : 0;
+}
+
+// Group j's queries with the heads in lanes (ScoreArgs::qt): qt[k·stride + h] for the g heads,
+// zero in the lanes past them.
+void TransposeQueries(const float* qa, int64_t qa_head, int64_t a_len, const float* qb,
+                      int64_t qb_head, int64_t b_len, int64_t g, int64_t stride, float* qt) {
+  for (int64_t h = 0; h < g; ++h) {
+    for (int64_t k = 0; k < a_len; ++k) qt[k * stride + h] = qa[h * qa_head + k];
+    for (int64_t k = 0; k < b_len; ++k) qt[(a_len + k) * stride + h] = qb[h * qb_head + k];
+  }
+  for (int64_t k = 0; k < a_len + b_len; ++k) {
+    std::fill(qt + k * stride + g, qt + (k + 1) * stride, 0.0f);
+  }
+}
+
 // Rows per score call: the block's rows are scored this many at a time for every group
 // before the next rows (see RunChunk); 4 is the AVX-512 score tile's height.
 constexpr int64_t kScoreRows = 4;
@@ -209,12 +237,15 @@ constexpr int64_t kScoreRows = 4;
 //   32 rows are 1 MiB, 24% slower. Long blocks while two of them fit in half of a 1 MiB L2.
 // - The value is the key (GTA, latent): the value pass re-reads a group's parts from L1 right
 //   after scoring them. Long blocks pay where the running sums outgrow half of L1: MLA's 32
-//   heads × 512 floats (64 KB) took 4–9% less time. GTA f32 and bf16 were 12–28% slower, GLA
-//   f32 unchanged.
-int64_t BlockLength(bool rows_first, int64_t row_bytes, int64_t g, int64_t v_len) {
+//   heads × 512 floats (64 KB) took 4–9% less time. GTA f32 and bf16 were 12–28% slower.
+// - Scores with the heads in lanes (`lanes`: the latent families' 16 and more heads per group,
+//   session 19): a block's rows are read once for all heads, and long blocks took GLA f32 from
+//   70 to 65 ms (16 sequences of 8k, one thread; 16 heads × 256 floats of running sums).
+int64_t BlockLength(bool rows_first, bool lanes, int64_t row_bytes, int64_t g, int64_t v_len) {
   constexpr int64_t kL1Half = 24 << 10, kL2Half = 512 << 10;  // bytes
-  const bool longer = rows_first ? 2 * kLongBlock * row_bytes <= kL2Half
-                                 : g * v_len * static_cast<int64_t>(sizeof(float)) > kL1Half;
+  const bool longer = rows_first
+                          ? 2 * kLongBlock * row_bytes <= kL2Half
+                          : lanes || g * v_len * static_cast<int64_t>(sizeof(float)) > kL1Half;
   return longer ? kLongBlock : kBlock;
 }
 static_assert(kChunk % kLongBlock == 0, "chunks are cut between blocks");
@@ -248,7 +279,17 @@ void RunChunk(const Problem& pb, const QueryToken& token, int64_t t, int64_t c_l
   const int64_t g = q.g;
   const int64_t v_len = lay.v_len;
   ItemScratch& s = ThreadItemScratch();
-  s.Reserve(pb.h_q, v_len);
+  // Whether a group's value lies outside its key parts (GQA) rather than being one of
+  // them (GTA, latent attention): that decides the order of the block's passes.
+  const int64_t a0 = lay.a_off, v0 = lay.v_off;
+  const bool rows_first = v0 + v_len <= a0 || v0 >= a0 + lay.a_len;
+  // Scores with the heads in lanes: where a group has many heads, and the block's passes run
+  // group by group (in the rows-first order a score call has only kScoreRows rows).
+  const bool lanes = !rows_first && g >= kMinLaneHeads &&
+                     kernels.lane_scores[static_cast<int>(cache.dtype())] != nullptr;
+  const int64_t q_len = lay.a_len + lay.b_len;
+  const int64_t qt_stride = RoundUp16(g);
+  s.Reserve(pb.h_q, v_len, lanes ? LaneQueryFloats(lay.groups, g, q_len) : 0);
 
   const int64_t len = c_hi - c_lo + 1;
   const unsigned char** rows = s.rows.data();
@@ -284,12 +325,15 @@ void RunChunk(const Problem& pb, const QueryToken& token, int64_t t, int64_t c_l
 
   const float* qa_t = q.qa + t * q.qa_token;
   const float* qb_t = q.qb != nullptr ? q.qb + t * q.qb_token : nullptr;
-  // Whether a group's value lies outside its key parts (GQA) rather than being one of
-  // them (GTA, latent attention): that decides the order of the block's passes.
-  const int64_t a0 = lay.a_off, v0 = lay.v_off;
-  const bool rows_first = v0 + v_len <= a0 || v0 >= a0 + lay.a_len;
+  if (lanes) {
+    for (int64_t j = 0; j < lay.groups; ++j) {
+      TransposeQueries(qa_t + j * g * q.qa_head, q.qa_head, lay.a_len,
+                       qb_t != nullptr ? qb_t + j * g * q.qb_head : nullptr, q.qb_head, lay.b_len,
+                       g, qt_stride, s.qt.data() + j * q_len * qt_stride);
+    }
+  }
   // Blocks [b_lo, b_hi] relative to c_lo, cut at multiples of `block` positions.
-  const int64_t block = BlockLength(rows_first, cache.row_bytes, g, v_len);
+  const int64_t block = BlockLength(rows_first, lanes, cache.row_bytes, g, v_len);
   for (int64_t b_lo = 0; b_lo < len;) {
     const int64_t b_hi = std::min(len - 1, ((c_lo + b_lo) / block + 1) * block - 1 - c_lo);
     const int64_t nb = b_hi - b_lo + 1;
@@ -313,7 +357,19 @@ void RunChunk(const Problem& pb, const QueryToken& token, int64_t t, int64_t c_l
       sa.g = g;
       sa.scores = s.scores.data() + head0 * block + r0;
       sa.block = block;
-      kernels.scores[kind](sa);
+      if (lanes) {
+        sa.qt = s.qt.data() + j * q_len * qt_stride;
+        sa.qt_stride = qt_stride;
+        // The next block's rows: the kernel requests each of their lines beside the same line
+        // of this block, so the fetches are spread over the arithmetic. Requested in one burst
+        // per group before the score call (PrefetchGroup, below), they gained nothing here: GLA
+        // f32 at 16 × 8k, one thread, took 55.5 ms against 67 (MLA 104 against 111).
+        sa.ahead = rows + b_hi + 1;
+        sa.ahead_nb = std::clamp<int64_t>(ahead_len - b_hi - 1, 0, block);
+        kernels.lane_scores[kind](sa);
+      } else {
+        kernels.scores[kind](sa);
+      }
     };
     // Each (row, head) dot product is the same arithmetic in any tiling and order, so
     // the two orders below give the same bits.
@@ -346,9 +402,9 @@ void RunChunk(const Problem& pb, const QueryToken& token, int64_t t, int64_t c_l
       const int64_t head0 = j * g;
       // The value is the key (GTA's tied state, a latent): score the group, and its value
       // pass re-reads the same lines while they are still in L1. Meanwhile the group's
-      // parts of the next block's rows are fetched.
+      // parts of the next block's rows are fetched (by the lane kernel itself, see `score`).
       if (!rows_first) {
-        for (int64_t r = b_hi + 1; r < std::min(ahead_len, b_hi + 1 + block); ++r) {
+        for (int64_t r = b_hi + 1; !lanes && r < std::min(ahead_len, b_hi + 1 + block); ++r) {
           PrefetchGroup(rows[r], lay, j, vb, scale_off, l2);
         }
         score(j, 0, nb);
@@ -398,6 +454,7 @@ void RunChunk(const Problem& pb, const QueryToken& token, int64_t t, int64_t c_l
 DecodeKernels PortableKernels() {
   return {{&ScoresPortable<KvDType::kF32>, &ScoresPortable<KvDType::kBF16>,
            &ScoresPortable<KvDType::kInt8>},
+          {nullptr, nullptr, nullptr},
           &SoftmaxPortable,
           {&ValuesPortable<KvDType::kF32>, &ValuesPortable<KvDType::kBF16>,
            &ValuesPortable<KvDType::kInt8>},
@@ -409,8 +466,10 @@ void SetDecodeIsa(Isa isa) {
   ActiveKernels() = isa == Isa::kAvx512 && Cpu().avx512 ? Avx512Kernels() : PortableKernels();
 }
 
-void DecodeAttentionReserve(int64_t h_q, int64_t v_len) {
-  OnEveryComputeThread([h_q, v_len] { ThreadItemScratch().Reserve(h_q, v_len); });
+void DecodeAttentionReserve(int64_t h_q, int64_t v_len, int64_t groups, int64_t q_len) {
+  const int64_t qt_floats = LaneQueryFloats(groups, h_q / groups, q_len);
+  OnEveryComputeThread(
+      [h_q, v_len, qt_floats] { ThreadItemScratch().Reserve(h_q, v_len, qt_floats); });
 }
 
 const char* DecodeIsaName() { return ActiveKernels().name; }

@@ -77,9 +77,10 @@ void DecodeAttention(const CacheView& cache, std::span<const QueryToken> tokens,
 // Not thread-safe; set before decoding.
 void SetDecodeIsa(Isa isa);
 
-// Grows every compute thread's per-item scratch for calls with up to h_q query heads and
-// values of v_len floats, so that decode steps do not allocate (call at start-up).
-void DecodeAttentionReserve(int64_t h_q, int64_t v_len);
+// Grows every compute thread's per-item scratch for calls with up to h_q query heads in
+// `groups` groups, values of v_len floats and q_len query floats per head (a_len + b_len), so
+// that decode steps do not allocate (call at start-up).
+void DecodeAttentionReserve(int64_t h_q, int64_t v_len, int64_t groups, int64_t q_len);
 const char* DecodeIsaName();
 
 // Calls f(first_row, t0, n) for each maximal run of consecutive positions

@@ -10,6 +10,8 @@
 #include <limits>
 #include <memory>
 #include <string>
+#include <tuple>
+#include <utility>
 #include <vector>
 
 #include "absl/strings/str_format.h"
@@ -53,17 +55,21 @@ std::vector<Family> Families(int64_t window, Rng& rng) {
                         [s](const CacheView& c, std::span<const QueryToken> t, const float* q,
                             float* o) { GtaAttention(s, c, t, q, o); }});
   }
-  for (const int64_t h_c : {1, 2}) {
-    const LatentShape s{4, h_c, 24, 8, 8, 12, 0.3f, window};
-    Linear kv_b;  // [h_q · (d_n + d_v), d_c]
-    kv_b.out = 4 * 20;
-    kv_b.in = 24;
-    const std::vector<float> values = rng.UniformVector(4 * 20 * 24, -0.2f, 0.2f);
-    kv_b.w.assign(values.begin(), values.end());
-    auto up = std::make_shared<LatentUpProjection>(SplitKvB(kv_b, 8, 12));
-    families.push_back({h_c == 1 ? "mla" : "gla", h_c * 24 + 8, 4 * 16, 4 * 12,
-                        [s, up](const CacheView& c, std::span<const QueryToken> t, const float* q,
-                                float* o) { LatentAttention(s, c, t, q, *up, o); }});
+  // 4 query heads, and 32: 32 and 16 heads per latent take the scores with the heads in lanes.
+  for (const int64_t h_q : {4, 32}) {
+    for (const int64_t h_c : {1, 2}) {
+      const LatentShape s{h_q, h_c, 24, 8, 8, 12, 0.3f, window};
+      Linear kv_b;  // [h_q · (d_n + d_v), d_c]
+      kv_b.out = h_q * 20;
+      kv_b.in = 24;
+      const std::vector<float> values = rng.UniformVector(h_q * 20 * 24, -0.2f, 0.2f);
+      kv_b.w.assign(values.begin(), values.end());
+      auto up = std::make_shared<LatentUpProjection>(SplitKvB(kv_b, 8, 12));
+      families.push_back({absl::StrFormat("%s-%d", h_c == 1 ? "mla" : "gla", h_q), h_c * 24 + 8,
+                          h_q * 16, h_q * 12,
+                          [s, up](const CacheView& c, std::span<const QueryToken> t, const float* q,
+                                  float* o) { LatentAttention(s, c, t, q, *up, o); }});
+    }
   }
   return families;
 }
@@ -281,6 +287,99 @@ TEST(DecodeCoreTest, SoftmaxOfManyHeadsIsEachHeadAlone) {
             // alpha·sum and the block's numerators, summed in fp32 (nb + 1 roundings).
             const double want_sum = static_cast<double>(alpha[h]) * sum0[h] + numerators;
             ASSERT_NEAR(sum[h], want_sum, (nb + 2) * u * want_sum) << where;
+          }
+        }
+      }
+    }
+  }
+}
+
+// The scores with the heads in lanes (DecodeKernels::lane_scores) are each one chain of fp32
+// FMAs in element order, the a part then the b part, from the row values as the cache format
+// gives them: the naive chain below, bit for bit, for every format, head counts around the
+// lane width, row counts around the tile heights, parts with tails, with and without rows to
+// prefetch. Nothing past the g heads and nb rows is written.
+TEST(DecodeCoreTest, LaneScoresAreOneFmaChainPerScore) {
+  if (!Cpu().avx512) {  // only the AVX-512 build has them
+    EXPECT_EQ(attention_internal::PortableKernels().lane_scores[0], nullptr);
+    return;
+  }
+  const attention_internal::DecodeKernels k = attention_internal::Avx512Kernels();
+  const int64_t block = attention_internal::kLongBlock;
+  Rng rng(9, "lane_scores");
+  for (const KvDType dtype : {KvDType::kF32, KvDType::kBF16, KvDType::kInt8}) {
+    for (const int64_t g : {16, 17, 31, 32, 33, 48}) {
+      for (const auto& [a_len, b_len] : {std::pair<int64_t, int64_t>{40, 8}, {16, 0}, {5, 16}}) {
+        // A leading segment, so the parts start inside the row.
+        const std::vector<int64_t> segments =
+            b_len > 0 ? std::vector<int64_t>{3, a_len, b_len} : std::vector<int64_t>{3, a_len};
+        const KvRowFormat format = KvRowFormat::Make(dtype, segments);
+        const int64_t elems = 3 + a_len + b_len;
+        for (const int64_t nb : {1, 3, 4, 9, 16, 17, 32}) {
+          // Rows in their own places (not a page's order), and as many to prefetch.
+          std::vector<std::vector<unsigned char>> store(2 * nb);
+          std::vector<const unsigned char*> rows(2 * nb);
+          for (int64_t r = 0; r < 2 * nb; ++r) {
+            store[r].resize(format.bytes);
+            format.Store(rng.UniformVector(elems, -2.0f, 2.0f).data(), store[r].data());
+            rows[r] = store[r].data();
+          }
+          const int64_t qa_head = a_len + 2, qb_head = b_len + 1;
+          const std::vector<float> qa = rng.UniformVector(g * qa_head, -1.0f, 1.0f);
+          const std::vector<float> qb = rng.UniformVector(g * qb_head + 1, -1.0f, 1.0f);
+          const int64_t stride = (g + 15) / 16 * 16;
+          std::vector<float> qt(static_cast<size_t>((a_len + b_len) * stride), 0.0f);
+          for (int64_t h = 0; h < g; ++h) {
+            for (int64_t i = 0; i < a_len; ++i) qt[i * stride + h] = qa[h * qa_head + i];
+            for (int64_t i = 0; i < b_len; ++i) qt[(a_len + i) * stride + h] = qb[h * qb_head + i];
+          }
+          const float kUnwritten = -12345.0f;
+          std::vector<float> scores(static_cast<size_t>((g + 1) * block), kUnwritten);
+          attention_internal::ScoreArgs a;
+          a.rows = rows.data();
+          a.nb = nb;
+          a.a_off = 3;
+          a.a_len = a_len;
+          a.b_off = 3 + a_len;
+          a.b_len = b_len;
+          a.scale_off = format.scale_offset;
+          a.a_seg = dtype == KvDType::kInt8 ? 1 : 0;
+          a.b_seg = dtype == KvDType::kInt8 && b_len > 0 ? 2 : 0;
+          a.qa = qa.data();
+          a.qa_head = qa_head;
+          a.qb = qb.data();
+          a.qb_head = qb_head;
+          a.g = g;
+          a.scores = scores.data();
+          a.block = block;
+          a.qt = qt.data();
+          a.qt_stride = stride;
+          a.ahead = rows.data() + nb;
+          a.ahead_nb = nb % 2 == 0 ? nb : nb / 2;
+          k.lane_scores[static_cast<int>(dtype)](a);
+          for (int64_t h = 0; h <= g; ++h) {
+            for (int64_t r = 0; r < block; ++r) {
+              const float got = scores[h * block + r];
+              const std::string where =
+                  absl::StrFormat("%s g %d a %d b %d nb %d: head %d row %d", KvDTypeName(dtype), g,
+                                  a_len, b_len, nb, h, r);
+              if (h == g || r >= nb) {
+                ASSERT_EQ(got, kUnwritten) << where;
+                continue;
+              }
+              float want = 0.0f;
+              for (const auto& [off, len, q, seg] :
+                   {std::tuple{a.a_off, a_len, qa.data() + h * qa_head, a.a_seg},
+                    std::tuple{a.b_off, b_len, qb.data() + h * qb_head, a.b_seg}}) {
+                std::vector<float> x(static_cast<size_t>(len));
+                const float scale = dtype == KvDType::kInt8
+                                        ? KvRowFormat::Scale(rows[r], format.scale_offset, seg)
+                                        : 1.0f;
+                KvRowFormat::Decode(dtype, rows[r], off, len, scale, x.data());
+                for (int64_t i = 0; i < len; ++i) want = std::fma(x[i], q[i], want);
+              }
+              ASSERT_EQ(std::bit_cast<uint32_t>(got), std::bit_cast<uint32_t>(want)) << where;
+            }
           }
         }
       }

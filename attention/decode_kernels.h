@@ -38,6 +38,16 @@ struct ScoreArgs {
   int64_t g = 0;
   float* scores = nullptr;  // [g, block]
   int64_t block = kBlock;
+  // The same queries with the heads in lanes, for DecodeKernels::lane_scores: qt[k·qt_stride +
+  // h] is element k of qa_h for k < a_len and element k − a_len of qb_h after it; qt_stride ≥ g
+  // is a multiple of 16 and the lanes [g, qt_stride) are zero.
+  const float* qt = nullptr;
+  int64_t qt_stride = 0;
+  // lane_scores only: the rows to fetch into L2 meanwhile, ahead[r] beside rows[r] (r <
+  // ahead_nb), the same parts: the next block's rows, so that each of its lines is requested
+  // about a block before it is read, spread evenly over the block's arithmetic.
+  const unsigned char* const* ahead = nullptr;
+  int64_t ahead_nb = 0;
 };
 
 // acc_h[c] = alpha[h] · acc_h[c] + Σ_{r < nb} p[h·block + r] · rows[r][v_off + c] for
@@ -79,6 +89,12 @@ struct SoftmaxArgs {
 struct DecodeKernels {
   // By the rows' KvDType (kv_cache.h), in its order: f32, bf16, int8.
   void (*scores[3])(const ScoreArgs&);
+  // The same scores computed with the heads in lanes, from ScoreArgs::qt (null where the build
+  // has none): each score is one chain of multiply-adds in element order, a then b, so its bits
+  // differ from `scores`' but depend on nothing but its own row and query. For many heads per
+  // group (the latent families), where every row element is broadcast once for 16 heads and no
+  // lane sums are left to reduce; see decode_core.cc: kMinLaneHeads.
+  void (*lane_scores[3])(const ScoreArgs&);
   void (*softmax)(const SoftmaxArgs&);
   void (*values[3])(const ValueArgs&);
   // y[i] = e^x[i], the exp the softmax uses (exposed for its accuracy test).

@@ -197,6 +197,121 @@ SHARDLM_TARGET_AVX512 void ScoresAvx512(const ScoreArgs& a) {
   }
 }
 
+// One element e of R rows (buf[r][e]) against one qt row (at q, which then moves one row on):
+// R·V FMAs. The pointer steps by a register add (the asm keeps GCC from computing e·stride for
+// each unrolled e, 16 offsets that spilled to the stack).
+template <int R, int V>
+SHARDLM_TARGET_AVX512 inline void LaneStep(__m512 (&acc)[R][V], const float (&buf)[R][16], int e,
+                                           const float*& q, int64_t stride) {
+  __m512 qv[V];
+#pragma GCC unroll 2
+  for (int v = 0; v < V; ++v) qv[v] = _mm512_loadu_ps(q + 16 * v);
+  q += stride;
+  asm("" : "+r"(q));
+#pragma GCC unroll 16
+  for (int r = 0; r < R; ++r) {
+    const __m512 x = _mm512_set1_ps(buf[r][e]);
+#pragma GCC unroll 2
+    for (int v = 0; v < V; ++v) acc[r][v] = _mm512_fmadd_ps(x, qv[v], acc[r][v]);
+  }
+}
+
+// Elements [off, off + len) of rows [r0, r0 + R) against qt rows [k0, k0 + len), added to
+// acc (LaneScoreTile).
+template <int R, int V, typename Rows>
+SHARDLM_TARGET_AVX512 inline void LanePart(__m512 (&acc)[R][V], const ScoreArgs& a, int64_t r0,
+                                           int64_t v0, int64_t off, int64_t len, int64_t k0,
+                                           int64_t seg) {
+  alignas(64) float buf[R][16];
+  __m512 scale[R];
+#pragma GCC unroll 16
+  for (int r = 0; r < R; ++r) {
+    scale[r] = Rows::kScaled ? _mm512_set1_ps(RowScale(a.rows[r0 + r], a.scale_off, seg))
+                             : _mm512_setzero_ps();
+  }
+  // The rows beside these in the next block (ScoreArgs::ahead), or these rows where it has none
+  // (a prefetch of a line already in cache costs nothing more); an int8 row's scales too.
+  const unsigned char* ahead[R];
+#pragma GCC unroll 16
+  for (int r = 0; r < R; ++r) {
+    ahead[r] = r0 + r < a.ahead_nb ? a.ahead[r0 + r] : a.rows[r0 + r];
+    if constexpr (Rows::kScaled) {
+      _mm_prefetch(reinterpret_cast<const char*>(ahead[r] + a.scale_off), _MM_HINT_T1);
+    }
+  }
+  const int64_t stride = a.qt_stride;
+  const float* qt = a.qt + k0 * stride + 16 * v0;
+  for (int64_t k = 0; k < len; k += 16) {
+    const int64_t n = len - k < 16 ? len - k : 16;
+    const __mmask16 m = static_cast<__mmask16>((1u << n) - 1);
+#pragma GCC unroll 16
+    for (int r = 0; r < R; ++r) {
+      _mm_prefetch(reinterpret_cast<const char*>(ahead[r] + (off + k) * Rows::kBytes), _MM_HINT_T1);
+      __m512 x = Rows::Load(m, a.rows[r0 + r] + (off + k) * Rows::kBytes);
+      if constexpr (Rows::kScaled) x = _mm512_mul_ps(x, scale[r]);
+      _mm512_store_ps(buf[r], x);
+    }
+    // The elements are broadcast from memory (a load each, `vbroadcastss`): left to itself, GCC
+    // takes them from the stored vectors with a lane permute each, on the FMAs' pipes.
+    asm("" : : "r"(buf) : "memory");
+    const float* qk = qt + k * stride;
+    if (n == 16) {
+#pragma GCC unroll 16
+      for (int e = 0; e < 16; ++e) LaneStep<R, V>(acc, buf, e, qk, stride);
+    } else {
+      for (int e = 0; e < n; ++e) LaneStep<R, V>(acc, buf, e, qk, stride);
+    }
+  }
+}
+
+// Scores of rows [r0, r0 + R) for the heads of lane vectors [v0, v0 + V), from the queries
+// with the heads in lanes (ScoreArgs::qt): acc[r][v] lane l is the score of head 16·(v0 + v) + l.
+// Every 16 elements of the R rows go to a small buffer first (as fp32: widened, and for int8
+// scaled), from which each element is broadcast for V·16 heads: one base register for all R
+// rows, the offsets immediates. Each score is one chain of FMAs in element order (the a part,
+// then the b part), whatever R, V and the rows around it.
+template <int R, int V, typename Rows>
+SHARDLM_TARGET_AVX512 void LaneScoreTile(const ScoreArgs& a, int64_t r0, int64_t v0) {
+  __m512 acc[R][V];
+#pragma GCC unroll 16
+  for (int r = 0; r < R; ++r) {
+#pragma GCC unroll 2
+    for (int v = 0; v < V; ++v) acc[r][v] = _mm512_setzero_ps();
+  }
+  LanePart<R, V, Rows>(acc, a, r0, v0, a.a_off, a.a_len, 0, a.a_seg);
+  if (a.b_len > 0) LanePart<R, V, Rows>(acc, a, r0, v0, a.b_off, a.b_len, a.a_len, a.b_seg);
+  // Back to [head, row]: through a buffer, the heads of each row one lane apiece.
+  alignas(64) float out[R][16 * V];
+#pragma GCC unroll 16
+  for (int r = 0; r < R; ++r) {
+#pragma GCC unroll 2
+    for (int v = 0; v < V; ++v) _mm512_store_ps(out[r] + 16 * v, acc[r][v]);
+  }
+  const int64_t heads = a.g - 16 * v0 < 16 * V ? a.g - 16 * v0 : 16 * V;
+  for (int64_t h = 0; h < heads; ++h) {
+    float* s = a.scores + (16 * v0 + h) * a.block + r0;
+#pragma GCC unroll 16
+    for (int r = 0; r < R; ++r) s[r] = out[r][h];
+  }
+}
+
+template <int V, typename Rows>
+SHARDLM_TARGET_AVX512 void LaneScoreRows(const ScoreArgs& a, int64_t v0) {
+  constexpr int kRows = V == 1 ? 16 : 8;  // 16 accumulators
+  int64_t r0 = 0;
+  for (; r0 + kRows <= a.nb; r0 += kRows) LaneScoreTile<kRows, V, Rows>(a, r0, v0);
+  for (; r0 + 4 <= a.nb; r0 += 4) LaneScoreTile<4, V, Rows>(a, r0, v0);
+  for (; r0 < a.nb; ++r0) LaneScoreTile<1, V, Rows>(a, r0, v0);
+}
+
+template <typename Rows>
+SHARDLM_TARGET_AVX512 void LaneScoresAvx512(const ScoreArgs& a) {
+  const int64_t vectors = (a.g + 15) / 16;
+  int64_t v0 = 0;
+  for (; v0 + 2 <= vectors; v0 += 2) LaneScoreRows<2, Rows>(a, v0);
+  if (v0 < vectors) LaneScoreRows<1, Rows>(a, v0);
+}
+
 // Columns [c, c + 16·NC) of heads [h0, h0 + H), the last 16 masked by m: H·NC accumulators
 // stay in registers while all nb rows are added, each row vector loaded once for H heads and
 // each weight broadcast once for NC column vectors. Every element still adds its rows in row
@@ -429,6 +544,7 @@ SHARDLM_TARGET_AVX512 void SoftmaxAvx512(const SoftmaxArgs& a) {
 
 DecodeKernels Avx512Kernels() {
   return {{&ScoresAvx512<F32Rows>, &ScoresAvx512<Bf16Rows>, &ScoresAvx512<Int8Rows>},
+          {&LaneScoresAvx512<F32Rows>, &LaneScoresAvx512<Bf16Rows>, &LaneScoresAvx512<Int8Rows>},
           &SoftmaxAvx512,
           {&ValuesAvx512<F32Rows>, &ValuesAvx512<Bf16Rows>, &ValuesAvx512<Int8Rows>},
           &ExpAvx512,

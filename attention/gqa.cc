@@ -139,7 +139,8 @@ class GqaBlock final : public AttentionBlock {
   }
 
   void Reserve() override {
-    attention_internal::DecodeAttentionReserve(shape_.num_q_heads, shape_.head_dim);
+    attention_internal::DecodeAttentionReserve(shape_.num_q_heads, shape_.head_dim,
+                                               shape_.num_kv_heads, shape_.head_dim);
   }
 
  private:

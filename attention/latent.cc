@@ -306,7 +306,9 @@ class LatentBlock final : public AttentionBlock {
   }
 
   void Reserve() override {
-    attention_internal::DecodeAttentionReserve(shape_.num_q_heads, shape_.latent_dim);
+    attention_internal::DecodeAttentionReserve(shape_.num_q_heads, shape_.latent_dim,
+                                               shape_.num_latent_heads,
+                                               shape_.latent_dim + shape_.rope_dim);
   }
 
  private:

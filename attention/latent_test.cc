@@ -157,12 +157,13 @@ double CheckLatentCase(const LatentDims& dims, int64_t ctx, int64_t page, int64_
 }
 
 TEST(LatentTest, FastMatchesNaiveSweep) {
-  // MLA (h_c = 1) and GLA shapes; d_n = 0 and d_r = 0 are the edges. The last has running
-  // sums past half of L1 (12 heads × 520 floats), which take 32-row blocks.
+  // MLA (h_c = 1) and GLA shapes; d_n = 0 and d_r = 0 are the edges. {12, 1, 520, …} has
+  // running sums past half of L1 (12 heads × 520 floats), which take 32-row blocks; the last
+  // two have 16 and 33 heads per latent, whose scores take the heads in lanes.
   const LatentDims dims_list[] = {
-      {1, 1, 5, 3, 2, 7},  {4, 1, 16, 16, 8, 16},  {6, 2, 64, 8, 32, 5}, {5, 5, 5, 16, 2, 16},
-      {8, 8, 16, 7, 8, 3}, {8, 1, 64, 16, 32, 16}, {4, 2, 16, 0, 8, 8},  {2, 1, 5, 4, 0, 4},
-      {12, 1, 520, 8, 8, 8}};
+      {1, 1, 5, 3, 2, 7},    {4, 1, 16, 16, 8, 16},  {6, 2, 64, 8, 32, 5}, {5, 5, 5, 16, 2, 16},
+      {8, 8, 16, 7, 8, 3},   {8, 1, 64, 16, 32, 16}, {4, 2, 16, 0, 8, 8},  {2, 1, 5, 4, 0, 4},
+      {12, 1, 520, 8, 8, 8}, {32, 2, 40, 8, 8, 8},   {33, 1, 24, 4, 6, 4}};
   // Both builds of the inner kernels (AVX-512 when the CPU has it, and portable).
   const attention_test::RestoreDecodeIsa restore;
   for (const auto isa : {BestIsa(), Isa::kPortable}) {
@@ -189,7 +190,7 @@ TEST(LatentTest, FastMatchesNaiveSweep) {
 TEST(LatentTest, NarrowCacheMatchesNaive) {
   const LatentDims dims_list[] = {{4, 1, 16, 16, 8, 16}, {6, 2, 64, 8, 32, 5},
                                   {8, 1, 64, 16, 32, 16}, {2, 1, 5, 4, 0, 4},
-                                  {12, 1, 520, 16, 8, 16}};
+                                  {12, 1, 520, 16, 8, 16}, {32, 1, 40, 8, 8, 8}};
   const attention_test::RestoreDecodeIsa restore;
   for (const auto isa : {BestIsa(), Isa::kPortable}) {
     attention_internal::SetDecodeIsa(isa);
