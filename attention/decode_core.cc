@@ -166,10 +166,10 @@ CallScratch& ThreadCallScratch() {
 
 // Touches the lines of bytes [0, len) of p so they are on their way from memory: into L1, or
 // into L2 when `l2` (StreamPrefetch::kFar, kernels/cpu.h: on a Zen 4 core the L1 prefetches
-// of the next block left GQA at 42–44% of the page-order probe at 8k and GTA at 28%, the L2
-// ones 62–66% and 52%). The empty volatile asm is a side effect: GCC counts prefetches as
-// none, so without it the IPA pass marks PrefetchGroup `const` and deletes its calls (no
-// prefetch at all was in the binary; `objdump -d … | grep prefetch` now finds them).
+// of the next block left GQA at 42–44% of the page-order probe at 8k, the L2 ones 62–66%). The
+// empty volatile asm is a side effect: GCC counts prefetches as none, so without it the IPA
+// pass could mark a caller `const` and delete its calls (it did: no prefetch at all was in the
+// binary; `objdump -d … | grep prefetch` now finds them).
 inline void PrefetchRange(const unsigned char* p, int64_t len, bool l2) {
   constexpr int64_t kLine = 64;
   if (l2) {
@@ -180,28 +180,6 @@ inline void PrefetchRange(const unsigned char* p, int64_t len, bool l2) {
     if (len > 0) __builtin_prefetch(p + len - 1);
   }
   asm volatile("");
-}
-
-// Prefetches group j's parts of `row`: the key part, the b part (once, for group 0, when
-// the groups share it) and the value part where it adds lines. In the group-by-group order
-// a group's parts of consecutive rows are short runs a row apart (8 KB in the bench's
-// shapes), which the hardware prefetchers do not follow; prefetching them for the next
-// block measured +25% GB/s for GTA at 8k (attention_bench), more with 2 threads.
-// `vb` is the bytes per value; an int8 row's scales are fetched too.
-inline void PrefetchGroup(const unsigned char* row, const RowLayout& lay, int64_t j, int64_t vb,
-                          int64_t scale_off, bool l2) {
-  if (lay.a_len > 0) PrefetchRange(row + (lay.a_off + j * lay.a_step) * vb, lay.a_len * vb, l2);
-  if (lay.b_len > 0 && (lay.b_step != 0 || j == 0)) {
-    PrefetchRange(row + (lay.b_off + j * lay.b_step) * vb, lay.b_len * vb, l2);
-  }
-  const int64_t a0 = lay.a_off + j * lay.a_step, v0 = lay.v_off + j * lay.v_step;
-  if (v0 + lay.v_len <= a0 || v0 >= a0 + lay.a_len) {
-    PrefetchRange(row + v0 * vb, lay.v_len * vb, l2);
-  } else {  // the value overlaps the key part: prefetch what it adds
-    PrefetchRange(row + std::min(a0, v0) * vb,
-                  (std::max(a0 + lay.a_len, v0 + lay.v_len) - std::min(a0, v0)) * vb, l2);
-  }
-  if (scale_off > 0) PrefetchRange(row + scale_off, 1, l2);
 }
 
 // Query heads per group from which the scores are computed with the heads in lanes
@@ -329,11 +307,10 @@ void RunChunk(const Problem& pb, const QueryToken& token, int64_t t, int64_t c_l
     gather_rows(*next_item.token, next_item.c_lo, next_item.c_lo + n - 1, rows + len);
     ahead_len += n;
   }
-  // The rows' format: bytes per value, and for int8 where each group's parts find their
-  // scales (a part is one segment of the row: a head, a latent head, the RoPE key).
+  // The rows' format, and for int8 where each group's parts find their scales (a part is one
+  // segment of the row: a head, a latent head, the RoPE key).
   const KvDType dtype = cache.dtype();
   const int kind = static_cast<int>(dtype);
-  const int64_t vb = KvValueBytes(dtype);
   const KvRowFormat* fmt = dtype == KvDType::kInt8 ? cache.format : nullptr;
   const int64_t scale_off = fmt != nullptr ? fmt->scale_offset : 0;
   auto seg = [&](int64_t first) { return fmt != nullptr ? fmt->SegmentOf(first) : 0; };
@@ -357,6 +334,16 @@ void RunChunk(const Problem& pb, const QueryToken& token, int64_t t, int64_t c_l
   for (int64_t b_lo = 0; b_lo < len;) {
     const int64_t b_hi = std::min(len - 1, ((c_lo + b_lo) / block + 1) * block - 1 - c_lo);
     const int64_t nb = b_hi - b_lo + 1;
+    // In the group-by-group order (not rows_first) the kernels request the next block's rows
+    // themselves, each line beside the same line of this block (RowsAhead): a group's parts of
+    // consecutive rows are short runs a row apart, which the hardware prefetchers do not follow.
+    // Until session 19 they were requested here, in one burst per group before its score call
+    // (a 4 KB row's 8 lines, 16 rows); spread over the arithmetic instead, at 16 × 8k, one
+    // thread, GTA f32 took 37.5–39 ms against 51–53, bf16 37.5 against 42.5, int8 41 against
+    // 44 (at two threads 20 against 27), and the latent families with the heads in lanes GLA
+    // 55.5 against 67, MLA 104 against 111.
+    const RowsAhead ahead{rows + b_hi + 1, std::clamp<int64_t>(ahead_len - b_hi - 1, 0, block),
+                          !l2};
     // Scores of group j for rows [r0, r0 + n) of the block.
     auto score = [&](int64_t j, int64_t r0, int64_t n) {
       const int64_t head0 = j * g;
@@ -377,15 +364,10 @@ void RunChunk(const Problem& pb, const QueryToken& token, int64_t t, int64_t c_l
       sa.g = g;
       sa.scores = s.scores.data() + head0 * block + r0;
       sa.block = block;
+      if (!rows_first) sa.ahead = ahead;
       if (lanes) {
         sa.qt = s.qt.data() + j * q_len * qt_stride;
         sa.qt_stride = qt_stride;
-        // The next block's rows: the kernel requests each of their lines beside the same line
-        // of this block, so the fetches are spread over the arithmetic. Requested in one burst
-        // per group before the score call (PrefetchGroup, below), they gained nothing here: GLA
-        // f32 at 16 × 8k, one thread, took 55.5 ms against 67 (MLA 104 against 111).
-        sa.ahead = rows + b_hi + 1;
-        sa.ahead_nb = std::clamp<int64_t>(ahead_len - b_hi - 1, 0, block);
         kernels.lane_scores[kind](sa);
       } else {
         kernels.scores[kind](sa);
@@ -422,13 +404,8 @@ void RunChunk(const Problem& pb, const QueryToken& token, int64_t t, int64_t c_l
       const int64_t head0 = j * g;
       // The value is the key (GTA's tied state, a latent): score the group, and its value
       // pass re-reads the same lines while they are still in L1. Meanwhile the group's
-      // parts of the next block's rows are fetched (by the lane kernel itself, see `score`).
-      if (!rows_first) {
-        for (int64_t r = b_hi + 1; !lanes && r < std::min(ahead_len, b_hi + 1 + block); ++r) {
-          PrefetchGroup(rows[r], lay, j, vb, scale_off, l2);
-        }
-        score(j, 0, nb);
-      }
+      // parts of the next block's rows are requested (`ahead`).
+      if (!rows_first) score(j, 0, nb);
       SoftmaxArgs sm;
       sm.scores = s.scores.data() + head0 * block;
       sm.block = block;
@@ -454,6 +431,9 @@ void RunChunk(const Problem& pb, const QueryToken& token, int64_t t, int64_t c_l
       va.acc = s.acc.data() + head0 * v_len;
       va.acc_head = v_len;
       va.values_cached = !rows_first;
+      // The value's lines that the score pass did not read (GTA's: its state past the
+      // unrotated half) are requested by the value pass.
+      if (!rows_first && (v0 < a0 || v0 + v_len > a0 + lay.a_len)) va.ahead = ahead;
       kernels.values[kind](va);
     }
     b_lo = b_hi + 1;

@@ -354,8 +354,7 @@ TEST(DecodeCoreTest, LaneScoresAreOneFmaChainPerScore) {
           a.block = block;
           a.qt = qt.data();
           a.qt_stride = stride;
-          a.ahead = rows.data() + nb;
-          a.ahead_nb = nb % 2 == 0 ? nb : nb / 2;
+          a.ahead = {rows.data() + nb, nb % 2 == 0 ? nb : nb / 2, nb % 3 == 0};
           k.lane_scores[static_cast<int>(dtype)](a);
           for (int64_t h = 0; h <= g; ++h) {
             for (int64_t r = 0; r < block; ++r) {

@@ -18,6 +18,16 @@ namespace shardlm::attention_internal {
 inline constexpr int64_t kBlock = 16;
 inline constexpr int64_t kLongBlock = 32;
 
+// Rows a kernel requests from memory while it reads its own: rows[r] beside the kernel's row r
+// (r < n), the same parts of them, one request per line. They are the next block's rows, so each
+// line is asked for about a block before it is read, and the requests are spread over the
+// block's arithmetic. Into L2, or into L1 where `l1` (StreamPrefetch::kNear, kernels/cpu.h).
+struct RowsAhead {
+  const unsigned char* const* rows = nullptr;
+  int64_t n = 0;
+  bool l1 = false;
+};
+
 // Rows are in the cache's format (attention/kv_cache.h: KvRowFormat), offsets and lengths
 // count values. A kernel reads the stored type directly: f32, bf16 (widened exactly), or
 // int8, each value multiplied by its segment's scale (one fp32 rounding) as it is loaded.
@@ -43,11 +53,7 @@ struct ScoreArgs {
   // is a multiple of 16 and the lanes [g, qt_stride) are zero.
   const float* qt = nullptr;
   int64_t qt_stride = 0;
-  // lane_scores only: the rows to fetch into L2 meanwhile, ahead[r] beside rows[r] (r <
-  // ahead_nb), the same parts: the next block's rows, so that each of its lines is requested
-  // about a block before it is read, spread evenly over the block's arithmetic.
-  const unsigned char* const* ahead = nullptr;
-  int64_t ahead_nb = 0;
+  RowsAhead ahead;  // their a and b parts (and an int8 row's scales)
 };
 
 // acc_h[c] = alpha[h] · acc_h[c] + Σ_{r < nb} p[h·block + r] · rows[r][v_off + c] for
@@ -67,6 +73,7 @@ struct ValueArgs {
   // The score pass has just read these values (they are the key: GTA, latent attention), so
   // they are in L1; else they come from L2 or memory (GQA). Picks the tile width only.
   bool values_cached = false;
+  RowsAhead ahead;  // their value parts (and an int8 row's scales)
 };
 
 // Online-softmax step of one block for g heads. In: scores[h·block + r] (r < nb ≤ block)

@@ -76,6 +76,31 @@ struct Int8Rows {
   }
 };
 
+// Requests the line of p (RowsAhead).
+SHARDLM_TARGET_AVX512 inline void PrefetchAhead(const RowsAhead& ahead, const unsigned char* p) {
+  if (ahead.l1) {
+    _mm_prefetch(reinterpret_cast<const char*>(p), _MM_HINT_T0);
+  } else {
+    _mm_prefetch(reinterpret_cast<const char*>(p), _MM_HINT_T1);
+  }
+}
+
+// The row beside row r of a kernel (RowsAhead), or row r itself where there is none (a request
+// of a line already in cache costs nothing more); an int8 row's scales are requested with it.
+template <typename Rows>
+SHARDLM_TARGET_AVX512 inline const unsigned char* RowAhead(const RowsAhead& ahead,
+                                                           const unsigned char* const* rows,
+                                                           int64_t r, int64_t scale_off) {
+  const unsigned char* row = r < ahead.n ? ahead.rows[r] : rows[r];
+  if constexpr (Rows::kScaled) PrefetchAhead(ahead, row + scale_off);
+  return row;
+}
+
+// Vectors of 16 values per 64-byte line: a kernel requests a line of the rows ahead at every
+// this many vectors it loads.
+template <typename Rows>
+inline constexpr int64_t kVectorsPerLine = 64 / (16 * Rows::kBytes);
+
 // The scale of segment `seg` of an int8 row: KvRowFormat::Scale with the builtin memcpy, as
 // only intrinsics and plain arithmetic may be inlined into the attributed functions (top).
 inline float RowScale(const unsigned char* row, int64_t scale_off, int64_t seg) {
@@ -86,10 +111,13 @@ inline float RowScale(const unsigned char* row, int64_t scale_off, int64_t seg) 
 
 // acc[r][h] += rows[r][off, off + len) ⊙ q_h[0, len), lane-wise, for an R × H tile.
 // Each row vector is loaded once for H heads and each query vector once for R rows.
+// Where `ahead` is not null, the same lines of ahead[r] are requested beside row r's
+// (ScoreArgs::ahead, whose cache level is `a`'s).
 template <int R, int H, typename Rows>
 SHARDLM_TARGET_AVX512 inline void DotPart(__m512 (&acc)[R][H], const unsigned char* const* rows,
                                           int64_t off, int64_t len, const __m512 (&scale)[R],
-                                          const float* q, int64_t q_head) {
+                                          const float* q, int64_t q_head,
+                                          const unsigned char* const* ahead, const RowsAhead& a) {
   int64_t k = 0;
   for (; k + 16 <= len; k += 16) {
     // The empty asm statements keep each loaded vector in a register: without them GCC
@@ -98,6 +126,9 @@ SHARDLM_TARGET_AVX512 inline void DotPart(__m512 (&acc)[R][H], const unsigned ch
     __m512 x[R];
 #pragma GCC unroll 4
     for (int r = 0; r < R; ++r) {
+      if (ahead != nullptr && (k / 16) % kVectorsPerLine<Rows> == 0) {
+        PrefetchAhead(a, ahead[r] + (off + k) * Rows::kBytes);
+      }
       x[r] = Rows::Load(rows[r] + (off + k) * Rows::kBytes);
       if constexpr (Rows::kScaled) x[r] = _mm512_mul_ps(x[r], scale[r]);
       asm("" : "+v"(x[r]));
@@ -115,6 +146,7 @@ SHARDLM_TARGET_AVX512 inline void DotPart(__m512 (&acc)[R][H], const unsigned ch
     __m512 x[R];
 #pragma GCC unroll 4
     for (int r = 0; r < R; ++r) {
+      if (ahead != nullptr) PrefetchAhead(a, ahead[r] + (off + k) * Rows::kBytes);
       x[r] = Rows::Load(m, rows[r] + (off + k) * Rows::kBytes);
       if constexpr (Rows::kScaled) x[r] = _mm512_mul_ps(x[r], scale[r]);
     }
@@ -142,8 +174,19 @@ SHARDLM_TARGET_AVX512 void ScoreTile(const ScoreArgs& a, int64_t r0, int64_t h0)
     scale[r] = Rows::kScaled ? _mm512_set1_ps(RowScale(a.rows[r0 + r], a.scale_off, a.a_seg))
                              : _mm512_setzero_ps();
   }
-  DotPart<R, H, Rows>(acc, a.rows + r0, a.a_off, a.a_len, scale, a.qa + h0 * a.qa_head,
-                      a.qa_head);
+  // The rows ahead (ScoreArgs::ahead), requested by the first heads' tiles only (the others
+  // read the same rows again).
+  const unsigned char* ahead_rows[R];
+  const unsigned char* const* ahead = nullptr;
+  if (a.ahead.rows != nullptr && h0 == 0) {
+#pragma GCC unroll 4
+    for (int r = 0; r < R; ++r) {
+      ahead_rows[r] = RowAhead<Rows>(a.ahead, a.rows, r0 + r, a.scale_off);
+    }
+    ahead = ahead_rows;
+  }
+  DotPart<R, H, Rows>(acc, a.rows + r0, a.a_off, a.a_len, scale, a.qa + h0 * a.qa_head, a.qa_head,
+                      ahead, a.ahead);
   if (a.b_len > 0) {
     if constexpr (Rows::kScaled) {
 #pragma GCC unroll 4
@@ -151,8 +194,8 @@ SHARDLM_TARGET_AVX512 void ScoreTile(const ScoreArgs& a, int64_t r0, int64_t h0)
         scale[r] = _mm512_set1_ps(RowScale(a.rows[r0 + r], a.scale_off, a.b_seg));
       }
     }
-    DotPart<R, H, Rows>(acc, a.rows + r0, a.b_off, a.b_len, scale, a.qb + h0 * a.qb_head,
-                        a.qb_head);
+    DotPart<R, H, Rows>(acc, a.rows + r0, a.b_off, a.b_len, scale, a.qb + h0 * a.qb_head, a.qb_head,
+                        ahead, a.ahead);
   }
   if constexpr (R == 4 && H == 4) {
     // All 16 at once, the same tree as ReduceAdd: element 4h + r of `sums` is acc[r][h], so
@@ -229,16 +272,10 @@ SHARDLM_TARGET_AVX512 inline void LanePart(__m512 (&acc)[R][V], const ScoreArgs&
     scale[r] = Rows::kScaled ? _mm512_set1_ps(RowScale(a.rows[r0 + r], a.scale_off, seg))
                              : _mm512_setzero_ps();
   }
-  // The rows beside these in the next block (ScoreArgs::ahead), or these rows where it has none
-  // (a prefetch of a line already in cache costs nothing more); an int8 row's scales too.
+  // The rows ahead (ScoreArgs::ahead).
   const unsigned char* ahead[R];
 #pragma GCC unroll 16
-  for (int r = 0; r < R; ++r) {
-    ahead[r] = r0 + r < a.ahead_nb ? a.ahead[r0 + r] : a.rows[r0 + r];
-    if constexpr (Rows::kScaled) {
-      _mm_prefetch(reinterpret_cast<const char*>(ahead[r] + a.scale_off), _MM_HINT_T1);
-    }
-  }
+  for (int r = 0; r < R; ++r) ahead[r] = RowAhead<Rows>(a.ahead, a.rows, r0 + r, a.scale_off);
   const int64_t stride = a.qt_stride;
   const float* qt = a.qt + k0 * stride + 16 * v0;
   for (int64_t k = 0; k < len; k += 16) {
@@ -246,7 +283,9 @@ SHARDLM_TARGET_AVX512 inline void LanePart(__m512 (&acc)[R][V], const ScoreArgs&
     const __mmask16 m = static_cast<__mmask16>((1u << n) - 1);
 #pragma GCC unroll 16
     for (int r = 0; r < R; ++r) {
-      _mm_prefetch(reinterpret_cast<const char*>(ahead[r] + (off + k) * Rows::kBytes), _MM_HINT_T1);
+      if ((k / 16) % kVectorsPerLine<Rows> == 0) {
+        PrefetchAhead(a.ahead, ahead[r] + (off + k) * Rows::kBytes);
+      }
       __m512 x = Rows::Load(m, a.rows[r0 + r] + (off + k) * Rows::kBytes);
       if constexpr (Rows::kScaled) x = _mm512_mul_ps(x, scale[r]);
       _mm512_store_ps(buf[r], x);
@@ -333,11 +372,18 @@ SHARDLM_TARGET_AVX512 inline void ValueTile(const ValueArgs& a, int64_t c, __mma
     }
   }
   const float* p = a.p + h0 * a.block;
+  // The rows ahead (ValueArgs::ahead), requested by the first heads' tiles only.
+  const bool ahead = a.ahead.rows != nullptr && h0 == 0;
   for (int64_t r = 0; r < a.nb; ++r) {
     __m512 v[NC];
+    const unsigned char* row_ahead =
+        ahead ? RowAhead<Rows>(a.ahead, a.rows, r, a.scale_off) : nullptr;
 #pragma GCC unroll 4
     for (int j = 0; j < NC; ++j) {
       const __mmask16 mj = j == NC - 1 ? m : static_cast<__mmask16>(0xffff);
+      if (ahead && (c / 16 + j) % kVectorsPerLine<Rows> == 0) {
+        PrefetchAhead(a.ahead, row_ahead + (a.v_off + c + 16 * j) * Rows::kBytes);
+      }
       v[j] = Rows::Load(mj, a.rows[r] + (a.v_off + c + 16 * j) * Rows::kBytes);
     }
     const float s = Rows::kScaled ? RowScale(a.rows[r], a.scale_off, a.v_seg) : 1.0f;
