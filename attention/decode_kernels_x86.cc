@@ -159,15 +159,21 @@ SHARDLM_TARGET_AVX512 inline void DotPart(__m512 (&acc)[R][H], const unsigned ch
   }
 }
 
+// A tile's accumulators, all zero.
+template <int R, int C>
+SHARDLM_TARGET_AVX512 inline void SetZero(__m512 (&acc)[R][C]) {
+#pragma GCC unroll 16
+  for (int r = 0; r < R; ++r) {
+#pragma GCC unroll 4
+    for (int c = 0; c < C; ++c) acc[r][c] = _mm512_setzero_ps();
+  }
+}
+
 // Scores of rows [r0, r0 + R) for heads [h0, h0 + H).
 template <int R, int H, typename Rows>
 SHARDLM_TARGET_AVX512 void ScoreTile(const ScoreArgs& a, int64_t r0, int64_t h0) {
   __m512 acc[R][H];
-#pragma GCC unroll 4
-  for (int r = 0; r < R; ++r) {
-#pragma GCC unroll 4
-    for (int h = 0; h < H; ++h) acc[r][h] = _mm512_setzero_ps();
-  }
+  SetZero(acc);
   __m512 scale[R];
 #pragma GCC unroll 4
   for (int r = 0; r < R; ++r) {
@@ -312,11 +318,7 @@ SHARDLM_TARGET_AVX512 inline void LanePart(__m512 (&acc)[R][V], const ScoreArgs&
 template <int R, int V, typename Rows>
 SHARDLM_TARGET_AVX512 void LaneScoreTile(const ScoreArgs& a, int64_t r0, int64_t v0) {
   __m512 acc[R][V];
-#pragma GCC unroll 16
-  for (int r = 0; r < R; ++r) {
-#pragma GCC unroll 2
-    for (int v = 0; v < V; ++v) acc[r][v] = _mm512_setzero_ps();
-  }
+  SetZero(acc);
   LanePart<R, V, Rows>(acc, a, r0, v0, a.a_off, a.a_len, 0, a.a_seg);
   if (a.b_len > 0) LanePart<R, V, Rows>(acc, a, r0, v0, a.b_off, a.b_len, a.a_len, a.b_seg);
   // Back to [head, row]: through a buffer, the heads of each row one lane apiece.
