@@ -197,8 +197,8 @@ int64_t LaneQueryFloats(int64_t groups, int64_t g, int64_t q_len) {
 
 // Group j's queries with the heads in lanes (ScoreArgs::qt): qt[k·stride + h] for the g heads,
 // zero in the lanes past them. In 16 × 16 tiles, so that the reads and the writes each stay
-// within 16 lines at a time. Together with the transposition once per token and thread (not
-// per chunk: RunChunk), it went from 4% of an MLA step at 16 × 8k to under 1%.
+// within 16 lines at a time. Once per chunk it took about 4% of an MLA step at 16 × 8k (perf);
+// once per token and thread (RunChunk), RunChunk with it inlined takes under 3%.
 void TransposeQueries(const float* qa, int64_t qa_head, int64_t a_len, const float* qb,
                       int64_t qb_head, int64_t b_len, int64_t g, int64_t stride, float* qt) {
   const auto part = [&](const float* q, int64_t q_head, int64_t len, float* dst) {
