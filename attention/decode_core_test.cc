@@ -370,6 +370,7 @@ TEST(DecodeCoreTest, LaneScoresAreOneFmaChainPerScore) {
               for (const auto& [off, len, q, seg] :
                    {std::tuple{a.a_off, a_len, qa.data() + h * qa_head, a.a_seg},
                     std::tuple{a.b_off, b_len, qb.data() + h * qb_head, a.b_seg}}) {
+                if (len == 0) continue;
                 std::vector<float> x(static_cast<size_t>(len));
                 const float scale = dtype == KvDType::kInt8
                                         ? KvRowFormat::Scale(rows[r], format.scale_offset, seg)
