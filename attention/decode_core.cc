@@ -279,6 +279,9 @@ void RunChunk(const Problem& pb, const QueryToken& token, int64_t t, int64_t c_l
   // them (GTA, latent attention): that decides the order of the block's passes.
   const int64_t a0 = lay.a_off, v0 = lay.v_off;
   const bool rows_first = v0 + v_len <= a0 || v0 >= a0 + lay.a_len;
+  // Whether the value has lines the score pass does not read (GTA's: its state past the
+  // unrotated half); the value pass then requests them for the next block.
+  const bool value_past_key = v0 < a0 || v0 + v_len > a0 + lay.a_len;
   // Scores with the heads in lanes: where a group has many heads, and the block's passes run
   // group by group (in the rows-first order a score call has only kScoreRows rows).
   const bool lanes = !rows_first && g >= kMinLaneHeads &&
@@ -431,9 +434,7 @@ void RunChunk(const Problem& pb, const QueryToken& token, int64_t t, int64_t c_l
       va.acc = s.acc.data() + head0 * v_len;
       va.acc_head = v_len;
       va.values_cached = !rows_first;
-      // The value's lines that the score pass did not read (GTA's: its state past the
-      // unrotated half) are requested by the value pass.
-      if (!rows_first && (v0 < a0 || v0 + v_len > a0 + lay.a_len)) va.ahead = ahead;
+      if (!rows_first && value_past_key) va.ahead = ahead;
       kernels.values[kind](va);
     }
     b_lo = b_hi + 1;

@@ -278,10 +278,14 @@ SHARDLM_TARGET_AVX512 inline void LanePart(__m512 (&acc)[R][V], const ScoreArgs&
     scale[r] = Rows::kScaled ? _mm512_set1_ps(RowScale(a.rows[r0 + r], a.scale_off, seg))
                              : _mm512_setzero_ps();
   }
-  // The rows ahead (ScoreArgs::ahead).
+  // The rows ahead (ScoreArgs::ahead), requested by the first lane vectors' tiles only (past 32
+  // heads, the others read the same rows again).
+  const bool request = a.ahead.rows != nullptr && v0 == 0;
   const unsigned char* ahead[R];
 #pragma GCC unroll 16
-  for (int r = 0; r < R; ++r) ahead[r] = RowAhead<Rows>(a.ahead, a.rows, r0 + r, a.scale_off);
+  for (int r = 0; r < R; ++r) {
+    ahead[r] = request ? RowAhead<Rows>(a.ahead, a.rows, r0 + r, a.scale_off) : nullptr;
+  }
   const int64_t stride = a.qt_stride;
   const float* qt = a.qt + k0 * stride + 16 * v0;
   for (int64_t k = 0; k < len; k += 16) {
@@ -289,7 +293,7 @@ SHARDLM_TARGET_AVX512 inline void LanePart(__m512 (&acc)[R][V], const ScoreArgs&
     const __mmask16 m = static_cast<__mmask16>((1u << n) - 1);
 #pragma GCC unroll 16
     for (int r = 0; r < R; ++r) {
-      if ((k / 16) % kVectorsPerLine<Rows> == 0) {
+      if (request && (k / 16) % kVectorsPerLine<Rows> == 0) {
         PrefetchAhead(a.ahead, ahead[r] + (off + k) * Rows::kBytes);
       }
       __m512 x = Rows::Load(m, a.rows[r0 + r] + (off + k) * Rows::kBytes);
