@@ -65,22 +65,26 @@ std::string FloatRepr(double d) {
 }
 
 // json.dumps(x, ensure_ascii=False) (transformers' tojson filter): ", " and ": " separators,
-// or with `indent`, newlines and "," / ": ".
-void PyJson(const Json& j, int indent, int depth, std::string* out) {
+// or with `indent`, newlines and "," / ": ". False, with the text cut short, where it would pass
+// `limit` bytes: an indent of 10**9 is 1 GB per line.
+bool PyJson(const Json& j, int indent, int depth, size_t limit, std::string* out) {
   auto newline = [&](int d) {
-    if (indent < 0) return;
+    if (indent < 0) return true;
+    const size_t pad = static_cast<size_t>(indent) * static_cast<size_t>(d);
+    if (out->size() + 1 + pad > limit) return false;
     out->push_back('\n');
-    out->append(static_cast<size_t>(indent * d), ' ');
+    out->append(pad, ' ');
+    return true;
   };
   switch (j.type()) {
-    case Json::value_t::null: *out += "null"; return;
-    case Json::value_t::boolean: *out += j.get<bool>() ? "true" : "false"; return;
+    case Json::value_t::null: *out += "null"; break;
+    case Json::value_t::boolean: *out += j.get<bool>() ? "true" : "false"; break;
     case Json::value_t::number_integer:
-    case Json::value_t::number_unsigned: *out += std::to_string(j.get<int64_t>()); return;
+    case Json::value_t::number_unsigned: *out += std::to_string(j.get<int64_t>()); break;
     case Json::value_t::number_float: {
       const double d = j.get<double>();
       *out += std::isnan(d) ? "NaN" : std::isinf(d) ? (d > 0 ? "Infinity" : "-Infinity") : FloatRepr(d);
-      return;
+      break;
     }
     case Json::value_t::string: {
       out->push_back('"');
@@ -104,46 +108,45 @@ void PyJson(const Json& j, int indent, int depth, std::string* out) {
         }
       }
       out->push_back('"');
-      return;
+      break;
     }
     case Json::value_t::array: {
       if (j.empty()) {
         *out += "[]";
-        return;
+        break;
       }
       out->push_back('[');
       bool first = true;
       for (const Json& e : j) {
         if (!first) *out += indent < 0 ? ", " : ",";
         first = false;
-        newline(depth + 1);
-        PyJson(e, indent, depth + 1, out);
+        if (!newline(depth + 1) || !PyJson(e, indent, depth + 1, limit, out)) return false;
       }
-      newline(depth);
+      if (!newline(depth)) return false;
       out->push_back(']');
-      return;
+      break;
     }
     case Json::value_t::object: {
       if (j.empty()) {
         *out += "{}";
-        return;
+        break;
       }
       out->push_back('{');
       bool first = true;
       for (const auto& [k, v] : j.items()) {
         if (!first) *out += indent < 0 ? ", " : ",";
         first = false;
-        newline(depth + 1);
-        PyJson(Json(k), indent, depth + 1, out);
+        if (!newline(depth + 1) || !PyJson(Json(k), indent, depth + 1, limit, out)) return false;
         *out += ": ";
-        PyJson(v, indent, depth + 1, out);
+        if (!PyJson(v, indent, depth + 1, limit, out)) return false;
       }
-      newline(depth);
+      if (!newline(depth)) return false;
       out->push_back('}');
-      return;
+      break;
     }
-    default: *out += "null"; return;
+    default: *out += "null"; break;
   }
+  return out->size() <= limit;
 }
 
 // Python's repr of data inside a container ({{ [1, 'a'] }} prints "[1, 'a']").
@@ -206,18 +209,57 @@ void PyRepr(const Json& j, std::string* out, bool top) {
   }
 }
 
-// UTF-8 characters of a string (Python indexes and slices code points).
+// UTF-8 characters of a string (Python indexes and slices code points): the bytes of the one
+// at byte `i`, by its lead byte (a stray continuation byte is a character of its own).
+size_t CharBytes(const std::string& s, size_t i) {
+  const unsigned char c = static_cast<unsigned char>(s[i]);
+  const size_t n = c < 0x80 ? 1 : c >= 0xF0 ? 4 : c >= 0xE0 ? 3 : c >= 0xC0 ? 2 : 1;
+  return std::min(n, s.size() - i);
+}
+
 std::vector<std::string> Chars(const std::string& s) {
   std::vector<std::string> out;
-  for (size_t i = 0; i < s.size();) {
-    const unsigned char c = static_cast<unsigned char>(s[i]);
-    size_t n = c < 0x80 ? 1 : c >= 0xF0 ? 4 : c >= 0xE0 ? 3 : c >= 0xC0 ? 2 : 1;
-    n = std::min(n, s.size() - i);
-    out.push_back(s.substr(i, n));
-    i += n;
+  for (size_t i = 0; i < s.size(); i += CharBytes(s, i)) {
+    out.push_back(s.substr(i, CharBytes(s, i)));
   }
   return out;
 }
+
+int64_t CountChars(const std::string& s) {
+  int64_t n = 0;
+  for (size_t i = 0; i < s.size(); i += CharBytes(s, i)) ++n;
+  return n;
+}
+
+// Character `k` (0-based, 0 <= k < CountChars(s)), without splitting the whole string.
+std::string CharAt(const std::string& s, int64_t k) {
+  size_t i = 0;
+  for (; k > 0; --k) i += CharBytes(s, i);
+  return s.substr(i, CharBytes(s, i));
+}
+
+// Bytes a value takes in memory, near enough for the render's budget (below): the nodes, the
+// strings' characters and the keys.
+size_t ByteSize(const Json& j) {
+  switch (j.type()) {
+    case Json::value_t::string:
+      return sizeof(Json) + sizeof(std::string) + j.get_ref<const std::string&>().size();
+    case Json::value_t::array: {
+      size_t n = sizeof(Json) + sizeof(Json::array_t);
+      for (const Json& e : j) n += ByteSize(e);
+      return n;
+    }
+    case Json::value_t::object: {
+      size_t n = sizeof(Json) + sizeof(Json::object_t);
+      for (const auto& [k, v] : j.items()) n += sizeof(std::string) + k.size() + ByteSize(v);
+      return n;
+    }
+    default: return sizeof(Json);
+  }
+}
+
+// What splitting a string into characters (a loop over it, a slice, |list) takes.
+constexpr size_t kCharValueBytes = sizeof(Json) + sizeof(std::string);
 
 bool IsSpace(char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\v' || c == '\f'; }
 
@@ -1059,10 +1101,8 @@ class Renderer {
   explicit Renderer(const Json& context) { scopes_.emplace_back(); for (const auto& [k, v] : context.items()) scopes_[0][k] = Value(v); }
 
   absl::Status Exec(const Node& n, std::string* out) {
-    // A budget, so that no template (loops over range(10**6) inside each other) runs for ever.
-    if (++steps_ > kMaxSteps || out->size() > kMaxOutput) {
-      return RenderError("the template runs too long (over 10 million steps or 64 MB)");
-    }
+    RETURN_IF_ERROR(Step());
+    if (out->size() > kMaxOutput) return RenderError("the template's output grows beyond 64 MB");
     switch (n.kind) {
       case Node::Kind::kBody:
         for (const auto& child : n.body) RETURN_IF_ERROR(Exec(*child, out));
@@ -1071,16 +1111,18 @@ class Renderer {
         *out += n.text;
         return absl::OkStatus();
       case Node::Kind::kOutput: {
-        ASSIGN_OR_RETURN(Value v, Eval(*n.expr));
-        *out += ToStr(v);
+        Value tmp;
+        ASSIGN_OR_RETURN(const Value* v, EvalRef(*n.expr, &tmp));
+        *out += ToStr(*v);
         return absl::OkStatus();
       }
       case Node::Kind::kIf:
         for (const auto& [cond, body] : n.branches) {
           bool take = cond == nullptr;
           if (!take) {
-            ASSIGN_OR_RETURN(Value c, Eval(*cond));
-            take = Truthy(c);
+            Value tmp;
+            ASSIGN_OR_RETURN(const Value* c, EvalRef(*cond, &tmp));
+            take = Truthy(*c);
           }
           if (take) return Exec(*body, out);
         }
@@ -1096,7 +1138,7 @@ class Renderer {
           return RenderError(absl::StrCat("cannot set ", n.targets[0], ".", n.attr, ": ", n.targets[0],
                                           " is not a namespace"));
         }
-        ns->j[n.attr] = v.undefined ? Json() : v.j;
+        ns->j[n.attr] = v.undefined ? Json() : std::move(v.j);
         return absl::OkStatus();
       }
       case Node::Kind::kFor: return For(n, out);
@@ -1114,16 +1156,21 @@ class Renderer {
   }
 
   absl::Status For(const Node& n, std::string* out) {
-    ASSIGN_OR_RETURN(Value seq, Eval(*n.expr));
+    Value tmp;
+    ASSIGN_OR_RETURN(const Value* seq, EvalRef(*n.expr, &tmp));
     std::vector<Json> items;
-    if (seq.undefined || seq.j.is_null()) {
+    if (seq->undefined || seq->j.is_null()) {
       // Iterating an undefined value yields nothing (jinja2's default Undefined).
-    } else if (seq.j.is_array()) {
-      items.assign(seq.j.begin(), seq.j.end());
-    } else if (seq.j.is_object()) {
-      for (const auto& [k, v] : seq.j.items()) items.emplace_back(k);
-    } else if (seq.j.is_string()) {
-      for (std::string& c : Chars(seq.j.get<std::string>())) items.emplace_back(std::move(c));
+    } else if (seq->j.is_array()) {
+      RETURN_IF_ERROR(Charge(ByteSize(seq->j)));
+      items.assign(seq->j.begin(), seq->j.end());
+    } else if (seq->j.is_object()) {
+      RETURN_IF_ERROR(Charge(ByteSize(seq->j)));
+      for (const auto& [k, v] : seq->j.items()) items.emplace_back(k);
+    } else if (seq->j.is_string()) {
+      const std::string& s = seq->j.get_ref<const std::string&>();
+      RETURN_IF_ERROR(Charge(CountChars(s) * kCharValueBytes));
+      for (std::string& c : Chars(s)) items.emplace_back(std::move(c));
     } else {
       return RenderError("a for loop over a value that is not iterable");
     }
@@ -1151,9 +1198,16 @@ class Renderer {
     const int64_t length = static_cast<int64_t>(items.size());
     for (int64_t i = 0; i < length; ++i) {
       RETURN_IF_ERROR(bind(items[i]));
-      scopes_.back()["loop"] = Value(Json{{"index", i + 1}, {"index0", i}, {"first", i == 0},
-                                          {"last", i == length - 1}, {"length", length},
-                                          {"revindex", length - i}, {"revindex0", length - i - 1}});
+      // `loop` is updated in place (the body may have set it to something else).
+      Value& loop = scopes_.back()["loop"];
+      if (loop.undefined || !loop.j.is_object()) loop = Value(Json::object());
+      loop.j["index"] = i + 1;
+      loop.j["index0"] = i;
+      loop.j["first"] = i == 0;
+      loop.j["last"] = i == length - 1;
+      loop.j["length"] = length;
+      loop.j["revindex"] = length - i;
+      loop.j["revindex0"] = length - i - 1;
       RETURN_IF_ERROR(Exec(*n.body[0], out));
     }
     scopes_.pop_back();
@@ -1185,13 +1239,13 @@ class Renderer {
     }
     if (b.is_array() || b.is_string()) {
       if (key.undefined || !key.j.is_number_integer()) return RenderError("a list index must be an integer");
-      std::vector<std::string> chars;
-      if (b.is_string()) chars = Chars(b.get<std::string>());
-      const int64_t size = b.is_array() ? static_cast<int64_t>(b.size()) : static_cast<int64_t>(chars.size());
+      const int64_t size = b.is_array() ? static_cast<int64_t>(b.size())
+                                        : CountChars(b.get_ref<const std::string&>());
       int64_t i = key.j.get<int64_t>();
       if (i < 0) i += size;
       if (i < 0 || i >= size) return Value::Undef();
-      return b.is_array() ? Value(b[static_cast<size_t>(i)]) : Value(Json(chars[static_cast<size_t>(i)]));
+      return b.is_array() ? Value(b[static_cast<size_t>(i)])
+                          : Value(Json(CharAt(b.get_ref<const std::string&>(), i)));
     }
     if (b.is_null()) return RenderError("indexing None");
     return Value::Undef();
@@ -1203,9 +1257,12 @@ class Renderer {
     }
     std::vector<Json> items;
     if (base.j.is_array()) {
+      RETURN_IF_ERROR(Charge(ByteSize(base.j)));
       items.assign(base.j.begin(), base.j.end());
     } else {
-      for (std::string& c : Chars(base.j.get<std::string>())) items.emplace_back(std::move(c));
+      const std::string& s = base.j.get_ref<const std::string&>();
+      RETURN_IF_ERROR(Charge(CountChars(s) * kCharValueBytes));
+      for (std::string& c : Chars(s)) items.emplace_back(std::move(c));
     }
     const int64_t n = static_cast<int64_t>(items.size());
     auto get = [&](int k, int64_t fallback) -> absl::StatusOr<int64_t> {
@@ -1248,7 +1305,7 @@ class Renderer {
       Json obj = Json::object();
       for (const auto& [k, v] : e.kwargs) {
         ASSIGN_OR_RETURN(Value x, Eval(*v));
-        obj[k] = x.undefined ? Json() : x.j;
+        obj[k] = x.undefined ? Json() : std::move(x.j);
       }
       return Value(obj);
     }
@@ -1288,7 +1345,9 @@ class Renderer {
 
   absl::StatusOr<Value> Method(const Expr& e) {
     const std::string m = e.name.substr(1);
-    ASSIGN_OR_RETURN(Value self, Eval(*e.args[0]));
+    Value tmp;
+    ASSIGN_OR_RETURN(const Value* self_p, EvalRef(*e.args[0], &tmp));
+    const Value& self = *self_p;
     ASSIGN_OR_RETURN(std::vector<Value> args, EvalArgs(e, 1));
     const Value* a0 = args.size() > 0 ? &args[0] : nullptr;
     const Value* a1 = args.size() > 1 ? &args[1] : nullptr;
@@ -1313,7 +1372,7 @@ class Renderer {
       return RenderError(absl::StrCat(".", m, "() on a mapping"));
     }
     if (!self.j.is_string()) return RenderError(absl::StrCat(".", m, "() on a value that is not a string"));
-    const std::string s = self.j.get<std::string>();
+    const std::string& s = self.j.get_ref<const std::string&>();
     if (m == "strip") return Value(Json(Strip(s, a0, true, true)));
     if (m == "lstrip") return Value(Json(Strip(s, a0, true, false)));
     if (m == "rstrip") return Value(Json(Strip(s, a0, false, true)));
@@ -1344,6 +1403,12 @@ class Renderer {
     }
     if (m == "split") {
       Json out = Json::array();
+      // A piece per separator: a long string of separators is many values.
+      auto push = [&](std::string piece) -> absl::Status {
+        RETURN_IF_ERROR(Charge(kCharValueBytes + piece.size()));
+        out.push_back(std::move(piece));
+        return absl::OkStatus();
+      };
       int64_t maxsplit = -1;
       if (a1 != nullptr && !a1->undefined && a1->j.is_number_integer()) maxsplit = a1->j.get<int64_t>();
       if (a0 == nullptr || a0->undefined || a0->j.is_null()) {
@@ -1352,12 +1417,12 @@ class Renderer {
           while (i < s.size() && IsSpace(s[i])) ++i;
           if (i >= s.size()) break;
           if (maxsplit >= 0 && static_cast<int64_t>(out.size()) == maxsplit) {
-            out.push_back(Strip(s.substr(i), nullptr, false, true));
+            RETURN_IF_ERROR(push(Strip(s.substr(i), nullptr, false, true)));
             break;
           }
           size_t j = i;
           while (j < s.size() && !IsSpace(s[j])) ++j;
-          out.push_back(s.substr(i, j - i));
+          RETURN_IF_ERROR(push(s.substr(i, j - i)));
           i = j;
         }
         return Value(out);
@@ -1368,10 +1433,10 @@ class Renderer {
       while (true) {
         const size_t j = s.find(sep, i);
         if (j == std::string::npos || (maxsplit >= 0 && static_cast<int64_t>(out.size()) == maxsplit)) {
-          out.push_back(s.substr(i));
+          RETURN_IF_ERROR(push(s.substr(i)));
           break;
         }
-        out.push_back(s.substr(i, j - i));
+        RETURN_IF_ERROR(push(s.substr(i, j - i)));
         i = j + sep.size();
       }
       return Value(out);
@@ -1380,22 +1445,28 @@ class Renderer {
       if (a0 == nullptr || a1 == nullptr) return RenderError(".replace() needs two arguments");
       ASSIGN_OR_RETURN(std::string from, Str(*a0, "replace()"));
       ASSIGN_OR_RETURN(std::string to, Str(*a1, "replace()"));
-      return Value(Json(Replace(s, from, to)));
+      ASSIGN_OR_RETURN(std::string r, Replace(s, from, to));
+      return Value(Json(std::move(r)));
     }
     return RenderError(absl::StrCat(".", m, "() on a string"));
   }
 
-  static std::string Replace(const std::string& s, const std::string& from, const std::string& to) {
+  // Replacing each 'a' of a long string with a long string is the square of its length.
+  absl::StatusOr<std::string> Replace(const std::string& s, const std::string& from,
+                                      const std::string& to) {
     if (from.empty()) return s;
     std::string r;
     size_t i = 0;
     while (true) {
       const size_t j = s.find(from, i);
       if (j == std::string::npos) break;
-      r += s.substr(i, j - i) + to;
+      RETURN_IF_ERROR(Charge(j - i + to.size()));
+      r.append(s, i, j - i);
+      r += to;
       i = j + from.size();
     }
-    return r + s.substr(i);
+    r.append(s, i);
+    return r;
   }
 
   static std::string Capitalize(const std::string& s, bool every_word) {
@@ -1414,7 +1485,9 @@ class Renderer {
   }
 
   absl::StatusOr<Value> Filter(const Expr& e) {
-    ASSIGN_OR_RETURN(Value x, Eval(*e.args[0]));
+    Value tmp;
+    ASSIGN_OR_RETURN(const Value* xp, EvalRef(*e.args[0], &tmp));
+    const Value& x = *xp;
     ASSIGN_OR_RETURN(std::vector<Value> args, EvalArgs(e, 1));
     const std::string& f = e.name;
     if (f == "default" || f == "d") {
@@ -1435,15 +1508,17 @@ class Renderer {
         indent = static_cast<int>(args[0].j.get<int64_t>());
       }
       std::string out;
-      PyJson(x.undefined ? Json() : x.j, indent, 0, &out);
-      return Value(Json(out));
+      if (!PyJson(x.undefined ? Json() : x.j, indent, 0, kMaxOutput, &out)) {
+        return RenderError("tojson's text grows beyond 64 MB");
+      }
+      return Value(Json(std::move(out)));
     }
     if (x.undefined) return RenderError(absl::StrCat("the filter '", f, "' on an undefined value"));
     const Json& j = x.j;
     // String filters take any value as its string (jinja2's soft_str: None is "None").
     if (f == "trim") return Value(Json(Strip(ToStr(x), args.empty() ? nullptr : &args[0], true, true)));
     if (f == "length" || f == "count") {
-      if (j.is_string()) return Value(Json(static_cast<int64_t>(Chars(j.get<std::string>()).size())));
+      if (j.is_string()) return Value(Json(CountChars(j.get_ref<const std::string&>())));
       if (j.is_array() || j.is_object()) return Value(Json(static_cast<int64_t>(j.size())));
       return RenderError("length of a value that has none");
     }
@@ -1456,8 +1531,9 @@ class Renderer {
     if (f == "first" || f == "last") {
       if (j.is_array()) return j.empty() ? Value::Undef() : Value(f == "first" ? j.front() : j.back());
       if (j.is_string()) {
-        auto chars = Chars(j.get<std::string>());
-        return chars.empty() ? Value::Undef() : Value(Json(f == "first" ? chars.front() : chars.back()));
+        const std::string& s = j.get_ref<const std::string&>();
+        const int64_t n = CountChars(s);
+        return n == 0 ? Value::Undef() : Value(Json(CharAt(s, f == "first" ? 0 : n - 1)));
       }
       return RenderError(absl::StrCat(f, " of a value that is not a sequence"));
     }
@@ -1466,10 +1542,12 @@ class Renderer {
       const std::string sep = args.empty() ? "" : ToStr(args[0]);
       std::string out;
       for (size_t k = 0; k < j.size(); ++k) {
+        std::string item = ToStr(Value(j[k]));
+        RETURN_IF_ERROR(Charge((k > 0 ? sep.size() : 0) + item.size()));
         if (k > 0) out += sep;
-        out += ToStr(Value(j[k]));
+        out += item;
       }
-      return Value(Json(out));
+      return Value(Json(std::move(out)));
     }
     if (f == "int") {
       if (j.is_number()) return Value(Json(static_cast<int64_t>(j.get<double>())));
@@ -1492,7 +1570,9 @@ class Renderer {
       if (j.is_array()) return x;
       Json out = Json::array();
       if (j.is_string()) {
-        for (std::string& c : Chars(j.get<std::string>())) out.push_back(c);
+        const std::string& s = j.get_ref<const std::string&>();
+        RETURN_IF_ERROR(Charge(CountChars(s) * kCharValueBytes));
+        for (std::string& c : Chars(s)) out.push_back(std::move(c));
       } else if (j.is_object()) {
         for (const auto& [k, v] : j.items()) out.push_back(k);
       } else {
@@ -1502,7 +1582,9 @@ class Renderer {
     }
     if (f == "reverse") {
       if (j.is_string()) {
-        auto chars = Chars(j.get<std::string>());
+        const std::string& s = j.get_ref<const std::string&>();
+        RETURN_IF_ERROR(Charge(CountChars(s) * kCharValueBytes));
+        auto chars = Chars(s);
         std::string r;
         for (auto it = chars.rbegin(); it != chars.rend(); ++it) r += *it;
         return Value(Json(r));
@@ -1514,7 +1596,8 @@ class Renderer {
     }
     if (f == "replace") {
       if (args.size() < 2) return RenderError("replace needs two arguments");
-      return Value(Json(Replace(ToStr(x), ToStr(args[0]), ToStr(args[1]))));
+      ASSIGN_OR_RETURN(std::string r, Replace(ToStr(x), ToStr(args[0]), ToStr(args[1])));
+      return Value(Json(std::move(r)));
     }
     if (f == "items") {
       if (!j.is_object()) return RenderError("items needs a mapping");
@@ -1526,7 +1609,9 @@ class Renderer {
   }
 
   absl::StatusOr<Value> Test(const Expr& e) {
-    ASSIGN_OR_RETURN(Value x, Eval(*e.args[0]));
+    Value tmp;
+    ASSIGN_OR_RETURN(const Value* xp, EvalRef(*e.args[0], &tmp));
+    const Value& x = *xp;
     ASSIGN_OR_RETURN(std::vector<Value> args, EvalArgs(e, 1));
     const std::string& t = e.name;
     const Json& j = x.j;
@@ -1655,12 +1740,34 @@ class Renderer {
     return Value(Json(p - q * std::floor(p / q)));
   }
 
+  // A value the render holds: every value an expression makes (a copy of a variable included)
+  // is charged to the budget.
   absl::StatusOr<Value> Eval(const Expr& e) {
     const DepthGuard guard(depth_);
     if (guard.Exceeds(200)) return RenderError("expressions nest too deeply");
-    if (++steps_ > kMaxSteps) {
-      return RenderError("the template runs too long (over 10 million steps or 64 MB)");
+    RETURN_IF_ERROR(Step());
+    ASSIGN_OR_RETURN(Value v, Compute(e));
+    if (!v.undefined) RETURN_IF_ERROR(Charge(ByteSize(v.j)));
+    return v;
+  }
+
+  // The value of `e` to read, without copying it where it is a variable: `messages|length` or
+  // `message['content']` inside a loop over a long conversation copies nothing. Any other
+  // expression is evaluated into `tmp`. Evaluating expressions changes no variable, so the
+  // pointer stays valid while the caller evaluates its other operands.
+  absl::StatusOr<const Value*> EvalRef(const Expr& e, Value* tmp) {
+    if (e.kind == Expr::Kind::kName) {
+      RETURN_IF_ERROR(Step());
+      const Value* v = Lookup(e.name);
+      if (v != nullptr) return v;
+      *tmp = Value::Undef();
+      return tmp;
     }
+    ASSIGN_OR_RETURN(*tmp, Eval(e));
+    return tmp;
+  }
+
+  absl::StatusOr<Value> Compute(const Expr& e) {
     switch (e.kind) {
       case Expr::Kind::kLiteral:
         if (e.name == "undefined") return Value::Undef();
@@ -1670,22 +1777,27 @@ class Renderer {
         return v == nullptr ? Value::Undef() : *v;
       }
       case Expr::Kind::kAttr: {
-        ASSIGN_OR_RETURN(Value base, Eval(*e.args[0]));
-        if (base.undefined) return RenderError(absl::StrCat("'.", e.name, "' of an undefined value"));
-        if (base.j.is_object()) {
-          auto it = base.j.find(e.name);
-          return it == base.j.end() ? Value::Undef() : Value(*it);
+        Value tmp;
+        ASSIGN_OR_RETURN(const Value* base, EvalRef(*e.args[0], &tmp));
+        if (base->undefined) {
+          return RenderError(absl::StrCat("'.", e.name, "' of an undefined value"));
         }
-        if (base.j.is_null()) return RenderError(absl::StrCat("'.", e.name, "' of None"));
+        if (base->j.is_object()) {
+          auto it = base->j.find(e.name);
+          return it == base->j.end() ? Value::Undef() : Value(*it);
+        }
+        if (base->j.is_null()) return RenderError(absl::StrCat("'.", e.name, "' of None"));
         return Value::Undef();
       }
       case Expr::Kind::kIndex: {
-        ASSIGN_OR_RETURN(Value base, Eval(*e.args[0]));
+        Value tmp;
+        ASSIGN_OR_RETURN(const Value* base, EvalRef(*e.args[0], &tmp));
         ASSIGN_OR_RETURN(Value key, Eval(*e.args[1]));
-        return Index(base, key);
+        return Index(*base, key);
       }
       case Expr::Kind::kSlice: {
-        ASSIGN_OR_RETURN(Value base, Eval(*e.args[0]));
+        Value tmp;
+        ASSIGN_OR_RETURN(const Value* base, EvalRef(*e.args[0], &tmp));
         Value parts[3];
         const Value* ptrs[3] = {nullptr, nullptr, nullptr};
         for (int k = 0; k < 3; ++k) {
@@ -1693,14 +1805,15 @@ class Renderer {
           ASSIGN_OR_RETURN(parts[k], Eval(*e.args[k + 1]));
           ptrs[k] = &parts[k];
         }
-        return Slice(base, ptrs);
+        return Slice(*base, ptrs);
       }
       case Expr::Kind::kCall: return Call(e);
       case Expr::Kind::kFilter: return Filter(e);
       case Expr::Kind::kTest: return Test(e);
       case Expr::Kind::kNot: {
-        ASSIGN_OR_RETURN(Value v, Eval(*e.args[0]));
-        return Value(Json(!Truthy(v)));
+        Value tmp;
+        ASSIGN_OR_RETURN(const Value* v, EvalRef(*e.args[0], &tmp));
+        return Value(Json(!Truthy(*v)));
       }
       case Expr::Kind::kNeg: {
         ASSIGN_OR_RETURN(Value v, Eval(*e.args[0]));
@@ -1718,21 +1831,23 @@ class Renderer {
         return Eval(*e.args[1]);
       }
       case Expr::Kind::kCond: {
-        ASSIGN_OR_RETURN(Value c, Eval(*e.args[0]));
-        return Eval(*e.args[Truthy(c) ? 1 : 2]);
+        Value tmp;
+        ASSIGN_OR_RETURN(const Value* c, EvalRef(*e.args[0], &tmp));
+        return Eval(*e.args[Truthy(*c) ? 1 : 2]);
       }
       case Expr::Kind::kBinary: {
-        ASSIGN_OR_RETURN(Value a, Eval(*e.args[0]));
-        ASSIGN_OR_RETURN(Value b, Eval(*e.args[1]));
-        return BinaryOp(e.name, a, b);
+        Value tmp_a, tmp_b;
+        ASSIGN_OR_RETURN(const Value* a, EvalRef(*e.args[0], &tmp_a));
+        ASSIGN_OR_RETURN(const Value* b, EvalRef(*e.args[1], &tmp_b));
+        return BinaryOp(e.name, *a, *b);
       }
       case Expr::Kind::kList: {
         Json out = Json::array();
         for (const auto& x : e.args) {
           ASSIGN_OR_RETURN(Value v, Eval(*x));
-          out.push_back(v.undefined ? Json() : v.j);
+          out.push_back(v.undefined ? Json() : std::move(v.j));
         }
-        return Value(out);
+        return Value(std::move(out));
       }
       case Expr::Kind::kDict: {
         Json out = Json::object();
@@ -1740,19 +1855,45 @@ class Renderer {
           ASSIGN_OR_RETURN(Value key, Eval(*e.args[k]));
           ASSIGN_OR_RETURN(Value v, Eval(*e.args[k + 1]));
           if (key.undefined || !key.j.is_string()) return RenderError("dict keys must be strings");
-          out[key.j.get<std::string>()] = v.undefined ? Json() : v.j;
+          out[key.j.get<std::string>()] = v.undefined ? Json() : std::move(v.j);
         }
-        return Value(out);
+        return Value(std::move(out));
       }
     }
     return RenderError("unknown expression");
   }
 
+  // Budgets of steps and of time, so that no template (loops over range(10**6) inside each
+  // other, or a scan of a long string in each) runs for ever. A chat template renders in
+  // microseconds to milliseconds; the clock is read every 16 steps.
+  absl::Status Step() {
+    if (++steps_ > kMaxSteps) {
+      return RenderError("the template runs too long (over 10 million steps)");
+    }
+    if (steps_ % 16 == 0 && std::chrono::steady_clock::now() > deadline_) {
+      return RenderError("the template runs too long (over 2 seconds)");
+    }
+    return absl::OkStatus();
+  }
+
+  // Every byte the render builds (values, copies of variables, split characters, joined and
+  // replaced text) counts against one budget, freed or not: no template can take the memory (a
+  // 64 MB string split into characters would be 3 GB of values) or copy for ever.
+  absl::Status Charge(size_t bytes) {
+    built_ += bytes;
+    if (built_ > kMaxBuilt) return RenderError("the template builds more than 512 MB of values");
+    return absl::OkStatus();
+  }
+
   static constexpr int64_t kMaxSteps = 10'000'000;
   static constexpr size_t kMaxOutput = 64u << 20;
+  static constexpr size_t kMaxBuilt = size_t{512} << 20;
+  const std::chrono::steady_clock::time_point deadline_ =
+      std::chrono::steady_clock::now() + std::chrono::seconds(2);
   std::vector<std::map<std::string, Value>> scopes_;
   int depth_ = 0;
   int64_t steps_ = 0;
+  size_t built_ = 0;
 };
 
 }  // namespace

@@ -114,5 +114,52 @@ TEST(ChatTemplateTest, BoundsOnNestingStepsAndSize) {
   EXPECT_EQ(Render("{% for i in range(3) %}{{ i }}{% endfor %}"), "012");
 }
 
+// A 32 MB string is a legal value; what a template makes of it is bounded, and reading it is
+// cheap (its length and characters are found without splitting it).
+TEST(ChatTemplateTest, BoundsOnWhatARenderBuilds) {
+  const std::string big =
+      "{% set ns = namespace(s='a') %}{% for i in range(25) %}{% set ns.s = ns.s + ns.s %}"
+      "{% endfor %}";
+  EXPECT_EQ(Render(big + "{{ ns.s|length }} {{ ns.s[-1] }} {{ ns.s|last }} {{ ns.s[7] }}"),
+            "33554432 a a a");
+  for (const char* expand : {
+           "{{ ns.s|list|length }}",                                // 32 M values of one character
+           "{{ ns.s.split('a')|length }}",                          // 32 M empty strings
+           "{% for c in ns.s %}{% endfor %}",                       // 32 M loop items
+           "{{ ns.s[::2]|length }}",                                // a slice by characters
+           "{{ ns.s|reverse|length }}",                             //
+           "{{ ns.s|replace('a', 'bbbbbbbbbbbbbbbbbbbbbbbb')|length }}",  // 768 MB
+           "{{ ns.s.replace('a', 'bbbbbbbbbbbbbbbbbbbbbbbb')|length }}",  //
+           "{{ range(100000)|join(ns.s)|length }}",                 // 3 TB
+           "{% for i in range(100) %}{% set t = ns.s %}{% endfor %}",  // copies, 3.2 GB in all
+           "{{ [ns.s, ns.s, ns.s, ns.s, ns.s, ns.s, ns.s, ns.s, ns.s, ns.s, ns.s, ns.s, ns.s, "
+           "ns.s, ns.s, ns.s]|length }}",
+       }) {
+    EXPECT_NE(Render(big + expand).find("builds more than 512 MB"), std::string::npos) << expand;
+  }
+  EXPECT_NE(Render("{{ [[[1]]]|tojson(indent=1000000000) }}").find("beyond 64 MB"),
+            std::string::npos);
+  EXPECT_EQ(Render("{{ [[1]]|tojson(indent=2) }}"), "[\n  [\n    1\n  ]\n]");
+  // A scan of a long string in every step of a long loop is stopped by the clock.
+  EXPECT_NE(Render(big + "{% set s = ns.s %}{% for i in range(1000000) %}{% if 'b' in s %}"
+                         "{% endif %}{% endfor %}")
+                .find("runs too long (over 2 seconds)"),
+            std::string::npos);
+
+  // A long conversation: the usual idioms (`messages|length` inside the loop over messages)
+  // read the messages without copying them, so 2000 messages of 2 KB fit in the budget.
+  Json messages = Json::array();
+  for (int i = 0; i < 2000; ++i) {
+    messages.push_back({{"role", i % 2 == 0 ? "user" : "assistant"},
+                        {"content", std::string(2048, static_cast<char>('a' + i % 26))}});
+  }
+  const std::string text = Render(
+      "{% for m in messages %}{% if loop.index0 < messages|length and messages[0].role == 'user' %}"
+      "{{ m.role }}: {{ m['content'] }}\n{% endif %}{% endfor %}",
+      {{"messages", messages}});
+  ASSERT_EQ(text.find("ERROR"), std::string::npos) << text.substr(0, 200);
+  EXPECT_EQ(text.size(), 1000 * (6 + 2048 + 1) + 1000 * (11 + 2048 + 1));
+}
+
 }  // namespace
 }  // namespace shardlm
