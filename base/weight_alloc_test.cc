@@ -2,6 +2,8 @@
 
 #include <cstdint>
 #include <stdexcept>
+#include <thread>
+#include <vector>
 
 #include "gtest/gtest.h"
 
@@ -51,6 +53,75 @@ TEST(WeightAllocatorTest, ResizeDoesNotWriteTheElements) {
   EXPECT_EQ(v[1000], -1.0f);
   EXPECT_EQ(v[1499], -1.0f);
 }
+
+// Buffers under 2 MiB share the arena's 32 MiB chunks, one after another; a chunk goes back to
+// the system with its last buffer, and the current one is reused from its start.
+TEST(WeightAllocatorTest, SmallBuffersShareArenaChunks) {
+  const ArenaStats before = GetArenaStats();
+  {
+    std::vector<WeightVector<uint8_t>> buffers;
+    for (int i = 0; i < 8; ++i) buffers.emplace_back(1000000 + i, static_cast<uint8_t>(i));
+    for (int i = 1; i < 8; ++i) {
+      // Packed: each starts at the next cache line after the previous one (plus the sanitizer's
+      // gap), unless a new chunk began.
+      const uintptr_t prev = Address(buffers[i - 1].data()), here = Address(buffers[i].data());
+      if (here > prev) {
+        EXPECT_LE(here - prev, buffers[i - 1].size() + 128) << i;
+      }
+      EXPECT_EQ(here % 64, 0u);
+    }
+    const ArenaStats during = GetArenaStats();
+    EXPECT_EQ(during.live_bytes - before.live_bytes, 8 * 1000000u + 28);
+    EXPECT_LE(during.chunks, before.chunks + 1);
+    for (int i = 0; i < 8; ++i) {
+      EXPECT_EQ(buffers[i].front(), i);
+      EXPECT_EQ(buffers[i].back(), i);
+    }
+  }
+  EXPECT_EQ(GetArenaStats().live_bytes, before.live_bytes);
+  {
+    // 100 MB of 1.9 MB buffers take several chunks; all but the current one are unmapped once
+    // freed.
+    std::vector<WeightVector<float>> buffers;
+    for (int i = 0; i < 50; ++i) buffers.emplace_back(500000, 1.0f);
+    EXPECT_GE(GetArenaStats().chunks, before.chunks + 3);
+  }
+  EXPECT_LE(GetArenaStats().chunks, before.chunks + 1);
+  EXPECT_EQ(GetArenaStats().live_bytes, before.live_bytes);
+}
+
+TEST(WeightAllocatorTest, ArenaIsThreadSafe) {
+  const ArenaStats before = GetArenaStats();
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 4; ++t) {
+    threads.emplace_back([t] {
+      for (int i = 0; i < 200; ++i) {
+        WeightVector<uint16_t> v(1000 + 37 * i, static_cast<uint16_t>(t * 1000 + i));
+        ASSERT_EQ(v[500], t * 1000 + i);
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  EXPECT_EQ(GetArenaStats().live_bytes, before.live_bytes);
+}
+
+#if defined(__SANITIZE_ADDRESS__)
+// The arena and the mappings are not malloc's, so the bytes past each buffer are poisoned by
+// hand: an overrun of a weight buffer is still an AddressSanitizer report.
+TEST(WeightAllocatorDeathTest, OverrunsAreReportedUnderAddressSanitizer) {
+  WeightVector<uint8_t> small(1000, 1), large((size_t{3} << 20) + 5, 1);
+  const volatile uint8_t* s = small.data();
+  const volatile uint8_t* l = large.data();
+  EXPECT_DEATH((void)s[1000], "use-after-poison");
+  EXPECT_DEATH((void)l[large.size()], "use-after-poison");
+  const volatile uint8_t* freed = nullptr;
+  {
+    WeightVector<uint8_t> gone(1000, 1);
+    freed = gone.data();
+  }
+  EXPECT_DEATH((void)freed[0], "use-after-poison");
+}
+#endif
 
 TEST(WeightAllocatorTest, ImpossibleSizeThrows) {
   WeightAllocator<float> a;

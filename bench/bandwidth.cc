@@ -39,7 +39,7 @@ float ReadSum(const float* data, int64_t n) {
   return sum;
 }
 
-double ProbeReadGbs(const std::vector<float>& data, int passes, float* checksum) {
+double ProbeReadGbs(const WeightVector<float>& data, int passes, float* checksum) {
   CHECK_GT(passes, 0);
   double best_seconds = 1e30;
   float sum = 0.0f;
@@ -66,7 +66,7 @@ absl::StatusOr<BandwidthResult> ProbeBandwidth(const BandwidthOptions& options, 
   CHECK_GT(options.buffer_mb, 0);
   // Values that vary, so no pass can be folded into a constant; writing them
   // also faults every page in before the first timed pass.
-  std::vector<float> buffer(static_cast<size_t>(options.buffer_mb) * (1 << 20) / sizeof(float));
+  WeightVector<float> buffer(static_cast<size_t>(options.buffer_mb) * (1 << 20) / sizeof(float));
   for (size_t i = 0; i < buffer.size(); ++i) buffer[i] = static_cast<float>(i % 1024) * 1e-3f;
   float checksum = 0.0f;
 

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "base/weight_alloc.h"
 #include "comm/comm.h"
 
 namespace shardlm {
@@ -37,11 +38,13 @@ struct BandwidthResult {
 float ReadSum(const float* data, int64_t n);
 
 // Best GB/s (1e9 bytes/s) of `passes` ReadSum passes over `data` in this process
-// alone, split over the compute threads (base/thread_pool.h). `checksum` receives the last sum (keeps the reads observable).
-double ProbeReadGbs(const std::vector<float>& data, int passes, float* checksum);
+// alone, split over the compute threads (base/thread_pool.h). `checksum` receives the last sum
+// (keeps the reads observable).
+double ProbeReadGbs(const WeightVector<float>& data, int passes, float* checksum);
 
 // The probe above on every rank: first rank 0 alone, then all ranks at once.
-// Collective: every rank must call it. Allocates and frees buffer_mb per rank.
+// Collective: every rank must call it. Allocates and frees buffer_mb per rank, with the
+// weights' allocator (base/weight_alloc.h), so it reads pages of the size the weights are in.
 absl::StatusOr<BandwidthResult> ProbeBandwidth(const BandwidthOptions& options, Comm& comm);
 
 }  // namespace shardlm
