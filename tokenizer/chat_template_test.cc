@@ -123,19 +123,31 @@ TEST(ChatTemplateTest, BoundsOnWhatARenderBuilds) {
   EXPECT_EQ(Render(big + "{{ ns.s|length }} {{ ns.s[-1] }} {{ ns.s|last }} {{ ns.s[7] }}"),
             "33554432 a a a");
   for (const char* expand : {
-           "{{ ns.s|list|length }}",                                // 32 M values of one character
-           "{{ ns.s.split('a')|length }}",                          // 32 M empty strings
-           "{% for c in ns.s %}{% endfor %}",                       // 32 M loop items
-           "{{ ns.s[::2]|length }}",                                // a slice by characters
-           "{{ ns.s|reverse|length }}",                             //
-           "{{ ns.s|replace('a', 'bbbbbbbbbbbbbbbbbbbbbbbb')|length }}",  // 768 MB
-           "{{ ns.s.replace('a', 'bbbbbbbbbbbbbbbbbbbbbbbb')|length }}",  //
-           "{{ range(100000)|join(ns.s)|length }}",                 // 3 TB
+           "{{ ns.s|list|length }}",           // 32 M values of one character
+           "{{ ns.s.split('a')|length }}",     // 32 M empty strings
+           "{% for c in ns.s %}{% endfor %}",  // 32 M loop items
+           "{{ ns.s[::2]|length }}",           // a slice by characters
+           "{{ ns.s|reverse|length }}",
+       }) {
+    EXPECT_NE(Render(big + expand).find("beyond 1 million items"), std::string::npos) << expand;
+  }
+  // A list of a million items is fine; one more is not.
+  EXPECT_EQ(Render("{{ (range(999999) + [1])|length }}"), "1000000");
+  EXPECT_NE(Render("{{ (range(1000000) + [1])|length }}").find("beyond 1 million items"),
+            std::string::npos);
+  for (const char* expand : {
            "{% for i in range(100) %}{% set t = ns.s %}{% endfor %}",  // copies, 3.2 GB in all
            "{{ [ns.s, ns.s, ns.s, ns.s, ns.s, ns.s, ns.s, ns.s, ns.s, ns.s, ns.s, ns.s, ns.s, "
            "ns.s, ns.s, ns.s]|length }}",
        }) {
     EXPECT_NE(Render(big + expand).find("builds more than 512 MB"), std::string::npos) << expand;
+  }
+  for (const char* expand : {
+           "{{ ns.s|replace('a', 'bbb')|length }}",  // 96 MB
+           "{{ ns.s.replace('a', 'bbb')|length }}",
+           "{{ range(100000)|join(ns.s)|length }}",  // 3 TB
+       }) {
+    EXPECT_NE(Render(big + expand).find("a value grows beyond 64 MB"), std::string::npos) << expand;
   }
   EXPECT_NE(Render("{{ [[[1]]]|tojson(indent=1000000000) }}").find("beyond 64 MB"),
             std::string::npos);
