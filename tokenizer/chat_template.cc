@@ -10,6 +10,7 @@
 #include <fstream>
 #include <map>
 #include <sstream>
+#include <string_view>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -1187,16 +1188,11 @@ class Renderer {
     std::vector<Json> items;
     if (seq->undefined || seq->j.is_null()) {
       // Iterating an undefined value yields nothing (jinja2's default Undefined).
-    } else if (seq->j.is_array()) {
-      RETURN_IF_ERROR(Charge(ByteSize(seq->j)));
-      items.assign(seq->j.begin(), seq->j.end());
+    } else if (seq->j.is_array() || seq->j.is_string()) {
+      ASSIGN_OR_RETURN(items, SequenceItems(seq->j));
     } else if (seq->j.is_object()) {
       RETURN_IF_ERROR(Charge(ByteSize(seq->j)));
       for (const auto& [k, v] : seq->j.items()) items.emplace_back(k);
-    } else if (seq->j.is_string()) {
-      const std::string& s = seq->j.get_ref<const std::string&>();
-      ASSIGN_OR_RETURN(std::vector<std::string> chars, SplitChars(s));
-      for (std::string& c : chars) items.emplace_back(std::move(c));
     } else {
       return RenderError("a for loop over a value that is not iterable");
     }
@@ -1281,15 +1277,7 @@ class Renderer {
     if (base.undefined || !(base.j.is_array() || base.j.is_string())) {
       return RenderError("slicing a value that is not a list or a string");
     }
-    std::vector<Json> items;
-    if (base.j.is_array()) {
-      RETURN_IF_ERROR(Charge(ByteSize(base.j)));
-      items.assign(base.j.begin(), base.j.end());
-    } else {
-      const std::string& s = base.j.get_ref<const std::string&>();
-      ASSIGN_OR_RETURN(std::vector<std::string> chars, SplitChars(s));
-      for (std::string& c : chars) items.emplace_back(std::move(c));
-    }
+    ASSIGN_OR_RETURN(std::vector<Json> items, SequenceItems(base.j));
     const int64_t n = static_cast<int64_t>(items.size());
     auto get = [&](int k, int64_t fallback) -> absl::StatusOr<int64_t> {
       if (parts[k] == nullptr || parts[k]->undefined || parts[k]->j.is_null()) return fallback;
@@ -1487,12 +1475,8 @@ class Renderer {
     while (true) {
       const size_t j = s.find(from, i);
       if (j == std::string::npos) break;
-      RETURN_IF_ERROR(Charge(j - i + to.size()));
-      if (r.size() + (j - i) + to.size() > kMaxOutput) {
-        return RenderError("a value grows beyond 64 MB");
-      }
-      r.append(s, i, j - i);
-      r += to;
+      RETURN_IF_ERROR(Append(std::string_view(s).substr(i, j - i), &r));
+      RETURN_IF_ERROR(Append(to, &r));
       i = j + from.size();
     }
     r.append(s, i);
@@ -1572,13 +1556,8 @@ class Renderer {
       const std::string sep = args.empty() ? "" : ToStr(args[0]);
       std::string out;
       for (size_t k = 0; k < j.size(); ++k) {
-        std::string item = ToStr(Value(j[k]));
-        RETURN_IF_ERROR(Charge((k > 0 ? sep.size() : 0) + item.size()));
-        if (out.size() + sep.size() + item.size() > kMaxOutput) {
-          return RenderError("a value grows beyond 64 MB");
-        }
-        if (k > 0) out += sep;
-        out += item;
+        if (k > 0) RETURN_IF_ERROR(Append(sep, &out));
+        RETURN_IF_ERROR(Append(ToStr(Value(j[k])), &out));
       }
       return Value(Json(std::move(out)));
     }
@@ -1934,6 +1913,28 @@ class Renderer {
     RETURN_IF_ERROR(CheckItems(static_cast<size_t>(n)));
     RETURN_IF_ERROR(Charge(static_cast<size_t>(n) * kCharValueBytes));
     return Chars(s);
+  }
+
+  // The items a loop or a slice goes over: a list's, or a string's characters.
+  absl::StatusOr<std::vector<Json>> SequenceItems(const Json& j) {
+    std::vector<Json> items;
+    if (j.is_array()) {
+      RETURN_IF_ERROR(Charge(ByteSize(j)));
+      items.assign(j.begin(), j.end());
+    } else {
+      ASSIGN_OR_RETURN(std::vector<std::string> chars, SplitChars(j.get_ref<const std::string&>()));
+      for (std::string& c : chars) items.emplace_back(std::move(c));
+    }
+    return items;
+  }
+
+  // Appends `piece` to a string value being built (|join, replace): charged to the budget, and
+  // no value passes 64 MB.
+  absl::Status Append(std::string_view piece, std::string* out) {
+    RETURN_IF_ERROR(Charge(piece.size()));
+    if (out->size() + piece.size() > kMaxOutput) return RenderError("a value grows beyond 64 MB");
+    out->append(piece);
+    return absl::OkStatus();
   }
 
   static constexpr int64_t kMaxSteps = 10'000'000;
