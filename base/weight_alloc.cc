@@ -27,6 +27,8 @@ constexpr size_t kHuge = size_t{2} << 20;
 constexpr size_t kChunk = size_t{32} << 20;
 constexpr size_t kAlign = 64;
 
+constexpr uintptr_t RoundUp(uintptr_t x, size_t to) { return (x + to - 1) / to * to; }
+
 #ifdef SHARDLM_ARENA_ASAN
 constexpr size_t kGap = 64;  // poisoned, after each buffer
 void Poison(uintptr_t p, size_t n) { ASAN_POISON_MEMORY_REGION(reinterpret_cast<void*>(p), n); }
@@ -58,11 +60,11 @@ Arena& TheArena() {
 // A mapping of `bytes` rounded up to 2 MiB, at a 2 MiB boundary, advised into huge pages
 // before anything touches it; the rounding is poisoned under ASan.
 uintptr_t MapAligned(size_t bytes) {
-  const size_t size = (bytes + kHuge - 1) / kHuge * kHuge;
+  const size_t size = RoundUp(bytes, kHuge);
   void* m = mmap(nullptr, size + kHuge, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   if (m == MAP_FAILED) throw std::bad_alloc();
   const uintptr_t raw = reinterpret_cast<uintptr_t>(m);
-  const uintptr_t start = (raw + kHuge - 1) / kHuge * kHuge;
+  const uintptr_t start = RoundUp(raw, kHuge);
   if (start > raw) munmap(m, start - raw);
   if (const uintptr_t tail = raw + size + kHuge - (start + size); tail > 0) {
     munmap(reinterpret_cast<void*>(start + size), tail);
@@ -75,13 +77,13 @@ uintptr_t MapAligned(size_t bytes) {
 }
 
 void Unmap(uintptr_t start, size_t bytes) {
-  const size_t size = (bytes + kHuge - 1) / kHuge * kHuge;
+  const size_t size = RoundUp(bytes, kHuge);
   Unpoison(start, size);
   munmap(reinterpret_cast<void*>(start), size);
 }
 
 void* ArenaAllocate(size_t bytes) {
-  const size_t span = (bytes + kGap + kAlign - 1) / kAlign * kAlign;
+  const size_t span = RoundUp(bytes + kGap, kAlign);
   Arena& a = TheArena();
   std::lock_guard<std::mutex> lock(a.mu);
   Chunk* c = a.current != 0 ? &a.chunks[a.current] : nullptr;

@@ -12,8 +12,9 @@
 // chunk is returned to the system with its last buffer.
 // Before (session 20): large buffers came from malloc, which handed out heap memory an earlier
 // buffer had already faulted in as 4 KiB pages, where the advice changes nothing, and each
-// small one was a malloc mapping of its own, too small for a huge page. Of paper-m Q4_0's
-// 212 MiB of weights, 84 MiB were in huge pages (docs/BENCHMARKS.md, "Weights in huge pages").
+// small one was a malloc mapping of its own, too small for a huge page. A paper-m process had
+// 84 MiB in huge pages in all, with 212 MiB of Q4_0 or 341 MiB of Q8_0 weights; now all of them
+// are (docs/BENCHMARKS.md, "Weights in huge pages").
 // Under AddressSanitizer the bytes after each buffer (the arena's gap, a mapping's rounding)
 // are poisoned, and so is a freed arena buffer, so overruns are still reported.
 //

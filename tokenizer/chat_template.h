@@ -36,9 +36,9 @@ class ChatTemplate {
   // Renders with `context`'s keys as variables (messages, add_generation_prompt, bos_token,
   // eos_token, tools, …). A template's raise_exception() or an operation on the wrong types is
   // an error carrying its message. Templates come with model files, so a render is bounded:
-  // nesting 200 deep, 10 million steps, 2 seconds, 64 MB per value and of output, and 512 MB
-  // built in all (every value made or copied, characters split, text joined or replaced),
-  // each an error when passed.
+  // nesting 200 deep, 10 million steps, 2 seconds, 64 MB per value and of output, a million
+  // items per list made in one piece, and 512 MB built in all (every value made or copied,
+  // characters split, text joined or replaced), each an error when passed.
   absl::StatusOr<std::string> Render(const Json& context) const;
 
   struct Node;  // the parsed template (chat_template.cc)
