@@ -131,12 +131,14 @@ void DriveQuant(const float* x, int64_t n, int64_t x_stride, const uint8_t* w, i
                 int64_t in, const float* bias, float* y, int64_t y_stride) {
   static_assert(kSuperRows % kR == 0);
   // A 1 × 1 tile reads W in address order, row after row (each row's quants, then its
-  // scales), a stream the hardware prefetchers follow; interleaved rows of wider tiles are
-  // not. On a Zen 4 core, Q8_0 at n = 1 in a 1 × 4 tile read 16–22 GB/s against a 30 GB/s
-  // probe; in a 1 × 1 tile with the quants prefetched into L2 only, eight pairs on, 24–29
-  // (1,024–8,192 inputs; four, twelve, sixteen or thirty-two on, or an L1 prefetch as well,
-  // were no faster; no software prefetch at all gave 27 GB/s up to 4,096 inputs and 12.5 at
-  // 8,192).
+  // scales), a stream the hardware prefetchers follow; a tile that takes each chunk for its
+  // C rows in turn does not. (Wider one-row tiles now read their rows one after another too,
+  // QuantAvx512Vnni::RowAfterRow, which is address order where a row is one K block.) On a
+  // Zen 4 core, Q8_0 at n = 1 in a 1 × 4 tile, chunk by chunk, read 16–22 GB/s against a
+  // 30 GB/s probe; in a 1 × 1 tile with the quants prefetched into L2 only, eight pairs on,
+  // 24–29 (1,024–8,192 inputs; four, twelve, sixteen or thirty-two on, or an L1 prefetch as
+  // well, were no faster; no software prefetch at all gave 27 GB/s up to 4,096 inputs and
+  // 12.5 at 8,192).
   constexpr bool kOneRow = kR == 1 && kC == 1;
   const int64_t qx_row = QxRowBytes(in);
   uint8_t* qx = QxScratch(n * qx_row);

@@ -126,6 +126,16 @@ struct QuantAvx512Vnni {
 
   template <DType kFormat, int kR, int kC, int kCStride, PrefetchPlan kPlan>
   SHARDLM_TARGET_Q512 static void PlannedTile(const QTileArgs& t) {
+    if constexpr (kR == 1) {
+      RowAfterRow<kFormat, kC, kPlan>(t);
+    } else {
+      ChunkAfterChunk<kFormat, kR, kC, kCStride, kPlan>(t);
+    }
+  }
+
+  // R > 1 rows: each chunk of the K block for all C weight rows before the next chunk.
+  template <DType kFormat, int kR, int kC, int kCStride, PrefetchPlan kPlan>
+  SHARDLM_TARGET_Q512 static void ChunkAfterChunk(const QTileArgs& t) {
     // The f32 partial sums stay in registers over the K block when they fit beside the
     // R·C int32 sums; else each chunk reads and writes them in `acc`.
     __m512 a[kR][kC];
@@ -158,6 +168,102 @@ struct QuantAvx512Vnni {
   template <int kR, int kC>
   static constexpr bool kAccInRegisters = kR * kC <= 12;
 
+  // The scales of the pairs the quants are prefetched for, of the weight row at `row`: 128
+  // bytes at most, the two lines from their start (a third line, where rows are not
+  // line-aligned, is left to the loads; a prefetch past the buffer is harmless).
+  __attribute__((always_inline)) static inline void PrefetchScales(const QTileArgs& t,
+                                                                   const uint8_t* row) {
+    const char* here = reinterpret_cast<const char*>(row + t.scale_offset + 32 * t.chunk0);
+    const int64_t s1 = t.scale_prefetch_offset, s2 = t.l2_scale_prefetch_offset;
+    if (s1 != 0) {
+      _mm_prefetch(here + s1, _MM_HINT_T0);
+      _mm_prefetch(here + s1 + 64, _MM_HINT_T0);
+    }
+    if (s2 != 0) {
+      _mm_prefetch(here + s2, _MM_HINT_T1);
+      _mm_prefetch(here + s2 + 64, _MM_HINT_T1);
+    }
+  }
+
+  // A one-row tile takes its weight rows one after another, each row's chunks in order: where
+  // the K block is the whole row (in ≤ 2048), the tile reads its C rows in address order,
+  // quants then scales, a stream the hardware prefetchers follow. Taking the C rows chunk by
+  // chunk instead (as the R > 1 tiles do, to load each x vector once for C rows) leaves the
+  // 1 × 6 Q4_0 tile jumping back and forth across 3.4 KB. On a Zen 4 core (`matmul_bench
+  // --hugepages`, W from memory, n = 1, alternated) Q4_0 went from 56–59% to 89–97% of a
+  // plain read at 65536 × 1024, 79–81% to 96–99% at 16384 × 2816 and 66–70% to 74–79% at
+  // 8192² (two K blocks per row). The same order for the f32 and bf16 tiles, whose lane
+  // sums are one FMA chain per row, was slower for F32 and mixed for BF16 (not done). The bits
+  // are the same: a block's int32 sum is exact in any order, and each f32 lane still folds
+  // the row's chunks in chunk order.
+  template <DType kFormat, int kC, PrefetchPlan kPlan>
+  SHARDLM_TARGET_Q512 static void RowAfterRow(const QTileArgs& t) {
+    for (int c = 0; c < kC; ++c) {
+      const uint8_t* row = t.w + c * t.w_stride;
+      asm("" : "+r"(row));
+      const uint8_t* scales = row + t.scale_offset + 32 * t.chunk0;
+      if constexpr (kPlan != kPrefetchNone) PrefetchScales(t, row);
+      __m512 a = t.first_block ? _mm512_setzero_ps() : _mm512_load_ps(t.acc + c * 16);
+      for (int ch = 0; ch < t.chunks; ++ch) {
+        const int64_t m = ch == t.chunks - 1 ? t.last_blocks : 16;
+        if (m == 16) {
+          a = RowChunk<kFormat, true, kPlan>(t, row, scales, ch, 16, a);
+        } else {
+          a = RowChunk<kFormat, false, kPlan>(t, row, scales, ch, m, a);
+        }
+      }
+      _mm512_store_ps(t.acc + c * 16, a);
+    }
+  }
+
+  // One chunk of m blocks of one weight row against the tile's x row, folded into its f32
+  // lanes `a` (Chunk's arithmetic for R = C = 1). The int32 sums run in two chains, the even
+  // and the odd vectors, added before the fold: the same integers, half the latency.
+  template <DType kFormat, bool kFull, PrefetchPlan kPlan>
+  __attribute__((always_inline)) SHARDLM_TARGET_Q512 static inline __m512 RowChunk(
+      const QTileArgs& t, const uint8_t* row, const uint8_t* scales, int ch, int64_t m, __m512 a) {
+    const __mmask64 bm = kFull ? ~__mmask64{0} : (__mmask64{1} << (4 * m)) - 1;
+    const int64_t vs = kFull ? 64 : 4 * m;  // as in Chunk
+    const auto load = [bm](const uint8_t* p) {
+      if constexpr (kFull) {
+        return _mm512_loadu_si512(p);
+      } else {
+        return _mm512_maskz_loadu_epi8(bm, p);
+      }
+    };
+    const int64_t pf = t.prefetch_offset, pf2 = t.l2_prefetch_offset;
+    const uint8_t* wq = row + WChunkOffset(kFormat, t.chunk0 + ch);
+    const uint8_t* xc = t.x + ch * kQxChunkBytes;
+    __m512i even = _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_load_si512(xc + 576));
+    __m512i odd = _mm512_setzero_si512();
+    if constexpr (kFormat == DType::kQ8_0) {
+#pragma GCC unroll 4
+      for (int v = 0; v < 8; v += 2) {
+        PrefetchLine<kPlan>(wq + v * 64, pf, pf2);
+        PrefetchLine<kPlan>(wq + (v + 1) * 64, pf, pf2);
+        even = _mm512_dpbusd_epi32(even, load(wq + v * vs), _mm512_load_si512(xc + v * 64));
+        odd =
+            _mm512_dpbusd_epi32(odd, load(wq + (v + 1) * vs), _mm512_load_si512(xc + (v + 1) * 64));
+      }
+    } else {
+      const __m512i low = _mm512_set1_epi8(0x0f);
+#pragma GCC unroll 4
+      for (int g = 0; g < 4; ++g) {
+        PrefetchLine<kPlan>(wq + g * 64, pf, pf2);
+        const __m512i raw = load(wq + g * vs);
+        even = _mm512_dpbusd_epi32(even, _mm512_and_si512(raw, low),
+                                   _mm512_load_si512(xc + 2 * g * 64));
+        odd = _mm512_dpbusd_epi32(odd, _mm512_and_si512(_mm512_srli_epi16(raw, 4), low),
+                                  _mm512_load_si512(xc + (2 * g + 1) * 64));
+      }
+    }
+    const auto sm = static_cast<__mmask16>(kFull ? 0xffffu : (1u << m) - 1);
+    const __m512 dw = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(sm, scales + 32 * ch));
+    const __m512 dx = _mm512_load_ps(reinterpret_cast<const float*>(xc + 512));
+    const __m512 f = _mm512_cvtepi32_ps(_mm512_add_epi32(even, odd));
+    return _mm512_fmadd_ps(f, _mm512_mul_ps(dw, dx), a);
+  }
+
   // One chunk of m blocks; kFull (m = 16) uses plain loads, the row's last chunk masked ones.
   template <DType kFormat, int kR, int kC, int kCStride, bool kFull, PrefetchPlan kPlan>
   __attribute__((always_inline)) SHARDLM_TARGET_Q512 static inline void Chunk(
@@ -177,23 +283,8 @@ struct QuantAvx512Vnni {
       const uint8_t* wq = t.w + WChunkOffset(kFormat, t.chunk0 + ch);
       const uint8_t* xc = t.x + ch * kQxChunkBytes;
       if (kPlan != kPrefetchNone && ch == 0) {
-        // The scales of the pairs the quants are prefetched for: 128 bytes at most, the two
-        // lines from their start (a third line, where rows are not line-aligned, is left to
-        // the loads; a prefetch past the buffer is harmless).
-        const int64_t s1 = t.scale_prefetch_offset, s2 = t.l2_scale_prefetch_offset;
 #pragma GCC unroll 8
-        for (int c = 0; c < kC; ++c) {
-          const char* here =
-              reinterpret_cast<const char*>(t.w + c * ws + t.scale_offset + 32 * t.chunk0);
-          if (s1 != 0) {
-            _mm_prefetch(here + s1, _MM_HINT_T0);
-            _mm_prefetch(here + s1 + 64, _MM_HINT_T0);
-          }
-          if (s2 != 0) {
-            _mm_prefetch(here + s2, _MM_HINT_T1);
-            _mm_prefetch(here + s2 + 64, _MM_HINT_T1);
-          }
-        }
+        for (int c = 0; c < kC; ++c) PrefetchScales(t, t.w + c * ws);
       }
       // One pointer per weight row and x row, opaque to the compiler: else GCC precomputes
       // an address for every (row, vector) pair of the unrolled chunk, which do not fit the
@@ -432,20 +523,25 @@ void SkinnyQuantAvx512Vnni(DType format, const float* x, int64_t n, int64_t x_st
                            int64_t y_stride) {
   // 4 × 4: the R·C int32 sums, the C weight vectors and the x vector fit the 32 registers
   // (4 × 6 spilled in Q4_0, whose weights take a load, a shift and two ANDs); at n = 16 it
-  // measured 10–20% faster than 2 × 6 and 2 × 8 (matmul_bench). A single Q4_0 row takes
-  // 1 × 6, which shares each x vector and each tile's fixed costs over more weight rows: the
-  // batch-1 decode step of a d 1024 model took 10–13% less time on a Zen 4 core (1 × 8: 6%
-  // more; Q8_0 at 1 × 6: 2–6% more).
+  // measured 10–20% faster than 2 × 6 and 2 × 8 (matmul_bench). A single x row takes a
+  // one-row tile, which reads its weight rows one after another (QuantAvx512Vnni::RowAfterRow).
+  // - Q4_0: 1 × 6, which shares each tile's fixed costs over more weight rows: the batch-1
+  //   decode step of a d 1024 model took 10–13% less time than in 4 × 4 on a Zen 4 core
+  //   (with each chunk taken for the six rows in turn; 1 × 8: 6% more). Row after row, 1 × 4,
+  //   1 × 8, 1 × 12 and 1 × 16 were no faster at 65536 × 1024 and 16384 × 2816.
+  // - Q8_0, where the weights are prefetched far ahead (StreamPrefetch::kFar, the Zen 4
+  //   choice): 1 × 1 (DriveQuant's kOneRow). The paper-m Q8_0 batch-1 step (24 layers,
+  //   d 1024) took 13.4–13.7 ms against 20.1–21.0 in 1 × 4, chunk by chunk, on a Zen 4 core.
+  //   Q4_0 rows are half as long, and there the 1 × 1 tile's fixed costs per row left it at
+  //   11 GB/s. 1 × 4 row after row, L2 prefetch only, read 79–84% of a plain read at
+  //   32000 × 1024 against 68–75% for 1 × 1, but the whole step was not measurably faster
+  //   (eight alternated pairs, median 0.99 of 1 × 1's time; slower at 8192², where a 1 × 4
+  //   tile reads each row in four K blocks). Where near prefetch is chosen (a Zen 5 core
+  //   measured 94–97% of a plain read in 1 × 4, chunk by chunk) the 4 × 4 shape stays.
   if (format == DType::kQ4_0 && n == 1) {
     DriveQuant<QuantAvx512Vnni, DType::kQ4_0, 1, 6>(x, n, x_stride, w, out, in, bias, y, y_stride);
     return;
   }
-  // A single Q8_0 row, where the weights are prefetched far ahead (StreamPrefetch::kFar, the
-  // Zen 4 choice): 1 × 1, W read row after row in address order (DriveQuant's kOneRow). The
-  // paper-m Q8_0 batch-1 step (24 layers, d 1024) took 13.4–13.7 ms against 20.1–21.0 in
-  // 1 × 4 on a Zen 4 core. Q4_0 rows are half as long, and there the 1 × 1 tile's fixed
-  // costs per row left it at 11 GB/s. Where near prefetch is chosen (a Zen 5 core measured
-  // 94–97% of a plain read in 1 × 4) the 4 × 4 shape stays.
   if (format == DType::kQ8_0 && n == 1 && SelectedStreamPrefetch() == StreamPrefetch::kFar) {
     DriveQuant<QuantAvx512Vnni, DType::kQ8_0, 1, 1>(x, n, x_stride, w, out, in, bias, y, y_stride);
     return;
