@@ -534,9 +534,9 @@ void SkinnyQuantAvx512Vnni(DType format, const float* x, int64_t n, int64_t x_st
   //   d 1024) took 13.4–13.7 ms against 20.1–21.0 in 1 × 4, chunk by chunk, on a Zen 4 core.
   //   Q4_0 rows are half as long, and there the 1 × 1 tile's fixed costs per row left it at
   //   11 GB/s. 1 × 4 row after row, L2 prefetch only, read 79–84% of a plain read at
-  //   32000 × 1024 against 68–75% for 1 × 1, but the whole step was not measurably faster
-  //   (eight alternated pairs, median 0.99 of 1 × 1's time; slower at 8192², where a 1 × 4
-  //   tile reads each row in four K blocks). Where near prefetch is chosen (a Zen 5 core
+  //   32000 × 1024 against 68–75% for 1 × 1, but the whole step took 1.11 of 1 × 1's time
+  //   (median of ten alternated pairs), and at 8192² a 1 × 4 tile reads each row in four K
+  //   blocks, out of address order. Where near prefetch is chosen (a Zen 5 core
   //   measured 94–97% of a plain read in 1 × 4, chunk by chunk) the 4 × 4 shape stays.
   if (format == DType::kQ4_0 && n == 1) {
     DriveQuant<QuantAvx512Vnni, DType::kQ4_0, 1, 6>(x, n, x_stride, w, out, in, bias, y, y_stride);
