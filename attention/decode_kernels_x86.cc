@@ -86,13 +86,17 @@ SHARDLM_TARGET_AVX512 inline void PrefetchAhead(const RowsAhead& ahead, const un
 }
 
 // The row beside row r of a kernel (RowsAhead), or row r itself where there is none (a request
-// of a line already in cache costs nothing more); an int8 row's scales are requested with it.
+// of a line already in cache costs nothing more); an int8 row's scales are requested with it
+// where `scales` (a kernel that takes a row's parts in several calls asks for them once).
 template <typename Rows>
 SHARDLM_TARGET_AVX512 inline const unsigned char* RowAhead(const RowsAhead& ahead,
                                                            const unsigned char* const* rows,
-                                                           int64_t r, int64_t scale_off) {
+                                                           int64_t r, int64_t scale_off,
+                                                           bool scales = true) {
   const unsigned char* row = r < ahead.n ? ahead.rows[r] : rows[r];
-  if constexpr (Rows::kScaled) PrefetchAhead(ahead, row + scale_off);
+  if constexpr (Rows::kScaled) {
+    if (scales) PrefetchAhead(ahead, row + scale_off);
+  }
   return row;
 }
 
@@ -284,7 +288,7 @@ SHARDLM_TARGET_AVX512 inline void LanePart(__m512 (&acc)[R][V], const ScoreArgs&
   const unsigned char* ahead[R];
 #pragma GCC unroll 16
   for (int r = 0; r < R; ++r) {
-    ahead[r] = request ? RowAhead<Rows>(a.ahead, a.rows, r0 + r, a.scale_off) : nullptr;
+    ahead[r] = request ? RowAhead<Rows>(a.ahead, a.rows, r0 + r, a.scale_off, k0 == 0) : nullptr;
   }
   const int64_t stride = a.qt_stride;
   const float* qt = a.qt + k0 * stride + 16 * v0;
@@ -383,7 +387,7 @@ SHARDLM_TARGET_AVX512 inline void ValueTile(const ValueArgs& a, int64_t c, __mma
   for (int64_t r = 0; r < a.nb; ++r) {
     __m512 v[NC];
     const unsigned char* row_ahead =
-        ahead ? RowAhead<Rows>(a.ahead, a.rows, r, a.scale_off) : nullptr;
+        ahead ? RowAhead<Rows>(a.ahead, a.rows, r, a.scale_off, c == 0) : nullptr;
 #pragma GCC unroll 4
     for (int j = 0; j < NC; ++j) {
       const __mmask16 mj = j == NC - 1 ? m : static_cast<__mmask16>(0xffff);
