@@ -218,7 +218,9 @@ struct QuantAvx512Vnni {
 
   // One chunk of m blocks of one weight row against the tile's x row, folded into its f32
   // lanes `a` (Chunk's arithmetic for R = C = 1). The int32 sums run in two chains, the even
-  // and the odd vectors, added before the fold: the same integers, half the latency.
+  // and the odd vectors, added before the fold: the same integers, half the latency. (Each row
+  // through Chunk<1, 1> instead, one chain, read Q4_0 at 62–71% of a plain read against
+  // 87–92% at 65536 × 1024, four alternated runs on a Zen 4 core; Q8_0 was the same.)
   template <DType kFormat, bool kFull, PrefetchPlan kPlan>
   __attribute__((always_inline)) SHARDLM_TARGET_Q512 static inline __m512 RowChunk(
       const QTileArgs& t, const uint8_t* row, const uint8_t* scales, int ch, int64_t m, __m512 a) {
