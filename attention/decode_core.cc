@@ -123,9 +123,11 @@ struct ItemScratch {
   std::vector<float> sum;     // [h_q]: Σ e^(s − m)
   std::vector<float> scores;  // [h_q, block ≤ kLongBlock]: scores, then numerators
   std::vector<float> alpha;   // [h_q]: e^(m_old − m_new) of the current block
-  std::vector<float> qt;      // [groups, a_len + b_len, g rounded up to 16]: ScoreArgs::qt
+  // The token's queries rearranged: [groups, a_len + b_len, g rounded up to 16] with the heads
+  // in lanes (ScoreArgs::qt), or [groups, g / 4, a_len + b_len, 4] in quads (ScoreArgs::qq).
+  std::vector<float> qt;
   // The DecodeAttention call and token whose queries `qt` holds (call 0: none). A thread's
-  // items are mostly consecutive chunks of one token, which then transpose its queries once.
+  // items are mostly consecutive chunks of one token, which then rearrange its queries once.
   uint64_t qt_call = 0;
   int64_t qt_token = -1;
 
@@ -193,6 +195,27 @@ int64_t RoundUp16(int64_t n) { return (n + 15) / 16 * 16; }
 // where the lane scores are not used).
 int64_t LaneQueryFloats(int64_t groups, int64_t g, int64_t q_len) {
   return g >= kMinLaneHeads ? groups * RoundUp16(g) * q_len : 0;
+}
+
+// The same for the queries in quads of heads (ScoreArgs::qq): a group's whole quads.
+int64_t QuadQueryFloats(int64_t groups, int64_t g, int64_t q_len) {
+  return groups * (g / 4 * 4) * q_len;
+}
+
+// Group j's queries in quads (ScoreArgs::qq): for heads 4m … 4m + 3, qq[4m·q_len + 16k + 4h +
+// i] is element 4k + i of head 4m + h's query (a part, then b part).
+void QuadQueries(const float* qa, int64_t qa_head, int64_t a_len, const float* qb, int64_t qb_head,
+                 int64_t b_len, int64_t g, float* qq) {
+  const int64_t q_len = a_len + b_len;
+  for (int64_t m = 0; m < g / 4; ++m) {
+    float* dst = qq + 4 * m * q_len;
+    for (int64_t h = 0; h < 4; ++h) {
+      const float* a = qa + (4 * m + h) * qa_head;
+      for (int64_t e = 0; e < a_len; ++e) dst[16 * (e / 4) + 4 * h + e % 4] = a[e];
+      const float* b = qb != nullptr ? qb + (4 * m + h) * qb_head : nullptr;
+      for (int64_t e = 0; e < b_len; ++e) dst[16 * ((a_len + e) / 4) + 4 * h + e % 4] = b[e];
+    }
+  }
 }
 
 // Group j's queries with the heads in lanes (ScoreArgs::qt): qt[k·stride + h] for the g heads,
@@ -286,9 +309,19 @@ void RunChunk(const Problem& pb, const QueryToken& token, int64_t t, int64_t c_l
   // group by group (in the rows-first order a score call has only kScoreRows rows).
   const bool lanes = !rows_first && g >= kMinLaneHeads &&
                      kernels.lane_scores[static_cast<int>(cache.dtype())] != nullptr;
+  // Otherwise, in the rows-first order, the quads of heads where the kernel set takes them
+  // (DecodeKernels::quad_scores). Measured on a Zen 4 core (attention_bench, f32, one thread,
+  // alternated in two sittings): GQA-4 at 16 × 8k 63.1–64.2 ms against 67.4–73.3, at 1 × 8k
+  // 3.86–3.92 against 3.99–4.11; but GTA-4, whose group-order score pass meets its rows first
+  // with more FMAs per byte, 40.0–41.5 against 38.7–39.3 ms at 16 × 8k. A quad's FMA takes a
+  // broadcast load (`vbroadcastf32x4`), and those issue at about 0.74 a cycle on that core
+  // (as do `vbroadcastss` and lane shuffles) against 1 FMA with a plain or embedded load.
+  const bool quads = rows_first && g >= 4 && lay.a_len % 4 == 0 && lay.b_len % 4 == 0 &&
+                     kernels.quad_scores[static_cast<int>(cache.dtype())];
   const int64_t q_len = lay.a_len + lay.b_len;
   const int64_t qt_stride = RoundUp16(g);
-  s.Reserve(pb.h_q, v_len, lanes ? LaneQueryFloats(lay.groups, g, q_len) : 0);
+  const int64_t group_floats = lanes ? q_len * qt_stride : quads ? (g / 4 * 4) * q_len : 0;
+  s.Reserve(pb.h_q, v_len, lay.groups * group_floats);
 
   const int64_t len = c_hi - c_lo + 1;
   const unsigned char** rows = s.rows.data();
@@ -323,13 +356,19 @@ void RunChunk(const Problem& pb, const QueryToken& token, int64_t t, int64_t c_l
 
   const float* qa_t = q.qa + t * q.qa_token;
   const float* qb_t = q.qb != nullptr ? q.qb + t * q.qb_token : nullptr;
-  if (lanes && (s.qt_call != pb.call || s.qt_token != t)) {
+  if ((lanes || quads) && (s.qt_call != pb.call || s.qt_token != t)) {
     s.qt_call = pb.call;
     s.qt_token = t;
     for (int64_t j = 0; j < lay.groups; ++j) {
-      TransposeQueries(qa_t + j * g * q.qa_head, q.qa_head, lay.a_len,
-                       qb_t != nullptr ? qb_t + j * g * q.qb_head : nullptr, q.qb_head, lay.b_len,
-                       g, qt_stride, s.qt.data() + j * q_len * qt_stride);
+      const float* qa_j = qa_t + j * g * q.qa_head;
+      const float* qb_j = qb_t != nullptr ? qb_t + j * g * q.qb_head : nullptr;
+      if (lanes) {
+        TransposeQueries(qa_j, q.qa_head, lay.a_len, qb_j, q.qb_head, lay.b_len, g, qt_stride,
+                         s.qt.data() + j * group_floats);
+      } else {
+        QuadQueries(qa_j, q.qa_head, lay.a_len, qb_j, q.qb_head, lay.b_len, g,
+                    s.qt.data() + j * group_floats);
+      }
     }
   }
   // Blocks [b_lo, b_hi] relative to c_lo, cut at multiples of `block` positions.
@@ -369,10 +408,11 @@ void RunChunk(const Problem& pb, const QueryToken& token, int64_t t, int64_t c_l
       sa.block = block;
       if (!rows_first) sa.ahead = ahead;
       if (lanes) {
-        sa.qt = s.qt.data() + j * q_len * qt_stride;
+        sa.qt = s.qt.data() + j * group_floats;
         sa.qt_stride = qt_stride;
         kernels.lane_scores[kind](sa);
       } else {
+        if (quads) sa.qq = s.qt.data() + j * group_floats;
         kernels.scores[kind](sa);
       }
     };
@@ -456,6 +496,7 @@ DecodeKernels PortableKernels() {
   return {{&ScoresPortable<KvDType::kF32>, &ScoresPortable<KvDType::kBF16>,
            &ScoresPortable<KvDType::kInt8>},
           {nullptr, nullptr, nullptr},
+          {false, false, false},
           &SoftmaxPortable,
           {&ValuesPortable<KvDType::kF32>, &ValuesPortable<KvDType::kBF16>,
            &ValuesPortable<KvDType::kInt8>},
@@ -468,7 +509,8 @@ void SetDecodeIsa(Isa isa) {
 }
 
 void DecodeAttentionReserve(int64_t h_q, int64_t v_len, int64_t groups, int64_t q_len) {
-  const int64_t qt_floats = LaneQueryFloats(groups, h_q / groups, q_len);
+  const int64_t qt_floats = std::max(LaneQueryFloats(groups, h_q / groups, q_len),
+                                     QuadQueryFloats(groups, h_q / groups, q_len));
   OnEveryComputeThread(
       [h_q, v_len, qt_floats] { ThreadItemScratch().Reserve(h_q, v_len, qt_floats); });
 }

@@ -50,6 +50,13 @@ std::vector<Family> Families(int64_t window, Rng& rng) {
                             float* o) { GqaAttention(s, c, t, q, o); }});
   }
   {
+    // 5 heads per group: one quad of heads (DecodeKernels::quad_scores) and one past it.
+    const GqaShape s{10, 2, 20, 0.3f, window};
+    families.push_back({"gqa-5", 2 * 2 * 20, 10 * 20, 10 * 20,
+                        [s](const CacheView& c, std::span<const QueryToken> t, const float* q,
+                            float* o) { GqaAttention(s, c, t, q, o); }});
+  }
+  {
     const GtaShape s{6, 3, 24, 8, 0.3f, window};
     families.push_back({"gta", 3 * 24 + 8, 6 * 24, 6 * 24,
                         [s](const CacheView& c, std::span<const QueryToken> t, const float* q,
@@ -378,6 +385,106 @@ TEST(DecodeCoreTest, LaneScoresAreOneFmaChainPerScore) {
                 KvRowFormat::Decode(dtype, rows[r], off, len, scale, x.data());
                 for (int64_t i = 0; i < len; ++i) want = std::fma(x[i], q[i], want);
               }
+              ASSERT_EQ(std::bit_cast<uint32_t>(got), std::bit_cast<uint32_t>(want)) << where;
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+// The scores from the quads of heads (ScoreArgs::qq, DecodeKernels::quad_scores; f32 rows)
+// are, for each head of a whole quad, the naive sums below bit for bit: lane j of two FMA
+// chains (the even and the odd fours of elements, the a part then the b part), the chains
+// added, then lanes (0 + 2) + (1 + 3). The heads past the last whole quad get the bits the
+// same kernel gives them without quads. For head counts around the quad, parts with and
+// without a b part, odd counts of fours, row counts around the tile height, with and without
+// rows to prefetch; nothing past the g heads and nb rows is written.
+TEST(DecodeCoreTest, QuadScoresAreTwoChainsAndAFourLaneTree) {
+  if (!Cpu().avx512) {  // only the AVX-512 build has them
+    EXPECT_FALSE(attention_internal::PortableKernels().quad_scores[0]);
+    return;
+  }
+  const attention_internal::DecodeKernels k = attention_internal::Avx512Kernels();
+  ASSERT_TRUE(k.quad_scores[0]);
+  const int64_t block = attention_internal::kLongBlock;
+  Rng rng(11, "quad_scores");
+  for (const int64_t g : {4, 5, 7, 8, 9}) {
+    for (const auto& [a_len, b_len] :
+         {std::pair<int64_t, int64_t>{64, 0}, {20, 8}, {4, 4}, {12, 0}}) {
+      const int64_t elems = 3 + a_len + b_len;  // a leading segment: parts start inside the row
+      for (const int64_t nb : {1, 3, 4, 5, 8, 9}) {
+        std::vector<std::vector<float>> store(2 * nb);
+        std::vector<const unsigned char*> rows(2 * nb);
+        for (int64_t r = 0; r < 2 * nb; ++r) {
+          store[r] = rng.UniformVector(elems, -2.0f, 2.0f);
+          rows[r] = reinterpret_cast<const unsigned char*>(store[r].data());
+        }
+        const int64_t qa_head = a_len + 2, qb_head = b_len + 1;
+        const std::vector<float> qa = rng.UniformVector(g * qa_head, -1.0f, 1.0f);
+        const std::vector<float> qb = rng.UniformVector(g * qb_head + 1, -1.0f, 1.0f);
+        const int64_t q_len = a_len + b_len;
+        std::vector<float> qq(static_cast<size_t>(g / 4 * 4 * q_len), 0.0f);
+        for (int64_t h = 0; h < g / 4 * 4; ++h) {
+          float* dst = qq.data() + h / 4 * 4 * q_len + h % 4 * 4;
+          for (int64_t e = 0; e < a_len; ++e) dst[16 * (e / 4) + e % 4] = qa[h * qa_head + e];
+          for (int64_t e = 0; e < b_len; ++e) {
+            dst[16 * ((a_len + e) / 4) + e % 4] = qb[h * qb_head + e];
+          }
+        }
+        for (const bool prefetch : {false, true}) {
+          const float kUnwritten = -12345.0f;
+          std::vector<float> scores(static_cast<size_t>((g + 1) * block), kUnwritten);
+          std::vector<float> plain = scores;
+          attention_internal::ScoreArgs a;
+          a.rows = rows.data();
+          a.nb = nb;
+          a.a_off = 3;
+          a.a_len = a_len;
+          a.b_off = 3 + a_len;
+          a.b_len = b_len;
+          a.qa = qa.data();
+          a.qa_head = qa_head;
+          a.qb = qb.data();
+          a.qb_head = qb_head;
+          a.g = g;
+          a.block = block;
+          if (prefetch) a.ahead = {rows.data() + nb, nb, nb % 2 == 0};
+          a.scores = plain.data();
+          k.scores[0](a);  // without quads
+          a.scores = scores.data();
+          a.qq = qq.data();
+          k.scores[0](a);
+          for (int64_t h = 0; h <= g; ++h) {
+            for (int64_t r = 0; r < block; ++r) {
+              const float got = scores[h * block + r];
+              const std::string where = absl::StrFormat(
+                  "g %d a %d b %d nb %d prefetch %d: head "
+                  "%d row %d",
+                  g, a_len, b_len, nb, prefetch, h, r);
+              if (h == g || r >= nb) {
+                ASSERT_EQ(got, kUnwritten) << where;
+                continue;
+              }
+              if (h >= g / 4 * 4) {
+                ASSERT_EQ(std::bit_cast<uint32_t>(got),
+                          std::bit_cast<uint32_t>(plain[h * block + r]))
+                    << where;
+                continue;
+              }
+              float chain[2][4] = {};  // [even, odd][lane]
+              for (const auto& [off, len, q] :
+                   {std::tuple{a.a_off, a_len, qa.data() + h * qa_head},
+                    std::tuple{a.b_off, b_len, qb.data() + h * qb_head}}) {
+                for (int64_t e = 0; e < len; ++e) {
+                  float& c = chain[(e / 4) % 2][e % 4];
+                  c = std::fma(store[r][off + e], q[e], c);
+                }
+              }
+              float t[4];
+              for (int j = 0; j < 4; ++j) t[j] = chain[0][j] + chain[1][j];
+              const float want = (t[0] + t[2]) + (t[1] + t[3]);
               ASSERT_EQ(std::bit_cast<uint32_t>(got), std::bit_cast<uint32_t>(want)) << where;
             }
           }

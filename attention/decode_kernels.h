@@ -53,6 +53,11 @@ struct ScoreArgs {
   // is a multiple of 16 and the lanes [g, qt_stride) are zero.
   const float* qt = nullptr;
   int64_t qt_stride = 0;
+  // The same queries in quads of heads, for a `scores` kernel with DecodeKernels::quad_scores
+  // (null: none; only where a_len and b_len are multiples of 4): for heads 4m … 4m + 3,
+  // qq[4m·(a_len + b_len) + 16k + 4h + j] is element 4k + j of head 4m + h's query, the a
+  // part's elements first, then the b part's. Heads past the last whole quad come from qa, qb.
+  const float* qq = nullptr;
   RowsAhead ahead;  // their a and b parts (and an int8 row's scales)
 };
 
@@ -102,6 +107,11 @@ struct DecodeKernels {
   // group (the latent families), where every row element is broadcast once for 16 heads and no
   // lane sums are left to reduce; see decode_core.cc: kMinLaneHeads.
   void (*lane_scores[3])(const ScoreArgs&);
+  // Whether scores[kind] takes the heads' quads from ScoreArgs::qq where it is given: each
+  // quad's scores then come from vectors of 4 heads × 4 elements, each score its lanes' own
+  // sums (two chains of FMAs, then a 4-lane tree: decode_kernels_x86.cc, QuadScoreTile), whose
+  // bits differ from the lane-sum tiles' but depend on nothing but its own row and query.
+  bool quad_scores[3];
   void (*softmax)(const SoftmaxArgs&);
   void (*values[3])(const ValueArgs&);
   // y[i] = e^x[i], the exp the softmax uses (exposed for its accuracy test).

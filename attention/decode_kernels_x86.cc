@@ -42,6 +42,7 @@ SHARDLM_TARGET_AVX512 inline float ReduceAdd(__m512 v) {
 struct F32Rows {
   static constexpr int64_t kBytes = 4;
   static constexpr bool kScaled = false;
+  static constexpr bool kQuads = true;  // QuadScoreTile reads f32 rows only
   SHARDLM_TARGET_AVX512 static __m512 Load(const unsigned char* p) {
     return _mm512_loadu_ps(reinterpret_cast<const float*>(p));
   }
@@ -52,6 +53,7 @@ struct F32Rows {
 struct Bf16Rows {
   static constexpr int64_t kBytes = 2;
   static constexpr bool kScaled = false;
+  static constexpr bool kQuads = false;
   SHARDLM_TARGET_AVX512 static __m512 Widen(__m256i h) {
     return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
   }
@@ -65,6 +67,7 @@ struct Bf16Rows {
 struct Int8Rows {
   static constexpr int64_t kBytes = 1;
   static constexpr bool kScaled = true;
+  static constexpr bool kQuads = false;
   SHARDLM_TARGET_AVX512 static __m512 Widen(__m128i b) {
     return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(b));
   }
@@ -238,9 +241,102 @@ SHARDLM_TARGET_AVX512 void ScoreHeads(const ScoreArgs& a, int64_t h0) {
   for (; r0 < a.nb; ++r0) ScoreTile<1, H, Rows>(a, r0, h0);
 }
 
+// Elements [off, off + len) of rows [0, R) against the quad's query vectors from qq on
+// (QuadScoreTile): the k-th 4 elements of a row go to `even` for even k, to `odd` for odd k.
+template <int R>
+SHARDLM_TARGET_AVX512 inline void QuadPart(__m512 (&even)[R], __m512 (&odd)[R],
+                                           const unsigned char* const* rows, int64_t off,
+                                           int64_t len, const float* qq,
+                                           const unsigned char* const* ahead, const RowsAhead& a) {
+  const float* row[R];
+#pragma GCC unroll 4
+  for (int r = 0; r < R; ++r) row[r] = reinterpret_cast<const float*>(rows[r]) + off;
+  const auto step = [&](__m512(&acc)[R], int64_t k) {
+    const __m512 qv = _mm512_loadu_ps(qq + 16 * k);
+#pragma GCC unroll 4
+    for (int r = 0; r < R; ++r) {
+      if (ahead != nullptr && k % 4 == 0) PrefetchAhead(a, ahead[r] + (off + 4 * k) * 4);
+      // One `vbroadcastf32x4` load: the 4 elements in each 128-bit lane, one per head.
+      const __m512 x = _mm512_broadcast_f32x4(_mm_loadu_ps(row[r] + 4 * k));
+      acc[r] = _mm512_fmadd_ps(x, qv, acc[r]);
+    }
+  };
+  const int64_t quads = len / 4;
+  int64_t k = 0;
+  for (; k + 2 <= quads; k += 2) {
+    step(even, k);
+    step(odd, k + 1);
+  }
+  if (k < quads) step(even, k);
+}
+
+// Scores of rows [r0, r0 + R) for heads 4m … 4m + 3 from their quad vectors (ScoreArgs::qq,
+// f32 rows). Lane 4h + j of a row's accumulators adds element 4k + j of the row times that
+// of head h's query: each FMA takes 4 consecutive row elements, broadcast to the 4 heads by
+// one load, against one vector of the quad's queries, so a score sums 4 lanes at the end
+// where the lane-sum tile (ScoreTile) sums 16 per (row, head) score after 4 FMAs a 64-float
+// head (a 16 × 16 tree, 46 shuffles and adds per 16 scores; here 9 per 16, as many FMAs). A
+// row's quads alternate between two accumulators, so 4 rows keep 8 FMA chains in flight. A
+// score is (even + odd), then lanes (0 + 2) + (1 + 3) of its head: the same arithmetic
+// whatever R and the rows beside it.
+template <int R>
+SHARDLM_TARGET_AVX512 void QuadScoreTile(const ScoreArgs& a, int64_t r0, int64_t m) {
+  static_assert(R == 1 || R == 4);
+  __m512 even[R], odd[R];
+#pragma GCC unroll 4
+  for (int r = 0; r < R; ++r) even[r] = odd[r] = _mm512_setzero_ps();
+  const unsigned char* ahead_rows[R];
+  const unsigned char* const* ahead = nullptr;
+  if (a.ahead.rows != nullptr && m == 0) {  // the first quad's tiles request the rows ahead
+#pragma GCC unroll 4
+    for (int r = 0; r < R; ++r) ahead_rows[r] = RowAhead<F32Rows>(a.ahead, a.rows, r0 + r, 0);
+    ahead = ahead_rows;
+  }
+  const float* qq = a.qq + 4 * m * (a.a_len + a.b_len);
+  QuadPart<R>(even, odd, a.rows + r0, a.a_off, a.a_len, qq, ahead, a.ahead);
+  if (a.b_len > 0) {
+    QuadPart<R>(even, odd, a.rows + r0, a.b_off, a.b_len, qq + 4 * a.a_len, ahead, a.ahead);
+  }
+  float* s = a.scores + 4 * m * a.block + r0;
+  if constexpr (R == 4) {
+    __m512 t[4];
+#pragma GCC unroll 4
+    for (int r = 0; r < 4; ++r) t[r] = _mm512_add_ps(even[r], odd[r]);
+    // In each head's 128-bit lane: c01 = [t0(0 + 2), t1(0 + 2), t0(1 + 3), t1(1 + 3)], c23
+    // the same of rows 2 and 3, and the sum [row 0, 1, 2, 3]: (0 + 2) + (1 + 3) each.
+    const __m512 c01 =
+        _mm512_add_ps(_mm512_unpacklo_ps(t[0], t[1]), _mm512_unpackhi_ps(t[0], t[1]));
+    const __m512 c23 =
+        _mm512_add_ps(_mm512_unpacklo_ps(t[2], t[3]), _mm512_unpackhi_ps(t[2], t[3]));
+    const __m512 sums =
+        _mm512_add_ps(_mm512_shuffle_ps(c01, c23, 0x44), _mm512_shuffle_ps(c01, c23, 0xee));
+    _mm_storeu_ps(s, _mm512_extractf32x4_ps(sums, 0));
+    _mm_storeu_ps(s + a.block, _mm512_extractf32x4_ps(sums, 1));
+    _mm_storeu_ps(s + 2 * a.block, _mm512_extractf32x4_ps(sums, 2));
+    _mm_storeu_ps(s + 3 * a.block, _mm512_extractf32x4_ps(sums, 3));
+  } else {
+    const __m512 t = _mm512_add_ps(even[0], odd[0]);
+    const __m512 c = _mm512_add_ps(t, _mm512_permute_ps(t, 0x4e));  // lanes 0 + 2, 1 + 3
+    const __m512 d = _mm512_add_ps(c, _mm512_permute_ps(c, 0xb1));  // (0 + 2) + (1 + 3)
+    alignas(64) float lanes[16];
+    _mm512_store_ps(lanes, d);
+#pragma GCC unroll 4
+    for (int h = 0; h < 4; ++h) s[h * a.block] = lanes[4 * h];
+  }
+}
+
 template <typename Rows>
 SHARDLM_TARGET_AVX512 void ScoresAvx512(const ScoreArgs& a) {
   int64_t h0 = 0;
+  if constexpr (Rows::kQuads) {
+    if (a.qq != nullptr) {
+      for (; h0 + 4 <= a.g; h0 += 4) {
+        int64_t r0 = 0;
+        for (; r0 + 4 <= a.nb; r0 += 4) QuadScoreTile<4>(a, r0, h0 / 4);
+        for (; r0 < a.nb; ++r0) QuadScoreTile<1>(a, r0, h0 / 4);
+      }
+    }
+  }
   for (; h0 + 4 <= a.g; h0 += 4) ScoreHeads<4, Rows>(a, h0);
   switch (a.g - h0) {
     case 3: ScoreHeads<3, Rows>(a, h0); break;
@@ -601,6 +697,7 @@ SHARDLM_TARGET_AVX512 void SoftmaxAvx512(const SoftmaxArgs& a) {
 DecodeKernels Avx512Kernels() {
   return {{&ScoresAvx512<F32Rows>, &ScoresAvx512<Bf16Rows>, &ScoresAvx512<Int8Rows>},
           {&LaneScoresAvx512<F32Rows>, &LaneScoresAvx512<Bf16Rows>, &LaneScoresAvx512<Int8Rows>},
+          {F32Rows::kQuads, Bf16Rows::kQuads, Int8Rows::kQuads},
           &SoftmaxAvx512,
           {&ValuesAvx512<F32Rows>, &ValuesAvx512<Bf16Rows>, &ValuesAvx512<Int8Rows>},
           &ExpAvx512,
