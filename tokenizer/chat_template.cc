@@ -1479,7 +1479,7 @@ class Renderer {
       RETURN_IF_ERROR(Append(to, &r));
       i = j + from.size();
     }
-    r.append(s, i);
+    RETURN_IF_ERROR(Append(std::string_view(s).substr(i), &r));  // the tail, bounded the same
     return r;
   }
 

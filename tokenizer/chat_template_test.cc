@@ -146,6 +146,8 @@ TEST(ChatTemplateTest, BoundsOnWhatARenderBuilds) {
            "{{ ns.s|replace('a', 'bbb')|length }}",  // 96 MB
            "{{ ns.s.replace('a', 'bbb')|length }}",
            "{{ range(100000)|join(ns.s)|length }}",  // 3 TB
+           // 32 MB + 1 for the 'b', then the 32 MB after it: the tail counts as well.
+           "{{ ('b' + ns.s).replace('b', ns.s + 'c')|length }}",
        }) {
     EXPECT_NE(Render(big + expand).find("a value grows beyond 64 MB"), std::string::npos) << expand;
   }
