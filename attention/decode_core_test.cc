@@ -301,6 +301,28 @@ TEST(DecodeCoreTest, SoftmaxOfManyHeadsIsEachHeadAlone) {
   }
 }
 
+// Score arguments for the two score-kernel tests below: g heads over rows whose a part (a_len
+// values) follows a leading segment of 3 and whose b part (b_len) follows the a part.
+attention_internal::ScoreArgs PartArgs(const std::vector<const unsigned char*>& rows, int64_t nb,
+                                       int64_t a_len, int64_t b_len, const std::vector<float>& qa,
+                                       int64_t qa_head, const std::vector<float>& qb,
+                                       int64_t qb_head, int64_t g, int64_t block) {
+  attention_internal::ScoreArgs a;
+  a.rows = rows.data();
+  a.nb = nb;
+  a.a_off = 3;
+  a.a_len = a_len;
+  a.b_off = 3 + a_len;
+  a.b_len = b_len;
+  a.qa = qa.data();
+  a.qa_head = qa_head;
+  a.qb = qb.data();
+  a.qb_head = qb_head;
+  a.g = g;
+  a.block = block;
+  return a;
+}
+
 // The scores with the heads in lanes (DecodeKernels::lane_scores) are each one chain of fp32
 // FMAs in element order, the a part then the b part, from the row values as the cache format
 // gives them: the naive chain below, bit for bit, for every format, head counts around the
@@ -342,23 +364,12 @@ TEST(DecodeCoreTest, LaneScoresAreOneFmaChainPerScore) {
           }
           const float kUnwritten = -12345.0f;
           std::vector<float> scores(static_cast<size_t>((g + 1) * block), kUnwritten);
-          attention_internal::ScoreArgs a;
-          a.rows = rows.data();
-          a.nb = nb;
-          a.a_off = 3;
-          a.a_len = a_len;
-          a.b_off = 3 + a_len;
-          a.b_len = b_len;
+          attention_internal::ScoreArgs a =
+              PartArgs(rows, nb, a_len, b_len, qa, qa_head, qb, qb_head, g, block);
           a.scale_off = format.scale_offset;
           a.a_seg = dtype == KvDType::kInt8 ? 1 : 0;
           a.b_seg = dtype == KvDType::kInt8 && b_len > 0 ? 2 : 0;
-          a.qa = qa.data();
-          a.qa_head = qa_head;
-          a.qb = qb.data();
-          a.qb_head = qb_head;
-          a.g = g;
           a.scores = scores.data();
-          a.block = block;
           a.qt = qt.data();
           a.qt_stride = stride;
           a.ahead = {rows.data() + nb, nb % 2 == 0 ? nb : nb / 2, nb % 3 == 0};
@@ -437,19 +448,8 @@ TEST(DecodeCoreTest, QuadScoresAreTwoChainsAndAFourLaneTree) {
           const float kUnwritten = -12345.0f;
           std::vector<float> scores(static_cast<size_t>((g + 1) * block), kUnwritten);
           std::vector<float> plain = scores;
-          attention_internal::ScoreArgs a;
-          a.rows = rows.data();
-          a.nb = nb;
-          a.a_off = 3;
-          a.a_len = a_len;
-          a.b_off = 3 + a_len;
-          a.b_len = b_len;
-          a.qa = qa.data();
-          a.qa_head = qa_head;
-          a.qb = qb.data();
-          a.qb_head = qb_head;
-          a.g = g;
-          a.block = block;
+          attention_internal::ScoreArgs a =
+              PartArgs(rows, nb, a_len, b_len, qa, qa_head, qb, qb_head, g, block);
           if (prefetch) a.ahead = {rows.data() + nb, nb, nb % 2 == 0};
           a.scores = plain.data();
           k.scores[0](a);  // without quads
