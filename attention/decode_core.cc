@@ -320,7 +320,9 @@ void RunChunk(const Problem& pb, const QueryToken& token, int64_t t, int64_t c_l
                      kernels.quad_scores[static_cast<int>(cache.dtype())];
   const int64_t q_len = lay.a_len + lay.b_len;
   const int64_t qt_stride = RoundUp16(g);
-  const int64_t group_floats = lanes ? q_len * qt_stride : quads ? (g / 4 * 4) * q_len : 0;
+  const int64_t group_floats = lanes   ? LaneQueryFloats(1, g, q_len)
+                               : quads ? QuadQueryFloats(1, g, q_len)
+                                       : 0;
   s.Reserve(pb.h_q, v_len, lay.groups * group_floats);
 
   const int64_t len = c_hi - c_lo + 1;

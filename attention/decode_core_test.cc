@@ -459,10 +459,9 @@ TEST(DecodeCoreTest, QuadScoresAreTwoChainsAndAFourLaneTree) {
           for (int64_t h = 0; h <= g; ++h) {
             for (int64_t r = 0; r < block; ++r) {
               const float got = scores[h * block + r];
-              const std::string where = absl::StrFormat(
-                  "g %d a %d b %d nb %d prefetch %d: head "
-                  "%d row %d",
-                  g, a_len, b_len, nb, prefetch, h, r);
+              const std::string where =
+                  absl::StrFormat("g %d a %d b %d nb %d prefetch %d: head %d row %d", g, a_len,
+                                  b_len, nb, prefetch, h, r);
               if (h == g || r >= nb) {
                 ASSERT_EQ(got, kUnwritten) << where;
                 continue;
