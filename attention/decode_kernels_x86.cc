@@ -241,6 +241,21 @@ SHARDLM_TARGET_AVX512 void ScoreHeads(const ScoreArgs& a, int64_t h0) {
   for (; r0 < a.nb; ++r0) ScoreTile<1, H, Rows>(a, r0, h0);
 }
 
+// The k-th 4 elements of rows [0, R) (from row[r]) against the quad's query vector k, into acc.
+template <int R>
+SHARDLM_TARGET_AVX512 inline void QuadStep(__m512 (&acc)[R], const float* const (&row)[R],
+                                           int64_t k, const float* qq, int64_t off,
+                                           const unsigned char* const* ahead, const RowsAhead& a) {
+  const __m512 qv = _mm512_loadu_ps(qq + 16 * k);
+#pragma GCC unroll 4
+  for (int r = 0; r < R; ++r) {
+    if (ahead != nullptr && k % 4 == 0) PrefetchAhead(a, ahead[r] + (off + 4 * k) * 4);
+    // One `vbroadcastf32x4` load: the 4 elements in each 128-bit lane, one per head.
+    const __m512 x = _mm512_broadcast_f32x4(_mm_loadu_ps(row[r] + 4 * k));
+    acc[r] = _mm512_fmadd_ps(x, qv, acc[r]);
+  }
+}
+
 // Elements [off, off + len) of rows [0, R) against the quad's query vectors from qq on
 // (QuadScoreTile): the k-th 4 elements of a row go to `even` for even k, to `odd` for odd k.
 template <int R>
@@ -251,23 +266,13 @@ SHARDLM_TARGET_AVX512 inline void QuadPart(__m512 (&even)[R], __m512 (&odd)[R],
   const float* row[R];
 #pragma GCC unroll 4
   for (int r = 0; r < R; ++r) row[r] = reinterpret_cast<const float*>(rows[r]) + off;
-  const auto step = [&](__m512(&acc)[R], int64_t k) {
-    const __m512 qv = _mm512_loadu_ps(qq + 16 * k);
-#pragma GCC unroll 4
-    for (int r = 0; r < R; ++r) {
-      if (ahead != nullptr && k % 4 == 0) PrefetchAhead(a, ahead[r] + (off + 4 * k) * 4);
-      // One `vbroadcastf32x4` load: the 4 elements in each 128-bit lane, one per head.
-      const __m512 x = _mm512_broadcast_f32x4(_mm_loadu_ps(row[r] + 4 * k));
-      acc[r] = _mm512_fmadd_ps(x, qv, acc[r]);
-    }
-  };
   const int64_t quads = len / 4;
   int64_t k = 0;
   for (; k + 2 <= quads; k += 2) {
-    step(even, k);
-    step(odd, k + 1);
+    QuadStep<R>(even, row, k, qq, off, ahead, a);
+    QuadStep<R>(odd, row, k + 1, qq, off, ahead, a);
   }
-  if (k < quads) step(even, k);
+  if (k < quads) QuadStep<R>(even, row, k, qq, off, ahead, a);
 }
 
 // Scores of rows [r0, r0 + R) for heads 4m … 4m + 3 from their quad vectors (ScoreArgs::qq,

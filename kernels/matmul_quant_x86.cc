@@ -115,6 +115,18 @@ struct QuantAvx512Vnni {
     QuantizeXRowAvx512(x, in, format, dst);
   }
 
+  // 64 bytes of a chunk's weights: a plain load (kFull), else the m blocks' bytes masked by
+  // bm. (A function, not a lambda: a lambda does not take its caller's target attribute.)
+  template <bool kFull>
+  __attribute__((always_inline)) SHARDLM_TARGET_Q512 static inline __m512i LoadBlocks(
+      const uint8_t* p, __mmask64 bm) {
+    if constexpr (kFull) {
+      return _mm512_loadu_si512(p);
+    } else {
+      return _mm512_maskz_loadu_epi8(bm, p);
+    }
+  }
+
   template <DType kFormat, int kR, int kC, int kCStride>
   SHARDLM_TARGET_Q512 static void Tile(const QTileArgs& t) {
     if (t.prefetch_offset == 0 && t.l2_prefetch_offset == 0) {
@@ -226,13 +238,6 @@ struct QuantAvx512Vnni {
       const QTileArgs& t, const uint8_t* row, const uint8_t* scales, int ch, int64_t m, __m512 a) {
     const __mmask64 bm = kFull ? ~__mmask64{0} : (__mmask64{1} << (4 * m)) - 1;
     const int64_t vs = kFull ? 64 : 4 * m;  // as in Chunk
-    const auto load = [bm](const uint8_t* p) {
-      if constexpr (kFull) {
-        return _mm512_loadu_si512(p);
-      } else {
-        return _mm512_maskz_loadu_epi8(bm, p);
-      }
-    };
     const int64_t pf = t.prefetch_offset, pf2 = t.l2_prefetch_offset;
     const uint8_t* wq = row + WChunkOffset(kFormat, t.chunk0 + ch);
     const uint8_t* xc = t.x + ch * kQxChunkBytes;
@@ -243,16 +248,17 @@ struct QuantAvx512Vnni {
       for (int v = 0; v < 8; v += 2) {
         PrefetchLine<kPlan>(wq + v * 64, pf, pf2);
         PrefetchLine<kPlan>(wq + (v + 1) * 64, pf, pf2);
-        even = _mm512_dpbusd_epi32(even, load(wq + v * vs), _mm512_load_si512(xc + v * 64));
-        odd =
-            _mm512_dpbusd_epi32(odd, load(wq + (v + 1) * vs), _mm512_load_si512(xc + (v + 1) * 64));
+        even = _mm512_dpbusd_epi32(even, LoadBlocks<kFull>(wq + v * vs, bm),
+                                   _mm512_load_si512(xc + v * 64));
+        odd = _mm512_dpbusd_epi32(odd, LoadBlocks<kFull>(wq + (v + 1) * vs, bm),
+                                  _mm512_load_si512(xc + (v + 1) * 64));
       }
     } else {
       const __m512i low = _mm512_set1_epi8(0x0f);
 #pragma GCC unroll 4
       for (int g = 0; g < 4; ++g) {
         PrefetchLine<kPlan>(wq + g * 64, pf, pf2);
-        const __m512i raw = load(wq + g * vs);
+        const __m512i raw = LoadBlocks<kFull>(wq + g * vs, bm);
         even = _mm512_dpbusd_epi32(even, _mm512_and_si512(raw, low),
                                    _mm512_load_si512(xc + 2 * g * 64));
         odd = _mm512_dpbusd_epi32(odd, _mm512_and_si512(_mm512_srli_epi16(raw, 4), low),
@@ -275,13 +281,6 @@ struct QuantAvx512Vnni {
     {
       const __mmask64 bm = kFull ? ~__mmask64{0} : (__mmask64{1} << (4 * m)) - 1;
       const int64_t vs = kFull ? 64 : 4 * m;  // bytes of one vector (Q8_0) or nibble group (Q4_0)
-      const auto load = [bm](const uint8_t* p) {
-        if constexpr (kFull) {
-          return _mm512_loadu_si512(p);
-        } else {
-          return _mm512_maskz_loadu_epi8(bm, p);
-        }
-      };
       const uint8_t* wq = t.w + WChunkOffset(kFormat, t.chunk0 + ch);
       const uint8_t* xc = t.x + ch * kQxChunkBytes;
       if (kPlan != kPrefetchNone && ch == 0) {
@@ -322,7 +321,7 @@ struct QuantAvx512Vnni {
 #pragma GCC unroll 8
           for (int c = 0; c < kC; ++c) {
             PrefetchLine<kPlan>(wr[c] + v * 64, pf, pf2);
-            wv[c] = load(wr[c] + v * vs);
+            wv[c] = LoadBlocks<kFull>(wr[c] + v * vs, bm);
             asm("" : "+v"(wv[c]));
           }
 #pragma GCC unroll 8
@@ -343,7 +342,7 @@ struct QuantAvx512Vnni {
 #pragma GCC unroll 8
             for (int c = 0; c < kC; ++c) {
               if (half == 0) PrefetchLine<kPlan>(wr[c] + g * 64, pf, pf2);
-              const __m512i raw = load(wr[c] + g * vs);
+              const __m512i raw = LoadBlocks<kFull>(wr[c] + g * vs, bm);
               wv[c] = _mm512_and_si512(half == 0 ? raw : _mm512_srli_epi16(raw, 4), low);
               asm("" : "+v"(wv[c]));
             }
@@ -394,6 +393,17 @@ struct QuantAvx2 {
   }
   static void QuantizeX(const float* x, int64_t in, DType format, uint8_t* dst) {
     QuantizeXRowPortable(x, in, format, dst);
+  }
+
+  // 32 bytes of a half chunk: a plain load (kFull), else the dwords that dm selects.
+  template <bool kFull>
+  __attribute__((always_inline)) SHARDLM_TARGET_Q256 static inline __m256i LoadHalf(
+      const uint8_t* p, __m256i dm) {
+    if constexpr (kFull) {
+      return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+    } else {
+      return _mm256_maskload_epi32(reinterpret_cast<const int*>(p), dm);
+    }
   }
 
   // isum += the sum of the 4 products u·s in each dword (u unsigned, s signed bytes; the
@@ -448,13 +458,6 @@ struct QuantAvx2 {
     const uint8_t* xc = t.x + ch * kQxChunkBytes;
     const __m256i dm =
         _mm256_cmpgt_epi32(_mm256_set1_epi32(mh), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-    const auto load = [dm](const uint8_t* p) {
-      if constexpr (kFull) {
-        return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
-      } else {
-        return _mm256_maskload_epi32(reinterpret_cast<const int*>(p), dm);
-      }
-    };
     __m256i s[kR][kC];
 #pragma GCC unroll 8
     for (int r = 0; r < kR; ++r) {
@@ -468,7 +471,7 @@ struct QuantAvx2 {
         __m256i wv[kC], uw[kC];
 #pragma GCC unroll 8
         for (int c = 0; c < kC; ++c) {
-          wv[c] = _mm256_xor_si256(load(wq + c * ws + v * vs + 32 * h), bias);  // q
+          wv[c] = _mm256_xor_si256(LoadHalf<kFull>(wq + c * ws + v * vs + 32 * h, dm), bias);  // q
           uw[c] = _mm256_abs_epi8(wv[c]);
         }
 #pragma GCC unroll 8
@@ -488,7 +491,7 @@ struct QuantAvx2 {
           __m256i wv[kC];
 #pragma GCC unroll 8
           for (int c = 0; c < kC; ++c) {
-            const __m256i raw = load(wq + c * ws + g * vs + 32 * h);
+            const __m256i raw = LoadHalf<kFull>(wq + c * ws + g * vs + 32 * h, dm);
             wv[c] = _mm256_and_si256(half == 0 ? raw : _mm256_srli_epi16(raw, 4), low);
           }
 #pragma GCC unroll 8

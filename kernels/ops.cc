@@ -148,7 +148,10 @@ __attribute__((target("avx512f"))) void SiluMulAvx512(float* gate, const float* 
     const __m512 g = _mm512_maskz_loadu_ps(mask, gate + i);
     const __m512 u = _mm512_maskz_loadu_ps(mask, up + i);
     // max/min return their second operand when either is NaN: a NaN −g passes.
-    const __m512 x = _mm512_min_ps(hi, _mm512_max_ps(lo, _mm512_xor_ps(g, sign)));
+    // The sign flip as an integer xor: _mm512_xor_ps needs AVX512DQ, which this target lacks.
+    const __m512 neg_g =
+        _mm512_castsi512_ps(_mm512_xor_si512(_mm512_castps_si512(g), _mm512_castps_si512(sign)));
+    const __m512 x = _mm512_min_ps(hi, _mm512_max_ps(lo, neg_g));
     const __m512 k = _mm512_roundscale_ps(_mm512_mul_ps(x, log2e),
                                           _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     __m512 r = _mm512_fmadd_ps(k, neg_ln2_hi, x);
