@@ -285,6 +285,11 @@ void SkinnyAvx512Bf16Dot(const float* x, int64_t n, int64_t x_stride, const uint
 // The AVX-512 kernel's lane reduction, for its test against ReduceEach<16>: count (a multiple
 // of 4) accumulators of 16 floats, acc 64-byte aligned. Only call when Cpu().avx512.
 void ReduceSumsAvx512(const float* acc, int64_t count, float* sums);
+// ReduceEach<L> (L = 8 or 16) with AVX2, eight trees at a time and the same adds, any count:
+// the AVX2 kernels' lane reduction (the float kernels' 8 lanes, the quantized ones' 16). Only
+// call when Cpu().avx2_fma.
+template <int L>
+void ReduceSumsAvx2(const float* acc, int64_t count, float* sums);
 // CPUID (and OS register-state) checks for the SIMD paths; false on non-x86 builds. The AVX2
 // path also needs F16C (vcvtph2ps), which every AVX2 CPU has in practice.
 

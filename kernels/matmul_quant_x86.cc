@@ -389,7 +389,7 @@ struct QuantAvx2 {
   static constexpr int kReduceGroup = 1;
   static constexpr bool kZeroAcc = false;
   static void ReduceSums(const float* acc, int64_t count, float* sums) {
-    ReduceEach<16>(acc, count, sums);
+    ReduceSumsAvx2<16>(acc, count, sums);
   }
   static void QuantizeX(const float* x, int64_t in, DType format, uint8_t* dst) {
     QuantizeXRowPortable(x, in, format, dst);
@@ -483,6 +483,11 @@ struct QuantAvx2 {
         }
       }
     } else {
+      // Without VNNI the products first add up in 16-bit lanes: a vpmaddubsw pair of a nibble
+      // (≤ 15) and two x bytes (|x| ≤ 127) is at most 3,810 in magnitude, so the 8 vectors of
+      // a block's half sum to at most 30,480 < 2^15, exactly; one vpmaddwd per (row, column)
+      // then widens them. Per 32 weights that is one multiply-class instruction and an add
+      // where Dot takes two and an add.
       const __m256i low = _mm256_set1_epi8(0x0f);
 #pragma GCC unroll 4
       for (int g = 0; g < 4; ++g) {
@@ -499,8 +504,22 @@ struct QuantAvx2 {
             const __m256i xv = _mm256_load_si256(reinterpret_cast<const __m256i*>(
                 xc + r * xs + (2 * g + half) * 64 + 32 * h));
 #pragma GCC unroll 8
-            for (int c = 0; c < kC; ++c) s[r][c] = Dot(s[r][c], wv[c], xv);
+            for (int c = 0; c < kC; ++c) {
+              if constexpr (kVnni) {
+                s[r][c] = Dot(s[r][c], wv[c], xv);
+              } else {
+                s[r][c] = _mm256_add_epi16(s[r][c], _mm256_maddubs_epi16(wv[c], xv));
+              }
+            }
           }
+        }
+      }
+      if constexpr (!kVnni) {
+        const __m256i ones = _mm256_set1_epi16(1);
+#pragma GCC unroll 8
+        for (int r = 0; r < kR; ++r) {
+#pragma GCC unroll 8
+          for (int c = 0; c < kC; ++c) s[r][c] = _mm256_madd_epi16(s[r][c], ones);
         }
       }
     }

@@ -131,6 +131,43 @@ TEST(SkinnyMatMulPaths, VectorLaneReductionIsTheScalarTree) {
   }
 }
 
+// The AVX2 kernels' trees, eight at a time, over 8 lanes (float kernels) and 16 (quantized),
+// with a scalar remainder: the scalar tree's bits, including infinities, NaNs and signed zeros.
+TEST(SkinnyMatMulPaths, Avx2LaneReductionIsTheScalarTree) {
+  if (!Cpu().avx2_fma) GTEST_SKIP() << "no AVX2 on this CPU";
+  for (uint64_t seed : {1, 2, 3, 4}) {
+    Rng rng(seed);
+    for (int64_t count : {1, 3, 7, 8, 9, 16, 21, 64, 67}) {
+      std::vector<float> acc(static_cast<size_t>(count) * 16 + 1);  // + 1: unaligned rows
+      for (float& a : acc) {
+        a = std::ldexp(rng.Uniform(-1.0f, 1.0f), static_cast<int>(rng.Uniform(-40, 40)));
+      }
+      if (seed == 4) {
+        acc[6] = std::numeric_limits<float>::infinity();
+        acc[16 * 2 + 3] = std::numeric_limits<float>::quiet_NaN();
+        acc[8 * 5 + 1] = -0.0f;
+      }
+      for (int lanes : {8, 16}) {
+        const float* a = acc.data() + seed % 2;
+        std::vector<float> fast(static_cast<size_t>(count) + 1, -12345.0f), ref(fast);
+        if (lanes == 8) {
+          matmul_internal::ReduceSumsAvx2<8>(a, count, fast.data());
+          matmul_internal::ReduceEach<8>(a, count, ref.data());
+        } else {
+          matmul_internal::ReduceSumsAvx2<16>(a, count, fast.data());
+          matmul_internal::ReduceEach<16>(a, count, ref.data());
+        }
+        for (int64_t i = 0; i < count; ++i) {
+          ASSERT_EQ(std::memcmp(&fast[i], &ref[i], sizeof(float)), 0)
+              << "seed " << seed << ", " << lanes << " lanes, accumulator " << i << ": " << fast[i]
+              << " vs " << ref[i];
+        }
+        ASSERT_EQ(fast[count], -12345.0f);  // nothing past the last sum
+      }
+    }
+  }
+}
+
 #if defined(__x86_64__)
 // base/avx512_reduce.h's trees of 4 and 16 vectors (sums and maxima), stored: [16 | 4] sums,
 // then [16 | 4] maxima.
