@@ -498,6 +498,7 @@ struct QuantAvx2 {
           for (int c = 0; c < kC; ++c) {
             const __m256i raw = LoadHalf<kFull>(wq + c * ws + g * vs + 32 * h, dm);
             wv[c] = _mm256_and_si256(half == 0 ? raw : _mm256_srli_epi16(raw, 4), low);
+            asm("" : "+x"(wv[c]));  // computed here, not hoisted (and spilled) by GCC
           }
 #pragma GCC unroll 8
           for (int r = 0; r < kR; ++r) {
@@ -509,6 +510,9 @@ struct QuantAvx2 {
                 s[r][c] = Dot(s[r][c], wv[c], xv);
               } else {
                 s[r][c] = _mm256_add_epi16(s[r][c], _mm256_maddubs_epi16(wv[c], xv));
+                // Added here: else GCC regroups the (associative) integer adds, keeps every
+                // product of the chunk half live and spills most of them to the stack.
+                asm("" : "+x"(s[r][c]));
               }
             }
           }
