@@ -137,7 +137,7 @@ TEST(SkinnyMatMulPaths, Avx2LaneReductionIsTheScalarTree) {
   if (!Cpu().avx2_fma) GTEST_SKIP() << "no AVX2 on this CPU";
   for (uint64_t seed : {1, 2, 3, 4}) {
     Rng rng(seed);
-    for (int64_t count : {1, 3, 7, 8, 9, 16, 21, 64, 67}) {
+    for (int64_t count : {1, 3, 4, 7, 8, 9, 12, 16, 21, 64, 67}) {
       std::vector<float> acc(static_cast<size_t>(count) * 16 + 1);  // + 1: unaligned rows
       for (float& a : acc) {
         a = std::ldexp(rng.Uniform(-1.0f, 1.0f), static_cast<int>(rng.Uniform(-40, 40)));

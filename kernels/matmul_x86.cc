@@ -380,11 +380,44 @@ void ReduceSumsAvx512(const float* acc, int64_t count, float* sums) {
   Avx512::ReduceSums(acc, count, sums);
 }
 
-// Eight trees at once. Each step adds lane j and lane j + half of every tree, as ReduceLanes
-// does; only which register lane holds which partial changes. For L = 16 the first step
-// (half = 8) is the sum of an accumulator's two ymm halves; then the 8-lane tree follows.
-// Before, ReduceEach's scalar trees went through the stack and took a third of the AVX2
-// Q4_0 matmul's time at n = 16 (`perf`, 4096 × 1024 from cache, Zen 3).
+// Eight trees at once: element i of the result is the tree of v[i]'s 8 lanes. Each step adds
+// lane j and lane j + half of every tree, as ReduceLanes does; only which register lane holds
+// which partial changes.
+SHARDLM_TARGET_AVX2 inline __m256 Tree8x8(const __m256 (&v)[8]) {
+  // half = 4: [lanes 0..3 of tree 2p | of tree 2p + 1].
+  __m256 b[4];
+#pragma GCC unroll 4
+  for (int p = 0; p < 4; ++p) {
+    b[p] = _mm256_add_ps(_mm256_permute2f128_ps(v[2 * p], v[2 * p + 1], 0x20),
+                         _mm256_permute2f128_ps(v[2 * p], v[2 * p + 1], 0x31));
+  }
+  // half = 2: 128-bit lane k of c[q] holds 2 partials of trees 4q + k and 4q + 2 + k.
+  __m256 c[2];
+#pragma GCC unroll 2
+  for (int q = 0; q < 2; ++q) {
+    c[q] = _mm256_add_ps(_mm256_shuffle_ps(b[2 * q], b[2 * q + 1], 0x44),
+                         _mm256_shuffle_ps(b[2 * q], b[2 * q + 1], 0xee));
+  }
+  // half = 1: element 4k + m of d is the tree 2m + k; permute to element i = tree i.
+  const __m256 d =
+      _mm256_add_ps(_mm256_shuffle_ps(c[0], c[1], 0x88), _mm256_shuffle_ps(c[0], c[1], 0xdd));
+  return _mm256_permutevar8x32_ps(d, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+}
+
+// An accumulator's L lanes as 8: for L = 16 the tree's first step (half = 8) adds its halves.
+template <int L>
+SHARDLM_TARGET_AVX2 inline __m256 Lanes8(const float* a) {
+  if constexpr (L == 16) {
+    return _mm256_add_ps(_mm256_loadu_ps(a), _mm256_loadu_ps(a + 8));
+  } else {
+    return _mm256_loadu_ps(a);
+  }
+}
+
+// Eight trees at a time, then four (a one-row tile's kC sums; the other four trees are
+// copies, not stored), then one by one. Before, ReduceEach's scalar trees went through the
+// stack and took a third of the AVX2 Q4_0 matmul's time at n = 16 (`perf`, 4096 × 1024 from
+// cache, Zen 3).
 template <int L>
 SHARDLM_TARGET_AVX2 void ReduceSumsAvx2(const float* acc, int64_t count, float* sums) {
   static_assert(L == 8 || L == 16);
@@ -392,30 +425,15 @@ SHARDLM_TARGET_AVX2 void ReduceSumsAvx2(const float* acc, int64_t count, float* 
   for (; i + 8 <= count; i += 8) {
     __m256 v[8];
 #pragma GCC unroll 8
-    for (int j = 0; j < 8; ++j) {
-      const float* a = acc + (i + j) * L;
-      v[j] =
-          L == 16 ? _mm256_add_ps(_mm256_loadu_ps(a), _mm256_loadu_ps(a + 8)) : _mm256_loadu_ps(a);
-    }
-    // half = 4: [lanes 0..3 of tree 2p | of tree 2p + 1].
-    __m256 b[4];
+    for (int j = 0; j < 8; ++j) v[j] = Lanes8<L>(acc + (i + j) * L);
+    _mm256_storeu_ps(sums + i, Tree8x8(v));
+  }
+  if (i + 4 <= count) {
+    __m256 v[8];
 #pragma GCC unroll 4
-    for (int p = 0; p < 4; ++p) {
-      b[p] = _mm256_add_ps(_mm256_permute2f128_ps(v[2 * p], v[2 * p + 1], 0x20),
-                           _mm256_permute2f128_ps(v[2 * p], v[2 * p + 1], 0x31));
-    }
-    // half = 2: 128-bit lane k of c[q] holds 2 partials of trees 4q + k and 4q + 2 + k.
-    __m256 c[2];
-#pragma GCC unroll 2
-    for (int q = 0; q < 2; ++q) {
-      c[q] = _mm256_add_ps(_mm256_shuffle_ps(b[2 * q], b[2 * q + 1], 0x44),
-                           _mm256_shuffle_ps(b[2 * q], b[2 * q + 1], 0xee));
-    }
-    // half = 1: element 4k + m of d is the tree 2m + k; permute to element i = tree i.
-    const __m256 d =
-        _mm256_add_ps(_mm256_shuffle_ps(c[0], c[1], 0x88), _mm256_shuffle_ps(c[0], c[1], 0xdd));
-    _mm256_storeu_ps(sums + i,
-                     _mm256_permutevar8x32_ps(d, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7)));
+    for (int j = 0; j < 4; ++j) v[j] = v[j + 4] = Lanes8<L>(acc + (i + j) * L);
+    _mm_storeu_ps(sums + i, _mm256_castps256_ps128(Tree8x8(v)));
+    i += 4;
   }
   ReduceEach<L>(acc + i * L, count - i, sums + i);
 }
