@@ -1,6 +1,7 @@
 #include "kernels/ops.h"
 
 #include <algorithm>
+#include <bit>
 #include <cmath>
 
 #if defined(__x86_64__)
@@ -118,7 +119,14 @@ float SiluExp(float x) {
   float p = kP[0];
   for (int i = 1; i < 6; ++i) p = std::fma(p, r, kP[i]);
   const float y = std::fma(p, r * r, r) + 1.0f;
-  return std::isnan(k) ? k : std::ldexp(y, static_cast<int>(k));
+  if (std::isnan(k)) return k;
+  // y·2^k as ldexp gives it, without its library call (which took three quarters of SiLU's
+  // time where no AVX-512 kernel runs): k ∈ [−150, 128] is split into halves k1 ≤ k2, both
+  // powers normal floats; y·2^k1 is exact (y ∈ [0.7, 1.5], so it is normal), and the second
+  // product rounds once, to the correctly rounded y·2^k, or overflows, as ldexp does.
+  const int ki = static_cast<int>(k), k1 = ki >> 1, k2 = ki - k1;
+  return y * std::bit_cast<float>(static_cast<uint32_t>(k1 + 127) << 23) *
+         std::bit_cast<float>(static_cast<uint32_t>(k2 + 127) << 23);
 }
 
 void SiluMulPortable(float* gate, const float* up, int64_t count) {

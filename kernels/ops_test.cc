@@ -188,6 +188,34 @@ TEST(OpsTest, SiluExpIsWithinTwoUlpOfExp) {
   EXPECT_TRUE(std::isnan(SiluExp(NAN)));
 }
 
+// SiluExp's last step, y·2^k as two exact-or-once-rounded products, is ldexp's value bit for
+// bit: against the same formula with ldexp, over the whole clamped range and densely where the
+// result underflows to subnormals or overflows.
+TEST(OpsTest, SiluExpScalesAsLdexpDoes) {
+  const auto with_ldexp = [](float x) {
+    x = std::min(std::max(x, -104.0f), 88.8f);
+    const float k = std::nearbyint(x * 1.44269504088896341f);
+    float r = std::fma(k, -0.693359375f, x);
+    r = std::fma(k, 2.12194440e-4f, r);
+    const float kp[6] = {1.9875691500e-4f, 1.3981999507e-3f, 8.3334519073e-3f,
+                         4.1665795894e-2f, 1.6666665459e-1f, 5.0000001201e-1f};
+    float p = kp[0];
+    for (int i = 1; i < 6; ++i) p = std::fma(p, r, kp[i]);
+    const float y = std::fma(p, r * r, r) + 1.0f;
+    return std::ldexp(y, static_cast<int>(k));
+  };
+  int checked = 0;
+  const auto check = [&](float x) {
+    const float got = SiluExp(x), want = with_ldexp(x);
+    ASSERT_EQ(std::memcmp(&got, &want, sizeof(float)), 0) << x << ": " << got << " vs " << want;
+    ++checked;
+  };
+  for (float x = -110.0f; x <= 95.0f; x += 0.00731f) check(x);
+  for (float x = -104.0f; x <= -85.0f; x = std::nextafter(x, 0.0f) + 1e-5f) check(x);
+  for (float x = 88.0f; x <= 88.8f; x += 1e-5f) check(x);
+  EXPECT_GT(checked, 1000000);
+}
+
 // Values for the SiLU tests: ordinary ones, large ones (exp over- and underflows) and the
 // non-finite ones.
 std::vector<float> SiluInputs(Rng& rng, int64_t count) {
