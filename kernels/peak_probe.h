@@ -24,7 +24,10 @@ enum class PeakProbe {
                // and vfmadd231ps, per (x row, weight row) pair and 16 blocks
 };
 
-// Whether this CPU runs the probe's instructions (AVX-512; AVX512-VNNI for the other two).
+// Whether this CPU runs a form of the probe: the AVX-512 one (AVX512-VNNI for the other two),
+// else the AVX2 kernels' (ymm FMAs; vpmaddubsw-based dots, or AVX-VNNI's vpdpbusd on ymm),
+// counted in the AVX-512 instructions' units (a ymm FMA is half a 16-lane FMA, 32 byte
+// products half a vpdpbusd), so every bound divides by one rate.
 bool HavePeakProbe(PeakProbe probe);
 // Runs the probe once on the calling thread: PeakProbeCount(probe) of its counted instruction
 // (FMAs for kFma, vpdpbusd for the other two). Does nothing when !HavePeakProbe(probe).
