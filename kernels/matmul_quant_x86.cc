@@ -602,6 +602,26 @@ void SkinnyQuantAvx2(bool vnni, DType format, const float* x, int64_t n, int64_t
                      int64_t y_stride) {
   // 16 ymm: Q8_0 2 × 2 (4 sums, 2 weight vectors and their absolute values, x, a sign temp),
   // Q4_0 2 × 4 (8 sums, 4 weight vectors, x, the nibble mask).
+  // One x row: 1 × 8, whose rows the tile takes one after another (Tile), so that the
+  // driver's per-tile work and the lane trees (eight at once) are shared by eight rows.
+  if (n == 1) {
+    if (format == DType::kQ8_0) {
+      if (vnni) {
+        DriveQuant<QuantAvx2<true>, DType::kQ8_0, 1, 8>(x, n, x_stride, w, out, in, bias, y,
+                                                        y_stride);
+      } else {
+        DriveQuant<QuantAvx2<false>, DType::kQ8_0, 1, 8>(x, n, x_stride, w, out, in, bias, y,
+                                                         y_stride);
+      }
+    } else if (vnni) {
+      DriveQuant<QuantAvx2<true>, DType::kQ4_0, 1, 8>(x, n, x_stride, w, out, in, bias, y,
+                                                      y_stride);
+    } else {
+      DriveQuant<QuantAvx2<false>, DType::kQ4_0, 1, 8>(x, n, x_stride, w, out, in, bias, y,
+                                                       y_stride);
+    }
+    return;
+  }
   if (format == DType::kQ8_0) {
     if (vnni) {
       DriveQuant<QuantAvx2<true>, DType::kQ8_0, 2, 2>(x, n, x_stride, w, out, in, bias, y, y_stride);
