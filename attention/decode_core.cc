@@ -21,57 +21,91 @@ constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 // score part, the GCC vector extension for the weighted sum of values.
 
 // Values [off, off + len) of a row as fp32: the row itself for f32, else widened (and, for
-// int8, multiplied by segment `seg`'s scale) into `buf`.
+// int8, multiplied by segment `seg`'s scale) into `dst`, which then holds len floats.
 template <KvDType D>
 const float* RowPart(const unsigned char* row, int64_t off, int64_t len, int64_t scale_off,
-                     int64_t seg, std::vector<float>& buf) {
+                     int64_t seg, float* dst) {
   if constexpr (D == KvDType::kF32) {
     return reinterpret_cast<const float*>(row) + off;
   } else {
-    if (static_cast<int64_t>(buf.size()) < len) buf.resize(static_cast<size_t>(len));
     const float s = D == KvDType::kInt8 ? KvRowFormat::Scale(row, scale_off, seg) : 1.0f;
-    KvRowFormat::Decode(D, row, off, len, s, buf.data());
-    return buf.data();
+    KvRowFormat::Decode(D, row, off, len, s, dst);
+    return dst;
   }
 }
 
+// Scratch for widened row parts, at least `floats` long (f32 rows need none).
+template <KvDType D>
+float* PartScratch(int64_t floats) {
+  thread_local std::vector<float> buf;
+  if (D != KvDType::kF32 && static_cast<int64_t>(buf.size()) < floats) {
+    buf.resize(static_cast<size_t>(floats));
+  }
+  return buf.data();
+}
+
+// Row by row, each row's parts widened once for all g heads (and read from L1 by all of them).
 template <KvDType D>
 void ScoresPortable(const ScoreArgs& a) {
-  thread_local std::vector<float> buf;
-  for (int64_t h = 0; h < a.g; ++h) {
-    const float* qa = a.qa + h * a.qa_head;
-    const float* qb = a.qb + h * a.qb_head;
-    for (int64_t r = 0; r < a.nb; ++r) {
-      float s = Dot(qa, RowPart<D>(a.rows[r], a.a_off, a.a_len, a.scale_off, a.a_seg, buf),
-                    a.a_len);
-      if (a.b_len > 0) {
-        s += Dot(qb, RowPart<D>(a.rows[r], a.b_off, a.b_len, a.scale_off, a.b_seg, buf),
-                 a.b_len);
-      }
+  float* buf = PartScratch<D>(a.a_len + a.b_len);
+  for (int64_t r = 0; r < a.nb; ++r) {
+    const float* ra = RowPart<D>(a.rows[r], a.a_off, a.a_len, a.scale_off, a.a_seg, buf);
+    const float* rb =
+        a.b_len > 0 ? RowPart<D>(a.rows[r], a.b_off, a.b_len, a.scale_off, a.b_seg, buf + a.a_len)
+                    : nullptr;
+    for (int64_t h = 0; h < a.g; ++h) {
+      float s = Dot(a.qa + h * a.qa_head, ra, a.a_len);
+      if (a.b_len > 0) s += Dot(a.qb + h * a.qb_head, rb, a.b_len);
       a.scores[h * a.block + r] = s;
     }
   }
 }
 
+// The block's value parts are widened once for all heads; each head's sums then stay in
+// registers 32 columns at a time over all rows (one load and store per 32 columns, not per
+// row), each element's additions in row order after the rescale, as ValueArgs says.
 template <KvDType D>
 void ValuesPortable(const ValueArgs& a) {
-  thread_local std::vector<float> buf;
+  float* buf = PartScratch<D>(a.nb * a.v_len);
+  const float* v[kLongBlock];
+  CHECK_LE(a.nb, kLongBlock);
+  for (int64_t r = 0; r < a.nb; ++r) {
+    v[r] = RowPart<D>(a.rows[r], a.v_off, a.v_len, a.scale_off, a.v_seg, buf + r * a.v_len);
+  }
   for (int64_t h = 0; h < a.g; ++h) {
     float* acc = a.acc + h * a.acc_head;
     const float alpha = a.alpha[h];
     for (int64_t c = 0; c < a.v_len; ++c) acc[c] *= alpha;
     const float* p = a.p + h * a.block;
-    for (int64_t r = 0; r < a.nb; ++r) {
-      const float w = p[r];
-      const float* v = RowPart<D>(a.rows[r], a.v_off, a.v_len, a.scale_off, a.v_seg, buf);
-      int64_t c = 0;
-      for (; c + 8 <= a.v_len; c += 8) {
-        Vec8 y;
-        LoadVec8(acc + c, y);
-        ScaleAdd8(w, v + c, y);
-        StoreVec8(acc + c, y);
+    int64_t c = 0;
+    for (; c + 32 <= a.v_len; c += 32) {
+      Vec8 y0, y1, y2, y3;
+      LoadVec8(acc + c, y0);
+      LoadVec8(acc + c + 8, y1);
+      LoadVec8(acc + c + 16, y2);
+      LoadVec8(acc + c + 24, y3);
+      for (int64_t r = 0; r < a.nb; ++r) {
+        const float w = p[r];
+        ScaleAdd8(w, v[r] + c, y0);
+        ScaleAdd8(w, v[r] + c + 8, y1);
+        ScaleAdd8(w, v[r] + c + 16, y2);
+        ScaleAdd8(w, v[r] + c + 24, y3);
       }
-      for (; c < a.v_len; ++c) acc[c] += w * v[c];
+      StoreVec8(acc + c, y0);
+      StoreVec8(acc + c + 8, y1);
+      StoreVec8(acc + c + 16, y2);
+      StoreVec8(acc + c + 24, y3);
+    }
+    for (; c + 8 <= a.v_len; c += 8) {
+      Vec8 y;
+      LoadVec8(acc + c, y);
+      for (int64_t r = 0; r < a.nb; ++r) ScaleAdd8(p[r], v[r] + c, y);
+      StoreVec8(acc + c, y);
+    }
+    for (; c < a.v_len; ++c) {
+      float y = acc[c];
+      for (int64_t r = 0; r < a.nb; ++r) y += p[r] * v[r][c];
+      acc[c] = y;
     }
   }
 }
