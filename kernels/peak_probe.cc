@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdint>
+#include <cstring>
 
 #include "base/thread_pool.h"
 #include "kernels/cpu.h"
@@ -17,6 +18,15 @@ namespace {
 // 24 independent chains: latency 4 × 2 pipes needs ≥ 8 in flight.
 constexpr int kChains = 24;
 constexpr int64_t kIters = 2'000'000;
+
+// Reads a probe's final sum through a volatile, so that its chains are not optimized away.
+template <typename V>
+void KeepAlive(const V& sum) {
+  unsigned char bytes[sizeof(V)];
+  std::memcpy(bytes, &sum, sizeof(V));
+  volatile unsigned char sink = bytes[0];
+  (void)sink;
+}
 
 #if defined(__x86_64__)
 __attribute__((target("avx512f"))) void FmaProbeAvx512() {
@@ -31,10 +41,7 @@ __attribute__((target("avx512f"))) void FmaProbeAvx512() {
   __m512 sum = a[0];
 #pragma GCC unroll 24
   for (int j = 1; j < kChains; ++j) sum = _mm512_add_ps(sum, a[j]);
-  alignas(64) float lanes[16];
-  _mm512_store_ps(lanes, sum);
-  volatile float sink = lanes[0];  // keeps the chains alive
-  (void)sink;
+  KeepAlive(sum);
 }
 
 // vpdpbusd is written as assembly: with the intrinsic, GCC spilled the accumulators to the
@@ -53,10 +60,7 @@ __attribute__((target("avx512f,avx512bw,avx512vnni"))) void DotProbeAvx512() {
   __m512i sum = a[0];
 #pragma GCC unroll 24
   for (int j = 1; j < kChains; ++j) sum = _mm512_add_epi32(sum, a[j]);
-  alignas(64) int32_t lanes[16];
-  _mm512_store_si512(lanes, sum);
-  volatile int32_t sink = lanes[0];
-  (void)sink;
+  KeepAlive(sum);
 }
 
 // The quantized kernels' arithmetic (kernels/matmul_quant_x86.cc, Chunk): kPairs (x row,
@@ -97,10 +101,7 @@ __attribute__((target("avx512f,avx512bw,avx512vnni"))) void QuantFoldProbeAvx512
   for (int p = 1; p < kPairs; ++p) {
     sum = _mm512_add_ps(sum, _mm512_add_ps(a[p], _mm512_maskz_cvtepi32_ps(0xffff, s[p])));
   }
-  alignas(64) float lanes[16];
-  _mm512_store_ps(lanes, sum);
-  volatile float sink = lanes[0];
-  (void)sink;
+  KeepAlive(sum);
 }
 
 // The same probes for CPUs without AVX-512 (kernels/matmul_x86.cc's Avx2Fma and
@@ -119,10 +120,7 @@ __attribute__((target("avx2,fma"))) void FmaProbeAvx2() {
   __m256 sum = a[0];
 #pragma GCC unroll 24
   for (int j = 1; j < kChains; ++j) sum = _mm256_add_ps(sum, a[j]);
-  alignas(32) float lanes[8];
-  _mm256_store_ps(lanes, sum);
-  volatile float sink = lanes[0];
-  (void)sink;
+  KeepAlive(sum);
 }
 
 // 32 byte products into int32 lanes as QuantAvx2::Dot does: AVX-VNNI's vpdpbusd where the
@@ -158,10 +156,7 @@ __attribute__((target("avx2,fma"))) void DotProbeAvx2() {
   __m256i sum = a[0];
 #pragma GCC unroll 12
   for (int j = 1; j < kDotChains; ++j) sum = _mm256_add_epi32(sum, a[j]);
-  alignas(32) int32_t lanes[8];
-  _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), sum);
-  volatile int32_t sink = lanes[0];
-  (void)sink;
+  KeepAlive(sum);
 }
 
 // The AVX2 quantized tile's arithmetic per (x row, weight row) pair and half chunk (8 blocks):
@@ -208,10 +203,7 @@ __attribute__((target("avx2,fma"))) void QuantFoldProbeAvx2() {
   for (int p = 1; p < kPairsAvx2; ++p) {
     sum = _mm256_add_ps(sum, _mm256_add_ps(a[p], _mm256_cvtepi32_ps(s[p])));
   }
-  alignas(32) float lanes[8];
-  _mm256_store_ps(lanes, sum);
-  volatile float sink = lanes[0];
-  (void)sink;
+  KeepAlive(sum);
 }
 #endif
 
