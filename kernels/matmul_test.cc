@@ -138,7 +138,8 @@ TEST(SkinnyMatMulPaths, Avx2LaneReductionIsTheScalarTree) {
   for (uint64_t seed : {1, 2, 3, 4}) {
     Rng rng(seed);
     for (int64_t count : {1, 3, 4, 7, 8, 9, 12, 16, 21, 64, 67}) {
-      std::vector<float> acc(static_cast<size_t>(count) * 16 + 1);  // + 1: unaligned rows
+      // + 1: unaligned rows; at least 3 accumulators' room for the special values below.
+      std::vector<float> acc(static_cast<size_t>(std::max<int64_t>(count, 3)) * 16 + 1);
       for (float& a : acc) {
         a = std::ldexp(rng.Uniform(-1.0f, 1.0f), static_cast<int>(rng.Uniform(-40, 40)));
       }
