@@ -425,8 +425,10 @@ SHARDLM_TARGET_AVX2 inline __m256 Lanes8(const float* a) {
 // copies, not stored), then one by one. Before, ReduceEach's scalar trees went through the
 // stack and took a third of the AVX2 Q4_0 matmul's time at n = 16 (`perf`, 4096 × 1024 from
 // cache, Zen 3).
+// (The body of ReduceSumsAvx2, whose declaration in matmul_internal.h has no target attribute:
+// GCC does not take one from a later definition of a declared template.)
 template <int L>
-SHARDLM_TARGET_AVX2 void ReduceSumsAvx2(const float* acc, int64_t count, float* sums) {
+SHARDLM_TARGET_AVX2 void ReduceSumsAvx2Targeted(const float* acc, int64_t count, float* sums) {
   static_assert(L == 8 || L == 16);
   int64_t i = 0;
   for (; i + 8 <= count; i += 8) {
@@ -443,6 +445,10 @@ SHARDLM_TARGET_AVX2 void ReduceSumsAvx2(const float* acc, int64_t count, float* 
     i += 4;
   }
   ReduceEach<L>(acc + i * L, count - i, sums + i);
+}
+template <int L>
+void ReduceSumsAvx2(const float* acc, int64_t count, float* sums) {
+  ReduceSumsAvx2Targeted<L>(acc, count, sums);
 }
 template void ReduceSumsAvx2<8>(const float*, int64_t, float*);
 template void ReduceSumsAvx2<16>(const float*, int64_t, float*);
