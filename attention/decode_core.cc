@@ -61,9 +61,9 @@ void ScoresPortable(const ScoreArgs& a) {
   }
 }
 
-// The block's value parts are widened once for all heads; each head's sums then stay in
-// registers 32 columns at a time over all rows (one load and store per 32 columns, not per
-// row), each element's additions in row order after the rescale, as ValueArgs says.
+// The block's value parts are widened once for all heads; each head's sums then take them
+// with AddWeightedRows (in registers 32 columns at a time over all rows), each element's
+// additions in row order after the rescale, as ValueArgs says.
 template <KvDType D>
 void ValuesPortable(const ValueArgs& a) {
   float* buf = PartScratch<D>(a.nb * a.v_len);
@@ -76,37 +76,7 @@ void ValuesPortable(const ValueArgs& a) {
     float* acc = a.acc + h * a.acc_head;
     const float alpha = a.alpha[h];
     for (int64_t c = 0; c < a.v_len; ++c) acc[c] *= alpha;
-    const float* p = a.p + h * a.block;
-    int64_t c = 0;
-    for (; c + 32 <= a.v_len; c += 32) {
-      Vec8 y0, y1, y2, y3;
-      LoadVec8(acc + c, y0);
-      LoadVec8(acc + c + 8, y1);
-      LoadVec8(acc + c + 16, y2);
-      LoadVec8(acc + c + 24, y3);
-      for (int64_t r = 0; r < a.nb; ++r) {
-        const float w = p[r];
-        ScaleAdd8(w, v[r] + c, y0);
-        ScaleAdd8(w, v[r] + c + 8, y1);
-        ScaleAdd8(w, v[r] + c + 16, y2);
-        ScaleAdd8(w, v[r] + c + 24, y3);
-      }
-      StoreVec8(acc + c, y0);
-      StoreVec8(acc + c + 8, y1);
-      StoreVec8(acc + c + 16, y2);
-      StoreVec8(acc + c + 24, y3);
-    }
-    for (; c + 8 <= a.v_len; c += 8) {
-      Vec8 y;
-      LoadVec8(acc + c, y);
-      for (int64_t r = 0; r < a.nb; ++r) ScaleAdd8(p[r], v[r] + c, y);
-      StoreVec8(acc + c, y);
-    }
-    for (; c < a.v_len; ++c) {
-      float y = acc[c];
-      for (int64_t r = 0; r < a.nb; ++r) y += p[r] * v[r][c];
-      acc[c] = y;
-    }
+    AddWeightedRows(a.p + h * a.block, v, a.nb, a.v_len, acc);
   }
 }
 

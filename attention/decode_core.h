@@ -145,13 +145,12 @@ inline float Dot(const float* a, const float* b, int64_t n) {
   return sum;
 }
 
-// y[0, n) += Σ_{i < count} w[i] · rows[i·stride + (0, n)]: the weighted sum of
-// `count` rows spaced `stride` floats apart. Blocked over 32 columns so that each
-// block's partial sums stay in registers for all rows (one load and store of y
-// per block, not per row); per element the additions run in row order, as a
+// y[0, n) += Σ_{i < count} w[i] · rows[i][0, n): the weighted sum of `count` rows. Blocked
+// over 32 columns so that each block's partial sums stay in registers for all rows (one load
+// and store of y per block, not per row); per element the additions run in row order, as a
 // plain loop would do them. y must not overlap the rows.
-inline void AddWeightedRows(const float* w, const float* rows, int64_t stride, int64_t count,
-                            int64_t n, float* y) {
+inline void AddWeightedRows(const float* w, const float* const* rows, int64_t count, int64_t n,
+                            float* y) {
   Vec8 y0, y1, y2, y3;
   int64_t b = 0;
   for (; b + 32 <= n; b += 32) {
@@ -159,8 +158,8 @@ inline void AddWeightedRows(const float* w, const float* rows, int64_t stride, i
     LoadVec8(y + b + 8, y1);
     LoadVec8(y + b + 16, y2);
     LoadVec8(y + b + 24, y3);
-    const float* r = rows + b;
-    for (int64_t i = 0; i < count; ++i, r += stride) {
+    for (int64_t i = 0; i < count; ++i) {
+      const float* r = rows[i] + b;
       ScaleAdd8(w[i], r, y0);
       ScaleAdd8(w[i], r + 8, y1);
       ScaleAdd8(w[i], r + 16, y2);
@@ -173,13 +172,12 @@ inline void AddWeightedRows(const float* w, const float* rows, int64_t stride, i
   }
   for (; b + 8 <= n; b += 8) {
     LoadVec8(y + b, y0);
-    const float* r = rows + b;
-    for (int64_t i = 0; i < count; ++i, r += stride) ScaleAdd8(w[i], r, y0);
+    for (int64_t i = 0; i < count; ++i) ScaleAdd8(w[i], rows[i] + b, y0);
     StoreVec8(y + b, y0);
   }
   for (; b < n; ++b) {
     float y_b = y[b];
-    for (int64_t i = 0; i < count; ++i) y_b += w[i] * rows[i * stride + b];
+    for (int64_t i = 0; i < count; ++i) y_b += w[i] * rows[i][b];
     y[b] = y_b;
   }
 }

@@ -597,41 +597,29 @@ void SkinnyQuantAvx512Vnni(DType format, const float* x, int64_t n, int64_t x_st
   DriveQuantFormat<QuantAvx512Vnni, 4, 4>(format, x, n, x_stride, w, out, in, bias, y, y_stride);
 }
 
+// 16 ymm: Q8_0 2 × 2 (4 sums, 2 weight vectors and their absolute values, x, a sign temp),
+// Q4_0 2 × 4 (8 sums, 4 weight vectors, x, the nibble mask). One x row: 1 × 8, whose rows the
+// tile takes one after another (Tile), so that the driver's per-tile work and the lane trees
+// (eight at once) are shared by eight rows.
+template <class Kernel>
+void DriveQuantAvx2(DType format, const float* x, int64_t n, int64_t x_stride, const uint8_t* w,
+                    int64_t out, int64_t in, const float* bias, float* y, int64_t y_stride) {
+  if (n == 1) {
+    DriveQuantFormat<Kernel, 1, 8>(format, x, n, x_stride, w, out, in, bias, y, y_stride);
+  } else if (format == DType::kQ8_0) {
+    DriveQuant<Kernel, DType::kQ8_0, 2, 2>(x, n, x_stride, w, out, in, bias, y, y_stride);
+  } else {
+    DriveQuant<Kernel, DType::kQ4_0, 2, 4>(x, n, x_stride, w, out, in, bias, y, y_stride);
+  }
+}
+
 void SkinnyQuantAvx2(bool vnni, DType format, const float* x, int64_t n, int64_t x_stride,
                      const uint8_t* w, int64_t out, int64_t in, const float* bias, float* y,
                      int64_t y_stride) {
-  // 16 ymm: Q8_0 2 × 2 (4 sums, 2 weight vectors and their absolute values, x, a sign temp),
-  // Q4_0 2 × 4 (8 sums, 4 weight vectors, x, the nibble mask).
-  // One x row: 1 × 8, whose rows the tile takes one after another (Tile), so that the
-  // driver's per-tile work and the lane trees (eight at once) are shared by eight rows.
-  if (n == 1) {
-    if (format == DType::kQ8_0) {
-      if (vnni) {
-        DriveQuant<QuantAvx2<true>, DType::kQ8_0, 1, 8>(x, n, x_stride, w, out, in, bias, y,
-                                                        y_stride);
-      } else {
-        DriveQuant<QuantAvx2<false>, DType::kQ8_0, 1, 8>(x, n, x_stride, w, out, in, bias, y,
-                                                         y_stride);
-      }
-    } else if (vnni) {
-      DriveQuant<QuantAvx2<true>, DType::kQ4_0, 1, 8>(x, n, x_stride, w, out, in, bias, y,
-                                                      y_stride);
-    } else {
-      DriveQuant<QuantAvx2<false>, DType::kQ4_0, 1, 8>(x, n, x_stride, w, out, in, bias, y,
-                                                       y_stride);
-    }
-    return;
-  }
-  if (format == DType::kQ8_0) {
-    if (vnni) {
-      DriveQuant<QuantAvx2<true>, DType::kQ8_0, 2, 2>(x, n, x_stride, w, out, in, bias, y, y_stride);
-    } else {
-      DriveQuant<QuantAvx2<false>, DType::kQ8_0, 2, 2>(x, n, x_stride, w, out, in, bias, y, y_stride);
-    }
-  } else if (vnni) {
-    DriveQuant<QuantAvx2<true>, DType::kQ4_0, 2, 4>(x, n, x_stride, w, out, in, bias, y, y_stride);
+  if (vnni) {
+    DriveQuantAvx2<QuantAvx2<true>>(format, x, n, x_stride, w, out, in, bias, y, y_stride);
   } else {
-    DriveQuant<QuantAvx2<false>, DType::kQ4_0, 2, 4>(x, n, x_stride, w, out, in, bias, y, y_stride);
+    DriveQuantAvx2<QuantAvx2<false>>(format, x, n, x_stride, w, out, in, bias, y, y_stride);
   }
 }
 

@@ -181,7 +181,7 @@ __attribute__((target("avx2,fma"))) void QuantFoldProbeAvx2() {
 #pragma GCC unroll 4
       for (int p = 0; p < kPairsAvx2; ++p) {
         if constexpr (kVnni) {
-          asm("%{vex%} vpdpbusd %2, %1, %0" : "+x"(s[p]) : "x"(u), "x"(v));
+          DotAvx2<true>(s[p], u, v, ones);
         } else {
           __m256i t;  // one statement, as in DotAvx2
           asm("vpmaddubsw %3, %2, %1\n\tvpaddw %1, %0, %0" : "+x"(s[p]), "=&x"(t) : "x"(u), "x"(v));
