@@ -66,6 +66,7 @@ namespace {
 struct QuantPortable {
   static constexpr int kReduceGroup = 1;
   static constexpr bool kZeroAcc = false;
+  static constexpr bool kFirstBlockPrefetches = false;  // Tile does not prefetch
   static void ReduceSums(const float* acc, int64_t count, float* sums) {
     ReduceEach<16>(acc, count, sums);
   }

@@ -231,9 +231,10 @@ void DriveQuant(const float* x, int64_t n, int64_t x_stride, const uint8_t* w, i
             args.scale_prefetch_offset = l1_scales;
             args.l2_scale_prefetch_offset = l2_scales;
           } else {
-            args.prefetch_offset = b == 0 ? l1_ahead : 0;
+            const bool first = b == 0 && Kernel::kFirstBlockPrefetches;
+            args.prefetch_offset = first ? l1_ahead : 0;
             args.l2_prefetch_offset = 0;
-            args.scale_prefetch_offset = b == 0 ? l1_scales : 0;
+            args.scale_prefetch_offset = first ? l1_scales : 0;
             args.l2_scale_prefetch_offset = 0;
             PrefetchQTurn<kC>(turn, w_row, b, blocks);
           }

@@ -108,6 +108,7 @@ struct QuantAvx512Vnni {
   // The lane tree for 16 sums at once (matmul_x86.cc's, tested bit for bit against ReduceLanes).
   static constexpr int kReduceGroup = 4;  // ReduceSumsAvx512's
   static constexpr bool kZeroAcc = true;  // Tile honours QTileArgs::first_block
+  static constexpr bool kFirstBlockPrefetches = true;
   static void ReduceSums(const float* acc, int64_t count, float* sums) {
     ReduceSumsAvx512(acc, count, sums);
   }
@@ -387,7 +388,10 @@ struct QuantAvx512Vnni {
 template <bool kVnni>
 struct QuantAvx2 {
   static constexpr int kReduceGroup = 1;
-  static constexpr bool kZeroAcc = false;
+  static constexpr bool kZeroAcc = true;  // Tile honours QTileArgs::first_block
+  // With more than one row block, only PrefetchQTurn's: the first block's L1 prefetch of the
+  // next pair as well made Q8_0 at n = 4 17% slower and Q4_0 at n = 16 4% (Zen 3).
+  static constexpr bool kFirstBlockPrefetches = false;
   static void ReduceSums(const float* acc, int64_t count, float* sums) {
     ReduceSumsAvx2<16>(acc, count, sums);
   }
@@ -432,23 +436,79 @@ struct QuantAvx2 {
       // same bits). On a Zen 4 core (`matmul_bench --all-paths`, 65536 × 1024, n = 1, W from
       // memory, alternated) Q4_0 in 1 × 4 went from 18–19% to 48–54% of a plain read and
       // Q8_0 in 1 × 2 from 21–23% to 54–56%.
+      if (t.first_block) std::fill(t.acc, t.acc + kC * 16, 0.0f);
       for (int c = 0; c < kC; ++c) {
         QTileArgs row = t;
         row.w = t.w + c * t.w_stride;
         row.acc = t.acc + c * 16;
+        row.first_block = false;                           // zeroed above
+        row.prefetch_offset = row.l2_prefetch_offset = 0;  // the whole row, here
         if (t.prefetch_offset != 0) PrefetchRow(row.w + t.prefetch_offset, t.w_stride);
-        Tile<kFormat, 1, 1, 1>(row);
+        PlannedTile<kFormat, 1, 1, 1, kPrefetchNone>(row);
       }
-      return;
+    } else if (t.prefetch_offset == 0 && t.l2_prefetch_offset == 0) {
+      PlannedTile<kFormat, kR, kC, kCStride, kPrefetchNone>(t);
+    } else {
+      PlannedTile<kFormat, kR, kC, kCStride, kPrefetchByArgs>(t);
     }
+  }
+
+  template <DType kFormat, int kR, int kC, int kCStride, PrefetchPlan kPlan>
+  SHARDLM_TARGET_Q256 static void PlannedTile(const QTileArgs& t) {
     for (int ch = 0; ch < t.chunks; ++ch) {
       const int64_t m = ch == t.chunks - 1 ? t.last_blocks : 16;
       for (int h = 0; h < 2; ++h) {
         const int mh = static_cast<int>(std::clamp<int64_t>(m - 8 * h, 0, 8));
+        if (mh == 0) continue;
+        // The f32 sums start at +0: the full halves of a tile's first chunk in a body of
+        // Half that starts there, others from stored zeros. (A one-row tile stores its rows'
+        // zeros in Tile: there the second body, taken for each row's first chunk, made the
+        // batch-1 Q4_0 matmul 6–15% slower.)
+        const bool zero = t.first_block && ch == 0;
+        if (mh == 8 && zero && kR > 1) {
+          Half<kFormat, kR, kC, kCStride, true, true, kPlan>(t, ch, m, h, 8);
+          continue;
+        }
+        if (zero) {
+#pragma GCC unroll 8
+          for (int r = 0; r < kR; ++r) {
+#pragma GCC unroll 8
+            for (int c = 0; c < kC; ++c) {
+              _mm256_store_ps(t.acc + (r * kCStride + c) * 16 + 8 * h, _mm256_setzero_ps());
+            }
+          }
+        }
         if (mh == 8) {
-          Half<kFormat, kR, kC, kCStride, true>(t, ch, m, h, 8);
-        } else if (mh > 0) {
-          Half<kFormat, kR, kC, kCStride, false>(t, ch, m, h, mh);
+          Half<kFormat, kR, kC, kCStride, true, false, kPlan>(t, ch, m, h, 8);
+        } else {
+          Half<kFormat, kR, kC, kCStride, false, false, kPlan>(t, ch, m, h, mh);
+        }
+      }
+    }
+  }
+
+  // With kPrefetchByArgs, half 0 of each chunk requests the chunk's lines of the pair ahead
+  // (QTileArgs' offsets; both halves share each 64-byte line), and chunk 0 their scales.
+  // Before, these tiles (n ≥ 2) prefetched nothing, and where one row block is all the tile
+  // has (n ≤ 2) nothing else did: Q8_0 at n = 2 took 3.0 times n = 1's time (matmul_bench,
+  // 16384 × 1024, a Zen 3 core).
+  template <DType kFormat, int kC, PrefetchPlan kPlan>
+  __attribute__((always_inline)) static inline void PrefetchHalf(const QTileArgs& t, int ch,
+                                                                 int h) {
+    if constexpr (kPlan != kPrefetchNone) {
+      if (h != 0) return;
+      const int64_t lines = kFormat == DType::kQ8_0 ? 8 : 4;
+#pragma GCC unroll 8
+      for (int c = 0; c < kC; ++c) {
+        const uint8_t* row = t.w + c * t.w_stride;
+        const uint8_t* wq = row + WChunkOffset(kFormat, t.chunk0 + ch);
+        for (int64_t l = 0; l < lines; ++l) {
+          PrefetchLine<kPlan>(wq + 64 * l, t.prefetch_offset, t.l2_prefetch_offset);
+        }
+        if (ch == 0) {
+          const uint8_t* scales = row + t.scale_offset + 32 * t.chunk0;
+          PrefetchLine<kPlan>(scales, t.scale_prefetch_offset, t.l2_scale_prefetch_offset);
+          PrefetchLine<kPlan>(scales + 64, t.scale_prefetch_offset, t.l2_scale_prefetch_offset);
         }
       }
     }
@@ -456,9 +516,12 @@ struct QuantAvx2 {
 
   // Half h of chunk ch (m blocks), mh of its blocks present: blocks 8h … 8h + mh − 1 into f32
   // lanes 8h … 8h + 7. kFull (mh = 8): plain loads; else dword-masked ones.
-  template <DType kFormat, int kR, int kC, int kCStride, bool kFull>
+  // kZero: the f32 sums start at +0 (not read from acc).
+  template <DType kFormat, int kR, int kC, int kCStride, bool kFull, bool kZero,
+            PrefetchPlan kPlan>
   __attribute__((always_inline)) SHARDLM_TARGET_Q256 static inline void Half(
       const QTileArgs& t, int ch, int64_t m, int h, int mh) {
+    PrefetchHalf<kFormat, kC, kPlan>(t, ch, h);
     const int64_t ws = t.w_stride, xs = t.x_stride;
     const int64_t vs = kFull && m == 16 ? 64 : 4 * m;  // a full half can sit in a short chunk
     const uint8_t* wq = t.w + WChunkOffset(kFormat, t.chunk0 + ch);
@@ -498,29 +561,28 @@ struct QuantAvx2 {
       const __m256i low = _mm256_set1_epi8(0x0f);
 #pragma GCC unroll 4
       for (int g = 0; g < 4; ++g) {
-#pragma GCC unroll 2
-        for (int half = 0; half < 2; ++half) {
-          __m256i wv[kC];
 #pragma GCC unroll 8
-          for (int c = 0; c < kC; ++c) {
-            const __m256i raw = LoadHalf<kFull>(wq + c * ws + g * vs + 32 * h, dm);
-            wv[c] = _mm256_and_si256(half == 0 ? raw : _mm256_srli_epi16(raw, 4), low);
-            asm("" : "+x"(wv[c]));  // computed here, not hoisted (and spilled) by GCC
-          }
+        for (int c = 0; c < kC; ++c) {
+          // Both nibbles of one load, x vectors 2g (low) and 2g + 1 (high), for every row; the
+          // x vectors come from L1 as memory operands. (Each nibble half for all C columns in
+          // turn, as before, kept the C raw vectors live between the halves: 18 ymm, spilled.
+          // This order took a batch-16 Q4_0 matmul of 4096 × 1024, W in L3, from 1.27 to
+          // 1.15 ms on a Zen 3 core.)
+          const __m256i raw = LoadHalf<kFull>(wq + c * ws + g * vs + 32 * h, dm);
+          const __m256i lo = _mm256_and_si256(raw, low);
+          const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), low);
 #pragma GCC unroll 8
           for (int r = 0; r < kR; ++r) {
-            const __m256i xv = _mm256_load_si256(reinterpret_cast<const __m256i*>(
-                xc + r * xs + (2 * g + half) * 64 + 32 * h));
-#pragma GCC unroll 8
-            for (int c = 0; c < kC; ++c) {
-              if constexpr (kVnni) {
-                s[r][c] = Dot(s[r][c], wv[c], xv);
-              } else {
-                s[r][c] = _mm256_add_epi16(s[r][c], _mm256_maddubs_epi16(wv[c], xv));
-                // Added here: else GCC regroups the (associative) integer adds, keeps every
-                // product of the chunk half live and spills most of them to the stack.
-                asm("" : "+x"(s[r][c]));
-              }
+            const uint8_t* xv = xc + r * xs + 2 * g * 64 + 32 * h;
+            const __m256i x0 = _mm256_load_si256(reinterpret_cast<const __m256i*>(xv));
+            const __m256i x1 = _mm256_load_si256(reinterpret_cast<const __m256i*>(xv + 64));
+            if constexpr (kVnni) {
+              s[r][c] = Dot(Dot(s[r][c], lo, x0), hi, x1);
+            } else {
+              s[r][c] = _mm256_add_epi16(s[r][c], _mm256_maddubs_epi16(lo, x0));
+              asm("" : "+x"(s[r][c]));
+              s[r][c] = _mm256_add_epi16(s[r][c], _mm256_maddubs_epi16(hi, x1));
+              asm("" : "+x"(s[r][c]));
             }
           }
         }
@@ -557,8 +619,8 @@ struct QuantAvx2 {
                                           xc + r * xs + 576 + 32 * h)));
         }
         float* acc = t.acc + (r * kCStride + c) * 16 + 8 * h;
-        _mm256_store_ps(acc, _mm256_fmadd_ps(_mm256_cvtepi32_ps(i32), _mm256_mul_ps(dw, dx),
-                                             _mm256_load_ps(acc)));
+        const __m256 sum = kZero ? _mm256_setzero_ps() : _mm256_load_ps(acc);
+        _mm256_store_ps(acc, _mm256_fmadd_ps(_mm256_cvtepi32_ps(i32), _mm256_mul_ps(dw, dx), sum));
       }
     }
   }
