@@ -46,8 +46,9 @@ inline int64_t WChunkOffset(DType format, int64_t ch) {
 // The contract's x quantization of one row (scalar reference and portable path): writes
 // QxRowBytes(in) bytes at dst, for weights in `format` (which sets the aux bias).
 void QuantizeXRowPortable(const float* x, int64_t in, DType format, uint8_t* dst);
-// AVX-512 version, same bytes. Only call when Cpu().avx512.
+// AVX-512 and AVX2 versions, the same bytes. Only call when Cpu().avx512 / Cpu().avx2_fma.
 void QuantizeXRowAvx512(const float* x, int64_t in, DType format, uint8_t* dst);
+void QuantizeXRowAvx2(const float* x, int64_t in, DType format, uint8_t* dst);
 // The aux bias of weights in `format`: 128 for Q8_0, 8 for Q4_0.
 inline int32_t QuantWeightBias(DType format) { return format == DType::kQ8_0 ? 128 : 8; }
 

@@ -11,7 +11,9 @@
 #include "base/rng.h"
 #include "base/thread_pool.h"
 #include "gtest/gtest.h"
+#include "kernels/cpu.h"
 #include "kernels/matmul.h"
+#include "kernels/matmul_quant_internal.h"
 #include "kernels/quant.h"
 
 namespace shardlm {
@@ -226,6 +228,70 @@ TEST_P(QuantMatMulTest, NonFiniteXAndExtremeQuants) {
     for (int64_t b = 0; b < in / 32; ++b) expected += -128.0 * 0.25 * F16ToF32(w.scales[b]) * 32;
     EXPECT_NEAR(got[0], expected, 1e-5 * std::fabs(expected));
   }
+}
+
+// The SIMD x quantizers write the portable one's bytes: quants in the packed order, scales and
+// aux values, zeros past the last block. Rows of every length up to three chunks, with zero
+// blocks, blocks that round at exact halves (ties to even), a signed extreme, and non-finite
+// values; the buffers start poisoned.
+TEST(QuantMatMul, SimdXQuantizationIsThePortableOne) {
+  using matmul_internal::QuantizeXRowAvx2;
+  using matmul_internal::QuantizeXRowAvx512;
+  using matmul_internal::QuantizeXRowPortable;
+  using matmul_internal::QxRowBytes;
+  struct Path {
+    const char* name;
+    bool available;
+    void (*fn)(const float*, int64_t, DType, uint8_t*);
+  };
+  const Path paths[] = {{"avx2", Cpu().avx2_fma, &QuantizeXRowAvx2},
+                        {"avx512", Cpu().avx512, &QuantizeXRowAvx512}};
+  int ran = 0;
+  for (const Path& path : paths) {
+    if (!path.available) continue;
+    ++ran;
+    for (uint64_t seed : {1, 2, 3}) {
+      Rng rng(seed);
+      for (int64_t in : {32, 64, 480, 512, 544, 1024, 1056, 1536}) {
+        std::vector<float> x = rng.UniformVector(static_cast<size_t>(in), -3.0f, 3.0f);
+        const int64_t nb = in / 32;
+        for (int64_t b = 0; b < nb; ++b) {
+          float* xb = x.data() + b * 32;
+          switch ((b + seed) % 6) {
+            case 0:
+              std::fill_n(xb, 32, 0.0f);
+              break;
+            case 1:  // amax 127: every x·id is x, so the halves are ties
+              for (int k = 0; k < 32; ++k) xb[k] = static_cast<float>(k % 9) - 4.5f;
+              xb[7] = -127.0f;
+              break;
+            case 2:
+              xb[5] = -1e30f;
+              break;
+            case 3:
+              if (seed == 2) xb[31] = std::numeric_limits<float>::quiet_NaN();
+              break;
+            case 4:
+              if (seed == 3) xb[0] = -std::numeric_limits<float>::infinity();
+              break;
+            default:
+              break;
+          }
+        }
+        for (DType format : {DType::kQ8_0, DType::kQ4_0}) {
+          const size_t bytes = static_cast<size_t>(QxRowBytes(in));
+          std::vector<uint8_t> want(bytes, 0xcd), got(bytes, 0xab);
+          QuantizeXRowPortable(x.data(), in, format, want.data());
+          path.fn(x.data(), in, format, got.data());
+          for (size_t i = 0; i < bytes; ++i) {
+            ASSERT_EQ(got[i], want[i]) << path.name << " seed " << seed << " in " << in << " "
+                                       << DTypeName(format) << " byte " << i;
+          }
+        }
+      }
+    }
+  }
+  if (ran == 0) GTEST_SKIP() << "no AVX2 or AVX-512 on this CPU";
 }
 
 // The threaded entry point splits rows and keeps the bits (the selected kernel).

@@ -82,6 +82,64 @@ SHARDLM_TARGET_Q512 void QuantizeXRowAvx512(const float* x, int64_t in, DType fo
   }
 }
 
+SHARDLM_TARGET_Q256 void QuantizeXRowAvx2(const float* x, int64_t in, DType format, uint8_t* dst) {
+  const int64_t nb = in / kQuantBlock;
+  const int32_t bias = QuantWeightBias(format);
+  std::memset(dst, 0, static_cast<size_t>(QxRowBytes(in)));  // past the last block: zeros
+  const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+  const __m256 inf = _mm256_set1_ps(__builtin_inff());
+  // packs_epi32 then packs_epi16 leave the 8 dwords of 4 quants in the order 0, 2, 4, 6, 1, 3,
+  // 5, 7 of the block; this puts them back.
+  const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+  for (int64_t b = 0; b < nb; ++b) {
+    const float* xb = x + b * kQuantBlock;
+    uint8_t* chunk = dst + (b / 16) * kQxChunkBytes;
+    const int64_t j = b % 16;
+    __m256 v[4], a[4];
+    __m256 bad = _mm256_setzero_ps();
+#pragma GCC unroll 4
+    for (int i = 0; i < 4; ++i) {
+      v[i] = _mm256_loadu_ps(xb + 8 * i);
+      a[i] = _mm256_and_ps(v[i], abs_mask);
+      bad = _mm256_or_ps(bad, _mm256_cmp_ps(a[i], inf, _CMP_NLT_UQ));  // ±inf or NaN
+    }
+    float d;
+    int32_t aux = 0;
+    if (_mm256_movemask_ps(bad) != 0) {
+      d = __builtin_nanf("");  // quants 0 (the memset), aux 0
+    } else {
+      __m256 m = _mm256_max_ps(_mm256_max_ps(a[0], a[1]), _mm256_max_ps(a[2], a[3]));
+      __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+      m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+      m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+      const float amax = _mm_cvtss_f32(m4);
+      const float id = amax != 0.0f ? 127.0f / amax : 0.0f;
+      d = amax / 127.0f;
+      const __m256 vid = _mm256_set1_ps(id);
+      __m256i q[4];
+#pragma GCC unroll 4
+      for (int i = 0; i < 4; ++i)
+        q[i] = _mm256_cvtps_epi32(_mm256_mul_ps(v[i], vid));  // ties to even
+      const __m256i sum4 =
+          _mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3]));
+      __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(sum4), _mm256_extracti128_si256(sum4, 1));
+      s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0x4e));
+      s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0xb1));
+      aux = bias * _mm_cvtsi128_si32(s4);
+      // |q| ≤ 127: the saturating packs keep every value.
+      const __m256i bytes = _mm256_permutevar8x32_epi32(
+          _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3])),
+          order);
+      alignas(32) uint32_t pieces[8];
+      _mm256_store_si256(reinterpret_cast<__m256i*>(pieces), bytes);
+#pragma GCC unroll 8
+      for (int e = 0; e < 8; ++e) std::memcpy(chunk + 64 * e + 4 * j, &pieces[e], 4);
+    }
+    std::memcpy(chunk + 512 + 4 * j, &d, sizeof(d));
+    std::memcpy(chunk + 512 + 64 + 4 * j, &aux, sizeof(aux));
+  }
+}
+
 namespace {
 
 // Whether a tile prefetches weights at all, fixed per call, so that a tile which does not
@@ -396,7 +454,7 @@ struct QuantAvx2 {
     ReduceSumsAvx2<16>(acc, count, sums);
   }
   static void QuantizeX(const float* x, int64_t in, DType format, uint8_t* dst) {
-    QuantizeXRowPortable(x, in, format, dst);
+    QuantizeXRowAvx2(x, in, format, dst);
   }
 
   // 32 bytes of a half chunk: a plain load (kFull), else the dwords that dm selects.
@@ -691,6 +749,7 @@ void SkinnyQuantAvx2(bool vnni, DType format, const float* x, int64_t n, int64_t
 
 namespace shardlm::matmul_internal {
 void QuantizeXRowAvx512(const float*, int64_t, DType, uint8_t*) {}
+void QuantizeXRowAvx2(const float*, int64_t, DType, uint8_t*) {}
 void SkinnyQuantAvx512Vnni(DType, const float*, int64_t, int64_t, const uint8_t*, int64_t, int64_t,
                            const float*, float*, int64_t) {}
 void SkinnyQuantAvx2(bool, DType, const float*, int64_t, int64_t, const uint8_t*, int64_t, int64_t,
