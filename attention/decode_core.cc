@@ -107,7 +107,11 @@ void ExpPortable(const float* x, int64_t n, float* y) {
 DecodeKernels& ActiveKernels() {
   static DecodeKernels kernels = [] {
     DecodeKernels k = PortableKernels();
-    if (Cpu().avx512) k = Avx512Kernels();
+    if (Cpu().avx512) {
+      k = Avx512Kernels();
+    } else if (Cpu().avx2_fma) {
+      k = Avx2Kernels();
+    }
     return k;
   }();
   return kernels;
@@ -511,7 +515,13 @@ DecodeKernels PortableKernels() {
 }
 
 void SetDecodeIsa(Isa isa) {
-  ActiveKernels() = isa == Isa::kAvx512 && Cpu().avx512 ? Avx512Kernels() : PortableKernels();
+  if (isa == Isa::kAvx512 && Cpu().avx512) {
+    ActiveKernels() = Avx512Kernels();
+  } else if (isa != Isa::kPortable && Cpu().avx2_fma) {
+    ActiveKernels() = Avx2Kernels();
+  } else {
+    ActiveKernels() = PortableKernels();
+  }
 }
 
 void DecodeAttentionReserve(int64_t h_q, int64_t v_len, int64_t groups, int64_t q_len) {

@@ -65,7 +65,7 @@ struct DecodeQueries {
 // streams its rows block by block, every row fetched once for all heads of all
 // groups (contiguous reads within a page), with online softmax inside the chunk;
 // multi-chunk tokens are then merged with MergeLse in chunk order. fp32
-// throughout; dot products and weighted sums use AVX-512 when the CPU has it.
+// throughout; dot products and weighted sums use AVX-512, or AVX2 + FMA, when the CPU has it.
 // CHECKs that every page a range touches is in the block table and the pool.
 // out must not overlap the cache or the queries.
 void DecodeAttention(const CacheView& cache, std::span<const QueryToken> tokens, int64_t window,
@@ -73,7 +73,8 @@ void DecodeAttention(const CacheView& cache, std::span<const QueryToken> tokens,
                      int64_t out_token, int64_t out_head);
 
 // Which inner kernels DecodeAttention uses: the best at or below `isa` that exists
-// (AVX-512 or portable) and the CPU runs. By default BestIsa(); tests compare levels.
+// (AVX-512, AVX2 + FMA or portable) and the CPU runs. By default BestIsa(); tests compare
+// levels.
 // Not thread-safe; set before decoding.
 void SetDecodeIsa(Isa isa);
 

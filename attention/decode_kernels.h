@@ -1,8 +1,9 @@
 // Inner kernels of DecodeAttention (decode_core.h) for one block of up to kBlock (or
-// kLongBlock) rows and one group of g query heads, in two builds: AVX-512 (decode_kernels_x86.cc,
-// function target attributes, used when kernels/cpu.h reports AVX-512F/BW/VL) and portable
-// (decode_core.cc, GCC vector extension). Each build is deterministic on its own:
-// a fixed summation order that does not depend on where the rows come from.
+// kLongBlock) rows and one group of g query heads, in three builds: AVX-512
+// (decode_kernels_x86.cc, function target attributes, used when kernels/cpu.h reports
+// AVX-512F/BW/VL), AVX2 + FMA (decode_kernels_avx2.cc, the same way, where the CPU has AVX2 but
+// not AVX-512) and portable (decode_core.cc, GCC vector extension). Each build is deterministic
+// on its own: a fixed summation order that does not depend on where the rows come from.
 #ifndef SHARDLM_ATTENTION_DECODE_KERNELS_H_
 #define SHARDLM_ATTENTION_DECODE_KERNELS_H_
 
@@ -129,6 +130,9 @@ DecodeKernels PortableKernels();
 // AVX-512 kernels; only call when Cpu().avx512 (kernels/cpu.h). On a build for
 // another architecture they are the portable ones.
 DecodeKernels Avx512Kernels();
+// AVX2 + FMA scores and values (softmax and exp the portable ones); only call when
+// Cpu().avx2_fma. On a build for another architecture they are the portable ones.
+DecodeKernels Avx2Kernels();
 
 }  // namespace shardlm::attention_internal
 

@@ -1,0 +1,333 @@
+// AVX2 + FMA inner kernels of DecodeAttention (decode_kernels.h), for x86-64 CPUs without
+// AVX-512 (Zen 3, Intel before Skylake-SP, and the client cores without it).
+//
+// As the AVX-512 ones (decode_kernels_x86.cc): function-level target attributes, not the global
+// -march, so the binary runs anywhere and uses these only when CPUID says so; only intrinsics
+// and plain arithmetic inside the attributed functions. AVX2 has no byte- or word-masked loads,
+// so a row part's last partial vector of bf16 or int8 values is copied into a zeroed buffer
+// first, and an f32 one is read with vmaskmovps (masked-off lanes touch no memory): a cache
+// page's unused rows may hold anything, and nothing past a part is read.
+//
+// Scores: R × H tiles of rows and heads (2 × 4 for GQA-4: eight FMA chains), each (row, head)
+// one chain of FMAs over its 8-element vectors in element order (the a part, then the b part),
+// then its 8 lanes added in one fixed tree; so a score's bits depend on nothing but its own
+// row and query. Values: as ValueTile in decode_kernels_x86.cc, 8 lanes wide. The softmax is
+// the portable one (std::exp).
+#include <cstdint>
+
+#include "attention/decode_kernels.h"
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+
+#define SHARDLM_TARGET_AVX2 __attribute__((target("avx2,fma")))
+
+namespace shardlm::attention_internal {
+namespace {
+
+// How a kernel loads 8 consecutive values of a row (kv_cache.h: KvRowFormat) as fp32: f32 as
+// they are, bf16 widened (exact), int8 converted (exact) and then multiplied by the part's
+// scale by the caller (kScaled). Load(p, n): the first n < 8 values, the other lanes 0.
+struct F32Rows {
+  static constexpr int64_t kBytes = 4;
+  static constexpr bool kScaled = false;
+  SHARDLM_TARGET_AVX2 static __m256 Load(const unsigned char* p) {
+    return _mm256_loadu_ps(reinterpret_cast<const float*>(p));
+  }
+  SHARDLM_TARGET_AVX2 static __m256 Load(const unsigned char* p, int64_t n) {
+    const __m256i m = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(n)),
+                                         _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    return _mm256_maskload_ps(reinterpret_cast<const float*>(p), m);
+  }
+};
+struct Bf16Rows {
+  static constexpr int64_t kBytes = 2;
+  static constexpr bool kScaled = false;
+  SHARDLM_TARGET_AVX2 static __m256 Widen(__m128i h) {
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+  }
+  SHARDLM_TARGET_AVX2 static __m256 Load(const unsigned char* p) {
+    return Widen(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  }
+  SHARDLM_TARGET_AVX2 static __m256 Load(const unsigned char* p, int64_t n) {
+    alignas(16) unsigned char buf[16] = {};
+    __builtin_memcpy(buf, p, static_cast<size_t>(n) * kBytes);
+    return Widen(_mm_load_si128(reinterpret_cast<const __m128i*>(buf)));
+  }
+};
+struct Int8Rows {
+  static constexpr int64_t kBytes = 1;
+  static constexpr bool kScaled = true;
+  SHARDLM_TARGET_AVX2 static __m256 Widen(__m128i b) {
+    return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(b));
+  }
+  SHARDLM_TARGET_AVX2 static __m256 Load(const unsigned char* p) {
+    return Widen(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)));
+  }
+  SHARDLM_TARGET_AVX2 static __m256 Load(const unsigned char* p, int64_t n) {
+    alignas(16) unsigned char buf[16] = {};
+    __builtin_memcpy(buf, p, static_cast<size_t>(n));
+    return Widen(_mm_load_si128(reinterpret_cast<const __m128i*>(buf)));
+  }
+};
+
+// The scale of segment `seg` of an int8 row (KvRowFormat::Scale, with the builtin memcpy).
+inline float RowScale(const unsigned char* row, int64_t scale_off, int64_t seg) {
+  float s;
+  __builtin_memcpy(&s, row + scale_off + seg * 4, sizeof(s));
+  return s;
+}
+
+// Requests [p, p + bytes) line by line (RowsAhead: into L1 or L2).
+inline void PrefetchPart(const RowsAhead& ahead, const unsigned char* p, int64_t bytes) {
+  for (int64_t b = 0; b < bytes; b += 64) {
+    if (ahead.l1) {
+      _mm_prefetch(reinterpret_cast<const char*>(p + b), _MM_HINT_T0);
+    } else {
+      _mm_prefetch(reinterpret_cast<const char*>(p + b), _MM_HINT_T1);
+    }
+  }
+}
+
+// Element l of the result: the sum of v[l]'s 8 lanes, ((e0 + e1) + (e2 + e3)) + ((e4 + e5) +
+// (e6 + e7)), whatever the other vectors hold.
+SHARDLM_TARGET_AVX2 inline __m256 ReduceAdd8x8(const __m256 (&v)[8]) {
+  const __m256 t0 = _mm256_hadd_ps(v[0], v[1]), t1 = _mm256_hadd_ps(v[2], v[3]);
+  const __m256 t2 = _mm256_hadd_ps(v[4], v[5]), t3 = _mm256_hadd_ps(v[6], v[7]);
+  // u0 lane l < 4: v[l]'s (e0 + e1) + (e2 + e3); lane 4 + l: its (e4 + e5) + (e6 + e7).
+  const __m256 u0 = _mm256_hadd_ps(t0, t1), u1 = _mm256_hadd_ps(t2, t3);
+  return _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20), _mm256_permute2f128_ps(u0, u1, 0x31));
+}
+
+// acc[r][h] += rows[r][off, off + len) ⊙ q_h[0, len), 8 lanes at a time, for an R × H tile; an
+// int8 part is multiplied by its scale as loaded. Each row vector is loaded once for H heads.
+template <int R, int H, typename Rows>
+SHARDLM_TARGET_AVX2 inline void DotPart(__m256 (&acc)[R][H], const unsigned char* const* rows,
+                                        int64_t off, int64_t len, int64_t scale_off, int64_t seg,
+                                        const float* q, int64_t q_head) {
+  __m256 scale[R];
+#pragma GCC unroll 4
+  for (int r = 0; r < R; ++r) {
+    scale[r] =
+        Rows::kScaled ? _mm256_set1_ps(RowScale(rows[r], scale_off, seg)) : _mm256_setzero_ps();
+  }
+  int64_t k = 0;
+  for (; k + 8 <= len; k += 8) {
+    __m256 x[R];
+#pragma GCC unroll 4
+    for (int r = 0; r < R; ++r) {
+      x[r] = Rows::Load(rows[r] + (off + k) * Rows::kBytes);
+      if constexpr (Rows::kScaled) x[r] = _mm256_mul_ps(x[r], scale[r]);
+    }
+#pragma GCC unroll 4
+    for (int h = 0; h < H; ++h) {
+      const __m256 qv = _mm256_loadu_ps(q + h * q_head + k);
+#pragma GCC unroll 4
+      for (int r = 0; r < R; ++r) acc[r][h] = _mm256_fmadd_ps(x[r], qv, acc[r][h]);
+    }
+  }
+  if (k < len) {
+    const int64_t n = len - k;
+    __m256 x[R];
+#pragma GCC unroll 4
+    for (int r = 0; r < R; ++r) {
+      x[r] = Rows::Load(rows[r] + (off + k) * Rows::kBytes, n);
+      if constexpr (Rows::kScaled) x[r] = _mm256_mul_ps(x[r], scale[r]);
+    }
+#pragma GCC unroll 4
+    for (int h = 0; h < H; ++h) {
+      const __m256 qv =
+          F32Rows::Load(reinterpret_cast<const unsigned char*>(q + h * q_head + k), n);
+#pragma GCC unroll 4
+      for (int r = 0; r < R; ++r) acc[r][h] = _mm256_fmadd_ps(x[r], qv, acc[r][h]);
+    }
+  }
+}
+
+// Scores of rows [r0, r0 + R) for heads [h0, h0 + H), R·H ≤ 8: the tile's accumulators are
+// summed by one ReduceAdd8x8 (zeros in the unused places).
+template <int R, int H, typename Rows>
+SHARDLM_TARGET_AVX2 void ScoreTile(const ScoreArgs& a, int64_t r0, int64_t h0) {
+  static_assert(R * H <= 8);
+  if (a.ahead.rows != nullptr && h0 == 0) {
+#pragma GCC unroll 4
+    for (int r = 0; r < R; ++r) {
+      if (r0 + r >= a.ahead.n) break;
+      const unsigned char* row = a.ahead.rows[r0 + r];
+      PrefetchPart(a.ahead, row + a.a_off * Rows::kBytes, a.a_len * Rows::kBytes);
+      if (a.b_len > 0) PrefetchPart(a.ahead, row + a.b_off * Rows::kBytes, a.b_len * Rows::kBytes);
+      if constexpr (Rows::kScaled) PrefetchPart(a.ahead, row + a.scale_off, 1);
+    }
+  }
+  __m256 acc[R][H];
+#pragma GCC unroll 4
+  for (int r = 0; r < R; ++r) {
+#pragma GCC unroll 4
+    for (int h = 0; h < H; ++h) acc[r][h] = _mm256_setzero_ps();
+  }
+  const unsigned char* const* rows = a.rows + r0;
+  DotPart<R, H, Rows>(acc, rows, a.a_off, a.a_len, a.scale_off, a.a_seg, a.qa + h0 * a.qa_head,
+                      a.qa_head);
+  if (a.b_len > 0) {
+    DotPart<R, H, Rows>(acc, rows, a.b_off, a.b_len, a.scale_off, a.b_seg, a.qb + h0 * a.qb_head,
+                        a.qb_head);
+  }
+  __m256 v[8];
+#pragma GCC unroll 8
+  for (int i = 0; i < 8; ++i) v[i] = i < R * H ? acc[i / H][i % H] : _mm256_setzero_ps();
+  alignas(32) float s[8];
+  _mm256_store_ps(s, ReduceAdd8x8(v));
+#pragma GCC unroll 4
+  for (int r = 0; r < R; ++r) {
+#pragma GCC unroll 4
+    for (int h = 0; h < H; ++h) a.scores[(h0 + h) * a.block + r0 + r] = s[r * H + h];
+  }
+}
+
+template <int H, typename Rows>
+SHARDLM_TARGET_AVX2 void ScoreHeads(const ScoreArgs& a, int64_t h0) {
+  constexpr int kR = H <= 2 ? 4 : 2;  // R·H ≤ 8 chains
+  int64_t r0 = 0;
+  for (; r0 + kR <= a.nb; r0 += kR) ScoreTile<kR, H, Rows>(a, r0, h0);
+  for (; r0 < a.nb; ++r0) ScoreTile<1, H, Rows>(a, r0, h0);
+}
+
+template <typename Rows>
+SHARDLM_TARGET_AVX2 void ScoresAvx2(const ScoreArgs& a) {
+  int64_t h0 = 0;
+  for (; h0 + 4 <= a.g; h0 += 4) ScoreHeads<4, Rows>(a, h0);
+  switch (a.g - h0) {
+    case 3:
+      ScoreHeads<3, Rows>(a, h0);
+      break;
+    case 2:
+      ScoreHeads<2, Rows>(a, h0);
+      break;
+    case 1:
+      ScoreHeads<1, Rows>(a, h0);
+      break;
+    default:
+      break;
+  }
+}
+
+// Columns [c, c + 8·NC) of heads [h0, h0 + H), the last vector's first `last` lanes only (8:
+// all): the H·NC sums stay in registers while all nb rows are added, each row vector loaded
+// once for H heads. Every element adds its rows in row order after the rescale, one FMA each;
+// an int8 row's scale is folded into the row's weights (p · s, one rounding).
+template <int H, int NC, typename Rows>
+SHARDLM_TARGET_AVX2 inline void ValueTile(const ValueArgs& a, int64_t c, int64_t last, int64_t h0) {
+  const __m256i tail = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(last)),
+                                          _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+  __m256 acc[H][NC];
+#pragma GCC unroll 8
+  for (int h = 0; h < H; ++h) {
+    const __m256 alpha = _mm256_set1_ps(a.alpha[h0 + h]);
+    const float* acc_h = a.acc + (h0 + h) * a.acc_head + c;
+#pragma GCC unroll 4
+    for (int j = 0; j < NC; ++j) {
+      const __m256 sum = j == NC - 1 && last < 8 ? _mm256_maskload_ps(acc_h + 8 * j, tail)
+                                                 : _mm256_loadu_ps(acc_h + 8 * j);
+      acc[h][j] = _mm256_mul_ps(sum, alpha);
+    }
+  }
+  const float* p = a.p + h0 * a.block;
+  const bool ahead = a.ahead.rows != nullptr && h0 == 0;
+  for (int64_t r = 0; r < a.nb; ++r) {
+    const unsigned char* row = a.rows[r] + (a.v_off + c) * Rows::kBytes;
+    if (ahead && r < a.ahead.n) {
+      const unsigned char* next = a.ahead.rows[r];
+      PrefetchPart(a.ahead, next + (a.v_off + c) * Rows::kBytes, 8 * NC * Rows::kBytes);
+      if (Rows::kScaled && c == 0) PrefetchPart(a.ahead, next + a.scale_off, 1);
+    }
+    __m256 v[NC];
+#pragma GCC unroll 4
+    for (int j = 0; j < NC; ++j) {
+      v[j] = j == NC - 1 && last < 8 ? Rows::Load(row + 8 * j * Rows::kBytes, last)
+                                     : Rows::Load(row + 8 * j * Rows::kBytes);
+    }
+    const float s = Rows::kScaled ? RowScale(a.rows[r], a.scale_off, a.v_seg) : 1.0f;
+#pragma GCC unroll 8
+    for (int h = 0; h < H; ++h) {
+      const __m256 w = _mm256_set1_ps(Rows::kScaled ? p[h * a.block + r] * s : p[h * a.block + r]);
+#pragma GCC unroll 4
+      for (int j = 0; j < NC; ++j) acc[h][j] = _mm256_fmadd_ps(w, v[j], acc[h][j]);
+    }
+  }
+#pragma GCC unroll 8
+  for (int h = 0; h < H; ++h) {
+    float* acc_h = a.acc + (h0 + h) * a.acc_head + c;
+#pragma GCC unroll 4
+    for (int j = 0; j < NC; ++j) {
+      if (j == NC - 1 && last < 8) {
+        _mm256_maskstore_ps(acc_h + 8 * j, tail, acc[h][j]);
+      } else {
+        _mm256_storeu_ps(acc_h + 8 * j, acc[h][j]);
+      }
+    }
+  }
+}
+
+// H ≤ 4 heads take 16 columns per tile (8 chains), more heads 8.
+template <int H, typename Rows>
+SHARDLM_TARGET_AVX2 void ValueHeads(const ValueArgs& a, int64_t h0) {
+  constexpr int kNC = H <= 4 ? 2 : 1;
+  int64_t c = 0;
+  for (; c + 8 * kNC <= a.v_len; c += 8 * kNC) ValueTile<H, kNC, Rows>(a, c, 8, h0);
+  for (; c < a.v_len; c += 8) ValueTile<H, 1, Rows>(a, c, a.v_len - c < 8 ? a.v_len - c : 8, h0);
+}
+
+template <typename Rows>
+SHARDLM_TARGET_AVX2 void ValuesAvx2(const ValueArgs& a) {
+  int64_t h0 = 0;
+  for (; h0 + 8 <= a.g; h0 += 8) ValueHeads<8, Rows>(a, h0);
+  switch (a.g - h0) {
+    case 7:
+      ValueHeads<7, Rows>(a, h0);
+      break;
+    case 6:
+      ValueHeads<6, Rows>(a, h0);
+      break;
+    case 5:
+      ValueHeads<5, Rows>(a, h0);
+      break;
+    case 4:
+      ValueHeads<4, Rows>(a, h0);
+      break;
+    case 3:
+      ValueHeads<3, Rows>(a, h0);
+      break;
+    case 2:
+      ValueHeads<2, Rows>(a, h0);
+      break;
+    case 1:
+      ValueHeads<1, Rows>(a, h0);
+      break;
+    default:
+      break;
+  }
+}
+
+}  // namespace
+
+DecodeKernels Avx2Kernels() {
+  DecodeKernels k = PortableKernels();
+  k.scores[0] = &ScoresAvx2<F32Rows>;
+  k.scores[1] = &ScoresAvx2<Bf16Rows>;
+  k.scores[2] = &ScoresAvx2<Int8Rows>;
+  k.values[0] = &ValuesAvx2<F32Rows>;
+  k.values[1] = &ValuesAvx2<Bf16Rows>;
+  k.values[2] = &ValuesAvx2<Int8Rows>;
+  k.name = "avx2+fma";
+  return k;
+}
+
+}  // namespace shardlm::attention_internal
+
+#else  // not x86-64: only the portable kernels exist.
+
+namespace shardlm::attention_internal {
+DecodeKernels Avx2Kernels() { return PortableKernels(); }
+}  // namespace shardlm::attention_internal
+
+#endif
