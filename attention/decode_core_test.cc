@@ -405,6 +405,142 @@ TEST(DecodeCoreTest, LaneScoresAreOneFmaChainPerScore) {
   }
 }
 
+// The AVX2 build's scores and values, bit for bit, are the naive chains below. A score: 8 lane
+// sums, lane l taking element k of the a part (then of the b part, from lane 0 again) for
+// k ≡ l (mod 8) in increasing k, one FMA each, a part's last partial vector with zeros in the
+// lanes past it; then ((e0 + e1) + (e2 + e3)) + ((e4 + e5) + (e6 + e7)). A value sum: the
+// rescale (one product), then one FMA per row in row order, an int8 row's weight p·s rounded
+// first. For every format, head counts around the 4-head tile, parts that end inside a vector,
+// row counts around the tile height, value widths around the 16-column tile, with rows to
+// prefetch or not; nothing past the g heads, nb rows and v_len columns is written.
+TEST(DecodeCoreTest, Avx2ScoresAndValuesAreTheirChains) {
+  if (!Cpu().avx2_fma) GTEST_SKIP() << "no AVX2 + FMA on this CPU";
+  const attention_internal::DecodeKernels k = attention_internal::Avx2Kernels();
+  const int64_t block = attention_internal::kLongBlock;
+  Rng rng(10, "avx2");
+  for (const KvDType dtype : {KvDType::kF32, KvDType::kBF16, KvDType::kInt8}) {
+    for (const int64_t g : {1, 2, 3, 4, 5, 8, 9, 16}) {
+      for (const auto& [a_len, b_len] :
+           {std::pair<int64_t, int64_t>{64, 0}, {40, 8}, {13, 0}, {5, 21}}) {
+        const std::vector<int64_t> segments =
+            b_len > 0 ? std::vector<int64_t>{3, a_len, b_len} : std::vector<int64_t>{3, a_len};
+        const KvRowFormat format = KvRowFormat::Make(dtype, segments);
+        const int64_t elems = 3 + a_len + b_len;
+        for (const int64_t nb : {1, 2, 3, 5, 16, 32}) {
+          std::vector<std::vector<unsigned char>> store(2 * nb);
+          std::vector<const unsigned char*> rows(2 * nb);
+          for (int64_t r = 0; r < 2 * nb; ++r) {
+            store[r].resize(format.bytes);
+            format.Store(rng.UniformVector(elems, -2.0f, 2.0f).data(), store[r].data());
+            rows[r] = store[r].data();
+          }
+          const int64_t qa_head = a_len + 2, qb_head = b_len + 1;
+          const std::vector<float> qa = rng.UniformVector(g * qa_head, -1.0f, 1.0f);
+          const std::vector<float> qb = rng.UniformVector(g * qb_head + 1, -1.0f, 1.0f);
+          const float kUnwritten = -12345.0f;
+          std::vector<float> scores(static_cast<size_t>((g + 1) * block), kUnwritten);
+          attention_internal::ScoreArgs a =
+              PartArgs(rows, nb, a_len, b_len, qa, qa_head, qb, qb_head, g, block);
+          a.scale_off = format.scale_offset;
+          a.a_seg = dtype == KvDType::kInt8 ? 1 : 0;
+          a.b_seg = dtype == KvDType::kInt8 && b_len > 0 ? 2 : 0;
+          a.scores = scores.data();
+          if (nb % 2 == 0) a.ahead = {rows.data() + nb, nb / 2, nb % 4 == 0};
+          k.scores[static_cast<int>(dtype)](a);
+          // The row values as the format gives them, [row][elems].
+          std::vector<float> x(static_cast<size_t>(nb * elems));
+          for (int64_t r = 0; r < nb; ++r) {
+            for (const auto& [off, len, seg] :
+                 {std::tuple{int64_t{0}, int64_t{3}, int64_t{0}},
+                  std::tuple{a.a_off, a_len, a.a_seg}, std::tuple{a.b_off, b_len, a.b_seg}}) {
+              if (len == 0) continue;
+              const float scale = dtype == KvDType::kInt8
+                                      ? KvRowFormat::Scale(rows[r], format.scale_offset, seg)
+                                      : 1.0f;
+              KvRowFormat::Decode(dtype, rows[r], off, len, scale, x.data() + r * elems + off);
+            }
+          }
+          for (int64_t h = 0; h <= g; ++h) {
+            for (int64_t r = 0; r < block; ++r) {
+              const float got = scores[h * block + r];
+              const std::string where =
+                  absl::StrFormat("%s g %d a %d b %d nb %d: head %d row %d", KvDTypeName(dtype), g,
+                                  a_len, b_len, nb, h, r);
+              if (h == g || r >= nb) {
+                ASSERT_EQ(got, kUnwritten) << where;
+                continue;
+              }
+              float lane[8] = {};
+              for (const auto& [off, len, q] :
+                   {std::tuple{a.a_off, a_len, qa.data() + h * qa_head},
+                    std::tuple{a.b_off, b_len, qb.data() + h * qb_head}}) {
+                for (int64_t i = 0; i < (len + 7) / 8 * 8; ++i) {
+                  const float xi = i < len ? x[r * elems + off + i] : 0.0f;
+                  const float qi = i < len ? q[i] : 0.0f;
+                  lane[i % 8] = std::fma(xi, qi, lane[i % 8]);
+                }
+              }
+              const float want = ((lane[0] + lane[1]) + (lane[2] + lane[3])) +
+                                 ((lane[4] + lane[5]) + (lane[6] + lane[7]));
+              ASSERT_EQ(std::bit_cast<uint32_t>(got), std::bit_cast<uint32_t>(want)) << where;
+            }
+          }
+          // Values: the a part's first v_len elements (v_len ≤ a_len), weights in (0, 1].
+          for (const int64_t v_len : {a_len, std::min<int64_t>(a_len, 8), a_len - 1}) {
+            if (v_len <= 0) continue;
+            const int64_t acc_head = v_len + 3;
+            std::vector<float> p(static_cast<size_t>(g * block)), alpha(g);
+            for (float& w : p) w = rng.Uniform(0.0f, 1.0f);
+            for (float& al : alpha) al = rng.Uniform(0.0f, 1.0f);
+            std::vector<float> acc = rng.UniformVector(g * acc_head + 1, -3.0f, 3.0f);
+            const std::vector<float> acc0 = acc;
+            attention_internal::ValueArgs va;
+            va.rows = rows.data();
+            va.nb = nb;
+            va.v_off = a.a_off;
+            va.v_len = v_len;
+            va.scale_off = format.scale_offset;
+            va.v_seg = a.a_seg;
+            va.p = p.data();
+            va.block = block;
+            va.alpha = alpha.data();
+            va.g = g;
+            va.acc = acc.data();
+            va.acc_head = acc_head;
+            va.ahead = a.ahead;
+            k.values[static_cast<int>(dtype)](va);
+            for (int64_t h = 0; h < g; ++h) {
+              for (int64_t c = 0; c < acc_head; ++c) {
+                const float got = acc[h * acc_head + c];
+                const std::string where =
+                    absl::StrFormat("%s g %d v_len %d nb %d: head %d column %d", KvDTypeName(dtype),
+                                    g, v_len, nb, h, c);
+                if (c >= v_len) {
+                  ASSERT_EQ(got, acc0[h * acc_head + c]) << where;
+                  continue;
+                }
+                // For int8 the decoded value is q·s; the kernel multiplies p by s instead.
+                float want = acc0[h * acc_head + c] * alpha[h];
+                for (int64_t r = 0; r < nb; ++r) {
+                  float w = p[h * block + r], v = x[r * elems + a.a_off + c];
+                  if (dtype == KvDType::kInt8) {
+                    const float s = KvRowFormat::Scale(rows[r], format.scale_offset, a.a_seg);
+                    w *= s;
+                    v = static_cast<float>(static_cast<int8_t>(rows[r][a.a_off + c]));
+                  }
+                  want = std::fma(w, v, want);
+                }
+                ASSERT_EQ(std::bit_cast<uint32_t>(got), std::bit_cast<uint32_t>(want)) << where;
+              }
+            }
+            EXPECT_EQ(acc[g * acc_head], acc0[g * acc_head]);
+          }
+        }
+      }
+    }
+  }
+}
+
 // The scores from the quads of heads (ScoreArgs::qq, DecodeKernels::quad_scores; f32 rows)
 // are, for each head of a whole quad, the naive sums below bit for bit: lane j of two FMA
 // chains (the even and the odd fours of elements, the a part then the b part), the chains
