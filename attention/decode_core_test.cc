@@ -191,9 +191,10 @@ TEST(DecodeCoreTest, ExpWithinBound) {
   for (const float v : {-0.0f, -1e-30f, -1e-7f, -0.34657359f, -0.34657360f, -0.6931472f}) {
     x.push_back(v);
   }
-  attention_internal::DecodeKernels kernels[2] = {
+  attention_internal::DecodeKernels kernels[3] = {
       attention_internal::PortableKernels(),
-      Cpu().avx512 ? attention_internal::Avx512Kernels() : attention_internal::PortableKernels()};
+      Cpu().avx512 ? attention_internal::Avx512Kernels() : attention_internal::PortableKernels(),
+      Cpu().avx2_fma ? attention_internal::Avx2Kernels() : attention_internal::PortableKernels()};
   for (const auto& k : kernels) {
     std::vector<float> y(x.size());
     k.exp(x.data(), static_cast<int64_t>(x.size()), y.data());
@@ -210,6 +211,16 @@ TEST(DecodeCoreTest, ExpWithinBound) {
     EXPECT_EQ(one, 1.0f) << k.name;
     std::printf("%s exp: worst %.2f ulp over %zu inputs\n", k.name, worst, x.size());
   }
+  // The AVX2 exp is the AVX-512 one, bit for bit (where a CPU runs both).
+  if (Cpu().avx512 && Cpu().avx2_fma) {
+    std::vector<float> y512(x.size()), y256(x.size());
+    attention_internal::Avx512Kernels().exp(x.data(), static_cast<int64_t>(x.size()), y512.data());
+    attention_internal::Avx2Kernels().exp(x.data(), static_cast<int64_t>(x.size()), y256.data());
+    for (size_t i = 0; i < x.size(); ++i) {
+      ASSERT_EQ(std::bit_cast<uint32_t>(y256[i]), std::bit_cast<uint32_t>(y512[i]))
+          << "exp(" << x[i] << ")";
+    }
+  }
 }
 
 // The softmax step of g heads at once (the AVX-512 build reduces up to 16 heads in one tree)
@@ -218,9 +229,10 @@ TEST(DecodeCoreTest, ExpWithinBound) {
 // first block), numerators of at most 1 with exactly 1 at the block's max when that is the
 // new max, and sum' = alpha·sum + Σ numerators.
 TEST(DecodeCoreTest, SoftmaxOfManyHeadsIsEachHeadAlone) {
-  attention_internal::DecodeKernels kernels[2] = {
+  attention_internal::DecodeKernels kernels[3] = {
       attention_internal::PortableKernels(),
-      Cpu().avx512 ? attention_internal::Avx512Kernels() : attention_internal::PortableKernels()};
+      Cpu().avx512 ? attention_internal::Avx512Kernels() : attention_internal::PortableKernels(),
+      Cpu().avx2_fma ? attention_internal::Avx2Kernels() : attention_internal::PortableKernels()};
   Rng rng(5, "softmax");
   for (const auto& k : kernels) {
     for (const int64_t block : {attention_internal::kBlock, attention_internal::kLongBlock}) {

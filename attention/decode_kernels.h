@@ -123,14 +123,15 @@ struct DecodeKernels {
 // Relative error bound of DecodeKernels::exp over the inputs softmax gives it
 // (x ≤ 0, results above the fp32 normal range), in units of u = 2^-24: std::exp
 // is correctly rounded or nearly so (≤ 1); the AVX-512 polynomial is ≤ 4 (see
-// decode_kernels_x86.cc), which the derived test bounds use.
+// decode_kernels_x86.cc; the AVX2 build's gives the same bits), which the derived test bounds
+// use.
 inline constexpr double kExpUlps = 4.0;
 
 DecodeKernels PortableKernels();
 // AVX-512 kernels; only call when Cpu().avx512 (kernels/cpu.h). On a build for
 // another architecture they are the portable ones.
 DecodeKernels Avx512Kernels();
-// AVX2 + FMA scores and values (softmax and exp the portable ones); only call when
+// AVX2 + FMA scores, softmax, values and exp (no lane or quad scores); only call when
 // Cpu().avx2_fma. On a build for another architecture they are the portable ones.
 DecodeKernels Avx2Kernels();
 

@@ -11,8 +11,9 @@
 // Scores: R × H tiles of rows and heads (2 × 4 for GQA-4: eight FMA chains), each (row, head)
 // one chain of FMAs over its 8-element vectors in element order (the a part, then the b part),
 // then its 8 lanes added in one fixed tree; so a score's bits depend on nothing but its own
-// row and query. Values: as ValueTile in decode_kernels_x86.cc, 8 lanes wide. The softmax is
-// the portable one (std::exp).
+// row and query. Values: as ValueTile in decode_kernels_x86.cc, 8 lanes wide. Exp8 is the
+// AVX-512 build's Exp16 with 2^n applied by two exact-range products (AVX2 has no vscalefps):
+// the same bits lane for lane.
 #include <cstdint>
 
 #include "attention/decode_kernels.h"
@@ -308,6 +309,96 @@ SHARDLM_TARGET_AVX2 void ValuesAvx2(const ValueArgs& a) {
   }
 }
 
+// e^x for 8 lanes: decode_kernels_x86.cc's Exp16 step for step (clamp, n = round(x·log2 e),
+// Cody–Waite reduction, the degree-7 Horner polynomial p), then p·2^n as (p·2^n1)·2^n2 with
+// n1 = ⌊n/2⌋ and n2 = n − n1: for n in [−150, 128] both powers are normal floats, the first
+// product is exact and the second rounds once, as vscalefps does (graceful underflow included).
+SHARDLM_TARGET_AVX2 inline __m256 Exp8(__m256 x) {
+  x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-104.0f)), _mm256_set1_ps(88.7f));
+  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693145751953125f), x);  // ln2 high: 12 bits
+  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(1.428606820309417232e-06f), r);  // ln2 − high
+  __m256 p = _mm256_set1_ps(1.0f / 5040.0f);
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 720.0f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 120.0f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 24.0f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 6.0f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+  const __m256i ni = _mm256_cvtps_epi32(n);  // exact: n is an integer
+  const __m256i n1 = _mm256_srai_epi32(ni, 1), n2 = _mm256_sub_epi32(ni, n1);
+  const __m256i bias = _mm256_set1_epi32(127);
+  const __m256 f1 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(n1, bias), 23));
+  const __m256 f2 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(n2, bias), 23));
+  __m256 half = _mm256_mul_ps(p, f1);
+  asm("" : "+x"(half));  // two products, not reassociated
+  return _mm256_mul_ps(half, f2);
+}
+
+SHARDLM_TARGET_AVX2 void ExpAvx2(const float* x, int64_t n, float* y) {
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, Exp8(_mm256_loadu_ps(x + i)));
+  if (i < n) {
+    const __m256i m = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(n - i)),
+                                         _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    _mm256_maskstore_ps(y + i, m, Exp8(_mm256_maskload_ps(x + i, m)));
+  }
+}
+
+// The sum of v's 8 lanes: ((e0 + e1) + (e2 + e3)) + ((e4 + e5) + (e6 + e7)), and the max.
+SHARDLM_TARGET_AVX2 inline float ReduceAdd8(__m256 v) {
+  const __m256 t = _mm256_hadd_ps(v, v);  // lanes 0, 1: e0 + e1, e2 + e3; 4, 5: e4 + e5, e6 + e7
+  const __m256 u = _mm256_hadd_ps(t, t);  // lane 0: (e0 + e1) + (e2 + e3); lane 4: the rest
+  return _mm_cvtss_f32(_mm_add_ss(_mm256_castps256_ps128(u), _mm256_extractf128_ps(u, 1)));
+}
+SHARDLM_TARGET_AVX2 inline float ReduceMax8(__m256 v) {
+  __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+  return _mm_cvtss_f32(_mm_max_ss(m, _mm_movehdup_ps(m)));
+}
+
+// The online-softmax step (SoftmaxArgs) head by head, a block's ≤ 32 lanes in 8-lane vectors:
+// lanes past nb are −inf for the max and 0 in the sum, and are not stored. A head's block sum
+// adds its vectors lane by lane in order, then ReduceAdd8; the running sum is a product then a
+// sum (two roundings).
+SHARDLM_TARGET_AVX2 void SoftmaxAvx2(const SoftmaxArgs& a) {
+  const int64_t nv = (a.nb + 7) / 8;
+  const __m256 scale = _mm256_set1_ps(a.scale);
+  const __m256 neg_inf = _mm256_set1_ps(-__builtin_inff());
+  const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  for (int64_t h = 0; h < a.g; ++h) {
+    float* sc = a.scores + h * a.block;
+    __m256 s[kLongBlock / 8];
+    __m256i in[kLongBlock / 8];
+    __m256 lane_max = neg_inf;
+    for (int64_t v = 0; v < nv; ++v) {
+      in[v] = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(a.nb - 8 * v)), lane);
+      s[v] = _mm256_blendv_ps(neg_inf, _mm256_mul_ps(_mm256_maskload_ps(sc + 8 * v, in[v]), scale),
+                              _mm256_castsi256_ps(in[v]));
+      lane_max = _mm256_max_ps(lane_max, s[v]);
+    }
+    const float old = a.max[h];
+    const float block_max = ReduceMax8(lane_max);
+    const float m = block_max > old ? block_max : old;
+    const __m256 mv = _mm256_set1_ps(m);
+    __m256 lane_sum = _mm256_setzero_ps();
+    for (int64_t v = 0; v < nv; ++v) {
+      const __m256 p = _mm256_and_ps(Exp8(_mm256_sub_ps(s[v], mv)), _mm256_castsi256_ps(in[v]));
+      _mm256_maskstore_ps(sc + 8 * v, in[v], p);
+      lane_sum = _mm256_add_ps(lane_sum, p);
+    }
+    const float alpha =
+        old == -__builtin_inff() ? 0.0f : _mm256_cvtss_f32(Exp8(_mm256_set1_ps(old - m)));
+    float scaled = a.sum[h] * alpha;
+    asm("" : "+x"(scaled));  // keeps the product and the sum two roundings
+    a.sum[h] = scaled + ReduceAdd8(lane_sum);
+    a.alpha[h] = alpha;
+    a.max[h] = m;
+  }
+}
+
 }  // namespace
 
 DecodeKernels Avx2Kernels() {
@@ -318,6 +409,8 @@ DecodeKernels Avx2Kernels() {
   k.values[0] = &ValuesAvx2<F32Rows>;
   k.values[1] = &ValuesAvx2<Bf16Rows>;
   k.values[2] = &ValuesAvx2<Int8Rows>;
+  k.softmax = &SoftmaxAvx2;
+  k.exp = &ExpAvx2;
   k.name = "avx2+fma";
   return k;
 }
