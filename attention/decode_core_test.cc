@@ -341,74 +341,77 @@ attention_internal::ScoreArgs PartArgs(const std::vector<const unsigned char*>& 
 // lane width, row counts around the tile heights, parts with tails, with and without rows to
 // prefetch. Nothing past the g heads and nb rows is written.
 TEST(DecodeCoreTest, LaneScoresAreOneFmaChainPerScore) {
-  if (!Cpu().avx512) {  // only the AVX-512 build has them
-    EXPECT_EQ(attention_internal::PortableKernels().lane_scores[0], nullptr);
-    return;
-  }
-  const attention_internal::DecodeKernels k = attention_internal::Avx512Kernels();
+  EXPECT_EQ(attention_internal::PortableKernels().lane_scores[0], nullptr);  // none there
+  std::vector<attention_internal::DecodeKernels> sets;
+  if (Cpu().avx512) sets.push_back(attention_internal::Avx512Kernels());
+  if (Cpu().avx2_fma) sets.push_back(attention_internal::Avx2Kernels());
+  if (sets.empty()) GTEST_SKIP() << "no AVX2 or AVX-512 on this CPU";
   const int64_t block = attention_internal::kLongBlock;
   Rng rng(9, "lane_scores");
-  for (const KvDType dtype : {KvDType::kF32, KvDType::kBF16, KvDType::kInt8}) {
-    for (const int64_t g : {16, 17, 31, 32, 33, 48}) {
-      for (const auto& [a_len, b_len] : {std::pair<int64_t, int64_t>{40, 8}, {16, 0}, {5, 16}}) {
-        // A leading segment, so the parts start inside the row.
-        const std::vector<int64_t> segments =
-            b_len > 0 ? std::vector<int64_t>{3, a_len, b_len} : std::vector<int64_t>{3, a_len};
-        const KvRowFormat format = KvRowFormat::Make(dtype, segments);
-        const int64_t elems = 3 + a_len + b_len;
-        for (const int64_t nb : {1, 3, 4, 9, 16, 17, 32}) {
-          // Rows in their own places (not a page's order), and as many to prefetch.
-          std::vector<std::vector<unsigned char>> store(2 * nb);
-          std::vector<const unsigned char*> rows(2 * nb);
-          for (int64_t r = 0; r < 2 * nb; ++r) {
-            store[r].resize(format.bytes);
-            format.Store(rng.UniformVector(elems, -2.0f, 2.0f).data(), store[r].data());
-            rows[r] = store[r].data();
-          }
-          const int64_t qa_head = a_len + 2, qb_head = b_len + 1;
-          const std::vector<float> qa = rng.UniformVector(g * qa_head, -1.0f, 1.0f);
-          const std::vector<float> qb = rng.UniformVector(g * qb_head + 1, -1.0f, 1.0f);
-          const int64_t stride = (g + 15) / 16 * 16;
-          std::vector<float> qt(static_cast<size_t>((a_len + b_len) * stride), 0.0f);
-          for (int64_t h = 0; h < g; ++h) {
-            for (int64_t i = 0; i < a_len; ++i) qt[i * stride + h] = qa[h * qa_head + i];
-            for (int64_t i = 0; i < b_len; ++i) qt[(a_len + i) * stride + h] = qb[h * qb_head + i];
-          }
-          const float kUnwritten = -12345.0f;
-          std::vector<float> scores(static_cast<size_t>((g + 1) * block), kUnwritten);
-          attention_internal::ScoreArgs a =
-              PartArgs(rows, nb, a_len, b_len, qa, qa_head, qb, qb_head, g, block);
-          a.scale_off = format.scale_offset;
-          a.a_seg = dtype == KvDType::kInt8 ? 1 : 0;
-          a.b_seg = dtype == KvDType::kInt8 && b_len > 0 ? 2 : 0;
-          a.scores = scores.data();
-          a.qt = qt.data();
-          a.qt_stride = stride;
-          a.ahead = {rows.data() + nb, nb % 2 == 0 ? nb : nb / 2, nb % 3 == 0};
-          k.lane_scores[static_cast<int>(dtype)](a);
-          for (int64_t h = 0; h <= g; ++h) {
-            for (int64_t r = 0; r < block; ++r) {
-              const float got = scores[h * block + r];
-              const std::string where =
-                  absl::StrFormat("%s g %d a %d b %d nb %d: head %d row %d", KvDTypeName(dtype), g,
-                                  a_len, b_len, nb, h, r);
-              if (h == g || r >= nb) {
-                ASSERT_EQ(got, kUnwritten) << where;
-                continue;
+  for (const attention_internal::DecodeKernels& k : sets) {
+    for (const KvDType dtype : {KvDType::kF32, KvDType::kBF16, KvDType::kInt8}) {
+      for (const int64_t g : {8, 9, 16, 17, 31, 32, 33, 48}) {
+        for (const auto& [a_len, b_len] : {std::pair<int64_t, int64_t>{40, 8}, {16, 0}, {5, 16}}) {
+          // A leading segment, so the parts start inside the row.
+          const std::vector<int64_t> segments =
+              b_len > 0 ? std::vector<int64_t>{3, a_len, b_len} : std::vector<int64_t>{3, a_len};
+          const KvRowFormat format = KvRowFormat::Make(dtype, segments);
+          const int64_t elems = 3 + a_len + b_len;
+          for (const int64_t nb : {1, 3, 4, 9, 16, 17, 32}) {
+            // Rows in their own places (not a page's order), and as many to prefetch.
+            std::vector<std::vector<unsigned char>> store(2 * nb);
+            std::vector<const unsigned char*> rows(2 * nb);
+            for (int64_t r = 0; r < 2 * nb; ++r) {
+              store[r].resize(format.bytes);
+              format.Store(rng.UniformVector(elems, -2.0f, 2.0f).data(), store[r].data());
+              rows[r] = store[r].data();
+            }
+            const int64_t qa_head = a_len + 2, qb_head = b_len + 1;
+            const std::vector<float> qa = rng.UniformVector(g * qa_head, -1.0f, 1.0f);
+            const std::vector<float> qb = rng.UniformVector(g * qb_head + 1, -1.0f, 1.0f);
+            const int64_t stride = (g + 15) / 16 * 16;
+            std::vector<float> qt(static_cast<size_t>((a_len + b_len) * stride), 0.0f);
+            for (int64_t h = 0; h < g; ++h) {
+              for (int64_t i = 0; i < a_len; ++i) qt[i * stride + h] = qa[h * qa_head + i];
+              for (int64_t i = 0; i < b_len; ++i)
+                qt[(a_len + i) * stride + h] = qb[h * qb_head + i];
+            }
+            const float kUnwritten = -12345.0f;
+            std::vector<float> scores(static_cast<size_t>((g + 1) * block), kUnwritten);
+            attention_internal::ScoreArgs a =
+                PartArgs(rows, nb, a_len, b_len, qa, qa_head, qb, qb_head, g, block);
+            a.scale_off = format.scale_offset;
+            a.a_seg = dtype == KvDType::kInt8 ? 1 : 0;
+            a.b_seg = dtype == KvDType::kInt8 && b_len > 0 ? 2 : 0;
+            a.scores = scores.data();
+            a.qt = qt.data();
+            a.qt_stride = stride;
+            a.ahead = {rows.data() + nb, nb % 2 == 0 ? nb : nb / 2, nb % 3 == 0};
+            k.lane_scores[static_cast<int>(dtype)](a);
+            for (int64_t h = 0; h <= g; ++h) {
+              for (int64_t r = 0; r < block; ++r) {
+                const float got = scores[h * block + r];
+                const std::string where =
+                    absl::StrFormat("%s %s g %d a %d b %d nb %d: head %d row %d", k.name,
+                                    KvDTypeName(dtype), g, a_len, b_len, nb, h, r);
+                if (h == g || r >= nb) {
+                  ASSERT_EQ(got, kUnwritten) << where;
+                  continue;
+                }
+                float want = 0.0f;
+                for (const auto& [off, len, q, seg] :
+                     {std::tuple{a.a_off, a_len, qa.data() + h * qa_head, a.a_seg},
+                      std::tuple{a.b_off, b_len, qb.data() + h * qb_head, a.b_seg}}) {
+                  if (len == 0) continue;
+                  std::vector<float> x(static_cast<size_t>(len));
+                  const float scale = dtype == KvDType::kInt8
+                                          ? KvRowFormat::Scale(rows[r], format.scale_offset, seg)
+                                          : 1.0f;
+                  KvRowFormat::Decode(dtype, rows[r], off, len, scale, x.data());
+                  for (int64_t i = 0; i < len; ++i) want = std::fma(x[i], q[i], want);
+                }
+                ASSERT_EQ(std::bit_cast<uint32_t>(got), std::bit_cast<uint32_t>(want)) << where;
               }
-              float want = 0.0f;
-              for (const auto& [off, len, q, seg] :
-                   {std::tuple{a.a_off, a_len, qa.data() + h * qa_head, a.a_seg},
-                    std::tuple{a.b_off, b_len, qb.data() + h * qb_head, a.b_seg}}) {
-                if (len == 0) continue;
-                std::vector<float> x(static_cast<size_t>(len));
-                const float scale = dtype == KvDType::kInt8
-                                        ? KvRowFormat::Scale(rows[r], format.scale_offset, seg)
-                                        : 1.0f;
-                KvRowFormat::Decode(dtype, rows[r], off, len, scale, x.data());
-                for (int64_t i = 0; i < len; ++i) want = std::fma(x[i], q[i], want);
-              }
-              ASSERT_EQ(std::bit_cast<uint32_t>(got), std::bit_cast<uint32_t>(want)) << where;
             }
           }
         }

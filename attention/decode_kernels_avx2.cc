@@ -212,6 +212,109 @@ SHARDLM_TARGET_AVX2 void ScoresAvx2(const ScoreArgs& a) {
   }
 }
 
+// Scores with the heads in lanes (DecodeKernels::lane_scores, from ScoreArgs::qt), as
+// LaneScoreTile in decode_kernels_x86.cc with 8 heads per vector: every 8 elements of the R
+// rows go to a small buffer as fp32 (widened, an int8 part scaled), from which each element is
+// broadcast for the V·8 heads of the tile. Each score is one chain of FMAs in element order (a
+// part, then b part): the AVX-512 lane scores' bits.
+template <int R, int V>
+SHARDLM_TARGET_AVX2 inline void LaneStep(__m256 (&acc)[R][V], const float (&buf)[R][8], int e,
+                                         const float*& q, int64_t stride) {
+  __m256 qv[V];
+#pragma GCC unroll 2
+  for (int v = 0; v < V; ++v) qv[v] = _mm256_loadu_ps(q + 8 * v);
+  q += stride;
+  asm("" : "+r"(q));  // a register add per element, not an offset per unrolled e
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r) {
+    const __m256 x = _mm256_broadcast_ss(&buf[r][e]);
+#pragma GCC unroll 2
+    for (int v = 0; v < V; ++v) acc[r][v] = _mm256_fmadd_ps(x, qv[v], acc[r][v]);
+  }
+}
+
+template <int R, int V, typename Rows>
+SHARDLM_TARGET_AVX2 inline void LanePart(__m256 (&acc)[R][V], const ScoreArgs& a, int64_t r0,
+                                         int64_t v0, int64_t off, int64_t len, int64_t k0,
+                                         int64_t seg) {
+  alignas(32) float buf[R][8];
+  __m256 scale[R];
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r) {
+    scale[r] = Rows::kScaled ? _mm256_set1_ps(RowScale(a.rows[r0 + r], a.scale_off, seg))
+                             : _mm256_setzero_ps();
+  }
+  // The rows ahead, requested by the first lane vectors' tiles only, a line at a time.
+  const bool request = a.ahead.rows != nullptr && v0 == 0;
+  constexpr int64_t kPerLine = 64 / Rows::kBytes;  // elements per line
+  const int64_t stride = a.qt_stride;
+  const float* qt = a.qt + k0 * stride + 8 * v0;
+  for (int64_t k = 0; k < len; k += 8) {
+    const int64_t n = len - k < 8 ? len - k : 8;
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) {
+      const unsigned char* p = a.rows[r0 + r] + (off + k) * Rows::kBytes;
+      if (request && k % kPerLine == 0 && r0 + r < a.ahead.n) {
+        const unsigned char* next = a.ahead.rows[r0 + r];
+        PrefetchPart(a.ahead, next + (off + k) * Rows::kBytes, 1);
+        if (Rows::kScaled && k == 0 && k0 == 0) PrefetchPart(a.ahead, next + a.scale_off, 1);
+      }
+      __m256 x = n == 8 ? Rows::Load(p) : Rows::Load(p, n);
+      if constexpr (Rows::kScaled) x = _mm256_mul_ps(x, scale[r]);
+      _mm256_store_ps(buf[r], x);
+    }
+    // The elements are broadcast from memory (a load each), not permuted out of registers.
+    asm("" : : "r"(buf) : "memory");
+    const float* qk = qt + k * stride;
+    if (n == 8) {
+#pragma GCC unroll 8
+      for (int e = 0; e < 8; ++e) LaneStep<R, V>(acc, buf, e, qk, stride);
+    } else {
+      for (int e = 0; e < n; ++e) LaneStep<R, V>(acc, buf, e, qk, stride);
+    }
+  }
+}
+
+template <int R, int V, typename Rows>
+SHARDLM_TARGET_AVX2 void LaneScoreTile(const ScoreArgs& a, int64_t r0, int64_t v0) {
+  __m256 acc[R][V];
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r) {
+#pragma GCC unroll 2
+    for (int v = 0; v < V; ++v) acc[r][v] = _mm256_setzero_ps();
+  }
+  LanePart<R, V, Rows>(acc, a, r0, v0, a.a_off, a.a_len, 0, a.a_seg);
+  if (a.b_len > 0) LanePart<R, V, Rows>(acc, a, r0, v0, a.b_off, a.b_len, a.a_len, a.b_seg);
+  alignas(32) float out[R][8 * V];
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r) {
+#pragma GCC unroll 2
+    for (int v = 0; v < V; ++v) _mm256_store_ps(out[r] + 8 * v, acc[r][v]);
+  }
+  const int64_t heads = a.g - 8 * v0 < 8 * V ? a.g - 8 * v0 : 8 * V;
+  for (int64_t h = 0; h < heads; ++h) {
+    float* sc = a.scores + (8 * v0 + h) * a.block + r0;
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) sc[r] = out[r][h];
+  }
+}
+
+template <int V, typename Rows>
+SHARDLM_TARGET_AVX2 void LaneScoreRows(const ScoreArgs& a, int64_t v0) {
+  constexpr int kRows = V == 1 ? 8 : 4;  // 8 accumulators
+  int64_t r0 = 0;
+  for (; r0 + kRows <= a.nb; r0 += kRows) LaneScoreTile<kRows, V, Rows>(a, r0, v0);
+  for (; r0 < a.nb; ++r0) LaneScoreTile<1, V, Rows>(a, r0, v0);
+}
+
+template <typename Rows>
+SHARDLM_TARGET_AVX2 void LaneScoresAvx2(const ScoreArgs& a) {
+  const int64_t vectors = (a.g + 7) / 8;
+  int64_t v0 = 0;
+  for (; v0 + 2 <= vectors; v0 += 2) LaneScoreRows<2, Rows>(a, v0);
+  if (v0 < vectors) LaneScoreRows<1, Rows>(a, v0);
+}
+
 // Columns [c, c + 8·NC) of heads [h0, h0 + H), the last vector's first `last` lanes only (8:
 // all): the H·NC sums stay in registers while all nb rows are added, each row vector loaded
 // once for H heads. Every element adds its rows in row order after the rescale, one FMA each;
@@ -406,6 +509,9 @@ DecodeKernels Avx2Kernels() {
   k.scores[0] = &ScoresAvx2<F32Rows>;
   k.scores[1] = &ScoresAvx2<Bf16Rows>;
   k.scores[2] = &ScoresAvx2<Int8Rows>;
+  k.lane_scores[0] = &LaneScoresAvx2<F32Rows>;
+  k.lane_scores[1] = &LaneScoresAvx2<Bf16Rows>;
+  k.lane_scores[2] = &LaneScoresAvx2<Int8Rows>;
   k.values[0] = &ValuesAvx2<F32Rows>;
   k.values[1] = &ValuesAvx2<Bf16Rows>;
   k.values[2] = &ValuesAvx2<Int8Rows>;
