@@ -131,7 +131,7 @@ DecodeKernels PortableKernels();
 // AVX-512 kernels; only call when Cpu().avx512 (kernels/cpu.h). On a build for
 // another architecture they are the portable ones.
 DecodeKernels Avx512Kernels();
-// AVX2 + FMA scores, softmax, values and exp (no lane or quad scores); only call when
+// AVX2 + FMA scores (lane scores too; no quad scores), softmax, values and exp; only call when
 // Cpu().avx2_fma. On a build for another architecture they are the portable ones.
 DecodeKernels Avx2Kernels();
 

@@ -11,9 +11,10 @@
 // Scores: R × H tiles of rows and heads (2 × 4 for GQA-4: eight FMA chains), each (row, head)
 // one chain of FMAs over its 8-element vectors in element order (the a part, then the b part),
 // then its 8 lanes added in one fixed tree; so a score's bits depend on nothing but its own
-// row and query. Values: as ValueTile in decode_kernels_x86.cc, 8 lanes wide. Exp8 is the
-// AVX-512 build's Exp16 with 2^n applied by two exact-range products (AVX2 has no vscalefps):
-// the same bits lane for lane.
+// row and query. With 16 or more heads per group the scores come with the heads in lanes
+// instead (LaneScoresAvx2: the AVX-512 lane scores' bits). Values: as ValueTile in
+// decode_kernels_x86.cc, 8 lanes wide, four heads per tile. Exp8 is the AVX-512 build's Exp16
+// with 2^n applied by two exact-range products (AVX2 has no vscalefps): the same bits.
 #include <cstdint>
 
 #include "attention/decode_kernels.h"
