@@ -73,11 +73,12 @@ void SiluMul(float* gate, const float* up, int64_t count);
 void SiluMulNaive(float* gate, const float* up, int64_t count);  // in double, with std::exp
 
 // SiluMul's parts, for tests: its f32 exp (about 1 ulp from std::exp; ±inf and NaN as exp
-// gives them), and its two paths, which give the same bits. SiluMulAvx512 only when
-// Cpu().avx512.
+// gives them), and its three paths, which give the same bits. SiluMulAvx512 only when
+// Cpu().avx512, SiluMulAvx2 only when Cpu().avx2_fma.
 float SiluExp(float x);
 void SiluMulPortable(float* gate, const float* up, int64_t count);
 void SiluMulAvx512(float* gate, const float* up, int64_t count);
+void SiluMulAvx2(float* gate, const float* up, int64_t count);
 
 }  // namespace shardlm
 

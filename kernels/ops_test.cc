@@ -1,16 +1,19 @@
 #include "kernels/ops.h"
 
 #include <algorithm>
+#include <bit>
 #include <cmath>
+#include <cstdint>
 #include <iterator>
 #include <limits>
+#include <tuple>
 #include <vector>
 
 #include "base/half.h"
 #include "base/rng.h"
 #include "base/thread_pool.h"
-#include "kernels/cpu.h"
 #include "gtest/gtest.h"
+#include "kernels/cpu.h"
 
 namespace shardlm {
 namespace {
@@ -226,8 +229,8 @@ std::vector<float> SiluInputs(Rng& rng, int64_t count) {
   return g;
 }
 
-// The AVX-512 path gives the portable path's bits at every length (its masked tail included),
-// and both follow SiluMulNaive.
+// The AVX-512 and AVX2 paths give the portable path's bits at every length (their masked
+// tails included), and all follow SiluMulNaive.
 TEST(OpsTest, SiluMulPathsGiveTheSameBitsAndFollowNaive) {
   for (int64_t count : {0, 1, 5, 15, 16, 17, 31, 33, 64, 100, 1000}) {
     Rng rng(300 + count);
@@ -248,16 +251,48 @@ TEST(OpsTest, SiluMulPathsGiveTheSameBitsAndFollowNaive) {
       }
     }
     EXPECT_EQ(portable[count], kGuard);
-    if (!Cpu().avx512) continue;  // only the portable path exists on this CPU
-    std::vector<float> fast = g;
-    fast.push_back(kGuard);
-    SiluMulAvx512(fast.data(), u.data(), count);
-    for (int64_t i = 0; i <= count; ++i) {
-      if (std::isnan(portable[i])) {
-        EXPECT_TRUE(std::isnan(fast[i])) << i;
-      } else {
-        EXPECT_EQ(fast[i], portable[i]) << "element " << i << " of " << count << ": " << g[i];
+    struct Path {
+      const char* name;
+      bool available;
+      void (*fn)(float*, const float*, int64_t);
+    };
+    for (const Path& path : {Path{"avx512", Cpu().avx512, &SiluMulAvx512},
+                             Path{"avx2", Cpu().avx2_fma, &SiluMulAvx2}}) {
+      if (!path.available) continue;
+      std::vector<float> fast = g;
+      fast.push_back(kGuard);
+      path.fn(fast.data(), u.data(), count);
+      for (int64_t i = 0; i <= count; ++i) {
+        if (std::isnan(portable[i])) {
+          EXPECT_TRUE(std::isnan(fast[i])) << path.name << " " << i;
+        } else {
+          EXPECT_EQ(std::bit_cast<uint32_t>(fast[i]), std::bit_cast<uint32_t>(portable[i]))
+              << path.name << " element " << i << " of " << count << ": " << g[i];
+        }
       }
+    }
+  }
+}
+
+// Densely where exp(−g) is subnormal or overflows (SiluExp's two-product scaling), and across
+// [−20, 20]: the SIMD paths give the portable path's bits.
+TEST(OpsTest, SiluMulPathsAgreeWhereExpUnderflowsAndOverflows) {
+  std::vector<float> g;
+  for (float v = 80.0f; v < 106.0f; v += 0.00037f) g.push_back(v);
+  for (float v = -91.0f; v < -85.0f; v += 0.00041f) g.push_back(v);
+  for (float v = -20.0f; v < 20.0f; v += 0.0013f) g.push_back(v);
+  const int64_t count = static_cast<int64_t>(g.size());
+  const std::vector<float> u(g.size(), 1.5f);
+  std::vector<float> portable = g;
+  SiluMulPortable(portable.data(), u.data(), count);
+  for (const auto& [name, available, fn] : {std::tuple{"avx512", Cpu().avx512, &SiluMulAvx512},
+                                            std::tuple{"avx2", Cpu().avx2_fma, &SiluMulAvx2}}) {
+    if (!available) continue;
+    std::vector<float> fast = g;
+    fn(fast.data(), u.data(), count);
+    for (int64_t i = 0; i < count; ++i) {
+      ASSERT_EQ(std::bit_cast<uint32_t>(fast[i]), std::bit_cast<uint32_t>(portable[i]))
+          << name << " g " << g[i];
     }
   }
 }
