@@ -44,7 +44,7 @@ CpuFeatures Detect() {
   cpu.avx512_bf16 = cpu.avx512 && __builtin_cpu_supports("avx512bf16");
   cpu.avx512_vnni = cpu.avx512 && __builtin_cpu_supports("avx512vnni");
   cpu.avx_vnni = cpu.avx2_fma && __builtin_cpu_supports("avxvnni");
-  cpu.amd_zen4 = cpu.avx512 && IsAmdFamily19h();
+  cpu.amd_family_19h = IsAmdFamily19h();
 #endif
   return cpu;
 }
@@ -58,8 +58,8 @@ const CpuFeatures& Cpu() {
 
 namespace {
 std::atomic<StreamPrefetch>& StreamPrefetchSetting() {
-  static std::atomic<StreamPrefetch> setting{Cpu().amd_zen4 ? StreamPrefetch::kFar
-                                                            : StreamPrefetch::kNear};
+  static std::atomic<StreamPrefetch> setting{Cpu().amd_family_19h ? StreamPrefetch::kFar
+                                                                  : StreamPrefetch::kNear};
   return setting;
 }
 }  // namespace

@@ -18,9 +18,8 @@ struct CpuFeatures {
   bool avx512_bf16 = false;  // avx512 and AVX512-BF16 (vdpbf16ps)
   bool avx512_vnni = false;  // avx512 and AVX512-VNNI (vpdpbusd on zmm)
   bool avx_vnni = false;     // avx2_fma and AVX-VNNI (VEX vpdpbusd on ymm)
-  // AMD family 19h with AVX-512, i.e. Zen 4 (Zen 3, the same family, has none): picks
-  // StreamPrefetch::kFar.
-  bool amd_zen4 = false;
+  // AMD family 19h: Zen 3 (no AVX-512) and Zen 4 (AVX-512). Picks StreamPrefetch::kFar.
+  bool amd_family_19h = false;
 };
 // Detected on first call (x86-64: CPUID; elsewhere: nothing).
 const CpuFeatures& Cpu();
@@ -35,7 +34,7 @@ std::string CpuModelName();
 enum class StreamPrefetch {
   // Into L1. The matmul: the next chunk (K block of the tile's rows), and with several row
   // blocks per chunk also into L2 two chunks ahead. Measured on Zen 5 cores, where the matmul
-  // streamed W at 94–103% of a plain read at n = 1. The default on every CPU but Zen 4.
+  // streamed W at 94–103% of a plain read at n = 1. The default on every CPU but Zen 3 and 4.
   kNear,
   // Into L2, where it is far from DRAM. The matmul's float kernels: kNear's prefetches at
   // several row blocks, and at one row block (n up to the tile's rows: 4 on AVX-512) into L2
@@ -43,7 +42,10 @@ enum class StreamPrefetch {
   // L1's next one. Decode attention: the same lines as kNear, into L2. On a Zen 4 core L1
   // alone keeps too few misses in flight for the DRAM latency: there the batch-1 decode step
   // of a d 1024, 24-layer model took 31–47% less time than with kNear (F32, BF16, Q8_0 and
-  // Q4_0 weights), and decode attention at 8k 8–45% less (GQA, GTA, GLA; MLA unchanged).
+  // Q4_0 weights), and decode attention at 8k 8–45% less (GQA, GTA, GLA; MLA unchanged). On a
+  // Zen 3 core (AVX2 kernels) the paper-m batch-1 step took 0.90 of kNear's time with F32 and
+  // BF16 weights (F32 at 94–95% of the probe), 0.96 with Q8_0, the same with Q4_0 and at
+  // batch 16; decode attention the same either way.
   kFar,
 };
 const char* StreamPrefetchName(StreamPrefetch prefetch);  // "near", "far"
@@ -52,7 +54,7 @@ std::optional<StreamPrefetch> ParseStreamPrefetch(std::string_view name);
 // Selects the prefetch for every later call (benchmarks and tests compare both); set it
 // before decoding starts.
 void SetStreamPrefetch(StreamPrefetch prefetch);
-StreamPrefetch SelectedStreamPrefetch();  // kFar on Zen 4 (CpuFeatures::amd_zen4), else kNear
+StreamPrefetch SelectedStreamPrefetch();  // kFar on AMD family 19h (Zen 3, 4), else kNear
 
 // Instruction-set levels of the kernels, lowest first. A kernel family implements some of
 // them; asked for a level it lacks, it runs the best one it has below it.
