@@ -313,6 +313,23 @@ TEST(DecodeCoreTest, SoftmaxOfManyHeadsIsEachHeadAlone) {
   }
 }
 
+// `count` rows of `elems` random values stored in `format`, each in a buffer of its own (not
+// a page's order), for the kernel tests below.
+struct OwnRows {
+  std::vector<std::vector<unsigned char>> store;
+  std::vector<const unsigned char*> rows;
+};
+OwnRows RandomRows(const KvRowFormat& format, int64_t elems, int64_t count, Rng& rng) {
+  OwnRows own;
+  own.store.resize(static_cast<size_t>(count));
+  for (int64_t r = 0; r < count; ++r) {
+    own.store[r].resize(format.bytes);
+    format.Store(rng.UniformVector(elems, -2.0f, 2.0f).data(), own.store[r].data());
+    own.rows.push_back(own.store[r].data());
+  }
+  return own;
+}
+
 // Score arguments for the two score-kernel tests below: g heads over rows whose a part (a_len
 // values) follows a leading segment of 3 and whose b part (b_len) follows the a part.
 attention_internal::ScoreArgs PartArgs(const std::vector<const unsigned char*>& rows, int64_t nb,
@@ -333,6 +350,14 @@ attention_internal::ScoreArgs PartArgs(const std::vector<const unsigned char*>& 
   a.g = g;
   a.block = block;
   return a;
+}
+
+// An int8 row's a part takes the scale of segment 1 and its b part that of segment 2 (after
+// the leading one), as RandomRows' formats place them.
+void SetSegments(attention_internal::ScoreArgs& a, const KvRowFormat& format, KvDType dtype) {
+  a.scale_off = format.scale_offset;
+  a.a_seg = dtype == KvDType::kInt8 ? 1 : 0;
+  a.b_seg = dtype == KvDType::kInt8 && a.b_len > 0 ? 2 : 0;
 }
 
 // The scores with the heads in lanes (DecodeKernels::lane_scores) are each one chain of fp32
@@ -358,14 +383,9 @@ TEST(DecodeCoreTest, LaneScoresAreOneFmaChainPerScore) {
           const KvRowFormat format = KvRowFormat::Make(dtype, segments);
           const int64_t elems = 3 + a_len + b_len;
           for (const int64_t nb : {1, 3, 4, 9, 16, 17, 32}) {
-            // Rows in their own places (not a page's order), and as many to prefetch.
-            std::vector<std::vector<unsigned char>> store(2 * nb);
-            std::vector<const unsigned char*> rows(2 * nb);
-            for (int64_t r = 0; r < 2 * nb; ++r) {
-              store[r].resize(format.bytes);
-              format.Store(rng.UniformVector(elems, -2.0f, 2.0f).data(), store[r].data());
-              rows[r] = store[r].data();
-            }
+            // Rows to score, and as many to prefetch.
+            const OwnRows own = RandomRows(format, elems, 2 * nb, rng);
+            const std::vector<const unsigned char*>& rows = own.rows;
             const int64_t qa_head = a_len + 2, qb_head = b_len + 1;
             const std::vector<float> qa = rng.UniformVector(g * qa_head, -1.0f, 1.0f);
             const std::vector<float> qb = rng.UniformVector(g * qb_head + 1, -1.0f, 1.0f);
@@ -380,9 +400,7 @@ TEST(DecodeCoreTest, LaneScoresAreOneFmaChainPerScore) {
             std::vector<float> scores(static_cast<size_t>((g + 1) * block), kUnwritten);
             attention_internal::ScoreArgs a =
                 PartArgs(rows, nb, a_len, b_len, qa, qa_head, qb, qb_head, g, block);
-            a.scale_off = format.scale_offset;
-            a.a_seg = dtype == KvDType::kInt8 ? 1 : 0;
-            a.b_seg = dtype == KvDType::kInt8 && b_len > 0 ? 2 : 0;
+            SetSegments(a, format, dtype);
             a.scores = scores.data();
             a.qt = qt.data();
             a.qt_stride = stride;
@@ -442,13 +460,9 @@ TEST(DecodeCoreTest, Avx2ScoresAndValuesAreTheirChains) {
         const KvRowFormat format = KvRowFormat::Make(dtype, segments);
         const int64_t elems = 3 + a_len + b_len;
         for (const int64_t nb : {1, 2, 3, 5, 16, 32}) {
-          std::vector<std::vector<unsigned char>> store(2 * nb);
-          std::vector<const unsigned char*> rows(2 * nb);
-          for (int64_t r = 0; r < 2 * nb; ++r) {
-            store[r].resize(format.bytes);
-            format.Store(rng.UniformVector(elems, -2.0f, 2.0f).data(), store[r].data());
-            rows[r] = store[r].data();
-          }
+          // Rows to score, and as many to prefetch.
+          const OwnRows own = RandomRows(format, elems, 2 * nb, rng);
+          const std::vector<const unsigned char*>& rows = own.rows;
           const int64_t qa_head = a_len + 2, qb_head = b_len + 1;
           const std::vector<float> qa = rng.UniformVector(g * qa_head, -1.0f, 1.0f);
           const std::vector<float> qb = rng.UniformVector(g * qb_head + 1, -1.0f, 1.0f);
@@ -456,9 +470,7 @@ TEST(DecodeCoreTest, Avx2ScoresAndValuesAreTheirChains) {
           std::vector<float> scores(static_cast<size_t>((g + 1) * block), kUnwritten);
           attention_internal::ScoreArgs a =
               PartArgs(rows, nb, a_len, b_len, qa, qa_head, qb, qb_head, g, block);
-          a.scale_off = format.scale_offset;
-          a.a_seg = dtype == KvDType::kInt8 ? 1 : 0;
-          a.b_seg = dtype == KvDType::kInt8 && b_len > 0 ? 2 : 0;
+          SetSegments(a, format, dtype);
           a.scores = scores.data();
           if (nb % 2 == 0) a.ahead = {rows.data() + nb, nb / 2, nb % 4 == 0};
           k.scores[static_cast<int>(dtype)](a);

@@ -16,6 +16,7 @@
 // decode_kernels_x86.cc, 8 lanes wide, four heads per tile. Exp8 is the AVX-512 build's Exp16
 // with 2^n applied by two exact-range products (AVX2 has no vscalefps): the same bits.
 #include <cstdint>
+#include <type_traits>
 
 #include "attention/decode_kernels.h"
 
@@ -89,6 +90,17 @@ inline void PrefetchPart(const RowsAhead& ahead, const unsigned char* p, int64_t
       _mm_prefetch(reinterpret_cast<const char*>(p + b), _MM_HINT_T1);
     }
   }
+}
+
+// Calls f(std::integral_constant<int, H>{}, h0) for heads [h0, h0 + H) of g: fours, then the
+// 1–3 left. (The callees carry the target attribute; f itself only calls them.)
+template <typename F>
+inline void ByFourHeads(int64_t g, F f) {
+  int64_t h0 = 0;
+  for (; h0 + 4 <= g; h0 += 4) f(std::integral_constant<int, 4>{}, h0);
+  if (g - h0 == 3) f(std::integral_constant<int, 3>{}, h0);
+  if (g - h0 == 2) f(std::integral_constant<int, 2>{}, h0);
+  if (g - h0 == 1) f(std::integral_constant<int, 1>{}, h0);
 }
 
 // Element l of the result: the sum of v[l]'s 8 lanes, ((e0 + e1) + (e2 + e3)) + ((e4 + e5) +
@@ -196,21 +208,7 @@ SHARDLM_TARGET_AVX2 void ScoreHeads(const ScoreArgs& a, int64_t h0) {
 
 template <typename Rows>
 SHARDLM_TARGET_AVX2 void ScoresAvx2(const ScoreArgs& a) {
-  int64_t h0 = 0;
-  for (; h0 + 4 <= a.g; h0 += 4) ScoreHeads<4, Rows>(a, h0);
-  switch (a.g - h0) {
-    case 3:
-      ScoreHeads<3, Rows>(a, h0);
-      break;
-    case 2:
-      ScoreHeads<2, Rows>(a, h0);
-      break;
-    case 1:
-      ScoreHeads<1, Rows>(a, h0);
-      break;
-    default:
-      break;
-  }
+  ByFourHeads(a.g, [&](auto heads, int64_t h0) { ScoreHeads<heads(), Rows>(a, h0); });
 }
 
 // Scores with the heads in lanes (DecodeKernels::lane_scores, from ScoreArgs::qt), as
@@ -388,21 +386,7 @@ SHARDLM_TARGET_AVX2 void ValuesAvx2(const ValueArgs& a) {
   // Four heads at a time, so that a tile's row vectors (two) and weights (four broadcast
   // loads) are 0.75 loads per FMA; eight heads in one tile of 8 columns took 1.125 and left
   // MLA's values (16 heads) waiting on loads.
-  int64_t h0 = 0;
-  for (; h0 + 4 <= a.g; h0 += 4) ValueHeads<4, Rows>(a, h0);
-  switch (a.g - h0) {
-    case 3:
-      ValueHeads<3, Rows>(a, h0);
-      break;
-    case 2:
-      ValueHeads<2, Rows>(a, h0);
-      break;
-    case 1:
-      ValueHeads<1, Rows>(a, h0);
-      break;
-    default:
-      break;
-  }
+  ByFourHeads(a.g, [&](auto heads, int64_t h0) { ValueHeads<heads(), Rows>(a, h0); });
 }
 
 // e^x for 8 lanes: decode_kernels_x86.cc's Exp16 step for step (clamp, n = round(x·log2 e),

@@ -59,7 +59,10 @@ std::vector<float> TwoPasses(Model& model, Comm& comm, int shift) {
 
 TEST(DataParallelAttentionTest, MatchesOneRankWhoeverOwnsEachSequence) {
   Comm& comm = TestComm();
-  const std::string dir = absl::StrCat(::testing::TempDir(), "/dp_attention_mla");
+  // One directory per rank count: ctest runs the np2, np3 and np4 jobs side by side, and one
+  // job's rank 0 removing the model another job was reading made that job's rank 0 leave the
+  // test early while its other ranks waited in AgreeOnStatus below.
+  const std::string dir = absl::StrCat(::testing::TempDir(), "/dp_attention_mla_np", comm.size());
   absl::Status made;
   if (comm.rank() == 0) {
     std::filesystem::remove_all(dir);
