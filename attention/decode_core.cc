@@ -104,16 +104,15 @@ void ExpPortable(const float* x, int64_t n, float* y) {
   for (int64_t i = 0; i < n; ++i) y[i] = std::exp(x[i]);
 }
 
+// The best kernel set at or below `isa` that exists and the CPU runs.
+DecodeKernels KernelsAtOrBelow(Isa isa) {
+  if (isa == Isa::kAvx512 && Cpu().avx512) return Avx512Kernels();
+  if (isa != Isa::kPortable && Cpu().avx2_fma) return Avx2Kernels();
+  return PortableKernels();
+}
+
 DecodeKernels& ActiveKernels() {
-  static DecodeKernels kernels = [] {
-    DecodeKernels k = PortableKernels();
-    if (Cpu().avx512) {
-      k = Avx512Kernels();
-    } else if (Cpu().avx2_fma) {
-      k = Avx2Kernels();
-    }
-    return k;
-  }();
+  static DecodeKernels kernels = KernelsAtOrBelow(BestIsa());
   return kernels;
 }
 
@@ -514,15 +513,7 @@ DecodeKernels PortableKernels() {
           "portable"};
 }
 
-void SetDecodeIsa(Isa isa) {
-  if (isa == Isa::kAvx512 && Cpu().avx512) {
-    ActiveKernels() = Avx512Kernels();
-  } else if (isa != Isa::kPortable && Cpu().avx2_fma) {
-    ActiveKernels() = Avx2Kernels();
-  } else {
-    ActiveKernels() = PortableKernels();
-  }
-}
+void SetDecodeIsa(Isa isa) { ActiveKernels() = KernelsAtOrBelow(isa); }
 
 void DecodeAttentionReserve(int64_t h_q, int64_t v_len, int64_t groups, int64_t q_len) {
   const int64_t qt_floats = std::max(LaneQueryFloats(groups, h_q / groups, q_len),

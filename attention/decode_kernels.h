@@ -127,6 +127,15 @@ struct DecodeKernels {
 // use.
 inline constexpr double kExpUlps = 4.0;
 
+// The scale of segment `seg` of an int8 row: KvRowFormat::Scale with the builtin memcpy, for
+// the SIMD builds, where only intrinsics and plain arithmetic may be inlined into the
+// functions with target attributes (decode_kernels_x86.cc, top).
+inline float RowScale(const unsigned char* row, int64_t scale_off, int64_t seg) {
+  float s;
+  __builtin_memcpy(&s, row + scale_off + seg * 4, sizeof(s));
+  return s;
+}
+
 DecodeKernels PortableKernels();
 // AVX-512 kernels; only call when Cpu().avx512 (kernels/cpu.h). On a build for
 // another architecture they are the portable ones.

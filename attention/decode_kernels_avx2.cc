@@ -28,6 +28,12 @@
 namespace shardlm::attention_internal {
 namespace {
 
+// The lanes l < n of 8 (all for n ≥ 8), for vmaskmovps.
+SHARDLM_TARGET_AVX2 inline __m256i FirstLanes(int64_t n) {
+  return _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(n < 8 ? n : 8)),
+                            _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+
 // How a kernel loads 8 consecutive values of a row (kv_cache.h: KvRowFormat) as fp32: f32 as
 // they are, bf16 widened (exact), int8 converted (exact) and then multiplied by the part's
 // scale by the caller (kScaled). Load(p, n): the first n < 8 values, the other lanes 0.
@@ -38,9 +44,7 @@ struct F32Rows {
     return _mm256_loadu_ps(reinterpret_cast<const float*>(p));
   }
   SHARDLM_TARGET_AVX2 static __m256 Load(const unsigned char* p, int64_t n) {
-    const __m256i m = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(n)),
-                                         _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-    return _mm256_maskload_ps(reinterpret_cast<const float*>(p), m);
+    return _mm256_maskload_ps(reinterpret_cast<const float*>(p), FirstLanes(n));
   }
 };
 struct Bf16Rows {
@@ -74,13 +78,6 @@ struct Int8Rows {
   }
 };
 
-// The scale of segment `seg` of an int8 row (KvRowFormat::Scale, with the builtin memcpy).
-inline float RowScale(const unsigned char* row, int64_t scale_off, int64_t seg) {
-  float s;
-  __builtin_memcpy(&s, row + scale_off + seg * 4, sizeof(s));
-  return s;
-}
-
 // Requests [p, p + bytes) line by line (RowsAhead: into L1 or L2).
 inline void PrefetchPart(const RowsAhead& ahead, const unsigned char* p, int64_t bytes) {
   for (int64_t b = 0; b < bytes; b += 64) {
@@ -113,8 +110,30 @@ SHARDLM_TARGET_AVX2 inline __m256 ReduceAdd8x8(const __m256 (&v)[8]) {
   return _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20), _mm256_permute2f128_ps(u0, u1, 0x31));
 }
 
-// acc[r][h] += rows[r][off, off + len) ⊙ q_h[0, len), 8 lanes at a time, for an R × H tile; an
-// int8 part is multiplied by its scale as loaded. Each row vector is loaded once for H heads.
+// acc[r][h] += rows[r][k, k + n) ⊙ q_h[0, n), n = 8 (kFull) or n < 8 (the other lanes +0), for
+// an R × H tile; an int8 part is multiplied by its row's scale as loaded. Each row vector is
+// loaded once for H heads.
+template <int R, int H, typename Rows, bool kFull>
+__attribute__((always_inline)) SHARDLM_TARGET_AVX2 inline void DotStep(
+    __m256 (&acc)[R][H], const unsigned char* const* rows, int64_t k, int64_t n,
+    const __m256 (&scale)[R], const float* q, int64_t q_head) {
+  __m256 x[R];
+#pragma GCC unroll 4
+  for (int r = 0; r < R; ++r) {
+    const unsigned char* p = rows[r] + k * Rows::kBytes;
+    x[r] = kFull ? Rows::Load(p) : Rows::Load(p, n);
+    if constexpr (Rows::kScaled) x[r] = _mm256_mul_ps(x[r], scale[r]);
+  }
+#pragma GCC unroll 4
+  for (int h = 0; h < H; ++h) {
+    const float* qh = q + h * q_head;
+    const __m256 qv = kFull ? _mm256_loadu_ps(qh) : _mm256_maskload_ps(qh, FirstLanes(n));
+#pragma GCC unroll 4
+    for (int r = 0; r < R; ++r) acc[r][h] = _mm256_fmadd_ps(x[r], qv, acc[r][h]);
+  }
+}
+
+// acc[r][h] += rows[r][off, off + len) ⊙ q_h[0, len), 8 lanes at a time (DotStep).
 template <int R, int H, typename Rows>
 SHARDLM_TARGET_AVX2 inline void DotPart(__m256 (&acc)[R][H], const unsigned char* const* rows,
                                         int64_t off, int64_t len, int64_t scale_off, int64_t seg,
@@ -126,36 +145,9 @@ SHARDLM_TARGET_AVX2 inline void DotPart(__m256 (&acc)[R][H], const unsigned char
         Rows::kScaled ? _mm256_set1_ps(RowScale(rows[r], scale_off, seg)) : _mm256_setzero_ps();
   }
   int64_t k = 0;
-  for (; k + 8 <= len; k += 8) {
-    __m256 x[R];
-#pragma GCC unroll 4
-    for (int r = 0; r < R; ++r) {
-      x[r] = Rows::Load(rows[r] + (off + k) * Rows::kBytes);
-      if constexpr (Rows::kScaled) x[r] = _mm256_mul_ps(x[r], scale[r]);
-    }
-#pragma GCC unroll 4
-    for (int h = 0; h < H; ++h) {
-      const __m256 qv = _mm256_loadu_ps(q + h * q_head + k);
-#pragma GCC unroll 4
-      for (int r = 0; r < R; ++r) acc[r][h] = _mm256_fmadd_ps(x[r], qv, acc[r][h]);
-    }
-  }
-  if (k < len) {
-    const int64_t n = len - k;
-    __m256 x[R];
-#pragma GCC unroll 4
-    for (int r = 0; r < R; ++r) {
-      x[r] = Rows::Load(rows[r] + (off + k) * Rows::kBytes, n);
-      if constexpr (Rows::kScaled) x[r] = _mm256_mul_ps(x[r], scale[r]);
-    }
-#pragma GCC unroll 4
-    for (int h = 0; h < H; ++h) {
-      const __m256 qv =
-          F32Rows::Load(reinterpret_cast<const unsigned char*>(q + h * q_head + k), n);
-#pragma GCC unroll 4
-      for (int r = 0; r < R; ++r) acc[r][h] = _mm256_fmadd_ps(x[r], qv, acc[r][h]);
-    }
-  }
+  for (; k + 8 <= len; k += 8)
+    DotStep<R, H, Rows, true>(acc, rows, off + k, 8, scale, q + k, q_head);
+  if (k < len) DotStep<R, H, Rows, false>(acc, rows, off + k, len - k, scale, q + k, q_head);
 }
 
 // Scores of rows [r0, r0 + R) for heads [h0, h0 + H), R·H ≤ 8: the tile's accumulators are
@@ -320,8 +312,7 @@ SHARDLM_TARGET_AVX2 void LaneScoresAvx2(const ScoreArgs& a) {
 // an int8 row's scale is folded into the row's weights (p · s, one rounding).
 template <int H, int NC, typename Rows>
 SHARDLM_TARGET_AVX2 inline void ValueTile(const ValueArgs& a, int64_t c, int64_t last, int64_t h0) {
-  const __m256i tail = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(last)),
-                                          _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+  const __m256i tail = FirstLanes(last);
   __m256 acc[H][NC];
 #pragma GCC unroll 8
   for (int h = 0; h < H; ++h) {
@@ -421,8 +412,7 @@ SHARDLM_TARGET_AVX2 void ExpAvx2(const float* x, int64_t n, float* y) {
   int64_t i = 0;
   for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, Exp8(_mm256_loadu_ps(x + i)));
   if (i < n) {
-    const __m256i m = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(n - i)),
-                                         _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    const __m256i m = FirstLanes(n - i);
     _mm256_maskstore_ps(y + i, m, Exp8(_mm256_maskload_ps(x + i, m)));
   }
 }
@@ -447,14 +437,13 @@ SHARDLM_TARGET_AVX2 void SoftmaxAvx2(const SoftmaxArgs& a) {
   const int64_t nv = (a.nb + 7) / 8;
   const __m256 scale = _mm256_set1_ps(a.scale);
   const __m256 neg_inf = _mm256_set1_ps(-__builtin_inff());
-  const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
   for (int64_t h = 0; h < a.g; ++h) {
     float* sc = a.scores + h * a.block;
     __m256 s[kLongBlock / 8];
     __m256i in[kLongBlock / 8];
     __m256 lane_max = neg_inf;
     for (int64_t v = 0; v < nv; ++v) {
-      in[v] = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(a.nb - 8 * v)), lane);
+      in[v] = FirstLanes(a.nb - 8 * v);
       s[v] = _mm256_blendv_ps(neg_inf, _mm256_mul_ps(_mm256_maskload_ps(sc + 8 * v, in[v]), scale),
                               _mm256_castsi256_ps(in[v]));
       lane_max = _mm256_max_ps(lane_max, s[v]);

@@ -108,14 +108,6 @@ SHARDLM_TARGET_AVX512 inline const unsigned char* RowAhead(const RowsAhead& ahea
 template <typename Rows>
 inline constexpr int64_t kVectorsPerLine = 64 / (16 * Rows::kBytes);
 
-// The scale of segment `seg` of an int8 row: KvRowFormat::Scale with the builtin memcpy, as
-// only intrinsics and plain arithmetic may be inlined into the attributed functions (top).
-inline float RowScale(const unsigned char* row, int64_t scale_off, int64_t seg) {
-  float s;
-  __builtin_memcpy(&s, row + scale_off + seg * 4, sizeof(s));
-  return s;
-}
-
 // acc[r][h] += rows[r][off, off + len) ⊙ q_h[0, len), lane-wise, for an R × H tile.
 // Each row vector is loaded once for H heads and each query vector once for R rows.
 // Where `ahead` is not null, the same lines of ahead[r] are requested beside row r's
