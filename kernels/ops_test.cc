@@ -6,7 +6,6 @@
 #include <cstdint>
 #include <iterator>
 #include <limits>
-#include <tuple>
 #include <vector>
 
 #include "base/half.h"
@@ -229,6 +228,18 @@ std::vector<float> SiluInputs(Rng& rng, int64_t count) {
   return g;
 }
 
+// SiluMul's SIMD paths that this CPU runs (ops.h), by name.
+struct SiluPath {
+  const char* name;
+  void (*fn)(float*, const float*, int64_t);
+};
+std::vector<SiluPath> SimdSiluPaths() {
+  std::vector<SiluPath> paths;
+  if (Cpu().avx512) paths.push_back({"avx512", &SiluMulAvx512});
+  if (Cpu().avx2_fma) paths.push_back({"avx2", &SiluMulAvx2});
+  return paths;
+}
+
 // The AVX-512 and AVX2 paths give the portable path's bits at every length (their masked
 // tails included), and all follow SiluMulNaive.
 TEST(OpsTest, SiluMulPathsGiveTheSameBitsAndFollowNaive) {
@@ -251,14 +262,7 @@ TEST(OpsTest, SiluMulPathsGiveTheSameBitsAndFollowNaive) {
       }
     }
     EXPECT_EQ(portable[count], kGuard);
-    struct Path {
-      const char* name;
-      bool available;
-      void (*fn)(float*, const float*, int64_t);
-    };
-    for (const Path& path : {Path{"avx512", Cpu().avx512, &SiluMulAvx512},
-                             Path{"avx2", Cpu().avx2_fma, &SiluMulAvx2}}) {
-      if (!path.available) continue;
+    for (const SiluPath& path : SimdSiluPaths()) {
       std::vector<float> fast = g;
       fast.push_back(kGuard);
       path.fn(fast.data(), u.data(), count);
@@ -285,14 +289,12 @@ TEST(OpsTest, SiluMulPathsAgreeWhereExpUnderflowsAndOverflows) {
   const std::vector<float> u(g.size(), 1.5f);
   std::vector<float> portable = g;
   SiluMulPortable(portable.data(), u.data(), count);
-  for (const auto& [name, available, fn] : {std::tuple{"avx512", Cpu().avx512, &SiluMulAvx512},
-                                            std::tuple{"avx2", Cpu().avx2_fma, &SiluMulAvx2}}) {
-    if (!available) continue;
+  for (const SiluPath& path : SimdSiluPaths()) {
     std::vector<float> fast = g;
-    fn(fast.data(), u.data(), count);
+    path.fn(fast.data(), u.data(), count);
     for (int64_t i = 0; i < count; ++i) {
       ASSERT_EQ(std::bit_cast<uint32_t>(fast[i]), std::bit_cast<uint32_t>(portable[i]))
-          << name << " g " << g[i];
+          << path.name << " g " << g[i];
     }
   }
 }
