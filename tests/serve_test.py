@@ -386,7 +386,9 @@ class Serve(unittest.TestCase):
             server.stop()
 
     def test_sigterm_drains_then_cuts(self):
-        for drain, max_tokens, reason in (("30", 300, "length"), ("0.3", 1900, "abort")):
+        # The long drain is a bound, not a wait: 300 tokens of the slow model took over 30 s
+        # under ASan while other tests ran (a CI failure), so it is 10 minutes.
+        for drain, max_tokens, reason in (("600", 300, "length"), ("0.3", 1900, "abort")):
             server = Server(slow_model(), 0, "--drain-seconds", drain)
             proc = self.start_stream(server, max_tokens)
             server.proc.send_signal(signal.SIGTERM)
@@ -409,7 +411,9 @@ class Serve(unittest.TestCase):
         # launch/shardlm-run at 2 ranks: Ctrl-C (SIGINT to the terminal's process group) drains
         # the running request to its end, and the job then exits 0 at once. mpirun handling the
         # signal itself would instead cut the drain, or sleep its SIGKILL timeout once per rank.
-        server = Server(slow_model(), 2, "--drain-seconds", "30", run_script=True)
+        # The drain is a bound, not a wait (300 tokens at 2 ranks took over 30 s under ASan in
+        # a loaded CI run and were cut).
+        server = Server(slow_model(), 2, "--drain-seconds", "600", run_script=True)
         proc = self.start_stream(server, 300)
         os.killpg(server.proc.pid, signal.SIGINT)
         out = proc.stdout.read()
