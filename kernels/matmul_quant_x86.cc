@@ -513,7 +513,14 @@ struct QuantAvx2 {
 
   template <DType kFormat, int kR, int kC, int kCStride, PrefetchPlan kPlan>
   SHARDLM_TARGET_Q256 static void PlannedTile(const QTileArgs& t) {
-    for (int ch = 0; ch < t.chunks; ++ch) {
+    int ch = 0;
+    if constexpr (!kVnni && kFormat == DType::kQ4_0 && kR == 2 && kC == 4 &&
+                  kPlan == kPrefetchNone) {
+      const int full = t.chunks - (t.last_blocks < 16 ? 1 : 0);
+      if (full > 0 && t.first_block) FullChunkQ4<kCStride, true>(t, ch++);
+      for (; ch < full; ++ch) FullChunkQ4<kCStride, false>(t, ch);
+    }
+    for (; ch < t.chunks; ++ch) {
       const int64_t m = ch == t.chunks - 1 ? t.last_blocks : 16;
       for (int h = 0; h < 2; ++h) {
         const int mh = static_cast<int>(std::clamp<int64_t>(m - 8 * h, 0, 8));
@@ -544,6 +551,97 @@ struct QuantAvx2 {
       }
     }
   }
+
+  // Q4_0 in a 2 × 4 tile without VNNI, one whole chunk (16 blocks), where the tile does not
+  // prefetch (several row blocks: n > 2): Half's operations in Half's order, so the same bits,
+  // with each half's 16-bit sums in Q4Sums2x4's assembly. Half's intrinsics ran at 0.65–0.72
+  // `vpmaddubsw` a cycle from L1 on a Zen 3 core (GCC kept the sums' array on the stack between
+  // its paths, and interleaved the loads and unpacking across columns against the order
+  // written); this runs at 0.85–0.89, where `vpmaddubsw` and the fold's multiplies share two
+  // pipes (about 1.1 a cycle at most). At n ≤ 2 the tile streams W from memory with its own
+  // prefetches, and there this body was 5–18% slower than Half's, so those tiles keep Half.
+  // The chunk's scales are loaded first: their own stream, away from the quants.
+  template <int kCStride, bool kZero>
+  __attribute__((always_inline)) SHARDLM_TARGET_Q256 static inline void FullChunkQ4(
+      const QTileArgs& t, int ch) {
+    const int64_t ws = t.w_stride, xs = t.x_stride;
+    const uint8_t* wq = t.w + WChunkOffset(DType::kQ4_0, t.chunk0 + ch);
+    const uint8_t* xc = t.x + ch * kQxChunkBytes;
+    const __m256i low = _mm256_set1_epi8(0x0f), ones = _mm256_set1_epi16(1);
+    __m256i sbits[4];  // the 16 f16 scales of each row's chunk
+#pragma GCC unroll 4
+    for (int c = 0; c < 4; ++c) {
+      sbits[c] = _mm256_loadu_si256(
+          reinterpret_cast<const __m256i*>(t.w + c * ws + t.scale_offset + 32 * (t.chunk0 + ch)));
+    }
+#pragma GCC unroll 2
+    for (int h = 0; h < 2; ++h) {
+      __m256i s[2][4];
+#pragma GCC unroll 2
+      for (int r = 0; r < 2; ++r) {
+#pragma GCC unroll 4
+        for (int c = 0; c < 4; ++c) s[r][c] = _mm256_setzero_si256();
+      }
+      Q4Sums2x4(wq + 32 * h, ws, xc + 32 * h, xs, low, s);
+#pragma GCC unroll 4
+      for (int c = 0; c < 4; ++c) {
+        const __m256 dw = _mm256_cvtph_ps(h == 0 ? _mm256_castsi256_si128(sbits[c])
+                                                 : _mm256_extracti128_si256(sbits[c], 1));
+#pragma GCC unroll 2
+        for (int r = 0; r < 2; ++r) {
+          const uint8_t* xr = xc + r * xs + 32 * h;
+          const __m256 dx = _mm256_load_ps(reinterpret_cast<const float*>(xr + 512));
+          const __m256i i32 =
+              _mm256_sub_epi32(_mm256_madd_epi16(s[r][c], ones),
+                               _mm256_load_si256(reinterpret_cast<const __m256i*>(xr + 576)));
+          float* acc = t.acc + (r * kCStride + c) * 16 + 8 * h;
+          const __m256 sum = kZero ? _mm256_setzero_ps() : _mm256_load_ps(acc);
+          _mm256_store_ps(acc,
+                          _mm256_fmadd_ps(_mm256_cvtepi32_ps(i32), _mm256_mul_ps(dw, dx), sum));
+        }
+      }
+    }
+  }
+
+  // Q4_0's 16-bit sums s[r][c] += in a 2 × 4 tile over one half of a whole chunk (weight
+  // vectors 64 bytes apart; w0 and x0 at the half's first bytes), Half's loop written out: for
+  // each group g of two vectors and each column c, one weight load and its two nibbles, then
+  // for each row s += maddubs(low, x vector 2g) and s += maddubs(high, x vector 2g + 1), the x
+  // vectors as memory operands. (x vectors in registers, loaded once for the four columns,
+  // measured the same.)
+  // clang-format off
+#define SHARDLM_Q4_PAIR(X0, X1, A)                      \
+  "vpmaddubsw " X0 ", %%ymm12, %%ymm14\n\t"             \
+  "vpaddw %%ymm14, %[" A "], %[" A "]\n\t"              \
+  "vpmaddubsw " X1 ", %%ymm13, %%ymm15\n\t"             \
+  "vpaddw %%ymm15, %[" A "], %[" A "]\n\t"
+#define SHARDLM_Q4_COL(W, XD0, XD1, A0, A1)             \
+  "vmovdqu " W ", %%ymm12\n\t"                          \
+  "vpsrlw $4, %%ymm12, %%ymm13\n\t"                     \
+  "vpand %[low], %%ymm12, %%ymm12\n\t"                  \
+  "vpand %[low], %%ymm13, %%ymm13\n\t"                  \
+  SHARDLM_Q4_PAIR(XD0 "(%[x0])", XD1 "(%[x0])", A0)     \
+  SHARDLM_Q4_PAIR(XD0 "(%[x0],%[xs])", XD1 "(%[x0],%[xs])", A1)
+#define SHARDLM_Q4_G(WD, XD0, XD1)                             \
+  SHARDLM_Q4_COL(WD "(%[w0])", XD0, XD1, "s00", "s10")         \
+  SHARDLM_Q4_COL(WD "(%[w1])", XD0, XD1, "s01", "s11")         \
+  SHARDLM_Q4_COL(WD "(%[w0],%[ws],2)", XD0, XD1, "s02", "s12") \
+  SHARDLM_Q4_COL(WD "(%[w1],%[ws],2)", XD0, XD1, "s03", "s13")
+  // clang-format on
+  __attribute__((always_inline)) SHARDLM_TARGET_Q256 static inline void Q4Sums2x4(
+      const uint8_t* w0, int64_t ws, const uint8_t* x0, int64_t xs, __m256i low,
+      __m256i (&s)[2][4]) {
+    const uint8_t* w1 = w0 + ws;
+    asm(SHARDLM_Q4_G("0", "0", "64") SHARDLM_Q4_G("64", "128", "192")
+            SHARDLM_Q4_G("128", "256", "320") SHARDLM_Q4_G("192", "384", "448")
+        : [s00] "+x"(s[0][0]), [s01] "+x"(s[0][1]), [s02] "+x"(s[0][2]), [s03] "+x"(s[0][3]),
+          [s10] "+x"(s[1][0]), [s11] "+x"(s[1][1]), [s12] "+x"(s[1][2]), [s13] "+x"(s[1][3])
+        : [w0] "r"(w0), [w1] "r"(w1), [ws] "r"(ws), [x0] "r"(x0), [xs] "r"(xs), [low] "x"(low)
+        : "xmm12", "xmm13", "xmm14", "xmm15", "memory");
+  }
+#undef SHARDLM_Q4_G
+#undef SHARDLM_Q4_COL
+#undef SHARDLM_Q4_PAIR
 
   // With kPrefetchByArgs, half 0 of each chunk requests the chunk's lines of the pair ahead
   // (QTileArgs' offsets; both halves share each 64-byte line), and chunk 0 their scales.
