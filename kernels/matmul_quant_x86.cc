@@ -514,11 +514,11 @@ struct QuantAvx2 {
   template <DType kFormat, int kR, int kC, int kCStride, PrefetchPlan kPlan>
   SHARDLM_TARGET_Q256 static void PlannedTile(const QTileArgs& t) {
     int ch = 0;
-    if constexpr (!kVnni && kFormat == DType::kQ4_0 && kR == 2 && kC == 4 &&
+    if constexpr (!kVnni && kR == 2 && kC == (kFormat == DType::kQ4_0 ? 4 : 2) &&
                   kPlan == kPrefetchNone) {
       const int full = t.chunks - (t.last_blocks < 16 ? 1 : 0);
-      if (full > 0 && t.first_block) FullChunkQ4<kCStride, true>(t, ch++);
-      for (; ch < full; ++ch) FullChunkQ4<kCStride, false>(t, ch);
+      if (full > 0 && t.first_block) FullChunk<kFormat, kCStride, true>(t, ch++);
+      for (; ch < full; ++ch) FullChunk<kFormat, kCStride, false>(t, ch);
     }
     for (; ch < t.chunks; ++ch) {
       const int64_t m = ch == t.chunks - 1 ? t.last_blocks : 16;
@@ -552,48 +552,62 @@ struct QuantAvx2 {
     }
   }
 
-  // Q4_0 in a 2 × 4 tile without VNNI, one whole chunk (16 blocks), where the tile does not
-  // prefetch (several row blocks: n > 2): Half's operations in Half's order, so the same bits,
-  // with each half's 16-bit sums in Q4Sums2x4's assembly. Half's intrinsics ran at 0.65–0.72
-  // `vpmaddubsw` a cycle from L1 on a Zen 3 core (GCC kept the sums' array on the stack between
-  // its paths, and interleaved the loads and unpacking across columns against the order
-  // written); this runs at 0.85–0.89, where `vpmaddubsw` and the fold's multiplies share two
-  // pipes (about 1.1 a cycle at most). At n ≤ 2 the tile streams W from memory with its own
-  // prefetches, and there this body was 5–18% slower than Half's, so those tiles keep Half.
-  // The chunk's scales are loaded first: their own stream, away from the quants.
-  template <int kCStride, bool kZero>
-  __attribute__((always_inline)) SHARDLM_TARGET_Q256 static inline void FullChunkQ4(
+  // Without VNNI, one whole chunk (16 blocks) of a Q4_0 2 × 4 or Q8_0 2 × 2 tile where the tile
+  // does not prefetch (several row blocks: n > 2): Half's operations, so the same bits (the
+  // sums are exact integers), with each half's sums in one block of assembly (Q4Sums2x4,
+  // Q8Sums2x2) and the fold in registers. From L1 on a Zen 3 core, Half's intrinsics ran Q4_0
+  // at 0.65–0.72 `vpmaddubsw` a cycle and Q8_0 at 0.27 (GCC kept the sums' array on the stack
+  // between its paths, and interleaved loads and unpacking across columns against the order
+  // written); these run at 0.85–0.89 and 0.40–0.48. There `vpmaddubsw`, `vpsrlw`, `vpsignb`,
+  // `vpmaddwd` and the fold's multiplies share two pipes: at most about 1.1 and 0.67 a cycle.
+  // At n ≤ 2 the tile streams W from memory with its own prefetches, and there the Q4_0 body
+  // was 5–18% slower than Half's, so those tiles keep Half. The chunk's scales are loaded
+  // first: they are their own stream, away from the quants.
+  template <DType kFormat, int kCStride, bool kZero>
+  __attribute__((always_inline)) SHARDLM_TARGET_Q256 static inline void FullChunk(
       const QTileArgs& t, int ch) {
+    constexpr int kC = kFormat == DType::kQ4_0 ? 4 : 2;
     const int64_t ws = t.w_stride, xs = t.x_stride;
-    const uint8_t* wq = t.w + WChunkOffset(DType::kQ4_0, t.chunk0 + ch);
+    const uint8_t* wq = t.w + WChunkOffset(kFormat, t.chunk0 + ch);
     const uint8_t* xc = t.x + ch * kQxChunkBytes;
-    const __m256i low = _mm256_set1_epi8(0x0f), ones = _mm256_set1_epi16(1);
-    __m256i sbits[4];  // the 16 f16 scales of each row's chunk
+    const __m256i ones = _mm256_set1_epi16(1);
+    __m256i sbits[kC];  // the 16 f16 scales of each row's chunk
 #pragma GCC unroll 4
-    for (int c = 0; c < 4; ++c) {
+    for (int c = 0; c < kC; ++c) {
       sbits[c] = _mm256_loadu_si256(
           reinterpret_cast<const __m256i*>(t.w + c * ws + t.scale_offset + 32 * (t.chunk0 + ch)));
     }
 #pragma GCC unroll 2
     for (int h = 0; h < 2; ++h) {
-      __m256i s[2][4];
+      __m256i s[2][kC];
 #pragma GCC unroll 2
       for (int r = 0; r < 2; ++r) {
 #pragma GCC unroll 4
-        for (int c = 0; c < 4; ++c) s[r][c] = _mm256_setzero_si256();
+        for (int c = 0; c < kC; ++c) s[r][c] = _mm256_setzero_si256();
       }
-      Q4Sums2x4(wq + 32 * h, ws, xc + 32 * h, xs, low, s);
+      if constexpr (kFormat == DType::kQ4_0) {
+        Q4Sums2x4(wq + 32 * h, ws, xc + 32 * h, xs, _mm256_set1_epi8(0x0f), s);
+#pragma GCC unroll 2
+        for (int r = 0; r < 2; ++r) {
 #pragma GCC unroll 4
-      for (int c = 0; c < 4; ++c) {
+          for (int c = 0; c < kC; ++c) {
+            s[r][c] = _mm256_sub_epi32(
+                _mm256_madd_epi16(s[r][c], ones),
+                _mm256_load_si256(reinterpret_cast<const __m256i*>(xc + r * xs + 576 + 32 * h)));
+          }
+        }
+      } else {
+        Q8Sums2x2(wq + 32 * h, ws, xc + 32 * h, xs, ones, s);
+      }
+#pragma GCC unroll 4
+      for (int c = 0; c < kC; ++c) {
         const __m256 dw = _mm256_cvtph_ps(h == 0 ? _mm256_castsi256_si128(sbits[c])
                                                  : _mm256_extracti128_si256(sbits[c], 1));
 #pragma GCC unroll 2
         for (int r = 0; r < 2; ++r) {
           const uint8_t* xr = xc + r * xs + 32 * h;
           const __m256 dx = _mm256_load_ps(reinterpret_cast<const float*>(xr + 512));
-          const __m256i i32 =
-              _mm256_sub_epi32(_mm256_madd_epi16(s[r][c], ones),
-                               _mm256_load_si256(reinterpret_cast<const __m256i*>(xr + 576)));
+          const __m256i i32 = s[r][c];
           float* acc = t.acc + (r * kCStride + c) * 16 + 8 * h;
           const __m256 sum = kZero ? _mm256_setzero_ps() : _mm256_load_ps(acc);
           _mm256_store_ps(acc,
@@ -642,6 +656,43 @@ struct QuantAvx2 {
 #undef SHARDLM_Q4_G
 #undef SHARDLM_Q4_COL
 #undef SHARDLM_Q4_PAIR
+
+  // Q8_0's int32 sums s[r][c] += in a 2 × 2 tile over one half of a whole chunk, Half's Q8_0
+  // loop written out: per vector v the two columns' q = stored byte ^ 0x80 and |q|, the two
+  // rows' x vectors, then for each (row, column) vpmaddwd(vpmaddubsw(|q|, sign(x, q)), 1)
+  // added to the sum.
+  // clang-format off
+#define SHARDLM_Q8_DOT(Q, U, X, A)                      \
+  "vpsignb %%ymm" Q ", %%ymm" X ", %%ymm14\n\t"         \
+  "vpmaddubsw %%ymm14, %%ymm" U ", %%ymm14\n\t"         \
+  "vpmaddwd %[ones], %%ymm14, %%ymm14\n\t"              \
+  "vpaddd %%ymm14, %[" A "], %[" A "]\n\t"
+#define SHARDLM_Q8_V(D)                                 \
+  "vmovdqu " D "(%[w0]), %%ymm8\n\t"                    \
+  "vpxor %[bias], %%ymm8, %%ymm8\n\t"                   \
+  "vpabsb %%ymm8, %%ymm9\n\t"                           \
+  "vmovdqu " D "(%[w0],%[ws]), %%ymm10\n\t"             \
+  "vpxor %[bias], %%ymm10, %%ymm10\n\t"                 \
+  "vpabsb %%ymm10, %%ymm11\n\t"                         \
+  "vmovdqa " D "(%[x0]), %%ymm12\n\t"                   \
+  "vmovdqa " D "(%[x0],%[xs]), %%ymm13\n\t"             \
+  SHARDLM_Q8_DOT("8", "9", "12", "s00")                 \
+  SHARDLM_Q8_DOT("10", "11", "12", "s01")               \
+  SHARDLM_Q8_DOT("8", "9", "13", "s10")                 \
+  SHARDLM_Q8_DOT("10", "11", "13", "s11")
+  // clang-format on
+  __attribute__((always_inline)) SHARDLM_TARGET_Q256 static inline void Q8Sums2x2(
+      const uint8_t* w0, int64_t ws, const uint8_t* x0, int64_t xs, __m256i ones,
+      __m256i (&s)[2][2]) {
+    const __m256i bias = _mm256_set1_epi8(static_cast<char>(0x80));
+    asm(SHARDLM_Q8_V("0") SHARDLM_Q8_V("64") SHARDLM_Q8_V("128") SHARDLM_Q8_V("192")
+            SHARDLM_Q8_V("256") SHARDLM_Q8_V("320") SHARDLM_Q8_V("384") SHARDLM_Q8_V("448")
+        : [s00] "+x"(s[0][0]), [s01] "+x"(s[0][1]), [s10] "+x"(s[1][0]), [s11] "+x"(s[1][1])
+        : [w0] "r"(w0), [ws] "r"(ws), [x0] "r"(x0), [xs] "r"(xs), [bias] "x"(bias), [ones] "x"(ones)
+        : "xmm8", "xmm9", "xmm10", "xmm11", "xmm12", "xmm13", "xmm14", "memory");
+  }
+#undef SHARDLM_Q8_V
+#undef SHARDLM_Q8_DOT
 
   // With kPrefetchByArgs, half 0 of each chunk requests the chunk's lines of the pair ahead
   // (QTileArgs' offsets; both halves share each 64-byte line), and chunk 0 their scales.
