@@ -444,8 +444,8 @@ TEST(DecodeCoreTest, LaneScoresAreOneFmaChainPerScore) {
 // lanes past it; then ((e0 + e1) + (e2 + e3)) + ((e4 + e5) + (e6 + e7)). A value sum: the
 // rescale (one product), then one FMA per row in row order, an int8 row's weight p·s rounded
 // first. For every format, head counts around the 4-head tile, parts that end inside a vector,
-// row counts around the tile height, value widths around the 16-column tile, with rows to
-// prefetch or not; nothing past the g heads, nb rows and v_len columns is written.
+// row counts around the tile heights, value widths around the 24- and 16-column tiles, with
+// rows to prefetch or not; nothing past the g heads, nb rows and v_len columns is written.
 TEST(DecodeCoreTest, Avx2ScoresAndValuesAreTheirChains) {
   if (!Cpu().avx2_fma) GTEST_SKIP() << "no AVX2 + FMA on this CPU";
   const attention_internal::DecodeKernels k = attention_internal::Avx2Kernels();
@@ -512,8 +512,14 @@ TEST(DecodeCoreTest, Avx2ScoresAndValuesAreTheirChains) {
               ASSERT_EQ(std::bit_cast<uint32_t>(got), std::bit_cast<uint32_t>(want)) << where;
             }
           }
-          // Values: the a part's first v_len elements (v_len ≤ a_len), weights in (0, 1].
-          for (const int64_t v_len : {a_len, std::min<int64_t>(a_len, 8), a_len - 1}) {
+          // Values: the a part's first v_len elements (v_len ≤ a_len), weights in (0, 1], with
+          // the values said to be in L1 (wider tiles) or not.
+          for (const auto& [v_len, cached] : {std::pair{a_len, false},
+                                              {a_len, true},
+                                              {std::min<int64_t>(a_len, 8), true},
+                                              {a_len - 1, false},
+                                              {a_len - 1, true},
+                                              {a_len - 8, true}}) {
             if (v_len <= 0) continue;
             const int64_t acc_head = v_len + 3;
             std::vector<float> p(static_cast<size_t>(g * block)), alpha(g);
@@ -534,14 +540,15 @@ TEST(DecodeCoreTest, Avx2ScoresAndValuesAreTheirChains) {
             va.g = g;
             va.acc = acc.data();
             va.acc_head = acc_head;
+            va.values_cached = cached;
             va.ahead = a.ahead;
             k.values[static_cast<int>(dtype)](va);
             for (int64_t h = 0; h < g; ++h) {
               for (int64_t c = 0; c < acc_head; ++c) {
                 const float got = acc[h * acc_head + c];
                 const std::string where =
-                    absl::StrFormat("%s g %d v_len %d nb %d: head %d column %d", KvDTypeName(dtype),
-                                    g, v_len, nb, h, c);
+                    absl::StrFormat("%s g %d v_len %d cached %d nb %d: head %d column %d",
+                                    KvDTypeName(dtype), g, v_len, cached, nb, h, c);
                 if (c >= v_len) {
                   ASSERT_EQ(got, acc0[h * acc_head + c]) << where;
                   continue;

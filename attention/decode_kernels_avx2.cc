@@ -13,8 +13,11 @@
 // then its 8 lanes added in one fixed tree; so a score's bits depend on nothing but its own
 // row and query. With 16 or more heads per group the scores come with the heads in lanes
 // instead (LaneScoresAvx2: the AVX-512 lane scores' bits). Values: as ValueTile in
-// decode_kernels_x86.cc, 8 lanes wide, four heads per tile. Exp8 is the AVX-512 build's Exp16
-// with 2^n applied by two exact-range products (AVX2 has no vscalefps): the same bits.
+// decode_kernels_x86.cc, 8 lanes wide, four heads × 24 columns per tile. The FMAs of the lane
+// scores and values are one asm statement each, so that every sum stays in its own register
+// (see LaneStep); they are the same single-rounding FMAs, in the same order. Exp8 is the AVX-512
+// build's Exp16 with 2^n applied by two exact-range products (AVX2 has no vscalefps): the same
+// bits.
 #include <cstdint>
 #include <type_traits>
 
@@ -218,9 +221,14 @@ SHARDLM_TARGET_AVX2 inline void LaneStep(__m256 (&acc)[R][V], const float (&buf)
   asm("" : "+r"(q));  // a register add per element, not an offset per unrolled e
 #pragma GCC unroll 8
   for (int r = 0; r < R; ++r) {
-    const __m256 x = _mm256_broadcast_ss(&buf[r][e]);
+    // One asm statement per FMA, its sum in and out of the same register ("+x"): from the
+    // intrinsics GCC rotated the sums through spare registers (vfmadd132ps and a move per
+    // FMA or two), and a 6 × 2 tile from L2 ran at 64-67% of the FMA peak, against 79-80%.
+    __m256 x;
+    asm("vbroadcastss %1, %0" : "=x"(x) : "m"(buf[r][e]));
 #pragma GCC unroll 2
-    for (int v = 0; v < V; ++v) acc[r][v] = _mm256_fmadd_ps(x, qv[v], acc[r][v]);
+    for (int v = 0; v < V; ++v)
+      asm("vfmadd231ps %2, %1, %0" : "+x"(acc[r][v]) : "x"(x), "x"(qv[v]));
   }
 }
 
@@ -292,9 +300,10 @@ SHARDLM_TARGET_AVX2 void LaneScoreTile(const ScoreArgs& a, int64_t r0, int64_t v
 
 template <int V, typename Rows>
 SHARDLM_TARGET_AVX2 void LaneScoreRows(const ScoreArgs& a, int64_t v0) {
-  constexpr int kRows = V == 1 ? 8 : 4;  // 8 accumulators
+  constexpr int kRows = V == 1 ? 12 : 6;  // 12 accumulators: 8 left the FMAs waiting
   int64_t r0 = 0;
   for (; r0 + kRows <= a.nb; r0 += kRows) LaneScoreTile<kRows, V, Rows>(a, r0, v0);
+  for (; r0 + 4 <= a.nb; r0 += 4) LaneScoreTile<4, V, Rows>(a, r0, v0);
   for (; r0 < a.nb; ++r0) LaneScoreTile<1, V, Rows>(a, r0, v0);
 }
 
@@ -343,9 +352,16 @@ SHARDLM_TARGET_AVX2 inline void ValueTile(const ValueArgs& a, int64_t c, int64_t
     const float s = Rows::kScaled ? RowScale(a.rows[r], a.scale_off, a.v_seg) : 1.0f;
 #pragma GCC unroll 8
     for (int h = 0; h < H; ++h) {
-      const __m256 w = _mm256_set1_ps(Rows::kScaled ? p[h * a.block + r] * s : p[h * a.block + r]);
+      __m256 w;
+      if constexpr (Rows::kScaled) {
+        w = _mm256_set1_ps(p[h * a.block + r] * s);
+      } else {
+        asm("vbroadcastss %1, %0" : "=x"(w) : "m"(p[h * a.block + r]));
+      }
+      // As LaneStep: one asm statement per FMA keeps each sum in its register.
 #pragma GCC unroll 4
-      for (int j = 0; j < NC; ++j) acc[h][j] = _mm256_fmadd_ps(w, v[j], acc[h][j]);
+      for (int j = 0; j < NC; ++j)
+        asm("vfmadd231ps %2, %1, %0" : "+x"(acc[h][j]) : "x"(w), "x"(v[j]));
     }
   }
 #pragma GCC unroll 8
@@ -362,21 +378,28 @@ SHARDLM_TARGET_AVX2 inline void ValueTile(const ValueArgs& a, int64_t c, int64_t
   }
 }
 
-// H ≤ 4 heads, 16 columns per tile (8 chains).
+// H ≤ 4 heads. Values the score pass has just brought into L1 (GTA, the latent families): 24
+// columns per tile (12 chains), then 16 and 8, with a width ending in 8 (as MLA's 512) taking
+// two 16-column tiles for its last 32; from the 6 × 2 lane scores' harness, MLA's values went
+// from 61-71% to 74-81% of the FMA peak. Values from L2 or memory (GQA): 16 columns, one line
+// per row and tile, a stride the L1 prefetcher follows (24 made GQA's 8k step 5-10% slower).
 template <int H, typename Rows>
 SHARDLM_TARGET_AVX2 void ValueHeads(const ValueArgs& a, int64_t h0) {
   static_assert(H <= 4);
-  constexpr int kNC = 2;
   int64_t c = 0;
-  for (; c + 8 * kNC <= a.v_len; c += 8 * kNC) ValueTile<H, kNC, Rows>(a, c, 8, h0);
+  if (a.values_cached) {
+    const int64_t wide = a.v_len % 24 == 8 ? a.v_len - 32 : a.v_len;
+    for (; c + 24 <= wide; c += 24) ValueTile<H, 3, Rows>(a, c, 8, h0);
+  }
+  for (; c + 16 <= a.v_len; c += 16) ValueTile<H, 2, Rows>(a, c, 8, h0);
   for (; c < a.v_len; c += 8) ValueTile<H, 1, Rows>(a, c, a.v_len - c < 8 ? a.v_len - c : 8, h0);
 }
 
 template <typename Rows>
 SHARDLM_TARGET_AVX2 void ValuesAvx2(const ValueArgs& a) {
-  // Four heads at a time, so that a tile's row vectors (two) and weights (four broadcast
-  // loads) are 0.75 loads per FMA; eight heads in one tile of 8 columns took 1.125 and left
-  // MLA's values (16 heads) waiting on loads.
+  // Four heads at a time, so that a tile's row vectors (three) and weights (four broadcast
+  // loads) are 0.58 loads per FMA; eight heads in one tile of 8 columns took 1.125 and left
+  // MLA's values (16 heads) waiting on loads, and 16 columns 0.75.
   ByFourHeads(a.g, [&](auto heads, int64_t h0) { ValueHeads<heads(), Rows>(a, h0); });
 }
 
