@@ -52,9 +52,9 @@ void QuantizeXRowPortable(const float* x, int64_t in, DType format, uint8_t* dst
       chunk[(e / 4) * 64 + 4 * j + e % 4] = static_cast<uint8_t>(q[e]);
       sum += q[e];
     }
-    std::memcpy(chunk + 512 + 4 * j, &d, sizeof(d));
+    std::memcpy(chunk + kQxScaleOffset + 4 * j, &d, sizeof(d));
     const int32_t aux = bias * sum;
-    std::memcpy(chunk + 512 + 64 + 4 * j, &aux, sizeof(aux));
+    std::memcpy(chunk + kQxAuxOffset + 4 * j, &aux, sizeof(aux));
   }
   // Past the last block: quants, scales and aux 0 (from the memset).
 }
@@ -100,7 +100,7 @@ struct QuantPortable {
             uint16_t dw_bits;
             std::memcpy(&dw_bits, wrow + t.scale_offset + 2 * (16 * (t.chunk0 + ch) + j), 2);
             float dx;
-            std::memcpy(&dx, xc + 512 + 4 * j, sizeof(dx));
+            std::memcpy(&dx, xc + kQxScaleOffset + 4 * j, sizeof(dx));
             acc[j] = std::fma(static_cast<float>(s), F16ToF32(dw_bits) * dx, acc[j]);
           }
         }

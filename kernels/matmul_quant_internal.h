@@ -32,7 +32,11 @@
 
 namespace shardlm::matmul_internal {
 
-inline constexpr int64_t kQxChunkBytes = 512 + 16 * 4 + 16 * 4;
+// A quantized-x chunk: the quants at 0, the 16 f32 scales at kQxScaleOffset, the 16 int32 aux
+// values at kQxAuxOffset.
+inline constexpr int64_t kQxScaleOffset = 512;
+inline constexpr int64_t kQxAuxOffset = kQxScaleOffset + 16 * 4;
+inline constexpr int64_t kQxChunkBytes = kQxAuxOffset + 16 * 4;
 inline constexpr int kQChunksPerBlock = 4;
 
 inline int64_t QxRowBytes(int64_t in) {

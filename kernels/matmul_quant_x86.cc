@@ -77,8 +77,8 @@ SHARDLM_TARGET_Q512 void QuantizeXRowAvx512(const float* x, int64_t in, DType fo
       const __m512i g = _mm512_i32gather_epi32(_mm512_add_epi32(idx, _mm512_set1_epi32(v)), natural, 4);
       _mm512_storeu_si512(chunk + 64 * v, g);
     }
-    std::memcpy(chunk + 512, d, sizeof(d));
-    std::memcpy(chunk + 512 + 64, aux, sizeof(aux));
+    std::memcpy(chunk + kQxScaleOffset, d, sizeof(d));
+    std::memcpy(chunk + kQxAuxOffset, aux, sizeof(aux));
   }
 }
 
@@ -135,8 +135,8 @@ SHARDLM_TARGET_Q256 void QuantizeXRowAvx2(const float* x, int64_t in, DType form
 #pragma GCC unroll 8
       for (int e = 0; e < 8; ++e) std::memcpy(chunk + 64 * e + 4 * j, &pieces[e], 4);
     }
-    std::memcpy(chunk + 512 + 4 * j, &d, sizeof(d));
-    std::memcpy(chunk + 512 + 64 + 4 * j, &aux, sizeof(aux));
+    std::memcpy(chunk + kQxScaleOffset + 4 * j, &d, sizeof(d));
+    std::memcpy(chunk + kQxAuxOffset + 4 * j, &aux, sizeof(aux));
   }
 }
 
@@ -300,7 +300,7 @@ struct QuantAvx512Vnni {
     const int64_t pf = t.prefetch_offset, pf2 = t.l2_prefetch_offset;
     const uint8_t* wq = row + WChunkOffset(kFormat, t.chunk0 + ch);
     const uint8_t* xc = t.x + ch * kQxChunkBytes;
-    __m512i even = _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_load_si512(xc + 576));
+    __m512i even = _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_load_si512(xc + kQxAuxOffset));
     __m512i odd = _mm512_setzero_si512();
     if constexpr (kFormat == DType::kQ8_0) {
 #pragma GCC unroll 4
@@ -326,7 +326,7 @@ struct QuantAvx512Vnni {
     }
     const auto sm = static_cast<__mmask16>(kFull ? 0xffffu : (1u << m) - 1);
     const __m512 dw = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(sm, scales + 32 * ch));
-    const __m512 dx = _mm512_load_ps(reinterpret_cast<const float*>(xc + 512));
+    const __m512 dx = _mm512_load_ps(reinterpret_cast<const float*>(xc + kQxScaleOffset));
     const __m512 f = _mm512_cvtepi32_ps(_mm512_add_epi32(even, odd));
     return _mm512_fmadd_ps(f, _mm512_mul_ps(dw, dx), a);
   }
@@ -368,8 +368,8 @@ struct QuantAvx512Vnni {
       __m512i s[kR][kC];
 #pragma GCC unroll 8
       for (int r = 0; r < kR; ++r) {
-        const __m512i neg_aux = _mm512_sub_epi32(
-            _mm512_setzero_si512(), _mm512_load_si512(xr[r] + 576));
+        const __m512i neg_aux =
+            _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_load_si512(xr[r] + kQxAuxOffset));
 #pragma GCC unroll 8
         for (int c = 0; c < kC; ++c) s[r][c] = neg_aux;
       }
@@ -426,7 +426,7 @@ struct QuantAvx512Vnni {
         const __m512 dw = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(sm, scales));
 #pragma GCC unroll 8
         for (int r = 0; r < kR; ++r) {
-          const __m512 dx = _mm512_load_ps(reinterpret_cast<const float*>(xr[r] + 512));
+          const __m512 dx = _mm512_load_ps(reinterpret_cast<const float*>(xr[r] + kQxScaleOffset));
           const __m512 f = _mm512_cvtepi32_ps(s[r][c]);
           if constexpr (kAccInRegisters<kR, kC>) {
             a[r][c] = _mm512_fmadd_ps(f, _mm512_mul_ps(dw, dx), a[r][c]);
@@ -591,9 +591,9 @@ struct QuantAvx2 {
         for (int r = 0; r < 2; ++r) {
 #pragma GCC unroll 4
           for (int c = 0; c < kC; ++c) {
-            s[r][c] = _mm256_sub_epi32(
-                _mm256_madd_epi16(s[r][c], ones),
-                _mm256_load_si256(reinterpret_cast<const __m256i*>(xc + r * xs + 576 + 32 * h)));
+            s[r][c] = _mm256_sub_epi32(_mm256_madd_epi16(s[r][c], ones),
+                                       _mm256_load_si256(reinterpret_cast<const __m256i*>(
+                                           xc + r * xs + kQxAuxOffset + 32 * h)));
           }
         }
       } else {
@@ -606,7 +606,7 @@ struct QuantAvx2 {
 #pragma GCC unroll 2
         for (int r = 0; r < 2; ++r) {
           const uint8_t* xr = xc + r * xs + 32 * h;
-          const __m256 dx = _mm256_load_ps(reinterpret_cast<const float*>(xr + 512));
+          const __m256 dx = _mm256_load_ps(reinterpret_cast<const float*>(xr + kQxScaleOffset));
           const __m256i i32 = s[r][c];
           float* acc = t.acc + (r * kCStride + c) * 16 + 8 * h;
           const __m256 sum = kZero ? _mm256_setzero_ps() : _mm256_load_ps(acc);
@@ -819,11 +819,11 @@ struct QuantAvx2 {
 #pragma GCC unroll 8
       for (int r = 0; r < kR; ++r) {
         const __m256 dx =
-            _mm256_load_ps(reinterpret_cast<const float*>(xc + r * xs + 512 + 32 * h));
+            _mm256_load_ps(reinterpret_cast<const float*>(xc + r * xs + kQxScaleOffset + 32 * h));
         __m256i i32 = s[r][c];
         if constexpr (kFormat == DType::kQ4_0) {
           i32 = _mm256_sub_epi32(i32, _mm256_load_si256(reinterpret_cast<const __m256i*>(
-                                          xc + r * xs + 576 + 32 * h)));
+                                          xc + r * xs + kQxAuxOffset + 32 * h)));
         }
         float* acc = t.acc + (r * kCStride + c) * 16 + 8 * h;
         const __m256 sum = kZero ? _mm256_setzero_ps() : _mm256_load_ps(acc);
