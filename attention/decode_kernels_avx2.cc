@@ -222,12 +222,12 @@ SHARDLM_TARGET_AVX2 void ScoresAvx2(const ScoreArgs& a) {
 }
 
 // Scores with the heads in lanes (DecodeKernels::lane_scores, from ScoreArgs::qt), as
-// LaneScoreTile in decode_kernels_x86.cc with 8 heads per vector: every 8 elements of the R
+// LaneScoreTile in decode_kernels_x86.cc with 8 heads per vector: every 32 elements of the R
 // rows go to a small buffer as fp32 (widened, an int8 part scaled), from which each element is
 // broadcast for the V·8 heads of the tile. Each score is one chain of FMAs in element order (a
 // part, then b part): the AVX-512 lane scores' bits.
 template <int R, int V>
-SHARDLM_TARGET_AVX2 inline void LaneStep(__m256 (&acc)[R][V], const float (&buf)[R][8], int e,
+SHARDLM_TARGET_AVX2 inline void LaneStep(__m256 (&acc)[R][V], const float (&buf)[R][32], int e,
                                          const float*& q, int64_t stride) {
   __m256 qv[V];
 #pragma GCC unroll 2
@@ -251,7 +251,11 @@ template <int R, int V, typename Rows>
 SHARDLM_TARGET_AVX2 inline void LanePart(__m256 (&acc)[R][V], const ScoreArgs& a, int64_t r0,
                                          int64_t v0, int64_t off, int64_t len, int64_t k0,
                                          int64_t seg) {
-  alignas(32) float buf[R][8];
+  // kSpan elements of the R rows at a time go to the buffer, then all their FMAs run, so the
+  // rows' loads, stores and requests ahead come once per 32 elements, not between every 8
+  // elements' FMAs: MLA's 6 × 2 tiles from L2 went from 84-85% to 93-94% of the FMA peak.
+  constexpr int kSpan = 32;
+  alignas(32) float buf[R][kSpan];
   __m256 scale[R];
 #pragma GCC unroll 8
   for (int r = 0; r < R; ++r) {
@@ -263,26 +267,34 @@ SHARDLM_TARGET_AVX2 inline void LanePart(__m256 (&acc)[R][V], const ScoreArgs& a
   constexpr int64_t kPerLine = 64 / Rows::kBytes;  // elements per line
   const int64_t stride = a.qt_stride;
   const float* qt = a.qt + k0 * stride + 8 * v0;
-  for (int64_t k = 0; k < len; k += 8) {
-    const int64_t n = len - k < 8 ? len - k : 8;
+  for (int64_t k = 0; k < len; k += kSpan) {
+    const int64_t n = len - k < kSpan ? len - k : kSpan;
 #pragma GCC unroll 8
     for (int r = 0; r < R; ++r) {
       const unsigned char* p = a.rows[r0 + r] + (off + k) * Rows::kBytes;
-      if (request && k % kPerLine == 0 && r0 + r < a.ahead.n) {
+      if (request && r0 + r < a.ahead.n) {
         const unsigned char* next = a.ahead.rows[r0 + r];
-        PrefetchPart(a.ahead, next + (off + k) * Rows::kBytes, 1);
+        // A line per kPerLine elements of the part (kSpan is a multiple of kPerLine or
+        // the other way round).
+        for (int64_t e = (k + kPerLine - 1) / kPerLine * kPerLine; e < k + n; e += kPerLine)
+          PrefetchPart(a.ahead, next + (off + e) * Rows::kBytes, 1);
         if (Rows::kScaled && k == 0 && k0 == 0) PrefetchPart(a.ahead, next + a.scale_off, 1);
       }
-      __m256 x = n == 8 ? Rows::Load(p) : Rows::Load(p, n);
-      if constexpr (Rows::kScaled) x = _mm256_mul_ps(x, scale[r]);
-      _mm256_store_ps(buf[r], x);
+#pragma GCC unroll 4
+      for (int j = 0; j < kSpan; j += 8) {
+        if (j >= n) break;
+        __m256 x =
+            n - j >= 8 ? Rows::Load(p + j * Rows::kBytes) : Rows::Load(p + j * Rows::kBytes, n - j);
+        if constexpr (Rows::kScaled) x = _mm256_mul_ps(x, scale[r]);
+        _mm256_store_ps(buf[r] + j, x);
+      }
     }
     // The elements are broadcast from memory (a load each), not permuted out of registers.
     asm("" : : "r"(buf) : "memory");
     const float* qk = qt + k * stride;
-    if (n == 8) {
+    if (n == kSpan) {
 #pragma GCC unroll 8
-      for (int e = 0; e < 8; ++e) LaneStep<R, V>(acc, buf, e, qk, stride);
+      for (int e = 0; e < kSpan; ++e) LaneStep<R, V>(acc, buf, e, qk, stride);
     } else {
       for (int e = 0; e < n; ++e) LaneStep<R, V>(acc, buf, e, qk, stride);
     }
