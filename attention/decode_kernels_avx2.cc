@@ -207,9 +207,13 @@ template <int H, typename Rows>
 SHARDLM_TARGET_AVX2 void ScoreHeads(const ScoreArgs& a, int64_t h0) {
   // R·H = 12 chains. From L1 (GTA-4's 128 + 64 elements, 16 rows) 2 × 4 tiles ran at 69-73% of
   // the FMA peak, 3 × 4 at 79%.
+  // A row left alone after the tall tiles (16 = 5 · 3 + 1) would be one tile of H chains, each
+  // FMA waiting on the one before: one tall tile fewer leaves tiles of two rows instead.
   constexpr int kR = 12 / H;
+  int64_t tall = a.nb / kR;
+  if (kR > 2 && tall > 0 && a.nb % kR == 1) --tall;
   int64_t r0 = 0;
-  for (; r0 + kR <= a.nb; r0 += kR) ScoreTile<kR, H, Rows>(a, r0, h0);
+  for (; r0 < tall * kR; r0 += kR) ScoreTile<kR, H, Rows>(a, r0, h0);
   if constexpr (kR > 2) {
     for (; r0 + 2 <= a.nb; r0 += 2) ScoreTile<2, H, Rows>(a, r0, h0);
   }
@@ -328,10 +332,16 @@ SHARDLM_TARGET_AVX2 void LaneScoreTile(const ScoreArgs& a, int64_t r0, int64_t v
 template <int V, typename Rows>
 SHARDLM_TARGET_AVX2 void LaneScoreRows(const ScoreArgs& a, int64_t v0) {
   constexpr int kRows = V == 1 ? 12 : 6;  // 12 accumulators: 8 left the FMAs waiting
+  // One or two rows left after the tall tiles (a 32-row block: 5 · 6 + 2) would be tiles of one
+  // row, V chains each FMA waiting on the one before; one tall tile fewer leaves 4 + 3 or 4 + 4.
+  int64_t tall = a.nb / kRows;
+  if (tall > 0 && a.nb % kRows > 0 && a.nb % kRows <= 2) --tall;
   int64_t r0 = 0;
-  for (; r0 + kRows <= a.nb; r0 += kRows) LaneScoreTile<kRows, V, Rows>(a, r0, v0);
+  for (; r0 < tall * kRows; r0 += kRows) LaneScoreTile<kRows, V, Rows>(a, r0, v0);
   for (; r0 + 4 <= a.nb; r0 += 4) LaneScoreTile<4, V, Rows>(a, r0, v0);
-  for (; r0 < a.nb; ++r0) LaneScoreTile<1, V, Rows>(a, r0, v0);
+  if (a.nb - r0 == 3) LaneScoreTile<3, V, Rows>(a, r0, v0);
+  if (a.nb - r0 == 2) LaneScoreTile<2, V, Rows>(a, r0, v0);
+  if (a.nb - r0 == 1) LaneScoreTile<1, V, Rows>(a, r0, v0);
 }
 
 template <typename Rows>
