@@ -32,8 +32,11 @@
 // come from L2 (or L3): the kernel's compute rate, which bounds what it can reach
 // from memory however well its reads overlap.
 //
-// usage: attention_bench [--quick] [--hot] [--family=NAME] [--threads=T] [--page-size=N]
-//                        [--kv-dtype=f32|bf16|int8] [--prefetch=near|far]
+// --kernels instead times the inner kernels alone (scores, values) on the families' blocks,
+// against the FMA peak measured beside each timing (RunKernels).
+//
+// usage: attention_bench [--quick] [--hot] [--kernels] [--family=NAME] [--threads=T]
+//                        [--page-size=N] [--kv-dtype=f32|bf16|int8] [--prefetch=near|far]
 //   --prefetch: overrides the CPU's StreamPrefetch (kernels/cpu.h), to compare the two.
 //   --kv-dtype: the cache's values (KvRowFormat); GB/s counts the bytes as stored, so a
 //   narrow cache reads fewer bytes per row (the time is what shrinks).
@@ -52,6 +55,7 @@
 #include <string>
 #include <vector>
 
+#include "attention/decode_kernels.h"
 #include "attention/gqa.h"
 #include "attention/gta.h"
 #include "attention/latent.h"
@@ -218,6 +222,7 @@ void FillUniform(std::span<float> v, uint64_t seed) {
 struct Options {
   bool quick = false;
   bool hot = false;    // rows from the caches: see the top comment
+  bool kernels = false;  // the inner kernels alone: see RunKernels
   std::string family;  // empty: all
   int threads = 0;     // 0: 1 and 2
   int64_t page_size = kDefaultPageSize;
@@ -312,6 +317,154 @@ void RunFamily(const Family& fam, const Options& opt) {
   }
 }
 
+// --kernels: the inner kernels of decode attention (attention/decode_kernels.h, the set
+// DecodeAttention uses) alone, on the four families' blocks as DecodeAttention cuts them (one
+// group of heads, the rows of one block, BlockLength's length), each call given the next
+// block's rows to request as it does. The blocks are cycled over about 512 KiB of rows, so
+// rows and queries come from L2 or L3 and the figure is the kernels' compute rate. Each
+// kernel's multiply-adds per second are divided by the FMA peak measured just before and after
+// it (kernels/peak_probe.h), in 21 alternations: on a shared core both slow down together, so
+// the median of these ratios holds still where either alone does not.
+struct KernelShape {
+  const char* family;
+  int64_t row_floats, g;
+  int64_t a_off, a_len, b_off, b_len, v_off, v_len;
+  bool rows_first, lanes;
+};
+
+void RunKernels(KvDType kv_dtype, const std::string& family) {
+  using namespace attention_internal;
+  const DecodeKernels k = ActiveDecodeKernels();
+  const int kind = static_cast<int>(kv_dtype);
+  std::printf(
+      "decode kernels %s alone, cache %s, CPU \"%s\": multiply-adds per second / the FMA "
+      "peak, median [quartiles] of 21 alternations with the peak probe\n",
+      k.name, KvDTypeName(kv_dtype), CpuModelName().c_str());
+  std::printf("%-4s %6s %5s %-7s %18s %18s\n", "fam", "heads", "rows", "scores", "scores of_fma",
+              "values of_fma");
+  const KernelShape shapes[] = {
+      // GQA-4: keys then values of 8 KV heads (d_h 128), the group's key and value parts.
+      {"gqa", 2 * 8 * 128, 4, 0, 128, 0, 0, 8 * 128, 128, true, false},
+      // GTA-4: 8 tied states (d_h 128) and the RoPE key (64): the state is the value.
+      {"gta", 8 * 128 + 64, 4, 0, 128, 8 * 128, 64, 0, 128, false, false},
+      // MLA: one latent (512) and the RoPE key, 32 heads; GLA: one of two latents of 256, 16.
+      {"mla", 512 + 64, 32, 0, 512, 512, 64, 0, 512, false, true},
+      {"gla", 2 * 256 + 64, 16, 0, 256, 512, 64, 0, 256, false, true},
+  };
+  for (const KernelShape& sh : shapes) {
+    if (!family.empty() && family != sh.family) continue;
+    std::vector<int64_t> segments;
+    if (std::string(sh.family) == "gqa") segments.assign(16, 128);
+    if (std::string(sh.family) == "gta") {
+      segments.assign(8, 128);
+      segments.push_back(64);
+    }
+    if (std::string(sh.family) == "mla") segments = {512, 64};
+    if (std::string(sh.family) == "gla") segments = {256, 256, 64};
+    const KvRowFormat format = KvRowFormat::Make(kv_dtype, segments);
+    const int64_t nb = BlockLength(sh.rows_first, sh.lanes, format.bytes, sh.g, sh.v_len);
+    const int64_t blocks = std::max<int64_t>(2, (int64_t{512} << 10) / (nb * format.bytes));
+    // Rows of random values in the cache's format, as a paged pool holds them.
+    std::vector<unsigned char> pool(static_cast<size_t>(blocks * nb * format.bytes));
+    std::vector<float> row(static_cast<size_t>(sh.row_floats));
+    std::vector<const unsigned char*> rows(static_cast<size_t>(blocks * nb));
+    for (int64_t r = 0; r < blocks * nb; ++r) {
+      FillUniform(row, static_cast<uint64_t>(r) + 1);
+      unsigned char* dst = pool.data() + r * format.bytes;
+      format.Store(row.data(), dst);
+      rows[static_cast<size_t>(r)] = dst;
+    }
+    const int64_t q_len = sh.a_len + sh.b_len;
+    std::vector<float> q(static_cast<size_t>(sh.g * q_len)), qt(static_cast<size_t>(q_len * 32));
+    FillUniform(q, 7);
+    const int64_t stride = (sh.g + 15) / 16 * 16;
+    for (int64_t h = 0; h < sh.g; ++h) {
+      for (int64_t i = 0; i < q_len; ++i) qt[i * stride + h] = q[h * q_len + i];
+    }
+    std::vector<float> scores(static_cast<size_t>(sh.g * nb)), p(scores.size());
+    std::vector<float> acc(static_cast<size_t>(sh.g * sh.v_len)), alpha(sh.g, 1.0f);
+    FillUniform(p, 9);
+    for (float& w : p) w = 0.5f + 0.5f * w;
+    ScoreArgs sa;
+    sa.nb = nb;
+    sa.a_off = sh.a_off;
+    sa.a_len = sh.a_len;
+    sa.b_off = sh.b_off;
+    sa.b_len = sh.b_len;
+    sa.scale_off = format.scale_offset;
+    sa.a_seg = format.SegmentOf(sh.a_off);
+    sa.b_seg = sh.b_len > 0 ? format.SegmentOf(sh.b_off) : 0;
+    sa.qa = q.data();
+    sa.qa_head = q_len;
+    sa.qb = q.data() + sh.a_len;
+    sa.qb_head = q_len;
+    sa.g = sh.g;
+    sa.scores = scores.data();
+    sa.block = nb;
+    sa.qt = qt.data();
+    sa.qt_stride = stride;
+    ValueArgs va;
+    va.nb = nb;
+    va.v_off = sh.v_off;
+    va.v_len = sh.v_len;
+    va.scale_off = format.scale_offset;
+    va.v_seg = format.SegmentOf(sh.v_off);
+    va.p = p.data();
+    va.block = nb;
+    va.alpha = alpha.data();
+    va.g = sh.g;
+    va.acc = acc.data();
+    va.acc_head = sh.v_len;
+    va.values_cached = !sh.rows_first;
+    const bool lanes = sh.lanes && k.lane_scores[kind] != nullptr;
+    auto run = [&](int which, int64_t calls) {
+      for (int64_t c = 0; c < calls; ++c) {
+        const int64_t b = c % blocks, next = (c + 1) % blocks;
+        const RowsAhead ahead{rows.data() + next * nb, nb, false};
+        if (which == 0) {
+          sa.rows = rows.data() + b * nb;
+          sa.ahead = ahead;
+          (lanes ? k.lane_scores[kind] : k.scores[kind])(sa);
+        } else {
+          va.rows = rows.data() + b * nb;
+          va.ahead = ahead;
+          k.values[kind](va);
+        }
+      }
+    };
+    double median[2], q1[2], q3[2];
+    for (int which = 0; which < 2; ++which) {
+      const double fmas = static_cast<double>(nb * sh.g * (which == 0 ? q_len : sh.v_len));
+      // Calls for about 4 ms.
+      const auto t0 = std::chrono::steady_clock::now();
+      run(which, 64);
+      const double per_call =
+          std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / 64;
+      const int64_t calls = std::max<int64_t>(16, static_cast<int64_t>(4e-3 / per_call));
+      std::vector<double> ratios;
+      for (int i = 0; i < 21; ++i) {
+        const double before = MeasurePeakRate(PeakProbe::kFma, 1);
+        const auto t = std::chrono::steady_clock::now();
+        run(which, calls);
+        const double s =
+            std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
+        const double after = MeasurePeakRate(PeakProbe::kFma, 1);
+        // Rates in 16-lane multiply-adds per ns, as the probe counts them.
+        ratios.push_back(fmas * static_cast<double>(calls) / 16 / s / 1e9 /
+                         std::max(before, after));
+      }
+      std::sort(ratios.begin(), ratios.end());
+      median[which] = ratios[10];
+      q1[which] = ratios[5];
+      q3[which] = ratios[15];
+    }
+    std::printf("%-4s %6lld %5lld %-7s %6.0f%% [%2.0f–%2.0f%%] %6.0f%% [%2.0f–%2.0f%%]\n",
+                sh.family, static_cast<long long>(sh.g), static_cast<long long>(nb),
+                lanes ? "lanes" : "tree", 100 * median[0], 100 * q1[0], 100 * q3[0],
+                100 * median[1], 100 * q1[1], 100 * q3[1]);
+  }
+}
+
 }  // namespace
 }  // namespace shardlm
 
@@ -324,6 +477,8 @@ int main(int argc, char** argv) {
       options.quick = true;
     } else if (arg == "--hot") {
       options.hot = true;
+    } else if (arg == "--kernels") {
+      options.kernels = true;
     } else if (arg.rfind("--family=", 0) == 0) {
       options.family = arg.substr(9);
     } else if (arg.rfind("--threads=", 0) == 0) {
@@ -349,11 +504,16 @@ int main(int argc, char** argv) {
         return 2;
       }
     } else {
-      std::fprintf(stderr,
-                   "usage: attention_bench [--quick] [--hot] [--family=NAME] [--threads=T] "
-                   "[--page-size=N] [--kv-dtype=f32|bf16|int8] [--prefetch=near|far]\n");
+      std::fprintf(
+          stderr,
+          "usage: attention_bench [--quick] [--hot] [--kernels] [--family=NAME] [--threads=T] "
+          "[--page-size=N] [--kv-dtype=f32|bf16|int8] [--prefetch=near|far]\n");
       return 2;
     }
+  }
+  if (options.kernels) {
+    RunKernels(options.kv_dtype, options.family);
+    return 0;
   }
   std::printf(
       "decode attention, one token per sequence, page_size %lld, shuffled pages in huge pages, "

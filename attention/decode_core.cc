@@ -253,26 +253,6 @@ void TransposeQueries(const float* qa, int64_t qa_head, int64_t a_len, const flo
 // before the next rows (see RunChunk); 4 is the AVX-512 score tile's height.
 constexpr int64_t kScoreRows = 4;
 
-// Positions per block. Each block loads, rescales and stores every running sum once and takes
-// one softmax step per head, so a longer block halves that work; but its rows must still be
-// in cache when the value pass reads them again. Measured at 8k context, one thread, 32 rows
-// against 16 alternated call by call (BENCHMARKS, session 14):
-// - Values apart from keys (rows_first: GQA, MHA, MQA): the value pass finds the block's rows
-//   in L2 while the next block's are fetched. GQA 1–9% and MQA 3–5% faster; MHA f32, whose
-//   32 rows are 1 MiB, 24% slower. Long blocks while two of them fit in half of a 1 MiB L2.
-// - The value is the key (GTA, latent): the value pass re-reads a group's parts from L1 right
-//   after scoring them. Long blocks pay where the running sums outgrow half of L1: MLA's 32
-//   heads × 512 floats (64 KB) took 4–9% less time. GTA f32 and bf16 were 12–28% slower.
-// - Scores with the heads in lanes (`lanes`: the latent families' 16 and more heads per group,
-//   session 19): a block's rows are read once for all heads, and long blocks took GLA f32 from
-//   70 to 65 ms (16 sequences of 8k, one thread; 16 heads × 256 floats of running sums).
-int64_t BlockLength(bool rows_first, bool lanes, int64_t row_bytes, int64_t g, int64_t v_len) {
-  constexpr int64_t kL1Half = 24 << 10, kL2Half = 512 << 10;  // bytes
-  const bool longer = rows_first
-                          ? 2 * kLongBlock * row_bytes <= kL2Half
-                          : lanes || g * v_len * static_cast<int64_t>(sizeof(float)) > kL1Half;
-  return longer ? kLongBlock : kBlock;
-}
 static_assert(kChunk % kLongBlock == 0, "chunks are cut between blocks");
 
 struct Problem {
@@ -501,6 +481,28 @@ void RunChunk(const Problem& pb, const QueryToken& token, int64_t t, int64_t c_l
 
 }  // namespace
 
+DecodeKernels ActiveDecodeKernels() { return ActiveKernels(); }
+
+// Positions per block. Each block loads, rescales and stores every running sum once and takes
+// one softmax step per head, so a longer block halves that work; but its rows must still be
+// in cache when the value pass reads them again. Measured at 8k context, one thread, 32 rows
+// against 16 alternated call by call (BENCHMARKS, session 14):
+// - Values apart from keys (rows_first: GQA, MHA, MQA): the value pass finds the block's rows
+//   in L2 while the next block's are fetched. GQA 1–9% and MQA 3–5% faster; MHA f32, whose
+//   32 rows are 1 MiB, 24% slower. Long blocks while two of them fit in half of a 1 MiB L2.
+// - The value is the key (GTA, latent): the value pass re-reads a group's parts from L1 right
+//   after scoring them. Long blocks pay where the running sums outgrow half of L1: MLA's 32
+//   heads × 512 floats (64 KB) took 4–9% less time. GTA f32 and bf16 were 12–28% slower.
+// - Scores with the heads in lanes (`lanes`: the latent families' 16 and more heads per group,
+//   session 19): a block's rows are read once for all heads, and long blocks took GLA f32 from
+//   70 to 65 ms (16 sequences of 8k, one thread; 16 heads × 256 floats of running sums).
+int64_t BlockLength(bool rows_first, bool lanes, int64_t row_bytes, int64_t g, int64_t v_len) {
+  constexpr int64_t kL1Half = 24 << 10, kL2Half = 512 << 10;  // bytes
+  const bool longer = rows_first
+                          ? 2 * kLongBlock * row_bytes <= kL2Half
+                          : lanes || g * v_len * static_cast<int64_t>(sizeof(float)) > kL1Half;
+  return longer ? kLongBlock : kBlock;
+}
 DecodeKernels PortableKernels() {
   return {{&ScoresPortable<KvDType::kF32>, &ScoresPortable<KvDType::kBF16>,
            &ScoresPortable<KvDType::kInt8>},

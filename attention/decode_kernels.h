@@ -144,6 +144,13 @@ DecodeKernels Avx512Kernels();
 // Cpu().avx2_fma. On a build for another architecture they are the portable ones.
 DecodeKernels Avx2Kernels();
 
+// The set DecodeAttention uses (decode_core.h: SetDecodeIsa; by default the best the CPU runs).
+DecodeKernels ActiveDecodeKernels();
+// The rows per block DecodeAttention takes (kBlock or kLongBlock) for a group of g heads whose
+// values (v_len floats) are scored first for all rows (`rows_first`: GQA) or read right after
+// their scores, with the heads in lanes or not, rows of row_bytes (decode_core.cc).
+int64_t BlockLength(bool rows_first, bool lanes, int64_t row_bytes, int64_t g, int64_t v_len);
+
 }  // namespace shardlm::attention_internal
 
 #endif  // SHARDLM_ATTENTION_DECODE_KERNELS_H_
