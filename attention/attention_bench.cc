@@ -334,6 +334,7 @@ struct KernelShape {
 
 void RunKernels(KvDType kv_dtype, const std::string& family) {
   using namespace attention_internal;
+  SetComputeThreads(1);  // the probe on the thread that runs the kernels, and no other
   const DecodeKernels k = ActiveDecodeKernels();
   const int kind = static_cast<int>(kv_dtype);
   std::printf(

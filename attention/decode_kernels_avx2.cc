@@ -13,11 +13,11 @@
 // then its 8 lanes added in one fixed tree; so a score's bits depend on nothing but its own
 // row and query. With 16 or more heads per group the scores come with the heads in lanes
 // instead (LaneScoresAvx2: the AVX-512 lane scores' bits). Values: as ValueTile in
-// decode_kernels_x86.cc, 8 lanes wide, four heads × 24 columns per tile. The FMAs of the lane
-// scores and values are one asm statement each, so that every sum stays in its own register
-// (see LaneStep); they are the same single-rounding FMAs, in the same order. Exp8 is the AVX-512
-// build's Exp16 with 2^n applied by two exact-range products (AVX2 has no vscalefps): the same
-// bits.
+// decode_kernels_x86.cc, 8 lanes wide, four heads × 24 columns per tile. Every FMA of the
+// score, lane-score and value tiles is one asm statement, so that each sum stays in its own
+// register (see LaneStep); they are the same single-rounding FMAs, in the same order. Exp8 is
+// the AVX-512 build's Exp16 with 2^n applied by two exact-range products (AVX2 has no
+// vscalefps): the same bits.
 #include <cstdint>
 #include <type_traits>
 
@@ -205,10 +205,10 @@ SHARDLM_TARGET_AVX2 void ScoreTile(const ScoreArgs& a, int64_t r0, int64_t h0) {
 
 template <int H, typename Rows>
 SHARDLM_TARGET_AVX2 void ScoreHeads(const ScoreArgs& a, int64_t h0) {
-  // R·H = 12 chains. From L1 (GTA-4's 128 + 64 elements, 16 rows) 2 × 4 tiles ran at 69-73% of
-  // the FMA peak, 3 × 4 at 79%.
-  // A row left alone after the tall tiles (16 = 5 · 3 + 1) would be one tile of H chains, each
-  // FMA waiting on the one before: one tall tile fewer leaves tiles of two rows instead.
+  // R·H = 12 chains: from L1 (GTA-4's 128 + 64 elements, 16 rows) 2 × 4 tiles ran at 69-73% of
+  // the FMA peak, 3 × 4 at 79%. A row left alone after the tall tiles (16 = 5 · 3 + 1) would be
+  // one tile of H chains, each FMA waiting on the one before: one tall tile fewer leaves tiles
+  // of two rows instead.
   constexpr int kR = 12 / H;
   int64_t tall = a.nb / kR;
   if (kR > 2 && tall > 0 && a.nb % kR == 1) --tall;
