@@ -327,7 +327,8 @@ void RunFamily(const Family& fam, const Options& opt) {
 // the median of these ratios holds still where either alone does not.
 struct KernelShape {
   const char* family;
-  int64_t row_floats, g;
+  std::vector<int64_t> segments;  // the row's (KvRowFormat)
+  int64_t g;
   int64_t a_off, a_len, b_off, b_len, v_off, v_len;
   bool rows_first, lanes;
 };
@@ -343,31 +344,25 @@ void RunKernels(KvDType kv_dtype, const std::string& family) {
       k.name, KvDTypeName(kv_dtype), CpuModelName().c_str());
   std::printf("%-4s %6s %5s %-7s %18s %18s\n", "fam", "heads", "rows", "scores", "scores of_fma",
               "values of_fma");
+  std::vector<int64_t> gta_segments(8, 128);
+  gta_segments.push_back(64);
   const KernelShape shapes[] = {
       // GQA-4: keys then values of 8 KV heads (d_h 128), the group's key and value parts.
-      {"gqa", 2 * 8 * 128, 4, 0, 128, 0, 0, 8 * 128, 128, true, false},
+      {"gqa", std::vector<int64_t>(16, 128), 4, 0, 128, 0, 0, 8 * 128, 128, true, false},
       // GTA-4: 8 tied states (d_h 128) and the RoPE key (64): the state is the value.
-      {"gta", 8 * 128 + 64, 4, 0, 128, 8 * 128, 64, 0, 128, false, false},
+      {"gta", gta_segments, 4, 0, 128, 8 * 128, 64, 0, 128, false, false},
       // MLA: one latent (512) and the RoPE key, 32 heads; GLA: one of two latents of 256, 16.
-      {"mla", 512 + 64, 32, 0, 512, 512, 64, 0, 512, false, true},
-      {"gla", 2 * 256 + 64, 16, 0, 256, 512, 64, 0, 256, false, true},
+      {"mla", {512, 64}, 32, 0, 512, 512, 64, 0, 512, false, true},
+      {"gla", {256, 256, 64}, 16, 0, 256, 512, 64, 0, 256, false, true},
   };
   for (const KernelShape& sh : shapes) {
     if (!family.empty() && family != sh.family) continue;
-    std::vector<int64_t> segments;
-    if (std::string(sh.family) == "gqa") segments.assign(16, 128);
-    if (std::string(sh.family) == "gta") {
-      segments.assign(8, 128);
-      segments.push_back(64);
-    }
-    if (std::string(sh.family) == "mla") segments = {512, 64};
-    if (std::string(sh.family) == "gla") segments = {256, 256, 64};
-    const KvRowFormat format = KvRowFormat::Make(kv_dtype, segments);
+    const KvRowFormat format = KvRowFormat::Make(kv_dtype, sh.segments);
     const int64_t nb = BlockLength(sh.rows_first, sh.lanes, format.bytes, sh.g, sh.v_len);
     const int64_t blocks = std::max<int64_t>(2, (int64_t{512} << 10) / (nb * format.bytes));
     // Rows of random values in the cache's format, as a paged pool holds them.
     std::vector<unsigned char> pool(static_cast<size_t>(blocks * nb * format.bytes));
-    std::vector<float> row(static_cast<size_t>(sh.row_floats));
+    std::vector<float> row(static_cast<size_t>(format.elems));
     std::vector<const unsigned char*> rows(static_cast<size_t>(blocks * nb));
     for (int64_t r = 0; r < blocks * nb; ++r) {
       FillUniform(row, static_cast<uint64_t>(r) + 1);
@@ -376,12 +371,12 @@ void RunKernels(KvDType kv_dtype, const std::string& family) {
       rows[static_cast<size_t>(r)] = dst;
     }
     const int64_t q_len = sh.a_len + sh.b_len;
-    std::vector<float> q(static_cast<size_t>(sh.g * q_len)), qt(static_cast<size_t>(q_len * 32));
-    FillUniform(q, 7);
     const int64_t stride = (sh.g + 15) / 16 * 16;
-    for (int64_t h = 0; h < sh.g; ++h) {
-      for (int64_t i = 0; i < q_len; ++i) qt[i * stride + h] = q[h * q_len + i];
-    }
+    std::vector<float> q(static_cast<size_t>(sh.g * q_len)),
+        qt(static_cast<size_t>(q_len * stride));
+    FillUniform(q, 7);
+    TransposeQueries(q.data(), q_len, sh.a_len, q.data() + sh.a_len, q_len, sh.b_len, sh.g, stride,
+                     qt.data());
     std::vector<float> scores(static_cast<size_t>(sh.g * nb)), p(scores.size());
     std::vector<float> acc(static_cast<size_t>(sh.g * sh.v_len)), alpha(sh.g, 1.0f);
     FillUniform(p, 9);

@@ -225,30 +225,6 @@ void QuadQueries(const float* qa, int64_t qa_head, int64_t a_len, const float* q
   }
 }
 
-// Group j's queries with the heads in lanes (ScoreArgs::qt): qt[k·stride + h] for the g heads,
-// zero in the lanes past them. In 16 × 16 tiles, so that the reads and the writes each stay
-// within 16 lines at a time. Once per chunk it took about 4% of an MLA step at 16 × 8k (perf);
-// once per token and thread (RunChunk), RunChunk with it inlined takes under 3%.
-void TransposeQueries(const float* qa, int64_t qa_head, int64_t a_len, const float* qb,
-                      int64_t qb_head, int64_t b_len, int64_t g, int64_t stride, float* qt) {
-  const auto part = [&](const float* q, int64_t q_head, int64_t len, float* dst) {
-    for (int64_t k0 = 0; k0 < len; k0 += 16) {
-      const int64_t k1 = std::min(len, k0 + 16);
-      for (int64_t h0 = 0; h0 < g; h0 += 16) {
-        const int64_t h1 = std::min(g, h0 + 16);
-        for (int64_t h = h0; h < h1; ++h) {
-          for (int64_t k = k0; k < k1; ++k) dst[k * stride + h] = q[h * q_head + k];
-        }
-      }
-      for (int64_t k = k0; k < k1; ++k) {
-        std::fill(dst + k * stride + g, dst + (k + 1) * stride, 0.0f);
-      }
-    }
-  };
-  part(qa, qa_head, a_len, qt);
-  part(qb, qb_head, b_len, qt + a_len * stride);
-}
-
 // Rows per score call: the block's rows are scored this many at a time for every group
 // before the next rows (see RunChunk); 4 is the AVX-512 score tile's height.
 constexpr int64_t kScoreRows = 4;
@@ -482,6 +458,31 @@ void RunChunk(const Problem& pb, const QueryToken& token, int64_t t, int64_t c_l
 }  // namespace
 
 DecodeKernels ActiveDecodeKernels() { return ActiveKernels(); }
+
+// Group j's queries with the heads in lanes (ScoreArgs::qt): qt[k·stride + h] for the g heads,
+// zero in the lanes past them. In 16 × 16 tiles, so that the reads and the writes each stay
+// within 16 lines at a time. Once per chunk it took about 4% of an MLA step at 16 × 8k (perf);
+// once per token and thread (RunChunk), RunChunk with it took under 3% (measured when it was
+// inlined there; it is now also attention_bench --kernels' transpose, so called out of line).
+void TransposeQueries(const float* qa, int64_t qa_head, int64_t a_len, const float* qb,
+                      int64_t qb_head, int64_t b_len, int64_t g, int64_t stride, float* qt) {
+  const auto part = [&](const float* q, int64_t q_head, int64_t len, float* dst) {
+    for (int64_t k0 = 0; k0 < len; k0 += 16) {
+      const int64_t k1 = std::min(len, k0 + 16);
+      for (int64_t h0 = 0; h0 < g; h0 += 16) {
+        const int64_t h1 = std::min(g, h0 + 16);
+        for (int64_t h = h0; h < h1; ++h) {
+          for (int64_t k = k0; k < k1; ++k) dst[k * stride + h] = q[h * q_head + k];
+        }
+      }
+      for (int64_t k = k0; k < k1; ++k) {
+        std::fill(dst + k * stride + g, dst + (k + 1) * stride, 0.0f);
+      }
+    }
+  };
+  part(qa, qa_head, a_len, qt);
+  part(qb, qb_head, b_len, qt + a_len * stride);
+}
 
 // Positions per block. Each block loads, rescales and stores every running sum once and takes
 // one softmax step per head, so a longer block halves that work; but its rows must still be

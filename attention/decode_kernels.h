@@ -150,6 +150,10 @@ DecodeKernels ActiveDecodeKernels();
 // values (v_len floats) are scored first for all rows (`rows_first`: GQA) or read right after
 // their scores, with the heads in lanes or not, rows of row_bytes (decode_core.cc).
 int64_t BlockLength(bool rows_first, bool lanes, int64_t row_bytes, int64_t g, int64_t v_len);
+// The queries of g heads (qa_h = qa + h·qa_head, qb_h likewise) with the heads in lanes, as
+// ScoreArgs::qt wants them: qt[k·stride + h], zero in the lanes [g, stride).
+void TransposeQueries(const float* qa, int64_t qa_head, int64_t a_len, const float* qb,
+                      int64_t qb_head, int64_t b_len, int64_t g, int64_t stride, float* qt);
 
 }  // namespace shardlm::attention_internal
 
